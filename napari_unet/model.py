@@ -1,0 +1,240 @@
+"""The classic U-Net (Ronneberger et al. 2015) and its .keras files, which carry prediction metadata.
+
+Only built-in Keras layers are used, so models load in Keras safe mode. Padding to a multiple of
+2**depth happens outside the model (see tiling), so the model itself is fully convolutional.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from napari_unet.errors import ModelLoadError
+from napari_unet.normalize import NormalizationConfig
+
+# Name of the JSON entry that napari-unet adds to a .keras zip; Keras ignores unknown entries.
+METADATA_ENTRY = "napari_unet.json"
+UPSAMPLING_MODES = ("transpose", "bilinear")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture. The reference of the paper is base_width=64, depth=3 (64-128-256 + 512)."""
+
+    n_channels: int = 1
+    base_width: int = 16
+    depth: int = 3
+    n_classes: int = 1
+    upsampling: str = "transpose"
+    batch_norm: bool = False
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.upsampling not in UPSAMPLING_MODES:
+            raise ValueError(f"upsampling must be one of {UPSAMPLING_MODES}, not {self.upsampling!r}")
+        if self.n_channels < 1 or self.base_width < 1 or self.depth < 1 or self.n_classes < 1:
+            raise ValueError(f"channels, width, depth and classes must be >= 1: {self}")
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (one halving per pooling level)."""
+        return 2**self.depth
+
+
+@dataclass
+class ModelMetadata:
+    """What prediction needs besides the weights; saved inside the .keras file."""
+
+    config: UNetConfig = field(default_factory=UNetConfig)
+    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
+    class_names: list[str] = field(default_factory=lambda: ["foreground"])
+    tile_size: int = 256
+    name: str = "unet"
+    # Free-form provenance: training data, metrics, parent version; shown in model lists.
+    info: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "format": "napari-unet/1",
+            "config": asdict(self.config),
+            "normalization": self.normalization.to_dict(),
+            "class_names": list(self.class_names),
+            "tile_size": int(self.tile_size),
+            "name": self.name,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelMetadata":
+        return cls(
+            config=UNetConfig(**values.get("config", {})),
+            normalization=NormalizationConfig.from_dict(values.get("normalization", {})),
+            class_names=list(values.get("class_names", ["foreground"])),
+            tile_size=int(values.get("tile_size", 256)),
+            name=str(values.get("name", "unet")),
+            info=dict(values.get("info", {})),
+        )
+
+
+@dataclass
+class SegmentationModel:
+    """A Keras U-Net with its metadata; what load_model returns and predict/finetune take."""
+
+    keras_model: "object"
+    metadata: ModelMetadata
+    source: str = ""  # where it was loaded from (path or shipped/stored name), for messages
+
+    @property
+    def config(self) -> UNetConfig:
+        return self.metadata.config
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    def copy(self) -> "SegmentationModel":
+        """An independent copy (same weights, new variables) so training never touches the original."""
+        import keras
+
+        clone = keras.models.clone_model(self.keras_model)
+        clone.set_weights(self.keras_model.get_weights())
+        return SegmentationModel(clone, replace(self.metadata, info=dict(self.metadata.info)), self.source)
+
+
+def _conv_block(x, width: int, config: UNetConfig, prefix: str):
+    from keras import layers
+
+    for i in (1, 2):
+        x = layers.Conv2D(width, 3, padding="same", use_bias=not config.batch_norm, name=f"{prefix}_conv{i}")(x)
+        if config.batch_norm:
+            x = layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
+    return x
+
+
+def build_unet(config: UNetConfig = UNetConfig()):
+    """A Keras functional U-Net taking (batch, H, W, n_channels) with H, W multiples of 2**depth."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=(None, None, config.n_channels), name="image")
+    x = inputs
+    skips = []
+    for level in range(config.depth):
+        x = _conv_block(x, config.base_width * 2**level, config, f"enc{level}")
+        skips.append(x)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    x = _conv_block(x, config.base_width * 2**config.depth, config, "bottleneck")
+    if config.dropout > 0:
+        x = layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
+    for level in reversed(range(config.depth)):
+        width = config.base_width * 2**level
+        if config.upsampling == "transpose":
+            x = layers.Conv2DTranspose(width, 2, strides=2, name=f"dec{level}_up")(x)
+        else:
+            x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{level}_up")(x)
+            x = layers.Conv2D(width, 2, padding="same", activation="relu", name=f"dec{level}_upconv")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], x])
+        x = _conv_block(x, width, config, f"dec{level}")
+    if config.n_classes == 1:
+        outputs = layers.Conv2D(1, 1, activation="sigmoid", name="probabilities", dtype="float32")(x)
+    else:
+        outputs = layers.Conv2D(config.n_classes, 1, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="unet")
+
+
+def new_model(config: UNetConfig = UNetConfig(), **metadata) -> SegmentationModel:
+    """A freshly initialised model with metadata (class names, tile size, name...)."""
+    metadata.setdefault("class_names", ["foreground"] if config.n_classes == 1 else [f"class {i}" for i in range(config.n_classes)])
+    meta = ModelMetadata(config=config, **metadata)
+    return SegmentationModel(build_unet(config), meta)
+
+
+def unet_flops(config: UNetConfig, height: int, width: int) -> float:
+    """Forward FLOPs (2 x multiply-adds of convs and transposed convs) for one (height, width) input."""
+    flops = 0.0
+    h, w = height, width
+    c_in = config.n_channels
+    for level in range(config.depth):
+        c = config.base_width * 2**level
+        flops += 2 * h * w * 9 * (c_in * c + c * c)
+        c_in = c
+        h, w = h // 2, w // 2
+    c = config.base_width * 2**config.depth
+    flops += 2 * h * w * 9 * (c_in * c + c * c)
+    c_in = c
+    for level in reversed(range(config.depth)):
+        c = config.base_width * 2**level
+        h, w = h * 2, w * 2
+        if config.upsampling == "transpose":
+            flops += 2 * h * w * c_in * c  # each input pixel feeds one 2x2 output block
+        else:
+            flops += 2 * h * w * 4 * c_in * c  # 2x2 conv after bilinear upsampling
+        flops += 2 * h * w * 9 * (2 * c * c + c * c)
+        c_in = c
+    flops += 2 * h * w * c_in * config.n_classes
+    return flops
+
+
+def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
+    """Save atomically: write a temporary .keras next to the target, add metadata, then rename.
+
+    A process killed mid-save leaves any previous file at `path` intact.
+    """
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ModelLoadError(f"model files must end in .keras, not {path.name!r}: choose a name like 'model.keras'")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(suffix=".keras", prefix=f".{path.stem}.", dir=path.parent)
+    os.close(fd)
+    try:
+        model.keras_model.save(tmp_name)
+        with zipfile.ZipFile(tmp_name, "a") as archive:
+            archive.writestr(METADATA_ENTRY, json.dumps(model.metadata.to_dict(), indent=2))
+        with open(tmp_name, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_metadata(path: str | os.PathLike) -> ModelMetadata | None:
+    """The napari-unet metadata stored in a .keras file, or None for a plain Keras file."""
+    with zipfile.ZipFile(path) as archive:
+        if METADATA_ENTRY not in archive.namelist():
+            return None
+        return ModelMetadata.from_dict(json.loads(archive.read(METADATA_ENTRY)))
+
+
+def load_model_file(path: str | os.PathLike) -> SegmentationModel:
+    """Load a .keras file in Keras safe mode; errors name the file and what to do."""
+    import keras
+
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"model file '{path}' does not exist: check the path or pick a model from 'napari-unet models'")
+    if not zipfile.is_zipfile(path):
+        raise ModelLoadError(f"'{path}' is not a valid .keras model file (corrupt or another format): re-export or re-train it")
+    try:
+        metadata = read_metadata(path)
+        keras_model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types; the user needs one message
+        text = str(exc)
+        if "Lambda" in text or "safe_mode" in text or "unsafe" in text.lower():
+            raise ModelLoadError(
+                f"'{path}' contains a Lambda layer (arbitrary Python code), which napari-unet refuses to load "
+                "for safety: rebuild the model without Lambda layers"
+            ) from exc
+        raise ModelLoadError(f"could not load model '{path}': {text.splitlines()[0] if text else type(exc).__name__}") from exc
+    if metadata is None:
+        # A plain Keras segmentation model: infer what we can from its input.
+        n_channels = int(keras_model.input_shape[-1] or 1)
+        n_classes = int(keras_model.output_shape[-1] or 1)
+        metadata = ModelMetadata(config=UNetConfig(n_channels=n_channels, n_classes=n_classes), name=path.stem)
+    return SegmentationModel(keras_model, metadata, source=str(path))
