@@ -1,5 +1,30 @@
-"""napari-unet: U-Net segmentation with a human-in-the-loop fine-tuning loop."""
+"""napari-unet: U-Net segmentation with a human-in-the-loop fine-tuning loop.
+
+The public API is imported lazily so that napari's plugin discovery and `napari-unet --help`
+do not pay for importing TensorFlow.
+"""
 
 from napari_unet._version import __version__
 
-__all__ = ["__version__"]
+_API = {
+    "load_model": "napari_unet.registry",
+    "predict": "napari_unet.predict",
+    "evaluate": "napari_unet.evaluate",
+    "finetune": "napari_unet.train",
+    "ModelStore": "napari_unet.store",
+    "UNetConfig": "napari_unet.model",
+    "build_unet": "napari_unet.model",
+    "new_model": "napari_unet.model",
+    "save_model": "napari_unet.model",
+    "NapariUNetError": "napari_unet.errors",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'napari_unet' has no attribute {name!r}")
