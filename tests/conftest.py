@@ -1,0 +1,30 @@
+"""Shared fixtures: real ISBI data from ../shared/data, and an isolated model store per test."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+ISBI_DIR = SHARED_DATA / "isbi2012"
+
+
+@pytest.fixture
+def isbi_dir() -> Path:
+    """The ISBI 2012 slices (images/NN.png, masks/NN.png); skips only where ../shared is absent."""
+    if not (ISBI_DIR / "images").is_dir():
+        pytest.skip(f"real data not found at {ISBI_DIR}")
+    return ISBI_DIR
+
+
+@pytest.fixture(autouse=True)
+def isolated_model_store(tmp_path_factory, monkeypatch):
+    """Never let a test write into the user's real model folder."""
+    home = tmp_path_factory.mktemp("napari_unet_home")
+    monkeypatch.setenv("NAPARI_UNET_HOME", str(home))
+    return home

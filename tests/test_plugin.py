@@ -1,0 +1,73 @@
+"""The plugin as napari and a shell see it: discovered, valid manifest, docks, console script."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import npe2
+import pytest
+
+import napari_unet
+
+SCRIPTS_DIR = Path(sys.executable).parent
+
+
+def _manifest() -> npe2.PluginManifest:
+    return npe2.PluginManifest.from_distribution("napari-unet")
+
+
+def test_plugin_is_discovered_by_npe2():
+    manager = npe2.PluginManager()
+    manager.discover()
+    assert "napari-unet" in {m.name for m in manager.iter_manifests()}
+    assert manager.get_manifest("napari-unet").display_name
+
+
+def test_manifest_validates_with_imports():
+    result = subprocess.run(
+        [str(SCRIPTS_DIR / "npe2"), "validate", "napari-unet", "--imports"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "valid" in result.stdout
+
+
+def test_installed_manifest_is_the_root_manifest():
+    """napari must read the repo-root napari.yaml (via the package) — not a stale copy."""
+    root_manifest = Path(napari_unet.__file__).resolve().parents[1] / "napari.yaml"
+    installed = _manifest()
+    if root_manifest.exists():
+        assert installed == npe2.PluginManifest.from_file(root_manifest)
+
+
+def test_manifest_contributes_widgets_reader_writer_and_samples():
+    contributions = _manifest().contributions
+    assert contributions.widgets, "no dock widgets declared"
+    assert contributions.readers, "no reader declared"
+    assert contributions.writers, "no writer declared"
+    assert contributions.sample_data, "no sample data declared"
+
+
+def test_each_widget_opens_docked(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widgets = _manifest().contributions.widgets
+    for widget in widgets:
+        dock, _ = viewer.window.add_plugin_dock_widget("napari-unet", widget.display_name)
+        assert dock.isVisible() or not viewer.window._qt_window.isVisible()  # noqa: SLF001
+        assert dock.widget() is not None
+    docked_titles = {d.name for d in viewer.window._dock_widgets.values()}  # noqa: SLF001
+    assert len(docked_titles) >= len(widgets)
+
+
+@pytest.mark.parametrize("flag", ["--help", "--version"])
+def test_console_script_answers(flag):
+    result = subprocess.run([str(SCRIPTS_DIR / "napari-unet"), flag], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    if flag == "--help":
+        assert "usage: napari-unet" in result.stdout
+        for command in ("predict", "evaluate", "finetune", "demo"):
+            assert command in result.stdout, f"'{command}' missing from --help"
+    else:
+        assert napari_unet.__version__ in result.stdout
