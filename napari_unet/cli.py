@@ -55,3 +55,34 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def add_demo_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="run predict → correct → fine-tune → predict headless on sample data and print before/after scores",
+        description=(
+            "The whole human-in-the-loop cycle without a display: predict with a shipped model, simulate a "
+            "user's correction with ground truth on one part (left half of the EM sample, or the first images "
+            "of --data), fine-tune for a time budget, predict again, and score the part never trained on."
+        ),
+    )
+    parser.add_argument("--data", metavar="DIR", help="folder with images/ and masks/ (matched by file name); default: the shipped EM-like sample")
+    parser.add_argument("--model", default="membranes", metavar="NAME", help="model to start from (default: membranes)")
+    parser.add_argument("--seconds", type=float, default=60.0, metavar="S", help="fine-tuning time budget in seconds (default: 60)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    parser.set_defaults(func=_run_demo_command)
+
+
+def _run_demo_command(args) -> int:
+    import json
+
+    from napari_unet.demo import format_summary, run_demo
+
+    log = (lambda text: None) if args.json else (lambda text: print(f"[demo] {text}", file=sys.stderr, flush=True))
+    result = run_demo(data_dir=args.data, model_name=args.model, seconds=args.seconds, log=log)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_summary(result))
+    return 0
+
+
+COMMANDS.append(add_demo_command)
