@@ -1,0 +1,401 @@
+"""The prediction engine: numpy or dask arrays of any layout, size and dtype -> probabilities or labels.
+
+Data flow per 2D plane: raw pixels -> percentile range (once per plane, from a strided subsample
+for big/dask images) -> tiles gathered with reflect padding (tiling.py) -> normalised per tile with
+that one range (identical to normalising the whole plane) -> one compiled tf.function per model ->
+probabilities blended with a raised-cosine window -> cropped to exactly the input's Y x X.
+
+Layouts (channel_axis=None):
+  (Y, X)                      one plane
+  (Y, X, C)                   when C equals the model's channel count (> 1)
+  (Y, X, 3|4)                 colour (RGB/RGBA) into a 1-channel model: converted to grey, with a warning
+  (Z|T, Y, X), (T, Z, Y, X)   stacks, predicted plane by plane (each plane normalised on its own)
+  (..., Y, X, C)              stacks of multichannel planes, same rule for the last axis.
+A 3-D array whose last axis has 3 or 4 entries is read as colour (Y, X, RGB[A]) only if Y and X are
+both at least 16 px; otherwise it is a stack. Pass channel_axis to say where channels are (e.g. 0 for
+(C, Y, X)); channel_axis always wins over the guess.
+
+dask (or zarr via dask.array.from_zarr) input returns a lazy dask array: blocks of BLOCK_SIZE px are
+predicted on compute, each from exactly the tiles a whole-image pass would use, so blocks join without
+seams and the result equals the numpy result. Percentiles are computed once per plane, eagerly.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from typing import Callable
+
+import numpy as np
+
+from napari_unet import tiling
+from napari_unet.errors import Cancelled, NapariUNetError
+from napari_unet.model import SegmentationModel
+from napari_unet.normalize import apply_range, percentile_range
+from napari_unet.postprocess import instances_from_labels, objects_are_background, semantic_labels
+
+OUTPUTS = ("labels", "probabilities", "instances")
+# Tiles are enlarged to this size for images bigger than the model's training tile: fewer tiles means
+# less overlap work, and 1024 px tiles run at the same GFLOP/s as 256-512 px ones on CPU.
+LARGE_TILE = 1024
+# Pixels per forward call at base width 16 (scaled by 16/base_width), which bounds activation memory.
+BATCH_PIXEL_BUDGET = 2 * 1024 * 1024
+# Side of the output blocks of a lazy (dask) prediction.
+BLOCK_SIZE = 4096
+MIN_SIDE = 2
+
+ProgressCallback = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+def forward_function(model: SegmentationModel):
+    """The model's compiled forward pass: float32 (N, H, W, C) -> (N, H, W, n_classes).
+
+    Traced once per Keras model with a (None, None, None, C) signature, so any tile size and batch
+    reuse it; cached on the SegmentationModel (a new Keras model, e.g. after copy(), gets its own).
+    model.predict is avoided on purpose: it is up to 2x slower and erratic on CPU (cpu-calibration.md).
+    """
+    import tensorflow as tf
+
+    keras_model = model.keras_model
+    cached = model.__dict__.get("_forward")
+    if cached is not None and cached[0] is keras_model:
+        return cached[1]
+    n_channels = int(keras_model.input_shape[-1])
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, n_channels), tf.float32)])
+    def forward(batch):
+        return keras_model(batch, training=False)
+
+    model.__dict__["_forward"] = (keras_model, forward)
+    return forward
+
+
+class _ProgressCounter:
+    """Counts finished tiles across a whole call (all planes, all blocks); thread-safe for dask."""
+
+    def __init__(self, total: int, progress: ProgressCallback | None, cancel: CancelCheck | None):
+        self.total, self.done = total, 0
+        self._progress, self._cancel = progress, cancel
+        self._lock = threading.Lock()
+
+    def check_cancel(self) -> None:
+        if self._cancel is not None and self._cancel():
+            raise Cancelled("prediction cancelled")
+
+    def add(self, n_tiles: int) -> None:
+        with self._lock:
+            self.done += n_tiles
+            done = self.done
+        if self._progress is not None:
+            self._progress(done, self.total)
+
+
+def _is_dask(image) -> bool:
+    return type(image).__module__.startswith("dask.")
+
+
+def _describe(shape) -> str:
+    return "×".join(str(n) for n in shape)
+
+
+def _as_planes(image, n_channels: int, channel_axis: int | None):
+    """Reorder to (*leading, Y, X, C) for the model's channel count; colour -> grey for 1-channel models."""
+    shape = tuple(image.shape)
+    if len(shape) < 2:
+        raise NapariUNetError(f"the image has shape {shape}: a 2D (Y, X) image or a stack of them is needed")
+    if channel_axis is not None:
+        if not -len(shape) <= channel_axis < len(shape):
+            raise NapariUNetError(f"channel_axis={channel_axis} does not exist in an image of shape {shape}")
+        image = np.moveaxis(image, channel_axis, -1)
+        has_channels = True
+    else:
+        last = shape[-1]
+        looks_colour = len(shape) >= 3 and last in (3, 4) and min(shape[-3:-1]) >= 16
+        has_channels = len(shape) >= 3 and ((n_channels > 1 and last == n_channels) or (n_channels == 1 and looks_colour))
+    if not has_channels:
+        if n_channels != 1:
+            raise NapariUNetError(
+                f"the model expects {n_channels} channels but the image of shape {_describe(shape)} has none "
+                f"with {n_channels} entries on its last axis: pass channel_axis= to say which axis holds channels"
+            )
+        image = image[..., None]
+    n_image_channels = image.shape[-1]
+    if n_image_channels != n_channels:
+        if n_channels == 1 and n_image_channels in (3, 4):
+            warnings.warn(
+                "colour image given to a 1-channel model: converted to greyscale (alpha ignored)", stacklevel=3
+            )
+            weights = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # as skimage.color.rgb2gray
+            image = (image[..., :3].astype(np.float32) * weights).sum(axis=-1)[..., None]
+        else:
+            raise NapariUNetError(
+                f"the model expects {n_channels} channel(s) but the image of shape {_describe(shape)} has "
+                f"{n_image_channels}: use a model trained for {n_image_channels} channels, or pick channels first"
+            )
+    n_leading = image.ndim - 3
+    if n_leading > 2:
+        raise NapariUNetError(
+            f"the image has shape {_describe(shape)}: at most (T, Z, Y, X) plus channels is supported; "
+            "predict one time point or one position at a time"
+        )
+    return image
+
+
+def _check_values(image) -> None:
+    """Reject inputs that are not intensity images before any TensorFlow work."""
+    dtype = np.dtype(image.dtype)
+    if dtype == bool:
+        raise NapariUNetError(
+            "the image is boolean (is it a mask?): pass the intensity image, or convert it with "
+            "image.astype('uint8') if you really want to segment a binary image"
+        )
+    if dtype.kind not in "uif":
+        raise NapariUNetError(f"the image has dtype {dtype}: a numeric (integer or float) image is needed")
+    if image.size == 0:
+        raise NapariUNetError(f"the image of shape {_describe(image.shape)} is empty: nothing to segment")
+
+
+def _plane_range(plane, normalization, index) -> tuple[np.ndarray, np.ndarray] | None:
+    """Percentile range of one (Y, X, C) plane, or None for a constant plane (predicted as background)."""
+    where = f" (plane {index})" if index else ""
+    if not _is_dask(plane) and np.dtype(plane.dtype).kind == "f" and not np.all(np.isfinite(plane)):
+        raise NapariUNetError(
+            f"the image{where} contains NaN or infinite values: replace them (e.g. numpy.nan_to_num) before segmenting"
+        )
+    try:
+        low, high = percentile_range(plane, normalization)
+    except NapariUNetError as exc:
+        raise NapariUNetError(f"{exc}{where}") from None
+    if np.all(high <= low):
+        warnings.warn(
+            f"the image{where} is constant (no contrast between its percentiles): predicted as all background",
+            stacklevel=4,
+        )
+        return None
+    return low, high
+
+
+class _Plan:
+    """Everything fixed for one call: tiling, batch size, classes."""
+
+    def __init__(self, model: SegmentationModel, spatial_shape, tile_size, overlap, batch_size):
+        config = model.config
+        multiple = config.size_multiple
+        model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
+        if tile_size is None:
+            tile = model_tile if max(spatial_shape) <= model_tile else max(model_tile, LARGE_TILE)
+        else:
+            if tile_size < multiple:
+                raise NapariUNetError(f"tile_size={tile_size} is too small: use at least {multiple} (2**depth)")
+            tile = tiling.round_up(int(tile_size), multiple)
+        if overlap is None:
+            overlap = tiling.default_overlap(min(model_tile, tile))
+        if overlap < 0:
+            raise NapariUNetError(f"overlap={overlap} must be >= 0 px")
+        if batch_size < 1:
+            raise NapariUNetError(f"batch_size={batch_size} must be >= 1")
+        self.grid = tiling.tile_grid(spatial_shape, tile, int(overlap), multiple)
+        rows, cols = self.grid
+        self.window = np.outer(
+            tiling.blending_window(rows.size, overlap), tiling.blending_window(cols.size, overlap)
+        ).astype(np.float32)
+        pixel_budget = BATCH_PIXEL_BUDGET * 16 // max(1, config.base_width)
+        self.batch_size = max(1, min(int(batch_size), pixel_budget // (rows.size * cols.size)))
+        self.n_classes = config.n_classes
+        self.forward = forward_function(model)
+
+    def tiles_in(self, region) -> list[tuple[int, int]]:
+        (y0, y1), (x0, x1) = region
+        rows, cols = self.grid
+        return [
+            (i, j)
+            for i in tiling.tiles_overlapping(rows, y0, y1)
+            for j in tiling.tiles_overlapping(cols, x0, x1)
+        ]
+
+
+def _predict_region(plan: _Plan, plane, value_range, region, counter: _ProgressCounter) -> np.ndarray:
+    """Blended probabilities (Yr, Xr, n_classes) of `region` of a raw (Y, X, C) plane (numpy or dask)."""
+    (y0, y1), (x0, x1) = region
+    rows, cols = plan.grid
+    tiles = plan.tiles_in(region)
+    if value_range is None:  # constant plane: all background
+        probabilities = np.zeros((y1 - y0, x1 - x0, plan.n_classes), dtype=np.float32)
+        if plan.n_classes > 1:
+            probabilities[..., 0] = 1.0
+        counter.check_cancel()
+        counter.add(len(tiles))
+        return probabilities
+    low, high = value_range
+    row_index = {i: tiling.reflect_indices(rows.starts[i], rows.size, rows.length) for i, _ in tiles}
+    col_index = {j: tiling.reflect_indices(cols.starts[j], cols.size, cols.length) for _, j in tiles}
+    r0 = min(int(idx.min()) for idx in row_index.values())
+    r1 = max(int(idx.max()) for idx in row_index.values()) + 1
+    c0 = min(int(idx.min()) for idx in col_index.values())
+    c1 = max(int(idx.max()) for idx in col_index.values()) + 1
+    source = plane[r0:r1, c0:c1]
+    if _is_dask(source):
+        source = source.compute()
+        if np.dtype(source.dtype).kind == "f" and not np.all(np.isfinite(source)):
+            raise NapariUNetError("the image contains NaN or infinite values: replace them (e.g. numpy.nan_to_num)")
+    accumulated = np.zeros((y1 - y0, x1 - x0, plan.n_classes), dtype=np.float32)
+    weight_sum = np.zeros((y1 - y0, x1 - x0), dtype=np.float32)
+    for first in range(0, len(tiles), plan.batch_size):
+        counter.check_cancel()
+        batch_tiles = tiles[first : first + plan.batch_size]
+        batch = np.stack(
+            [apply_range(source[np.ix_(row_index[i] - r0, col_index[j] - c0)], low, high) for i, j in batch_tiles]
+        )
+        probabilities = plan.forward(batch).numpy()
+        for (i, j), tile_probabilities in zip(batch_tiles, probabilities):
+            ty0, tx0 = rows.starts[i], cols.starts[j]
+            # Intersection of the tile with the region, in region and in tile coordinates.
+            ay0, ay1 = max(ty0, y0), min(ty0 + rows.size, y1)
+            ax0, ax1 = max(tx0, x0), min(tx0 + cols.size, x1)
+            window = plan.window[ay0 - ty0 : ay1 - ty0, ax0 - tx0 : ax1 - tx0]
+            accumulated[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] += (
+                tile_probabilities[ay0 - ty0 : ay1 - ty0, ax0 - tx0 : ax1 - tx0] * window[..., None]
+            )
+            weight_sum[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] += window
+        counter.add(len(batch_tiles))
+    accumulated /= weight_sum[..., None]
+    return accumulated
+
+
+def predict_probabilities(
+    model: SegmentationModel,
+    plane,
+    *,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+) -> np.ndarray:
+    """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here)."""
+    plane_range = _plane_range(plane, model.metadata.normalization, None)
+    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size)
+    region = ((0, plane.shape[0]), (0, plane.shape[1]))
+    counter = _ProgressCounter(len(plan.tiles_in(region)), progress, cancel)
+    return _predict_region(plan, plane, plane_range, region, counter)
+
+
+def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, threshold: float, instances_of: str, min_size: int):
+    n_classes = model.config.n_classes
+    if output == "probabilities":
+        return probabilities[..., 0] if n_classes == 1 else probabilities
+    labels = semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, threshold, n_classes)
+    if output == "labels":
+        return labels
+    if instances_of == "auto":
+        instances_of = "background" if objects_are_background(model.metadata.class_names) else "foreground"
+    instances = np.zeros(labels.shape, dtype=np.int32)
+    for index in np.ndindex(labels.shape[:-2]):
+        instances[index] = instances_from_labels(labels[index], objects=instances_of, min_size=min_size)
+    return instances
+
+
+def predict(
+    model,
+    image,
+    *,
+    output: str = "labels",
+    threshold: float = 0.5,
+    tile_size: int | None = None,
+    overlap: int | None = None,
+    batch_size: int = 4,
+    channel_axis: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCheck | None = None,
+    instances_of: str = "auto",
+    min_size: int = 16,
+    block_size: int = BLOCK_SIZE,
+):
+    """Segment `image` (numpy or dask; layouts in the module docstring) with `model`.
+
+    model: a SegmentationModel, or a shipped/stored name or .keras path (resolved by registry.load_model).
+    output: "labels" (uint8, 0/1 or class ids), "probabilities" (float32; trailing class axis only for
+    multi-class models) or "instances" (int32, see postprocess.py; instances_of="auto" uses the regions
+    enclosed by the foreground for membrane models). Spatial shape always equals the input's.
+    tile_size: largest tile in px (default: the model's tile size, or LARGE_TILE for big images);
+    overlap: px shared by neighbouring tiles (default 1/8 of the model's tile size, >= 16).
+    progress(done, total) counts tiles over the whole call; cancel() is polled between tile batches and
+    raises errors.Cancelled. dask input returns a lazy dask array (instances not supported there).
+    Constant planes are predicted as background with a warning.
+    """
+    if output not in OUTPUTS:
+        raise NapariUNetError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
+    if not isinstance(model, SegmentationModel):
+        from napari_unet.registry import load_model
+
+        model = load_model(model)
+    lazy = _is_dask(image)
+    if not lazy:
+        image = np.asarray(image)
+    _check_values(image)
+    planes = _as_planes(image, model.config.n_channels, channel_axis)
+    spatial_shape = tuple(planes.shape[-3:-1])
+    if min(spatial_shape) < MIN_SIDE:
+        raise NapariUNetError(
+            f"the image is {_describe(spatial_shape)} px: too small to segment, it needs at least {MIN_SIDE} px per side"
+        )
+    plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size)
+    leading_shape = tuple(planes.shape[:-3])
+    normalization = model.metadata.normalization
+    ranges = {index: _plane_range(planes[index], normalization, index) for index in np.ndindex(leading_shape)}
+    if lazy:
+        if output == "instances":
+            raise NapariUNetError(
+                "instances are not available for lazy (dask) images: predict labels, then compute "
+                "instances on a region that fits in memory (napari_unet.postprocess.instances_from_labels)"
+            )
+        probabilities = _predict_lazy(plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size)
+        if output == "probabilities":
+            return probabilities[..., 0] if plan.n_classes == 1 else probabilities
+        return _labels_lazy(probabilities, threshold, plan.n_classes)
+    whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
+    tiles_per_plane = len(plan.tiles_in(whole))
+    counter = _ProgressCounter(tiles_per_plane * math.prod(leading_shape), progress, cancel)
+    probabilities = np.empty((*leading_shape, *spatial_shape, plan.n_classes), dtype=np.float32)
+    for index in np.ndindex(leading_shape):
+        probabilities[index] = _predict_region(plan, planes[index], ranges[index], whole, counter)
+    return _finish(model, probabilities, output, threshold, instances_of, min_size)
+
+
+def _predict_lazy(plan: _Plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size):
+    """A dask array (*leading, Y, X, n_classes) whose blocks are predicted on compute."""
+    import dask.array as da
+
+    block = max(1, int(block_size))
+    template = da.zeros(
+        (*leading_shape, *spatial_shape), chunks=(*(1,) * len(leading_shape), block, block), dtype=np.uint8
+    )
+    total = 0
+    for y_chunk_start, y_size in zip(np.cumsum((0,) + template.chunks[-2][:-1]), template.chunks[-2]):
+        for x_chunk_start, x_size in zip(np.cumsum((0,) + template.chunks[-1][:-1]), template.chunks[-1]):
+            region = ((int(y_chunk_start), int(y_chunk_start + y_size)), (int(x_chunk_start), int(x_chunk_start + x_size)))
+            total += len(plan.tiles_in(region))
+    counter = _ProgressCounter(total * math.prod(leading_shape), progress, cancel)
+
+    def predict_block(block_template, block_info=None):
+        location = block_info[None]["array-location"][:-1]  # the output's last axis is the class axis
+        index = tuple(start for start, _ in location[:-2])
+        region = tuple(location[-2:])
+        probabilities = _predict_region(plan, planes[index], ranges[index], region, counter)
+        return probabilities.reshape(block_template.shape + (plan.n_classes,))
+
+    return template.map_blocks(
+        predict_block,
+        dtype=np.float32,
+        chunks=(*template.chunks, (plan.n_classes,)),
+        new_axis=template.ndim,
+        meta=np.empty((0,) * (template.ndim + 1), dtype=np.float32),
+    )
+
+
+def _labels_lazy(probabilities, threshold: float, n_classes: int):
+    if n_classes == 1:
+        return probabilities[..., 0].map_blocks(semantic_labels, threshold, 1, dtype=np.uint8)
+    return probabilities.map_blocks(semantic_labels, threshold, n_classes, dtype=np.uint8, drop_axis=probabilities.ndim - 1)

@@ -1,0 +1,104 @@
+"""Tile grids, reflect padding by index mapping, and the blending window for seam-free tiled prediction.
+
+Coordinates here live in one "frame" per axis: image pixels 0..length-1, extended on both sides by
+reflection (numpy's 'reflect' mode, edge pixel not repeated). A tile may start before 0 or end after
+`length`; `reflect_indices` says which image pixel feeds each tile pixel. Because padding is an index
+mapping rather than a padded copy, the same code serves numpy arrays and lazy dask/zarr images, and a
+block of a huge image can gather exactly the tiles (and input pixels) a whole-image pass would use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+# Weight of a tile's outermost pixels: never zero, so a pixel covered by one tile only is still defined.
+WINDOW_FLOOR = 0.02
+
+
+def round_up(value: int, multiple: int) -> int:
+    return int(math.ceil(value / multiple) * multiple)
+
+
+def default_overlap(tile_size: int) -> int:
+    """About 1/8 of the tile, at least 16 px: enough for the U-Net's border effects to fade out."""
+    return max(16, tile_size // 8)
+
+
+@dataclass(frozen=True)
+class AxisTiles:
+    """Tiles of one axis: each tile covers [start, start + size) in frame coordinates."""
+
+    length: int
+    size: int
+    starts: tuple[int, ...]
+
+    @property
+    def padded_length(self) -> int:
+        return self.starts[-1] + self.size - self.starts[0]
+
+
+def axis_tiles(length: int, max_tile: int, overlap: int, multiple: int) -> AxisTiles:
+    """Cover `length` px with the fewest tiles of at most `max_tile` px (a multiple of `multiple`).
+
+    The tile size is then shrunk to split the axis evenly, which keeps the work spent on overlap and
+    padding small (a 2048 px axis with 512 px tiles and 64 px overlap gets 5 tiles of 464 px, not 5 of
+    512). An axis shorter than one tile becomes a single tile, reflect-padded on both sides.
+    """
+    if length < 1:
+        raise ValueError(f"axis length must be >= 1, not {length}")
+    max_tile = round_up(max(max_tile, multiple), multiple)
+    single = round_up(length, multiple)
+    if single <= max_tile:
+        start = -((single - length) // 2)  # centre the padding so both borders see reflected context
+        return AxisTiles(length, single, (start,))
+    overlap = min(overlap, max_tile // 2)
+    n_tiles = max(2, math.ceil((length - overlap) / (max_tile - overlap)))
+    while True:
+        size = round_up(math.ceil((length + (n_tiles - 1) * overlap) / n_tiles), multiple)
+        if size <= max_tile:
+            break
+        n_tiles += 1
+    size = min(size, single)
+    last = length - size
+    starts = tuple(int(round(i * last / (n_tiles - 1))) for i in range(n_tiles))
+    return AxisTiles(length, size, starts)
+
+
+def tile_grid(shape: tuple[int, int], max_tile: int, overlap: int, multiple: int) -> tuple[AxisTiles, AxisTiles]:
+    """Row and column tiling of a (Y, X) plane."""
+    return (axis_tiles(shape[0], max_tile, overlap, multiple), axis_tiles(shape[1], max_tile, overlap, multiple))
+
+
+def reflect_indices(start: int, size: int, length: int) -> np.ndarray:
+    """Image indices feeding frame pixels start..start+size-1 (numpy 'reflect' padding, any distance)."""
+    positions = np.arange(start, start + size)
+    if length == 1:
+        return np.zeros(size, dtype=np.intp)
+    period = 2 * (length - 1)
+    positions = np.mod(positions, period)
+    return np.where(positions < length, positions, period - positions).astype(np.intp)
+
+
+def blending_window(size: int, overlap: int, floor: float = WINDOW_FLOOR) -> np.ndarray:
+    """1D weights: 1 in the middle, a raised-cosine ramp down to `floor` over `overlap` px at both ends.
+
+    Predictions near a tile's border see zero-padded context and are the least reliable; the ramp lets
+    the neighbouring tile's centre take over smoothly. The 2D window is the outer product.
+    """
+    weights = np.ones(size, dtype=np.float32)
+    ramp_length = min(overlap, size // 2)
+    if ramp_length > 0:
+        distance = np.arange(ramp_length, dtype=np.float32) + 0.5
+        ramp = np.sin(0.5 * np.pi * distance / ramp_length) ** 2
+        ramp = floor + (1.0 - floor) * ramp
+        weights[:ramp_length] = ramp
+        weights[size - ramp_length :] = ramp[::-1]
+    return weights
+
+
+def tiles_overlapping(axis: AxisTiles, low: int, high: int) -> list[int]:
+    """Indices of the tiles of `axis` that cover any pixel in [low, high)."""
+    return [i for i, start in enumerate(axis.starts) if start < high and start + axis.size > low]
