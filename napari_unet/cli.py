@@ -86,3 +86,137 @@ def _run_demo_command(args) -> int:
 
 
 COMMANDS.append(add_demo_command)
+
+
+def add_predict_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "predict",
+        help="segment images with a model and write OUTDIR/<name>.tif",
+        description=(
+            "Predict labels (default), instances or probabilities for image files or folders of images. "
+            "Each output is a TIFF with the input's Y×X shape, named after the input's file stem."
+        ),
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path")
+    parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="T", help="foreground probability threshold (default 0.5)")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--instances", action="store_true", help="write instance labels (int32) instead of 0/1 labels")
+    kind.add_argument("--probabilities", action="store_true", help="write float32 probabilities instead of labels")
+    parser.set_defaults(func=_run_predict_command)
+
+
+def _expand_inputs(inputs: list[str]) -> list:
+    from pathlib import Path
+
+    from napari_unet.errors import NapariUNetError
+    from napari_unet.io import list_images
+
+    paths = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found = list_images(path)
+            if not found:
+                raise NapariUNetError(f"no images (.tif, .png, .jpg) found in folder '{path}'")
+            paths.extend(found)
+        elif path.is_file():
+            paths.append(path)
+        else:
+            raise NapariUNetError(f"cannot read '{path}': no such file or folder")
+    return paths
+
+
+class _TextProgress:
+    """One stderr line, rewritten in place: 'image 2/5 name: tiles 12/40'."""
+
+    def __init__(self, n_images: int):
+        self.n_images, self.image_number, self.name, self.shown = n_images, 0, "", False
+
+    def start(self, name: str) -> None:
+        self.image_number += 1
+        self.name = name
+
+    def __call__(self, done: int, total: int) -> None:
+        self.shown = True
+        print(f"\r[predict] image {self.image_number}/{self.n_images} {self.name}: tiles {done}/{total}   ",
+              end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.shown:
+            print(file=sys.stderr, flush=True)
+
+
+def _run_predict_command(args) -> int:
+    from pathlib import Path
+
+    from napari_unet.errors import NapariUNetError
+    from napari_unet.io import read_image, write_labels
+    from napari_unet.predict import predict
+    from napari_unet.registry import load_model
+
+    inputs = _expand_inputs(args.inputs)
+    output_dir = Path(args.output)
+    targets = {}
+    for path in inputs:
+        target = output_dir / f"{path.stem}.tif"
+        if target.exists() and target.resolve() == path.resolve():
+            raise NapariUNetError(f"the output '{target}' would overwrite the input '{path}': choose another -o OUTDIR")
+        if target in targets:
+            raise NapariUNetError(f"'{targets[target]}' and '{path}' would both be written to '{target}': rename one")
+        targets[target] = path
+    model = load_model(args.model)
+    output = "instances" if args.instances else "probabilities" if args.probabilities else "labels"
+    progress = _TextProgress(len(inputs))
+    try:
+        for target, path in targets.items():
+            image = read_image(path)
+            progress.start(path.name)
+            result = predict(model, image, output=output, threshold=args.threshold, progress=progress)
+            write_labels(target, result)
+    finally:
+        progress.close()
+    print(f"wrote {len(targets)} file(s) to {output_dir}", file=sys.stderr)
+    return 0
+
+
+COMMANDS.append(add_predict_command)
+
+
+def add_evaluate_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score a model on images with ground-truth masks (IoU, Dice, pixel error)",
+        description="Masks are matched to images by file stem; mask > 0 is foreground. Totals pool all pixels.",
+    )
+    parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path")
+    parser.add_argument("--images", required=True, metavar="DIR", help="folder of images")
+    parser.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="T", help="foreground probability threshold (default 0.5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=_run_evaluate_command)
+
+
+def _run_evaluate_command(args) -> int:
+    import json
+
+    from napari_unet.evaluate import evaluate
+    from napari_unet.io import find_pairs
+
+    pairs = find_pairs(args.images, args.masks)
+    report = lambda done, total: print(f"\r[evaluate] image {done}/{total}   ", end="", file=sys.stderr, flush=True)  # noqa: E731
+    result = evaluate(args.model, [image for image, _ in pairs], [mask for _, mask in pairs],
+                      threshold=args.threshold, progress=None if args.json else report)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(file=sys.stderr)
+    print(f"{'image':<24} {'IoU':>7} {'Dice':>7} {'pixel error':>12}")
+    for row in result["per_image"]:
+        print(f"{row['name']:<24} {row['iou']:7.4f} {row['dice']:7.4f} {row['pixel_error']:12.4f}")
+    print(f"{'all ' + str(result['n_images']) + ' (pooled)':<24} {result['iou']:7.4f} {result['dice']:7.4f} {result['pixel_error']:12.4f}")
+    return 0
+
+
+COMMANDS.append(add_evaluate_command)

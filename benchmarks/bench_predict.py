@@ -1,0 +1,121 @@
+"""Prediction speed: the engine (tiled, one tf.function) vs a plain Keras script (model.predict on the
+whole padded image), and the engine's GFLOP/s as a share of the tf.matmul rate measured in the same run.
+
+    .venv/bin/python benchmarks/bench_predict.py [--width 64] [--sizes 512 2048 4096] [--repeats 3]
+
+Goals (issue): engine >= 1.5x naive at every size; engine >= 75 % of the matmul rate. The box is shared,
+so the load average is printed with every row; compare ratios, not absolute times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+
+
+def smooth_image(size: int, seed: int = 0) -> np.ndarray:
+    """A uint8 image with blobs at several scales (cheap to make at 4096²: upsampled coarse noise)."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    coarse = ndi.gaussian_filter(rng.random((size // 8 + 1, size // 8 + 1)), 2)
+    image = ndi.zoom(coarse, 8, order=1)[:size, :size]
+    image = image + 0.05 * rng.standard_normal((size, size))
+    image = (image - image.min()) / (image.max() - image.min())
+    return (image * 255).astype(np.uint8)
+
+
+def matmul_rate(n: int = 4096, repeats: int = 5) -> float:
+    import tensorflow as tf
+
+    a = tf.random.normal((n, n))
+    b = tf.random.normal((n, n))
+    tf.matmul(a, b).numpy()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.matmul(a, b).numpy()
+        times.append(time.perf_counter() - start)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def naive_predict(model, image: np.ndarray) -> np.ndarray:
+    """What a plain Keras script does: normalise, reflect-pad to the size multiple, model.predict, crop."""
+    from napari_unet.normalize import normalize
+
+    multiple = model.config.size_multiple
+    height, width = image.shape
+    padded = np.pad(normalize(image), ((0, -height % multiple), (0, -width % multiple)), mode="reflect")
+    return model.keras_model.predict(padded[None, ..., None], verbose=0)[0, :height, :width, 0]
+
+
+def engine_flops(model, shape) -> tuple[float, int, int]:
+    """FLOPs the engine actually computes (all tiles, padded), the tile count and tile side."""
+    from napari_unet.model import unet_flops
+    from napari_unet.predict import _Plan
+
+    plan = _Plan(model, shape, None, None, 4)
+    rows, cols = plan.grid
+    n_tiles = len(rows.starts) * len(cols.starts)
+    return n_tiles * unet_flops(model.config, rows.size, cols.size), n_tiles, rows.size
+
+
+def timed(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=3)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
+    parser.add_argument("--repeats", type=int, default=3, help="repeats for images up to 1024² (1 above)")
+    parser.add_argument("--skip-naive-above", type=int, default=4096, help="no naive run above this side")
+    args = parser.parse_args()
+
+    from napari_unet.model import UNetConfig, new_model
+    from napari_unet.predict import predict
+
+    peak = matmul_rate()
+    print(f"tf.matmul 4096³: {peak:.0f} GFLOP/s   load average {os.getloadavg()[0]:.2f}")
+    model = new_model(UNetConfig(base_width=args.width, depth=args.depth))
+    for warm in (64, 96):  # trace the engine's tf.function and let Keras' predict generalise its shapes
+        predict(model, smooth_image(warm), output="probabilities")
+        naive_predict(model, smooth_image(warm))
+
+    header = "| size | tiles | engine s | engine MPix/s | naive s | naive MPix/s | engine/naive | engine GFLOP/s | % matmul | load |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for size in args.sizes:
+        image = smooth_image(size)
+        repeats = args.repeats if size <= 1024 else 1
+        flops, n_tiles, tile = engine_flops(model, image.shape)
+        engine_seconds = timed(lambda: predict(model, image, output="probabilities"), repeats)
+        megapixels = size * size / 1e6
+        if size <= args.skip_naive_above:
+            naive_seconds = timed(lambda: naive_predict(model, image), repeats)
+            naive_text = f"{naive_seconds:.2f} | {megapixels / naive_seconds:.3f} | {naive_seconds / engine_seconds:.2f}x"
+        else:
+            naive_text = "skipped | - | -"
+        gflops = flops / engine_seconds / 1e9
+        print(
+            f"| {size}² | {n_tiles}×{tile}² | {engine_seconds:.2f} | {megapixels / engine_seconds:.3f} | {naive_text} | "
+            f"{gflops:.0f} | {100 * gflops / peak:.0f}% | {os.getloadavg()[0]:.2f} |",
+            flush=True,
+        )
+    print(f"model: base_width={args.width} depth={args.depth}; tf.matmul re-measured: {matmul_rate():.0f} GFLOP/s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Score a model on images with ground-truth masks: IoU, Dice and pixel error, pooled over all pixels."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from napari_unet.errors import NapariUNetError
+from napari_unet.metrics import confusion_counts, scores_from_counts
+
+
+def _load(item, kind: str, index: int) -> tuple[np.ndarray, str]:
+    """An array and a name for messages: the file stem for paths, '<kind> <index>' for arrays."""
+    if isinstance(item, (str, os.PathLike)):
+        from napari_unet.io import read_image
+
+        return read_image(item), Path(item).stem
+    return np.asarray(item), f"{kind} {index}"
+
+
+def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None) -> dict:
+    """Predict each image and compare with its mask (mask > 0 is foreground; predicted label > 0 likewise).
+
+    images/masks: equally long lists of 2D arrays or file paths (an (N, Y, X) array counts as N images).
+    Returns {"iou", "dice", "pixel_error", "n_images", "per_image": [{"name", "iou", "dice",
+    "pixel_error"}, ...]}; the totals pool the pixel counts of all images (not a mean of ratios).
+    progress(done, total) counts images; cancel() is polled between images.
+    """
+    from napari_unet.errors import Cancelled
+    from napari_unet.predict import predict
+    from napari_unet.registry import load_model
+
+    model = load_model(model)
+    images, masks = list(images), list(masks)
+    if len(images) != len(masks):
+        raise NapariUNetError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
+    if not images:
+        raise NapariUNetError("no images to evaluate: give at least one image with its mask")
+    total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+    per_image = []
+    for index, (image_item, mask_item) in enumerate(zip(images, masks)):
+        if cancel is not None and cancel():
+            raise Cancelled("evaluation cancelled")
+        image, name = _load(image_item, "image", index)
+        mask, mask_name = _load(mask_item, "mask", index)
+        image_spatial = image.shape[:2]
+        if mask.ndim != 2 or mask.shape != image_spatial:
+            raise NapariUNetError(
+                f"mask '{mask_name}' is {'×'.join(map(str, mask.shape))} but its image '{name}' is "
+                f"{'×'.join(map(str, image_spatial))}: a mask must have exactly its image's Y×X shape"
+            )
+        labels = predict(model, image, output="labels", threshold=threshold)
+        counts = confusion_counts(labels, mask)
+        for key, value in counts.items():
+            total[key] += value
+        per_image.append({"name": name, "index": index, **scores_from_counts(counts)})
+        if progress is not None:
+            progress(index + 1, len(images))
+    return {**scores_from_counts(total), "n_images": len(images), "per_image": per_image}
