@@ -1,0 +1,157 @@
+"""The U-Net builder (layer shapes, parameter counts worked out by hand) and .keras save/load."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+
+from napari_unet.errors import ModelLoadError
+from napari_unet.model import UNetConfig, build_unet, load_model_file, new_model, save_model
+
+
+def conv_params(kernel: int, c_in: int, c_out: int, bias: bool = True) -> int:
+    """Weights of a kernel×kernel convolution (also a transposed one) plus one bias per output channel."""
+    return kernel * kernel * c_in * c_out + (c_out if bias else 0)
+
+
+def expected_layer_params(config: UNetConfig) -> dict[str, int]:
+    """Per-layer parameter counts of the U-Net as the paper describes it, level by level."""
+    bias = not config.batch_norm
+    params: dict[str, int] = {}
+    c_in = config.n_channels
+    for level in range(config.depth):
+        width = config.base_width * 2**level
+        params[f"enc{level}_conv1"] = conv_params(3, c_in, width, bias)
+        params[f"enc{level}_conv2"] = conv_params(3, width, width, bias)
+        if config.batch_norm:  # gamma, beta, moving mean, moving variance
+            params[f"enc{level}_bn1"] = params[f"enc{level}_bn2"] = 4 * width
+        c_in = width
+    width = config.base_width * 2**config.depth
+    params["bottleneck_conv1"] = conv_params(3, c_in, width, bias)
+    params["bottleneck_conv2"] = conv_params(3, width, width, bias)
+    if config.batch_norm:
+        params["bottleneck_bn1"] = params["bottleneck_bn2"] = 4 * width
+    c_in = width
+    for level in reversed(range(config.depth)):
+        width = config.base_width * 2**level
+        if config.upsampling == "transpose":
+            params[f"dec{level}_up"] = conv_params(2, c_in, width)  # 2x2 stride-2 transposed conv
+        else:
+            params[f"dec{level}_upconv"] = conv_params(2, c_in, width)  # 2x2 conv after bilinear x2
+        params[f"dec{level}_conv1"] = conv_params(3, 2 * width, width, bias)  # skip ++ upsampled
+        params[f"dec{level}_conv2"] = conv_params(3, width, width, bias)
+        if config.batch_norm:
+            params[f"dec{level}_bn1"] = params[f"dec{level}_bn2"] = 4 * width
+        c_in = width
+    params["probabilities"] = conv_params(1, c_in, config.n_classes)
+    return params
+
+
+def test_reference_unet_parameter_count_matches_hand_arithmetic():
+    config = UNetConfig(n_channels=1, base_width=64, depth=3, n_classes=1, upsampling="transpose")
+    keras_model = build_unet(config)
+    expected = expected_layer_params(config)
+    # The first and last layers written out: 3·3·1·64 + 64 and 1·1·64·1 + 1.
+    assert expected["enc0_conv1"] == 640
+    assert expected["bottleneck_conv2"] == 3 * 3 * 512 * 512 + 512
+    assert expected["dec2_up"] == 2 * 2 * 512 * 256 + 256
+    assert expected["probabilities"] == 65
+    actual = {layer.name: layer.count_params() for layer in keras_model.layers if layer.count_params()}
+    assert actual == expected
+    assert sum(expected.values()) == 7_696_193
+    assert keras_model.count_params() == sum(expected.values())
+
+
+def _layer_shapes(keras_model, height: int, width: int) -> dict[str, tuple]:
+    import keras
+
+    names = [layer.name for layer in keras_model.layers[1:]]
+    probe = keras.Model(keras_model.input, [keras_model.get_layer(name).output for name in names])
+    outputs = probe(np.zeros((1, height, width, keras_model.input_shape[-1]), np.float32))
+    return {name: tuple(output.shape) for name, output in zip(names, outputs)}
+
+
+def test_reference_unet_layer_shapes_halve_and_double_per_level():
+    config = UNetConfig(n_channels=1, base_width=64, depth=3)
+    shapes = _layer_shapes(build_unet(config), 24, 16)
+    assert shapes["enc0_conv2"] == (1, 24, 16, 64)
+    assert shapes["enc0_pool"] == (1, 12, 8, 64)
+    assert shapes["enc1_conv2"] == (1, 12, 8, 128)
+    assert shapes["enc2_conv2"] == (1, 6, 4, 256)
+    assert shapes["bottleneck_conv2"] == (1, 3, 2, 512)
+    assert shapes["dec2_up"] == (1, 6, 4, 256)
+    assert shapes["dec2_concat"] == (1, 6, 4, 512)
+    assert shapes["dec1_conv2"] == (1, 12, 8, 128)
+    assert shapes["dec0_conv2"] == (1, 24, 16, 64)
+    assert shapes["probabilities"] == (1, 24, 16, 1)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        UNetConfig(base_width=4, upsampling="bilinear"),
+        UNetConfig(base_width=4, batch_norm=True),
+        UNetConfig(n_channels=2, base_width=4, depth=2, n_classes=3),
+    ],
+    ids=["bilinear", "batch_norm", "2ch-depth2-3classes"],
+)
+def test_variant_parameter_counts_match_hand_arithmetic(config):
+    keras_model = build_unet(config)
+    actual = {layer.name: layer.count_params() for layer in keras_model.layers if layer.count_params()}
+    assert actual == expected_layer_params(config)
+
+
+def test_bilinear_and_batchnorm_models_keep_input_size():
+    for config in (UNetConfig(base_width=4, upsampling="bilinear"), UNetConfig(base_width=4, batch_norm=True)):
+        output = build_unet(config)(np.random.default_rng(0).random((2, 32, 40, 1)).astype(np.float32))
+        assert tuple(output.shape) == (2, 32, 40, 1)
+        assert np.all((np.asarray(output) >= 0) & (np.asarray(output) <= 1))
+
+
+def test_three_class_model_outputs_softmax_per_pixel():
+    keras_model = build_unet(UNetConfig(base_width=4, n_classes=3))
+    output = np.asarray(keras_model(np.random.default_rng(1).random((1, 16, 24, 1)).astype(np.float32)))
+    assert output.shape == (1, 16, 24, 3)
+    np.testing.assert_allclose(output.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def test_save_load_round_trip_keeps_metadata_and_weights(tmp_path):
+    model = new_model(UNetConfig(base_width=4, n_classes=2), tile_size=128, name="cells", class_names=["bg", "cell"],
+                      info={"trained_on": ["a.tif"]})
+    path = save_model(model, tmp_path / "cells.keras")
+    loaded = load_model_file(path)
+    assert loaded.metadata.to_dict() == model.metadata.to_dict()
+    assert loaded.source == str(path)
+    batch = np.random.default_rng(2).random((1, 32, 32, 1)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(loaded.keras_model(batch)), np.asarray(model.keras_model(batch)))
+
+
+def test_keras_file_with_lambda_layer_is_refused(tmp_path):
+    import keras
+
+    inputs = keras.Input((None, None, 1))
+    outputs = keras.layers.Lambda(lambda x: x * 2.0)(inputs)
+    path = tmp_path / "unsafe.keras"
+    keras.Model(inputs, outputs).save(path)
+    with pytest.raises(ModelLoadError, match="Lambda") as error:
+        load_model_file(path)
+    assert "unsafe.keras" in str(error.value)
+
+
+def test_missing_model_file_names_the_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="nowhere.keras"):
+        load_model_file(tmp_path / "nowhere.keras")
+
+
+def test_corrupt_model_file_names_the_file(tmp_path):
+    garbage = tmp_path / "broken.keras"
+    garbage.write_bytes(b"not a zip file at all" * 10)
+    with pytest.raises(ModelLoadError, match="broken.keras"):
+        load_model_file(garbage)
+    truncated = tmp_path / "truncated.keras"
+    with zipfile.ZipFile(truncated, "w") as archive:
+        archive.writestr("config.json", "{ this is not json")
+    with pytest.raises(ModelLoadError, match="truncated.keras"):
+        load_model_file(truncated)

@@ -1,0 +1,68 @@
+"""Tile grids cover every pixel with enough overlap; reflect indices match numpy's padding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.tiling import axis_tiles, blending_window, default_overlap, reflect_indices, tiles_overlapping
+
+
+@pytest.mark.parametrize("length", [5, 63, 64, 65, 200, 1000, 2048, 5001])
+@pytest.mark.parametrize("max_tile,overlap", [(64, 16), (256, 32), (512, 64)])
+def test_tiles_cover_axis_with_required_overlap(length, max_tile, overlap):
+    multiple = 8
+    tiles = axis_tiles(length, max_tile, overlap, multiple)
+    assert tiles.size % multiple == 0
+    assert tiles.size <= max_tile
+    coverage = np.zeros(length, dtype=int)
+    for start in tiles.starts:
+        coverage[max(0, start) : start + tiles.size] += 1
+    assert coverage.min() >= 1
+    if len(tiles.starts) > 1:
+        assert tiles.starts[0] == 0 and tiles.starts[-1] + tiles.size == length  # no padding needed
+        shared = [previous + tiles.size - start for previous, start in zip(tiles.starts, tiles.starts[1:])]
+        assert min(shared) >= overlap - 1  # rounding of evenly spread starts may cost one pixel
+
+
+def test_short_axis_is_one_centred_padded_tile():
+    tiles = axis_tiles(37, 256, 32, 8)
+    assert tiles.size == 40 and tiles.starts == (-1,)
+
+
+def test_tiles_are_split_evenly_to_limit_wasted_work():
+    tiles = axis_tiles(2048, 512, 64, 8)
+    # 5 tiles are needed; spreading them evenly shrinks each to 464 px instead of 5 × 512.
+    assert len(tiles.starts) == 5 and tiles.size == 464
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 10])
+@pytest.mark.parametrize("pad", [0, 1, 4, 25])
+def test_reflect_indices_match_numpy_reflect_padding(length, pad):
+    values = np.arange(length) * 10
+    if length == 1:
+        expected = np.full(length + 2 * pad, values[0])
+    else:
+        expected = np.pad(values, pad, mode="reflect")
+    np.testing.assert_array_equal(values[reflect_indices(-pad, length + 2 * pad, length)], expected)
+
+
+def test_blending_window_ramps_from_floor_to_one_symmetrically():
+    window = blending_window(64, 16, floor=0.05)
+    np.testing.assert_allclose(window, window[::-1])
+    assert np.all(window[16:48] == 1.0)
+    assert 0.05 <= window[0] < 0.06
+    assert np.all(np.diff(window[:16]) > 0)
+
+
+def test_default_overlap_is_an_eighth_of_the_tile_but_at_least_16():
+    assert default_overlap(512) == 64
+    assert default_overlap(64) == 16
+
+
+def test_tiles_overlapping_a_range():
+    tiles = axis_tiles(300, 128, 32, 8)
+    chosen = tiles_overlapping(tiles, 100, 140)
+    for index, start in enumerate(tiles.starts):
+        touches = start < 140 and start + tiles.size > 100
+        assert (index in chosen) == touches
