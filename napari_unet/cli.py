@@ -220,3 +220,36 @@ def _run_evaluate_command(args) -> int:
 
 
 COMMANDS.append(add_evaluate_command)
+
+
+def add_gui_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "gui",
+        help="open napari with the U-Net dock (predict, correct, fine-tune, models) and a sample or your images",
+        description=(
+            "Open napari with napari-unet's dock docked and load a sample image (default: the EM membranes "
+            "sample) or the given images. Keys: Shift+U predict, Shift+T add the correction to the training set."
+        ),
+    )
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files or image/mask folders to open")
+    parser.add_argument("--sample", metavar="NAME", help="sample to load when no IMAGE is given (em_membranes, nuclei)")
+    parser.set_defaults(func=_run_gui_command)
+
+
+def _run_gui_command(args) -> int:
+    from napari_unet._widgets.launch import has_display, open_gui
+    from napari_unet.errors import NapariUNetError
+
+    if not has_display():
+        raise NapariUNetError(
+            "no display found (DISPLAY is not set): run it on a desktop, through 'xvfb-run -a napari-unet gui' "
+            "for a virtual one, or use 'napari-unet demo' for the headless loop"
+        )
+    import napari
+
+    open_gui(images=args.images, sample=args.sample)
+    napari.run()
+    return 0
+
+
+COMMANDS.append(add_gui_command)

@@ -1,0 +1,75 @@
+"""A small live plot of training loss (per step) and validation IoU (per epoch), painted with QPainter."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import QPointF, QRectF, Qt
+from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
+from qtpy.QtWidgets import QSizePolicy, QWidget
+
+LOSS_COLOUR = QColor(255, 140, 60)
+IOU_COLOUR = QColor(80, 200, 255)
+
+
+class TrainingPlot(QWidget):
+    """Loss on its own auto-scaled axis (left, orange), IoU on 0..1 (right, blue), x = training step."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMinimumHeight(120)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.clear()
+
+    def clear(self, total_steps: int = 0) -> None:
+        self.total_steps = total_steps
+        self.losses: list[tuple[int, float]] = []
+        self.ious: list[tuple[int, float]] = []
+        self.update()
+
+    def add_loss(self, step: int, loss: float) -> None:
+        self.losses.append((step, float(loss)))
+        self.update()
+
+    def add_iou(self, step: int, iou: float) -> None:
+        self.ious.append((step, float(iou)))
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        margin = 6
+        area = QRectF(margin + 28, margin, self.width() - 2 * margin - 56, self.height() - 2 * margin - 14)
+        painter.setPen(QPen(QColor(128, 128, 128), 1))
+        painter.drawRect(area)
+        last_step = max([self.total_steps] + [s for s, _ in self.losses] + [s for s, _ in self.ious] + [1])
+        text_pen = QPen(QColor(170, 170, 170))
+        if self.losses:
+            high = max(v for _, v in self.losses) or 1.0
+            self._curve(painter, area, self.losses, last_step, 0.0, high, LOSS_COLOUR)
+            painter.setPen(text_pen)
+            painter.drawText(QRectF(0, area.top() - 2, area.left() - 2, 14), Qt.AlignmentFlag.AlignRight, f"{high:.2g}")
+        if self.ious:
+            self._curve(painter, area, self.ious, last_step, 0.0, 1.0, IOU_COLOUR, points=True)
+        painter.setPen(QPen(LOSS_COLOUR))
+        painter.drawText(QRectF(area.left(), area.bottom() + 1, 80, 14), Qt.AlignmentFlag.AlignLeft, "loss")
+        painter.setPen(QPen(IOU_COLOUR))
+        latest = f"val IoU {self.ious[-1][1]:.2f}" if self.ious else "val IoU"
+        painter.drawText(QRectF(area.right() - 120, area.bottom() + 1, 120, 14), Qt.AlignmentFlag.AlignRight, latest)
+        painter.setPen(text_pen)
+        painter.drawText(QRectF(area.right() + 2, area.top() - 2, 40, 14), Qt.AlignmentFlag.AlignLeft, "1.0")
+        painter.end()
+
+    @staticmethod
+    def _curve(painter, area: QRectF, values, last_step: int, low: float, high: float, colour: QColor,
+               points: bool = False) -> None:
+        span = max(high - low, 1e-9)
+        polygon = QPolygonF([
+            QPointF(area.left() + area.width() * step / last_step,
+                    area.bottom() - area.height() * (min(max(value, low), high) - low) / span)
+            for step, value in values
+        ])
+        painter.setPen(QPen(colour, 1.5))
+        painter.drawPolyline(polygon)
+        if points:
+            painter.setBrush(colour)
+            for point in polygon:
+                painter.drawEllipse(point, 2.5, 2.5)

@@ -1,0 +1,81 @@
+"""The one dock: tabs Predict · Correct · Fine-tune · Models sharing a Session, plus keyboard shortcuts.
+
+Shortcuts are bound on the viewer (viewer.bind_key), so they work wherever the canvas has focus,
+also while painting in a Labels layer: Shift+U = Predict, Shift+T = Add to training set.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+
+from napari_unet._widgets._session import Session
+from napari_unet._widgets.finetune_widget import FinetuneWidget
+from napari_unet._widgets.models_widget import ModelsWidget
+from napari_unet._widgets.predict_widget import PREDICT_SHORTCUT, PredictWidget
+from napari_unet._widgets.training_set_widget import ADD_SHORTCUT, TrainingSetWidget
+
+
+class UNetWidget(QWidget):
+    """Predict → correct → fine-tune → predict again, in one dock."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.session = Session(napari_viewer)
+        self.predict_tab = PredictWidget(napari_viewer, self.session)
+        self.training_set_tab = TrainingSetWidget(napari_viewer, self.session)
+        self.finetune_tab = FinetuneWidget(napari_viewer, self.session)
+        self.models_tab = ModelsWidget(napari_viewer, self.session)
+        self.tabs = QTabWidget()
+        self.tabs.addTab(self.predict_tab, "Predict")
+        self.tabs.addTab(self.training_set_tab, "Correct")
+        self.tabs.addTab(self.finetune_tab, "Fine-tune")
+        self.tabs.addTab(self.models_tab, "Models")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tabs)
+        self.setMinimumWidth(320)
+        self._bind_keys()
+        self.destroyed.connect(_closer(self.session, napari_viewer, self._layer_combos()))
+
+    def _layer_combos(self) -> list:
+        return [self.predict_tab.image_combo, self.training_set_tab.image_combo,
+                self.training_set_tab.labels_combo, self.finetune_tab.image_combo]
+
+    def _bind_keys(self) -> None:
+        """Bind through a weak reference: the viewer must not keep a closed dock alive."""
+        me = weakref.ref(self)
+
+        def predict(viewer):
+            widget = me()
+            if widget is not None:
+                widget.predict_tab.predict()
+
+        def add_to_training_set(viewer):
+            widget = me()
+            if widget is not None:
+                widget.training_set_tab.add_current()
+
+        self.viewer.bind_key(PREDICT_SHORTCUT, predict, overwrite=True)
+        self.viewer.bind_key(ADD_SHORTCUT, add_to_training_set, overwrite=True)
+
+
+def _closer(session: Session, viewer, combos):
+    """On dock deletion: stop jobs (their results are dropped), unbind keys, stop listening to layers."""
+
+    def close(*args):
+        session.close()
+        for key in (PREDICT_SHORTCUT, ADD_SHORTCUT):
+            try:
+                viewer.bind_key(key, None, overwrite=True)
+            except Exception:
+                pass
+        for combo in combos:
+            try:
+                combo.disconnect_viewer()
+            except Exception:
+                pass
+
+    return close

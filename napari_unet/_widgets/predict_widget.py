@@ -1,0 +1,297 @@
+"""Predict tab: image layer + model → a Labels layer '<image> prediction' (and optional probabilities)."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
+    QSlider, QVBoxLayout, QWidget,
+)
+
+from napari_unet._widgets._layers import LayerCombo, current_index, describe_index, layer_array, stack_depth
+from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
+from napari_unet._widgets._workers import Job
+
+PREDICT_SHORTCUT = "Shift+U"
+
+
+def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: float, with_probabilities: bool,
+                   channel_axis, report, is_cancelled) -> tuple[np.ndarray, np.ndarray | None]:
+    """(labels, probabilities or None) for `image` — core calls only; runs in a worker."""
+    from napari_unet.postprocess import instances_from_labels, objects_are_background, semantic_labels
+    from napari_unet.predict import predict
+
+    progress = lambda done, total: report((done, total))  # noqa: E731
+    if not with_probabilities:
+        labels = predict(model, image, output="instances" if instances else "labels", threshold=threshold,
+                         channel_axis=channel_axis, progress=progress, cancel=is_cancelled)
+        return np.asarray(labels), None
+    probabilities = np.asarray(predict(model, image, output="probabilities", threshold=threshold,
+                                       channel_axis=channel_axis, progress=progress, cancel=is_cancelled))
+    n_classes = model.config.n_classes
+    labels = semantic_labels(probabilities, threshold, n_classes)
+    if n_classes > 1:  # shown as one map: the probability of "not background"
+        probabilities = 1.0 - probabilities[..., 0]
+    if instances:
+        objects = "background" if objects_are_background(model.metadata.class_names) else "foreground"
+        spatial_ndim = 2
+        result = np.zeros(labels.shape, dtype=np.int32)
+        for index in np.ndindex(labels.shape[:-spatial_ndim]):
+            result[index] = instances_from_labels(labels[index], objects=objects)
+        labels = result
+    return labels, probabilities
+
+
+def channel_axis_for(layer, n_model_channels: int):
+    """Where the channels are in a layer's array, for the engine (None: let it decide)."""
+    if layer.rgb:
+        return -1
+    data = layer_array(layer)
+    if n_model_channels > 1 and data.ndim == 3 and data.shape[0] == n_model_channels:
+        return 0  # (C, Y, X) kept in one layer
+    return None
+
+
+class PredictWidget(QWidget):
+    """Choose an image layer and a model; Predict runs the engine in a worker with progress and Cancel."""
+
+    def __init__(self, viewer, session: Session, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = session
+        self.job: Job | None = None
+
+        self.image_combo = LayerCombo(viewer, Image, "(open an image first)")
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("shipped models, your fine-tuned versions, or a .keras file")
+        self.browse_button = QPushButton("File…")
+        self.browse_button.setToolTip("use a .keras model file")
+        self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
+        self.threshold_slider.setRange(1, 99)
+        self.threshold_slider.setValue(50)
+        self.threshold_label = QLabel("0.50")
+        self.instances_check = QCheckBox("separate objects (instances)")
+        self.instances_check.setToolTip("label each object with its own number instead of 0/1")
+        self.probabilities_check = QCheckBox("also show the probability map")
+        self.scope_combo = QComboBox()
+        self.scope_combo.addItems(["current slice", "all slices"])
+        self.scope_combo.setToolTip("for stacks: predict the displayed slice or every slice")
+        self.predict_button = QPushButton(f"Predict  [{PREDICT_SHORTCUT}]")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.browse_button)
+        threshold_row = QHBoxLayout()
+        threshold_row.addWidget(self.threshold_slider, 1)
+        threshold_row.addWidget(self.threshold_label)
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Model", model_row)
+        form.addRow("Threshold", threshold_row)
+        form.addRow("Stacks", self.scope_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.predict_button, 1)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.instances_check)
+        layout.addWidget(self.probabilities_check)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+        self.threshold_slider.valueChanged.connect(lambda v: self.threshold_label.setText(f"{v / 100:.2f}"))
+        self.browse_button.clicked.connect(self.choose_model_file)
+        self.model_combo.activated.connect(self._model_chosen)
+        self.predict_button.clicked.connect(self.predict)
+        self.cancel_button.clicked.connect(self.cancel)
+        session.model_changed.connect(self.refresh_models)
+        session.versions_changed.connect(self.refresh_models)
+        self.refresh_models()
+
+    # --- model menu ---------------------------------------------------------------------------
+    def refresh_models(self, *args) -> None:
+        choices = self.session.model_choices()
+        if not self.session.model_key and choices:
+            keys = [key for _, key in choices]
+            self.session.model_key = "membranes" if "membranes" in keys else keys[0]
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        for label, key in choices:
+            self.model_combo.addItem(label, key)
+        index = self.model_combo.findData(self.session.model_key)
+        if index >= 0:
+            self.model_combo.setCurrentIndex(index)
+        if not choices:
+            self.model_combo.addItem("(no model: choose a .keras file)", "")
+        self.model_combo.blockSignals(False)
+
+    def _model_chosen(self, index: int) -> None:
+        key = self.model_combo.itemData(index)
+        if key:
+            self.session.select_model(key)
+
+    def choose_model_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a model file", "", "Keras model (*.keras)")
+        if path:
+            self.session.select_model(path)
+
+    # --- prediction ---------------------------------------------------------------------------
+    def predict(self) -> Job | None:
+        """Start predicting the chosen image; returns the job (None if input was refused)."""
+        if self.job is not None and not self.job.done:
+            show_info("A prediction is already running: wait for it or press Cancel.")
+            return None
+        image_layer = self.image_combo.layer()
+        if image_layer is None:
+            show_error("Predict: there is no image layer. Open an image (File ▸ Open, or drag it onto the "
+                       "viewer, or File ▸ Open Sample ▸ napari U-Net) and press Predict again.")
+            return None
+        model_key = self.session.model_key
+        if not model_key:
+            show_error("Predict: no model is chosen. Pick one in the Model menu or load a .keras file.")
+            return None
+        data = layer_array(image_layer)
+        depth = stack_depth(image_layer)
+        all_slices = self.scope_combo.currentText() == "all slices"
+        index = () if (depth == 0 or all_slices) else current_index(self.viewer, image_layer)
+        settings = dict(instances=self.instances_check.isChecked(), threshold=self.threshold_slider.value() / 100,
+                        with_probabilities=self.probabilities_check.isChecked())
+        session = self.session
+
+        def work(report, is_cancelled):
+            model = session.load_model(model_key)
+            axis = channel_axis_for(image_layer, model.config.n_channels)
+            plane_index = () if axis == 0 else index  # (C, Y, X) in one layer: the leading axis is channels
+            plane = np.asarray(data[plane_index]) if plane_index else data
+            labels, probabilities = run_prediction(model, plane, channel_axis=axis, report=report,
+                                                   is_cancelled=is_cancelled, **settings)
+            return plane_index, labels, probabilities
+
+        self.status_label.setText(f"Predicting '{image_layer.name}'{describe_index(index)} with {model_key} …")
+        self.progress_bar.setRange(0, 0)  # busy until the first tile reports
+        self._set_running(True)
+        what = f"Prediction of '{image_layer.name}'"
+        self.job = Job(
+            work, what=what,
+            on_progress=self._show_progress,
+            on_done=lambda result: self._show_result(image_layer, model_key, result),
+            on_finished=lambda: self._set_running(False),
+            on_cancelled=lambda: self.status_label.setText("Prediction cancelled."),
+        )
+        self.session.track(self.job)
+        return self.job.start()
+
+    def cancel(self) -> None:
+        if self.job is not None and not self.job.done:
+            self.job.cancel()
+            self.status_label.setText("Cancelling …")
+
+    def _set_running(self, running: bool) -> None:
+        self.predict_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        if not running:
+            self.progress_bar.setRange(0, 1)
+            self.progress_bar.setValue(1 if self.job and self.job.error is None else 0)
+
+    def _show_progress(self, value) -> None:
+        done, total = value
+        self.progress_bar.setRange(0, max(int(total), 1))
+        self.progress_bar.setValue(int(done))
+
+    def _show_result(self, image_layer, model_key: str, result) -> None:
+        index, labels, probabilities = result
+        if image_layer not in self.viewer.layers:
+            show_warning(f"Image '{image_layer.name}' was removed while it was being predicted: "
+                         "the prediction was discarded.")
+            self.status_label.setText("Prediction discarded (image removed).")
+            return
+        layer = write_prediction(self.viewer, image_layer, index, labels, prediction_layer_name(image_layer.name),
+                                 model_key)
+        if probabilities is not None:
+            write_probabilities(self.viewer, image_layer, index, probabilities)
+        self.status_label.setText(f"Prediction in '{layer.name}'. Correct it with the brush/eraser, then "
+                                  "'Add to training set' in the Correct tab.")
+
+
+def _edited_since_prediction(layer, index: tuple = ()) -> bool:
+    """Did the user paint in `layer` (in plane `index`, or anywhere) since napari-unet wrote it?"""
+    stored = layer.metadata.get(PREDICTION_KEY)
+    if stored is None or stored.shape != layer.data.shape:
+        return False
+    return not np.array_equal(stored[index], np.asarray(layer.data[index]))
+
+
+def write_prediction(viewer, image_layer, index: tuple, labels: np.ndarray, name: str, model_key: str):
+    """Put labels into the Labels layer `name` (created if absent), at `index` for one slice of a stack.
+
+    A layer the user has corrected since it was predicted (or a layer napari-unet did not make) is
+    never overwritten: the new prediction goes into a new layer and a notification says so.
+    """
+    full_shape = tuple(layer_array(image_layer).shape[: image_layer.ndim])
+    layer = next((candidate for candidate in viewer.layers
+                  if candidate.name == name and isinstance(candidate, Labels)), None)
+    if layer is not None and (PREDICTION_KEY not in layer.metadata or _edited_since_prediction(layer, index)):
+        new_name = _free_name(viewer, name)
+        show_info(f"Your labels in '{layer.name}' were kept; the new prediction is in '{new_name}'.")
+        name, layer = new_name, None
+    if layer is not None and tuple(layer.data.shape) != full_shape:
+        layer.metadata.pop(PREDICTION_KEY, None)
+        layer.data = np.zeros(full_shape, dtype=labels.dtype)
+    if layer is None:
+        layer = viewer.add_labels(np.zeros(full_shape, dtype=labels.dtype), name=name, scale=image_layer.scale,
+                                  translate=image_layer.translate, opacity=0.5)
+    data = layer.data
+    if data.dtype != labels.dtype:
+        data = data.astype(np.result_type(data.dtype, labels.dtype))
+    if index:
+        data[index] = labels
+        stored = layer.metadata.get(PREDICTION_KEY)
+        stored = np.zeros(full_shape, dtype=data.dtype) if stored is None or stored.shape != full_shape else stored.astype(data.dtype)
+        stored[index] = labels
+    else:
+        data = labels
+        stored = labels.copy()
+    layer.data = data
+    layer.metadata[PREDICTION_KEY] = stored
+    layer.metadata[SOURCE_KEY] = {"image": image_layer.name, "model": model_key}
+    layer.refresh()
+    return layer
+
+
+def write_probabilities(viewer, image_layer, index: tuple, probabilities: np.ndarray):
+    name = f"{image_layer.name} probability"
+    full_shape = tuple(layer_array(image_layer).shape[: image_layer.ndim])
+    existing = next((layer for layer in viewer.layers if layer.name == name and isinstance(layer, Image)), None)
+    if existing is None or tuple(existing.data.shape) != full_shape:
+        if existing is not None:
+            viewer.layers.remove(existing)
+        existing = viewer.add_image(np.zeros(full_shape, dtype=np.float32), name=name, colormap="magma",
+                                    blending="additive", contrast_limits=(0, 1), scale=image_layer.scale,
+                                    translate=image_layer.translate, visible=True, opacity=0.6)
+    if index:
+        existing.data[index] = probabilities
+    else:
+        existing.data = probabilities
+    existing.refresh()
+    return existing
+
+
+def _free_name(viewer, name: str) -> str:
+    names = {layer.name for layer in viewer.layers}
+    counter = 2
+    candidate = f"{name} [{counter}]"
+    while candidate in names:
+        counter += 1
+        candidate = f"{name} [{counter}]"
+    return candidate

@@ -1,0 +1,230 @@
+"""Correct tab: store the corrected labels of the displayed image as a training pair; list and remove pairs."""
+
+from __future__ import annotations
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QIcon, QImage, QPixmap
+from qtpy.QtWidgets import (
+    QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
+    QPushButton, QSpinBox, QVBoxLayout, QWidget,
+)
+
+from napari_unet.errors import NapariUNetError
+from napari_unet.training_set import IGNORE_LABEL, TrainingSet, restrict_to_corrections, thumbnail, to_training_mask
+from napari_unet._widgets._layers import (
+    LayerCombo, check_same_plane_shape, current_index, describe_index, layer_array,
+)
+from napari_unet._widgets._session import PREDICTION_KEY, Session, prediction_layer_name
+from napari_unet._widgets._workers import Job
+
+ADD_SHORTCUT = "Shift+T"
+HELP_TEXT = (
+    "Correct the prediction with napari's brush (paint label 1) and eraser (label 0). "
+    f"Paint label {IGNORE_LABEL} where you are not sure: those pixels are left out of training. "
+    "'Train only where I corrected' keeps just the pixels near your changes."
+)
+
+
+def build_training_pair(image_plane: np.ndarray, labels_plane: np.ndarray, prediction_plane: np.ndarray | None,
+                        only_corrected: bool, margin: int) -> tuple[np.ndarray, bool]:
+    """(training mask, sparse?) from copies of the layers' planes — core calls only."""
+    mask = to_training_mask(labels_plane)
+    if only_corrected:
+        if prediction_plane is None:
+            raise NapariUNetError(
+                "'train only where I corrected' needs the original prediction, but this Labels layer was not made "
+                "by Predict (or was replaced): predict the image first, correct that layer, or switch the option off")
+        mask = restrict_to_corrections(mask, prediction_plane, labels_plane, margin)
+    return mask, bool(only_corrected or np.any(mask == IGNORE_LABEL))
+
+
+def _pixmap(array: np.ndarray) -> QPixmap:
+    array = np.ascontiguousarray(array)
+    height, width = array.shape[:2]
+    if array.ndim == 2:
+        image = QImage(array.data, width, height, width, QImage.Format.Format_Grayscale8)
+    else:
+        image = QImage(array.data, width, height, 3 * width, QImage.Format.Format_RGB888)
+    return QPixmap.fromImage(image.copy())
+
+
+class TrainingSetWidget(QWidget):
+    """'Add to training set' + the list of stored pairs (thumbnail, name, size, foreground) with Remove."""
+
+    def __init__(self, viewer, session: Session, parent=None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.session = session
+        self.job: Job | None = None
+        self.list_job: Job | None = None
+
+        help_label = QLabel(HELP_TEXT)
+        help_label.setWordWrap(True)
+        self.image_combo = LayerCombo(viewer, Image, "(no image)")
+        self.labels_combo = LayerCombo(viewer, Labels, "(no labels)")
+        self.folder_edit = QLineEdit(str(session.training_set.root))
+        self.folder_edit.setToolTip("project folder: images/, masks/ and pairs/ (autosaved)")
+        self.folder_button = QPushButton("…")
+        self.only_corrected_check = QCheckBox("train only where I corrected")
+        self.only_corrected_check.setToolTip(
+            "pixels farther than the margin from your changes are stored as 'not annotated'")
+        self.margin_spin = QSpinBox()
+        self.margin_spin.setRange(0, 500)
+        self.margin_spin.setValue(16)
+        self.margin_spin.setSuffix(" px")
+        self.ignore_button = QPushButton(f"Paint 'not sure' ({IGNORE_LABEL})")
+        self.ignore_button.setToolTip("selects the brush with label 255 in the Labels layer")
+        self.add_button = QPushButton(f"Add to training set  [{ADD_SHORTCUT}]")
+        self.pair_list = QListWidget()
+        self.pair_list.setIconSize(QSize(48, 48))
+        self.pair_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
+        self.remove_button = QPushButton("Remove selected")
+        self.count_label = QLabel("")
+
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder_edit, 1)
+        folder_row.addWidget(self.folder_button)
+        margin_row = QHBoxLayout()
+        margin_row.addWidget(self.only_corrected_check, 1)
+        margin_row.addWidget(self.margin_spin)
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Labels", self.labels_combo)
+        form.addRow("Folder", folder_row)
+        layout = QVBoxLayout(self)
+        layout.addWidget(help_label)
+        layout.addLayout(form)
+        layout.addLayout(margin_row)
+        layout.addWidget(self.ignore_button)
+        layout.addWidget(self.add_button)
+        layout.addWidget(self.count_label)
+        layout.addWidget(self.pair_list, 1)
+        layout.addWidget(self.remove_button)
+
+        self.image_combo.currentTextChanged.connect(self._pick_matching_labels)
+        self.folder_button.clicked.connect(self.choose_folder)
+        self.folder_edit.editingFinished.connect(lambda: self.set_folder(self.folder_edit.text()))
+        self.ignore_button.clicked.connect(self.paint_ignore)
+        self.add_button.clicked.connect(self.add_current)
+        self.remove_button.clicked.connect(self.remove_selected)
+        self._pick_matching_labels(self.image_combo.currentText())
+        viewer.layers.events.inserted.connect(self._pick_matching_labels_soon)
+        self.refresh_list()
+
+    def _pick_matching_labels_soon(self, event=None) -> None:
+        self._pick_matching_labels(self.image_combo.currentText())
+
+    def _pick_matching_labels(self, image_name: str) -> None:
+        self.labels_combo.select(prediction_layer_name(image_name))
+
+    # --- folder -------------------------------------------------------------------------------
+    def choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Training set folder", str(self.session.training_set.root))
+        if folder:
+            self.set_folder(folder)
+
+    def set_folder(self, folder: str) -> None:
+        if folder and folder != str(self.session.training_set.root):
+            self.session.training_set = TrainingSet(folder)
+            self.folder_edit.setText(str(self.session.training_set.root))
+            self.session.training_set_changed.emit()
+            self.refresh_list()
+
+    # --- actions ------------------------------------------------------------------------------
+    def paint_ignore(self) -> None:
+        labels_layer = self.labels_combo.layer()
+        if labels_layer is None:
+            show_error("There is no Labels layer to paint in: predict an image first (Predict tab).")
+            return
+        self.viewer.layers.selection.active = labels_layer
+        labels_layer.selected_label = IGNORE_LABEL
+        labels_layer.mode = "paint"
+
+    def add_current(self) -> Job | None:
+        """Snapshot the displayed plane of image + labels (copies taken now) and store it in a worker."""
+        image_layer = self.image_combo.layer()
+        labels_layer = self.labels_combo.layer()
+        if image_layer is None:
+            show_error("Add to training set: there is no image layer. Open an image and predict it first.")
+            return None
+        if labels_layer is None:
+            show_error(f"Add to training set: there is no Labels layer for '{image_layer.name}'. Press Predict "
+                       "(or add a Labels layer and paint it), correct it, then add it.")
+            return None
+        try:
+            check_same_plane_shape(image_layer, labels_layer)
+        except NapariUNetError as exc:
+            show_error(f"Add to training set: {exc}")
+            return None
+        index = current_index(self.viewer, image_layer)
+        image_plane = np.array(layer_array(image_layer)[index])
+        labels_plane = np.array(labels_layer.data[index])
+        stored = labels_layer.metadata.get(PREDICTION_KEY)
+        prediction_plane = np.array(stored[index]) if stored is not None and stored.shape == labels_layer.data.shape else None
+        only_corrected = self.only_corrected_check.isChecked()
+        margin = self.margin_spin.value()
+        training_set = self.session.training_set
+        name = f"{image_layer.name}{('_' + '_'.join(map(str, index))) if index else ''}"
+        image_name, labels_name = image_layer.name, labels_layer.name
+
+        def work(report, is_cancelled):
+            mask, sparse = build_training_pair(image_plane, labels_plane, prediction_plane, only_corrected, margin)
+            return training_set.add(image_plane, mask, name, source_image=image_name, source_labels=labels_name,
+                                    sparse=sparse)
+
+        self.add_button.setEnabled(False)
+        self.job = Job(work, what=f"Adding '{labels_name}'{describe_index(index)} to the training set",
+                       on_done=self._added, on_finished=lambda: self.add_button.setEnabled(True))
+        self.session.track(self.job)
+        return self.job.start()
+
+    def _added(self, pair) -> None:
+        percent = 100 * pair.foreground_pixels / max(pair.annotated_pixels, 1)
+        show_info(f"Added '{pair.name}' to the training set ({pair.annotated_pixels:,} annotated pixels, "
+                  f"{percent:.0f}% foreground). Saved in {self.session.training_set.root}.")
+        self.session.training_set_changed.emit()
+        self.refresh_list()
+
+    def remove_selected(self) -> None:
+        names = [item.data(Qt.ItemDataRole.UserRole) for item in self.pair_list.selectedItems()]
+        if not names:
+            show_info("Select one or more pairs in the list to remove them.")
+            return
+        for name in names:
+            self.session.training_set.remove(name)
+        self.session.training_set_changed.emit()
+        self.refresh_list()
+
+    # --- list ---------------------------------------------------------------------------------
+    def refresh_list(self) -> Job:
+        training_set = self.session.training_set
+
+        def work(report, is_cancelled):
+            rows = []
+            for pair in training_set.pairs():
+                try:
+                    image, _ = training_set.load(pair.name)
+                    rows.append((pair, thumbnail(image, 48)))
+                except Exception:  # an unreadable file: still listed so it can be removed
+                    rows.append((pair, None))
+            return rows
+
+        self.list_job = Job(work, what="Reading the training set", on_done=self._show_pairs)
+        self.session.track(self.list_job)
+        return self.list_job.start()
+
+    def _show_pairs(self, rows) -> None:
+        self.pair_list.clear()
+        for pair, preview in rows:
+            size = "×".join(str(n) for n in pair.shape[:2])
+            percent = 100 * pair.foreground_pixels / max(pair.annotated_pixels, 1)
+            text = f"{pair.name}\n{size} px · {percent:.0f}% foreground{' · sparse' if pair.sparse else ''}"
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, pair.name)
+            if preview is not None:
+                item.setIcon(QIcon(_pixmap(preview)))
+            self.pair_list.addItem(item)
+        self.count_label.setText(f"{len(rows)} pair(s) in the training set")
