@@ -1,0 +1,116 @@
+"""`napari-unet predict` and `napari-unet evaluate`, run in-process through cli.main."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from scipy import ndimage as ndi
+
+from napari_unet.cli import main
+from napari_unet.model import UNetConfig, new_model, save_model
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(2)
+    model = new_model(UNetConfig(base_width=4), tile_size=64)
+    layer = model.keras_model.get_layer("probabilities")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel * 30, bias])
+    return str(save_model(model, tmp_path_factory.mktemp("models") / "tiny.keras"))
+
+
+@pytest.fixture
+def image_dir(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for name, shape in [("a", (50, 70)), ("b", (64, 33))]:
+        tifffile.imwrite(folder / f"{name}.tif", (ndi.gaussian_filter(rng.random(shape), 3) * 60000).astype(np.uint16))
+    return folder
+
+
+def test_predict_writes_labels_with_the_input_shape(model_path, image_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["predict", "-m", model_path, str(image_dir / "a.tif"), str(image_dir / "b.tif"), "-o", str(out)]) == 0
+    labels = tifffile.imread(out / "a.tif")
+    assert labels.shape == (50, 70) and labels.dtype == np.uint8
+    assert tifffile.imread(out / "b.tif").shape == (64, 33)
+    assert "tiles" in capsys.readouterr().err  # progress line
+
+
+@pytest.mark.parametrize("flag,dtype", [("--probabilities", np.float32), ("--instances", np.int32)])
+def test_predict_folder_with_probabilities_or_instances(model_path, image_dir, tmp_path, flag, dtype):
+    out = tmp_path / "out"
+    assert main(["predict", "-m", model_path, str(image_dir), "-o", str(out), flag]) == 0
+    written = sorted(p.name for p in out.iterdir())
+    assert written == ["a.tif", "b.tif"]
+    assert tifffile.imread(out / "a.tif").dtype == dtype
+
+
+def test_predict_threshold_changes_the_labels(model_path, image_dir, tmp_path):
+    main(["predict", "-m", model_path, str(image_dir / "a.tif"), "-o", str(tmp_path / "p"), "--probabilities"])
+    probabilities = tifffile.imread(tmp_path / "p" / "a.tif")
+    threshold = float(np.quantile(probabilities, 0.3))
+    main(["predict", "-m", model_path, str(image_dir / "a.tif"), "-o", str(tmp_path / "l"), "--threshold", str(threshold)])
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "l" / "a.tif"), probabilities > threshold)
+
+
+def test_predict_refuses_to_overwrite_its_input(model_path, image_dir, capsys):
+    before = tifffile.imread(image_dir / "a.tif")
+    assert main(["predict", "-m", model_path, str(image_dir / "a.tif"), "-o", str(image_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "overwrite" in err[0] and "a.tif" in err[0]
+    np.testing.assert_array_equal(tifffile.imread(image_dir / "a.tif"), before)
+
+
+def test_unreadable_input_is_one_stderr_line_naming_the_file(model_path, tmp_path, capsys):
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"this is not a tiff")
+    code = main(["predict", "-m", model_path, str(broken), "-o", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and "broken.tif" in err[0]
+
+
+def test_missing_input_and_missing_model_are_named(model_path, image_dir, tmp_path, capsys):
+    assert main(["predict", "-m", model_path, str(tmp_path / "nope.tif"), "-o", str(tmp_path / "out")]) == 2
+    assert "nope.tif" in capsys.readouterr().err
+    assert main(["predict", "-m", str(tmp_path / "gone.keras"), str(image_dir), "-o", str(tmp_path / "out")]) == 2
+    assert "gone.keras" in capsys.readouterr().err
+
+
+@pytest.fixture
+def mask_dir(model_path, image_dir, tmp_path):
+    """Masks equal to the model's own prediction of a.tif, and its inverse for b.tif."""
+    main(["predict", "-m", model_path, str(image_dir), "-o", str(tmp_path / "masks")])
+    b = tmp_path / "masks" / "b.tif"
+    tifffile.imwrite(b, (1 - tifffile.imread(b)).astype(np.uint8))
+    return tmp_path / "masks"
+
+
+def test_evaluate_json_prints_one_object(model_path, image_dir, mask_dir, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "-m", model_path, "--images", str(image_dir), "--masks", str(mask_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_images"] == 2
+    per_image = {row["name"]: row for row in result["per_image"]}
+    assert per_image["a"]["iou"] == 1.0 and per_image["a"]["pixel_error"] == 0.0
+    assert per_image["b"]["pixel_error"] == 1.0
+    assert result["pixel_error"] == pytest.approx(64 * 33 / (50 * 70 + 64 * 33))
+    assert set(result) >= {"iou", "dice", "pixel_error", "n_images", "per_image"}
+
+
+def test_evaluate_table_and_missing_mask(model_path, image_dir, mask_dir, capsys):
+    capsys.readouterr()
+    assert main(["evaluate", "-m", model_path, "--images", str(image_dir), "--masks", str(mask_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "IoU" in table and "pooled" in table and "\na " in table
+    (mask_dir / "b.tif").unlink()
+    assert main(["evaluate", "-m", model_path, "--images", str(image_dir), "--masks", str(mask_dir)]) == 2
+    assert "b.tif" in capsys.readouterr().err
