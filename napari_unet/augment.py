@@ -1,0 +1,103 @@
+"""Paired image/mask augmentation for training patches: one geometry for both, intensity for the image.
+
+Geometry (flips, 90° rotations, the U-Net paper's elastic deformation) comes from albumentations,
+which applies the same random transform to the image and to every mask of a call, interpolates
+masks with nearest neighbour (so they keep their exact label values) and fills pixels moved in from
+outside with `mask_fill` (the caller passes IGNORE_LABEL, so they never count in the loss).
+
+Intensity jitter (brightness, contrast, gamma) is done here in numpy rather than with
+albumentations' RandomBrightnessContrast/RandomGamma: those assume float images in [0, 1] and clip
+(or give NaN for gamma of negative values), while percentile-normalised images legitimately hold
+values below 0 and above 1.
+
+To keep elastic deformation from dragging fill values into the patch, callers crop a window
+`margin` pixels larger on every side and the augmenter returns its central patch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What varies between training patches. Defaults are mild enough for thin EM membranes."""
+
+    flips: bool = True  # horizontal flip + 90° rotations: the 8 symmetries of the square
+    elastic_probability: float = 0.5
+    # albumentations' smooth displacement field: sigma = smoothness (px), alpha = strength; 1000/20
+    # displaces pixels by about 3 px (std), up to ~10 px, over regions of ~50 px.
+    elastic_alpha: float = 1000.0
+    elastic_sigma: float = 20.0
+    intensity_probability: float = 0.8
+    brightness: float = 0.1  # added shift, uniform in ±brightness (normalised units)
+    contrast: float = 0.2  # multiplied around the mean, uniform in 1 ± contrast
+    gamma: tuple[float, float] = (0.8, 1.25)  # applied to the [0, 1] part, log-uniform
+
+    @property
+    def margin(self) -> int:
+        """Extra context (px per side) the caller should crop around a patch before augmenting."""
+        return int(np.ceil(self.elastic_sigma * 1.2)) if self.elastic_probability > 0 else 0
+
+
+class PairAugmenter:
+    """Augments (image, masks) patches reproducibly from a seed.
+
+    image: float32 (H, W, C) with H = W = patch + 2*margin; masks: 2D arrays (uint8 labels, float
+    weights...) of the same H x W. Returns the central (patch, patch) image and masks.
+    """
+
+    def __init__(self, config: AugmentConfig = AugmentConfig(), *, seed: int = 0, mask_fill: int = 255):
+        import albumentations as A
+        import cv2
+
+        self.config = config
+        self._rng = np.random.default_rng(seed)
+        transforms = []
+        if config.flips:
+            transforms += [A.HorizontalFlip(p=0.5), A.RandomRotate90(p=1.0)]
+        if config.elastic_probability > 0:
+            transforms.append(
+                A.ElasticTransform(
+                    alpha=config.elastic_alpha,
+                    sigma=config.elastic_sigma,
+                    interpolation=cv2.INTER_LINEAR,
+                    mask_interpolation=cv2.INTER_NEAREST,
+                    border_mode=cv2.BORDER_CONSTANT,
+                    fill=0.0,
+                    fill_mask=mask_fill,
+                    p=config.elastic_probability,
+                )
+            )
+        self._geometry = A.Compose(transforms, seed=int(seed)) if transforms else None
+
+    @property
+    def margin(self) -> int:
+        return self.config.margin
+
+    def __call__(self, image: np.ndarray, masks: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        if self._geometry is not None:
+            result = self._geometry(image=image, masks=list(masks))
+            image, masks = result["image"], list(result["masks"])
+        margin = self.margin
+        if margin:
+            window = (slice(margin, image.shape[0] - margin), slice(margin, image.shape[1] - margin))
+            image = image[window]
+            masks = [mask[window] for mask in masks]
+        image = self.jitter_intensity(np.ascontiguousarray(image, dtype=np.float32))
+        return image, [np.ascontiguousarray(mask) for mask in masks]
+
+    def jitter_intensity(self, image: np.ndarray) -> np.ndarray:
+        """Random contrast, brightness and gamma; values outside [0, 1] keep their offset (no clipping)."""
+        config = self.config
+        if config.intensity_probability <= 0 or self._rng.random() >= config.intensity_probability:
+            return image
+        contrast = 1.0 + self._rng.uniform(-config.contrast, config.contrast)
+        brightness = self._rng.uniform(-config.brightness, config.brightness)
+        gamma = float(np.exp(self._rng.uniform(np.log(config.gamma[0]), np.log(config.gamma[1]))))
+        mean = image.mean(axis=(0, 1), keepdims=True)
+        image = (image - mean) * np.float32(contrast) + mean + np.float32(brightness)
+        in_range = np.clip(image, 0.0, 1.0)
+        return (in_range ** np.float32(gamma) + (image - in_range)).astype(np.float32)
