@@ -140,12 +140,12 @@ def run_demo(
     Fine-tuning stops at the time budget through finetune()'s cancel check, which keeps the
     best model so far.
     """
+    if seconds <= 0:
+        raise NapariUNetError(f"--seconds must be positive, not {seconds}: give the fine-tuning budget in seconds, e.g. 60")
     from napari_unet.registry import load_model
     from napari_unet.train import TrainConfig, finetune
 
     log = log or (lambda text: None)
-    if seconds <= 0:
-        raise NapariUNetError(f"--seconds must be positive, not {seconds}: give the fine-tuning budget in seconds, e.g. 60")
     timings: dict[str, float] = {}
 
     started = time.monotonic()

@@ -1,0 +1,69 @@
+"""Each shipped model loads, is small, has a complete card, and still scores as its card says
+on held-out ISBI slices it was never trained on (so a broken or swapped model fails CI)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_unet.registry import SHIPPED_MODELS_DIR, load_model, shipped_model_names
+
+MAX_MODEL_BYTES = 10 * 1024 * 1024
+# A re-measurement may differ from the card by nondeterminism only (tiling, threads); anything
+# worse than this margin means the weights or the prediction path changed for the worse.
+PIXEL_ERROR_MARGIN = 0.01
+IOU_MARGIN = 0.02
+
+CARD_FIELDS = ("name", "description", "class_names", "data", "architecture", "training", "threshold", "metrics_held_out")
+
+
+def _card(name: str) -> dict:
+    return json.loads((SHIPPED_MODELS_DIR / f"{name}.json").read_text())
+
+
+def test_membranes_model_is_shipped():
+    assert "membranes" in shipped_model_names()
+
+
+@pytest.mark.parametrize("name", shipped_model_names())
+def test_shipped_model_file_is_small_and_has_a_complete_card(name):
+    path = SHIPPED_MODELS_DIR / f"{name}.keras"
+    assert path.stat().st_size < MAX_MODEL_BYTES
+    card = _card(name)
+    missing = [f for f in CARD_FIELDS if f not in card]
+    assert not missing, f"model card {name}.json lacks {missing}"
+    split = card["data"]["split"]
+    assert not set(split["test_held_out"]) & (set(split["train"]) | set(split["validation"]))
+    assert card["training"]["steps"] > 0 and card["training"]["seconds"] > 0
+    for key in ("iou", "dice", "pixel_error"):
+        assert 0 <= card["metrics_held_out"]["at_threshold_0.5"][key] <= 1
+
+
+@pytest.mark.parametrize("name", shipped_model_names())
+def test_shipped_model_metadata_matches_its_card(name):
+    model = load_model(name)
+    card = _card(name)
+    assert model.metadata.name == name
+    assert list(model.metadata.class_names) == card["class_names"]
+    assert model.config.base_width == card["architecture"]["base_width"]
+    assert model.config.depth == card["architecture"]["depth"]
+
+
+@pytest.mark.slow
+def test_membranes_model_keeps_its_held_out_accuracy(isbi_dir):
+    from napari_unet.evaluate import evaluate
+    from napari_unet.io import read_image
+
+    card = _card("membranes")
+    stems = card["metrics_held_out"]["images"]
+    images = [read_image(isbi_dir / "images" / f"{s}.png") for s in stems]
+    masks = [(read_image(isbi_dir / "masks" / f"{s}.png") > 0).astype(np.uint8) for s in stems]
+    measured = evaluate(load_model("membranes"), images, masks, threshold=0.5)
+    expected = card["metrics_held_out"]["at_threshold_0.5"]
+    assert measured["n_images"] == len(stems)
+    assert measured["pixel_error"] <= expected["pixel_error"] + PIXEL_ERROR_MARGIN
+    assert measured["iou"] >= expected["iou"] - IOU_MARGIN
+    # and far better than the trivial "all interior" answer (pixel error = membrane fraction ≈ 0.2)
+    assert measured["pixel_error"] < 0.5 * float(np.mean([m.mean() for m in masks]))
