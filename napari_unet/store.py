@@ -1,0 +1,395 @@
+"""Fine-tuned model versions on disk: atomic saves, JSON records, rename/delete/revert/export.
+
+Layout: one folder (`$NAPARI_UNET_HOME/models`, else the platform's user data dir + `/models`)
+holding `<name>.keras` (the model, with its metadata inside) and `<name>.json` (the record: parent
+version, lineage, training data hashes and shapes, settings, time, validation metrics, date).
+
+Crash safety: the .keras is written first (temp file + rename, model.save_model), then the record
+(temp file + fsync + rename). A version is visible only when both files exist, so a process killed
+mid-save leaves no half-written version; leftover temp files (dot-files) are ignored and removed by
+the next save. Concurrent saves (two fine-tunes finishing at once, from threads or processes) take
+an exclusive lock on `<root>/.lock`, so version numbers never collide.
+
+Revert: `revert(name)` never deletes anything; it saves a copy of `name` as a NEW version whose
+parent is `name` (record "reverted_from"). The newest version of a lineage is its current one, so
+after a revert the lineage continues from the reverted weights and the history stays linear.
+
+Shipped models (napari_unet/models/*.keras) are read-only: they can be loaded and exported through
+the store, but not renamed, deleted or overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from napari_unet.errors import NapariUNetError
+
+RECORD_FORMAT = "napari-unet-version/1"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+VERSION_SUFFIX = re.compile(r"^(?P<lineage>.+)-v(?P<number>\d+)$")
+LOCK_TIMEOUT_SECONDS = 120.0
+_THREAD_LOCK = threading.RLock()  # flock is per open file, so threads of one process also need this
+
+
+def default_root() -> Path:
+    """`$NAPARI_UNET_HOME/models`, else e.g. ~/.local/share/napari-unet/models."""
+    home = os.environ.get("NAPARI_UNET_HOME")
+    if home:
+        return Path(home).expanduser() / "models"
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-unet", appauthor=False)) / "models"
+
+
+def array_sha1(array) -> str:
+    """Content hash of an array's bytes (C order) — identifies training data without storing it."""
+    data = np.ascontiguousarray(np.asarray(array))
+    digest = hashlib.sha1(data.tobytes())
+    digest.update(f"{data.dtype.str}{data.shape}".encode())
+    return digest.hexdigest()
+
+
+def pair_fingerprint(image, mask, name: str | None = None) -> dict:
+    """What a record keeps about one training pair: hashes, shape, and optionally its name."""
+    entry = {"image_sha1": array_sha1(image), "mask_sha1": array_sha1(mask), "shape": list(np.shape(image))}
+    if name:
+        entry["name"] = str(name)
+    return entry
+
+
+def _json_safe(value):
+    """Settings/metrics as plain JSON (numpy scalars, tuples, dataclasses, paths)."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return _json_safe(asdict(value))
+    return str(value)
+
+
+def _unwritable(root: Path, exc: OSError) -> NapariUNetError:
+    reason = "the disk is full" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+    return NapariUNetError(
+        f"cannot write to model folder '{root}': {reason} — free some space, or set NAPARI_UNET_HOME to a writable folder"
+    )
+
+
+class ModelStore:
+    """Versions of fine-tuned models in one folder; see the module docstring for the guarantees."""
+
+    def __init__(self, root: str | os.PathLike | None = None):
+        self.root = Path(root).expanduser() if root is not None else default_root()
+
+    # ---------------------------------------------------------------- reading
+    def _paths(self, name: str) -> tuple[Path, Path]:
+        return self.root / f"{name}.keras", self.root / f"{name}.json"
+
+    def _read_record(self, record_path: Path) -> dict | None:
+        try:
+            record = json.loads(record_path.read_text())
+        except (OSError, ValueError):
+            return None  # unreadable or foreign JSON: not a version
+        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+            return None
+        name = record_path.stem
+        model_path = self.root / f"{name}.keras"
+        if not model_path.is_file():
+            return None
+        record["name"] = name
+        record["path"] = str(model_path)
+        return record
+
+    def list_versions(self) -> list[dict]:
+        """Records of all complete versions, newest first."""
+        if not self.root.is_dir():
+            return []
+        records = [self._read_record(p) for p in self.root.glob("*.json") if not p.name.startswith(".")]
+        records = [r for r in records if r is not None]
+        return sorted(records, key=lambda r: (r.get("created", ""), r.get("sequence", 0)), reverse=True)
+
+    def names(self) -> list[str]:
+        return [record["name"] for record in self.list_versions()]
+
+    def has(self, name: str) -> bool:
+        return self.record(name) is not None
+
+    def record(self, name: str) -> dict | None:
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            return None
+        return self._read_record(self._paths(name)[1])
+
+    def _require(self, name: str) -> dict:
+        record = self.record(name)
+        if record is None:
+            known = ", ".join(self.names()) or "(none yet)"
+            raise NapariUNetError(f"no stored model version named '{name}' in '{self.root}': known versions: {known}")
+        return record
+
+    def load(self, name: str):
+        """The SegmentationModel of a stored version (source = its name)."""
+        from napari_unet.model import load_model_file
+
+        record = self._require(name)
+        model = load_model_file(record["path"])
+        model.source = name
+        return model
+
+    # ---------------------------------------------------------------- writing
+    @contextlib.contextmanager
+    def _locked(self):
+        """Exclusive lock on the store across threads and processes (fcntl, else an O_EXCL lock file)."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unwritable(self.root, exc) from exc
+        lock_path = self.root / ".lock"
+        with _THREAD_LOCK:
+            try:
+                import fcntl
+            except ImportError:  # Windows: a lock file created exclusively
+                fcntl = None
+            if fcntl is not None:
+                try:
+                    handle = open(lock_path, "a+")
+                except OSError as exc:
+                    raise _unwritable(self.root, exc) from exc
+                try:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+                    yield
+                finally:
+                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                    handle.close()
+                return
+            deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
+            while True:
+                try:
+                    fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                    break
+                except FileExistsError:
+                    if time.monotonic() > deadline:
+                        raise NapariUNetError(
+                            f"the model folder '{self.root}' is locked by another save (lock file '{lock_path}'): "
+                            "wait for it, or delete the lock file if no napari-unet is running"
+                        ) from None
+                    time.sleep(0.05)
+                except OSError as exc:
+                    raise _unwritable(self.root, exc) from exc
+            try:
+                yield
+            finally:
+                os.close(fd)
+                lock_path.unlink(missing_ok=True)
+
+    def _clean_temp_files(self) -> None:
+        """Remove temp files of interrupted saves; only called under the lock, when nobody writes."""
+        for path in self.root.glob(".*"):
+            if path.name != ".lock" and path.is_file() and (path.suffix in (".keras", ".tmp")):
+                path.unlink(missing_ok=True)
+
+    def _write_json(self, path: Path, values: dict) -> None:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(values, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+
+    def _check_new_name(self, name: str) -> None:
+        from napari_unet.registry import shipped_model_names
+
+        if not NAME_PATTERN.match(name or ""):
+            raise NapariUNetError(
+                f"'{name}' is not a valid model name: use letters, digits, '.', '_' or '-' (up to 100, no spaces or '/')"
+            )
+        if name in shipped_model_names():
+            raise NapariUNetError(f"'{name}' is a shipped model (read-only): choose another name, e.g. '{name}-mine'")
+        if any(path.exists() for path in self._paths(name)):
+            raise NapariUNetError(f"a model version named '{name}' already exists in '{self.root}': choose another name")
+
+    def _check_not_shipped(self, name: str, action: str) -> None:
+        from napari_unet.registry import shipped_model_names
+
+        if name in shipped_model_names() and not self.has(name):
+            raise NapariUNetError(f"'{name}' is a shipped model and cannot be {action}: shipped models are read-only")
+
+    def _next_name(self, lineage: str) -> str:
+        numbers = [0]
+        for path in self.root.iterdir():
+            match = VERSION_SUFFIX.match(path.stem) if not path.name.startswith(".") else None
+            if match and match["lineage"] == lineage:
+                numbers.append(int(match["number"]))
+        return f"{lineage}-v{max(numbers) + 1}"
+
+    def _lineage_of(self, parent: str | None, model) -> str:
+        if parent:
+            record = self.record(parent)
+            if record is not None:
+                return record.get("lineage") or parent
+            match = VERSION_SUFFIX.match(parent)
+            return match["lineage"] if match else Path(parent).stem
+        return model.metadata.name or "model"
+
+    def save_version(self, model, history=None, parent: str | None = None, training_pairs=None,
+                     settings: dict | None = None, name: str | None = None, extra: dict | None = None) -> dict:
+        """Save `model` as a new version and return its record.
+
+        name: default `<lineage>-v<N>`, N = 1 + the highest number of that lineage in the store.
+        parent: the version/shipped model it was fine-tuned from (default: what finetune() recorded).
+        training_pairs: (image, mask) arrays or pair_fingerprint() dicts — stored as hashes and shapes.
+        history: a TrainHistory (metrics, settings and seconds are taken from it).
+        """
+        from napari_unet.model import save_model
+
+        info = model.metadata.info.get("training", {}) if isinstance(model.metadata.info, dict) else {}
+        # A model straight from load_model keeps its source; finetune() clears it and records its parent.
+        parent = parent or model.source or info.get("parent") or None
+        if parent:
+            parent = str(parent)
+            parent = Path(parent).stem if parent.endswith(".keras") else parent
+        pairs = []
+        for item in training_pairs or []:
+            pairs.append(item if isinstance(item, dict) else pair_fingerprint(*item))
+        metrics = {}
+        if history is not None:
+            metrics = {"val_iou": history.val_iou, "val_dice": history.val_dice, "final_loss": history.final_loss,
+                       "steps": history.steps, "best_epoch": history.best_epoch,
+                       "stopped_reason": history.stopped_reason}
+            settings = {**(history.settings or {}), **(settings or {})}
+        with self._locked():
+            self._clean_temp_files()
+            lineage = self._lineage_of(parent, model)
+            if name is None:
+                name = self._next_name(lineage)
+            self._check_new_name(name)
+            model_path, record_path = self._paths(name)
+            record = {
+                "format": RECORD_FORMAT,
+                "name": name,
+                "lineage": lineage,
+                "parent": parent,
+                "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+                "sequence": time.time_ns(),
+                "metrics": _json_safe(metrics),
+                "settings": _json_safe(settings or {}),
+                "seconds": None if history is None else round(float(history.seconds), 3),
+                "training_pairs": _json_safe(pairs),
+                "model": {"config": _json_safe(model.metadata.config), "class_names": list(model.metadata.class_names),
+                          "tile_size": model.metadata.tile_size},
+                **_json_safe(extra or {}),
+            }
+            saved_name = model.metadata.name
+            try:
+                model.metadata.name = lineage
+                save_model(model, model_path)
+                self._write_json(record_path, record)
+            except OSError as exc:
+                # Nothing half-written stays: the record is what makes a version visible.
+                for path in (record_path, model_path):  # neither existed before this save
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self._clean_temp_files()
+                raise _unwritable(self.root, exc) from exc
+            finally:
+                model.metadata.name = saved_name
+        record["path"] = str(model_path)
+        return record
+
+    def rename(self, old: str, new: str) -> dict:
+        """Rename a stored version (children's parent links follow); shipped models cannot be renamed."""
+        self._check_not_shipped(old, "renamed")
+        with self._locked():
+            record = self._require(old)
+            self._check_new_name(new)
+            old_model, old_record = self._paths(old)
+            new_model, new_record = self._paths(new)
+            record = {k: v for k, v in record.items() if k != "path"}
+            record["name"] = new
+            try:
+                os.replace(old_model, new_model)
+                self._write_json(new_record, record)
+                old_record.unlink(missing_ok=True)
+                for child in self.list_versions():
+                    if child.get("parent") == old:
+                        child_values = {k: v for k, v in child.items() if k != "path"}
+                        child_values["parent"] = new
+                        self._write_json(self.root / f"{child['name']}.json", child_values)
+            except OSError as exc:
+                raise _unwritable(self.root, exc) from exc
+        record["path"] = str(new_model)
+        return record
+
+    def delete(self, name: str) -> None:
+        """Delete a stored version (record first, so a crash never leaves a visible broken version)."""
+        self._check_not_shipped(name, "deleted")
+        with self._locked():
+            self._require(name)
+            model_path, record_path = self._paths(name)
+            try:
+                record_path.unlink()
+                model_path.unlink(missing_ok=True)
+            except OSError as exc:
+                raise _unwritable(self.root, exc) from exc
+
+    def revert(self, name: str) -> dict:
+        """Make `name` the current version of its lineage by saving a copy as a new (newest) version.
+
+        Nothing is deleted; the new record has parent = name and "reverted_from" = name.
+        """
+        record = self._require(name)
+        model = self.load(name)
+        return self.save_version(
+            model, parent=name, settings=record.get("settings"), training_pairs=record.get("training_pairs"),
+            extra={"reverted_from": name, "metrics": record.get("metrics", {})},
+        )
+
+    def export(self, name: str, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Copy a stored (or shipped) model to a .keras file elsewhere, atomically."""
+        from napari_unet.registry import shipped_model_names, shipped_model_path
+
+        record = self.record(name)
+        if record is not None:
+            source = Path(record["path"])
+        elif name in shipped_model_names():
+            source = shipped_model_path(name)
+        else:
+            self._require(name)
+        target = Path(path)
+        if target.suffix != ".keras":
+            raise NapariUNetError(f"export to a .keras file, not '{target.name}': e.g. '{target.stem}.keras'")
+        if target.exists() and not overwrite:
+            raise NapariUNetError(f"'{target}' already exists: choose another file or pass overwrite=True")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".keras", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(source, tmp_name)
+            os.replace(tmp_name, target)
+        except OSError as exc:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise NapariUNetError(f"cannot export '{name}' to '{target}': {exc.strerror or exc}") from exc
+        return target
