@@ -253,3 +253,149 @@ def _run_gui_command(args) -> int:
 
 
 COMMANDS.append(add_gui_command)
+
+
+def add_finetune_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "finetune",
+        help="fine-tune a model on image/mask pairs and save it as OUT.keras (and as a new stored version)",
+        description=(
+            "Masks are matched to images by file stem and use 0 = background, 1 = foreground, 255 = not "
+            "annotated (left out of training). Part of the data is held out for validation; the best "
+            "weights are kept. Progress goes to stderr."
+        ),
+    )
+    parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path to start from")
+    parser.add_argument("--images", required=True, metavar="DIR", help="folder of training images")
+    parser.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems")
+    parser.add_argument("-o", "--output", required=True, metavar="OUT.keras", help="where to save the fine-tuned model")
+    parser.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default 4)")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, metavar="N", help="training steps per epoch (default 30)")
+    parser.add_argument("--lr", type=float, default=None, metavar="LR", help="Adam learning rate (default 1e-4; ~1e-3 from scratch)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default 0)")
+    parser.add_argument("--name", default=None, metavar="NAME", help="name of the stored version (default <model>-vN)")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT.keras if it exists (never the input model)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object with the result on stdout")
+    parser.set_defaults(func=_run_finetune_command)
+
+
+def _run_finetune_command(args) -> int:
+    import json
+    from pathlib import Path
+
+    from napari_unet.errors import NapariUNetError
+    from napari_unet.io import find_pairs, read_image
+
+    output = Path(args.output)
+    if output.suffix != ".keras":
+        raise NapariUNetError(f"-o must name a .keras file, not '{output}': e.g. -o {output.stem or 'model'}.keras")
+    input_path = Path(args.model)
+    if input_path.exists() and output.exists() and output.resolve() == input_path.resolve():
+        raise NapariUNetError(f"-o '{output}' is the input model: choose another file (the input is never overwritten)")
+    if output.exists() and not args.force:
+        raise NapariUNetError(f"'{output}' already exists: choose another -o or pass --force to overwrite it")
+    if output.exists() and output.is_dir():
+        raise NapariUNetError(f"'{output}' is a folder: -o must name a .keras file")
+    pairs = find_pairs(args.images, args.masks)
+    images = [read_image(image_path) for image_path, _ in pairs]
+    masks = [read_image(mask_path) for _, mask_path in pairs]
+    names = [image_path.name for image_path, _ in pairs]
+
+    from napari_unet.registry import load_model
+    from napari_unet.train import finetune
+
+    model = load_model(args.model)
+    overrides = {key: value for key, value in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch),
+                                               ("learning_rate", args.lr), ("seed", args.seed)) if value is not None}
+
+    def report(event) -> None:
+        if event.kind == "step":
+            eta = f", ~{event.eta_seconds:.0f} s left" if event.eta_seconds is not None else ""
+            print(f"\r[finetune] epoch {event.epoch}/{event.epochs} step {event.step}/{event.total_steps} "
+                  f"loss {event.loss:.4f}{eta}   ", end="", file=sys.stderr, flush=True)
+        elif event.kind == "epoch":
+            score = f" val IoU {event.val_iou:.4f}" if event.val_iou is not None else ""
+            print(f"\r[finetune] epoch {event.epoch}/{event.epochs} done: loss {event.loss:.4f}{score}            ",
+                  file=sys.stderr, flush=True)
+
+    tuned, history = finetune(model, [(image, mask) for image, mask in zip(images, masks)], progress=report, **overrides)
+
+    from napari_unet.model import save_model
+    from napari_unet.store import ModelStore, pair_fingerprint
+
+    save_model(tuned, output)
+    version = None
+    try:
+        record = ModelStore().save_version(
+            tuned, history, training_pairs=[pair_fingerprint(i, m, n) for i, m, n in zip(images, masks, names)],
+            name=args.name,
+        )
+        version = record["name"]
+    except NapariUNetError as exc:  # the requested file exists; the store copy is a convenience
+        print(f"napari-unet finetune: warning: not added to the model store: {exc}", file=sys.stderr)
+    result = {
+        "epochs": len(history.epochs),
+        "steps": history.steps,
+        "seconds": round(history.seconds, 2),
+        "final_loss": history.final_loss,
+        "val_iou": history.val_iou,
+        "stopped_reason": history.stopped_reason,
+        "model": str(output),
+        "version": version,
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        score = f", validation IoU {history.val_iou:.4f}" if history.val_iou is not None else ""
+        print(f"saved {output} ({history.steps} steps in {history.seconds:.0f} s{score}"
+              f"{f'; stored as {version}' if version else ''})")
+    return 0
+
+
+COMMANDS.append(add_finetune_command)
+
+
+def add_models_command(subparsers) -> None:
+    parser = subparsers.add_parser("models", help="list shipped models and stored fine-tuned versions with their metrics")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.set_defaults(func=_run_models_command)
+
+
+def _run_models_command(args) -> int:
+    import json
+
+    from napari_unet.model import read_metadata
+    from napari_unet.registry import shipped_model_names, shipped_model_path
+    from napari_unet.store import ModelStore
+
+    shipped = []
+    for name in shipped_model_names():
+        metadata = read_metadata(shipped_model_path(name))
+        info = metadata.info if metadata is not None else {}
+        held_out = info.get("metrics_held_out", {})
+        shipped.append({"name": name, "path": str(shipped_model_path(name)),
+                        "description": info.get("description", ""),
+                        "metrics": held_out.get("at_threshold_0.5", held_out)})
+    store = ModelStore()
+    versions = [{key: record.get(key) for key in ("name", "parent", "lineage", "created", "metrics", "path")}
+                for record in store.list_versions()]
+    if args.json:
+        print(json.dumps({"shipped": shipped, "versions": versions, "store": str(store.root)}))
+        return 0
+
+    def scores(metrics: dict) -> str:
+        parts = [f"{key} {metrics[key]:.4f}" for key in ("iou", "val_iou", "dice", "pixel_error")
+                 if isinstance((metrics or {}).get(key), (int, float))]
+        return ", ".join(parts) or "-"
+
+    print("shipped models:")
+    for entry in shipped or [{"name": "(none installed)", "metrics": {}}]:
+        print(f"  {entry['name']:<24} {scores(entry['metrics'])}")
+    print(f"stored versions ({store.root}):")
+    for entry in versions or [{"name": "(none yet)", "metrics": {}, "parent": None, "created": ""}]:
+        parent = f"  from {entry['parent']}" if entry.get("parent") else ""
+        print(f"  {entry['name']:<24} {scores(entry['metrics'])}{parent}  {str(entry.get('created') or '')[:19]}")
+    return 0
+
+
+COMMANDS.append(add_models_command)

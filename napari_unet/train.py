@@ -198,7 +198,11 @@ def check_mask(mask, name: str, n_classes: int = 1) -> np.ndarray:
     allowed = set(range(n_classes if n_classes > 1 else 2)) | {IGNORE_LABEL}
     unexpected = [v for v in values.tolist() if v not in allowed]
     if unexpected:
-        shown = ", ".join(str(int(v)) for v in values[:12]) + (" …" if values.size > 12 else "")
+        listed = values.tolist() if values.size <= 12 else values[:8].tolist() + ["…"] + values[-3:].tolist()
+        shown = ", ".join(str(v) if v == "…" else f"{v:g}" for v in listed)
+        if values.size > 12:
+            shown += f"; {values.size} distinct values"
+
         classes = "0 = background, 1 = foreground" if n_classes == 1 else f"class ids 0..{n_classes - 1}"
         raise NapariUNetError(
             f"mask of {name} has values {{{shown}}} but training needs {classes} and {IGNORE_LABEL} = not annotated: "
@@ -261,18 +265,22 @@ def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair") 
 def _check_foreground(pairs: list[_Pair], n_classes: int) -> None:
     """Refuse training without any foreground; warn about pairs that are all one class."""
     total_foreground = 0
+    hint = ""
     for pair in pairs:
         annotated = pair.mask != IGNORE_LABEL
         foreground = int(np.count_nonzero(annotated & (pair.mask > 0)))
         total_foreground += foreground
         if foreground == 0:
-            warnings.warn(f"the mask of {pair.name} has no foreground (all background)", stacklevel=3)
+            if np.any(~annotated):  # only 0 and 255: often a 0/255 binary mask, where 255 meant foreground
+                hint = (f" (masks with only 0 and {IGNORE_LABEL}: if {IGNORE_LABEL} means foreground in your files, "
+                        "convert them with mask = (mask > 0))")
+            warnings.warn(f"the mask of {pair.name} has no foreground (all background){hint}", stacklevel=3)
         elif foreground == int(np.count_nonzero(annotated)):
             warnings.warn(f"the mask of {pair.name} is all foreground (no background)", stacklevel=3)
     if total_foreground == 0:
         raise NapariUNetError(
             "no foreground pixels in any training mask: the model would learn to predict nothing — "
-            f"{MASK_FIX}, and annotate at least some foreground"
+            f"{MASK_FIX}, and annotate at least some foreground{hint}"
         )
 
 
@@ -505,7 +513,12 @@ def segmentation_loss(probabilities, labels, weights, n_classes: int, dice_weigh
         intersection = tf.reduce_sum(outputs * targets * mask, axis=(0, 1, 2))
         total = tf.reduce_sum(outputs * mask, axis=(0, 1, 2)) + tf.reduce_sum(targets * mask, axis=(0, 1, 2))
         dice = (2.0 * intersection + 1.0) / (total + 1.0)
-        loss = loss + dice_weight * (1.0 - tf.reduce_mean(dice))
+        if n_classes == 1:
+            dice_loss = 1.0 - dice[0]  # with no foreground in the batch this still pushes predictions to 0
+        else:  # mean over the classes present in the batch, so an absent class is left to cross-entropy
+            present = tf.cast(tf.reduce_sum(targets * mask, axis=(0, 1, 2)) > 0, tf.float32)
+            dice_loss = tf.reduce_sum((1.0 - dice) * present) / tf.maximum(tf.reduce_sum(present), 1.0)
+        loss = loss + dice_weight * dice_loss
     return loss
 
 

@@ -1,0 +1,79 @@
+"""Paired augmentation keeps masks' values and image/mask alignment."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.augment import AugmentConfig, PairAugmenter
+
+IGNORE = 255
+
+
+def _blobs(size: int = 96, seed: int = 0) -> np.ndarray:
+    """A 0/1 mask of a few random rectangles: asymmetric, so a wrong flip/rotation is visible."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(6):
+        y, x = rng.integers(0, size - 20, 2)
+        h, w = rng.integers(5, 20, 2)
+        mask[y : y + h, x : x + w] = 1
+    return mask
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_augmented_masks_keep_only_original_values(seed):
+    config = AugmentConfig(elastic_probability=1.0)
+    augmenter = PairAugmenter(config, seed=seed, mask_fill=IGNORE)
+    mask = _blobs(64 + 2 * config.margin, seed)
+    mask[:5] = IGNORE
+    image = np.random.default_rng(seed).random((*mask.shape, 1)).astype(np.float32)
+    _, (out_mask,) = augmenter(image, [mask])
+    assert out_mask.shape == (64, 64)
+    assert out_mask.dtype == np.uint8
+    assert set(np.unique(out_mask).tolist()) <= {0, 1, IGNORE}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_image_and_mask_stay_aligned(seed):
+    """Augment an image equal to its mask: geometry must move both identically."""
+    config = AugmentConfig(elastic_probability=1.0, intensity_probability=0.0)
+    margin = config.margin
+    mask = _blobs(64 + 2 * margin, seed)
+    image = mask.astype(np.float32)[..., None]
+    out_image, (out_mask,) = PairAugmenter(config, seed=seed, mask_fill=IGNORE)(image, [mask])
+    annotated = out_mask != IGNORE
+    # linear interpolation blurs edges by < 1 px; away from edges image and mask must agree exactly
+    agree = (out_image[..., 0] > 0.5) == (out_mask == 1)
+    assert np.mean(agree[annotated]) > 0.98
+    assert not np.array_equal(out_mask, mask[margin:-margin, margin:-margin])  # something moved
+
+
+def test_geometry_is_not_identity_over_many_draws():
+    config = AugmentConfig(elastic_probability=0.0, intensity_probability=0.0)
+    augmenter = PairAugmenter(config, seed=1, mask_fill=IGNORE)
+    mask = _blobs(64)
+    results = {augmenter(mask.astype(np.float32)[..., None], [mask])[1][0].tobytes() for _ in range(40)}
+    assert len(results) >= 6  # the 8 flips/rotations of the square
+
+
+def test_intensity_jitter_keeps_out_of_range_values_finite():
+    """Normalised images hold values < 0 and > 1; gamma must not produce NaN there."""
+    config = AugmentConfig(flips=False, elastic_probability=0.0, intensity_probability=1.0)
+    augmenter = PairAugmenter(config, seed=0)
+    image = np.random.default_rng(0).normal(0.5, 1.0, (32, 32, 1)).astype(np.float32)
+    changed = 0
+    for _ in range(10):
+        out, _ = augmenter(image.copy(), [np.zeros((32, 32), np.uint8)])
+        assert np.all(np.isfinite(out))
+        changed += not np.allclose(out, image)
+    assert changed >= 5
+
+
+def test_same_seed_same_augmentation():
+    mask = _blobs(64 + 2 * AugmentConfig().margin)
+    image = np.random.default_rng(3).random((*mask.shape, 1)).astype(np.float32)
+    first = [PairAugmenter(seed=7)(image, [mask]) for _ in range(1)][0]
+    second = PairAugmenter(seed=7)(image, [mask])
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1][0], second[1][0])
