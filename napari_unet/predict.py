@@ -373,9 +373,12 @@ def predict(
     whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
     tiles_per_plane = len(plan.tiles_in(whole))
     counter = _ProgressCounter(tiles_per_plane * math.prod(leading_shape), progress, cancel)
-    probabilities = np.empty((*leading_shape, *spatial_shape, plan.n_classes), dtype=np.float32)
-    for index in np.ndindex(leading_shape):
-        probabilities[index] = _predict_region(plan, planes[index], ranges[index], whole, counter)
+    if not leading_shape:  # one plane: keep the blended buffer itself, no second full-size copy
+        probabilities = _predict_region(plan, planes, ranges[()], whole, counter)
+    else:
+        probabilities = np.empty((*leading_shape, *spatial_shape, plan.n_classes), dtype=np.float32)
+        for index in np.ndindex(leading_shape):
+            probabilities[index] = _predict_region(plan, planes[index], ranges[index], whole, counter)
     return _finish(model, probabilities, output, threshold, instances_of, min_size)
 
 
