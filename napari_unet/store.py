@@ -201,9 +201,15 @@ class ModelStore:
                 lock_path.unlink(missing_ok=True)
 
     def _clean_temp_files(self) -> None:
-        """Remove temp files of interrupted saves; only called under the lock, when nobody writes."""
+        """Remove what interrupted saves left; only called under the lock, when nobody else writes.
+
+        That is temp files (dot-files) and model files without a record (killed between the two writes).
+        """
         for path in self.root.glob(".*"):
             if path.name != ".lock" and path.is_file() and (path.suffix in (".keras", ".tmp")):
+                path.unlink(missing_ok=True)
+        for path in self.root.glob("*.keras"):
+            if not path.with_suffix(".json").exists():
                 path.unlink(missing_ok=True)
 
     def _write_json(self, path: Path, values: dict) -> None:
@@ -257,7 +263,8 @@ class ModelStore:
                      settings: dict | None = None, name: str | None = None, extra: dict | None = None) -> dict:
         """Save `model` as a new version and return its record.
 
-        name: default `<lineage>-v<N>`, N = 1 + the highest number of that lineage in the store.
+        name: default `<lineage>-v<N>`, N = 1 + the highest number of that lineage in the store; the
+        lineage is the parent's (or the model's name). A name given here starts its own lineage.
         parent: the version/shipped model it was fine-tuned from (default: what finetune() recorded).
         training_pairs: (image, mask) arrays or pair_fingerprint() dicts — stored as hashes and shapes.
         history: a TrainHistory (metrics, settings and seconds are taken from it).
@@ -281,9 +288,12 @@ class ModelStore:
             settings = {**(history.settings or {}), **(settings or {})}
         with self._locked():
             self._clean_temp_files()
-            lineage = self._lineage_of(parent, model)
             if name is None:
+                lineage = self._lineage_of(parent, model)
                 name = self._next_name(lineage)
+            else:  # a user-named version starts its own lineage ('my-cells' -> 'my-cells-v1' next)
+                match = VERSION_SUFFIX.match(name)
+                lineage = match["lineage"] if match else name
             self._check_new_name(name)
             model_path, record_path = self._paths(name)
             record = {
