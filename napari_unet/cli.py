@@ -318,7 +318,7 @@ def _run_finetune_command(args) -> int:
             print(f"\r[finetune] epoch {event.epoch}/{event.epochs} done: loss {event.loss:.4f}{score}            ",
                   file=sys.stderr, flush=True)
 
-    tuned, history = finetune(model, [(image, mask) for image, mask in zip(images, masks)], progress=report, **overrides)
+    tuned, history = finetune(model, images, masks, names=names, progress=report, **overrides)
 
     from napari_unet.model import save_model
     from napari_unet.store import ModelStore, pair_fingerprint

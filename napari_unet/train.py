@@ -237,17 +237,21 @@ def _prepare_image(image, name: str, model: SegmentationModel) -> tuple[np.ndarr
     return planes, apply_range(planes, low, high).astype(np.float32)
 
 
-def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair") -> list[_Pair]:
-    """Validated, normalised pairs; errors name the pair (index or file name) and the fix."""
+def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair", names=None) -> list[_Pair]:
+    """Validated, normalised pairs; errors name the pair (`names`, file name or index) and the fix."""
     images, masks = split_pairs(images, masks)
+    names = list(names) if names is not None else None
+    if names is not None and len(names) != len(images):
+        raise NapariUNetError(f"got {len(names)} names for {len(images)} images: give one name per pair")
     if len(images) != len(masks):
         raise NapariUNetError(f"got {len(images)} images but {len(masks)} masks: give one mask per image")
     if not images:
         raise NapariUNetError("no training pairs were given: pass at least one image with its mask")
     pairs = []
     for index, (image_item, mask_item) in enumerate(zip(images, masks)):
-        image, image_name = _load(image_item, f"{label} {index}")
-        mask, mask_name = _load(mask_item, f"{label} {index}")
+        default = f"{label} {index}" if names is None else f"{label} '{names[index]}'"
+        image, image_name = _load(image_item, default)
+        mask, mask_name = _load(mask_item, default)
         name = image_name if image_name == mask_name else f"{label} {index} ({image_name})"
         if mask.ndim == 3 and mask.shape[-1] == 1:
             mask = mask[..., 0]
@@ -579,6 +583,7 @@ def finetune(
     validation=None,
     progress: Callable[[TrainProgress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    names: list[str] | None = None,
     **overrides,
 ) -> tuple[SegmentationModel, TrainHistory]:
     """Train a copy of `model` on image/mask pairs; returns (new model, TrainHistory).
@@ -589,7 +594,8 @@ def finetune(
     validation: optional (images, masks) scored after every epoch; without it, validation_fraction
     of the data is held out (see split_validation). The returned model has the best weights (by
     validation IoU, else by training loss). Settings come from `config` and/or keyword overrides,
-    e.g. finetune(model, images, masks, epochs=10, learning_rate=1e-3).
+    e.g. finetune(model, images, masks, epochs=10, learning_rate=1e-3). names: optional pair names
+    (e.g. file names) used in messages instead of "pair <index>".
     Raises NapariUNetError for unusable input (message names the pair and the fix).
     """
     import keras
@@ -610,7 +616,7 @@ def finetune(
     patch_size = int(config.patch_size or model.metadata.tile_size or 256)
     patch_size = max(multiple, int(math.ceil(patch_size / multiple)) * multiple)
 
-    pairs = prepare_pairs(model, images, masks)
+    pairs = prepare_pairs(model, images, masks, names=names)
     _check_foreground(pairs, n_classes)
     rng = np.random.default_rng(config.seed)
     if validation is not None:
