@@ -358,6 +358,7 @@ class RoundResult:
     improved: bool
     verdict: str
     pair_names: list
+    pair_fingerprints: list  # store.pair_fingerprint of each (image, training mask): the version's data lineage
 
 
 def compare_held_out(before: dict | None, after: dict | None) -> tuple[bool, str]:
@@ -378,6 +379,7 @@ def finetune_round(model, training_set: TrainingSet, *, config=None, progress=No
 
     `cancel` stops training between steps (the best model so far is kept); scoring always finishes.
     """
+    from napari_unet.store import pair_fingerprint
     from napari_unet.train import finetune
 
     data = training_set.split()
@@ -385,4 +387,6 @@ def finetune_round(model, training_set: TrainingSet, *, config=None, progress=No
     tuned, history = finetune(model, data.images, data.train_masks, config=config, progress=progress, cancel=cancel)
     after = held_out_scores(tuned, data, threshold)
     improved, verdict = compare_held_out(before, after)
-    return RoundResult(tuned, history, before, after, improved, verdict, list(data.names))
+    fingerprints = [pair_fingerprint(image, mask, name) for image, mask, name in
+                    zip(data.images, data.train_masks, data.names)]
+    return RoundResult(tuned, history, before, after, improved, verdict, list(data.names), fingerprints)

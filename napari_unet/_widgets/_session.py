@@ -61,6 +61,12 @@ class Session(QObject):
             return []
         return list(ModelStore().list_versions())
 
+    @property
+    def model_label(self) -> str:
+        """The selected model as users know it: a name, or a file's name (not its whole path)."""
+        key = self.model_key
+        return Path(key).name if key.endswith(".keras") else key
+
     def select_model(self, key: str) -> None:
         if key != self.model_key:
             self.model_key = key
@@ -68,6 +74,9 @@ class Session(QObject):
 
     def load_model(self, key: str | None = None):
         """The SegmentationModel for `key` (default: the selected one), cached. Call from a worker."""
+        from napari_unet._widgets._tensorflow import ensure_tensorflow
+
+        ensure_tensorflow()
         from napari_unet.registry import load_model
 
         key = key or self.model_key

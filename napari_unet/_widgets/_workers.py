@@ -39,6 +39,18 @@ def describe_error(exc: BaseException, what: str) -> str:
             "Details are in the console (View ▸ Console); please report this if it repeats.")
 
 
+def _with_tensorflow(function, *args):
+    """Every job may reach TensorFlow: import it the safe way first (see _tensorflow.py)."""
+    from napari_unet._widgets._tensorflow import ensure_tensorflow
+
+    ensure_tensorflow()
+    return function(*args)
+
+
+def _plain(function, *args):
+    return function(*args)
+
+
 class Job:
     """One long task: `function(report, is_cancelled)` runs in a napari thread worker.
 
@@ -50,7 +62,8 @@ class Job:
 
     def __init__(self, function: Callable[[Callable[[Any], None], Callable[[], bool]], Any], *, what: str,
                  on_done: Callable[[Any], None], on_progress: Callable[[Any], None] | None = None,
-                 on_finished: Callable[[], None] | None = None, on_cancelled: Callable[[], None] | None = None):
+                 on_finished: Callable[[], None] | None = None, on_cancelled: Callable[[], None] | None = None,
+                 needs_tensorflow: bool = True):
         self.what = what
         self.cancel_event = threading.Event()
         self._relay = _Relay()
@@ -64,11 +77,12 @@ class Job:
         if on_progress is not None:
             self._relay.progress.connect(on_progress)
         relay = self._relay  # the worker thread holds the relay, not the widget
-        self.worker = create_worker(function, relay.progress.emit, self.cancel_event.is_set,
-                                    _worker_class=QuietFunctionWorker, _start_thread=False)
-        self.worker.returned.connect(self._returned)
-        self.worker.errored.connect(self._errored)
-        self.worker.finished.connect(self._finished)
+        # Passing `errored` in _connect stops superqt from also re-raising the error in the event loop.
+        self.worker = create_worker(
+            _with_tensorflow if needs_tensorflow else _plain, function, relay.progress.emit, self.cancel_event.is_set, _worker_class=QuietFunctionWorker,
+            _start_thread=False,
+            _connect={"returned": self._returned, "errored": self._errored, "finished": self._finished},
+        )
 
     def start(self) -> "Job":
         self.worker.start()

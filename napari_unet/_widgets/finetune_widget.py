@@ -101,7 +101,7 @@ class FinetuneWidget(QWidget):
         self._show_pairs()
 
     def _show_model(self, *args) -> None:
-        self.model_label.setText(f"Starting model: <b>{self.session.model_key or '(none)'}</b> "
+        self.model_label.setText(f"Starting model: <b>{self.session.model_label or '(none)'}</b> "
                                  "(choose it in the Predict or Models tab)")
 
     def _show_pairs(self, *args) -> None:
@@ -114,6 +114,7 @@ class FinetuneWidget(QWidget):
             show_info("Fine-tuning is already running: wait for it or press Stop.")
             return None
         model_key = self.session.model_key
+        model_label = self.session.model_label
         training_set = self.session.training_set
         session = self.session
         image_layer = self.image_combo.layer()
@@ -136,7 +137,7 @@ class FinetuneWidget(QWidget):
             metrics = {"held_out_iou_before": (result.before or {}).get("iou"),
                        "held_out_iou": (result.after or {}).get("iou")}
             record = ModelStore().save_version(
-                result.model, history=result.history, parent=model_key, training_pairs=result.pair_names,
+                result.model, history=result.history, parent=model_key, training_pairs=result.pair_fingerprints,
                 settings={**settings, "patch_size": patch, "held_out": metrics, "improved": result.improved})
             version = str(_field(record, "name"))
             session.remember_model(version, result.model)
@@ -151,7 +152,7 @@ class FinetuneWidget(QWidget):
         self.progress_bar.setRange(0, 0)
         self.result_label.setText("Preparing (loading the model and the training set) …")
         self._set_running(True)
-        self.job = Job(work, what=f"Fine-tuning '{model_key}'", on_progress=self._show_progress,
+        self.job = Job(work, what=f"Fine-tuning '{model_label}'", on_progress=self._show_progress,
                        on_done=lambda result: self._done(image_layer, index, model_key, result),
                        on_finished=lambda: self._set_running(False))
         self.session.track(self.job)

@@ -6,6 +6,7 @@ also while painting in a Labels layer: Shift+U = Predict, Shift+T = Add to train
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
@@ -38,6 +39,9 @@ class UNetWidget(QWidget):
         layout.addWidget(self.tabs)
         self.setMinimumWidth(320)
         self._bind_keys()
+        # Load TensorFlow in the background now, so the first Predict does not wait for it. A plain
+        # thread (no Qt signals): it may outlive the dock harmlessly.
+        threading.Thread(target=_warm_up, name="napari-unet TensorFlow import", daemon=True).start()
         self.destroyed.connect(_closer(self.session, napari_viewer, self._layer_combos()))
 
     def _layer_combos(self) -> list:
@@ -79,3 +83,12 @@ def _closer(session: Session, viewer, combos):
                 pass
 
     return close
+
+
+def _warm_up() -> None:
+    from napari_unet._widgets._tensorflow import ensure_tensorflow
+
+    try:
+        ensure_tensorflow()
+    except Exception:  # a broken install surfaces, worded, at the first Predict
+        pass

@@ -94,7 +94,7 @@ class ModelsWidget(QWidget):
                     item.setFont(font)
                 self.table.setItem(row, column, item)
         self.table.resizeColumnsToContents()
-        self.current_label.setText(f"In use: <b>{self.session.model_key or '(none)'}</b>")
+        self.current_label.setText(f"In use: <b>{self.session.model_label or '(none)'}</b>")
 
     def selected_name(self) -> str | None:
         rows = self.table.selectionModel().selectedRows()

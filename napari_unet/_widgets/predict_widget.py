@@ -178,7 +178,7 @@ class PredictWidget(QWidget):
                                                    is_cancelled=is_cancelled, **settings)
             return plane_index, labels, probabilities
 
-        self.status_label.setText(f"Predicting '{image_layer.name}'{describe_index(index)} with {model_key} …")
+        self.status_label.setText(f"Predicting '{image_layer.name}'{describe_index(index)} with {self.session.model_label} …")
         self.progress_bar.setRange(0, 0)  # busy until the first tile reports
         self._set_running(True)
         what = f"Prediction of '{image_layer.name}'"

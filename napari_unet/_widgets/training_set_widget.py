@@ -177,7 +177,8 @@ class TrainingSetWidget(QWidget):
 
         self.add_button.setEnabled(False)
         self.job = Job(work, what=f"Adding '{labels_name}'{describe_index(index)} to the training set",
-                       on_done=self._added, on_finished=lambda: self.add_button.setEnabled(True))
+                       on_done=self._added, on_finished=lambda: self.add_button.setEnabled(True),
+                       needs_tensorflow=False)
         self.session.track(self.job)
         return self.job.start()
 
@@ -212,7 +213,7 @@ class TrainingSetWidget(QWidget):
                     rows.append((pair, None))
             return rows
 
-        self.list_job = Job(work, what="Reading the training set", on_done=self._show_pairs)
+        self.list_job = Job(work, what="Reading the training set", on_done=self._show_pairs, needs_tensorflow=False)
         self.session.track(self.list_job)
         return self.list_job.start()
 

@@ -1,0 +1,41 @@
+"""Import TensorFlow safely inside a running napari.
+
+On Linux with Mesa OpenGL (llvmpipe under Xvfb, and AMD/Intel drivers that use LLVM), napari's
+canvas loads the system libLLVM. TensorFlow bundles its own LLVM; importing it afterwards binds
+TF's LLVM static initialisers to the system copy and the process dies with SIGSEGV
+(in _GLOBAL__sub_I_DebugInfoMetadata.cpp, seen with TF 2.21 + Mesa/LLVM 15). Loading TensorFlow's
+libraries with RTLD_DEEPBIND makes them prefer their own symbols. Only done when libLLVM is
+already mapped, so nothing changes elsewhere (macOS, Windows, or TF imported first).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+_lock = threading.Lock()
+
+
+def _llvm_loaded() -> bool:
+    try:
+        with open("/proc/self/maps") as maps:
+            return any("libLLVM" in line for line in maps)
+    except OSError:
+        return False
+
+
+def ensure_tensorflow() -> None:
+    """Import tensorflow and keras once, with RTLD_DEEPBIND if the system LLVM is loaded (Linux)."""
+    if "keras" in sys.modules and "tensorflow" in sys.modules:
+        return
+    with _lock:
+        if "tensorflow" not in sys.modules and sys.platform.startswith("linux") and hasattr(os, "RTLD_DEEPBIND") \
+                and _llvm_loaded():
+            flags = sys.getdlopenflags()
+            sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+            try:
+                import tensorflow  # noqa: F401
+            finally:
+                sys.setdlopenflags(flags)
+        import keras  # noqa: F401
