@@ -368,8 +368,8 @@ def compare_held_out(before: dict | None, after: dict | None) -> tuple[bool, str
                       "before/after could not be compared; the new version is selected.")
     b, a = before["iou"], after["iou"]
     if a > b + MIN_IMPROVEMENT:
-        return True, f"Fine-tuning improved held-out IoU ({b:.2f} → {a:.2f}); the new version is selected."
-    return False, (f"Fine-tuning did not improve held-out IoU ({b:.2f} → {a:.2f}); the previous model stays "
+        return True, f"Fine-tuning improved held-out IoU ({b:.3f} → {a:.3f}); the new version is selected."
+    return False, (f"Fine-tuning did not improve held-out IoU ({b:.3f} → {a:.3f}); the previous model stays "
                    "selected. Correct more images or train longer, then try again.")
 
 

@@ -111,7 +111,7 @@ def test_split_holds_out_a_fixed_stripe_and_refuses_empty_sets(tmp_path, image):
 
 def test_verdict_says_plainly_when_fine_tuning_did_not_help():
     improved, text = compare_held_out({"iou": 0.81}, {"iou": 0.80})
-    assert not improved and "did not improve held-out IoU (0.81 → 0.80)" in text
+    assert not improved and "did not improve held-out IoU (0.810 → 0.800)" in text
     improved, text = compare_held_out({"iou": 0.70}, {"iou": 0.80})
     assert improved and "improved" in text
 

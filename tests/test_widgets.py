@@ -120,6 +120,19 @@ def test_predict_writes_only_the_displayed_slice_of_a_stack(qtbot, dock, blobs_i
     np.testing.assert_array_equal(labels[2], predict(widget.session.load_model(), stack[2], output="labels"))
 
 
+def test_instances_option_numbers_each_object(qtbot, dock, blobs_image, notifications):
+    viewer, widget = dock
+    viewer.add_image(blobs_image, name="cells")
+    widget.predict_tab.instances_check.setChecked(True)
+    widget.predict_tab.probabilities_check.setChecked(True)  # the path that thresholds in the widget's worker
+    job = wait_for(qtbot, widget.predict_tab.predict())
+    assert job.error is None, errors(notifications)
+    from napari_unet.predict import predict
+
+    expected = predict(widget.session.load_model(), blobs_image, output="instances")
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
+
+
 def test_rgb_image_with_a_one_channel_model_is_predicted(qtbot, dock, blobs_image, notifications):
     viewer, widget = dock
     viewer.add_image(np.dstack([blobs_image] * 3), name="colour", rgb=True)
@@ -252,6 +265,34 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     from napari_unet.model import load_model_file
 
     assert load_model_file(exported).config == result.model.config
+
+    models.rename_selected("my-cells")
+    qtbot.waitUntil(lambda: ModelStore().has("my-cells"), timeout=10_000)
+    assert not ModelStore().has(version)
+    qtbot.waitUntil(lambda: "my-cells" in [models.table.item(r, 0).text() for r in range(models.table.rowCount())],
+                    timeout=10_000)
+    names = [models.table.item(row, 0).text() for row in range(models.table.rowCount())]
+    models.table.selectRow(names.index("my-cells"))
+    models.revert_selected()  # a new version copied from "my-cells", then selected
+    revert_job = wait_for(qtbot, widget.session.jobs[-1])
+    assert revert_job.what == "Reverting to 'my-cells'" and revert_job.error is None
+    assert widget.session.model_key == revert_job.result["name"]
+    assert ModelStore().record(widget.session.model_key)["reverted_from"] == "my-cells"
+
+
+def test_gui_command_opens_the_dock_with_a_sample(qtbot):
+    from napari_unet._widgets.launch import open_gui
+    from napari_unet.errors import NapariUNetError
+
+    with pytest.raises(NapariUNetError, match="no sample named 'nope'"):
+        open_gui(sample="nope", show=False)
+    viewer, widget = open_gui(sample="nuclei", show=False)
+    try:
+        assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei ground truth"]
+        assert widget.predict_tab.image_combo.currentText() == "nuclei"
+        assert widget.tabs.count() == 4
+    finally:
+        viewer.close()
 
 
 def test_gui_stays_responsive_while_fine_tuning(qtbot, dock, blobs_image, notifications, monkeypatch):
