@@ -141,6 +141,22 @@ def test_rgb_image_with_a_one_channel_model_is_predicted(qtbot, dock, blobs_imag
     assert viewer.layers["colour prediction"].data.shape == blobs_image.shape
 
 
+def test_multichannel_layer_with_a_two_channel_model(qtbot, dock, blobs_image, notifications, tmp_path):
+    viewer, widget = dock
+    path = tmp_path / "two_channels.keras"
+    save_model(new_model(UNetConfig(n_channels=2, base_width=4, depth=2), tile_size=64), path)
+    widget.session.select_model(str(path))
+    viewer.add_image(np.stack([blobs_image, 255 - blobs_image]), name="two channels")  # (C, Y, X) in one layer
+    job = wait_for(qtbot, widget.predict_tab.predict())
+    assert job.error is None, errors(notifications)
+    assert viewer.layers["two channels prediction"].data.shape == blobs_image.shape
+
+    viewer.add_image(blobs_image, name="grey")  # one channel for a two-channel model: refused in words
+    widget.predict_tab.image_combo.select("grey")
+    job = wait_for(qtbot, widget.predict_tab.predict())
+    assert job.error is not None and "expects 2 channels" in errors(notifications)[-1]
+
+
 def test_cancel_stops_prediction_without_a_layer(qtbot, dock, blobs_image, notifications):
     viewer, widget = dock
     viewer.add_image(np.stack([blobs_image] * 40), name="long stack")

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QAbstractItemView, QFileDialog, QHBoxLayout, QInputDialog, QLabel, QMessageBox, QPushButton, QTableWidget,
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from napari_unet.errors import NapariUNetError
 from napari_unet._widgets._session import Session, _field
 from napari_unet._widgets._workers import Job
 

@@ -238,7 +238,9 @@ def write_prediction(viewer, image_layer, index: tuple, labels: np.ndarray, name
     A layer the user has corrected since it was predicted (or a layer napari-unet did not make) is
     never overwritten: the new prediction goes into a new layer and a notification says so.
     """
-    full_shape = tuple(layer_array(image_layer).shape[: image_layer.ndim])
+    # A slice goes into a layer as deep as the stack; a whole prediction defines the shape itself
+    # (for a (C, Y, X) multichannel layer that is (Y, X)).
+    full_shape = tuple(layer_array(image_layer).shape[: image_layer.ndim]) if index else tuple(labels.shape)
     layer = next((candidate for candidate in viewer.layers
                   if candidate.name == name and isinstance(candidate, Labels)), None)
     if layer is not None and (PREDICTION_KEY not in layer.metadata or _edited_since_prediction(layer, index)):
@@ -249,8 +251,8 @@ def write_prediction(viewer, image_layer, index: tuple, labels: np.ndarray, name
         layer.metadata.pop(PREDICTION_KEY, None)
         layer.data = np.zeros(full_shape, dtype=labels.dtype)
     if layer is None:
-        layer = viewer.add_labels(np.zeros(full_shape, dtype=labels.dtype), name=name, scale=image_layer.scale,
-                                  translate=image_layer.translate, opacity=0.5)
+        layer = viewer.add_labels(np.zeros(full_shape, dtype=labels.dtype), name=name, opacity=0.5,
+                                  **_placement(image_layer, len(full_shape)))
     data = layer.data
     if data.dtype != labels.dtype:
         data = data.astype(np.result_type(data.dtype, labels.dtype))
@@ -271,20 +273,25 @@ def write_prediction(viewer, image_layer, index: tuple, labels: np.ndarray, name
 
 def write_probabilities(viewer, image_layer, index: tuple, probabilities: np.ndarray):
     name = f"{image_layer.name} probability"
-    full_shape = tuple(layer_array(image_layer).shape[: image_layer.ndim])
+    full_shape = tuple(layer_array(image_layer).shape[: image_layer.ndim]) if index else tuple(probabilities.shape)
     existing = next((layer for layer in viewer.layers if layer.name == name and isinstance(layer, Image)), None)
     if existing is None or tuple(existing.data.shape) != full_shape:
         if existing is not None:
             viewer.layers.remove(existing)
         existing = viewer.add_image(np.zeros(full_shape, dtype=np.float32), name=name, colormap="magma",
-                                    blending="additive", contrast_limits=(0, 1), scale=image_layer.scale,
-                                    translate=image_layer.translate, visible=True, opacity=0.6)
+                                    blending="additive", contrast_limits=(0, 1), visible=True, opacity=0.6,
+                                    **_placement(image_layer, len(full_shape)))
     if index:
         existing.data[index] = probabilities
     else:
         existing.data = probabilities
     existing.refresh()
     return existing
+
+
+def _placement(image_layer, ndim: int) -> dict:
+    """Scale and translate of the image's last `ndim` axes, so the result overlays the image."""
+    return {"scale": tuple(image_layer.scale)[-ndim:], "translate": tuple(image_layer.translate)[-ndim:]}
 
 
 def _free_name(viewer, name: str) -> str:
