@@ -34,8 +34,8 @@ from napari_unet.errors import NapariUNetError
 # Must equal napari_unet.train.IGNORE_LABEL (asserted in tests); defined here so that saving a
 # correction does not import TensorFlow.
 IGNORE_LABEL = 255
-# Fraction of each pair's columns (the right-hand stripe) kept out of training and used to
-# compare models before/after fine-tuning. Fixed per pair, so rounds are comparable.
+# Fraction of each pair's annotated columns (the right-hand stripe) kept out of training and used
+# to compare models before/after fine-tuning. Fixed per pair, so rounds are comparable.
 HELD_OUT_FRACTION = 0.2
 _NAME_PATTERN = re.compile(r"[^A-Za-z0-9_.-]+")
 
@@ -95,14 +95,22 @@ def restrict_to_corrections(mask: np.ndarray, prediction: np.ndarray, corrected:
     return restricted
 
 
-def held_out_region(shape: tuple[int, ...], fraction: float = HELD_OUT_FRACTION) -> np.ndarray:
-    """Boolean (Y, X) mask of the right-hand stripe of a pair that is never trained on."""
-    height, width = shape[:2]
-    region = np.zeros((height, width), dtype=bool)
-    n_columns = int(round(width * fraction))
+def held_out_region(mask: np.ndarray, fraction: float = HELD_OUT_FRACTION) -> np.ndarray:
+    """Boolean (Y, X) mask of the pixels of a pair never trained on: the right-hand `fraction` of
+    the columns that hold annotations (so a user who checked only part of an image still gets a
+    held-out stripe inside that part), restricted to annotated pixels.
+    """
+    mask = np.asarray(mask)
+    annotated = mask != IGNORE_LABEL
+    region = np.zeros(mask.shape[:2], dtype=bool)
+    columns = np.flatnonzero(annotated.any(axis=0))
+    if columns.size == 0:
+        return region
+    first, last = int(columns[0]), int(columns[-1]) + 1
+    n_columns = int(round((last - first) * fraction))
     if n_columns > 0:
-        region[:, width - n_columns:] = True
-    return region
+        region[:, last - n_columns:last] = True
+    return region & annotated
 
 
 def thumbnail(image: np.ndarray, size: int = 64) -> np.ndarray:
@@ -291,13 +299,13 @@ class TrainingSet:
         data = TrainingData(names=[p.name for p in pairs])
         for pair in pairs:
             image, mask = self.load(pair.name)
-            held_out = held_out_region(mask.shape, held_out_fraction)
+            held_out = held_out_region(mask, held_out_fraction)
             train_mask = mask.copy()
             train_mask[held_out] = IGNORE_LABEL
             data.images.append(image)
             data.train_masks.append(train_mask)
             data.truths.append(mask == 1)
-            data.held_out.append(held_out & (mask != IGNORE_LABEL))
+            data.held_out.append(held_out)
         if not any(np.any(m == 1) for m in data.train_masks):
             raise NapariUNetError(
                 f"the training set '{self.root}' has no foreground pixels (label 1) outside the held-out stripe: "
@@ -364,7 +372,7 @@ class RoundResult:
 def compare_held_out(before: dict | None, after: dict | None) -> tuple[bool, str]:
     """(improved?, a sentence for the user) from held-out scores before and after fine-tuning."""
     if before is None or after is None:
-        return True, ("No annotated pixels in the held-out stripes (the right 20% of each stored image), so "
+        return True, ("No annotated pixels in the held-out stripes (the right 20% of each stored annotation), so "
                       "before/after could not be compared; the new version is selected.")
     b, a = before["iou"], after["iou"]
     if a > b + MIN_IMPROVEMENT:

@@ -100,13 +100,21 @@ def test_split_holds_out_a_fixed_stripe_and_refuses_empty_sets(tmp_path, image):
     mask[10:50, 10:70] = 1
     training_set.add(image, mask, "cells")
     data = training_set.split()
-    stripe = held_out_region(image.shape)
-    assert stripe[:, -16:].all() and not stripe[:, :-16].any()  # 20% of 80 columns
+    stripe = held_out_region(mask)
+    assert stripe[:, -16:].all() and not stripe[:, :-16].any()  # 20% of 80 annotated columns
     for train_mask, region in zip(data.train_masks, data.held_out):
         assert (train_mask[stripe] == IGNORE_LABEL).all()
         assert not (train_mask[~stripe] == IGNORE_LABEL).any()
         np.testing.assert_array_equal(region, stripe)
     assert data.held_out_pixels == 2 * stripe.sum()
+
+
+def test_held_out_stripe_lies_inside_a_partial_annotation():
+    mask = np.full((10, 100), IGNORE_LABEL, dtype=np.uint8)
+    mask[:, :50] = 0  # only the left half was checked
+    mask[2:8, 30:45] = 1
+    region = held_out_region(mask)
+    assert region[:, 40:50].all() and not region[:, :40].any() and not region[:, 50:].any()
 
 
 def test_verdict_says_plainly_when_fine_tuning_did_not_help():

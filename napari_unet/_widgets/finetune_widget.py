@@ -106,7 +106,9 @@ class FinetuneWidget(QWidget):
 
     def _show_pairs(self, *args) -> None:
         count = len(self.session.training_set.pairs())
-        self.pairs_label.setText(f"Training set: {count} pair(s) in {self.session.training_set.root}")
+        root = self.session.training_set.root
+        self.pairs_label.setText(f"Training set: {count} pair(s) in '{root.name}'")
+        self.pairs_label.setToolTip(str(root))
 
     def start(self) -> Job | None:
         """Copy everything the worker needs now (GUI thread), then train in a worker."""
