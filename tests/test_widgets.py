@@ -250,6 +250,10 @@ def test_fine_tune_with_an_empty_training_set_says_what_to_do(qtbot, dock, notif
     assert job.error is not None
     assert "is empty" in errors(notifications)[-1] and "Add to training set" in errors(notifications)[-1]
 
+    widget.session.training_set.add(np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), "empty")
+    job = wait_for(qtbot, widget.finetune_tab.start())
+    assert job.error is not None and "no foreground" in errors(notifications)[-1]
+
 
 def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notifications, tmp_path):
     pytest.importorskip("napari_unet.train")
@@ -307,6 +311,23 @@ def test_gui_command_opens_the_dock_with_a_sample(qtbot):
         assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei ground truth"]
         assert widget.predict_tab.image_combo.currentText() == "nuclei"
         assert widget.tabs.count() == 4
+    finally:
+        viewer.close()
+
+
+def test_gui_command_opens_given_files_and_pair_folders(qtbot, tmp_path):
+    import tifffile
+
+    from napari_unet._widgets.launch import open_gui
+
+    tifffile.imwrite(tmp_path / "cells.tif", np.zeros((32, 32), np.uint8))
+    (tmp_path / "pairs" / "images").mkdir(parents=True)
+    (tmp_path / "pairs" / "masks").mkdir()
+    tifffile.imwrite(tmp_path / "pairs" / "images" / "a.tif", np.zeros((32, 32), np.uint8))
+    tifffile.imwrite(tmp_path / "pairs" / "masks" / "a.tif", np.ones((32, 32), np.uint8))
+    viewer, _ = open_gui(images=[str(tmp_path / "cells.tif"), str(tmp_path / "pairs")], show=False)
+    try:
+        assert [layer.name for layer in viewer.layers] == ["cells", "a", "a mask"]
     finally:
         viewer.close()
 
