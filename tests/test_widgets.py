@@ -218,7 +218,10 @@ def test_shortcuts_predict_and_add_to_training_set(qtbot, dock, blobs_image, not
     wait_for(qtbot, widget.predict_tab.job)
     assert "cells prediction" in [layer.name for layer in viewer.layers], errors(notifications)
     labels = viewer.layers["cells prediction"]
+    before = labels.data.copy()
     labels.paint((20, 20), 1)  # as a brush stroke would
+    changes = widget.training_set_tab.show_changes().data
+    np.testing.assert_array_equal(changes.astype(bool), labels.data != before)
     qtbot.keyClick(canvas, Qt.Key.Key_T, Qt.KeyboardModifier.ShiftModifier)
     wait_for(qtbot, widget.training_set_tab.job)
     assert widget.session.training_set.names() == ["cells"], errors(notifications)

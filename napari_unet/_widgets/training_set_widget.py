@@ -13,7 +13,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.training_set import IGNORE_LABEL, TrainingSet, restrict_to_corrections, thumbnail, to_training_mask
+from napari_unet.training_set import (
+    IGNORE_LABEL, TrainingSet, changed_pixels, restrict_to_corrections, thumbnail, to_training_mask,
+)
 from napari_unet._widgets._layers import (
     LayerCombo, check_same_plane_shape, current_index, describe_index, layer_array,
 )
@@ -75,6 +77,8 @@ class TrainingSetWidget(QWidget):
         self.margin_spin.setRange(0, 500)
         self.margin_spin.setValue(16)
         self.margin_spin.setSuffix(" px")
+        self.changes_button = QPushButton("Show my changes")
+        self.changes_button.setToolTip("a layer marking where the labels differ from the prediction")
         self.ignore_button = QPushButton(f"Paint 'not sure' ({IGNORE_LABEL})")
         self.ignore_button.setToolTip("selects the brush with label 255 in the Labels layer")
         self.add_button = QPushButton(f"Add to training set  [{ADD_SHORTCUT}]")
@@ -98,7 +102,10 @@ class TrainingSetWidget(QWidget):
         layout.addWidget(help_label)
         layout.addLayout(form)
         layout.addLayout(margin_row)
-        layout.addWidget(self.ignore_button)
+        tools_row = QHBoxLayout()
+        tools_row.addWidget(self.ignore_button)
+        tools_row.addWidget(self.changes_button)
+        layout.addLayout(tools_row)
         layout.addWidget(self.add_button)
         layout.addWidget(self.count_label)
         layout.addWidget(self.pair_list, 1)
@@ -108,6 +115,7 @@ class TrainingSetWidget(QWidget):
         self.folder_button.clicked.connect(self.choose_folder)
         self.folder_edit.editingFinished.connect(lambda: self.set_folder(self.folder_edit.text()))
         self.ignore_button.clicked.connect(self.paint_ignore)
+        self.changes_button.clicked.connect(self.show_changes)
         self.add_button.clicked.connect(self.add_current)
         self.remove_button.clicked.connect(self.remove_selected)
         self._pick_matching_labels(self.image_combo.currentText())
@@ -142,6 +150,24 @@ class TrainingSetWidget(QWidget):
         self.viewer.layers.selection.active = labels_layer
         labels_layer.selected_label = IGNORE_LABEL
         labels_layer.mode = "paint"
+
+    def show_changes(self):
+        """Add (or update) '<labels> changes': 1 where the user changed the prediction."""
+        labels_layer = self.labels_combo.layer()
+        stored = None if labels_layer is None else labels_layer.metadata.get(PREDICTION_KEY)
+        if stored is None or stored.shape != labels_layer.data.shape:
+            show_error("Show my changes: choose a Labels layer made by Predict; there is no prediction to compare with.")
+            return None
+        changes = changed_pixels(stored, np.asarray(labels_layer.data)).astype(np.uint8)
+        name = f"{labels_layer.name} changes"
+        if name in [layer.name for layer in self.viewer.layers]:
+            layer = self.viewer.layers[name]
+            layer.data = changes
+        else:
+            layer = self.viewer.add_labels(changes, name=name, scale=labels_layer.scale,
+                                           translate=labels_layer.translate, opacity=0.8)
+        show_info(f"{int(changes.sum()):,} pixels changed in '{labels_layer.name}'.")
+        return layer
 
     def add_current(self) -> Job | None:
         """Snapshot the displayed plane of image + labels (copies taken now) and store it in a worker."""
