@@ -342,6 +342,8 @@ def predict(
     """
     if output not in OUTPUTS:
         raise NapariUNetError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
+    if instances_of not in ("auto", "foreground", "background"):
+        raise NapariUNetError(f"instances_of={instances_of!r} is not one of auto, foreground, background")
     if not isinstance(model, SegmentationModel):
         from napari_unet.registry import load_model
 

@@ -273,3 +273,19 @@ def test_constant_image_warns_and_returns_background(model, three_class_model):
 def test_unknown_output_kind_is_refused(model):
     with pytest.raises(NapariUNetError, match="output"):
         predict(model, smooth_image((32, 32)), output="mask")
+
+
+def test_instances_of_a_membrane_model_are_the_enclosed_regions(model):
+    from dataclasses import replace
+
+    from napari_unet.model import SegmentationModel
+    from napari_unet.postprocess import instances_from_labels
+
+    membrane_model = SegmentationModel(model.keras_model, replace(model.metadata, class_names=["membrane"]))
+    image = smooth_image((96, 96))
+    labels = predict(membrane_model, image)
+    instances = predict(membrane_model, image, output="instances", min_size=1)
+    assert np.all(instances[labels > 0] == 0)  # membranes are never part of an object
+    np.testing.assert_array_equal(instances, instances_from_labels(labels, objects="background", min_size=1))
+    forced = predict(membrane_model, image, output="instances", instances_of="foreground", min_size=1)
+    np.testing.assert_array_equal(forced > 0, labels > 0)
