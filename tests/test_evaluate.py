@@ -81,3 +81,12 @@ def test_mask_with_another_shape_is_a_clear_error(model, images):
 def test_unequal_numbers_of_images_and_masks_are_refused(model, images):
     with pytest.raises(NapariUNetError, match="2 images but 1 masks"):
         evaluate(model, images, [np.zeros((64, 64))])
+
+
+def test_public_api_evaluate_is_callable_even_after_importing_the_submodule(model, images):
+    import napari_unet
+    import napari_unet.evaluate  # binds the package attribute to the module
+
+    masks = [predict(model, image) for image in images]
+    assert napari_unet.evaluate(model, images, masks)["iou"] == 1.0
+    assert napari_unet.evaluate(model, images, masks)["iou"] == 1.0

@@ -289,3 +289,12 @@ def test_instances_of_a_membrane_model_are_the_enclosed_regions(model):
     np.testing.assert_array_equal(instances, instances_from_labels(labels, objects="background", min_size=1))
     forced = predict(membrane_model, image, output="instances", instances_of="foreground", min_size=1)
     np.testing.assert_array_equal(forced > 0, labels > 0)
+
+
+def test_public_api_predict_is_callable_even_after_importing_the_submodule(model):
+    import napari_unet
+    import napari_unet.predict  # binds the package attribute to the module
+
+    image = smooth_image((40, 40))
+    np.testing.assert_array_equal(napari_unet.predict(model, image), predict(model, image))
+    np.testing.assert_array_equal(napari_unet.predict(model, image), predict(model, image))
