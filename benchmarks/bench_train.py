@@ -47,9 +47,9 @@ def _load_average() -> str:
 def throughput(width: int, steps: int) -> None:
     import keras
 
+    from napari_unet.augment import PairAugmenter
     from napari_unet.model import UNetConfig, new_model
     from napari_unet.train import PatchSampler, make_train_step, prepare_pairs
-    from napari_unet.augment import PairAugmenter
 
     keras.utils.set_random_seed(0)
     batch, patch = 4, 256
@@ -60,45 +60,51 @@ def throughput(width: int, steps: int) -> None:
 
     engine_model = model.copy()
     step_fn = make_train_step(engine_model.keras_model, keras.optimizers.Adam(1e-4), 1, 1, 1.0)
-    step_fn(*batches[0])  # trace
-    started = time.perf_counter()
-    for images, labels, weights in batches:
-        float(step_fn(images, labels, weights)[0])
-    engine_seconds = time.perf_counter() - started
-
-    augmenter = PairAugmenter(seed=0)
-    full_sampler = PatchSampler(pairs, patch, rng=np.random.default_rng(0), augmenter=augmenter)
-    started = time.perf_counter()
-    for _ in range(steps):
-        float(step_fn(*full_sampler.sample_batch(batch))[0])
-    full_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(steps):
-        full_sampler.sample_batch(batch)
-    sampling_seconds = time.perf_counter() - started
-
+    full_sampler = PatchSampler(pairs, patch, rng=np.random.default_rng(0), augmenter=PairAugmenter(seed=0))
     baseline = model.copy().keras_model
     baseline.compile(optimizer=keras.optimizers.Adam(1e-4), loss="binary_crossentropy")
     x = np.concatenate([b[0] for b in batches])
     y = np.concatenate([b[1] for b in batches]).astype(np.float32)[..., None]
-    baseline.fit(x[:batch], y[:batch], batch_size=batch, epochs=1, verbose=0)  # trace
-    epochs = 3  # short epochs, as an interactive fine-tune with progress per epoch would use
-    per_epoch = max(1, steps // epochs)
-    started = time.perf_counter()
-    for _ in range(epochs):
-        baseline.fit(x[: per_epoch * batch], y[: per_epoch * batch], batch_size=batch, epochs=1, verbose=0, shuffle=False)
-    fit_seconds = time.perf_counter() - started
-    fit_steps = epochs * per_epoch
 
-    engine_rate = steps * batch / engine_seconds
-    fit_rate = fit_steps * batch / fit_seconds
-    print(f"## 1. training throughput, F={width}, batch {batch} x {patch}², {steps} steps  ({_load_average()})")
-    print(f"{'path':<52} {'s/step':>8} {'patches/s':>10} {'vs fit':>7}")
-    print(f"{'Keras model.fit (BCE), 3 short epochs [baseline]':<52} {fit_seconds / fit_steps:8.3f} {fit_rate:10.1f} {1.0:7.2f}")
-    print(f"{'engine train step (BCE+Dice, ignore weights)':<52} {engine_seconds / steps:8.3f} {engine_rate:10.1f} {engine_rate / fit_rate:7.2f}")
-    full_rate = steps * batch / full_seconds
-    print(f"{'engine step + numpy sampling + augmentation':<52} {full_seconds / steps:8.3f} {full_rate:10.1f} {full_rate / fit_rate:7.2f}")
-    print(f"   (sampling + augmentation alone: {1000 * sampling_seconds / steps:.1f} ms per batch)")
+    def run_engine():
+        for images, labels, weights in batches:
+            float(step_fn(images, labels, weights)[0])
+
+    def run_engine_with_sampling():
+        for _ in range(steps):
+            float(step_fn(*full_sampler.sample_batch(batch))[0])
+
+    def run_sampling_only():
+        for _ in range(steps):
+            full_sampler.sample_batch(batch)
+
+    def run_fit():  # one epoch of `steps` steps, as a fine-tune reporting progress per epoch would run
+        baseline.fit(x, y, batch_size=batch, epochs=1, verbose=0, shuffle=False)
+
+    paths = {
+        "Keras model.fit (BCE), one call per epoch [baseline]": run_fit,
+        "engine train step (BCE+Dice, ignore weights)": run_engine,
+        "engine step + numpy sampling + augmentation": run_engine_with_sampling,
+    }
+    for run in paths.values():  # warm-up: tracing and oneDNN primitive caches
+        run()
+    seconds = {name: [] for name in paths}
+    for _ in range(3):  # interleaved rounds, so load changes on the shared box hit every path alike
+        for name, run in paths.items():
+            started = time.perf_counter()
+            run()
+            seconds[name].append((time.perf_counter() - started) / steps)
+    started = time.perf_counter()
+    run_sampling_only()
+    sampling_ms = 1000 * (time.perf_counter() - started) / steps
+
+    per_step = {name: statistics.median(values) for name, values in seconds.items()}
+    baseline_step = per_step["Keras model.fit (BCE), one call per epoch [baseline]"]
+    print(f"## 1. training throughput, F={width}, batch {batch} x {patch}², 3 rounds x {steps} steps, median  ({_load_average()})")
+    print(f"{'path':<54} {'s/step':>8} {'patches/s':>10} {'vs fit':>7}")
+    for name, step_seconds in per_step.items():
+        print(f"{name:<54} {step_seconds:8.3f} {batch / step_seconds:10.1f} {baseline_step / step_seconds:7.2f}")
+    print(f"   (sampling + augmentation alone: {sampling_ms:.1f} ms per batch)")
 
 
 def default_finetune(width: int) -> None:

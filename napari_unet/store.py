@@ -260,7 +260,8 @@ class ModelStore:
         return model.metadata.name or "model"
 
     def save_version(self, model, history=None, parent: str | None = None, training_pairs=None,
-                     settings: dict | None = None, name: str | None = None, extra: dict | None = None) -> dict:
+                     settings: dict | None = None, name: str | None = None, extra: dict | None = None,
+                     metrics: dict | None = None) -> dict:
         """Save `model` as a new version and return its record.
 
         name: default `<lineage>-v<N>`, N = 1 + the highest number of that lineage in the store; the
@@ -268,6 +269,7 @@ class ModelStore:
         parent: the version/shipped model it was fine-tuned from (default: what finetune() recorded).
         training_pairs: (image, mask) arrays or pair_fingerprint() dicts — stored as hashes and shapes.
         history: a TrainHistory (metrics, settings and seconds are taken from it).
+        metrics: extra scores to record (e.g. {"held_out_iou": 0.71}); they win over the history's.
         """
         from napari_unet.model import save_model
 
@@ -280,7 +282,7 @@ class ModelStore:
         pairs = []
         for item in training_pairs or []:
             pairs.append(item if isinstance(item, dict) else pair_fingerprint(*item))
-        metrics = {}
+        given_metrics, metrics = metrics or {}, {}
         if history is not None:
             metrics = {"val_iou": history.val_iou, "val_dice": history.val_dice, "final_loss": history.final_loss,
                        "steps": history.steps, "best_epoch": history.best_epoch,
@@ -303,7 +305,7 @@ class ModelStore:
                 "parent": parent,
                 "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
                 "sequence": time.time_ns(),
-                "metrics": _json_safe(metrics),
+                "metrics": _json_safe({**metrics, **given_metrics}),
                 "settings": _json_safe(settings or {}),
                 "seconds": None if history is None else round(float(history.seconds), 3),
                 "training_pairs": _json_safe(pairs),
@@ -374,7 +376,7 @@ class ModelStore:
         model = self.load(name)
         return self.save_version(
             model, parent=name, settings=record.get("settings"), training_pairs=record.get("training_pairs"),
-            extra={"reverted_from": name, "metrics": record.get("metrics", {})},
+            metrics=record.get("metrics", {}), extra={"reverted_from": name},
         )
 
     def export(self, name: str, path: str | os.PathLike, overwrite: bool = False) -> Path:

@@ -304,7 +304,13 @@ def split_validation(pairs: list[_Pair], fraction: float, rng: np.random.Generat
     n_held_out = int(round(fraction * len(pairs)))
     if len(pairs) >= 2 and n_held_out >= 1:
         n_held_out = min(n_held_out, len(pairs) - 1)
-        held_out = set(rng.permutation(len(pairs))[:n_held_out].tolist())
+        has_foreground = [bool(np.any((p.mask > 0) & (p.mask != IGNORE_LABEL))) for p in pairs]
+        held_out: set[int] = set()
+        for index in rng.permutation(len(pairs)).tolist():  # random, but never all the foreground
+            if len(held_out) == n_held_out:
+                break
+            if any(has_foreground[j] for j in range(len(pairs)) if j != index and j not in held_out):
+                held_out.add(index)
         return ([p for i, p in enumerate(pairs) if i not in held_out], [p for i, p in enumerate(pairs) if i in held_out])
     training, validation = [], []
     for pair in pairs:

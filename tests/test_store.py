@@ -80,8 +80,9 @@ def test_history_metrics_are_recorded(store, tiny):
 
     history = TrainHistory(steps=12, seconds=3.5, val_iou=0.7, val_dice=0.8, final_loss=0.4, best_epoch=2,
                            settings={"learning_rate": 1e-4})
-    record = store.save_version(tiny, history, name="mine")
+    record = store.save_version(tiny, history, name="mine", metrics={"held_out_iou": 0.75})
     assert record["metrics"]["val_iou"] == 0.7 and record["metrics"]["steps"] == 12
+    assert record["metrics"]["held_out_iou"] == 0.75
     assert record["settings"]["learning_rate"] == 1e-4 and record["seconds"] == 3.5
     assert store.list_versions()[0]["metrics"]["val_iou"] == 0.7
 

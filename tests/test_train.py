@@ -184,6 +184,11 @@ def test_validation_holds_out_whole_pairs_or_a_strip(tiny_model):
     training, validation = split_validation(many, 0.2, np.random.default_rng(0))
     assert len(training) == 4 and len(validation) == 1
     assert validation[0].name not in {p.name for p in training}
+    only_one_with_foreground = [p if i == 2 else type(p)(p.name, p.raw_image, p.image, np.zeros_like(p.mask))
+                                for i, p in enumerate(many)]
+    for seed in range(5):
+        training, _ = split_validation(only_one_with_foreground, 0.4, np.random.default_rng(seed))
+        assert any(p.mask.any() for p in training)  # the foreground is never held out entirely
     one = prepare_pairs(tiny_model, *zip(_pair(100, seed=1)))
     training, validation = split_validation(one, 0.2, np.random.default_rng(0))
     assert training[0].mask.shape == (80, 100) and validation[0].mask.shape == (20, 100)
