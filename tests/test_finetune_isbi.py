@@ -8,7 +8,7 @@ Scores are measured on held-out slices 20-24 at the new resolution, never traine
 
 Measured while writing this test (F=8, seeds 0/1 of the fine-tune): IoU 0.24 -> 0.42/0.43, pixel
 error 0.179 -> 0.156/0.157; the same fine-tune budget spent on the old data (control) reached only
-IoU 0.32 / pixel error 0.169, so the gain comes from the corrections (benchmarks/bench_train.py --hitl).
+IoU 0.28-0.32 / pixel error 0.169-0.174, so the gain comes from the corrections (benchmarks/bench_train.py --hitl).
 """
 
 from __future__ import annotations

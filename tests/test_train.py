@@ -204,6 +204,26 @@ def test_given_validation_set_is_scored(tiny_model):
     assert all(0 <= e["val_iou"] <= 1 for e in history.epochs)
 
 
+def test_the_returned_weights_are_the_best_epochs(tiny_model):
+    from napari_unet.train import score_pairs
+
+    image, mask = _pair()
+    validation = prepare_pairs(tiny_model, *zip(_pair(seed=5)))
+    tuned, history = finetune(tiny_model, [image], [mask], validation=([validation[0].raw_image], [validation[0].mask]),
+                              learning_rate=3e-3, epochs=4, steps_per_epoch=2, batch_size=2)
+    assert history.val_iou == max(e["val_iou"] for e in history.epochs)
+    assert history.epochs[history.best_epoch - 1]["val_iou"] == history.val_iou
+    assert score_pairs(tuned, validation)["iou"] == pytest.approx(history.val_iou, abs=1e-9)
+
+
+def test_early_stopping_when_validation_does_not_improve(tiny_model):
+    image, mask = _pair()
+    _, history = finetune(tiny_model, [image], [mask], learning_rate=1e-12, epochs=6, steps_per_epoch=1,
+                          batch_size=2, early_stopping_patience=2)
+    assert history.stopped_reason == "early stopping"
+    assert len(history.epochs) == 3 and history.best_epoch == 1  # tiny steps never beat the first score
+
+
 def test_sampler_sees_rare_foreground_and_never_samples_ignored_only_patches(tiny_model):
     image = np.random.default_rng(0).normal(100, 10, (256, 256)).astype(np.float32)
     mask = np.full((256, 256), IGNORE_LABEL, np.uint8)
