@@ -53,8 +53,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def add_demo_command(subparsers) -> None:
@@ -399,3 +397,7 @@ def _run_models_command(args) -> int:
 
 
 COMMANDS.append(add_models_command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,6 +9,10 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Load TensorFlow before any napari viewer brings up Mesa's OpenGL (and its libLLVM): in the other
+# order TF's bundled LLVM crashes on import (see napari_unet/_widgets/_tensorflow.py).
+import tensorflow  # noqa: E402,F401
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 ISBI_DIR = SHARED_DATA / "isbi2012"
