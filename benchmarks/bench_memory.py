@@ -40,7 +40,7 @@ def run_case(case: str, size: int, width: int, workdir: str) -> dict:
     import numpy as np
 
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     model = new_model(UNetConfig(base_width=width))
     predict(model, smooth_uint8(64, 64))  # trace the forward function before measuring the fixed cost

@@ -58,7 +58,7 @@ def naive_predict(model, image: np.ndarray) -> np.ndarray:
 def engine_flops(model, shape) -> tuple[float, int, int]:
     """FLOPs the engine actually computes (all tiles, padded), the tile count and tile side."""
     from napari_unet.model import unet_flops
-    from napari_unet.predict import _Plan
+    from napari_unet.prediction import _Plan
 
     plan = _Plan(model, shape, None, None, 4)
     rows, cols = plan.grid
@@ -85,7 +85,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     peak = matmul_rate()
     print(f"tf.matmul 4096³: {peak:.0f} GFLOP/s   load average {os.getloadavg()[0]:.2f}")

@@ -129,7 +129,7 @@ def default_finetune(width: int) -> None:
 def hitl() -> None:
     import keras
 
-    from napari_unet.evaluate import evaluate
+    from napari_unet.evaluation import evaluate
     from napari_unet.model import UNetConfig, new_model
     from napari_unet.train import finetune
 

@@ -8,8 +8,8 @@ from napari_unet._version import __version__
 
 _API = {
     "load_model": "napari_unet.registry",
-    "predict": "napari_unet.predict",
-    "evaluate": "napari_unet.evaluate",
+    "predict": "napari_unet.prediction",
+    "evaluate": "napari_unet.evaluation",
     "finetune": "napari_unet.train",
     "ModelStore": "napari_unet.store",
     "UNetConfig": "napari_unet.model",

@@ -151,7 +151,7 @@ def _run_predict_command(args) -> int:
 
     from napari_unet.errors import NapariUNetError
     from napari_unet.io import read_image, write_labels
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
     from napari_unet.registry import load_model
 
     inputs = _expand_inputs(args.inputs)
@@ -199,7 +199,7 @@ def add_evaluate_command(subparsers) -> None:
 def _run_evaluate_command(args) -> int:
     import json
 
-    from napari_unet.evaluate import evaluate
+    from napari_unet.evaluation import evaluate
     from napari_unet.io import find_pairs
 
     pairs = find_pairs(args.images, args.masks)

@@ -121,7 +121,7 @@ def folder_case(data_dir: str | Path) -> DemoCase:
 def score_held_out(model, case: DemoCase, threshold: float = 0.5) -> tuple[dict, list[np.ndarray]]:
     """Predict every image and pool the scores over the held-out pixels only."""
     from napari_unet.metrics import pooled_scores
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     labels = [predict(model, image, output="labels", threshold=threshold) for image in case.images]
     scores = pooled_scores((predicted, truth, valid) for predicted, truth, valid in zip(labels, case.truths, case.held_out))

@@ -219,7 +219,7 @@ def check_mask(mask, name: str, n_classes: int = 1) -> np.ndarray:
 
 def _prepare_image(image, name: str, model: SegmentationModel) -> tuple[np.ndarray, np.ndarray]:
     """(raw (Y, X, C), normalised float32 (Y, X, C)) with the model's percentiles, as prediction does."""
-    from napari_unet.predict import _as_planes, _check_values
+    from napari_unet.prediction import _as_planes, _check_values
 
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1 and model.config.n_channels == 1:
@@ -340,7 +340,7 @@ def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray) ->
     the size multiple) only exists so training works without predict.py.
     """
     try:
-        from napari_unet.predict import predict_probabilities
+        from napari_unet.prediction import predict_probabilities
     except ImportError:  # pragma: no cover - the engine ships with the package
         predict_probabilities = None
     if predict_probabilities is not None:

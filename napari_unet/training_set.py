@@ -6,7 +6,7 @@ A training set is a project folder that other tools can read too:
     <folder>/masks/<name>.tif    uint8 mask: 0 = background, 1 = foreground, 255 = not annotated
     <folder>/pairs/<name>.json   what was stored when, from which layers, pixel counts
 
-`images/` + `masks/` match by file stem, so the folder works with `napari-unet finetune --data`,
+`images/` + `masks/` match by file stem, so the folder works with `napari-unet finetune --images F/images --masks F/masks`,
 `io.find_pairs` and the reader plugin. A pair is written image → mask → JSON, each through a
 temporary file renamed into place; the JSON is the commit marker, so a crash mid-save leaves
 either the old state or a complete pair, never half of one.
@@ -338,7 +338,7 @@ class TrainingData:
 def held_out_scores(model, data: TrainingData, threshold: float = 0.5, cancel=None) -> dict | None:
     """IoU/Dice/pixel error of `model` on the annotated held-out pixels, or None if there are none."""
     from napari_unet.metrics import pooled_scores
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     if data.held_out_pixels == 0:
         return None

@@ -120,7 +120,7 @@ def load_split(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndarray]
 def scores_by_threshold(model, images, masks, thresholds=THRESHOLDS) -> dict[float, dict]:
     """Pooled IoU/Dice/pixel error at each threshold, from one probability map per image."""
     from napari_unet.metrics import pooled_scores
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     probabilities = [predict(model, image, output="probabilities") for image in images]
     return {t: pooled_scores((p >= t, m) for p, m in zip(probabilities, masks)) for t in thresholds}
@@ -132,7 +132,7 @@ def _rounded(scores: dict) -> dict:
 
 def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **setting_overrides) -> dict:
     """Train, choose the threshold on validation, measure the held-out test set, save model + card."""
-    from napari_unet.evaluate import evaluate
+    from napari_unet.evaluation import evaluate
     from napari_unet.model import new_model, save_model
     from napari_unet.train import TrainConfig, finetune
 
@@ -212,7 +212,7 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
             "foreground_class": recipe.class_names[0],
             "at_threshold_0.5": _rounded(test_at_half),
             "at_best_validation_threshold": {"threshold": best_threshold, **_rounded(test_at_best)},
-            "measured_with": "napari_unet.evaluate.evaluate (tiled predict, pooled pixel counts); pixel_error = 1 - accuracy",
+            "measured_with": "napari_unet.evaluation.evaluate (tiled predict, pooled pixel counts); pixel_error = 1 - accuracy",
         },
         "reference": "U-Net paper (Ronneberger et al. 2015): pixel error 0.0611 on the ISBI challenge's hidden test stack (different split and metric)",
         "recipe": f"python scripts/train_shipped_models.py {recipe.name}",

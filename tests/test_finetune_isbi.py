@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.evaluate import evaluate
+from napari_unet.evaluation import evaluate
 from napari_unet.io import read_image
 from napari_unet.model import UNetConfig, new_model
 from napari_unet.train import finetune

@@ -55,10 +55,9 @@ def test_each_widget_opens_docked(make_napari_viewer):
     widgets = _manifest().contributions.widgets
     for widget in widgets:
         dock, _ = viewer.window.add_plugin_dock_widget("napari-unet", widget.display_name)
-        assert dock.isVisible() or not viewer.window._qt_window.isVisible()  # noqa: SLF001
         assert dock.widget() is not None
-    docked_titles = {d.name for d in viewer.window._dock_widgets.values()}  # noqa: SLF001
-    assert len(docked_titles) >= len(widgets)
+        assert not dock.isFloating(), f"'{widget.display_name}' opened floating, not docked"
+    assert len(viewer.window.dock_widgets) >= len(widgets)
 
 
 @pytest.mark.parametrize("flag", ["--help", "--version"])

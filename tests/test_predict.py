@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 
 from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.model import UNetConfig, new_model, save_model
-from napari_unet.predict import forward_function, predict
+from napari_unet.prediction import forward_function, predict
 
 
 def _contrasty(model):
@@ -293,7 +293,7 @@ def test_instances_of_a_membrane_model_are_the_enclosed_regions(model):
 
 def test_public_api_predict_is_callable_even_after_importing_the_submodule(model):
     import napari_unet
-    import napari_unet.predict  # binds the package attribute to the module
+    import napari_unet.prediction  # binds napari_unet.prediction, not napari_unet.predict
 
     image = smooth_image((40, 40))
     np.testing.assert_array_equal(napari_unet.predict(model, image), predict(model, image))

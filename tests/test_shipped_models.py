@@ -53,7 +53,7 @@ def test_shipped_model_metadata_matches_its_card(name):
 
 @pytest.mark.slow
 def test_membranes_model_keeps_its_held_out_accuracy(isbi_dir):
-    from napari_unet.evaluate import evaluate
+    from napari_unet.evaluation import evaluate
     from napari_unet.io import read_image
 
     card = _card("membranes")

@@ -98,7 +98,7 @@ def test_predict_adds_a_labels_layer_named_after_the_image(qtbot, dock, blobs_im
     labels = viewer.layers["cells prediction"]
     probability = viewer.layers["cells probability"]
     assert labels.data.shape == blobs_image.shape and probability.data.shape == blobs_image.shape
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     expected = predict(widget.session.load_model(), blobs_image, output="labels", threshold=0.5)
     np.testing.assert_array_equal(labels.data, expected)
@@ -115,7 +115,7 @@ def test_predict_writes_only_the_displayed_slice_of_a_stack(qtbot, dock, blobs_i
     labels = viewer.layers["stack prediction"].data
     assert labels.shape == stack.shape
     assert not labels[:2].any()
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     np.testing.assert_array_equal(labels[2], predict(widget.session.load_model(), stack[2], output="labels"))
 
@@ -127,7 +127,7 @@ def test_instances_option_numbers_each_object(qtbot, dock, blobs_image, notifica
     widget.predict_tab.probabilities_check.setChecked(True)  # the path that thresholds in the widget's worker
     job = wait_for(qtbot, widget.predict_tab.predict())
     assert job.error is None, errors(notifications)
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     expected = predict(widget.session.load_model(), blobs_image, output="instances")
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
@@ -260,7 +260,7 @@ def test_fine_tune_with_an_empty_training_set_says_what_to_do(qtbot, dock, notif
 
 def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notifications, tmp_path):
     pytest.importorskip("napari_unet.train")
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
     from napari_unet.store import ModelStore
 
     viewer, widget = dock

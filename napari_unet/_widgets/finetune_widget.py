@@ -128,7 +128,7 @@ class FinetuneWidget(QWidget):
                         learning_rate=float(self.learning_rate_spin.value()), augment=self.augment_check.isChecked())
 
         def work(report, is_cancelled):
-            from napari_unet.predict import predict
+            from napari_unet.prediction import predict
             from napari_unet.store import ModelStore
             from napari_unet.training_set import finetune_round
 

@@ -22,7 +22,7 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
                    channel_axis, report, is_cancelled) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels, probabilities or None) for `image` — core calls only; runs in a worker."""
     from napari_unet.postprocess import instances_from_labels, objects_are_background, semantic_labels
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
 
     progress = lambda done, total: report((done, total))  # noqa: E731
     if not with_probabilities:

@@ -29,7 +29,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     progress(done, total) counts images; cancel() is polled between images.
     """
     from napari_unet.errors import Cancelled
-    from napari_unet.predict import predict
+    from napari_unet.prediction import predict
     from napari_unet.registry import load_model
 
     model = load_model(model)
@@ -59,16 +59,3 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
         if progress is not None:
             progress(index + 1, len(images))
     return {**scores_from_counts(total), "n_images": len(images), "per_image": per_image}
-
-
-class _CallableModule(type(os)):
-    """`napari_unet.evaluate(...)` must work after `import napari_unet.evaluate` bound the package
-    attribute to this module; calling the module forwards to evaluate() (see predict.py)."""
-
-    def __call__(self, *args, **kwargs):
-        return evaluate(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

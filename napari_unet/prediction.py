@@ -419,17 +419,3 @@ def _labels_lazy(probabilities, threshold: float, n_classes: int):
     if n_classes == 1:
         return probabilities[..., 0].map_blocks(semantic_labels, threshold, 1, dtype=np.uint8)
     return probabilities.map_blocks(semantic_labels, threshold, n_classes, dtype=np.uint8, drop_axis=probabilities.ndim - 1)
-
-
-class _CallableModule(type(math)):
-    """`napari_unet.predict(...)` must call the function even after `import napari_unet.predict` has
-    bound the package attribute to this module (the import system does that); calling the module
-    forwards to predict()."""
-
-    def __call__(self, *args, **kwargs):
-        return predict(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule
