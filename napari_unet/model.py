@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from napari_unet._files import temporary_sibling
 from napari_unet.errors import ModelLoadError
 from napari_unet.normalize import NormalizationConfig
 
@@ -189,8 +189,7 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
     if path.suffix != ".keras":
         raise ModelLoadError(f"model files must end in .keras, not {path.name!r}: choose a name like 'model.keras'")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(suffix=".keras", prefix=f".{path.stem}.", dir=path.parent)
-    os.close(fd)
+    tmp_name = temporary_sibling(path, ".keras")
     try:
         model.keras_model.save(tmp_name)
         with zipfile.ZipFile(tmp_name, "a") as archive:

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
 from datetime import datetime, timezone
@@ -35,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet._files import temporary_sibling
 from napari_unet.errors import NapariUNetError
 
 RECORD_FORMAT = "napari-unet-version/1"
@@ -213,9 +213,9 @@ class ModelStore:
                 path.unlink(missing_ok=True)
 
     def _write_json(self, path: Path, values: dict) -> None:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=self.root)
+        tmp_name = temporary_sibling(path, ".tmp")
         try:
-            with os.fdopen(fd, "w") as handle:
+            with open(tmp_name, "w") as handle:
                 json.dump(values, handle, indent=2)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -396,8 +396,7 @@ class ModelStore:
         if target.exists() and not overwrite:
             raise NapariUNetError(f"'{target}' already exists: choose another file or pass overwrite=True")
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".keras", dir=target.parent)
-        os.close(fd)
+        tmp_name = temporary_sibling(target, ".keras")
         try:
             shutil.copyfile(source, tmp_name)
             os.replace(tmp_name, target)

@@ -227,7 +227,9 @@ def test_read_only_folder_gives_a_clear_error(store, tiny, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(errno.EACCES, "Permission denied")
 
-    monkeypatch.setattr(store_module.tempfile, "mkstemp", refuse)  # the record cannot be created
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # no file can be created in the folder
     with pytest.raises(NapariUNetError, match="cannot write to model folder .*Permission denied.*NAPARI_UNET_HOME"):
         store.save_version(tiny)
     assert _visible_files(store.root) == set()
