@@ -15,6 +15,10 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null
 fi
 
 missing=()
+# Debian's own python3 has no venv/ensurepip until python3-venv is installed.
+if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+  missing+=("python3-venv")
+fi
 if command -v dpkg-query >/dev/null 2>&1; then
   for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
