@@ -11,6 +11,8 @@ _API = {
     "predict": "napari_unet.prediction",
     "evaluate": "napari_unet.evaluation",
     "finetune": "napari_unet.train",
+    "TrainConfig": "napari_unet.train",
+    "IGNORE_LABEL": "napari_unet.train",
     "ModelStore": "napari_unet.store",
     "UNetConfig": "napari_unet.model",
     "build_unet": "napari_unet.model",
