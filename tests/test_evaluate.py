@@ -9,20 +9,14 @@ from scipy import ndimage as ndi
 
 from napari_unet.errors import NapariUNetError
 from napari_unet.evaluation import evaluate
-from napari_unet.model import UNetConfig, new_model
+
 from napari_unet.prediction import predict
+from tiny_models import contrasty_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    import keras
-
-    keras.utils.set_random_seed(1)
-    tiny = new_model(UNetConfig(base_width=4), tile_size=64)
-    layer = tiny.keras_model.get_layer("probabilities")
-    kernel, bias = layer.get_weights()
-    layer.set_weights([kernel * 30, bias])
-    return tiny
+    return contrasty_tiny_model(seed=1)
 
 
 @pytest.fixture(scope="module")

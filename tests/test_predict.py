@@ -9,34 +9,24 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_unet.errors import Cancelled, NapariUNetError
-from napari_unet.model import UNetConfig, new_model, save_model
+from napari_unet.model import UNetConfig, save_model
 from napari_unet.prediction import forward_function, predict
-
-
-def _contrasty(model):
-    """Scale the last layer so a random tiny model gives probabilities spread over (0, 1), not all ~0.5."""
-    layer = model.keras_model.get_layer("probabilities")
-    kernel, bias = layer.get_weights()
-    layer.set_weights([kernel * 30, bias])
-    return model
+from tiny_models import contrasty_tiny_model
 
 
 @pytest.fixture(scope="module")
 def model():
-    import keras
-
-    keras.utils.set_random_seed(0)
-    return _contrasty(new_model(UNetConfig(base_width=4), tile_size=64))
+    return contrasty_tiny_model(seed=0)
 
 
 @pytest.fixture(scope="module")
 def three_class_model():
-    return _contrasty(new_model(UNetConfig(base_width=4, n_classes=3), tile_size=64))
+    return contrasty_tiny_model(UNetConfig(base_width=4, n_classes=3))
 
 
 @pytest.fixture(scope="module")
 def two_channel_model():
-    return _contrasty(new_model(UNetConfig(n_channels=2, base_width=4), tile_size=64))
+    return contrasty_tiny_model(UNetConfig(n_channels=2, base_width=4))
 
 
 def smooth_image(shape, seed=0, scale=2000.0) -> np.ndarray:
