@@ -57,6 +57,10 @@ def pytest_unconfigure(config):
         except OSError:
             llvm_loaded = False
         if llvm_loaded:
+            # os._exit skips atexit handlers: stop pytest-xvfb's display ourselves.
+            xvfb = sys.modules.get("pytest_xvfb")
+            if xvfb is not None:
+                xvfb.shutdown_xvfb()
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(_SESSION_STATUS["code"])
