@@ -140,7 +140,7 @@ class FinetuneWidget(QWidget):
                        "held_out_iou": (result.after or {}).get("iou")}
             record = ModelStore().save_version(
                 result.model, history=result.history, parent=model_key, training_pairs=result.pair_fingerprints,
-                settings={**settings, "patch_size": patch, "held_out": metrics, "improved": result.improved})
+                metrics=metrics, settings={**settings, "patch_size": patch, "improved": result.improved})
             version = str(_field(record, "name"))
             session.remember_model(version, result.model)
             labels = None

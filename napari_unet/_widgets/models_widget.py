@@ -21,10 +21,8 @@ def _number(value) -> str:
 def version_row(record) -> tuple[str, ...]:
     """What the table shows for one stored version (tolerant of missing fields)."""
     metrics = _field(record, "metrics") or {}
-    settings = _field(record, "settings") or {}
-    held_out = settings.get("held_out", {}) if isinstance(settings, dict) else {}
-    iou_after = held_out.get("held_out_iou", metrics.get("held_out_iou"))
-    iou_before = held_out.get("held_out_iou_before")
+    iou_after = metrics.get("held_out_iou")
+    iou_before = metrics.get("held_out_iou_before")
     iou = f"{_number(iou_before)} → {_number(iou_after)}" if iou_before is not None and iou_after is not None else \
         _number(iou_after if iou_after is not None else metrics.get("val_iou"))
     steps = metrics.get("steps", "")
