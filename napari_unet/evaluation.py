@@ -20,13 +20,15 @@ def _load(item, kind: str, index: int) -> tuple[np.ndarray, str]:
     return np.asarray(item), f"{kind} {index}"
 
 
-def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None) -> dict:
+def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None,
+             test_time_augmentation: bool = False) -> dict:
     """Predict each image and compare with its mask (mask > 0 is foreground; predicted label > 0 likewise).
 
     images/masks: equally long lists of 2D arrays or file paths (an (N, Y, X) array counts as N images).
     Returns {"iou", "dice", "pixel_error", "n_images", "per_image": [{"name", "iou", "dice",
     "pixel_error"}, ...]}; the totals pool the pixel counts of all images (not a mean of ratios).
     progress(done, total) counts images; cancel() is polled between images.
+    test_time_augmentation: predict with the 8 flips/rotations averaged (prediction.forward_function).
     """
     from napari_unet.errors import Cancelled
     from napari_unet.prediction import predict
@@ -51,7 +53,8 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
                 f"mask '{mask_name}' is {'×'.join(map(str, mask.shape))} but its image '{name}' is "
                 f"{'×'.join(map(str, image_spatial))}: a mask must have exactly its image's Y×X shape"
             )
-        labels = predict(model, image, output="labels", threshold=threshold)
+        labels = predict(model, image, output="labels", threshold=threshold,
+                         test_time_augmentation=test_time_augmentation)
         counts = confusion_counts(labels, mask)
         for key, value in counts.items():
             total[key] += value

@@ -54,26 +54,49 @@ ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
 
-def forward_function(model: SegmentationModel):
+def forward_function(model: SegmentationModel, test_time_augmentation: bool = False):
     """The model's compiled forward pass: float32 (N, H, W, C) -> (N, H, W, n_classes).
 
     Traced once per Keras model with a (None, None, None, C) signature, so any tile size and batch
     reuse it; cached on the SegmentationModel (a new Keras model, e.g. after copy(), gets its own).
     model.predict is avoided on purpose: it is up to 2x slower and erratic on CPU (cpu-calibration.md).
+    test_time_augmentation: average the 8 flips/rotations of each tile (8x the work; on held-out ISBI
+    slices it lowered the pixel error by ~0.001-0.002, because membranes have no preferred direction).
     """
     import tensorflow as tf
 
     keras_model = model.keras_model
-    cached = model.__dict__.get("_forward")
-    if cached is not None and cached[0] is keras_model:
-        return cached[1]
+    cache = model.__dict__.get("_forward")
+    if cache is None or cache[0] is not keras_model:
+        cache = (keras_model, {})
+        model.__dict__["_forward"] = cache
+    key = bool(test_time_augmentation)
+    if key in cache[1]:
+        return cache[1][key]
     n_channels = int(keras_model.input_shape[-1])
+    signature = [tf.TensorSpec((None, None, None, n_channels), tf.float32)]
 
-    @tf.function(input_signature=[tf.TensorSpec((None, None, None, n_channels), tf.float32)])
-    def forward(batch):
-        return keras_model(batch, training=False)
+    if not test_time_augmentation:
 
-    model.__dict__["_forward"] = (keras_model, forward)
+        @tf.function(input_signature=signature)
+        def forward(batch):
+            return keras_model(batch, training=False)
+
+    else:
+
+        @tf.function(input_signature=signature)
+        def forward(batch):
+            total = None
+            for mirrored in (False, True):
+                flipped = tf.reverse(batch, axis=[2]) if mirrored else batch
+                for quarter_turns in range(4):
+                    output = keras_model(tf.image.rot90(flipped, quarter_turns), training=False)
+                    output = tf.image.rot90(output, (4 - quarter_turns) % 4)  # undo in reverse order
+                    output = tf.reverse(output, axis=[2]) if mirrored else output
+                    total = output if total is None else total + output
+            return total / 8.0
+
+    cache[1][key] = forward
     return forward
 
 
@@ -185,7 +208,8 @@ def _plane_range(plane, normalization, index) -> tuple[np.ndarray, np.ndarray] |
 class _Plan:
     """Everything fixed for one call: tiling, batch size, classes."""
 
-    def __init__(self, model: SegmentationModel, spatial_shape, tile_size, overlap, batch_size):
+    def __init__(self, model: SegmentationModel, spatial_shape, tile_size, overlap, batch_size,
+                 test_time_augmentation: bool = False):
         config = model.config
         multiple = config.size_multiple
         model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
@@ -209,7 +233,7 @@ class _Plan:
         pixel_budget = BATCH_PIXEL_BUDGET * 16 // max(1, config.base_width)
         self.batch_size = max(1, min(int(batch_size), pixel_budget // (rows.size * cols.size)))
         self.n_classes = config.n_classes
-        self.forward = forward_function(model)
+        self.forward = forward_function(model, test_time_augmentation)
 
     def tiles_in(self, region) -> list[tuple[int, int]]:
         (y0, y1), (x0, x1) = region
@@ -288,10 +312,11 @@ def predict_probabilities(
     batch_size: int = 4,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
+    test_time_augmentation: bool = False,
 ) -> np.ndarray:
     """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here)."""
     plane_range = _plane_range(plane, model.metadata.normalization, None)
-    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size)
+    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size, test_time_augmentation)
     region = ((0, plane.shape[0]), (0, plane.shape[1]))
     counter = _ProgressCounter(len(plan.tiles_in(region)), progress, cancel)
     return _predict_region(plan, plane, plane_range, region, counter)
@@ -327,6 +352,7 @@ def predict(
     instances_of: str = "auto",
     min_size: int = 16,
     block_size: int = BLOCK_SIZE,
+    test_time_augmentation: bool = False,
 ):
     """Segment `image` (numpy or dask; layouts in the module docstring) with `model`.
 
@@ -339,6 +365,8 @@ def predict(
     progress(done, total) counts tiles over the whole call; cancel() is polled between tile batches and
     raises errors.Cancelled. dask input returns a lazy dask array (instances not supported there).
     Constant planes are predicted as background with a warning.
+    test_time_augmentation: average the 8 flips/rotations of every tile (8x slower, slightly more
+    accurate; see forward_function).
     """
     if output not in OUTPUTS:
         raise NapariUNetError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
@@ -358,7 +386,7 @@ def predict(
         raise NapariUNetError(
             f"the image is {_describe(spatial_shape)} px: too small to segment, it needs at least {MIN_SIDE} px per side"
         )
-    plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size)
+    plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size, test_time_augmentation)
     leading_shape = tuple(planes.shape[:-3])
     normalization = model.metadata.normalization
     ranges = {index: _plane_range(planes[index], normalization, index) for index in np.ndindex(leading_shape)}

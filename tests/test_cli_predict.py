@@ -114,3 +114,12 @@ def test_evaluate_table_and_missing_mask(model_path, image_dir, mask_dir, capsys
     (mask_dir / "b.tif").unlink()
     assert main(["evaluate", "-m", model_path, "--images", str(image_dir), "--masks", str(mask_dir)]) == 2
     assert "b.tif" in capsys.readouterr().err
+
+
+def test_tta_flag_reaches_the_engine(model_path, image_dir, tmp_path):
+    main(["predict", "-m", model_path, str(image_dir / "a.tif"), "-o", str(tmp_path / "plain"), "--probabilities"])
+    main(["predict", "-m", model_path, str(image_dir / "a.tif"), "-o", str(tmp_path / "tta"), "--probabilities", "--tta"])
+    plain = tifffile.imread(tmp_path / "plain" / "a.tif")
+    augmented = tifffile.imread(tmp_path / "tta" / "a.tif")
+    assert plain.shape == augmented.shape == (50, 70)
+    assert np.abs(plain - augmented).max() > 0.01

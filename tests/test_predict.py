@@ -288,3 +288,38 @@ def test_public_api_predict_is_callable_even_after_importing_the_submodule(model
     image = smooth_image((40, 40))
     np.testing.assert_array_equal(napari_unet.predict(model, image), predict(model, image))
     np.testing.assert_array_equal(napari_unet.predict(model, image), predict(model, image))
+
+
+def _dihedral(image, quarter_turns: int, mirrored: bool):
+    image = image[:, ::-1] if mirrored else image
+    return np.rot90(image, quarter_turns)
+
+
+def _undo_dihedral(image, quarter_turns: int, mirrored: bool):
+    image = np.rot90(image, -quarter_turns)
+    return image[:, ::-1] if mirrored else image
+
+
+def test_test_time_augmentation_averages_the_eight_flips_and_rotations(model):
+    image = smooth_image((64, 64), seed=3)  # one tile: no blending between tiles
+    averaged = predict(model, image, output="probabilities", test_time_augmentation=True)
+    by_hand = np.mean([
+        _undo_dihedral(predict(model, _dihedral(image, k, m).copy(), output="probabilities"), k, m)
+        for k in range(4) for m in (False, True)
+    ], axis=0)
+    plain = predict(model, image, output="probabilities")
+    assert np.abs(plain - by_hand).max() > 0.05  # a random model is far from rotation invariant
+    np.testing.assert_allclose(averaged, by_hand, atol=1e-4)
+
+
+def test_test_time_augmented_prediction_is_flip_and_rotation_equivariant(model):
+    image = smooth_image((96, 80), seed=4)  # not square, several tiles
+    result = predict(model, image, output="probabilities", tile_size=64, overlap=16, test_time_augmentation=True)
+    mirrored = predict(model, image[:, ::-1].copy(), output="probabilities", tile_size=64, overlap=16,
+                       test_time_augmentation=True)
+    rotated = predict(model, np.rot90(image).copy(), output="probabilities", tile_size=64, overlap=16,
+                      test_time_augmentation=True)
+    assert result.shape == image.shape
+    # Tile borders are not symmetric, so equality holds away from them only approximately.
+    assert np.abs(mirrored[:, ::-1] - result).mean() < 0.01
+    assert np.abs(np.rot90(rotated, -1) - result).mean() < 0.01

@@ -19,7 +19,8 @@ PREDICT_SHORTCUT = "Shift+U"
 
 
 def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: float, with_probabilities: bool,
-                   channel_axis, report, is_cancelled) -> tuple[np.ndarray, np.ndarray | None]:
+                   channel_axis, report, is_cancelled,
+                   test_time_augmentation: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
     """(labels, probabilities or None) for `image` — core calls only; runs in a worker."""
     from napari_unet.postprocess import instances_from_labels, objects_are_background, semantic_labels
     from napari_unet.prediction import predict
@@ -27,10 +28,12 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     progress = lambda done, total: report((done, total))  # noqa: E731
     if not with_probabilities:
         labels = predict(model, image, output="instances" if instances else "labels", threshold=threshold,
-                         channel_axis=channel_axis, progress=progress, cancel=is_cancelled)
+                         channel_axis=channel_axis, progress=progress, cancel=is_cancelled,
+                         test_time_augmentation=test_time_augmentation)
         return np.asarray(labels), None
     probabilities = np.asarray(predict(model, image, output="probabilities", threshold=threshold,
-                                       channel_axis=channel_axis, progress=progress, cancel=is_cancelled))
+                                       channel_axis=channel_axis, progress=progress, cancel=is_cancelled,
+                                       test_time_augmentation=test_time_augmentation))
     n_classes = model.config.n_classes
     labels = semantic_labels(probabilities, threshold, n_classes)
     if n_classes > 1:  # shown as one map: the probability of "not background"
@@ -76,6 +79,8 @@ class PredictWidget(QWidget):
         self.instances_check = QCheckBox("separate objects (instances)")
         self.instances_check.setToolTip("label each object with its own number instead of 0/1")
         self.probabilities_check = QCheckBox("also show the probability map")
+        self.tta_check = QCheckBox("average 8 flips/rotations (8× slower, a bit more accurate)")
+        self.tta_check.setToolTip("test-time augmentation: predicts each tile flipped and rotated and averages")
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["current slice", "all slices"])
         self.scope_combo.setToolTip("for stacks: predict the displayed slice or every slice")
@@ -105,6 +110,7 @@ class PredictWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.instances_check)
         layout.addWidget(self.probabilities_check)
+        layout.addWidget(self.tta_check)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
@@ -166,7 +172,8 @@ class PredictWidget(QWidget):
         all_slices = self.scope_combo.currentText() == "all slices"
         index = () if (depth == 0 or all_slices) else current_index(self.viewer, image_layer)
         settings = dict(instances=self.instances_check.isChecked(), threshold=self.threshold_slider.value() / 100,
-                        with_probabilities=self.probabilities_check.isChecked())
+                        with_probabilities=self.probabilities_check.isChecked(),
+                        test_time_augmentation=self.tta_check.isChecked())
         session = self.session
 
         def work(report, is_cancelled):
