@@ -92,3 +92,38 @@ def instances_from_labels(
     if split_touching is None:
         split_touching = objects == "foreground"
     return instance_labels(mask, min_size=min_size, split_touching=split_touching)
+
+
+def threshold_ranks(probabilities: np.ndarray, thresholds) -> np.ndarray:
+    """uint8 per pixel: how many of the ascending `thresholds` (at most 255) its probability exceeds.
+
+    A compact stand-in for a one-class probability map when only thresholds on a known grid (e.g. a
+    slider's 0.01 steps) will be asked for: 1 byte per pixel instead of 4, and exact, since
+    `ranks > i` is `probabilities > thresholds[i]` (the comparison semantic_labels makes, in the
+    probabilities' own dtype). Plain 0-255 quantisation would be as small but would flip the pixels
+    lying within 1/510 of a threshold, so re-thresholding would not equal predicting again.
+    """
+    probabilities = np.asarray(probabilities)
+    grid = np.asarray(thresholds, dtype=probabilities.dtype)
+    if grid.ndim != 1 or len(grid) > 255 or np.any(np.diff(grid) <= 0):
+        raise ValueError("thresholds must be at most 255 strictly increasing values")
+    return np.searchsorted(grid, probabilities, side="left").astype(np.uint8)
+
+
+def labels_from_ranks(ranks: np.ndarray, thresholds, threshold: float) -> np.ndarray:
+    """uint8 0/1 labels at `threshold` (one of `thresholds`) from threshold_ranks(probabilities, thresholds)."""
+    grid = np.asarray(thresholds, dtype=np.float64)
+    position = int(np.argmin(np.abs(grid - threshold)))
+    if abs(grid[position] - threshold) > 1e-9:
+        raise ValueError(f"threshold {threshold} is not on the grid the ranks were made for "
+                         f"({grid[0]:g} … {grid[-1]:g}, {len(grid)} values)")
+    return (np.asarray(ranks) > position).astype(np.uint8)
+
+
+def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_size: int = 16) -> np.ndarray:
+    """int32 instances of every (Y, X) plane of a (..., Y, X) semantic label array (see instances_from_labels)."""
+    labels = np.asarray(labels)
+    instances = np.zeros(labels.shape, dtype=np.int32)
+    for index in np.ndindex(labels.shape[:-2]):
+        instances[index] = instances_from_labels(labels[index], objects=objects, min_size=min_size)
+    return instances

@@ -67,3 +67,29 @@ def test_membrane_model_instances_are_the_enclosed_regions():
 def test_unknown_objects_kind_is_refused():
     with pytest.raises(ValueError):
         instances_from_labels(np.zeros((4, 4), np.uint8), objects="cells")
+
+
+def test_threshold_ranks_rethreshold_exactly_on_their_grid():
+    from napari_unet.postprocess import labels_from_ranks, threshold_ranks
+
+    grid = [step / 100 for step in range(1, 100)]
+    on_the_grid = np.array(grid, np.float32)  # pixels exactly at, just above and just below each threshold
+    probabilities = np.concatenate([np.random.default_rng(0).random(5000, np.float32), on_the_grid,
+                                    np.nextafter(on_the_grid, 1), np.nextafter(on_the_grid, 0), [0, 1]])
+    ranks = threshold_ranks(probabilities.reshape(-1, 1), grid)
+    assert ranks.dtype == np.uint8 and ranks.shape == (probabilities.size, 1)
+    for threshold in grid:
+        np.testing.assert_array_equal(labels_from_ranks(ranks, grid, threshold)[:, 0],
+                                      semantic_labels(probabilities, threshold))
+    with pytest.raises(ValueError, match="not on the grid"):
+        labels_from_ranks(ranks, grid, 0.505)
+
+
+def test_instances_per_plane_numbers_each_plane_on_its_own():
+    from napari_unet.postprocess import instances_per_plane
+
+    planes = np.stack([disks([(40, 30)], 10), disks([(20, 20), (60, 90)], 10), np.zeros((80, 120), bool)])
+    instances = instances_per_plane(planes.astype(np.uint8))
+    assert instances.dtype == np.int32
+    assert [int(plane.max()) for plane in instances] == [1, 2, 0]
+    np.testing.assert_array_equal(instances[1], instances_from_labels(planes[1].astype(np.uint8)))

@@ -378,3 +378,117 @@ def test_closing_the_viewer_mid_training_is_safe(qtbot, make_napari_viewer, tiny
     wait_for(qtbot, job)
     assert job.detached and job.cancelled
     assert not errors(notifications)
+
+
+# --- live threshold: the slider re-thresholds the last prediction from its cached probabilities ---
+
+@pytest.fixture
+def contrasty_dock(dock, tmp_path):
+    """The dock with a tiny model whose probabilities spread around 0.5, so slider steps change masks."""
+    from tiny_models import contrasty_tiny_model
+
+    viewer, widget = dock
+    path = tmp_path / "contrasty.keras"
+    save_model(contrasty_tiny_model(UNetConfig(base_width=4, depth=2), seed=0), path)
+    widget.session.select_model(str(path))
+    return viewer, widget
+
+
+def _mask_changing_steps(probabilities, current_step=50) -> list[int]:
+    """Slider steps whose mask is neither empty nor full and differs from the current step's."""
+    current = probabilities > current_step / 100
+    steps = [step for step in range(45, 56)
+             if 0 < (probabilities > step / 100).mean() < 1 and not np.array_equal(probabilities > step / 100, current)]
+    assert len(steps) >= 2, "the model's probabilities do not straddle the slider steps near 0.5"
+    return steps
+
+
+def _counting_predict(monkeypatch) -> list:
+    """Record every model run through napari_unet.prediction.predict (what the Predict tab calls)."""
+    import napari_unet.prediction as prediction
+
+    calls, original = [], prediction.predict
+    monkeypatch.setattr(prediction, "predict", lambda *args, **kwargs: (calls.append(args), original(*args, **kwargs))[1])
+    return calls
+
+
+def test_threshold_slider_rethresholds_the_last_prediction_without_the_model(qtbot, contrasty_dock, blobs_image,
+                                                                             notifications, monkeypatch):
+    from napari_unet._widgets import _live_threshold
+    from napari_unet.prediction import predict
+
+    viewer, widget = contrasty_dock
+    tab = widget.predict_tab
+    viewer.add_image(blobs_image, name="cells")
+    job = wait_for(qtbot, tab.predict())
+    assert job.error is None, errors(notifications)
+    layer = viewer.layers["cells prediction"]
+    probabilities = predict(widget.session.load_model(), blobs_image, output="probabilities")
+    first_step, second_step = _mask_changing_steps(probabilities)[:2]
+    model_runs = _counting_predict(monkeypatch)
+
+    tab.threshold_slider.setValue(first_step)  # small map: re-thresholded on the GUI thread
+    expected = (probabilities > first_step / 100).astype(np.uint8)  # the engine's comparison (semantic_labels)
+    qtbot.waitUntil(lambda: np.array_equal(layer.data, expected), timeout=5_000)
+    assert tab.threshold_job is None
+
+    monkeypatch.setattr(_live_threshold, "INLINE_PIXELS", 0)  # as for a large map: in a worker
+    tab.threshold_slider.setValue(second_step)
+    qtbot.waitUntil(lambda: tab.threshold_job is not None and tab.threshold_job.done, timeout=5_000)
+    assert tab.threshold_job.error is None, errors(notifications)
+    np.testing.assert_array_equal(layer.data, probabilities > second_step / 100)
+    assert model_runs == [] and tab.job is job
+    assert [lyr.name for lyr in viewer.layers] == ["cells", "cells prediction"]
+
+    layer.paint((20, 20), 1 - int(layer.data[20, 20]))  # the re-thresholded mask counts as the prediction:
+    job = wait_for(qtbot, tab.predict())  # a correction is still detected, and the next Predict keeps it
+    assert len(model_runs) == 1 and "cells prediction [2]" in viewer.layers
+    np.testing.assert_array_equal(viewer.layers["cells prediction [2]"].data, probabilities > second_step / 100)
+
+
+def test_threshold_slider_leaves_a_corrected_prediction_alone(qtbot, contrasty_dock, blobs_image, notifications):
+    from napari_unet._widgets.predict_widget import THRESHOLD_DEBOUNCE_MS
+    from napari_unet._widgets._session import PREDICTION_KEY
+    from napari_unet.prediction import predict
+
+    viewer, widget = contrasty_dock
+    tab = widget.predict_tab
+    viewer.add_image(blobs_image, name="cells")
+    assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
+    layer = viewer.layers["cells prediction"]
+    predicted = layer.metadata[PREDICTION_KEY].copy()
+    layer.paint((20, 20), 1 - int(layer.data[20, 20]))  # a brush stroke
+    corrected = layer.data.copy()
+    assert not np.array_equal(corrected, predicted)
+
+    probabilities = predict(widget.session.load_model(), blobs_image, output="probabilities")
+    tab.threshold_slider.setValue(_mask_changing_steps(probabilities)[0])
+    qtbot.waitUntil(lambda: "corrections in 'cells prediction' are kept" in tab.status_label.text(),
+                    timeout=THRESHOLD_DEBOUNCE_MS + 5_000)
+    np.testing.assert_array_equal(layer.data, corrected)
+    np.testing.assert_array_equal(layer.metadata[PREDICTION_KEY], predicted)
+    assert [lyr.name for lyr in viewer.layers] == ["cells", "cells prediction"]
+
+
+def test_threshold_slider_recomputes_instances_of_the_predicted_slice_only(qtbot, contrasty_dock, blobs_image,
+                                                                          notifications):
+    from napari_unet.postprocess import instances_from_labels
+    from napari_unet.prediction import predict
+
+    viewer, widget = contrasty_dock
+    tab = widget.predict_tab
+    stack = np.stack([blobs_image, np.roll(blobs_image, 20, axis=1), blobs_image[::-1]])
+    viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 1)
+    tab.instances_check.setChecked(True)
+    assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
+    layer = viewer.layers["stack prediction"]
+    probabilities = predict(widget.session.load_model(), stack[1], output="probabilities")
+    step = next(step for step in _mask_changing_steps(probabilities)
+                if instances_from_labels((probabilities > step / 100).astype(np.uint8)).max() > 0)
+    expected = instances_from_labels((probabilities > step / 100).astype(np.uint8), objects="foreground")
+    assert not np.array_equal(layer.data[1], expected)
+
+    tab.threshold_slider.setValue(step)
+    qtbot.waitUntil(lambda: np.array_equal(layer.data[1], expected), timeout=5_000)
+    assert layer.data.dtype == np.int32 and not layer.data[[0, 2]].any()

@@ -5,47 +5,49 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
     QSlider, QVBoxLayout, QWidget,
 )
 
+from napari_unet._widgets import _live_threshold
 from napari_unet._widgets._layers import LayerCombo, current_index, describe_index, layer_array, stack_depth
 from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
+from napari_unet._widgets._live_threshold import ThresholdCache
 from napari_unet._widgets._workers import Job
 
 PREDICT_SHORTCUT = "Shift+U"
+THRESHOLD_DEBOUNCE_MS = 150  # re-threshold once the slider rests, not at every step of a drag
 
 
 def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: float, with_probabilities: bool,
-                   channel_axis, report, is_cancelled,
-                   test_time_augmentation: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """(labels, probabilities or None) for `image` — core calls only; runs in a worker."""
-    from napari_unet.postprocess import instances_from_labels, objects_are_background, semantic_labels
+                   channel_axis, report, is_cancelled, index: tuple = (),
+                   test_time_augmentation: bool = False) -> tuple[np.ndarray, np.ndarray | None, ThresholdCache | None]:
+    """(labels, probabilities or None, threshold cache) for `image` — core calls only; runs in a worker.
+
+    The cache lets the threshold slider re-threshold this prediction without the model; None for
+    multi-class models, whose labels are the most probable class whatever the threshold.
+    """
+    from napari_unet.postprocess import instances_per_plane, objects_are_background, semantic_labels
     from napari_unet.prediction import predict
 
     progress = lambda done, total: report((done, total))  # noqa: E731
-    if not with_probabilities:
-        labels = predict(model, image, output="instances" if instances else "labels", threshold=threshold,
-                         channel_axis=channel_axis, progress=progress, cancel=is_cancelled,
-                         test_time_augmentation=test_time_augmentation)
-        return np.asarray(labels), None
     probabilities = np.asarray(predict(model, image, output="probabilities", threshold=threshold,
                                        channel_axis=channel_axis, progress=progress, cancel=is_cancelled,
                                        test_time_augmentation=test_time_augmentation))
     n_classes = model.config.n_classes
     labels = semantic_labels(probabilities, threshold, n_classes)
-    if n_classes > 1:  # shown as one map: the probability of "not background"
-        probabilities = 1.0 - probabilities[..., 0]
+    objects = None
     if instances:
         objects = "background" if objects_are_background(model.metadata.class_names) else "foreground"
-        spatial_ndim = 2
-        result = np.zeros(labels.shape, dtype=np.int32)
-        for index in np.ndindex(labels.shape[:-spatial_ndim]):
-            result[index] = instances_from_labels(labels[index], objects=objects)
-        labels = result
-    return labels, probabilities
+        labels = instances_per_plane(labels, objects)
+    cache = ThresholdCache.from_probabilities(probabilities, index, threshold, objects) if n_classes == 1 else None
+    if not with_probabilities:
+        return labels, None, cache
+    if n_classes > 1:  # shown as one map: the probability of "not background"
+        probabilities = 1.0 - probabilities[..., 0]
+    return labels, probabilities, cache
 
 
 def channel_axis_for(layer, n_model_channels: int):
@@ -66,6 +68,13 @@ class PredictWidget(QWidget):
         self.viewer = viewer
         self.session = session
         self.job: Job | None = None
+        # The layer the threshold slider re-thresholds live (the last prediction), and its worker.
+        self.live_layer: Labels | None = None
+        self.threshold_job: Job | None = None
+        self._threshold_note = ""  # what the slider says when there is nothing to re-threshold
+        self.threshold_timer = QTimer(self)
+        self.threshold_timer.setSingleShot(True)
+        self.threshold_timer.setInterval(THRESHOLD_DEBOUNCE_MS)
 
         self.image_combo = LayerCombo(viewer, Image, "(open an image first)")
         self.model_combo = QComboBox()
@@ -116,7 +125,10 @@ class PredictWidget(QWidget):
         layout.addWidget(self.status_label)
         layout.addStretch(1)
 
-        self.threshold_slider.valueChanged.connect(lambda v: self.threshold_label.setText(f"{v / 100:.2f}"))
+        self.threshold_slider.setToolTip("used by the next Predict; moving it also re-thresholds the last "
+                                         "prediction at once (unless you corrected it)")
+        self.threshold_slider.valueChanged.connect(self._threshold_moved)
+        self.threshold_timer.timeout.connect(self.apply_threshold)
         self.browse_button.clicked.connect(self.choose_model_file)
         self.model_combo.activated.connect(self._model_chosen)
         self.predict_button.clicked.connect(self.predict)
@@ -171,7 +183,7 @@ class PredictWidget(QWidget):
         depth = stack_depth(image_layer)
         all_slices = self.scope_combo.currentText() == "all slices"
         index = () if (depth == 0 or all_slices) else current_index(self.viewer, image_layer)
-        settings = dict(instances=self.instances_check.isChecked(), threshold=self.threshold_slider.value() / 100,
+        settings = dict(instances=self.instances_check.isChecked(), threshold=self.threshold(),
                         with_probabilities=self.probabilities_check.isChecked(),
                         test_time_augmentation=self.tta_check.isChecked())
         session = self.session
@@ -181,9 +193,8 @@ class PredictWidget(QWidget):
             axis = channel_axis_for(image_layer, model.config.n_channels)
             plane_index = () if axis == 0 else index  # (C, Y, X) in one layer: the leading axis is channels
             plane = np.asarray(data[plane_index]) if plane_index else data
-            labels, probabilities = run_prediction(model, plane, channel_axis=axis, report=report,
-                                                   is_cancelled=is_cancelled, **settings)
-            return plane_index, labels, probabilities
+            return (plane_index, *run_prediction(model, plane, channel_axis=axis, report=report, index=plane_index,
+                                                 is_cancelled=is_cancelled, **settings))
 
         self.status_label.setText(f"Predicting '{image_layer.name}'{describe_index(index)} with {self.session.model_label} …")
         self.progress_bar.setRange(0, 0)  # busy until the first tile reports
@@ -217,7 +228,7 @@ class PredictWidget(QWidget):
         self.progress_bar.setValue(int(done))
 
     def _show_result(self, image_layer, model_key: str, result) -> None:
-        index, labels, probabilities = result
+        index, labels, probabilities, threshold_cache = result
         if image_layer not in self.viewer.layers:
             show_warning(f"Image '{image_layer.name}' was removed while it was being predicted: "
                          "the prediction was discarded.")
@@ -227,8 +238,77 @@ class PredictWidget(QWidget):
                                  model_key)
         if probabilities is not None:
             write_probabilities(self.viewer, image_layer, index, probabilities)
+        self.live_layer = layer
+        if threshold_cache is None:
+            self._threshold_note = ("This model has several classes: each pixel takes its most probable class, "
+                                    "so the threshold does not change its prediction.")
+        else:
+            _live_threshold.attach(layer, threshold_cache)
+            self._threshold_note = ""
         self.status_label.setText(f"Prediction in '{layer.name}'. Correct it with the brush/eraser, then "
-                                  "'Add to training set' in the Correct tab.")
+                                  "'Add to training set' in the Correct tab. " + self._threshold_note)
+        if threshold_cache is not None and threshold_cache.threshold != self.threshold():
+            self.threshold_timer.start()  # the slider moved while the model ran
+
+    # --- live threshold -----------------------------------------------------------------------
+    def threshold(self) -> float:
+        """The slider's threshold: for the next Predict, and live for the last prediction."""
+        return self.threshold_slider.value() / 100
+
+    def _threshold_moved(self, value: int) -> None:
+        self.threshold_label.setText(f"{value / 100:.2f}")
+        self.threshold_timer.start()  # (re)starts the debounce
+
+    def apply_threshold(self) -> Job | None:
+        """Re-threshold the last prediction from its cached probabilities (no model run).
+
+        Runs inline for small maps and in a worker for large ones (see ThresholdCache.is_quick);
+        returns that worker's job.
+        A layer the user corrected since it was predicted is left as it is.
+        """
+        layer = self.live_layer
+        if layer is not None and layer not in self.viewer.layers:
+            self.live_layer = layer = None
+        cache = _live_threshold.cache_of(layer) if layer is not None else None
+        threshold = self.threshold()
+        if cache is None:
+            if self._threshold_note:
+                self.status_label.setText(self._threshold_note)
+            return None
+        if cache.threshold == threshold:
+            return None
+        if PREDICTION_KEY not in layer.metadata or _edited_since_prediction(layer, cache.index):
+            self._say_corrections_kept(layer, threshold)
+            return None
+        if self.threshold_job is not None and not self.threshold_job.done:
+            self.threshold_timer.start()  # try again once the running one is done
+            return None
+        if cache.is_quick():
+            self._write_threshold(layer, cache, threshold, cache.labels_at(threshold))
+            return None
+        self.status_label.setText(f"Applying threshold {threshold:.2f} to '{layer.name}' …")
+        self.threshold_job = Job(
+            lambda report, is_cancelled: cache.labels_at(threshold), what=f"Re-thresholding '{layer.name}'",
+            on_done=lambda labels: self._write_threshold(layer, cache, threshold, labels), needs_tensorflow=False,
+        )
+        self.session.track(self.threshold_job)
+        return self.threshold_job.start()
+
+    def _write_threshold(self, layer, cache: ThresholdCache, threshold: float, labels: np.ndarray) -> None:
+        """Write re-thresholded labels unless the layer changed meanwhile (removed, re-predicted, corrected)."""
+        if layer not in self.viewer.layers or _live_threshold.cache_of(layer) is not cache:
+            return
+        if _edited_since_prediction(layer, cache.index):  # painted in while the worker ran
+            self._say_corrections_kept(layer, threshold)
+            return
+        store_prediction(layer, cache.index, labels)
+        cache.threshold = threshold
+        self.status_label.setText(f"'{layer.name}' at threshold {threshold:.2f} (from the last prediction's "
+                                  "probabilities; Predict uses it too).")
+
+    def _say_corrections_kept(self, layer, threshold: float) -> None:
+        self.status_label.setText(f"Your corrections in '{layer.name}' are kept: the threshold is not applied "
+                                  f"to it. Press Predict to get threshold {threshold:.2f} in a new layer.")
 
 
 def _edited_since_prediction(layer, index: tuple = ()) -> bool:
@@ -260,6 +340,18 @@ def write_prediction(viewer, image_layer, index: tuple, labels: np.ndarray, name
     if layer is None:
         layer = viewer.add_labels(np.zeros(full_shape, dtype=labels.dtype), name=name, opacity=0.5,
                                   **_placement(image_layer, len(full_shape)))
+    _live_threshold.forget(layer)  # its cached probabilities belong to the prediction being replaced
+    store_prediction(layer, index, labels)
+    layer.metadata[SOURCE_KEY] = {"image": image_layer.name, "model": model_key}
+    return layer
+
+
+def store_prediction(layer, index: tuple, labels: np.ndarray) -> None:
+    """Write labels (a plane at `index`, or the whole layer) and remember them as what was predicted.
+
+    The caller has made sure the layer may be overwritten (see write_prediction) and has the right shape.
+    """
+    full_shape = tuple(layer.data.shape)
     data = layer.data
     if data.dtype != labels.dtype:
         data = data.astype(np.result_type(data.dtype, labels.dtype))
@@ -273,9 +365,7 @@ def write_prediction(viewer, image_layer, index: tuple, labels: np.ndarray, name
         stored = labels.copy()
     layer.data = data
     layer.metadata[PREDICTION_KEY] = stored
-    layer.metadata[SOURCE_KEY] = {"image": image_layer.name, "model": model_key}
     layer.refresh()
-    return layer
 
 
 def write_probabilities(viewer, image_layer, index: tuple, probabilities: np.ndarray):
