@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from napari_unet.errors import Cancelled, NapariUNetError
 
+    _import_tensorflow_quietly()
     try:
         return int(args.func(args) or 0)
     except NapariUNetError as exc:
@@ -51,6 +52,36 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"napari-unet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+# What TensorFlow prints at import before its logging is set up (so TF_CPP_MIN_LOG_LEVEL cannot stop it).
+_TENSORFLOW_IMPORT_NOISE = ("All log messages before absl::InitializeLog()", "oneDNN custom operations are on")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its start-up chatter kept off the terminal; anything else it prints is shown.
+
+    Done before any command (also before napari for `gui`, which sidesteps the LLVM clash handled in
+    _widgets/_tensorflow.py).
+    """
+    import tempfile
+
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved_stderr = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved_stderr, 2)
+            os.close(saved_stderr)
+            captured.seek(0)
+            lines = captured.read().decode(errors="replace").splitlines()
+            kept = [line for line in lines if line.strip() and not any(noise in line for noise in _TENSORFLOW_IMPORT_NOISE)]
+            if kept:
+                print("\n".join(kept), file=sys.stderr, flush=True)
 
 
 

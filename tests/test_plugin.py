@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,17 @@ def test_console_script_answers(flag):
             assert command in result.stdout, f"'{command}' missing from --help"
     else:
         assert napari_unet.__version__ in result.stdout
+
+
+def test_console_script_output_is_free_of_tensorflow_start_up_chatter(tmp_path):
+    """Predicting imports TensorFlow; its absl/oneDNN start-up lines must not reach the user's terminal."""
+    from napari_unet._sample_data import sample_data_dir
+
+    result = subprocess.run(
+        [str(SCRIPTS_DIR / "napari-unet"), "predict", "-m", "membranes",
+         str(sample_data_dir() / "em_membranes.tif"), "-o", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "NAPARI_UNET_HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "em_membranes.tif").exists()
+    assert "oneDNN" not in result.stderr and "absl" not in result.stderr, result.stderr
