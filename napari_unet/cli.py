@@ -134,7 +134,7 @@ def add_predict_command(subparsers) -> None:
     kind.add_argument("--instances", action="store_true", help="write instance labels (int32) instead of 0/1 labels")
     kind.add_argument("--probabilities", action="store_true", help="write float32 probabilities instead of labels")
     parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average the 8 flips/rotations (8x slower, slightly more accurate)")
+                        help="test-time augmentation: average the flips/rotations the model was trained for (2-8x slower, slightly more accurate)")
     parser.set_defaults(func=_run_predict_command)
 
 
@@ -227,7 +227,7 @@ def add_evaluate_command(subparsers) -> None:
     parser.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems")
     parser.add_argument("--threshold", type=float, default=0.5, metavar="T", help="foreground probability threshold (default 0.5)")
     parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average the 8 flips/rotations (8x slower, slightly more accurate)")
+                        help="test-time augmentation: average the flips/rotations the model was trained for (2-8x slower, slightly more accurate)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=_run_evaluate_command)
 

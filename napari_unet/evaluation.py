@@ -28,7 +28,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     Returns {"iou", "dice", "pixel_error", "n_images", "per_image": [{"name", "iou", "dice",
     "pixel_error"}, ...]}; the totals pool the pixel counts of all images (not a mean of ratios).
     progress(done, total) counts images; cancel() is polled between images.
-    test_time_augmentation: predict with the 8 flips/rotations averaged (prediction.forward_function).
+    test_time_augmentation: predict with the flips/rotations the model was trained for averaged (prediction.forward_function).
     """
     from napari_unet.errors import Cancelled
     from napari_unet.prediction import predict

@@ -54,6 +54,9 @@ class ModelMetadata:
     class_names: list[str] = field(default_factory=lambda: ["foreground"])
     tile_size: int = 256
     name: str = "unet"
+    # The flips/rotations the model was trained to be unaffected by (see SYMMETRIES); test-time
+    # augmentation averages exactly these. Files without the field were trained with all 8.
+    symmetries: str = "dihedral"
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -65,6 +68,7 @@ class ModelMetadata:
             "class_names": list(self.class_names),
             "tile_size": int(self.tile_size),
             "name": self.name,
+            "symmetries": self.symmetries,
             "info": self.info,
         }
 
@@ -76,6 +80,7 @@ class ModelMetadata:
             class_names=list(values.get("class_names", ["foreground"])),
             tile_size=int(values.get("tile_size", 256)),
             name=str(values.get("name", "unet")),
+            symmetries=str(values.get("symmetries", "dihedral")),
             info=dict(values.get("info", {})),
         )
 

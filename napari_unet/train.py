@@ -22,13 +22,13 @@ import math
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Callable
 
 import numpy as np
 
-from napari_unet.augment import AugmentConfig, PairAugmenter
+from napari_unet.augment import AugmentConfig, PairAugmenter, resolve_for_model, symmetries_of
 from napari_unet.errors import NapariUNetError
 from napari_unet.model import SegmentationModel
 from napari_unet.normalize import apply_range, percentile_range
@@ -620,6 +620,8 @@ def finetune(
             raise NapariUNetError(f"unknown training setting(s) {', '.join(sorted(unknown))}: see TrainConfig")
         config = TrainConfig(**{**asdict(config), "augmentation": config.augmentation, **overrides})
     config.check()
+    # Fine-tuning keeps the model's symmetries unless told otherwise (AugmentConfig.rotations=None).
+    config = replace(config, augmentation=resolve_for_model(config.augmentation, model.metadata.symmetries))
     started = time.monotonic()
     n_classes, multiple = model.config.n_classes, model.config.size_multiple
     patch_size = int(config.patch_size or model.metadata.tile_size or 256)
@@ -737,6 +739,8 @@ def finetune(
         "learning_rate": config.learning_rate,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    if config.augment:
+        trained.metadata.symmetries = symmetries_of(config.augmentation)
     trained.source = ""
     emit(kind="done", step=history.steps, epoch=len(history.epochs), loss=history.final_loss,
          val_iou=history.val_iou, val_dice=history.val_dice, best_val_iou=history.val_iou, eta_seconds=0.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.augment import AugmentConfig, PairAugmenter
+from napari_unet.augment import SYMMETRIES, AugmentConfig, PairAugmenter, resolve_for_model, symmetries_of
 
 IGNORE = 255
 
@@ -77,3 +77,23 @@ def test_same_seed_same_augmentation():
     second = PairAugmenter(seed=7)(image, [mask])
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1][0], second[1][0])
+
+
+def test_without_rotations_only_the_left_right_mirror_happens():
+    """For annotations offset along Y (ISBI): no transform may turn or flip the Y axis."""
+    config = AugmentConfig(rotations=False, elastic_probability=0.0, intensity_probability=0.0)
+    augmenter = PairAugmenter(config, seed=3, mask_fill=IGNORE)
+    mask = _blobs(64)
+    allowed = {mask.tobytes(), np.ascontiguousarray(mask[:, ::-1]).tobytes()}
+    results = {augmenter(mask.astype(np.float32)[..., None], [mask])[1][0].tobytes() for _ in range(30)}
+    assert results == allowed  # both occur, nothing else does
+
+
+def test_symmetries_follow_the_augmentation_and_unset_rotations_follow_the_model():
+    assert symmetries_of(AugmentConfig()) == "dihedral"
+    assert symmetries_of(AugmentConfig(rotations=False)) == "mirror"
+    assert symmetries_of(AugmentConfig(flips=False, rotations=False)) == "none"
+    assert resolve_for_model(AugmentConfig(), "mirror").rotations is False
+    assert resolve_for_model(AugmentConfig(), "dihedral").rotations is True
+    assert resolve_for_model(AugmentConfig(rotations=True), "mirror").rotations is True
+    assert len(SYMMETRIES["dihedral"]) == len(set(SYMMETRIES["dihedral"])) == 8

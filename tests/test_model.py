@@ -120,9 +120,11 @@ def test_three_class_model_outputs_softmax_per_pixel():
 def test_save_load_round_trip_keeps_metadata_and_weights(tmp_path):
     model = new_model(UNetConfig(base_width=4, n_classes=2), tile_size=128, name="cells", class_names=["bg", "cell"],
                       info={"trained_on": ["a.tif"]})
+    model.metadata.symmetries = "mirror"
     path = save_model(model, tmp_path / "cells.keras")
     loaded = load_model_file(path)
     assert loaded.metadata.to_dict() == model.metadata.to_dict()
+    assert loaded.metadata.symmetries == "mirror"
     assert loaded.source == str(path)
     batch = np.random.default_rng(2).random((1, 32, 32, 1)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(loaded.keras_model(batch)), np.asarray(model.keras_model(batch)))
@@ -155,3 +157,12 @@ def test_corrupt_model_file_names_the_file(tmp_path):
         archive.writestr("config.json", "{ this is not json")
     with pytest.raises(ModelLoadError, match="truncated.keras"):
         load_model_file(truncated)
+
+
+def test_metadata_without_symmetries_means_all_eight():
+    """Files saved before the field existed were trained with flips and rotations."""
+    from napari_unet.model import ModelMetadata
+
+    values = ModelMetadata().to_dict()
+    del values["symmetries"]
+    assert ModelMetadata.from_dict(values).symmetries == "dihedral"

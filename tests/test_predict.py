@@ -323,3 +323,16 @@ def test_test_time_augmented_prediction_is_flip_and_rotation_equivariant(model):
     # Tile borders are not symmetric, so equality holds away from them only approximately.
     assert np.abs(mirrored[:, ::-1] - result).mean() < 0.01
     assert np.abs(np.rot90(rotated, -1) - result).mean() < 0.01
+
+
+def test_test_time_augmentation_uses_only_the_models_symmetries(model):
+    """A model trained with left-right flips only is averaged over 2 views, not 8."""
+    from dataclasses import replace
+
+    image = smooth_image((64, 64), seed=5)
+    mirror_model = model.copy()
+    mirror_model.metadata = replace(mirror_model.metadata, symmetries="mirror")
+    averaged = predict(mirror_model, image, output="probabilities", test_time_augmentation=True)
+    plain = predict(mirror_model, image, output="probabilities")
+    mirrored = predict(mirror_model, image[:, ::-1].copy(), output="probabilities")[:, ::-1]
+    np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-4)

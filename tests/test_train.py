@@ -285,3 +285,19 @@ def test_settings_are_checked(tiny_model):
         finetune(tiny_model, [image], [mask], lr_schedule="linear")
     with pytest.raises(NapariUNetError, match="learning_rate"):
         TrainConfig(learning_rate=float("nan")).check()
+
+
+def test_finetuning_keeps_the_models_symmetries_unless_told_otherwise(tiny_model):
+    from dataclasses import replace
+
+    from napari_unet.augment import AugmentConfig
+
+    image, mask = _pair()
+    mirror_model = tiny_model.copy()
+    mirror_model.metadata = replace(mirror_model.metadata, symmetries="mirror")
+    tuned, history = finetune(mirror_model, [image], [mask], **QUICK)
+    assert tuned.metadata.symmetries == "mirror"
+    assert history.settings["augmentation"]["rotations"] is False  # resolved, and recorded as such
+    rotated, _ = finetune(mirror_model, [image], [mask], augmentation=AugmentConfig(rotations=True), **QUICK)
+    assert rotated.metadata.symmetries == "dihedral"
+    assert finetune(tiny_model, [image], [mask], **QUICK)[0].metadata.symmetries == "dihedral"

@@ -88,7 +88,7 @@ class PredictWidget(QWidget):
         self.instances_check = QCheckBox("separate objects (instances)")
         self.instances_check.setToolTip("label each object with its own number instead of 0/1")
         self.probabilities_check = QCheckBox("also show the probability map")
-        self.tta_check = QCheckBox("average 8 flips/rotations (8× slower, a bit more accurate)")
+        self.tta_check = QCheckBox("average flips/rotations (2–8× slower, a bit more accurate)")
         self.tta_check.setToolTip("test-time augmentation: predicts each tile flipped and rotated and averages")
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["current slice", "all slices"])
