@@ -67,3 +67,21 @@ def test_membranes_model_keeps_its_held_out_accuracy(isbi_dir):
     assert measured["iou"] >= expected["iou"] - IOU_MARGIN
     # and far better than the trivial "all interior" answer (pixel error = membrane fraction ≈ 0.2)
     assert measured["pixel_error"] < 0.5 * float(np.mean([m.mean() for m in masks]))
+
+
+@pytest.mark.slow
+def test_membranes_model_with_test_time_augmentation_keeps_its_card_accuracy(isbi_dir):
+    from napari_unet.evaluation import evaluate
+    from napari_unet.io import read_image
+
+    card = _card("membranes")
+    expected = card["metrics_held_out"].get("with_test_time_augmentation")
+    if expected is None:
+        pytest.fail("the membranes card has no test-time augmentation metrics: rerun scripts/train_shipped_models.py")
+    stems = card["metrics_held_out"]["images"]
+    images = [read_image(isbi_dir / "images" / f"{s}.png") for s in stems]
+    masks = [(read_image(isbi_dir / "masks" / f"{s}.png") > 0).astype(np.uint8) for s in stems]
+    measured = evaluate(load_model("membranes"), images, masks, threshold=expected["threshold"],
+                        test_time_augmentation=True)
+    assert measured["pixel_error"] <= expected["pixel_error"] + PIXEL_ERROR_MARGIN
+    assert measured["iou"] >= expected["iou"] - IOU_MARGIN
