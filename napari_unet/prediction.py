@@ -33,7 +33,7 @@ from napari_unet import tiling
 from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.model import SegmentationModel
 from napari_unet.normalize import apply_range, percentile_range
-from napari_unet.postprocess import instances_from_labels, objects_are_background, semantic_labels
+from napari_unet.postprocess import instances_per_plane, objects_are_background, semantic_labels
 
 OUTPUTS = ("labels", "probabilities", "instances")
 # Tiles are enlarged to this size for images bigger than the model's training tile: fewer tiles means
@@ -332,10 +332,7 @@ def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, th
         return labels
     if instances_of == "auto":
         instances_of = "background" if objects_are_background(model.metadata.class_names) else "foreground"
-    instances = np.zeros(labels.shape, dtype=np.int32)
-    for index in np.ndindex(labels.shape[:-2]):
-        instances[index] = instances_from_labels(labels[index], objects=instances_of, min_size=min_size)
-    return instances
+    return instances_per_plane(labels, instances_of, min_size)
 
 
 def predict(
