@@ -65,7 +65,7 @@ class FinetuneWidget(QWidget):
         self.learning_rate_spin.setRange(1e-6, 1e-2)
         self.learning_rate_spin.setSingleStep(1e-5)
         self.learning_rate_spin.setValue(DEFAULT_LEARNING_RATE)
-        self.augment_check = QCheckBox("augmentation (flips, elastic, intensity; rotations if the model was trained with them)")
+        self.augment_check = QCheckBox("augmentation (flips, rotations as trained, elastic, intensity)")
         self.augment_check.setChecked(True)
         self.start_button = QPushButton("Fine-tune")
         self.cancel_button = QPushButton("Stop (keep best)")
