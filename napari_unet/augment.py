@@ -26,10 +26,12 @@ class AugmentConfig:
     """What varies between training patches. Defaults are mild enough for thin EM membranes."""
 
     flips: bool = True  # mirror left-right
-    # 90° rotations (with flips: all 8 symmetries of the square). Off when the annotation sits
-    # consistently off the structure along one axis (ISBI 2012 masks sit ~0.5 px above the dark
-    # membranes): rotating such pairs teaches the model contradictory offsets and blurs its edges.
-    # None: as the model was trained (its metadata.symmetries), so fine-tuning keeps what it learned.
+    # 90° rotations (with flips: all 8 symmetries of the square). Worth switching off when structures
+    # have a preferred orientation or the annotation sits consistently off them along one axis:
+    # rotated pairs then teach contradictory offsets (ISBI 2012 masks sit ~0.5 px above the dark
+    # membranes and a model trained with rotations predicts them ~1 px low; there, though, the
+    # rotations' extra variety was worth more). None: as the model was trained (its
+    # metadata.symmetries), so fine-tuning keeps what it learned.
     rotations: bool | None = None
     elastic_probability: float = 0.5
     # albumentations' smooth displacement field: sigma = smoothness (px), alpha = strength; 1000/20
