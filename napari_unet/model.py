@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -80,9 +81,19 @@ class ModelMetadata:
             class_names=list(values.get("class_names", ["foreground"])),
             tile_size=int(values.get("tile_size", 256)),
             name=str(values.get("name", "unet")),
-            symmetries=str(values.get("symmetries", "dihedral")),
+            symmetries=_known_symmetries(values.get("symmetries", "dihedral")),
             info=dict(values.get("info", {})),
         )
+
+
+def _known_symmetries(name) -> str:
+    """A symmetries name this version knows; anything else (e.g. from a newer version) means "none"."""
+    from napari_unet.augment import SYMMETRIES
+
+    if name in SYMMETRIES:
+        return str(name)
+    warnings.warn(f"unknown model symmetries {name!r}: test-time augmentation will use the image as it is")
+    return "none"
 
 
 @dataclass

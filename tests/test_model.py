@@ -166,3 +166,11 @@ def test_metadata_without_symmetries_means_all_eight():
     values = ModelMetadata().to_dict()
     del values["symmetries"]
     assert ModelMetadata.from_dict(values).symmetries == "dihedral"
+
+
+def test_unknown_symmetries_from_a_newer_file_fall_back_to_none_with_a_warning():
+    from napari_unet.model import ModelMetadata
+
+    values = {**ModelMetadata().to_dict(), "symmetries": "octahedral"}
+    with pytest.warns(UserWarning, match="octahedral"):
+        assert ModelMetadata.from_dict(values).symmetries == "none"
