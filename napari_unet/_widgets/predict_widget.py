@@ -277,7 +277,7 @@ class PredictWidget(QWidget):
             return None
         if cache.threshold == threshold:
             return None
-        if PREDICTION_KEY not in layer.metadata or _edited_since_prediction(layer, cache.index):
+        if _belongs_to_user(layer, cache.index):
             self._say_corrections_kept(layer, threshold)
             return None
         if self.threshold_job is not None and not self.threshold_job.done:
@@ -298,7 +298,7 @@ class PredictWidget(QWidget):
         """Write re-thresholded labels unless the layer changed meanwhile (removed, re-predicted, corrected)."""
         if layer not in self.viewer.layers or _live_threshold.cache_of(layer) is not cache:
             return
-        if _edited_since_prediction(layer, cache.index):  # painted in while the worker ran
+        if _belongs_to_user(layer, cache.index):  # painted in while the worker ran
             self._say_corrections_kept(layer, threshold)
             return
         store_prediction(layer, cache.index, labels)
@@ -311,10 +311,13 @@ class PredictWidget(QWidget):
                                   f"to it. Press Predict to get threshold {threshold:.2f} in a new layer.")
 
 
-def _edited_since_prediction(layer, index: tuple = ()) -> bool:
-    """Did the user paint in `layer` (in plane `index`, or anywhere) since napari-unet wrote it?"""
+def _belongs_to_user(layer, index: tuple = ()) -> bool:
+    """Must `layer` be left alone? Yes if napari-unet did not make it, or the user painted in it (in
+    plane `index`, or anywhere) since napari-unet wrote it. The one rule every overwrite checks."""
     stored = layer.metadata.get(PREDICTION_KEY)
-    if stored is None or stored.shape != layer.data.shape:
+    if stored is None:
+        return True
+    if stored.shape != layer.data.shape:
         return False
     return not np.array_equal(stored[index], np.asarray(layer.data[index]))
 
@@ -330,7 +333,7 @@ def write_prediction(viewer, image_layer, index: tuple, labels: np.ndarray, name
     full_shape = tuple(layer_array(image_layer).shape[: image_layer.ndim]) if index else tuple(labels.shape)
     layer = next((candidate for candidate in viewer.layers
                   if candidate.name == name and isinstance(candidate, Labels)), None)
-    if layer is not None and (PREDICTION_KEY not in layer.metadata or _edited_since_prediction(layer, index)):
+    if layer is not None and _belongs_to_user(layer, index):
         new_name = _free_name(viewer, name)
         show_info(f"Your labels in '{layer.name}' were kept; the new prediction is in '{new_name}'.")
         name, layer = new_name, None
