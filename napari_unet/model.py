@@ -58,6 +58,11 @@ class ModelMetadata:
     # The flips/rotations the model was trained to be unaffected by (see SYMMETRIES); test-time
     # augmentation averages exactly these. Files without the field were trained with all 8.
     symmetries: str = "dihedral"
+    # (dy, dx) in px, each within [-1, 1]: prediction moves the probability map by this after
+    # test-time augmentation, because some annotators draw consistently off the structure (the ISBI
+    # masks sit ~0.5 px above the membranes) and a model trained with rotations cannot learn that.
+    # Fitted on validation data by calibration.fit_output_offset; (0, 0) for files without it.
+    output_offset: tuple[float, float] = (0.0, 0.0)
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -70,6 +75,7 @@ class ModelMetadata:
             "tile_size": int(self.tile_size),
             "name": self.name,
             "symmetries": self.symmetries,
+            "output_offset": [float(v) for v in self.output_offset],
             "info": self.info,
         }
 
@@ -82,6 +88,7 @@ class ModelMetadata:
             tile_size=int(values.get("tile_size", 256)),
             name=str(values.get("name", "unet")),
             symmetries=_known_symmetries(values.get("symmetries", "dihedral")),
+            output_offset=_valid_offset(values.get("output_offset", (0.0, 0.0))),
             info=dict(values.get("info", {})),
         )
 
@@ -94,6 +101,18 @@ def _known_symmetries(name) -> str:
         return str(name)
     warnings.warn(f"unknown model symmetries {name!r}: test-time augmentation will use the image as it is")
     return "none"
+
+
+def _valid_offset(values) -> tuple[float, float]:
+    """(dy, dx) within [-1, 1] px; anything else (a damaged or foreign file) means no offset."""
+    try:
+        dy, dx = (float(v) for v in values)
+    except (TypeError, ValueError):
+        dy = dx = float("nan")
+    if not (abs(dy) <= 1.0 and abs(dx) <= 1.0):
+        warnings.warn(f"ignoring output_offset {values!r}: it must be two numbers within [-1, 1] px")
+        return (0.0, 0.0)
+    return (dy, dx)
 
 
 @dataclass

@@ -63,6 +63,7 @@ def forward_function(model: SegmentationModel, test_time_augmentation: bool = Fa
     test_time_augmentation: average the flips/rotations the model was trained for
     (metadata.symmetries: 8 for most models, 2 for one trained with left-right flips only), each
     undone before averaging. Costs that many times the work for a little accuracy.
+    The model's metadata.output_offset is applied last, to the averaged output (calibration.py).
     """
     import tensorflow as tf
 
@@ -74,31 +75,44 @@ def forward_function(model: SegmentationModel, test_time_augmentation: bool = Fa
     if cache is None or cache[0] is not keras_model:
         cache = (keras_model, {})
         model.__dict__["_forward"] = cache
-    if transforms in cache[1]:
-        return cache[1][transforms]
+    offset = tuple(float(v) for v in model.metadata.output_offset)
+    key = (transforms, offset)
+    if key in cache[1]:
+        return cache[1][key]
     n_channels = int(keras_model.input_shape[-1])
     signature = [tf.TensorSpec((None, None, None, n_channels), tf.float32)]
 
-    if len(transforms) <= 1:
-
-        @tf.function(input_signature=signature)
-        def forward(batch):
+    def averaged_views(batch):
+        if len(transforms) <= 1:
             return keras_model(batch, training=False)
+        total = None
+        for quarter_turns, mirrored in transforms:
+            moved = tf.image.rot90(tf.reverse(batch, axis=[2]) if mirrored else batch, quarter_turns)
+            output = tf.image.rot90(keras_model(moved, training=False), (4 - quarter_turns) % 4)
+            output = tf.reverse(output, axis=[2]) if mirrored else output
+            total = output if total is None else total + output
+        return total / float(len(transforms))
 
-    else:
+    @tf.function(input_signature=signature)
+    def forward(batch):
+        return _moved(averaged_views(batch), offset)
 
-        @tf.function(input_signature=signature)
-        def forward(batch):
-            total = None
-            for quarter_turns, mirrored in transforms:
-                moved = tf.image.rot90(tf.reverse(batch, axis=[2]) if mirrored else batch, quarter_turns)
-                output = tf.image.rot90(keras_model(moved, training=False), (4 - quarter_turns) % 4)
-                output = tf.reverse(output, axis=[2]) if mirrored else output
-                total = output if total is None else total + output
-            return total / float(len(transforms))
-
-    cache[1][transforms] = forward
+    cache[1][key] = forward
     return forward
+
+
+def _moved(output, offset):
+    """TensorFlow twin of calibration.shift_probabilities on (N, H, W, C) tensors (traced once)."""
+    import tensorflow as tf
+
+    for axis, amount in zip((1, 2), offset):
+        if amount == 0.0:
+            continue
+        length = tf.shape(output)[axis]
+        source = tf.clip_by_value(tf.range(length) + (1 if amount < 0 else -1), 0, length - 1)
+        neighbour = tf.gather(output, source, axis=axis)
+        output = (1.0 - abs(amount)) * output + abs(amount) * neighbour
+    return output
 
 
 class _ProgressCounter:

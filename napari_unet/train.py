@@ -111,6 +111,8 @@ class TrainHistory:
     final_loss: float | None = None
     val_iou: float | None = None  # of the returned (best) weights
     val_dice: float | None = None
+    # Re-fitted on the validation pairs after training (calibration.py); None when not re-fitted.
+    output_offset: tuple[float, float] | None = None
     settings: dict = field(default_factory=dict)
 
     @property
@@ -353,16 +355,23 @@ def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray) ->
     return np.asarray(model.keras_model(padded[None], training=False))[0, :height, :width]
 
 
-def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float = 0.5) -> dict[str, float]:
-    """Pooled IoU/Dice/pixel error over annotated pixels (mean over foreground classes for n > 1)."""
+def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float = 0.5,
+                probability_maps: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Pooled IoU/Dice/pixel error over annotated pixels (mean over foreground classes for n > 1).
+
+    probability_maps: the pairs' (Y, X, n_classes) maps if already predicted (else predicted here).
+    """
     n_classes = model.config.n_classes
     classes = [1] if n_classes == 1 else list(range(1, n_classes))
     counts = {k: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for k in classes}
     wrong = total = 0
     from napari_unet.metrics import confusion_counts, scores_from_counts
 
-    for pair in pairs:
-        probabilities = validation_probabilities(model, pair.raw_image)
+    for index, pair in enumerate(pairs):
+        if probability_maps is not None:
+            probabilities = probability_maps[index]
+        else:
+            probabilities = validation_probabilities(model, pair.raw_image)
         if n_classes == 1:
             predicted = (probabilities[..., 0] >= threshold).astype(np.uint8)
         else:
@@ -379,6 +388,21 @@ def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float =
         "dice": float(np.mean([s["dice"] for s in per_class])),
         "pixel_error": wrong / total if total else 0.0,
     }
+
+
+def _refit_output_offset(trained: SegmentationModel, pairs: list[_Pair], threshold: float, history: TrainHistory) -> None:
+    """Fit the output offset on the validation pairs: the annotations just trained on decide it, not
+    the parent's (a shipped model's data-set offset would be wrong on the user's masks)."""
+    from napari_unet.calibration import fit_output_offset, shift_probabilities
+
+    trained.metadata.output_offset = (0.0, 0.0)
+    maps = [validation_probabilities(trained, pair.raw_image) for pair in pairs]
+    fit = fit_output_offset(maps, [pair.mask for pair in pairs], threshold=threshold, n_classes=trained.config.n_classes)
+    trained.metadata.output_offset = fit.offset
+    history.output_offset = fit.offset
+    moved = [shift_probabilities(m, fit.offset) for m in maps]
+    scores = score_pairs(trained, pairs, threshold, probability_maps=moved)
+    history.val_iou, history.val_dice = scores.get("iou"), scores.get("dice")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -729,6 +753,8 @@ def finetune(
     history.cancelled = stop == "cancelled"
     history.final_loss = history.epochs[-1]["loss"] if history.epochs else None
     history.val_iou, history.val_dice = best_metrics.get("iou"), best_metrics.get("dice")
+    if validation_pairs and not history.cancelled:
+        _refit_output_offset(trained, validation_pairs, config.threshold, history)
     history.seconds = time.monotonic() - started
     trained.metadata.info["training"] = {
         "parent": model.source or model.name,
@@ -737,6 +763,7 @@ def finetune(
         "val_iou": history.val_iou,
         "stopped_reason": history.stopped_reason,
         "learning_rate": config.learning_rate,
+        "output_offset": list(trained.metadata.output_offset),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     if config.augment:

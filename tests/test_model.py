@@ -121,10 +121,12 @@ def test_save_load_round_trip_keeps_metadata_and_weights(tmp_path):
     model = new_model(UNetConfig(base_width=4, n_classes=2), tile_size=128, name="cells", class_names=["bg", "cell"],
                       info={"trained_on": ["a.tif"]})
     model.metadata.symmetries = "mirror"
+    model.metadata.output_offset = (-0.5, 0.25)
     path = save_model(model, tmp_path / "cells.keras")
     loaded = load_model_file(path)
     assert loaded.metadata.to_dict() == model.metadata.to_dict()
     assert loaded.metadata.symmetries == "mirror"
+    assert loaded.metadata.output_offset == (-0.5, 0.25)
     assert loaded.source == str(path)
     batch = np.random.default_rng(2).random((1, 32, 32, 1)).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(loaded.keras_model(batch)), np.asarray(model.keras_model(batch)))
@@ -174,3 +176,14 @@ def test_unknown_symmetries_from_a_newer_file_fall_back_to_none_with_a_warning()
     values = {**ModelMetadata().to_dict(), "symmetries": "octahedral"}
     with pytest.warns(UserWarning, match="octahedral"):
         assert ModelMetadata.from_dict(values).symmetries == "none"
+
+
+@pytest.mark.parametrize("offset", [[3.0, 0.0], ["up", 0], [0.5], None])
+def test_an_output_offset_that_is_not_two_numbers_within_one_pixel_is_ignored_with_a_warning(offset):
+    from napari_unet.model import ModelMetadata
+
+    values = {**ModelMetadata().to_dict(), "output_offset": offset}
+    with pytest.warns(UserWarning, match="output_offset"):
+        assert ModelMetadata.from_dict(values).output_offset == (0.0, 0.0)
+    del values["output_offset"]  # files saved before the field existed: no move
+    assert ModelMetadata.from_dict(values).output_offset == (0.0, 0.0)

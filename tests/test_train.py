@@ -211,9 +211,11 @@ def test_the_returned_weights_are_the_best_epochs(tiny_model):
     validation = prepare_pairs(tiny_model, *zip(_pair(seed=5)))
     tuned, history = finetune(tiny_model, [image], [mask], validation=([validation[0].raw_image], [validation[0].mask]),
                               learning_rate=3e-3, epochs=4, steps_per_epoch=2, batch_size=2)
-    assert history.val_iou == max(e["val_iou"] for e in history.epochs)
-    assert history.epochs[history.best_epoch - 1]["val_iou"] == history.val_iou
+    assert history.epochs[history.best_epoch - 1]["val_iou"] == max(e["val_iou"] for e in history.epochs)
+    # history.val_iou is the returned model's, with the output offset re-fitted on validation.
     assert score_pairs(tuned, validation)["iou"] == pytest.approx(history.val_iou, abs=1e-9)
+    if history.output_offset == (0.0, 0.0):
+        assert history.val_iou == max(e["val_iou"] for e in history.epochs)
 
 
 def test_early_stopping_when_validation_does_not_improve(tiny_model):
@@ -301,3 +303,30 @@ def test_finetuning_keeps_the_models_symmetries_unless_told_otherwise(tiny_model
     rotated, _ = finetune(mirror_model, [image], [mask], augmentation=AugmentConfig(rotations=True), **QUICK)
     assert rotated.metadata.symmetries == "dihedral"
     assert finetune(tiny_model, [image], [mask], **QUICK)[0].metadata.symmetries == "dihedral"
+
+
+def test_finetuning_refits_the_output_offset_to_the_annotations_it_was_given():
+    """A parent's offset (fitted to another data set's annotators) is replaced by the one the
+    validation masks show; here the masks are the model's own output moved up by half a pixel."""
+    from dataclasses import replace
+
+    from napari_unet.calibration import shift_probabilities
+    from napari_unet.prediction import predict
+    from tiny_models import contrasty_tiny_model
+
+    parent = contrasty_tiny_model(UNetConfig(base_width=4, depth=2), seed=3)
+    parent.metadata = replace(parent.metadata, output_offset=(0.75, -1.0))
+    images = [_pair(96, seed=s)[0] for s in (1, 2)]
+    unmoved = replace(parent.metadata, output_offset=(0.0, 0.0))
+    reference = parent.copy()
+    reference.metadata = unmoved
+    masks = [(shift_probabilities(predict(reference, image, output="probabilities"), (-0.5, 0.0)) >= 0.5).astype(np.uint8)
+             for image in images]
+    # One step at a negligible learning rate: the weights stay put, only the offset can change.
+    tuned, history = finetune(parent, images[:1], masks[:1], validation=(images, masks), epochs=1, steps_per_epoch=1,
+                              batch_size=1, learning_rate=1e-12, augment=False)
+    assert history.output_offset == (-0.5, 0.0)
+    assert tuned.metadata.output_offset == (-0.5, 0.0)
+    assert tuned.metadata.info["training"]["output_offset"] == [-0.5, 0.0]
+    assert parent.metadata.output_offset == (0.75, -1.0)  # the parent is left alone
+    assert history.val_iou > 0.95
