@@ -2,9 +2,10 @@
 
     .venv/bin/python scripts/train_shipped_models.py membranes        # one recipe
     .venv/bin/python scripts/train_shipped_models.py --list           # what recipes exist
+    .venv/bin/python scripts/train_shipped_models.py membranes --recalibrate   # no training (see below)
 
-Each recipe trains from scratch with the project's own finetune() on a fixed split, picks a
-threshold on the validation images, and measures the held-out test images (never trained on)
+Each recipe trains from scratch with the project's own finetune() on a fixed split, fits the output
+offset (calibration.py) and picks a threshold on the validation images, and measures the held-out test images (never trained on)
 with the project's own predict()/evaluate(). The model card (<name>.json) records data, split,
 settings, seed, time, steps and those metrics; tests/test_shipped_models.py re-checks them.
 
@@ -141,14 +142,12 @@ def _rounded(scores: dict) -> dict:
 
 
 def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **setting_overrides) -> dict:
-    """Train, choose the threshold on validation, measure the held-out test set, save model + card."""
-    from napari_unet.evaluation import evaluate
-    from napari_unet.model import new_model, save_model
+    """Train from scratch on the recipe's split, then measure_and_save."""
+    from napari_unet.model import new_model
     from napari_unet.train import TrainConfig, finetune
 
     train_images, train_masks = load_split(recipe, recipe.train_stems)
     val_images, val_masks = load_split(recipe, recipe.validation_stems)
-    test_images, test_masks = load_split(recipe, recipe.test_stems)
 
     import keras
 
@@ -175,6 +174,41 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
     )
     training_seconds = time.monotonic() - started
     log(f"training done: {history.steps} steps in {training_seconds:.0f} s ({history.stopped_reason})")
+    training = {
+        "settings": {k: v for k, v in history.settings.items() if _json_safe(v)},  # as resolved by finetune
+        "seed": int(recipe.train_settings.get("seed", 0)),
+        "steps": int(history.steps),
+        "seconds": round(training_seconds, 1),
+        "best_epoch": getattr(history, "best_epoch", None),
+        "best_val_iou": _float_or_none(getattr(history, "val_iou", None)),
+        "stopped_reason": getattr(history, "stopped_reason", None),
+        "final_loss": _float_or_none(getattr(history, "final_loss", None)),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
+        "trained_on": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    }
+    return measure_and_save(recipe, trained, training, output_dir, log)
+
+
+def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path = MODELS_DIR, log=print) -> dict:
+    """Fit the output offset and threshold on validation, measure the held-out test set, save model + card.
+
+    Also run on its own by --recalibrate, on a model this recipe trained before (training unchanged).
+    """
+    from napari_unet.calibration import fit_output_offset
+    from napari_unet.evaluation import evaluate
+    from napari_unet.model import save_model
+    from napari_unet.prediction import predict
+
+    val_images, val_masks = load_split(recipe, recipe.validation_stems)
+    test_images, test_masks = load_split(recipe, recipe.test_stems)
+
+    # The annotators' offset (calibration.py), fitted on validation as finetune does; then the threshold.
+    trained.metadata.output_offset = (0.0, 0.0)
+    test_unmoved = evaluate(trained, test_images, test_masks, threshold=0.5)
+    offset_fit = fit_output_offset([predict(trained, image, output="probabilities") for image in val_images], val_masks)
+    trained.metadata.output_offset = offset_fit.offset
+    log(f"output offset {offset_fit.offset} (validation pixel error {offset_fit.pixel_error_at_zero:.4f} -> "
+        f"{offset_fit.pixel_error:.4f}); held-out without it @0.5: {_rounded(test_unmoved)}")
 
     validation = scores_by_threshold(trained, val_images, val_masks)
     best_threshold = min(validation, key=lambda t: (validation[t]["pixel_error"], abs(t - 0.5)))
@@ -200,23 +234,19 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
                 "validation": list(recipe.validation_stems),
                 "test_held_out": list(recipe.test_stems),
             },
-            "note": "the held-out test slices were never trained on and not used to choose the threshold",
+            "note": "the held-out test slices were never trained on and not used to choose the threshold or the output offset",
         },
         "architecture": asdict(recipe.unet),
         "symmetries": trained.metadata.symmetries,
         "normalization": trained.metadata.normalization.to_dict(),
         "tile_size": recipe.tile_size,
-        "training": {
-            "settings": {k: v for k, v in history.settings.items() if _json_safe(v)},  # as resolved by finetune
-            "seed": int(recipe.train_settings.get("seed", 0)),
-            "steps": int(history.steps),
-            "seconds": round(training_seconds, 1),
-            "best_epoch": getattr(history, "best_epoch", None),
-            "best_val_iou": _float_or_none(getattr(history, "val_iou", None)),
-            "stopped_reason": getattr(history, "stopped_reason", None),
-            "final_loss": _float_or_none(getattr(history, "final_loss", None)),
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
-            "trained_on": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "training": training,
+        "output_offset": {
+            "dy_dx": list(offset_fit.offset),
+            "why": "the annotations sit this far (px) from where the model, trained with rotations, puts the "
+                   "structure; prediction moves its output by it (napari_unet/calibration.py)",
+            "validation_pixel_error_without": round(offset_fit.pixel_error_at_zero, 4),
+            "validation_pixel_error_with": round(offset_fit.pixel_error, 4),
         },
         "threshold": {
             "default": 0.5,
@@ -229,6 +259,7 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
             "at_threshold_0.5": _rounded(test_at_half),
             "at_best_validation_threshold": {"threshold": best_threshold, **_rounded(test_at_best)},
             "with_test_time_augmentation": {"threshold": best_threshold_tta, **_rounded(test_tta)},
+            "without_output_offset_at_threshold_0.5": _rounded(test_unmoved),
             "measured_with": "napari_unet.evaluation.evaluate (tiled predict, pooled pixel counts); pixel_error = 1 - accuracy",
         },
         "reference": "U-Net paper (Ronneberger et al. 2015): pixel error 0.0611 on the ISBI challenge's hidden test stack (different split and metric)",
@@ -239,7 +270,7 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
         "description": recipe.description,
         "recommended_threshold": best_threshold,
         "metrics_held_out": card["metrics_held_out"],
-        "training": {k: card["training"][k] for k in ("steps", "seconds", "seed")},
+        "training": {k: training[k] for k in ("steps", "seconds", "seed")},
         "card": f"{recipe.name}.json",
         **recipe.extra_info,
     }
@@ -250,6 +281,17 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     log(f"wrote {model_path} ({model_path.stat().st_size / 1e6:.2f} MB) and {card_path}")
     return card
+
+
+def recalibrate(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print) -> dict:
+    """Re-fit offset and threshold of the model this recipe saved in output_dir, keeping its training record."""
+    from napari_unet.model import load_model_file
+
+    model_path, card_path = output_dir / f"{recipe.name}.keras", output_dir / f"{recipe.name}.json"
+    if not model_path.is_file() or not card_path.is_file():
+        raise SystemExit(f"--recalibrate needs {model_path} and {card_path} from an earlier run of this recipe")
+    training = json.loads(card_path.read_text())["training"]
+    return measure_and_save(recipe, load_model_file(model_path), training, output_dir, log)
 
 
 def _json_safe(value) -> bool:
@@ -269,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", help="recipe names (default: all)")
     parser.add_argument("--list", action="store_true", help="list the recipes and exit")
     parser.add_argument("--output", type=Path, default=MODELS_DIR, help="folder for <name>.keras and <name>.json")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="no training: re-fit output offset and threshold of the saved model, re-measure, rewrite the card")
     parser.add_argument("--smoke", action="store_true",
                         help="a 2x5-step run to check the pipeline (use with --output outside the package)")
     args = parser.parse_args(argv)
@@ -281,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in args.names or [r.name for r in RECIPES]:
-        train_recipe(recipe_by_name(name), args.output, log=lambda text: print(text, flush=True), **overrides)
+        log = lambda text: print(text, flush=True)  # noqa: E731
+        if args.recalibrate:
+            recalibrate(recipe_by_name(name), args.output, log=log)
+        else:
+            train_recipe(recipe_by_name(name), args.output, log=log, **overrides)
     return 0
 
 
