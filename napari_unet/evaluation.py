@@ -21,14 +21,15 @@ def _load(item, kind: str, index: int) -> tuple[np.ndarray, str]:
 
 
 def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None,
-             test_time_augmentation: bool = False) -> dict:
+             test_time_augmentation: bool | int = False) -> dict:
     """Predict each image and compare with its mask (mask > 0 is foreground; predicted label > 0 likewise).
 
     images/masks: equally long lists of 2D arrays or file paths (an (N, Y, X) array counts as N images).
     Returns {"iou", "dice", "pixel_error", "n_images", "per_image": [{"name", "iou", "dice",
     "pixel_error"}, ...]}; the totals pool the pixel counts of all images (not a mean of ratios).
     progress(done, total) counts images; cancel() is polled between images.
-    test_time_augmentation: predict with the flips/rotations the model was trained for averaged (prediction.forward_function).
+    test_time_augmentation: predict with the flips/rotations the model was trained for averaged (True: all;
+    2 or 4: that many; prediction.forward_function).
     """
     from napari_unet.errors import Cancelled
     from napari_unet.prediction import predict

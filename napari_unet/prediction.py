@@ -54,7 +54,7 @@ ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
 
-def forward_function(model: SegmentationModel, test_time_augmentation: bool = False):
+def forward_function(model: SegmentationModel, test_time_augmentation: bool | int = False):
     """The model's compiled forward pass: float32 (N, H, W, C) -> (N, H, W, n_classes).
 
     Traced once per Keras model with a (None, None, None, C) signature, so any tile size and batch
@@ -62,15 +62,19 @@ def forward_function(model: SegmentationModel, test_time_augmentation: bool = Fa
     model.predict is avoided on purpose: it is up to 2x slower and erratic on CPU (cpu-calibration.md).
     test_time_augmentation: average the flips/rotations the model was trained for
     (metadata.symmetries: 8 for most models, 2 for one trained with left-right flips only), each
-    undone before averaging. Costs that many times the work for a little accuracy.
+    undone before averaging; True = all of them, 2 or 4 = that many (augment.tta_views). Costs that
+    many times the work for a little accuracy.
     The model's metadata.output_offset is applied last, to the averaged output (calibration.py).
     """
     import tensorflow as tf
 
-    from napari_unet.augment import SYMMETRIES
+    from napari_unet.augment import tta_views
 
     keras_model = model.keras_model
-    transforms = SYMMETRIES.get(model.metadata.symmetries, SYMMETRIES["none"]) if test_time_augmentation else ()
+    try:
+        transforms = tta_views(model.metadata.symmetries, test_time_augmentation)
+    except ValueError as error:
+        raise NapariUNetError(str(error)) from None
     cache = model.__dict__.get("_forward")
     if cache is None or cache[0] is not keras_model:
         cache = (keras_model, {})
@@ -224,7 +228,7 @@ class _Plan:
     """Everything fixed for one call: tiling, batch size, classes."""
 
     def __init__(self, model: SegmentationModel, spatial_shape, tile_size, overlap, batch_size,
-                 test_time_augmentation: bool = False):
+                 test_time_augmentation: bool | int = False):
         config = model.config
         multiple = config.size_multiple
         model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
@@ -327,7 +331,7 @@ def predict_probabilities(
     batch_size: int = 4,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
-    test_time_augmentation: bool = False,
+    test_time_augmentation: bool | int = False,
 ) -> np.ndarray:
     """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here)."""
     plane_range = _plane_range(plane, model.metadata.normalization, None)
@@ -364,7 +368,7 @@ def predict(
     instances_of: str = "auto",
     min_size: int = 16,
     block_size: int = BLOCK_SIZE,
-    test_time_augmentation: bool = False,
+    test_time_augmentation: bool | int = False,
 ):
     """Segment `image` (numpy or dask; layouts in the module docstring) with `model`.
 
@@ -378,7 +382,7 @@ def predict(
     raises errors.Cancelled. dask input returns a lazy dask array (instances not supported there).
     Constant planes are predicted as background with a warning.
     test_time_augmentation: average the flips/rotations the model was trained for over every tile
-    (up to 8x slower, slightly more accurate; see forward_function).
+    (True: all, up to 8x slower; 2: two views, 2x; slightly more accurate; see forward_function).
     """
     if output not in OUTPUTS:
         raise NapariUNetError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")

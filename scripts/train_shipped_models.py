@@ -127,7 +127,7 @@ def load_split(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndarray]
     return images, masks
 
 
-def scores_by_threshold(model, images, masks, thresholds=THRESHOLDS, test_time_augmentation: bool = False) -> dict[float, dict]:
+def scores_by_threshold(model, images, masks, thresholds=THRESHOLDS, test_time_augmentation: bool | int = False) -> dict[float, dict]:
     """Pooled IoU/Dice/pixel error at each threshold, from one probability map per image."""
     from napari_unet.metrics import pooled_scores
     from napari_unet.prediction import predict
@@ -194,6 +194,7 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
 
     Also run on its own by --recalibrate, on a model this recipe trained before (training unchanged).
     """
+    from napari_unet.augment import tta_views
     from napari_unet.calibration import fit_output_offset
     from napari_unet.evaluation import evaluate
     from napari_unet.model import save_model
@@ -221,6 +222,10 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
     best_threshold_tta = min(validation_tta, key=lambda t: (validation_tta[t]["pixel_error"], abs(t - 0.5)))
     test_tta = evaluate(trained, test_images, test_masks, threshold=best_threshold_tta, test_time_augmentation=True)
     log(f"held-out with test-time augmentation @{best_threshold_tta} (chosen on validation): {_rounded(test_tta)}")
+    validation_two = scores_by_threshold(trained, val_images, val_masks, test_time_augmentation=2)
+    best_threshold_two = min(validation_two, key=lambda t: (validation_two[t]["pixel_error"], abs(t - 0.5)))
+    test_two = evaluate(trained, test_images, test_masks, threshold=best_threshold_two, test_time_augmentation=2)
+    log(f"held-out with 2 views @{best_threshold_two} (chosen on validation): {_rounded(test_two)}")
 
     card = {
         "name": recipe.name,
@@ -258,7 +263,9 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
             "foreground_class": recipe.class_names[0],
             "at_threshold_0.5": _rounded(test_at_half),
             "at_best_validation_threshold": {"threshold": best_threshold, **_rounded(test_at_best)},
-            "with_test_time_augmentation": {"threshold": best_threshold_tta, **_rounded(test_tta)},
+            "with_test_time_augmentation": {"threshold": best_threshold_tta, "views": len(tta_views(trained.metadata.symmetries, True)),
+                                            **_rounded(test_tta)},
+            "with_2_views": {"threshold": best_threshold_two, **_rounded(test_two)},
             "without_output_offset_at_threshold_0.5": _rounded(test_unmoved),
             "measured_with": "napari_unet.evaluation.evaluate (tiled predict, pooled pixel counts); pixel_error = 1 - accuracy",
         },

@@ -123,3 +123,17 @@ def test_tta_flag_reaches_the_engine(model_path, image_dir, tmp_path):
     augmented = tifffile.imread(tmp_path / "tta" / "a.tif")
     assert plain.shape == augmented.shape == (50, 70)
     assert np.abs(plain - augmented).max() > 0.01
+
+
+def test_tta_views_count_reaches_the_engine_and_a_bad_count_is_refused(model_path, image_dir, tmp_path, capsys):
+    from napari_unet import load_model, predict
+    from napari_unet.io import read_image
+
+    assert main(["predict", "-m", model_path, str(image_dir / "a.tif"), "-o", str(tmp_path / "two"), "--probabilities",
+                 "--tta", "2"]) == 0
+    expected = predict(load_model(model_path), read_image(image_dir / "a.tif"), output="probabilities",
+                       test_time_augmentation=2)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "two" / "a.tif"), expected, atol=1e-6)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "-m", model_path, str(image_dir / "a.tif"), "-o", str(tmp_path / "three"), "--tta", "3"])
+    assert exit_info.value.code == 2 and "--tta" in capsys.readouterr().err

@@ -336,3 +336,16 @@ def test_test_time_augmentation_uses_only_the_models_symmetries(model):
     plain = predict(mirror_model, image, output="probabilities")
     mirrored = predict(mirror_model, image[:, ::-1].copy(), output="probabilities")[:, ::-1]
     np.testing.assert_allclose(averaged, (plain + mirrored) / 2, atol=1e-4)
+
+
+def test_test_time_augmentation_with_two_or_four_views_averages_a_symmetric_subset(model):
+    image = smooth_image((64, 64), seed=6)
+    views = {(k, m): _undo_dihedral(predict(model, _dihedral(image, k, m).copy(), output="probabilities"), k, m)
+             for k in range(4) for m in (False, True)}
+    two = predict(model, image, output="probabilities", test_time_augmentation=2)
+    np.testing.assert_allclose(two, (views[(0, False)] + views[(2, False)]) / 2, atol=1e-4)  # identity + half turn
+    four = predict(model, image, output="probabilities", test_time_augmentation=4)
+    np.testing.assert_allclose(four, np.mean([views[(k, m)] for k in (0, 2) for m in (False, True)], axis=0), atol=1e-4)
+    assert np.abs(two - four).max() > 0.01
+    with pytest.raises(NapariUNetError, match="views=3"):
+        predict(model, image, test_time_augmentation=3)

@@ -96,19 +96,20 @@ def test_membranes_output_offset_fitted_on_validation_also_helps_on_held_out_sli
 
 
 @pytest.mark.slow
-def test_membranes_model_with_test_time_augmentation_keeps_its_card_accuracy(isbi_dir):
+@pytest.mark.parametrize("key, views", [("with_test_time_augmentation", True), ("with_2_views", 2)])
+def test_membranes_model_with_test_time_augmentation_keeps_its_card_accuracy(isbi_dir, key, views):
     from napari_unet.evaluation import evaluate
     from napari_unet.io import read_image
 
     card = _card("membranes")
-    expected = card["metrics_held_out"].get("with_test_time_augmentation")
+    expected = card["metrics_held_out"].get(key)
     if expected is None:
-        pytest.fail("the membranes card has no test-time augmentation metrics: rerun scripts/train_shipped_models.py")
+        pytest.fail(f"the membranes card has no {key} metrics: rerun scripts/train_shipped_models.py")
     stems = card["metrics_held_out"]["images"]
     images = [read_image(isbi_dir / "images" / f"{s}.png") for s in stems]
     masks = [(read_image(isbi_dir / "masks" / f"{s}.png") > 0).astype(np.uint8) for s in stems]
     measured = evaluate(load_model("membranes"), images, masks, threshold=expected["threshold"],
-                        test_time_augmentation=True)
+                        test_time_augmentation=views)
     assert measured["pixel_error"] <= expected["pixel_error"] + PIXEL_ERROR_MARGIN
     assert measured["iou"] >= expected["iou"] - IOU_MARGIN
     assert measured["pixel_error"] <= GOAL_PIXEL_ERROR  # issue 5's goal, met with test-time augmentation

@@ -492,3 +492,20 @@ def test_threshold_slider_recomputes_instances_of_the_predicted_slice_only(qtbot
     tab.threshold_slider.setValue(step)
     qtbot.waitUntil(lambda: np.array_equal(layer.data[1], expected), timeout=5_000)
     assert layer.data.dtype == np.int32 and not layer.data[[0, 2]].any()
+
+
+def test_views_menu_averages_that_many_flipped_predictions(qtbot, contrasty_dock, blobs_image, notifications):
+    from napari_unet.prediction import predict
+
+    viewer, widget = contrasty_dock
+    tab = widget.predict_tab
+    assert tab.views_combo.currentData() == 1  # fastest by default
+    viewer.add_image(blobs_image, name="cells")
+    tab.probabilities_check.setChecked(True)
+    tab.views_combo.setCurrentIndex(tab.views_combo.findData(2))
+    job = wait_for(qtbot, tab.predict())
+    assert job.error is None, errors(notifications)
+    model = widget.session.load_model()
+    two_views = predict(model, blobs_image, output="probabilities", test_time_augmentation=2)
+    np.testing.assert_allclose(viewer.layers["cells probability"].data, two_views, atol=1e-6)
+    assert np.abs(two_views - predict(model, blobs_image, output="probabilities")).max() > 0.01
