@@ -25,6 +25,16 @@ def _card(name: str) -> dict:
     return json.loads((SHIPPED_MODELS_DIR / f"{name}.json").read_text())
 
 
+def _held_out_slices(isbi_dir, card: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The card's held-out ISBI images and 0/1 masks, read from ../shared/data."""
+    from napari_unet.io import read_image
+
+    stems = card["metrics_held_out"]["images"]
+    images = [read_image(isbi_dir / "images" / f"{s}.png") for s in stems]
+    masks = [(read_image(isbi_dir / "masks" / f"{s}.png") > 0).astype(np.uint8) for s in stems]
+    return images, masks
+
+
 def test_membranes_model_is_shipped():
     assert "membranes" in shipped_model_names()
 
@@ -59,15 +69,12 @@ def test_shipped_model_metadata_matches_its_card(name):
 @pytest.mark.slow
 def test_membranes_model_keeps_its_held_out_accuracy(isbi_dir):
     from napari_unet.evaluation import evaluate
-    from napari_unet.io import read_image
 
     card = _card("membranes")
-    stems = card["metrics_held_out"]["images"]
-    images = [read_image(isbi_dir / "images" / f"{s}.png") for s in stems]
-    masks = [(read_image(isbi_dir / "masks" / f"{s}.png") > 0).astype(np.uint8) for s in stems]
+    images, masks = _held_out_slices(isbi_dir, card)
     measured = evaluate(load_model("membranes"), images, masks, threshold=0.5)
     expected = card["metrics_held_out"]["at_threshold_0.5"]
-    assert measured["n_images"] == len(stems)
+    assert measured["n_images"] == len(card["metrics_held_out"]["images"])
     assert measured["pixel_error"] <= expected["pixel_error"] + PIXEL_ERROR_MARGIN
     assert measured["iou"] >= expected["iou"] - IOU_MARGIN
     # and far better than the trivial "all interior" answer (pixel error = membrane fraction ≈ 0.2)
@@ -79,12 +86,9 @@ def test_membranes_output_offset_fitted_on_validation_also_helps_on_held_out_sli
     from dataclasses import replace
 
     from napari_unet.evaluation import evaluate
-    from napari_unet.io import read_image
 
     card = _card("membranes")
-    stems = card["metrics_held_out"]["images"]
-    images = [read_image(isbi_dir / "images" / f"{s}.png") for s in stems]
-    masks = [(read_image(isbi_dir / "masks" / f"{s}.png") > 0).astype(np.uint8) for s in stems]
+    images, masks = _held_out_slices(isbi_dir, card)
     model = load_model("membranes")
     assert model.metadata.output_offset != (0.0, 0.0)
     unmoved = model.copy()
@@ -99,15 +103,12 @@ def test_membranes_output_offset_fitted_on_validation_also_helps_on_held_out_sli
 @pytest.mark.parametrize("key, views", [("with_test_time_augmentation", True), ("with_2_views", 2)])
 def test_membranes_model_with_test_time_augmentation_keeps_its_card_accuracy(isbi_dir, key, views):
     from napari_unet.evaluation import evaluate
-    from napari_unet.io import read_image
 
     card = _card("membranes")
     expected = card["metrics_held_out"].get(key)
     if expected is None:
         pytest.fail(f"the membranes card has no {key} metrics: rerun scripts/train_shipped_models.py")
-    stems = card["metrics_held_out"]["images"]
-    images = [read_image(isbi_dir / "images" / f"{s}.png") for s in stems]
-    masks = [(read_image(isbi_dir / "masks" / f"{s}.png") > 0).astype(np.uint8) for s in stems]
+    images, masks = _held_out_slices(isbi_dir, card)
     measured = evaluate(load_model("membranes"), images, masks, threshold=expected["threshold"],
                         test_time_augmentation=views)
     assert measured["pixel_error"] <= expected["pixel_error"] + PIXEL_ERROR_MARGIN
