@@ -19,7 +19,8 @@ from napari_unet._widgets._workers import Job
 
 PREDICT_SHORTCUT = "Shift+U"
 # (views averaged by test-time augmentation, label); on ISBI held-out: 0.0719, 0.0694, 0.069, 0.0684 pixel error.
-TTA_CHOICES = ((1, "1 (fastest)"), (2, "2: flipped too (2× time)"), (4, "4 (4× time)"), (8, "8: all flips/rotations (8×)"))
+TTA_CHOICES = ((1, "1 (fastest)"), (2, "2: also turned 180° (2× time)"), (4, "4: also mirrored (4× time)"),
+               (8, "8: all flips and rotations (8× time)"))
 THRESHOLD_DEBOUNCE_MS = 150  # re-threshold once the slider rests, not at every step of a drag
 
 
