@@ -5,8 +5,9 @@ dark membranes, on every slice. A model trained with flips and 90° rotations ca
 offset (rotated pairs contradict each other), so it predicts centred on the membrane and scores
 worse against those masks. Prediction therefore moves the probability map by the model's
 `ModelMetadata.output_offset` (after test-time augmentation, so the views stay symmetric), and this
-module fits that offset on validation data. Moving away from (0, 0) needs a clear gain (TOLERANCE),
-so noise in a small validation set does not invent an offset.
+module fits that offset on validation data. Moving away from (0, 0) needs a clear gain (more than
+TOLERANCE of the wrong pixels and more than 3 standard deviations of their count), so noise in a
+small validation set does not invent an offset.
 
 The move is linear interpolation between a pixel and its neighbour, with the edge repeated; the
 prediction engine does exactly the same in TensorFlow (prediction.forward_function).
@@ -20,7 +21,8 @@ import numpy as np
 
 MAX_OFFSET = 1.0
 OFFSET_STEP = 0.25
-# An offset is kept only if its pixel error beats every smaller one by more than this fraction.
+# An offset is kept only if it has fewer wrong pixels than every smaller one by more than this
+# fraction (and by more than 3 sqrt(count), the noise of a count).
 TOLERANCE = 0.01
 IGNORE_LABEL = 255  # not annotated (same value as train.IGNORE_LABEL)
 
@@ -55,7 +57,8 @@ class OffsetFit:
     tried: dict[tuple[float, float], float] = field(default_factory=dict)
 
 
-def _pixel_error(probability_maps, masks, offset, threshold: float, n_classes: int) -> float:
+def _wrong_pixels(probability_maps, masks, offset, threshold: float, n_classes: int) -> tuple[int, int]:
+    """(wrong, annotated) pixel counts with the maps moved by offset."""
     wrong = total = 0
     for probabilities, mask in zip(probability_maps, masks):
         moved = shift_probabilities(probabilities, offset)
@@ -68,7 +71,7 @@ def _pixel_error(probability_maps, masks, offset, threshold: float, n_classes: i
         truth = mask if n_classes > 1 else (mask > 0).astype(np.uint8)
         wrong += int(np.count_nonzero((predicted != truth) & annotated))
         total += int(np.count_nonzero(annotated))
-    return wrong / total if total else 0.0
+    return wrong, total
 
 
 def fit_output_offset(probability_maps, masks, *, threshold: float = 0.5, n_classes: int = 1,
@@ -77,23 +80,27 @@ def fit_output_offset(probability_maps, masks, *, threshold: float = 0.5, n_clas
 
     probability_maps: (Y, X) or (Y, X, n_classes) float arrays predicted with no offset; masks: same
     Y x X, class ids, IGNORE_LABEL = not annotated. Searches dy then dx on a 0.25 px grid in [-1, 1];
-    among the offsets within `tolerance` (relative) of the best, the smallest one wins.
+    among the offsets not clearly worse than the best (see TOLERANCE), the smallest one wins.
     """
     probability_maps, masks = list(probability_maps), [np.asarray(m) for m in masks]
     grid = [round(float(v), 2) for v in np.arange(-MAX_OFFSET, MAX_OFFSET + 1e-9, OFFSET_STEP)]
-    tried: dict[tuple[float, float], float] = {}
+    wrong_counts: dict[tuple[float, float], int] = {}
+    annotated = 0
 
-    def error(offset) -> float:
-        if offset not in tried:
-            tried[offset] = _pixel_error(probability_maps, masks, offset, threshold, n_classes)
-        return tried[offset]
+    def wrong(offset) -> int:
+        nonlocal annotated
+        if offset not in wrong_counts:
+            wrong_counts[offset], annotated = _wrong_pixels(probability_maps, masks, offset, threshold, n_classes)
+        return wrong_counts[offset]
 
     def best_along(candidates):
-        errors = {c: error(c) for c in candidates}
-        lowest = min(errors.values())
-        close = [c for c, e in errors.items() if e <= lowest * (1.0 + tolerance)]
+        counts = {c: wrong(c) for c in candidates}
+        fewest = min(counts.values())
+        margin = max(tolerance * fewest, 3.0 * np.sqrt(fewest))
+        close = [c for c, count in counts.items() if count <= fewest + margin]
         return min(close, key=lambda c: (abs(c[0]) + abs(c[1]), c))
 
     dy = best_along([(v, 0.0) for v in grid])[0]
     offset = best_along([(dy, v) for v in grid])
-    return OffsetFit(offset=offset, pixel_error=error(offset), pixel_error_at_zero=error((0.0, 0.0)), tried=tried)
+    error = {c: count / annotated if annotated else 0.0 for c, count in wrong_counts.items()}
+    return OffsetFit(offset=offset, pixel_error=error[offset], pixel_error_at_zero=error[(0.0, 0.0)], tried=error)
