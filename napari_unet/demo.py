@@ -228,6 +228,8 @@ def run_demo(
             "final_loss": None if history.final_loss is None else float(history.final_loss),
             "stopped_reason": str(history.stopped_reason),
             "budget_seconds": seconds,
+            "output_offset_before": [float(v) for v in model.metadata.output_offset],
+            "output_offset_after": [float(v) for v in tuned.metadata.output_offset],
         },
         held_out_pixels=int(sum(np.count_nonzero(h) for h in case.held_out)),
         trained_pixels=int(sum(np.count_nonzero(m != IGNORE_LABEL) for m in train_masks)),
@@ -266,6 +268,9 @@ def format_summary(result: DemoResult) -> str:
         if phase == "finetune":
             extra = f"   {result.finetune['steps']} steps, lr {result.finetune['learning_rate']:g}"
         rows.append(f"  {label:<17}{result.timings.get(phase, 0.0):8.1f}{extra}")
+    offsets = result.finetune.get("output_offset_before"), result.finetune.get("output_offset_after")
+    if None not in offsets:
+        rows.append(f"  output offset (dy, dx) {tuple(offsets[0])} → {tuple(offsets[1])}, re-fitted on the corrected part")
     rows += ["", "  held-out scores    before    after    change"]
     for key, label in (("iou", "IoU"), ("dice", "Dice"), ("pixel_error", "pixel error")):
         b, a = result.before[key], result.after[key]

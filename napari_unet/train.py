@@ -753,7 +753,7 @@ def finetune(
     history.cancelled = stop == "cancelled"
     history.final_loss = history.epochs[-1]["loss"] if history.epochs else None
     history.val_iou, history.val_dice = best_metrics.get("iou"), best_metrics.get("dice")
-    if validation_pairs and not history.cancelled:
+    if validation_pairs:  # also after Stop: the model kept is calibrated too
         _refit_output_offset(trained, validation_pairs, config.threshold, history)
     history.seconds = time.monotonic() - started
     trained.metadata.info["training"] = {

@@ -52,6 +52,11 @@ def test_demo_command_prints_before_after_json(capsys):
     # the shipped model must do something sensible on the EM-like sample before any fine-tuning
     assert result["before"]["pixel_error"] < 0.2
     assert result["finetune"]["steps"] > 0
+    # The shipped model's ISBI offset is re-fitted on the corrected half (the synthetic masks have their own).
+    from napari_unet import load_model
+
+    assert result["finetune"]["output_offset_before"] == list(load_model("membranes").metadata.output_offset)
+    assert all(abs(v) <= 1 for v in result["finetune"]["output_offset_after"])
     assert result["held_out_pixels"] == result["trained_pixels"] == 512 * 256
     assert set(result["timings"]) >= {"load_model", "predict_before", "finetune", "predict_after"}
     if result["improved"]:
