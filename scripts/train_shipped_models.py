@@ -80,9 +80,10 @@ RECIPES: list[Recipe] = [
             lr_schedule="cosine",
             augment=True,  # flips, 90° rotations, elastic deformation, intensity jitter (augment.py)
             # Rotations stay on although the ISBI masks sit ~0.5 px above the dark membranes (rotated
-            # pairs teach contradictory offsets; the output sits ~1 px low): without them the model
-            # over-fitted (depth 3: held-out 0.0773 vs 0.0757), and 800 steps without them after this
-            # training took depth 4 from 0.0714 to 0.0722. See AugmentConfig.rotations.
+            # pairs teach contradictory offsets, so the model draws them centred): without them the
+            # model over-fitted (depth 3: held-out 0.0773 vs 0.0757), and 800 steps without them after
+            # this training took depth 4 from 0.0714 to 0.0722. The offset is put back after training
+            # instead: measure_and_save fits the model's output_offset on validation (calibration.py).
             augmentation=AugmentConfig(rotations=True),
             dice_weight=1.0,  # loss = BCE + soft Dice
             early_stopping_patience=0,  # run the whole cosine schedule; the best epoch (val IoU) is kept
