@@ -212,21 +212,20 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
     log(f"output offset {offset_fit.offset} (validation pixel error {offset_fit.pixel_error_at_zero:.4f} -> "
         f"{offset_fit.pixel_error:.4f}); held-out without it @0.5: {_rounded(test_unmoved)}")
 
-    validation = scores_by_threshold(trained, val_images, val_masks)
-    best_threshold = min(validation, key=lambda t: (validation[t]["pixel_error"], abs(t - 0.5)))
+    def at_validation_threshold(views: bool | int, label: str) -> tuple[dict, float, dict]:
+        """Validation scores by threshold, the threshold they choose, held-out scores there."""
+        validation = scores_by_threshold(trained, val_images, val_masks, test_time_augmentation=views)
+        threshold = min(validation, key=lambda t: (validation[t]["pixel_error"], abs(t - 0.5)))
+        held_out = evaluate(trained, test_images, test_masks, threshold=threshold, test_time_augmentation=views)
+        log(f"held-out {label} @{threshold} (chosen on validation): {_rounded(held_out)}")
+        return validation, threshold, held_out
+
     test_at_half = evaluate(trained, test_images, test_masks, threshold=0.5)
-    test_at_best = evaluate(trained, test_images, test_masks, threshold=best_threshold)
     log(f"held-out {recipe.test_stems[0]}-{recipe.test_stems[-1]} @0.5: {_rounded(test_at_half)}")
-    log(f"held-out @{best_threshold} (chosen on validation): {_rounded(test_at_best)}")
-    # The same with test-time augmentation (the model's flips/rotations averaged), threshold chosen again on validation.
-    validation_tta = scores_by_threshold(trained, val_images, val_masks, test_time_augmentation=True)
-    best_threshold_tta = min(validation_tta, key=lambda t: (validation_tta[t]["pixel_error"], abs(t - 0.5)))
-    test_tta = evaluate(trained, test_images, test_masks, threshold=best_threshold_tta, test_time_augmentation=True)
-    log(f"held-out with test-time augmentation @{best_threshold_tta} (chosen on validation): {_rounded(test_tta)}")
-    validation_two = scores_by_threshold(trained, val_images, val_masks, test_time_augmentation=2)
-    best_threshold_two = min(validation_two, key=lambda t: (validation_two[t]["pixel_error"], abs(t - 0.5)))
-    test_two = evaluate(trained, test_images, test_masks, threshold=best_threshold_two, test_time_augmentation=2)
-    log(f"held-out with 2 views @{best_threshold_two} (chosen on validation): {_rounded(test_two)}")
+    validation, best_threshold, test_at_best = at_validation_threshold(False, "1 view")
+    # The same with test-time augmentation (the model's flips/rotations averaged), threshold chosen again.
+    _, best_threshold_tta, test_tta = at_validation_threshold(True, "all views")
+    _, best_threshold_two, test_two = at_validation_threshold(2, "2 views")
 
     card = {
         "name": recipe.name,
