@@ -188,6 +188,11 @@ def _run_predict_command(args) -> int:
 
     inputs = _expand_inputs(args.inputs)
     output_dir = Path(args.output)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise NapariUNetError(f"cannot create the output folder '{output_dir}': {exc.strerror or exc} — "
+                              "choose a folder you can write to with -o") from exc
     targets = {}
     for path in inputs:
         target = output_dir / f"{path.stem}.tif"
@@ -347,15 +352,7 @@ def _run_finetune_command(args) -> int:
     overrides = {key: value for key, value in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch),
                                                ("learning_rate", args.lr), ("seed", args.seed)) if value is not None}
 
-    def report(event) -> None:
-        if event.kind == "step":
-            eta = f", ~{event.eta_seconds:.0f} s left" if event.eta_seconds is not None else ""
-            print(f"\r[finetune] epoch {event.epoch}/{event.epochs} step {event.step}/{event.total_steps} "
-                  f"loss {event.loss:.4f}{eta}   ", end="", file=sys.stderr, flush=True)
-        elif event.kind == "epoch":
-            score = f" val IoU {event.val_iou:.4f}" if event.val_iou is not None else ""
-            print(f"\r[finetune] epoch {event.epoch}/{event.epochs} done: loss {event.loss:.4f}{score}            ",
-                  file=sys.stderr, flush=True)
+    report = _training_report("finetune")
 
     tuned, history = finetune(model, images, masks, names=names, progress=report, **overrides)
 
@@ -404,7 +401,7 @@ def _run_models_command(args) -> int:
     import json
 
     from napari_unet.model import read_metadata
-    from napari_unet.registry import shipped_model_names, shipped_model_path
+    from napari_unet.shipped import shipped_model_names, shipped_model_path
     from napari_unet.store import ModelStore
 
     shipped = []
@@ -438,6 +435,171 @@ def _run_models_command(args) -> int:
 
 
 COMMANDS.append(add_models_command)
+
+
+def add_project_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "project",
+        help="the correction loop as a project: pairs, evaluation pairs, rounds with evidence and rollback",
+        description=(
+            "A project is a folder of training pairs, evaluation pairs (never trained on), the model versions "
+            "made in it and a log of rounds. Each round fine-tunes the active version, scores it against its "
+            "parent on the evaluation pairs, and keeps it only if it passes the guard."
+        ),
+    )
+    commands = parser.add_subparsers(dest="project_command", metavar="ACTION", required=True)
+    init = commands.add_parser("init", help="a new project starting from MODEL")
+    init.add_argument("dir", metavar="DIR")
+    init.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path")
+    init.set_defaults(func=_run_project_init)
+    add = commands.add_parser("add", help="add a training pair, or an evaluation pair with --eval")
+    add.add_argument("dir", metavar="DIR")
+    add.add_argument("--image", required=True, metavar="IMG")
+    add.add_argument("--mask", required=True, metavar="MASK",
+                     help="0 = background, other values = objects (ids or 1), 255 = not annotated; for --eval: > 0 is foreground")
+    add.add_argument("--eval", action="store_true", help="an evaluation pair: scored every round, never trained on")
+    add.add_argument("--name", default=None, metavar="NAME", help="pair name (default: the image's file stem)")
+    add.set_defaults(func=_run_project_add)
+    run = commands.add_parser("round", help="fine-tune, score against the parent, keep or roll back, record")
+    run.add_argument("dir", metavar="DIR")
+    run.add_argument("--seconds", type=float, default=None, metavar="S", help="time budget for training (default: none)")
+    run.add_argument("--epochs", type=int, default=None, metavar="N", help=f"epochs (default {_train_default('epochs')})")
+    run.add_argument("--seed", type=int, default=None, metavar="S", help=f"random seed (default {_train_default('seed')})")
+    run.add_argument("--json", action="store_true", help="print the round's record as one JSON object")
+    run.set_defaults(func=_run_project_round)
+    status = commands.add_parser("status", help="the active version and every round's scores")
+    status.add_argument("dir", metavar="DIR")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_run_project_status)
+    retrain = commands.add_parser("retrain", help="repeat a recorded round and report how close the result is")
+    retrain.add_argument("dir", metavar="DIR")
+    retrain.add_argument("round", type=int, metavar="ROUND")
+    retrain.add_argument("--json", action="store_true", help="print one JSON object")
+    retrain.set_defaults(func=_run_project_retrain)
+
+
+def _train_default(name: str):
+    """TrainConfig's default for `name`, read without importing TensorFlow (help must stay instant)."""
+    import ast
+    from pathlib import Path
+
+    source = (Path(__file__).parent / "train.py").read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name and node.value is not None:
+            return ast.literal_eval(node.value)
+    return None
+
+
+def _run_project_init(args) -> int:
+    from napari_unet.project import Project
+
+    project = Project.init(args.dir, args.model)
+    print(f"project '{project.root}' starts from '{args.model}'")
+    return 0
+
+
+def _run_project_add(args) -> int:
+    from pathlib import Path
+
+    from napari_unet.errors import NapariUNetError
+    from napari_unet.io import read_image
+    from napari_unet.project import Project
+
+    project = Project.open(args.dir)
+    image, mask = read_image(args.image), read_image(args.mask)
+    if mask.ndim == 3 and mask.shape[-1] == 1:
+        mask = mask[..., 0]
+    if mask.shape != image.shape[:2]:
+        raise NapariUNetError(
+            f"mask '{args.mask}' is {'×'.join(map(str, mask.shape))} but image '{args.image}' is "
+            f"{'×'.join(map(str, image.shape))}: a mask must have its image's height and width"
+        )
+    pair = project.add_pair(image, mask, evaluation=args.eval, name=args.name or Path(args.image).stem,
+                            source_image=str(args.image), source_labels=str(args.mask))
+    print(f"added {'evaluation' if args.eval else 'training'} pair '{pair.name}' to '{project.root}'")
+    return 0
+
+
+def _run_project_round(args) -> int:
+    import json
+    from dataclasses import replace
+
+    from napari_unet.project import Project
+    from napari_unet.train import TrainConfig
+
+    project = Project.open(args.dir)
+    config = TrainConfig()
+    overrides = {key: value for key, value in (("seconds", args.seconds), ("epochs", args.epochs),
+                                               ("seed", args.seed)) if value is not None}
+    config = replace(config, **overrides)
+    log = (lambda text: None) if args.json else (lambda text: print(f"[round] {text}", file=sys.stderr, flush=True))
+    outcome = project.round(config, progress=None if args.json else _training_report("round"), log=log)
+    from napari_unet.project import public_record
+
+    record = public_record(outcome.record)
+    if args.json:
+        print(json.dumps(record))
+    else:
+        print(_round_line(record))
+    return 0
+
+
+def _round_line(record: dict) -> str:
+    before, after = record["eval"]["before"], record["eval"]["after"]
+    state = "kept" if record["kept"] else "ROLLED BACK"
+    return (f"round {record['round']}: {record['parent']} -> {record['version']} ({state}); IoU {before['iou']:.4f} -> "
+            f"{after['iou']:.4f}, Dice {before['dice']:.4f} -> {after['dice']:.4f}; {record['seconds']:.0f} s\n  {record['reason']}")
+
+
+def _run_project_status(args) -> int:
+    import json
+
+    from napari_unet.project import Project
+
+    status = Project.open(args.dir).status()
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    print(f"project {status['project']}: {status['training_pairs']} training pair(s), "
+          f"{status['evaluation_pairs']} evaluation pair(s); started from {status['start_model']}")
+    print(f"active version: {status['active']}")
+    for record in status["rounds"]:
+        print(_round_line(record))
+    return 0
+
+
+def _run_project_retrain(args) -> int:
+    import json
+
+    from napari_unet.project import Project
+
+    report = Project.open(args.dir).retrain(args.round, progress=None if args.json else _training_report("retrain"))
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"round {report['round']} repeated ({report['steps']} of {report['recorded_steps']} steps): evaluation IoU "
+              f"{report['eval_recorded']['iou']:.4f} recorded, {report['eval_retrained']['iou']:.4f} now "
+              f"(difference {report['iou_difference']:+.4f}); largest weight difference {report['max_weight_difference']:.2e}")
+    return 0
+
+
+def _training_report(prefix: str):
+    """A progress callback printing one rewritten stderr line per step and one line per epoch."""
+
+    def report(event) -> None:
+        if event.kind == "step":
+            eta = f", ~{event.eta_seconds:.0f} s left" if event.eta_seconds is not None else ""
+            print(f"\r[{prefix}] epoch {event.epoch}/{event.epochs} step {event.step}/{event.total_steps} "
+                  f"loss {event.loss:.4f}{eta}   ", end="", file=sys.stderr, flush=True)
+        elif event.kind == "epoch":
+            score = f" val IoU {event.val_iou:.4f}" if event.val_iou is not None else ""
+            print(f"\r[{prefix}] epoch {event.epoch}/{event.epochs} done: loss {event.loss:.4f}{score}            ",
+                  file=sys.stderr, flush=True)
+
+    return report
+
+
+COMMANDS.append(add_project_command)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import numpy as np
 
 from napari_unet.errors import NapariUNetError
 
-IGNORE_LABEL = 255  # same value as napari_unet.train.IGNORE_LABEL; kept here to avoid importing TF early
+from napari_unet.masks import IGNORE_LABEL  # noqa: E402  (the one definition)
 DEFAULT_SECONDS = 60.0
 DEFAULT_LEARNING_RATE = 1e-4  # the safe interactive default (cpu-calibration §5)
 

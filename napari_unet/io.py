@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet._files import atomic_write_tiff
 from napari_unet.errors import NapariUNetError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -39,14 +40,13 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> Path:
     """Write a label image as a compressed TIFF via a temporary file, so a crash never leaves half a file."""
-    import tifffile
-
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial")
-    tifffile.imwrite(tmp, np.asarray(labels), compression="zlib")
-    os.replace(tmp, path)
-    return path
+    try:
+        return atomic_write_tiff(path, labels)
+    except OSError as exc:
+        raise NapariUNetError(
+            f"cannot write '{path}': {exc.strerror or exc} — choose an output folder you can write to"
+        ) from exc
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:

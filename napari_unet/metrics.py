@@ -45,11 +45,6 @@ def scores_from_counts(counts: dict[str, int]) -> dict[str, float]:
     }
 
 
-def segmentation_scores(predicted, truth, valid=None) -> dict[str, float]:
-    """IoU, Dice and pixel error of one predicted mask against its ground truth."""
-    return scores_from_counts(confusion_counts(predicted, truth, valid))
-
-
 def pooled_scores(pairs) -> dict[str, float]:
     """Scores over many (predicted, truth[, valid]) pairs, pooling pixel counts (not averaging ratios)."""
     total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}

@@ -63,6 +63,11 @@ class ModelMetadata:
     # masks sit ~0.5 px above the membranes) and a model trained with rotations cannot learn that.
     # Fitted on validation data by calibration.fit_output_offset; (0, 0) for files without it.
     output_offset: tuple[float, float] = (0.0, 0.0)
+    # How the output becomes instances (instances.INSTANCE_METHODS): "components" (foreground blobs,
+    # touching ones split on the distance transform), "enclosed" (a boundary model: the regions between
+    # boundaries), "boundary_watershed" (3 classes background/interior/boundary: seeded watershed).
+    # "" = decide from the class names, as files without the field were meant.
+    instances: str = ""
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -76,6 +81,7 @@ class ModelMetadata:
             "name": self.name,
             "symmetries": self.symmetries,
             "output_offset": [float(v) for v in self.output_offset],
+            "instances": self.instance_method,
             "info": self.info,
         }
 
@@ -89,8 +95,27 @@ class ModelMetadata:
             name=str(values.get("name", "unet")),
             symmetries=_known_symmetries(values.get("symmetries", "dihedral")),
             output_offset=_valid_offset(values.get("output_offset", (0.0, 0.0))),
+            instances=_known_instance_method(values.get("instances", "")),
             info=dict(values.get("info", {})),
         )
+
+    @property
+    def instance_method(self) -> str:
+        """The stored method, else the one the class names imply (boundary names: the enclosed regions)."""
+        if self.instances:
+            return self.instances
+        from napari_unet.postprocess import objects_are_background
+
+        return "enclosed" if objects_are_background(self.class_names) else "components"
+
+
+def _known_instance_method(name) -> str:
+    from napari_unet.instances import INSTANCE_METHODS
+
+    if not name or name in INSTANCE_METHODS:
+        return str(name or "")
+    warnings.warn(f"unknown instance method {name!r}: instances will be taken from the class names")
+    return ""
 
 
 def _known_symmetries(name) -> str:

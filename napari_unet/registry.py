@@ -7,17 +7,8 @@ from pathlib import Path
 
 from napari_unet.errors import ModelLoadError
 from napari_unet.model import SegmentationModel, load_model_file
-
-SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
-
-
-def shipped_model_names() -> list[str]:
-    """Names of the read-only models that come with the package (e.g. 'membranes')."""
-    return sorted(p.stem for p in SHIPPED_MODELS_DIR.glob("*.keras"))
-
-
-def shipped_model_path(name: str) -> Path:
-    return SHIPPED_MODELS_DIR / f"{name}.keras"
+from napari_unet.shipped import shipped_model_names, shipped_model_path
+from napari_unet.store import ModelStore
 
 
 def load_model(name_or_path: str | os.PathLike | SegmentationModel) -> SegmentationModel:
@@ -32,8 +23,6 @@ def load_model(name_or_path: str | os.PathLike | SegmentationModel) -> Segmentat
         model = load_model_file(shipped_model_path(text))
         model.source = text
         return model
-    from napari_unet.store import ModelStore
-
     store = ModelStore()
     if store.has(text):
         return store.load(text)

@@ -34,8 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet._files import temporary_sibling
+from napari_unet._files import atomic_write_json, temporary_sibling
 from napari_unet.errors import NapariUNetError
+from napari_unet.shipped import shipped_model_names, shipped_model_path
 
 RECORD_FORMAT = "napari-unet-version/1"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -213,20 +214,9 @@ class ModelStore:
                 path.unlink(missing_ok=True)
 
     def _write_json(self, path: Path, values: dict) -> None:
-        tmp_name = temporary_sibling(path, ".tmp")
-        try:
-            with open(tmp_name, "w") as handle:
-                json.dump(values, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        atomic_write_json(path, values)
 
     def _check_new_name(self, name: str) -> None:
-        from napari_unet.registry import shipped_model_names
-
         if not NAME_PATTERN.match(name or ""):
             raise NapariUNetError(
                 f"'{name}' is not a valid model name: use letters, digits, '.', '_' or '-' (up to 100, no spaces or '/')"
@@ -237,8 +227,6 @@ class ModelStore:
             raise NapariUNetError(f"a model version named '{name}' already exists in '{self.root}': choose another name")
 
     def _check_not_shipped(self, name: str, action: str) -> None:
-        from napari_unet.registry import shipped_model_names
-
         if name in shipped_model_names() and not self.has(name):
             raise NapariUNetError(f"'{name}' is a shipped model and cannot be {action}: shipped models are read-only")
 
@@ -381,8 +369,6 @@ class ModelStore:
 
     def export(self, name: str, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Copy a stored (or shipped) model to a .keras file elsewhere, atomically."""
-        from napari_unet.registry import shipped_model_names, shipped_model_path
-
         record = self.record(name)
         if record is not None:
             source = Path(record["path"])

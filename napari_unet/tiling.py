@@ -35,10 +35,6 @@ class AxisTiles:
     size: int
     starts: tuple[int, ...]
 
-    @property
-    def padded_length(self) -> int:
-        return self.starts[-1] + self.size - self.starts[0]
-
 
 def axis_tiles(length: int, max_tile: int, overlap: int, multiple: int) -> AxisTiles:
     """Cover `length` px with the fewest tiles of at most `max_tile` px (a multiple of `multiple`).

@@ -13,7 +13,8 @@ The input model is never changed: training runs on model.copy().
 
 Callbacks: progress(TrainProgress) after every step and epoch; cancel() is polled between steps and
 ends training with the best model so far (history.cancelled = True). A non-finite loss stops training
-and restores the last weights that gave a finite loss (history.stopped_reason = "non-finite loss").
+and restores the best weights so far, or the starting ones (history.stopped_reason = "non-finite loss").
+TrainConfig.seconds bounds training in time (stopped_reason = "time budget"); validation still runs.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ import numpy as np
 
 from napari_unet.augment import AugmentConfig, PairAugmenter, resolve_for_model, symmetries_of
 from napari_unet.errors import NapariUNetError
+from napari_unet.masks import IGNORE_LABEL, training_targets
 from napari_unet.model import SegmentationModel
 from napari_unet.normalize import apply_range, percentile_range
 
-IGNORE_LABEL = 255
 LR_SCHEDULES = ("constant", "cosine", "step")
 MASK_FIX = "use 0 = background, 1 = foreground, 255 = not annotated; e.g. mask = (labels > 0)"
 
@@ -61,6 +62,9 @@ class TrainConfig:
     border_sigma: float = 5.0
     threshold: float = 0.5  # for validation scores of 1-class models
     seed: int = 0
+    # Time budget in seconds from the first step (None: no limit): training stops after the step that
+    # crosses it, then validates and finishes, so a round's wall time is predictable.
+    seconds: float | None = None
 
     def check(self) -> None:
         problems = []
@@ -74,6 +78,8 @@ class TrainConfig:
             problems.append(f"validation_fraction must be in [0, 1), not {self.validation_fraction}")
         if not 0 <= self.foreground_fraction <= 1:
             problems.append(f"foreground_fraction must be in [0, 1], not {self.foreground_fraction}")
+        if self.seconds is not None and not (self.seconds > 0):
+            problems.append(f"seconds (the time budget) must be > 0, not {self.seconds}")
         if self.patch_size is not None and self.patch_size < 8:
             problems.append(f"patch_size must be at least 8 px, not {self.patch_size}")
         if problems:
@@ -107,7 +113,7 @@ class TrainHistory:
     seconds: float = 0.0
     best_epoch: int | None = None
     cancelled: bool = False
-    stopped_reason: str = "completed"  # or "cancelled", "early stopping", "non-finite loss"
+    stopped_reason: str = "completed"  # or "cancelled", "early stopping", "non-finite loss", "time budget"
     final_loss: float | None = None
     val_iou: float | None = None  # of the returned (best) weights
     val_dice: float | None = None
@@ -118,9 +124,6 @@ class TrainHistory:
     @property
     def losses(self) -> list[float]:
         return [epoch["loss"] for epoch in self.epochs]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -260,6 +263,8 @@ def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair", 
         name = image_name if image_name == mask_name else f"{label} {index} ({image_name})"
         if mask.ndim == 3 and mask.shape[-1] == 1:
             mask = mask[..., 0]
+        if mask.dtype.kind in "uib":  # the one mask rule (masks.py): user labels -> this model's targets
+            mask = training_targets(mask, model.config.n_classes, model.metadata.instance_method)
         mask = check_mask(mask, name, model.config.n_classes)
         raw, normalized = _prepare_image(image, name, model)
         if raw.shape[:2] != mask.shape:
@@ -336,23 +341,10 @@ def split_validation(pairs: list[_Pair], fraction: float, rng: np.random.Generat
 
 
 def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray) -> np.ndarray:
-    """(Y, X, n_classes) probabilities of one raw (Y, X, C) image, as prediction computes them.
+    """(Y, X, n_classes) probabilities of one raw (Y, X, C) image, exactly as prediction computes them."""
+    from napari_unet.prediction import predict_probabilities
 
-    Uses the tiled prediction engine; the fallback (a whole-image forward with reflect padding to
-    the size multiple) only exists so training works without predict.py.
-    """
-    try:
-        from napari_unet.prediction import predict_probabilities
-    except ImportError:  # pragma: no cover - the engine ships with the package
-        predict_probabilities = None
-    if predict_probabilities is not None:
-        return predict_probabilities(model, raw_image)
-    multiple = model.config.size_multiple
-    low, high = percentile_range(raw_image, model.metadata.normalization)
-    image = apply_range(raw_image, low, high)
-    height, width = image.shape[:2]
-    padded = np.pad(image, ((0, -height % multiple), (0, -width % multiple), (0, 0)), mode="reflect")
-    return np.asarray(model.keras_model(padded[None], training=False))[0, :height, :width]
+    return predict_probabilities(model, raw_image)
 
 
 def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float = 0.5,
@@ -683,7 +675,7 @@ def finetune(
                                      "n_training_pairs": len(training_pairs),
                                      "n_validation_pairs": len(validation_pairs)})
     best_score, best_weights, best_metrics = None, None, {}
-    last_good_weights = keras_model.get_weights()
+    initial_weights = keras_model.get_weights()  # what a non-finite loss falls back to before any best epoch
     epochs_without_improvement = 0
     step_seconds: list[float] = []
 
@@ -716,6 +708,7 @@ def finetune(
              eta_seconds=float(np.mean(step_seconds)) * (total_steps - history.steps) if step_seconds else None)
 
     stop = None
+    deadline = None
     for epoch in range(1, config.epochs + 1):
         epoch_started, losses = time.monotonic(), []
         for _ in range(config.steps_per_epoch):
@@ -723,15 +716,18 @@ def finetune(
                 stop = "cancelled"
                 break
             step_started = time.monotonic()
+            if deadline is None and config.seconds is not None:
+                deadline = step_started + config.seconds
+            if deadline is not None and step_started >= deadline:
+                stop = "time budget"
+                break
             batch_images, batch_labels, batch_weights = sampler.sample_batch(config.batch_size)
-            weights_before = keras_model.get_weights()
             loss, finite = train_step(batch_images, batch_labels, batch_weights)
             loss = float(loss)
-            if not (bool(finite) and math.isfinite(loss)):
-                keras_model.set_weights(last_good_weights)
+            if not (bool(finite) and math.isfinite(loss)):  # the step applied no update; keep the best so far
+                keras_model.set_weights(best_weights if best_weights is not None else initial_weights)
                 stop = "non-finite loss"
                 break
-            last_good_weights = weights_before
             losses.append(loss)
             history.steps += 1
             step_seconds.append(time.monotonic() - step_started)

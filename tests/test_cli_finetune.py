@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet import registry
+from napari_unet import registry, shipped as shipped_module
 from napari_unet.cli import main
 from napari_unet.model import UNetConfig, load_model_file, new_model, save_model
 from napari_unet.store import ModelStore
@@ -73,18 +73,26 @@ def test_finetune_refuses_to_overwrite_without_force_and_never_the_input(pairs_d
 
 
 def test_finetune_reports_bad_masks_in_one_line(pairs_dir, model_file, tmp_path, capsys):
-    tifffile.imwrite(pairs_dir / "masks" / "cell_1.tif", np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 7)
+    tifffile.imwrite(pairs_dir / "masks" / "cell_1.tif", np.full((64, 64), 0.5, dtype=np.float32))
     assert main(_args(pairs_dir, model_file, tmp_path / "o.keras")) == 2
     error = capsys.readouterr().err.strip()
-    assert len(error.splitlines()) == 1 and "cell_1.tif" in error and "mask = (labels > 0)" in error
+    assert len(error.splitlines()) == 1 and "cell_1.tif" in error and "non-integer" in error
     assert not (tmp_path / "o.keras").exists()
+
+
+def test_finetune_takes_instance_label_masks_as_the_dock_does(pairs_dir, model_file, tmp_path, capsys):
+    """One mask rule for every face: instance ids from files train as foreground."""
+    mask = tifffile.imread(pairs_dir / "masks" / "cell_1.tif")
+    tifffile.imwrite(pairs_dir / "masks" / "cell_1.tif", np.where(mask > 0, 7, 0).astype(np.uint16))
+    assert main(_args(pairs_dir, model_file, tmp_path / "o.keras")) == 0
+    assert (tmp_path / "o.keras").exists()
 
 
 def test_models_lists_shipped_models_with_their_metrics(tmp_path, monkeypatch, capsys):
     model = new_model(UNetConfig(base_width=4, depth=2), name="membranes")
     model.metadata.info = {"description": "EM membranes", "metrics_held_out": {"at_threshold_0.5": {"iou": 0.61}}}
     save_model(model, tmp_path / "shipped" / "membranes.keras")
-    monkeypatch.setattr(registry, "SHIPPED_MODELS_DIR", tmp_path / "shipped")
+    monkeypatch.setattr(shipped_module, "SHIPPED_MODELS_DIR", tmp_path / "shipped")
     assert main(["models"]) == 0
     text = capsys.readouterr().out
     assert "membranes" in text and "iou 0.6100" in text and "(none yet)" in text

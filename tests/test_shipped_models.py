@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_unet.registry import SHIPPED_MODELS_DIR, load_model, shipped_model_names
+from napari_unet.registry import load_model
+from napari_unet.shipped import SHIPPED_MODELS_DIR, shipped_model_names
 
 MAX_MODEL_BYTES = 10 * 1024 * 1024
 # A re-measurement may differ from the card by nondeterminism only (threads, oneDNN kernels: ~1e-4);

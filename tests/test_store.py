@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unet import registry, store as store_module
+from napari_unet import registry, shipped as shipped_module, store as store_module
 from napari_unet.errors import NapariUNetError
 from napari_unet.model import UNetConfig, new_model, save_model
 from napari_unet.store import ModelStore, array_sha1, pair_fingerprint
@@ -36,7 +36,7 @@ def shipped(tmp_path, monkeypatch, tiny):
     """A fake shipped model 'membranes' in a temporary models folder."""
     folder = tmp_path / "shipped"
     save_model(tiny, folder / "membranes.keras")
-    monkeypatch.setattr(registry, "SHIPPED_MODELS_DIR", folder)
+    monkeypatch.setattr(shipped_module, "SHIPPED_MODELS_DIR", folder)
     return folder
 
 

@@ -131,13 +131,11 @@ def test_loss_is_low_for_right_and_high_for_wrong_predictions():
 @pytest.mark.parametrize(
     "mask, words",
     [
-        (np.arange(64 * 64).reshape(64, 64) % 38, ["pair 0", "37", "mask = (labels > 0)"]),  # instance labels
-        (np.tile(np.array([0, 255, 2], np.uint8), 64 * 22)[: 64 * 64].reshape(64, 64), ["{0, 2, 255}", "255 = not annotated"]),
         (np.full((64, 64), 0.5, np.float32), ["non-integer", "pair 0"]),
         (np.full((64, 64), IGNORE_LABEL, np.uint8), ["no annotated pixels", "pair 0"]),
         (np.zeros((64, 60), np.uint8), ["64×60", "64×64", "pair 0"]),
     ],
-    ids=["instance-labels", "undocumented-values", "float-probabilities", "all-ignored", "shape-mismatch"],
+    ids=["float-probabilities", "all-ignored", "shape-mismatch"],
 )
 def test_bad_masks_are_refused_with_a_message_naming_the_pair(tiny_model, mask, words):
     image, _ = _pair()
@@ -145,6 +143,17 @@ def test_bad_masks_are_refused_with_a_message_naming_the_pair(tiny_model, mask, 
         finetune(tiny_model, [image], [mask], **QUICK)
     for word in words:
         assert word in str(error.value)
+
+
+def test_instance_labels_train_like_their_binary_mask(tiny_model):
+    """The one mask rule (masks.py): any label other than 0 and 255 is foreground for a one-class model."""
+    from napari_unet.train import prepare_pairs
+
+    image, mask = _pair()
+    instances = np.where(mask > 0, np.arange(mask.size).reshape(mask.shape) % 37 + 1, 0).astype(np.int32)
+    instances[:4] = IGNORE_LABEL
+    expected = np.where(instances == IGNORE_LABEL, IGNORE_LABEL, instances > 0)
+    np.testing.assert_array_equal(prepare_pairs(tiny_model, [image], [instances])[0].mask, expected)
 
 
 def test_zero_pairs_and_no_foreground_are_refused(tiny_model):

@@ -9,20 +9,13 @@ import pytest
 
 from napari_unet.errors import NapariUNetError
 from napari_unet.io import find_pairs
-from napari_unet.training_set import (
-    IGNORE_LABEL, TrainingSet, changed_pixels, compare_held_out, held_out_region, restrict_to_corrections,
-    thumbnail, to_training_mask,
-)
+from napari_unet.masks import IGNORE_LABEL, to_training_mask
+from napari_unet.training_set import TrainingSet, changed_pixels, held_out_region, restrict_to_corrections, thumbnail
 
 
 @pytest.fixture
 def image():
     return np.random.default_rng(0).integers(0, 255, (64, 80), dtype=np.uint8)
-
-
-def test_ignore_label_matches_the_trainer():
-    train = pytest.importorskip("napari_unet.train")
-    assert train.IGNORE_LABEL == IGNORE_LABEL
 
 
 def test_painted_labels_become_binary_with_ignore_kept():
@@ -117,11 +110,21 @@ def test_held_out_stripe_lies_inside_a_partial_annotation():
     assert region[:, 40:50].all() and not region[:, :40].any() and not region[:, 50:].any()
 
 
-def test_verdict_says_plainly_when_fine_tuning_did_not_help():
-    improved, text = compare_held_out({"iou": 0.81}, {"iou": 0.80})
-    assert not improved and "did not improve held-out IoU (0.810 → 0.800)" in text
-    improved, text = compare_held_out({"iou": 0.70}, {"iou": 0.80})
-    assert improved and "improved" in text
+def test_instance_labels_are_stored_as_painted_and_count_as_foreground(tmp_path, image):
+    training_set = TrainingSet(tmp_path / "project")
+    labels = np.zeros(image.shape, dtype=np.int32)
+    labels[5:20, 5:20], labels[5:20, 20:35], labels[40:50, 60:70] = 1, 2, 300
+    pair = training_set.add(image, labels, "cells")
+    stored = training_set.load("cells")[1]
+    assert stored.dtype == np.uint32 and set(np.unique(stored)) == {0, 1, 2, 300}
+    assert pair.foreground_pixels == 15 * 30 + 100
+    data = training_set.split()
+    np.testing.assert_array_equal(data.truths[0], labels > 0)
+
+
+def test_a_float_mask_is_refused_with_the_fix(tmp_path, image):
+    with pytest.raises(NapariUNetError, match="labels"):
+        TrainingSet(tmp_path / "p").add(image, np.full(image.shape, 0.5), "cells")
 
 
 def test_thumbnail_is_small_and_uint8(image):

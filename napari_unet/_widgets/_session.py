@@ -42,7 +42,7 @@ class Session(QObject):
     # --- models -------------------------------------------------------------------------------
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, key) for the model menu: shipped models, then stored versions (newest first)."""
-        from napari_unet.registry import shipped_model_names
+        from napari_unet.shipped import shipped_model_names
 
         choices = [(f"{name} (shipped)", name) for name in shipped_model_names()]
         for record in self.list_versions():

@@ -73,7 +73,7 @@ class ModelsWidget(QWidget):
         self.refresh()
 
     def refresh(self, *args) -> None:
-        from napari_unet.registry import shipped_model_names
+        from napari_unet.shipped import shipped_model_names
 
         rows = [(name, "shipped", "", "", "") for name in shipped_model_names()]
         try:
@@ -100,7 +100,7 @@ class ModelsWidget(QWidget):
         return self.table.item(rows[0].row(), 0).text()
 
     def _is_shipped(self, name: str) -> bool:
-        from napari_unet.registry import shipped_model_names
+        from napari_unet.shipped import shipped_model_names
 
         return name in shipped_model_names()
 
@@ -155,7 +155,7 @@ class ModelsWidget(QWidget):
         if self._is_shipped(name):
             import shutil
 
-            from napari_unet.registry import shipped_model_path
+            from napari_unet.shipped import shipped_model_path
 
             work = lambda store: shutil.copyfile(shipped_model_path(name), path)  # noqa: E731
         else:

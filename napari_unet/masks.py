@@ -1,0 +1,38 @@
+"""The one mask rule, for every face (dock, CLI, project, finetune): what a user's labels mean for training.
+
+Labels as painted in napari or stored in files: 0 = background, 255 = not annotated (left out of
+training), any other value = an object (instance ids 1, 2, 3 … or a plain 1). What the model trains on
+follows from how it turns its output into objects (its metadata):
+- a one-class model: 0/1 with 255 kept (every object is foreground);
+- a boundary-watershed model: background / interior / boundary derived from the objects
+  (instances.boundary_targets), so touching objects teach the boundary between them;
+- any other multi-class model: the values are class ids and are used as they are.
+Evaluation masks: > 0 is foreground (an instance label image is fine), no 255 rule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_unet.instances import boundary_targets
+
+IGNORE_LABEL = 255
+
+
+def to_training_mask(labels: np.ndarray) -> np.ndarray:
+    """uint8 0/1/255: 0 stays 0, 255 stays 255, any other label → 1."""
+    labels = np.asarray(labels)
+    return np.where(labels == IGNORE_LABEL, IGNORE_LABEL, labels != 0).astype(np.uint8)
+
+
+def training_targets(labels: np.ndarray, n_classes: int, instance_method: str) -> np.ndarray:
+    """The uint8 targets a model with `n_classes` and `instance_method` trains on, from user labels."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        labels = labels.astype(np.uint8)
+    if instance_method == "boundary_watershed":
+        ignore = labels == IGNORE_LABEL
+        return boundary_targets(np.where(ignore, 0, labels), ignore=ignore if ignore.any() else None)
+    if n_classes == 1 and labels.dtype.kind in "ui":
+        return to_training_mask(labels)
+    return labels

@@ -1,0 +1,470 @@
+"""The loop, once: a project folder with training pairs, evaluation pairs, model versions and rounds.
+
+    <project>/project.json              which model the project started from
+    <project>/images, masks, pairs/     training pairs (training_set.py; an old training-set folder is a
+                                        project with no rounds)
+    <project>/evaluation/images, masks, pairs/   evaluation pairs: scored every round, never trained on
+    <project>/models/                   the versions made here (store.py: atomic, fsynced, with records)
+    <project>/rounds/0001.json …        one record per round, written last (the round's commit marker)
+
+`Project.round()` is the only place a round runs: snapshot the pairs → fine-tune → score parent and
+new version on the evaluation pairs (or, without any, on the held-out stripes of the training pairs)
+→ guard → keep or roll back → record. The dock, the CLI and the demo call it and present its record.
+
+- "Did it help?" is evidence.compare (a paired bootstrap over evaluation tiles), nothing else.
+- The guard rolls a round back when the new version predicts nothing or everything on the evaluation
+  pixels, collapses to one class, or scores below its parent by more than the noise. The parent stays
+  active; the failed version stays in models/, marked, for inspection.
+- The active version is the version of the last kept round (else the start model): derived from the
+  round records, so there is no second copy of it to get out of step after a crash.
+- Lineage: every version's record holds its parent, the content hashes of the exact pairs it trained
+  on, settings, seed and package version; `retrain(n)` repeats round n and says how close it came.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from napari_unet._files import atomic_write_json
+from napari_unet._version import __version__
+from napari_unet.errors import NapariUNetError
+from napari_unet.evidence import compare, pooled, unit_counts
+from napari_unet.masks import IGNORE_LABEL
+from napari_unet.store import ModelStore, array_sha1, pair_fingerprint
+from napari_unet.training_set import HELD_OUT_FRACTION, TrainingSet, held_out_region
+
+PROJECT_FORMAT = "napari-unet-project/1"
+ROUND_FORMAT = "napari-unet-round/1"
+# Share of evaluation pixels predicted as foreground above which a version "predicts everything".
+ALL_FOREGROUND = 0.98
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Evaluation:
+    """What a round is scored on: per image the raw image, the truth (bool) and the pixels that count."""
+
+    source: str  # "evaluation pairs" or "held-out stripes"
+    names: list[str]
+    images: list[np.ndarray]
+    truths: list[np.ndarray]
+    valid: list[np.ndarray]
+    fingerprints: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RoundOutcome:
+    """A finished round: its record (what the log, the CLI's --json and the dock show) and the new model."""
+
+    record: dict
+    model: object  # SegmentationModel of the new version (kept or not)
+
+    @property
+    def kept(self) -> bool:
+        return bool(self.record["kept"])
+
+    @property
+    def reason(self) -> str:
+        return str(self.record["reason"])
+
+    @property
+    def version(self) -> str:
+        return str(self.record["version"])
+
+
+class Project:
+    """A project folder (see the module docstring)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+        self.training = TrainingSet(self.root)
+        self.evaluation = TrainingSet(self.root / "evaluation")
+        self.store = ModelStore(self.root / "models")
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def init(cls, root: str | os.PathLike, model: str) -> "Project":
+        """Make `root` a project starting from `model` (a shipped name, stored version or .keras path).
+
+        An existing training-set folder keeps its pairs; an existing project is refused.
+        """
+        from napari_unet.registry import load_model
+
+        project = cls(root)
+        if project.settings_path.exists():
+            raise NapariUNetError(f"'{project.root}' is already a project (started from '{project.start_model}'): "
+                                  "use it as it is, or choose another folder")
+        if project.root.exists() and not project.root.is_dir():
+            raise NapariUNetError(f"'{project.root}' is a file: a project is a folder, choose another path")
+        load_model(model)  # fail now, not at the first round
+        if Path(str(model)).suffix == ".keras":
+            model = str(Path(model).resolve())
+        try:
+            atomic_write_json(project.settings_path, {"format": PROJECT_FORMAT, "start_model": str(model),
+                                                      "created": _now(), "package_version": __version__})
+        except OSError as exc:
+            raise NapariUNetError(f"cannot create project '{project.root}': {exc.strerror or exc}") from exc
+        return project
+
+    @classmethod
+    def open(cls, root: str | os.PathLike) -> "Project":
+        """An existing project, or an old training-set folder (a project with no rounds and no start model)."""
+        project = cls(root)
+        if not project.root.is_dir():
+            raise NapariUNetError(f"no project at '{project.root}': create one with "
+                                  f"'napari-unet project init {project.root} -m MODEL'")
+        if not project.settings_path.exists() and not project.training.records_dir.is_dir():
+            raise NapariUNetError(f"'{project.root}' is not a napari-unet project (no project.json, no pairs/): "
+                                  f"create one with 'napari-unet project init {project.root} -m MODEL'")
+        return project
+
+    @property
+    def settings_path(self) -> Path:
+        return self.root / "project.json"
+
+    @property
+    def rounds_dir(self) -> Path:
+        return self.root / "rounds"
+
+    def _settings(self) -> dict:
+        try:
+            return json.loads(self.settings_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def start_model(self) -> str | None:
+        return self._settings().get("start_model")
+
+    # ------------------------------------------------------------------ pairs
+    def add_pair(self, image: np.ndarray, mask: np.ndarray, *, evaluation: bool = False, name: str = "pair",
+                 source_image: str = "", source_labels: str = "", sparse: bool = False):
+        """Store a training pair, or an evaluation pair (never trained on; > 0 is foreground)."""
+        if evaluation:
+            mask = np.asarray(mask)
+            if np.shape(image)[:2] == mask.shape and not np.any((mask > 0) & (mask != IGNORE_LABEL)):
+                raise NapariUNetError(
+                    f"evaluation mask '{source_labels or name}' has no foreground: an evaluation pair must show "
+                    "the structures to find (paint them), or IoU and Dice mean nothing"
+                )
+        target = self.evaluation if evaluation else self.training
+        return target.add(image, mask, name=name, source_image=source_image, source_labels=source_labels,
+                          sparse=sparse and not evaluation)
+
+    # ------------------------------------------------------------------ rounds and versions
+    def rounds(self) -> list[dict]:
+        """Records of all finished rounds, oldest first."""
+        if not self.rounds_dir.is_dir():
+            return []
+        records = []
+        for path in sorted(self.rounds_dir.glob("[0-9]*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                record = json.loads(path.read_text())
+                if record.get("format") == ROUND_FORMAT:
+                    records.append(record)
+        return sorted(records, key=lambda r: r["round"])
+
+    @property
+    def active(self) -> str | None:
+        """The version of the last kept round, else the start model."""
+        for record in reversed(self.rounds()):
+            if record["kept"] and self.store.has(record["version"]):
+                return record["version"]
+        return self.start_model
+
+    def load_model(self, key: str):
+        """A version made in this project, or anything registry.load_model knows."""
+        if self.store.has(key):
+            return self.store.load(key)
+        from napari_unet.registry import load_model
+
+        return load_model(key)
+
+    def status(self) -> dict:
+        return {"project": str(self.root), "start_model": self.start_model, "active": self.active,
+                "training_pairs": len(self.training.pairs()), "evaluation_pairs": len(self.evaluation.pairs()),
+                "rounds": [public_record(record) for record in self.rounds()]}
+
+    # ------------------------------------------------------------------ the round
+    @contextlib.contextmanager
+    def _one_round_at_a_time(self):
+        """An exclusive lock file; a second round (any thread or process) is refused, a dead one's lock cleared."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = self.root / ".round.lock"
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                break
+            except FileExistsError:
+                owner = _read_pid(lock)
+                just_made = owner is None and time.time() - _mtime(lock) < 5  # its owner is writing its pid
+                if just_made or (owner is not None and _alive(owner)):
+                    raise NapariUNetError(
+                        f"a round is already running on project '{self.root}' (process {owner}): wait for it to "
+                        "finish or stop it, then start the next round"
+                    ) from None
+                lock.unlink(missing_ok=True)  # left by a process that died mid-round
+        else:
+            raise NapariUNetError(f"cannot lock project '{self.root}': remove '{lock}' if no round is running")
+        try:
+            os.write(fd, str(os.getpid()).encode())
+            os.close(fd)
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+
+    def evaluation_set(self) -> Evaluation:
+        """Evaluation pairs when there are any, else the held-out stripes of the training pairs."""
+        pairs = self.evaluation.pairs()
+        if pairs:
+            images, truths, valid, fingerprints = [], [], [], []
+            for pair in pairs:
+                image, mask = self.evaluation.load(pair.name)
+                images.append(image)
+                truths.append(mask > 0)
+                valid.append(np.ones(mask.shape, dtype=bool))
+                fingerprints.append(pair_fingerprint(image, mask, pair.name))
+            return Evaluation("evaluation pairs", [p.name for p in pairs], images, truths, valid, fingerprints)
+        data = self.training.split(HELD_OUT_FRACTION)
+        return Evaluation("held-out stripes", list(data.names), data.images, data.truths, data.held_out)
+
+    def _training_snapshot(self, use_held_out_stripes: bool) -> tuple[list, list, list]:
+        """(names, images, masks) as they are now; held-out stripes masked out when they are the evaluation."""
+        pairs = self.training.pairs()
+        if not pairs:
+            raise NapariUNetError(
+                f"project '{self.root}' has no training pairs: correct a prediction and add it "
+                f"('napari-unet project add {self.root} --image IMG --mask MASK', or 'Add to training set')"
+            )
+        names, images, masks = [], [], []
+        for pair in pairs:
+            image, mask = self.training.load(pair.name)
+            if use_held_out_stripes:
+                mask = mask.copy()
+                mask[held_out_region(mask, HELD_OUT_FRACTION)] = IGNORE_LABEL
+            names.append(pair.name)
+            images.append(image)
+            masks.append(mask)
+        return names, images, masks
+
+    def round(self, config=None, *, model: str | None = None, progress: Callable | None = None,
+              cancel: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> RoundOutcome:
+        """Run one round (see the module docstring); returns its record and the new model.
+
+        config: a train.TrainConfig (default: TrainConfig(), the one place defaults live).
+        model: the parent when the project has none yet (an old training-set folder).
+        progress/cancel: as for finetune(); cancel ends training early and the round still finishes.
+        """
+        from napari_unet.train import TrainConfig, finetune
+
+        config = config or TrainConfig()
+        config.check()
+        log = log or (lambda text: None)
+        with self._one_round_at_a_time():
+            started = time.monotonic()
+            parent_key = self.active or model
+            if not parent_key:
+                raise NapariUNetError(f"project '{self.root}' has no model to start from: give one "
+                                      f"('napari-unet project init {self.root} -m MODEL')")
+            names, images, masks = self._training_snapshot(use_held_out_stripes=not self.evaluation.pairs())
+            evaluation = self.evaluation_set()
+            fingerprints = [pair_fingerprint(i, m, n) for i, m, n in zip(images, masks, names)]
+            parent = self.load_model(parent_key)
+            log(f"scoring '{parent_key}' on the {evaluation.source} …")
+            before_units, _ = _score(parent, evaluation)
+            log(f"fine-tuning '{parent_key}' on {len(names)} pair(s) …")
+            tuned, history = finetune(parent, images, masks, config=config, names=names, progress=progress,
+                                      cancel=cancel)
+            log("scoring the new version …")
+            after_units, after_labels = _score(tuned, evaluation)
+            comparison = compare(before_units, after_units)
+            failure = _guard(tuned, after_labels, evaluation, comparison)
+            number = (self.rounds()[-1]["round"] + 1) if self.rounds() else 1
+            kept = failure is None
+            reason = failure or _verdict_sentence(comparison, evaluation.source)
+            settings = {**_settings_of(config), "patch_size": history.settings.get("patch_size")}
+            version = self.store.save_version(
+                tuned, history, parent=Path(parent_key).stem if parent_key.endswith(".keras") else parent_key,
+                training_pairs=fingerprints, settings=settings,
+                metrics={"eval_iou": comparison.after["iou"], "eval_dice": comparison.after["dice"],
+                         "eval_pixel_error": comparison.after["pixel_error"]},
+                extra={"project_round": number, "kept": kept, "failed_reason": failure, "seed": config.seed,
+                       "package_version": __version__, "evaluation_source": evaluation.source,
+                       "evaluation_pairs": evaluation.fingerprints},
+            )["name"]
+            record = {
+                "format": ROUND_FORMAT, "round": number, "parent": parent_key, "version": version, "kept": kept,
+                "reason": reason,
+                "eval": {"before": _rounded(comparison.before), "after": _rounded(comparison.after),
+                         "source": evaluation.source, "units": comparison.units,
+                         "delta_iou_interval": [round(v, 4) for v in comparison.interval],
+                         "verdict": "rolled back" if failure else comparison.verdict},
+                "seconds": round(time.monotonic() - started, 2),
+                "training": {"steps": history.steps, "seconds": round(history.seconds, 2),
+                             "stopped_reason": history.stopped_reason, "pairs": names,
+                             "settings": settings},
+                "created": _now(),
+            }
+            atomic_write_json(self.rounds_dir / f"{number:04d}.json", record)  # last: the commit marker
+            log(reason)
+            return RoundOutcome(record, tuned)
+
+    # ------------------------------------------------------------------ lineage
+    def retrain(self, number: int, *, progress: Callable | None = None) -> dict:
+        """Repeat round `number` from its records (same parent, pairs, settings, seed and step count) and
+        report how close the new result comes to the recorded version."""
+        from napari_unet.train import TrainConfig, finetune
+
+        record = next((r for r in self.rounds() if r["round"] == number), None)
+        if record is None:
+            raise NapariUNetError(f"project '{self.root}' has no round {number}: "
+                                  f"rounds are {[r['round'] for r in self.rounds()] or 'none yet'}")
+        version_record = self.store.record(record["version"]) or {}
+        wanted = version_record.get("training_pairs", [])
+        available = {}
+        held_out = version_record.get("evaluation_source") == "held-out stripes"
+        names, images, masks = self._training_snapshot(held_out)
+        for name, image, mask in zip(names, images, masks):
+            available[(array_sha1(image), array_sha1(mask))] = (name, image, mask)
+        chosen = []
+        for entry in wanted:
+            key = (entry["image_sha1"], entry["mask_sha1"])
+            if key not in available:
+                raise NapariUNetError(
+                    f"pair '{entry.get('name', '?')}' of round {number} is no longer in the project as it was "
+                    "(removed or changed): the round cannot be repeated exactly"
+                )
+            chosen.append(available[key])
+        settings = dict(record["training"]["settings"])
+        settings.pop("patch_size_resolved", None)
+        config = _config_from_settings(TrainConfig, settings)
+        config = replace(config, seconds=None)
+        steps = int(record["training"]["steps"])
+        done = [0]
+
+        def count(event) -> None:
+            done[0] = event.step
+            if progress is not None:
+                progress(event)
+
+        parent = self.load_model(record["parent"])
+        tuned, history = finetune(parent, [c[1] for c in chosen], [c[2] for c in chosen], config=config,
+                                  names=[c[0] for c in chosen], progress=count, cancel=lambda: done[0] >= steps)
+        recorded = self.store.load(record["version"])
+        evaluation = self.evaluation_set()
+        units, _ = _score(tuned, evaluation)
+        weights_difference = max(float(np.max(np.abs(a - b))) for a, b in
+                                 zip(tuned.keras_model.get_weights(), recorded.keras_model.get_weights()))
+        after = _rounded(pooled(units))
+        return {"round": number, "version": record["version"], "steps": history.steps, "recorded_steps": steps,
+                "eval_recorded": record["eval"]["after"], "eval_retrained": after,
+                "iou_difference": round(after["iou"] - record["eval"]["after"]["iou"], 4),
+                "max_weight_difference": weights_difference}
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def public_record(record: dict) -> dict:
+    """The round record as the CLI contract names it."""
+    keys = ("round", "parent", "version", "kept", "reason", "eval", "seconds")
+    return {key: record[key] for key in keys}
+
+
+def _rounded(scores: dict) -> dict:
+    return {key: round(float(scores[key]), 4) for key in ("iou", "dice", "pixel_error")}
+
+
+def _settings_of(config) -> dict:
+    return asdict(config)
+
+
+def _config_from_settings(config_type, settings: dict):
+    from napari_unet.augment import AugmentConfig
+
+    known = {key: value for key, value in settings.items() if key in config_type.__dataclass_fields__}
+    if isinstance(known.get("augmentation"), dict):
+        known["augmentation"] = AugmentConfig(**known["augmentation"])
+    return config_type(**known)
+
+
+def _score(model, evaluation: Evaluation) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per-tile counts of `model` on the evaluation pixels, and its labels per image."""
+    from napari_unet.prediction import predict
+
+    units, labels = [], []
+    for image, truth, valid in zip(evaluation.images, evaluation.truths, evaluation.valid):
+        predicted = np.asarray(predict(model, image, output="labels"))
+        labels.append(predicted)
+        units.append(unit_counts(predicted, truth, valid))
+    return np.concatenate(units) if units else np.zeros((0, 4), dtype=np.int64), labels
+
+
+def _guard(model, labels: list[np.ndarray], evaluation: Evaluation, comparison) -> str | None:
+    """A plain sentence saying why the new version must not become active, or None when it may."""
+    counted = [(label[valid], truth[valid]) for label, truth, valid in zip(labels, evaluation.truths, evaluation.valid)]
+    predicted = np.concatenate([p for p, _ in counted]) if counted else np.zeros(0)
+    truth = np.concatenate([t for _, t in counted]) if counted else np.zeros(0, dtype=bool)
+    if predicted.size == 0:
+        return None
+    foreground_share = float(np.mean(predicted > 0))
+    where = f"on the {evaluation.source}"
+    if foreground_share == 0 and truth.any():
+        return f"Rolled back: the new version finds nothing {where} (every pixel background); the previous model stays active."
+    if foreground_share >= ALL_FOREGROUND and not truth.all():
+        return (f"Rolled back: the new version marks {foreground_share:.0%} of the pixels {where} as foreground; "
+                "the previous model stays active.")
+    n_classes = model.config.n_classes
+    if n_classes > 2 and len(np.unique(predicted)) == 1:
+        return f"Rolled back: the new version predicts a single class everywhere {where}; the previous model stays active."
+    if comparison.verdict == "hurt":
+        low, high = comparison.interval
+        return (f"Rolled back: the new version scores lower {where} (IoU {comparison.before['iou']:.3f} → "
+                f"{comparison.after['iou']:.3f}, beyond the noise: 95% interval {low:+.3f} to {high:+.3f}); "
+                "the previous model stays active.")
+    return None
+
+
+def _verdict_sentence(comparison, source: str) -> str:
+    b, a = comparison.before["iou"], comparison.after["iou"]
+    low, high = comparison.interval
+    if comparison.verdict == "helped":
+        return f"Fine-tuning helped on the {source}: IoU {b:.3f} → {a:.3f} (95% interval of the gain {low:+.3f} to {high:+.3f}); the new version is active."
+    return (f"No measurable change on the {source}: IoU {b:.3f} → {a:.3f} is within the noise (95% interval "
+            f"{low:+.3f} to {high:+.3f}); the new version is active. Correct more, or add evaluation pairs to tell.")
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or "0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
