@@ -7,6 +7,16 @@ import tempfile
 from pathlib import Path
 
 
+def user_data_dir() -> Path:
+    """Where napari-unet keeps the user's things: `$NAPARI_UNET_HOME`, else e.g. ~/.local/share/napari-unet."""
+    home = os.environ.get("NAPARI_UNET_HOME")
+    if home:
+        return Path(home).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("napari-unet", appauthor=False))
+
+
 def temporary_sibling(target: Path, suffix: str) -> str:
     """Create an empty hidden temp file beside `target` with the permissions a normal file gets.
 

@@ -400,27 +400,19 @@ def add_models_command(subparsers) -> None:
 def _run_models_command(args) -> int:
     import json
 
-    from napari_unet.model import read_metadata
-    from napari_unet.shipped import shipped_model_names, shipped_model_path
+    from napari_unet.registry import list_models
     from napari_unet.store import ModelStore
 
-    shipped = []
-    for name in shipped_model_names():
-        metadata = read_metadata(shipped_model_path(name))
-        info = metadata.info if metadata is not None else {}
-        held_out = info.get("metrics_held_out", {})
-        shipped.append({"name": name, "path": str(shipped_model_path(name)),
-                        "description": info.get("description", ""),
-                        "metrics": held_out.get("at_threshold_0.5", held_out)})
     store = ModelStore()
-    versions = [{key: record.get(key) for key in ("name", "parent", "lineage", "created", "metrics", "path")}
-                for record in store.list_versions()]
+    entries = list_models(store)
+    shipped = [{key: e[key] for key in ("name", "path", "description", "metrics")} for e in entries if e["kind"] == "shipped"]
+    versions = [{key: e[key] for key in ("name", "parent", "created", "metrics", "path")} for e in entries if e["kind"] == "version"]
     if args.json:
         print(json.dumps({"shipped": shipped, "versions": versions, "store": str(store.root)}))
         return 0
 
     def scores(metrics: dict) -> str:
-        parts = [f"{key} {metrics[key]:.4f}" for key in ("iou", "val_iou", "dice", "pixel_error")
+        parts = [f"{key} {metrics[key]:.4f}" for key in ("iou", "eval_iou", "val_iou", "dice", "pixel_error")
                  if isinstance((metrics or {}).get(key), (int, float))]
         return ", ".join(parts) or "-"
 

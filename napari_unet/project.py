@@ -180,7 +180,7 @@ class Project:
     def active(self) -> str | None:
         """The version of the last kept round, else the start model."""
         for record in reversed(self.rounds()):
-            if record["kept"] and self.store.has(record["version"]):
+            if record["kept"] and (self.store.has(record["version"]) or record["version"] == self.start_model):
                 return record["version"]
         return self.start_model
 
@@ -245,8 +245,8 @@ class Project:
         pairs = self.training.pairs()
         if not pairs:
             raise NapariUNetError(
-                f"project '{self.root}' has no training pairs: correct a prediction and add it "
-                f"('napari-unet project add {self.root} --image IMG --mask MASK', or 'Add to training set')"
+                f"project '{self.root}' has no training pairs: correct a prediction and add it ('Add to training "
+                f"set' in the dock, or 'napari-unet project add {self.root} --image IMG --mask MASK')"
             )
         names, images, masks = [], [], []
         for pair in pairs:
@@ -321,6 +321,44 @@ class Project:
             log(reason)
             return RoundOutcome(record, tuned)
 
+    def revert(self, version: str) -> dict:
+        """Make an earlier version (or the start model) active again, as a record in the log.
+
+        Nothing is deleted; the record's eval compares the active version with `version` on the same
+        evaluation set, so the log shows what the user gave up or regained.
+        """
+        known = {r["version"] for r in self.rounds()} | {self.start_model}
+        if version not in known:
+            raise NapariUNetError(f"'{version}' was not made in project '{self.root}' and is not its start model: "
+                                  f"choose one of {', '.join(sorted(v for v in known if v))}")
+        with self._one_round_at_a_time():
+            active = self.active
+            evaluation = self.evaluation_set()
+            before_units, _ = _score(self.load_model(active), evaluation)
+            after_units, _ = _score(self.load_model(version), evaluation)
+            comparison = compare(before_units, after_units)
+            number = (self.rounds()[-1]["round"] + 1) if self.rounds() else 1
+            record = {"format": ROUND_FORMAT, "round": number, "kind": "revert", "parent": active, "version": version,
+                      "kept": True, "reason": f"Reverted to '{version}' by the user; it is active again.",
+                      "eval": {"before": _rounded(comparison.before), "after": _rounded(comparison.after),
+                               "source": evaluation.source, "units": comparison.units,
+                               "delta_iou_interval": [round(v, 4) for v in comparison.interval],
+                               "verdict": comparison.verdict},
+                      "seconds": 0.0, "created": _now()}
+            atomic_write_json(self.rounds_dir / f"{number:04d}.json", record)
+            return record
+
+    def rename_version(self, old: str, new: str) -> dict:
+        """Rename a version made here; the round log follows, so the lineage and the active version hold."""
+        with self._one_round_at_a_time():
+            record = self.store.rename(old, new)
+            for path in sorted(self.rounds_dir.glob("[0-9]*.json")):
+                values = json.loads(path.read_text())
+                changed = {key: new for key in ("version", "parent") if values.get(key) == old}
+                if changed:
+                    atomic_write_json(path, {**values, **changed})
+            return record
+
     # ------------------------------------------------------------------ lineage
     def retrain(self, number: int, *, progress: Callable | None = None) -> dict:
         """Repeat round `number` from its records (same parent, pairs, settings, seed and step count) and
@@ -331,6 +369,8 @@ class Project:
         if record is None:
             raise NapariUNetError(f"project '{self.root}' has no round {number}: "
                                   f"rounds are {[r['round'] for r in self.rounds()] or 'none yet'}")
+        if record.get("kind") == "revert":
+            raise NapariUNetError(f"round {number} of project '{self.root}' is a revert, not training: nothing to repeat")
         version_record = self.store.record(record["version"]) or {}
         wanted = version_record.get("training_pairs", [])
         available = {}

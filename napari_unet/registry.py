@@ -30,3 +30,32 @@ def load_model(name_or_path: str | os.PathLike | SegmentationModel) -> Segmentat
     raise ModelLoadError(
         f"no model named '{text}': use a path to a .keras file or one of: {', '.join(known) or '(none installed)'}"
     )
+
+
+def list_models(*stores: ModelStore) -> list[dict]:
+    """Every model a user can pick, in one listing: shipped models, then each store's versions (newest first).
+
+    Each entry: name, kind ("shipped" or "version"), description, metrics (held-out or evaluation scores),
+    parent, created, path, kept (False for a version a project's guard rolled back).
+    """
+    from napari_unet.model import read_metadata
+
+    entries = []
+    for name in shipped_model_names():
+        metadata = read_metadata(shipped_model_path(name))
+        info = metadata.info if metadata is not None else {}
+        held_out = info.get("metrics_held_out", {})
+        entries.append({"name": name, "kind": "shipped", "description": info.get("description", ""),
+                        "metrics": held_out.get("at_threshold_0.5", held_out), "parent": None, "created": "",
+                        "path": str(shipped_model_path(name)), "kept": True})
+    seen = {entry["name"] for entry in entries}
+    for store in stores or (ModelStore(),):
+        for record in store.list_versions():
+            if record["name"] in seen:
+                continue
+            seen.add(record["name"])
+            entries.append({"name": record["name"], "kind": "version", "description": "",
+                            "metrics": record.get("metrics") or {}, "parent": record.get("parent"),
+                            "created": record.get("created", ""), "path": record["path"],
+                            "kept": record.get("kept", True) is not False, "store": str(store.root)})
+    return entries

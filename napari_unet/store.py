@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet._files import atomic_write_json, temporary_sibling
+from napari_unet._files import atomic_write_json, temporary_sibling, user_data_dir
 from napari_unet.errors import NapariUNetError
 from napari_unet.shipped import shipped_model_names, shipped_model_path
 
@@ -47,12 +47,7 @@ _THREAD_LOCK = threading.RLock()  # flock is per open file, so threads of one pr
 
 def default_root() -> Path:
     """`$NAPARI_UNET_HOME/models`, else e.g. ~/.local/share/napari-unet/models."""
-    home = os.environ.get("NAPARI_UNET_HOME")
-    if home:
-        return Path(home).expanduser() / "models"
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("napari-unet", appauthor=False)) / "models"
+    return user_data_dir() / "models"
 
 
 def array_sha1(array) -> str:

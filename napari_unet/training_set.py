@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet._files import atomic_write_json, atomic_write_tiff
+from napari_unet._files import atomic_write_json, atomic_write_tiff, user_data_dir
 from napari_unet.errors import NapariUNetError
 from napari_unet.masks import IGNORE_LABEL, to_training_mask
 
@@ -41,13 +41,8 @@ _NAME_PATTERN = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def default_training_set_dir() -> Path:
-    """`$NAPARI_UNET_HOME/training_set`, else the platform's user data dir (e.g. ~/.local/share/napari-unet)."""
-    home = os.environ.get("NAPARI_UNET_HOME")
-    if home:
-        return Path(home).expanduser() / "training_set"
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("napari-unet", appauthor=False)) / "training_set"
+    """The dock's default project: `$NAPARI_UNET_HOME/training_set`, else e.g. ~/.local/share/napari-unet/training_set."""
+    return user_data_dir() / "training_set"
 
 
 def changed_pixels(prediction: np.ndarray, corrected: np.ndarray) -> np.ndarray:
@@ -80,7 +75,7 @@ def restrict_to_corrections(mask: np.ndarray, prediction: np.ndarray, corrected:
             "was wrong, or switch off 'train only where I corrected' to train on the whole image"
         )
     near_change = ndimage.distance_transform_edt(~changed) <= max(int(margin), 0)
-    restricted = np.asarray(mask, dtype=np.uint8).copy()
+    restricted = np.array(mask, dtype=np.uint8 if np.max(mask, initial=0) <= IGNORE_LABEL else np.uint32)
     restricted[~near_change] = IGNORE_LABEL
     return restricted
 

@@ -251,7 +251,7 @@ def test_fine_tune_with_an_empty_training_set_says_what_to_do(qtbot, dock, notif
     viewer, widget = dock
     job = wait_for(qtbot, widget.finetune_tab.start())
     assert job.error is not None
-    assert "is empty" in errors(notifications)[-1] and "Add to training set" in errors(notifications)[-1]
+    assert "no training pairs" in errors(notifications)[-1] and "Add to training set" in errors(notifications)[-1]
 
     widget.session.training_set.add(np.zeros((64, 64), np.uint8), np.zeros((64, 64), np.uint8), "empty")
     job = wait_for(qtbot, widget.finetune_tab.start())
@@ -261,23 +261,25 @@ def test_fine_tune_with_an_empty_training_set_says_what_to_do(qtbot, dock, notif
 def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notifications, tmp_path):
     pytest.importorskip("napari_unet.train")
     from napari_unet.prediction import predict
-    from napari_unet.store import ModelStore
 
     viewer, widget = dock
     _add_corrected_pair(qtbot, viewer, widget, blobs_image)
     corrected = viewer.layers["cells prediction"].data.copy()
-    versions_before = len(ModelStore().list_versions())
+    store = widget.session.store
+    versions_before = len(store.list_versions())
     _tiny_finetune_settings(widget)
     job = wait_for(qtbot, widget.finetune_tab.start())
     assert job.error is None, errors(notifications)
-    result, version, _ = job.result
-    assert len(ModelStore().list_versions()) == versions_before + 1
-    assert ModelStore().has(version)
+    outcome, _ = job.result
+    version = outcome.version
+    assert len(store.list_versions()) == versions_before + 1 and store.has(version)
+    assert widget.session.project.rounds()[-1]["version"] == version  # the round is in the project's log
     new_layer = viewer.layers[f"cells prediction ({version})"]
-    np.testing.assert_array_equal(new_layer.data, predict(result.model, blobs_image, output="labels"))
+    np.testing.assert_array_equal(new_layer.data, predict(outcome.model, blobs_image, output="labels"))
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, corrected)  # the user's layer is kept
-    assert version in widget.finetune_tab.result_label.text()
-    assert ("selected" in result.verdict) and (widget.session.model_key == version) == result.improved
+    assert version in widget.finetune_tab.controls.text() and outcome.reason in widget.finetune_tab.controls.text()
+    assert (widget.session.model_key == version) == outcome.kept
+    assert widget.finetune_tab.rounds_plot.points[-1][0] == 1  # the round is plotted
 
     models = widget.models_tab
     names = [models.table.item(row, 0).text() for row in range(models.table.rowCount())]
@@ -287,20 +289,41 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     qtbot.waitUntil(exported.exists, timeout=10_000)
     from napari_unet.model import load_model_file
 
-    assert load_model_file(exported).config == result.model.config
+    assert load_model_file(exported).config == outcome.model.config
 
     models.rename_selected("my-cells")
-    qtbot.waitUntil(lambda: ModelStore().has("my-cells"), timeout=10_000)
-    assert not ModelStore().has(version)
+    qtbot.waitUntil(lambda: store.has("my-cells"), timeout=10_000)
+    assert not store.has(version) and widget.session.project.rounds()[-1]["version"] == "my-cells"
     qtbot.waitUntil(lambda: "my-cells" in [models.table.item(r, 0).text() for r in range(models.table.rowCount())],
                     timeout=10_000)
     names = [models.table.item(row, 0).text() for row in range(models.table.rowCount())]
     models.table.selectRow(names.index("my-cells"))
-    models.revert_selected()  # a new version copied from "my-cells", then selected
+    models.revert_selected()  # a revert record in the project's log; "my-cells" becomes active
     revert_job = wait_for(qtbot, widget.session.jobs[-1])
     assert revert_job.what == "Reverting to 'my-cells'" and revert_job.error is None
-    assert widget.session.model_key == revert_job.result["name"]
-    assert ModelStore().record(widget.session.model_key)["reverted_from"] == "my-cells"
+    assert widget.session.model_key == "my-cells" == widget.session.project.active
+    assert widget.session.project.rounds()[-1]["kind"] == "revert"
+
+
+def test_a_pair_for_evaluation_only_is_scored_every_round_and_never_trained_on(qtbot, dock, blobs_image, notifications):
+    pytest.importorskip("napari_unet.train")
+    viewer, widget = dock
+    _add_corrected_pair(qtbot, viewer, widget, blobs_image)
+    widget.training_set_tab.evaluation_check.setChecked(True)
+    job = wait_for(qtbot, widget.training_set_tab.add_current())
+    assert job.error is None, errors(notifications)
+    project = widget.session.project
+    assert len(project.training.pairs()) == 1 and len(project.evaluation.pairs()) == 1
+    qtbot.waitUntil(lambda: "1 evaluation pair(s)" in widget.training_set_tab.count_label.text(), timeout=10_000)
+    _tiny_finetune_settings(widget)
+    for _ in range(2):
+        job = wait_for(qtbot, widget.finetune_tab.start())
+        assert job.error is None, errors(notifications)
+    rounds = project.rounds()
+    assert [r["eval"]["source"] for r in rounds] == ["evaluation pairs"] * 2
+    assert len(widget.finetune_tab.rounds_plot.points) == 3  # before round 1, after 1, after 2
+    trained_on = project.store.record(rounds[-1]["version"])["training_pairs"]
+    assert [p["name"] for p in trained_on] == project.training.names()
 
 
 def test_gui_command_opens_the_dock_with_a_sample(qtbot):

@@ -73,3 +73,67 @@ class TrainingPlot(QWidget):
             painter.setBrush(colour)
             for point in polygon:
                 painter.drawEllipse(point, 2.5, 2.5)
+
+
+DICE_COLOUR = QColor(120, 220, 120)
+
+
+class RoundsPlot(QWidget):
+    """IoU (blue) and Dice (green) on the evaluation set, round over round; x = round, 0 = before round 1.
+
+    A rolled-back round is drawn as a hollow marker: its version was scored but is not active.
+    """
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.setMinimumHeight(110)
+        self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+        self.points: list[tuple[int, float, float, bool]] = []  # (round, iou, dice, kept)
+
+    def set_rounds(self, rounds: list[dict]) -> None:
+        self.points = []
+        if rounds:
+            first = rounds[0]["eval"]["before"]
+            self.points.append((0, first["iou"], first["dice"], True))
+        for record in rounds:
+            after = record["eval"]["after"]
+            self.points.append((int(record["round"]), after["iou"], after["dice"], bool(record["kept"])))
+        self.update()
+
+    def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        margin = 6
+        area = QRectF(margin + 28, margin, self.width() - 2 * margin - 40, self.height() - 2 * margin - 14)
+        painter.setPen(QPen(QColor(128, 128, 128), 1))
+        painter.drawRect(area)
+        text_pen = QPen(QColor(170, 170, 170))
+        painter.setPen(text_pen)
+        if not self.points:
+            painter.drawText(area, Qt.AlignmentFlag.AlignCenter, "evaluation scores appear after the first round")
+            painter.end()
+            return
+        last = max(1, self.points[-1][0])
+        for column, colour in ((1, IOU_COLOUR), (2, DICE_COLOUR)):
+            polygon = QPolygonF([QPointF(area.left() + area.width() * p[0] / last,
+                                         area.bottom() - area.height() * min(max(p[column], 0.0), 1.0))
+                                 for p in self.points])
+            painter.setPen(QPen(colour, 1.5))
+            painter.drawPolyline(polygon)
+            for point, values in zip(polygon, self.points):
+                painter.setBrush(colour if values[3] else Qt.BrushStyle.NoBrush)
+                painter.drawEllipse(point, 3.0, 3.0)
+        painter.setPen(text_pen)
+        painter.drawText(QRectF(0, area.top() - 2, area.left() - 2, 14), Qt.AlignmentFlag.AlignRight, "1.0")
+        painter.drawText(QRectF(0, area.bottom() - 12, area.left() - 2, 14), Qt.AlignmentFlag.AlignRight, "0")
+        painter.setPen(QPen(IOU_COLOUR))
+        latest = self.points[-1]
+        painter.drawText(QRectF(area.left(), area.bottom() + 1, 160, 14), Qt.AlignmentFlag.AlignLeft,
+                         f"IoU {latest[1]:.3f}")
+        painter.setPen(QPen(DICE_COLOUR))
+        painter.drawText(QRectF(area.left() + 80, area.bottom() + 1, 160, 14), Qt.AlignmentFlag.AlignLeft,
+                         f"Dice {latest[2]:.3f}")
+        painter.setPen(text_pen)
+        painter.drawText(QRectF(area.right() - 120, area.bottom() + 1, 120, 14), Qt.AlignmentFlag.AlignRight,
+                         f"round {latest[0]}")
+        painter.end()

@@ -1,21 +1,27 @@
-"""State shared by the tabs of one dock: the chosen model, loaded models, the training set, running jobs.
+"""State shared by the tabs of one dock: the project, the chosen model, loaded models, running jobs, settings.
 
-Widgets stay thin: everything here is bookkeeping; segmentation and training live in the core.
+Widgets stay thin: everything here is bookkeeping; segmentation, training and rounds live in the core.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
-from qtpy.QtCore import QObject, Signal
+from qtpy.QtCore import QObject, QSettings, Signal
 
-from napari_unet.training_set import TrainingSet
+from napari_unet.project import Project
+from napari_unet.training_set import default_training_set_dir
 
 # Where a prediction remembers the model's raw output, for "train only where I corrected".
 PREDICTION_KEY = "napari_unet_prediction"
 # Which image and model a prediction layer came from.
 SOURCE_KEY = "napari_unet_source"
+# Widget settings that survive napari restarts (QSettings: the platform's own settings store).
+SETTINGS_ORGANISATION, SETTINGS_APPLICATION = "napari-unet", "dock"
+# How long closing napari waits for a running round to stop, score and save (it stops within one step).
+CLOSE_WAIT_SECONDS = 120.0
 
 
 def prediction_layer_name(image_name: str, version: str | None = None) -> str:
@@ -23,43 +29,83 @@ def prediction_layer_name(image_name: str, version: str | None = None) -> str:
     return f"{image_name} prediction" + (f" ({version})" if version else "")
 
 
+def settings() -> QSettings:
+    return QSettings(SETTINGS_ORGANISATION, SETTINGS_APPLICATION)
+
+
 class Session(QObject):
     """One per dock (so one per viewer)."""
 
     model_changed = Signal(str)
     versions_changed = Signal()
-    training_set_changed = Signal()
+    training_set_changed = Signal()  # the project's pairs or the project itself changed
+    rounds_changed = Signal()
 
     def __init__(self, viewer):
         super().__init__()
         self.viewer = viewer
-        self.model_key: str = ""
-        self.training_set = TrainingSet()
+        saved_folder = settings().value("project", "", type=str)
+        self.project = Project(saved_folder or default_training_set_dir())
+        self._model_key: str = self.project.active or _first_shipped_model()
         self._models: dict[str, object] = {}
         self._lock = threading.Lock()
         self.jobs: list = []
 
-    # --- models -------------------------------------------------------------------------------
-    def model_choices(self) -> list[tuple[str, str]]:
-        """(label, key) for the model menu: shipped models, then stored versions (newest first)."""
-        from napari_unet.shipped import shipped_model_names
+    # --- project ------------------------------------------------------------------------------
+    @property
+    def training_set(self):
+        return self.project.training
 
-        choices = [(f"{name} (shipped)", name) for name in shipped_model_names()]
-        for record in self.list_versions():
-            name = _field(record, "name")
-            iou = (_field(record, "metrics") or {}).get("held_out_iou") or (_field(record, "metrics") or {}).get("val_iou")
-            label = f"{name} (fine-tuned{f', IoU {iou:.2f}' if isinstance(iou, (int, float)) else ''})"
-            choices.append((label, name))
+    @property
+    def store(self):
+        """The versions made in this project (the Models tab's store)."""
+        return self.project.store
+
+    def set_project(self, folder: str | Path) -> None:
+        folder = Path(folder).expanduser()
+        if folder == self.project.root:
+            return
+        self.project = Project(folder)
+        settings().setValue("project", str(folder))
+        self.training_set_changed.emit()
+        self.versions_changed.emit()
+        self.rounds_changed.emit()
+        active = self.project.active
+        if active:
+            self.select_model(active)
+
+    # --- models -------------------------------------------------------------------------------
+    @property
+    def model_key(self) -> str:
+        return self._model_key
+
+    def model_choices(self) -> list[tuple[str, str]]:
+        """(label, key) for the model menu: shipped models, then this project's versions and stored ones."""
+        from napari_unet.registry import list_models
+
+        choices = []
+        for entry in list_models(self.store, self._global_store()):
+            if entry["kind"] == "shipped":
+                choices.append((f"{entry['name']} (shipped)", entry["name"]))
+                continue
+            metrics = entry["metrics"]
+            iou = metrics.get("eval_iou", metrics.get("held_out_iou", metrics.get("val_iou")))
+            state = "rolled back" if not entry["kept"] else "fine-tuned"
+            label = f"{entry['name']} ({state}{f', IoU {iou:.2f}' if isinstance(iou, (int, float)) else ''})"
+            choices.append((label, entry["name"]))
         if self.model_key and self.model_key not in {key for _, key in choices}:
             choices.append((Path(self.model_key).name, self.model_key))
         return choices
 
-    def list_versions(self) -> list:
-        try:
-            from napari_unet.store import ModelStore
-        except ImportError:  # the store module is not installed yet
-            return []
-        return list(ModelStore().list_versions())
+    def list_versions(self) -> list[dict]:
+        """Records of this project's versions, newest first."""
+        return self.store.list_versions()
+
+    @staticmethod
+    def _global_store():
+        from napari_unet.store import ModelStore
+
+        return ModelStore()
 
     @property
     def model_label(self) -> str:
@@ -68,17 +114,21 @@ class Session(QObject):
         return Path(key).name if key.endswith(".keras") else key
 
     def select_model(self, key: str) -> None:
-        if key != self.model_key:
-            self.model_key = key
+        if key != self._model_key:
+            self._model_key = key
             self.model_changed.emit(key)
+
+    def rename_model(self, old: str, new: str) -> None:
+        """After a rename in the store: the selection follows without announcing a different model."""
+        self.forget_model(old)
+        if self._model_key == old:
+            self._model_key = new
 
     def load_model(self, key: str | None = None):
         """The SegmentationModel for `key` (default: the selected one), cached. Call from a worker."""
         from napari_unet._widgets._tensorflow import ensure_tensorflow
 
         ensure_tensorflow()
-        from napari_unet.registry import load_model
-
         key = key or self.model_key
         if not key:
             from napari_unet.errors import NapariUNetError
@@ -87,7 +137,7 @@ class Session(QObject):
         with self._lock:
             model = self._models.get(key)
             if model is None:
-                model = load_model(key)
+                model = self.project.load_model(key)
                 self._models[key] = model
             return model
 
@@ -104,11 +154,24 @@ class Session(QObject):
         self.jobs = [j for j in self.jobs if not j.done] + [job]
         return job
 
-    def close(self) -> None:
-        """The dock closes: running work stops at its next check and its results are dropped."""
+    def close(self, wait_seconds: float = CLOSE_WAIT_SECONDS) -> None:
+        """The dock or napari closes: running work stops at its next check, its results are dropped, and
+        this waits (GUI thread) until no worker is inside TensorFlow any more.
+
+        A fine-tuning round stops training at its next step and still scores and saves its version, so
+        closing napari mid-round keeps every pair and saved version intact; leaving the interpreter with
+        a thread inside TensorFlow would crash the process instead.
+        """
         for job in self.jobs:
             job.detach()
+        deadline = time.monotonic() + wait_seconds
+        for job in self.jobs:
+            job.wait(max(0.0, deadline - time.monotonic()))
 
 
-def _field(record, name: str):
-    return record.get(name) if isinstance(record, dict) else getattr(record, name, None)
+def _first_shipped_model() -> str:
+    """The model a new user starts with: 'membranes' (the first shipped model), else none."""
+    from napari_unet.shipped import shipped_model_names
+
+    names = shipped_model_names()
+    return "membranes" if "membranes" in names else (names[0] if names else "")

@@ -39,16 +39,22 @@ def describe_error(exc: BaseException, what: str) -> str:
             "Details are in the console (View ▸ Console); please report this if it repeats.")
 
 
-def _with_tensorflow(function, *args):
+def _with_tensorflow(ended: threading.Event, function, *args):
     """Every job may reach TensorFlow: import it the safe way first (see _tensorflow.py)."""
     from napari_unet._widgets._tensorflow import ensure_tensorflow
 
-    ensure_tensorflow()
-    return function(*args)
+    try:
+        ensure_tensorflow()
+        return function(*args)
+    finally:
+        ended.set()
 
 
-def _plain(function, *args):
-    return function(*args)
+def _plain(ended: threading.Event, function, *args):
+    try:
+        return function(*args)
+    finally:
+        ended.set()
 
 
 class Job:
@@ -66,6 +72,8 @@ class Job:
                  needs_tensorflow: bool = True):
         self.what = what
         self.cancel_event = threading.Event()
+        self.ended = threading.Event()  # set by the worker thread when the function has returned or raised
+        self.launched = False
         self._relay = _Relay()
         self._on_done = on_done
         self._on_finished = on_finished
@@ -79,12 +87,14 @@ class Job:
         relay = self._relay  # the worker thread holds the relay, not the widget
         # Passing `errored` in _connect stops superqt from also re-raising the error in the event loop.
         self.worker = create_worker(
-            _with_tensorflow if needs_tensorflow else _plain, function, relay.progress.emit, self.cancel_event.is_set, _worker_class=QuietFunctionWorker,
+            _with_tensorflow if needs_tensorflow else _plain, self.ended, function, relay.progress.emit,
+            self.cancel_event.is_set, _worker_class=QuietFunctionWorker,
             _start_thread=False,
             _connect={"returned": self._returned, "errored": self._errored, "finished": self._finished},
         )
 
     def start(self) -> "Job":
+        self.launched = True
         self.worker.start()
         return self
 
@@ -95,6 +105,15 @@ class Job:
         """The dock is going away: stop the work at the next check and drop its result."""
         self.detached = True
         self.cancel_event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until the function has left its worker thread (True) or `timeout` s passed (False).
+
+        Used when napari closes: a thread still inside TensorFlow while the interpreter exits crashes it.
+        """
+        if not self.launched:
+            return True  # never started: nothing runs
+        return self.ended.wait(timeout)
 
     @property
     def cancelled(self) -> bool:

@@ -6,10 +6,11 @@ also while painting in a Labels layer: Shift+U = Predict, Shift+T = Add to train
 
 from __future__ import annotations
 
+import atexit
 import threading
 import weakref
 
-from qtpy.QtWidgets import QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
 from napari_unet._widgets._session import Session
 from napari_unet._widgets.finetune_widget import FinetuneWidget
@@ -42,7 +43,14 @@ class UNetWidget(QWidget):
         # Load TensorFlow in the background now, so the first Predict does not wait for it. A plain
         # thread (no Qt signals): it may outlive the dock harmlessly.
         threading.Thread(target=_warm_up, name="napari-unet TensorFlow import", daemon=True).start()
-        self.destroyed.connect(_closer(self.session, napari_viewer, self._layer_combos()))
+        closer = _closer(self.session, napari_viewer, self._layer_combos())
+        self.destroyed.connect(closer)
+        # Also when napari quits without deleting the dock first (and as a last resort at interpreter exit):
+        # a worker still inside TensorFlow then would crash the process.
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(closer)
+        atexit.register(closer)
 
     def _layer_combos(self) -> list:
         return [self.predict_tab.image_combo, self.training_set_tab.image_combo,
@@ -69,7 +77,12 @@ class UNetWidget(QWidget):
 def _closer(session: Session, viewer, combos):
     """On dock deletion: stop jobs (their results are dropped), unbind keys, stop listening to layers."""
 
+    closed = []
+
     def close(*args):
+        if closed:
+            return
+        closed.append(True)
         session.close()
         for key in (PREDICT_SHORTCUT, ADD_SHORTCUT):
             try:

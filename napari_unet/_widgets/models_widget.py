@@ -8,26 +8,23 @@ from qtpy.QtWidgets import (
     QTableWidgetItem, QVBoxLayout, QWidget,
 )
 
-from napari_unet._widgets._session import Session, _field
+from napari_unet._widgets._session import Session
 from napari_unet._widgets._workers import Job
 
-COLUMNS = ("model", "from", "created", "held-out IoU", "steps")
+COLUMNS = ("model", "from", "created", "evaluation IoU", "steps")
 
 
 def _number(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else ""
 
 
-def version_row(record) -> tuple[str, ...]:
-    """What the table shows for one stored version (tolerant of missing fields)."""
-    metrics = _field(record, "metrics") or {}
-    iou_after = metrics.get("held_out_iou")
-    iou_before = metrics.get("held_out_iou_before")
-    iou = f"{_number(iou_before)} → {_number(iou_after)}" if iou_before is not None and iou_after is not None else \
-        _number(iou_after if iou_after is not None else metrics.get("val_iou"))
-    steps = metrics.get("steps", "")
-    return (str(_field(record, "name")), str(_field(record, "parent") or ""),
-            str(_field(record, "created") or "")[:16].replace("T", " "), iou, str(steps))
+def version_row(record: dict) -> tuple[str, ...]:
+    """What the table shows for one version of the project: evaluation IoU, and whether its round was kept."""
+    metrics = record.get("metrics") or {}
+    iou = metrics.get("eval_iou", metrics.get("held_out_iou", metrics.get("val_iou")))
+    state = "" if record.get("kept", True) is not False else " (rolled back)"
+    return (str(record["name"]), str(record.get("parent") or ""),
+            str(record.get("created") or "")[:16].replace("T", " "), _number(iou) + state, str(metrics.get("steps", "")))
 
 
 class ModelsWidget(QWidget):
@@ -113,11 +110,19 @@ class ModelsWidget(QWidget):
         name = self.selected_name()
         if not name:
             return
-        if self._is_shipped(name):
+        project = self.session.project
+        if self._is_shipped(name) and name != project.start_model:
             self.session.select_model(name)
             return
-        self._store_action(lambda store: store.revert(name), f"Reverting to '{name}'",
-                           lambda record: self.session.select_model(str(_field(record, "name") or name)))
+
+        def reverted(record) -> None:
+            self.session.rounds_changed.emit()
+            self.session.select_model(str(record["version"]))
+            show_info(record["reason"])
+
+        job = Job(lambda report, is_cancelled: project.revert(name), what=f"Reverting to '{name}'", on_done=reverted)
+        self.session.track(job)
+        job.start()
 
     def rename_selected(self, new_name: str | None = None) -> None:
         name = self.selected_name()
@@ -135,12 +140,14 @@ class ModelsWidget(QWidget):
             return
 
         def renamed(result):
-            self.session.forget_model(name)
-            if self.session.model_key == name:
-                self.session.model_key = new_name
+            self.session.rename_model(name, new_name)
             self.session.versions_changed.emit()
 
-        self._store_action(lambda store: store.rename(name, new_name), f"Renaming '{name}'", renamed)
+        project = self.session.project
+        job = Job(lambda report, is_cancelled: project.rename_version(name, new_name), what=f"Renaming '{name}'",
+                  on_done=renamed)
+        self.session.track(job)
+        job.start()
 
     def export_selected(self, path: str | None = None) -> None:
         name = self.selected_name()
@@ -176,16 +183,16 @@ class ModelsWidget(QWidget):
         def deleted(result):
             self.session.forget_model(name)
             if self.session.model_key == name:
-                self.session.model_key = ""
+                self.session.select_model(self.session.project.active or "")
             self.session.versions_changed.emit()
 
         self._store_action(lambda store: store.delete(name), f"Deleting '{name}'", deleted)
 
     def _store_action(self, action, what: str, on_done) -> Job:
-        def work(report, is_cancelled):
-            from napari_unet.store import ModelStore
+        store = self.session.store
 
-            return action(ModelStore())
+        def work(report, is_cancelled):
+            return action(store)
 
         job = Job(work, what=what, on_done=on_done)
         self.session.track(job)

@@ -148,9 +148,6 @@ class PredictWidget(QWidget):
     # --- model menu ---------------------------------------------------------------------------
     def refresh_models(self, *args) -> None:
         choices = self.session.model_choices()
-        if not self.session.model_key and choices:
-            keys = [key for _, key in choices]
-            self.session.model_key = "membranes" if "membranes" in keys else keys[0]
         self.model_combo.blockSignals(True)
         self.model_combo.clear()
         for label, key in choices:

@@ -1,4 +1,5 @@
-"""Correct tab: store the corrected labels of the displayed image as a training pair; list and remove pairs."""
+"""Correct tab: store the corrected labels of the displayed image as a training or evaluation pair of the
+project; list and remove pairs."""
 
 from __future__ import annotations
 
@@ -13,9 +14,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.training_set import (
-    IGNORE_LABEL, TrainingSet, changed_pixels, restrict_to_corrections, thumbnail, to_training_mask,
-)
+from napari_unet.masks import IGNORE_LABEL
+from napari_unet.training_set import changed_pixels, restrict_to_corrections, thumbnail
 from napari_unet._widgets._layers import (
     LayerCombo, check_same_plane_shape, current_index, describe_index, layer_array,
 )
@@ -26,14 +26,18 @@ ADD_SHORTCUT = "Shift+T"
 HELP_TEXT = (
     "Correct the prediction with napari's brush (paint label 1) and eraser (label 0). "
     f"Paint label {IGNORE_LABEL} where you are not sure: those pixels are left out of training. "
-    "'Train only where I corrected' keeps just the pixels near your changes."
+    "'Train only where I corrected' keeps just the pixels near your changes. Pairs added 'for evaluation "
+    "only' are never trained on: every round is scored on them."
 )
 
 
 def build_training_pair(image_plane: np.ndarray, labels_plane: np.ndarray, prediction_plane: np.ndarray | None,
                         only_corrected: bool, margin: int) -> tuple[np.ndarray, bool]:
-    """(training mask, sparse?) from copies of the layers' planes — core calls only."""
-    mask = to_training_mask(labels_plane)
+    """(mask as painted, sparse?) from copies of the layers' planes — core calls only.
+
+    The labels are stored as painted (instance ids stay): masks.py decides once what they mean for training.
+    """
+    mask = np.asarray(labels_plane)
     if only_corrected:
         if prediction_plane is None:
             raise NapariUNetError(
@@ -67,8 +71,8 @@ class TrainingSetWidget(QWidget):
         help_label.setWordWrap(True)
         self.image_combo = LayerCombo(viewer, Image, "(no image)")
         self.labels_combo = LayerCombo(viewer, Labels, "(no labels)")
-        self.folder_edit = QLineEdit(str(session.training_set.root))
-        self.folder_edit.setToolTip("project folder: images/, masks/ and pairs/ (autosaved)")
+        self.folder_edit = QLineEdit(str(session.project.root))
+        self.folder_edit.setToolTip("project folder: training pairs, evaluation/ pairs, models/ and rounds/ (autosaved)")
         self.folder_button = QPushButton("…")
         self.only_corrected_check = QCheckBox("train only where I corrected")
         self.only_corrected_check.setToolTip(
@@ -77,6 +81,9 @@ class TrainingSetWidget(QWidget):
         self.margin_spin.setRange(0, 500)
         self.margin_spin.setValue(16)
         self.margin_spin.setSuffix(" px")
+        self.evaluation_check = QCheckBox("for evaluation only (never trained on)")
+        self.evaluation_check.setToolTip(
+            "a fixed pair every round is scored on: the Fine-tune tab plots IoU and Dice of each round on these")
         self.changes_button = QPushButton("Show my changes")
         self.changes_button.setToolTip("a layer marking where the labels differ from the prediction")
         self.ignore_button = QPushButton(f"Paint 'not sure' ({IGNORE_LABEL})")
@@ -106,6 +113,7 @@ class TrainingSetWidget(QWidget):
         tools_row.addWidget(self.ignore_button)
         tools_row.addWidget(self.changes_button)
         layout.addLayout(tools_row)
+        layout.addWidget(self.evaluation_check)
         layout.addWidget(self.add_button)
         layout.addWidget(self.count_label)
         layout.addWidget(self.pair_list, 1)
@@ -130,15 +138,14 @@ class TrainingSetWidget(QWidget):
 
     # --- folder -------------------------------------------------------------------------------
     def choose_folder(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Training set folder", str(self.session.training_set.root))
+        folder = QFileDialog.getExistingDirectory(self, "Project folder", str(self.session.project.root))
         if folder:
             self.set_folder(folder)
 
     def set_folder(self, folder: str) -> None:
-        if folder and folder != str(self.session.training_set.root):
-            self.session.training_set = TrainingSet(folder)
-            self.folder_edit.setText(str(self.session.training_set.root))
-            self.session.training_set_changed.emit()
+        if folder:
+            self.session.set_project(folder)
+            self.folder_edit.setText(str(self.session.project.root))
             self.refresh_list()
 
     # --- actions ------------------------------------------------------------------------------
@@ -190,68 +197,75 @@ class TrainingSetWidget(QWidget):
         labels_plane = np.array(labels_layer.data[index])
         stored = labels_layer.metadata.get(PREDICTION_KEY)
         prediction_plane = np.array(stored[index]) if stored is not None and stored.shape == labels_layer.data.shape else None
-        only_corrected = self.only_corrected_check.isChecked()
+        evaluation = self.evaluation_check.isChecked()
+        only_corrected = self.only_corrected_check.isChecked() and not evaluation
         margin = self.margin_spin.value()
-        training_set = self.session.training_set
+        project = self.session.project
         name = f"{image_layer.name}{('_' + '_'.join(map(str, index))) if index else ''}"
         image_name, labels_name = image_layer.name, labels_layer.name
 
         def work(report, is_cancelled):
             mask, sparse = build_training_pair(image_plane, labels_plane, prediction_plane, only_corrected, margin)
-            return training_set.add(image_plane, mask, name, source_image=image_name, source_labels=labels_name,
-                                    sparse=sparse)
+            return project.add_pair(image_plane, mask, evaluation=evaluation, name=name, source_image=image_name,
+                                    source_labels=labels_name, sparse=sparse), evaluation
 
         self.add_button.setEnabled(False)
-        self.job = Job(work, what=f"Adding '{labels_name}'{describe_index(index)} to the training set",
+        what = "evaluation pairs" if evaluation else "training set"
+        self.job = Job(work, what=f"Adding '{labels_name}'{describe_index(index)} to the {what}",
                        on_done=self._added, on_finished=lambda: self.add_button.setEnabled(True),
                        needs_tensorflow=False)
         self.session.track(self.job)
         return self.job.start()
 
-    def _added(self, pair) -> None:
+    def _added(self, result) -> None:
+        pair, evaluation = result
         percent = 100 * pair.foreground_pixels / max(pair.annotated_pixels, 1)
-        show_info(f"Added '{pair.name}' to the training set ({pair.annotated_pixels:,} annotated pixels, "
-                  f"{percent:.0f}% foreground). Saved in {self.session.training_set.root}.")
+        kind = "an evaluation pair (never trained on)" if evaluation else "the training set"
+        show_info(f"Added '{pair.name}' as {kind} ({pair.annotated_pixels:,} annotated pixels, "
+                  f"{percent:.0f}% foreground). Saved in {self.session.project.root}.")
         self.session.training_set_changed.emit()
         self.refresh_list()
 
     def remove_selected(self) -> None:
-        names = [item.data(Qt.ItemDataRole.UserRole) for item in self.pair_list.selectedItems()]
-        if not names:
+        chosen = [item.data(Qt.ItemDataRole.UserRole) for item in self.pair_list.selectedItems()]
+        if not chosen:
             show_info("Select one or more pairs in the list to remove them.")
             return
-        for name in names:
-            self.session.training_set.remove(name)
+        project = self.session.project
+        for evaluation, name in chosen:
+            (project.evaluation if evaluation else project.training).remove(name)
         self.session.training_set_changed.emit()
         self.refresh_list()
 
     # --- list ---------------------------------------------------------------------------------
     def refresh_list(self) -> Job:
-        training_set = self.session.training_set
+        project = self.session.project
 
         def work(report, is_cancelled):
             rows = []
-            for pair in training_set.pairs():
-                try:
-                    image, _ = training_set.load(pair.name)
-                    rows.append((pair, thumbnail(image, 48)))
-                except Exception:  # an unreadable file: still listed so it can be removed
-                    rows.append((pair, None))
+            for evaluation, pairs in ((False, project.training), (True, project.evaluation)):
+                for pair in pairs.pairs():
+                    try:
+                        image, _ = pairs.load(pair.name)
+                        rows.append((pair, evaluation, thumbnail(image, 48)))
+                    except Exception:  # an unreadable file: still listed so it can be removed
+                        rows.append((pair, evaluation, None))
             return rows
 
-        self.list_job = Job(work, what="Reading the training set", on_done=self._show_pairs, needs_tensorflow=False)
+        self.list_job = Job(work, what="Reading the project", on_done=self._show_pairs, needs_tensorflow=False)
         self.session.track(self.list_job)
         return self.list_job.start()
 
     def _show_pairs(self, rows) -> None:
         self.pair_list.clear()
-        for pair, preview in rows:
+        for pair, evaluation, preview in rows:
             size = "×".join(str(n) for n in pair.shape[:2])
             percent = 100 * pair.foreground_pixels / max(pair.annotated_pixels, 1)
-            text = f"{pair.name}\n{size} px · {percent:.0f}% foreground{' · sparse' if pair.sparse else ''}"
-            item = QListWidgetItem(text)
-            item.setData(Qt.ItemDataRole.UserRole, pair.name)
+            kind = " · evaluation only" if evaluation else (" · sparse" if pair.sparse else "")
+            item = QListWidgetItem(f"{pair.name}\n{size} px · {percent:.0f}% foreground{kind}")
+            item.setData(Qt.ItemDataRole.UserRole, (evaluation, pair.name))
             if preview is not None:
                 item.setIcon(QIcon(_pixmap(preview)))
             self.pair_list.addItem(item)
-        self.count_label.setText(f"{len(rows)} pair(s) in the training set")
+        n_evaluation = sum(1 for _, evaluation, _ in rows if evaluation)
+        self.count_label.setText(f"{len(rows) - n_evaluation} training pair(s), {n_evaluation} evaluation pair(s)")

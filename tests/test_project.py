@@ -1,0 +1,208 @@
+"""The loop as a project (project.py) and its command line: rounds, guard and rollback, lineage, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+from napari_unet.errors import NapariUNetError
+from napari_unet.model import UNetConfig, new_model, save_model
+from napari_unet.project import Project
+from napari_unet.store import array_sha1
+from napari_unet.train import TrainConfig
+
+# Enough for a base-width-4 model to learn bright discs on a dark background (about 2 s).
+QUICK = TrainConfig(epochs=2, steps_per_epoch=15, batch_size=2, patch_size=64, learning_rate=1e-2)
+
+
+def _discs(seed: int, size: int = 128, instances: bool = False):
+    """Bright discs on noise; labels 1..N (instances) or 1."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(20, 5, (size, size))
+    labels = np.zeros((size, size), np.uint16)
+    yy, xx = np.mgrid[:size, :size]
+    for number in range(1, 9):
+        cy, cx = rng.integers(10, size - 10, 2)
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
+        image[disc] += 100
+        labels[disc] = number if instances else 1
+    return image.astype(np.float32), labels
+
+
+@pytest.fixture
+def start_model(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return str(save_model(new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny"), tmp_path / "tiny.keras"))
+
+
+@pytest.fixture
+def project(tmp_path, start_model):
+    project = Project.init(tmp_path / "project", start_model)
+    for seed in (0, 1):
+        project.add_pair(*_discs(seed, instances=True))
+    project.add_pair(*_discs(7), evaluation=True)
+    return project
+
+
+def test_a_round_that_helps_is_kept_with_its_lineage(project, start_model):
+    outcome = project.round(QUICK)
+    record = outcome.record
+    assert record["round"] == 1 and record["parent"] == start_model and record["kept"]
+    assert record["eval"]["source"] == "evaluation pairs"
+    assert record["eval"]["after"]["iou"] > record["eval"]["before"]["iou"]
+    assert record["eval"]["verdict"] == "helped" and "helped" in record["reason"]
+    assert project.active == record["version"] == outcome.version
+    lineage = project.store.record(record["version"])
+    assert lineage["parent"] == "tiny" and lineage["seed"] == QUICK.seed and lineage["package_version"]
+    stored = [project.training.load(name) for name in project.training.names()]
+    assert [(p["image_sha1"], p["mask_sha1"]) for p in lineage["training_pairs"]] == \
+        [(array_sha1(image), array_sha1(mask)) for image, mask in stored]
+    assert lineage["settings"]["learning_rate"] == QUICK.learning_rate
+
+
+def test_a_round_on_wrong_masks_is_rolled_back_and_kept_for_inspection(project):
+    good = project.round(QUICK).version
+    for name in project.training.names():  # the "user" paints everything the wrong way round
+        image, mask = project.training.load(name)
+        project.training.remove(name)
+        project.add_pair(image, (mask == 0).astype(np.uint8), name=name)
+    failed = project.round(QUICK)
+    assert not failed.kept and failed.reason.startswith("Rolled back:")
+    assert "previous model stays active" in failed.reason
+    assert project.active == good
+    assert project.store.has(failed.version) and project.store.record(failed.version)["kept"] is False
+    assert [r["kept"] for r in project.status()["rounds"]] == [True, False]
+
+
+def test_without_evaluation_pairs_the_held_out_stripes_are_scored_and_not_trained_on(tmp_path, start_model):
+    project = Project.init(tmp_path / "p", start_model)
+    project.add_pair(*_discs(0))
+    outcome = project.round(QUICK)
+    assert outcome.record["eval"]["source"] == "held-out stripes"
+    pairs = project.store.record(outcome.version)["training_pairs"]
+    _, stored_mask = project.training.load(project.training.names()[0])
+    assert pairs[0]["mask_sha1"] != array_sha1(stored_mask)  # trained on the mask with its stripe set to 255
+
+
+def test_retrain_repeats_a_round_exactly(project):
+    project.round(QUICK)
+    report = project.retrain(1)
+    assert report["steps"] == report["recorded_steps"] == 30
+    assert abs(report["iou_difference"]) < 1e-3 and report["max_weight_difference"] < 1e-4
+
+
+def test_a_time_budget_ends_training_and_the_round_still_finishes(project):
+    from dataclasses import replace
+
+    outcome = project.round(replace(QUICK, epochs=1000, seconds=1.0))
+    training = outcome.record["training"]
+    assert training["stopped_reason"] == "time budget" and 0 < training["steps"] < 1000 * QUICK.steps_per_epoch
+    assert outcome.record["eval"]["after"] is not None
+
+
+def test_a_failed_round_leaves_nothing_half_written(project, monkeypatch):
+    import napari_unet.train as train
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk vanished")
+
+    monkeypatch.setattr(train, "finetune", broken)
+    with pytest.raises(RuntimeError):
+        project.round(QUICK)
+    assert project.rounds() == [] and project.store.names() == []
+    assert not (project.root / ".round.lock").exists()
+    assert len(project.training.pairs()) == 2
+
+
+def test_two_rounds_at_once_are_refused_and_a_dead_round_lock_is_cleared(project):
+    lock = project.root / ".round.lock"
+    lock.write_text(str(os.getpid()))  # this process is "running" a round
+    with pytest.raises(NapariUNetError, match="already running"):
+        project.round(QUICK)
+    lock.write_text("999999999")  # a process that no longer exists
+    assert project.round(QUICK).record["round"] == 1
+
+
+def test_an_old_training_set_folder_opens_as_a_project_with_no_rounds(tmp_path, start_model):
+    from napari_unet.training_set import TrainingSet
+
+    TrainingSet(tmp_path / "old").add(*_discs(0), name="cells")
+    project = Project.open(tmp_path / "old")
+    assert project.rounds() == [] and project.active is None and project.training.names() == ["cells"]
+    with pytest.raises(NapariUNetError, match="no model to start from"):
+        project.round(QUICK)
+    assert project.round(QUICK, model=start_model).record["parent"] == start_model
+
+
+# ---------------------------------------------------------------------- command line
+
+
+def _files(tmp_path):
+    for index, seed in enumerate((0, 1, 7)):
+        image, labels = _discs(seed, instances=True)
+        tifffile.imwrite(tmp_path / f"image{index}.tif", image)
+        tifffile.imwrite(tmp_path / f"labels{index}.tif", labels)
+    return tmp_path
+
+
+def test_cli_round_and_status_print_the_contract(tmp_path, start_model, capsys, monkeypatch):
+    import napari_unet.train as train
+
+    monkeypatch.setattr(train, "TrainConfig", lambda: QUICK)  # the CLI reads its defaults from TrainConfig()
+    folder, project = _files(tmp_path), str(tmp_path / "p")
+    assert main(["project", "init", project, "-m", start_model]) == 0
+    for index in (0, 1):
+        assert main(["project", "add", project, "--image", str(folder / f"image{index}.tif"),
+                     "--mask", str(folder / f"labels{index}.tif")]) == 0
+    assert main(["project", "add", project, "--image", str(folder / "image2.tif"), "--mask",
+                 str(folder / "labels2.tif"), "--eval"]) == 0
+    capsys.readouterr()
+    assert main(["project", "round", project, "--seed", "3", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert {"round", "parent", "version", "kept", "reason", "eval", "seconds"} <= set(record)
+    assert record["round"] == 1 and isinstance(record["kept"], bool) and record["reason"].endswith(".")
+    for side in ("before", "after"):
+        assert set(record["eval"][side]) == {"iou", "dice", "pixel_error"}
+    assert main(["project", "status", project, "--json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["rounds"] == [record] and status["active"] == (record["version"] if record["kept"] else start_model)
+    assert Project.open(project).store.record(record["version"])["seed"] == 3
+
+
+@pytest.mark.parametrize("case", ["missing project", "shape mismatch", "eval without foreground",
+                                  "round without pairs", "round already running", "init twice"])
+def test_cli_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, start_model, capsys, case):
+    folder, project = _files(tmp_path), str(tmp_path / "p")
+    main(["project", "init", project, "-m", start_model])
+    capsys.readouterr()
+    image = str(folder / "image0.tif")
+    if case == "missing project":
+        args, words = ["project", "round", str(tmp_path / "nope")], "no project at"
+    elif case == "shape mismatch":
+        tifffile.imwrite(tmp_path / "small.tif", np.zeros((100, 128), np.uint8))
+        args, words = ["project", "add", project, "--image", image, "--mask", str(tmp_path / "small.tif")], "100×128"
+    elif case == "eval without foreground":
+        tifffile.imwrite(tmp_path / "empty.tif", np.zeros((128, 128), np.uint8))
+        args, words = ["project", "add", project, "--image", image, "--mask", str(tmp_path / "empty.tif"), "--eval"], "no foreground"
+    elif case == "round without pairs":
+        args, words = ["project", "round", project], "no training pairs"
+    elif case == "round already running":
+        main(["project", "add", project, "--image", image, "--mask", str(folder / "labels0.tif")])
+        (tmp_path / "p" / ".round.lock").write_text(str(os.getpid()))
+        args, words = ["project", "round", project], "already running"
+    else:
+        args, words = ["project", "init", project, "-m", start_model], "already a project"
+    capsys.readouterr()
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "p").rglob("*") if p.name != ".round.lock")
+    assert main(args) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and words in error
+    after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "p").rglob("*") if p.name != ".round.lock")
+    assert after == before  # nothing half-written
