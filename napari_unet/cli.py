@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from napari_unet.errors import Cancelled, NapariUNetError
 
-    _import_tensorflow_quietly()
+    if args.command != "gui":  # in napari, the dock imports TensorFlow after OpenGL is up (_widgets/_tensorflow.py)
+        _import_tensorflow_quietly()
     try:
         return int(args.func(args) or 0)
     except NapariUNetError as exc:
@@ -61,8 +62,8 @@ _TENSORFLOW_IMPORT_NOISE = ("All log messages before absl::InitializeLog()", "on
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up chatter kept off the terminal; anything else it prints is shown.
 
-    Done before any command (also before napari for `gui`, which sidesteps the LLVM clash handled in
-    _widgets/_tensorflow.py).
+    Done before any command but `gui`: there napari's OpenGL must come first and the dock imports
+    TensorFlow afterwards (importing it first crashes a shown viewer with Mesa's LLVM; _widgets/_tensorflow.py).
     """
     import tempfile
 
@@ -292,7 +293,7 @@ def _run_gui_command(args) -> int:
     import napari
 
     open_gui(images=args.images, sample=args.sample)
-    napari.run()
+    napari.run()  # returns after the dock has stopped its workers (they have left TensorFlow)
     return 0
 
 

@@ -30,6 +30,13 @@ def prediction_layer_name(image_name: str, version: str | None = None) -> str:
 
 
 def settings() -> QSettings:
+    """The platform's settings store; with $NAPARI_UNET_HOME set (tests, portable setups) a file inside it."""
+    import os
+
+    if os.environ.get("NAPARI_UNET_HOME"):
+        from napari_unet._files import user_data_dir
+
+        return QSettings(str(user_data_dir() / "dock-settings.ini"), QSettings.Format.IniFormat)
     return QSettings(SETTINGS_ORGANISATION, SETTINGS_APPLICATION)
 
 
