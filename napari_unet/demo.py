@@ -19,7 +19,6 @@ from napari_unet.errors import NapariUNetError
 
 from napari_unet.masks import IGNORE_LABEL  # noqa: E402  (the one definition)
 DEFAULT_SECONDS = 60.0
-DEFAULT_LEARNING_RATE = 1e-4  # the safe interactive default (cpu-calibration §5)
 
 
 @dataclass
@@ -51,7 +50,8 @@ class DemoResult:
     trained_pixels: int
     improved: bool
     verdict: str
-    notes: list[str] = field(default_factory=list)
+    kept: bool = True
+    evaluation: dict = field(default_factory=dict)  # the round's eval record: sources, units, interval
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -118,143 +118,97 @@ def folder_case(data_dir: str | Path) -> DemoCase:
     )
 
 
-def score_held_out(model, case: DemoCase, threshold: float = 0.5) -> tuple[dict, list[np.ndarray]]:
-    """Predict every image and pool the scores over the held-out pixels only."""
-    from napari_unet.metrics import pooled_scores
-    from napari_unet.prediction import predict
+def evaluation_pairs(case: DemoCase) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The held-out part of each image as (image crop, truth crop): what the round is scored on.
 
-    labels = [predict(model, image, output="labels", threshold=threshold) for image in case.images]
-    scores = pooled_scores((predicted, truth, valid) for predicted, truth, valid in zip(labels, case.truths, case.held_out))
-    return scores, labels
+    A half-split image gives its right half; a held-out image is used whole.
+    """
+    pairs = []
+    for image, truth, held_out in zip(case.images, case.truths, case.held_out):
+        if not held_out.any():
+            continue
+        columns = np.flatnonzero(held_out.any(axis=0))
+        rows = np.flatnonzero(held_out.any(axis=1))
+        window = (slice(rows[0], rows[-1] + 1), slice(columns[0], columns[-1] + 1))
+        pairs.append((np.asarray(image)[window], np.asarray(truth)[window]))
+    return pairs
 
 
 def run_demo(
     data_dir: str | Path | None = None,
     model_name: str = "membranes",
     seconds: float = DEFAULT_SECONDS,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
     log: Callable[[str], None] | None = None,
+    project_dir: str | Path | None = None,
 ) -> DemoResult:
-    """Run predict → simulated correction → fine-tune (for about `seconds`) → predict, and score.
+    """Predict → simulated correction → one project round bounded by `seconds` → predict, and score.
 
-    Fine-tuning stops at the time budget through finetune()'s cancel check, which keeps the
-    best model so far.
+    The round is the core's (project.Project.round) with TrainConfig's defaults and a time budget; the
+    held-out part becomes the project's evaluation pairs, so "did it help?" is the project's own rule.
+    project_dir: where the demo's project goes (default: a temporary folder, removed afterwards).
     """
-    if seconds <= 0:
+    if not seconds > 0:
         raise NapariUNetError(f"--seconds must be positive, not {seconds}: give the fine-tuning budget in seconds, e.g. 60")
+    import tempfile
+    from dataclasses import replace
+
+    from napari_unet.project import Project
     from napari_unet.registry import load_model
-    from napari_unet.train import TrainConfig, finetune
+    from napari_unet.train import TrainConfig
 
     log = log or (lambda text: None)
     timings: dict[str, float] = {}
-
     started = time.monotonic()
     case = folder_case(data_dir) if data_dir else sample_case()
     timings["load_data"] = time.monotonic() - started
-
     log(f"loading model '{model_name}' …")
     started = time.monotonic()
     model = load_model(model_name)
     timings["load_model"] = time.monotonic() - started
-    if model.config.n_classes != 1:
-        raise NapariUNetError(
-            f"model '{model_name}' has {model.config.n_classes} classes; the demo scores one foreground class: "
-            "use a one-class model such as 'membranes'"
-        )
 
-    log("predicting before fine-tuning …")
-    started = time.monotonic()
-    before, _ = score_held_out(model, case)
-    timings["predict_before"] = time.monotonic() - started
-
-    train_images = [image for image, mask in zip(case.images, case.train_masks) if mask is not None]
-    train_masks = [mask for mask in case.train_masks if mask is not None]
-    for mask, held_out in zip(case.train_masks, case.held_out):
-        if mask is not None and np.any(mask[held_out] != IGNORE_LABEL):
-            raise AssertionError("held-out pixels leaked into the training masks")  # a bug, not user input
-
-    log(f"fine-tuning for about {seconds:.0f} s …")
-    deadline = [None]
-    last_event = {}
-
-    def on_progress(event) -> None:
-        if deadline[0] is None:  # the clock starts once training runs (after loading/tracing set-up)
-            deadline[0] = time.monotonic() + seconds
-        last_event["step"] = event.step
-        last_event["loss"] = event.loss
-
-    def out_of_time() -> bool:
-        return deadline[0] is not None and time.monotonic() >= deadline[0]
-
-    # Enough steps that the time budget, not the step count, ends training on a fast machine.
-    config = TrainConfig(
-        epochs=100, steps_per_epoch=25, learning_rate=learning_rate, batch_size=4, patch_size=256, seed=0,
-        **_no_early_stopping(),
-    )
-    started = time.monotonic()
-    tuned, history = finetune(model, train_images, train_masks, config=config, progress=on_progress, cancel=out_of_time)
-    timings["finetune"] = time.monotonic() - started
-
-    log("predicting after fine-tuning …")
-    started = time.monotonic()
-    after, _ = score_held_out(tuned, case)
-    timings["predict_after"] = time.monotonic() - started
-
-    delta_iou = after["iou"] - before["iou"]
-    delta_error = after["pixel_error"] - before["pixel_error"]
-    # Changes this small are within run-to-run noise (cpu-calibration §4-5), so they count as none.
-    negligible = abs(delta_error) < 0.002 and abs(delta_iou) < 0.005
-    improved = not negligible and delta_error < 0 and delta_iou > 0
-    if negligible:
-        verdict = (f"fine-tuning made no measurable difference on the held-out part (IoU {delta_iou:+.3f}, "
-                   f"pixel error {delta_error:+.4f})")
-    elif improved:
-        verdict = f"fine-tuning helped on the held-out part: IoU {delta_iou:+.3f}, pixel error {delta_error:+.4f}"
-    else:
-        verdict = (f"fine-tuning did NOT help on the held-out part (IoU {delta_iou:+.3f}, pixel error "
-                   f"{delta_error:+.4f}): more corrections or a longer fine-tune (--seconds) may be needed")
-
+    with tempfile.TemporaryDirectory(prefix="napari-unet-demo-") as scratch:
+        project = Project.init(Path(project_dir or Path(scratch) / "project"), model_name)
+        for index, (image, mask) in enumerate(zip(case.images, case.train_masks)):
+            if mask is not None:
+                project.add_pair(image, mask, name=f"corrected_{index}")
+        for index, (image, truth) in enumerate(evaluation_pairs(case)):
+            project.add_pair(image, truth, evaluation=True, name=f"held_out_{index}")
+        # A time-bounded round: the budget, not the step count, ends training.
+        config = replace(TrainConfig(), seconds=seconds, epochs=10_000, early_stopping_patience=0)
+        log(f"one round: score '{model_name}', fine-tune for about {seconds:.0f} s, score again …")
+        started = time.monotonic()
+        outcome = project.round(config, log=log)
+        timings["round"] = time.monotonic() - started
+    record = outcome.record
     return DemoResult(
         data=case.description,
         model=model_name,
         split=case.split,
-        before={k: float(before[k]) for k in ("iou", "dice", "pixel_error")},
-        after={k: float(after[k]) for k in ("iou", "dice", "pixel_error")},
-        timings={k: round(v, 2) for k, v in timings.items()},
+        before=record["eval"]["before"],
+        after=record["eval"]["after"],
+        timings={k: round(v, 2) for k, v in {**timings, "finetune": record["training"]["seconds"]}.items()},
         finetune={
-            "steps": int(history.steps),
-            "seconds": round(float(history.seconds), 2),
-            "learning_rate": learning_rate,
-            "final_loss": None if history.final_loss is None else float(history.final_loss),
-            "stopped_reason": str(history.stopped_reason),
+            "steps": int(record["training"]["steps"]),
+            "seconds": record["training"]["seconds"],
+            "learning_rate": config.learning_rate,
+            "stopped_reason": record["training"]["stopped_reason"],
             "budget_seconds": seconds,
             "output_offset_before": [float(v) for v in model.metadata.output_offset],
-            "output_offset_after": [float(v) for v in tuned.metadata.output_offset],
+            "output_offset_after": [float(v) for v in outcome.model.metadata.output_offset],
         },
         held_out_pixels=int(sum(np.count_nonzero(h) for h in case.held_out)),
-        trained_pixels=int(sum(np.count_nonzero(m != IGNORE_LABEL) for m in train_masks)),
-        improved=bool(improved),
-        verdict=verdict,
+        trained_pixels=int(sum(np.count_nonzero(m != IGNORE_LABEL) for m in case.train_masks if m is not None)),
+        improved=record["eval"]["verdict"] == "helped",
+        verdict=outcome.reason,
+        kept=bool(record["kept"]),
+        evaluation=record["eval"],
     )
-
-
-def _no_early_stopping() -> dict:
-    """TrainConfig's early-stopping field, switched off when it exists (the budget is time here)."""
-    from dataclasses import fields
-
-    from napari_unet.train import TrainConfig
-
-    names = {f.name for f in fields(TrainConfig)}
-    for name in ("early_stopping_patience", "patience", "early_stopping"):
-        if name in names:
-            return {name: 0 if name != "early_stopping" else False}
-    return {}
 
 
 def format_summary(result: DemoResult) -> str:
     """A short human-readable report: what ran, how long each phase took, before/after scores."""
     rows = [
-        f"napari-unet demo — predict → correct → fine-tune → predict",
+        "napari-unet demo — predict → correct → fine-tune → predict (one project round)",
         f"  data:   {result.data}",
         f"  model:  {result.model}",
         f"  split:  {result.split}",
@@ -262,8 +216,7 @@ def format_summary(result: DemoResult) -> str:
         "",
         "  phase              seconds",
     ]
-    for phase, label in (("load_model", "load model*"), ("predict_before", "predict (before)"),
-                         ("finetune", "fine-tune"), ("predict_after", "predict (after)")):
+    for phase, label in (("load_model", "load model*"), ("round", "round"), ("finetune", "  of which training")):
         extra = ""
         if phase == "finetune":
             extra = f"   {result.finetune['steps']} steps, lr {result.finetune['learning_rate']:g}"
@@ -275,6 +228,10 @@ def format_summary(result: DemoResult) -> str:
     for key, label in (("iou", "IoU"), ("dice", "Dice"), ("pixel_error", "pixel error")):
         b, a = result.before[key], result.after[key]
         rows.append(f"  {label:<17}{b:8.4f} {a:8.4f}  {a - b:+8.4f}")
+    interval = result.evaluation.get("delta_iou_interval")
+    if interval:
+        rows.append(f"  IoU change, 95% interval over {result.evaluation.get('units')} evaluation tiles: "
+                    f"{interval[0]:+.4f} to {interval[1]:+.4f}")
     rows += ["", f"  → {result.verdict}",
-             "  (* includes starting TensorFlow; fine-tune time includes preparing data and compiling)"]
+             "  (* includes starting TensorFlow; the round scores the model before and after, and trains)"]
     return "\n".join(rows)
