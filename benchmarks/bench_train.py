@@ -49,7 +49,7 @@ def throughput(width: int, steps: int) -> None:
 
     from napari_unet.augment import PairAugmenter
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.train import PatchSampler, make_train_step, prepare_pairs
+    from napari_unet.training import PatchSampler, make_train_step, prepare_pairs
 
     keras.utils.set_random_seed(0)
     batch, patch = 4, 256
@@ -111,7 +111,7 @@ def default_finetune(width: int) -> None:
     import keras
 
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.train import finetune
+    from napari_unet.training import finetune
 
     keras.utils.set_random_seed(0)
     model = new_model(UNetConfig(base_width=width), name="membranes", class_names=["membrane"])
@@ -131,7 +131,7 @@ def hitl() -> None:
 
     from napari_unet.evaluation import evaluate
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.train import finetune
+    from napari_unet.training import finetune
 
     keras.utils.set_random_seed(0)
     start = new_model(UNetConfig(base_width=8), name="membranes", class_names=["membrane"])

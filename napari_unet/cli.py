@@ -347,7 +347,7 @@ def _run_finetune_command(args) -> int:
     names = [image_path.name for image_path, _ in pairs]
 
     from napari_unet.registry import load_model
-    from napari_unet.train import finetune
+    from napari_unet.training import finetune
 
     model = load_model(args.model)
     overrides = {key: value for key, value in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch),
@@ -476,7 +476,7 @@ def _train_default(name: str):
     import ast
     from pathlib import Path
 
-    source = (Path(__file__).parent / "train.py").read_text()
+    source = (Path(__file__).parent / "training" / "config.py").read_text()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name and node.value is not None:
             return ast.literal_eval(node.value)
@@ -518,7 +518,7 @@ def _run_project_round(args) -> int:
     from dataclasses import replace
 
     from napari_unet.project import Project
-    from napari_unet.train import TrainConfig
+    from napari_unet.training import TrainConfig
 
     project = Project.open(args.dir)
     config = TrainConfig()

@@ -154,7 +154,7 @@ def run_demo(
 
     from napari_unet.project import Project
     from napari_unet.registry import load_model
-    from napari_unet.train import TrainConfig
+    from napari_unet.training import TrainConfig
 
     log = log or (lambda text: None)
     timings: dict[str, float] = {}

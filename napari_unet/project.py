@@ -267,7 +267,7 @@ class Project:
         model: the parent when the project has none yet (an old training-set folder).
         progress/cancel: as for finetune(); cancel ends training early and the round still finishes.
         """
-        from napari_unet.train import TrainConfig, finetune
+        from napari_unet.training import TrainConfig, finetune
 
         config = config or TrainConfig()
         config.check()
@@ -363,7 +363,7 @@ class Project:
     def retrain(self, number: int, *, progress: Callable | None = None) -> dict:
         """Repeat round `number` from its records (same parent, pairs, settings, seed and step count) and
         report how close the new result comes to the recorded version."""
-        from napari_unet.train import TrainConfig, finetune
+        from napari_unet.training import TrainConfig, finetune
 
         record = next((r for r in self.rounds() if r["round"] == number), None)
         if record is None:

@@ -29,6 +29,7 @@ import re
 import shutil
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -254,7 +255,7 @@ class ModelStore:
         history: a TrainHistory (metrics, settings and seconds are taken from it).
         metrics: extra scores to record (e.g. {"held_out_iou": 0.71}); they win over the history's.
         """
-        from napari_unet.model import save_model
+        from napari_unet.model import SegmentationModel, save_model
 
         info = model.metadata.info.get("training", {}) if isinstance(model.metadata.info, dict) else {}
         # A model straight from load_model keeps its source; finetune() clears it and records its parent.
@@ -296,10 +297,10 @@ class ModelStore:
                           "tile_size": model.metadata.tile_size},
                 **_json_safe(extra or {}),
             }
-            saved_name = model.metadata.name
+            # A view with the lineage as its name: the caller's model (maybe in use by another thread) is not changed.
+            named = SegmentationModel(model.keras_model, replace(model.metadata, name=lineage), model.source)
             try:
-                model.metadata.name = lineage
-                save_model(model, model_path)
+                save_model(named, model_path)
                 self._write_json(record_path, record)
             except OSError as exc:
                 # Nothing half-written stays: the record is what makes a version visible.
@@ -309,8 +310,6 @@ class ModelStore:
                 with contextlib.suppress(OSError):
                     self._clean_temp_files()
                 raise _unwritable(self.root, exc) from exc
-            finally:
-                model.metadata.name = saved_name
         record["path"] = str(model_path)
         return record
 

@@ -230,7 +230,7 @@ def _rounded(scores: dict) -> dict:
 def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **setting_overrides) -> dict:
     """Train from scratch on the recipe's split, then measure_and_save."""
     from napari_unet.model import new_model
-    from napari_unet.train import TrainConfig, finetune
+    from napari_unet.training import TrainConfig, finetune
 
     train_images, train_masks = load_split(recipe, recipe.train_stems)
     val_images, val_masks = load_split(recipe, recipe.validation_stems)

@@ -19,7 +19,7 @@ import pytest
 from napari_unet.evaluation import evaluate
 from napari_unet.io import read_image
 from napari_unet.model import UNetConfig, new_model
-from napari_unet.train import finetune
+from napari_unet.training import finetune
 
 
 def _load(isbi_dir, slices, step=1):

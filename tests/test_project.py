@@ -14,7 +14,7 @@ from napari_unet.errors import NapariUNetError
 from napari_unet.model import UNetConfig, new_model, save_model
 from napari_unet.project import Project
 from napari_unet.store import array_sha1
-from napari_unet.train import TrainConfig
+from napari_unet.training import TrainConfig
 
 # Enough for a base-width-4 model to learn bright discs on a dark background (about 2 s).
 QUICK = TrainConfig(epochs=2, steps_per_epoch=15, batch_size=2, patch_size=64, learning_rate=1e-2)
@@ -108,7 +108,7 @@ def test_a_time_budget_ends_training_and_the_round_still_finishes(project):
 
 
 def test_a_failed_round_leaves_nothing_half_written(project, monkeypatch):
-    import napari_unet.train as train
+    import napari_unet.training as train
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk vanished")
@@ -153,7 +153,7 @@ def _files(tmp_path):
 
 
 def test_cli_round_and_status_print_the_contract(tmp_path, start_model, capsys, monkeypatch):
-    import napari_unet.train as train
+    import napari_unet.training as train
 
     monkeypatch.setattr(train, "TrainConfig", lambda: QUICK)  # the CLI reads its defaults from TrainConfig()
     folder, project = _files(tmp_path), str(tmp_path / "p")

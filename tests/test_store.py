@@ -76,7 +76,7 @@ def test_hashes_differ_for_different_data():
 
 
 def test_history_metrics_are_recorded(store, tiny):
-    from napari_unet.train import TrainHistory
+    from napari_unet.training import TrainHistory
 
     history = TrainHistory(steps=12, seconds=3.5, val_iou=0.7, val_dice=0.8, final_loss=0.4, best_epoch=2,
                            settings={"learning_rate": 1e-4})
@@ -241,3 +241,21 @@ def test_model_folder_that_cannot_be_created(tmp_path, tiny):
     blocker.write_text("not a folder")
     with pytest.raises(NapariUNetError, match="cannot write to model folder"):
         ModelStore(blocker / "models").save_version(tiny)
+
+
+def test_saving_a_version_never_changes_the_model_a_caller_holds(store, tiny, monkeypatch):
+    """Another thread may be predicting with the model while it is saved: its metadata must not move."""
+    import napari_unet.model as model_module
+
+    names_seen_during_save = []
+    real_save = model_module.save_model
+
+    def watching_save(model, path):
+        names_seen_during_save.append(tiny.metadata.name)
+        return real_save(model, path)
+
+    monkeypatch.setattr(model_module, "save_model", watching_save)
+    original = tiny.metadata.name
+    record = store.save_version(tiny, name="watched")
+    assert names_seen_during_save == [original] and tiny.metadata.name == original
+    assert store.load(record["name"]).metadata.name == "watched"

@@ -10,7 +10,7 @@ import pytest
 
 from napari_unet.errors import NapariUNetError
 from napari_unet.model import UNetConfig, new_model
-from napari_unet.train import (
+from napari_unet.training import (
     IGNORE_LABEL,
     PatchSampler,
     TrainConfig,
@@ -147,7 +147,7 @@ def test_bad_masks_are_refused_with_a_message_naming_the_pair(tiny_model, mask, 
 
 def test_instance_labels_train_like_their_binary_mask(tiny_model):
     """The one mask rule (masks.py): any label other than 0 and 255 is foreground for a one-class model."""
-    from napari_unet.train import prepare_pairs
+    from napari_unet.training import prepare_pairs
 
     image, mask = _pair()
     instances = np.where(mask > 0, np.arange(mask.size).reshape(mask.shape) % 37 + 1, 0).astype(np.int32)
@@ -214,7 +214,7 @@ def test_given_validation_set_is_scored(tiny_model):
 
 
 def test_the_returned_weights_are_the_best_epochs(tiny_model):
-    from napari_unet.train import score_pairs
+    from napari_unet.training import score_pairs
 
     image, mask = _pair()
     validation = prepare_pairs(tiny_model, *zip(_pair(seed=5)))

@@ -247,7 +247,7 @@ def _tiny_finetune_settings(widget, epochs=1, steps=2):
 
 
 def test_fine_tune_with_an_empty_training_set_says_what_to_do(qtbot, dock, notifications):
-    pytest.importorskip("napari_unet.train")
+    pytest.importorskip("napari_unet.training")
     viewer, widget = dock
     job = wait_for(qtbot, widget.finetune_tab.start())
     assert job.error is not None
@@ -259,7 +259,7 @@ def test_fine_tune_with_an_empty_training_set_says_what_to_do(qtbot, dock, notif
 
 
 def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notifications, tmp_path):
-    pytest.importorskip("napari_unet.train")
+    pytest.importorskip("napari_unet.training")
     from napari_unet.prediction import predict
 
     viewer, widget = dock
@@ -306,7 +306,7 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
 
 
 def test_a_pair_for_evaluation_only_is_scored_every_round_and_never_trained_on(qtbot, dock, blobs_image, notifications):
-    pytest.importorskip("napari_unet.train")
+    pytest.importorskip("napari_unet.training")
     viewer, widget = dock
     _add_corrected_pair(qtbot, viewer, widget, blobs_image)
     widget.training_set_tab.evaluation_check.setChecked(True)
@@ -368,7 +368,7 @@ def test_gui_stays_responsive_while_fine_tuning(qtbot, dock, blobs_image, notifi
     stall figures belong in benchmarks/ (bench_gui.py). Measured from the worker's start to its
     result (adding the new prediction layer afterwards is GUI work by nature).
     """
-    pytest.importorskip("napari_unet.train")
+    pytest.importorskip("napari_unet.training")
     viewer, widget = dock
     _add_corrected_pair(qtbot, viewer, widget, blobs_image)
     _tiny_finetune_settings(widget, epochs=2, steps=8)
@@ -394,7 +394,7 @@ def test_gui_stays_responsive_while_fine_tuning(qtbot, dock, blobs_image, notifi
 
 
 def test_closing_the_viewer_mid_training_is_safe(qtbot, make_napari_viewer, tiny_model_path, blobs_image, notifications):
-    pytest.importorskip("napari_unet.train")
+    pytest.importorskip("napari_unet.training")
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
     widget.session.select_model(tiny_model_path)

@@ -24,7 +24,7 @@ from napari_unet._widgets._workers import Job
 
 def _train_defaults():
     """TrainConfig() without importing TensorFlow at dock start (train.py imports it lazily)."""
-    from napari_unet.train import TrainConfig
+    from napari_unet.training import TrainConfig
 
     return TrainConfig()
 

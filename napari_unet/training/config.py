@@ -1,0 +1,97 @@
+"""Training settings (TrainConfig) and what training reports (TrainProgress, TrainHistory)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from napari_unet.augment import AugmentConfig
+from napari_unet.errors import NapariUNetError
+
+LR_SCHEDULES = ("constant", "cosine", "step")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings. Defaults: a ~1 minute fine-tune on 2 CPU cores (F=16, 120 steps of 4 x 256²)."""
+
+    epochs: int = 4
+    steps_per_epoch: int = 30
+    batch_size: int = 4
+    patch_size: int | None = None  # None: the model's tile_size (256 by default)
+    learning_rate: float = 1e-4  # fine-tuning; use ~1e-3 to train from scratch
+    lr_schedule: str = "constant"  # "constant", "cosine" (to 1% at the end), "step" (x0.1 at 50% and 75%)
+    augment: bool = True
+    augmentation: AugmentConfig = field(default_factory=AugmentConfig)
+    foreground_fraction: float = 0.5  # share of patches centred on a random foreground pixel
+    # Held-out share when no validation set is given: whole pairs if that is >= 1 pair, else a strip
+    # of that share of every pair (never sampled for training). 0 switches validation off.
+    validation_fraction: float = 0.2
+    early_stopping_patience: int = 10  # epochs without a better score before stopping; 0 = never stop early
+    dice_weight: float = 1.0  # loss = cross-entropy + dice_weight * soft Dice loss
+    border_weight: bool = False  # U-Net paper weight map: w_c + w0 * exp(-(d1 + d2)² / 2 sigma²)
+    border_w0: float = 10.0
+    border_sigma: float = 5.0
+    threshold: float = 0.5  # for validation scores of 1-class models
+    seed: int = 0
+    # Time budget in seconds from the first step (None: no limit): training stops after the step that
+    # crosses it, then validates and finishes, so a round's wall time is predictable.
+    seconds: float | None = None
+
+    def check(self) -> None:
+        problems = []
+        if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
+            problems.append("epochs, steps_per_epoch and batch_size must be >= 1")
+        if not (self.learning_rate > 0):  # also catches NaN
+            problems.append(f"learning_rate must be > 0, not {self.learning_rate}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, not {self.lr_schedule!r}")
+        if not 0 <= self.validation_fraction < 1:
+            problems.append(f"validation_fraction must be in [0, 1), not {self.validation_fraction}")
+        if not 0 <= self.foreground_fraction <= 1:
+            problems.append(f"foreground_fraction must be in [0, 1], not {self.foreground_fraction}")
+        if self.seconds is not None and not (self.seconds > 0):
+            problems.append(f"seconds (the time budget) must be > 0, not {self.seconds}")
+        if self.patch_size is not None and self.patch_size < 8:
+            problems.append(f"patch_size must be at least 8 px, not {self.patch_size}")
+        if problems:
+            raise NapariUNetError("invalid training settings: " + "; ".join(problems))
+
+
+@dataclass
+class TrainProgress:
+    """One progress event: kind "step" after each step, "epoch" after each epoch, "done" at the end."""
+
+    kind: str
+    step: int
+    total_steps: int
+    epoch: int
+    epochs: int
+    loss: float | None = None  # this step's loss ("step"), the epoch's mean loss ("epoch"/"done")
+    val_iou: float | None = None
+    val_dice: float | None = None
+    eta_seconds: float | None = None
+    best_val_iou: float | None = None
+    learning_rate: float | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class TrainHistory:
+    """What happened: per-epoch dicts (epoch, loss, val_iou, val_dice, val_pixel_error, seconds, lr)."""
+
+    epochs: list[dict] = field(default_factory=list)
+    steps: int = 0
+    seconds: float = 0.0
+    best_epoch: int | None = None
+    cancelled: bool = False
+    stopped_reason: str = "completed"  # or "cancelled", "early stopping", "non-finite loss", "time budget"
+    final_loss: float | None = None
+    val_iou: float | None = None  # of the returned (best) weights
+    val_dice: float | None = None
+    # Re-fitted on the validation pairs after training (calibration.py); None when not re-fitted.
+    output_offset: tuple[float, float] | None = None
+    settings: dict = field(default_factory=dict)
+
+    @property
+    def losses(self) -> list[float]:
+        return [epoch["loss"] for epoch in self.epochs]

@@ -1,0 +1,67 @@
+"""Validation during training: score pairs with the prediction engine, re-fit the output offset."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from napari_unet.masks import IGNORE_LABEL
+from napari_unet.model import SegmentationModel
+from napari_unet.training.config import TrainHistory
+from napari_unet.training.inputs import _Pair
+
+
+def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray) -> np.ndarray:
+    """(Y, X, n_classes) probabilities of one raw (Y, X, C) image, exactly as prediction computes them."""
+    from napari_unet.prediction import predict_probabilities
+
+    return predict_probabilities(model, raw_image)
+
+
+def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float = 0.5,
+                probability_maps: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Pooled IoU/Dice/pixel error over annotated pixels (mean over foreground classes for n > 1).
+
+    probability_maps: the pairs' (Y, X, n_classes) maps if already predicted (else predicted here).
+    """
+    n_classes = model.config.n_classes
+    classes = [1] if n_classes == 1 else list(range(1, n_classes))
+    counts = {k: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for k in classes}
+    wrong = total = 0
+    from napari_unet.metrics import confusion_counts, scores_from_counts
+
+    for index, pair in enumerate(pairs):
+        if probability_maps is not None:
+            probabilities = probability_maps[index]
+        else:
+            probabilities = validation_probabilities(model, pair.raw_image)
+        if n_classes == 1:
+            predicted = (probabilities[..., 0] >= threshold).astype(np.uint8)
+        else:
+            predicted = np.argmax(probabilities, axis=-1).astype(np.uint8)
+        valid = pair.mask != IGNORE_LABEL
+        wrong += int(np.count_nonzero((predicted != pair.mask) & valid))
+        total += int(np.count_nonzero(valid))
+        for k in classes:
+            for key, value in confusion_counts(predicted == k, pair.mask == k, valid).items():
+                counts[k][key] += value
+    per_class = [scores_from_counts(counts[k]) for k in classes]
+    return {
+        "iou": float(np.mean([s["iou"] for s in per_class])),
+        "dice": float(np.mean([s["dice"] for s in per_class])),
+        "pixel_error": wrong / total if total else 0.0,
+    }
+
+
+def _refit_output_offset(trained: SegmentationModel, pairs: list[_Pair], threshold: float, history: TrainHistory) -> None:
+    """Fit the output offset on the validation pairs: the annotations just trained on decide it, not
+    the parent's (a shipped model's data-set offset would be wrong on the user's masks)."""
+    from napari_unet.calibration import fit_output_offset, shift_probabilities
+
+    trained.metadata.output_offset = (0.0, 0.0)
+    maps = [validation_probabilities(trained, pair.raw_image) for pair in pairs]
+    fit = fit_output_offset(maps, [pair.mask for pair in pairs], threshold=threshold, n_classes=trained.config.n_classes)
+    trained.metadata.output_offset = fit.offset
+    history.output_offset = fit.offset
+    moved = [shift_probabilities(m, fit.offset) for m in maps]
+    scores = score_pairs(trained, pairs, threshold, probability_maps=moved)
+    history.val_iou, history.val_dice = scores.get("iou"), scores.get("dice")
