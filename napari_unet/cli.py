@@ -224,14 +224,18 @@ COMMANDS.append(add_predict_command)
 def add_evaluate_command(subparsers) -> None:
     parser = subparsers.add_parser(
         "evaluate",
-        help="score a model on images with ground-truth masks (IoU, Dice, pixel error)",
-        description="Masks are matched to images by file stem; mask > 0 is foreground. Totals pool all pixels.",
+        help="score a model on images with ground-truth masks (IoU, Dice, pixel error; --instances: AP)",
+        description=("Masks are matched to images by file stem; mask > 0 is foreground. Totals pool all pixels "
+                     "(and, with --instances, all objects: ap50 = TP/(TP+FP+FN) at IoU > 0.5, as the DSB 2018 and "
+                     "StarDist define it)."),
     )
     parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path")
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of images")
     parser.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems")
     parser.add_argument("--threshold", type=float, default=0.5, metavar="T", help="foreground probability threshold (default 0.5)")
     _add_tta_option(parser)
+    parser.add_argument("--instances", action="store_true",
+                        help="also score objects (masks may be instance label images): ap50, map (IoU 0.50-0.95), f1_50")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=_run_evaluate_command)
 
@@ -252,15 +256,16 @@ def _run_evaluate_command(args) -> int:
     report = lambda done, total: print(f"\r[evaluate] image {done}/{total}   ", end="", file=sys.stderr, flush=True)  # noqa: E731
     result = evaluate(args.model, [image for image, _ in pairs], [mask for _, mask in pairs],
                       threshold=args.threshold, progress=None if args.json else report,
-                      test_time_augmentation=args.tta)
+                      test_time_augmentation=args.tta, instances=args.instances)
     if args.json:
         print(json.dumps(result))
         return 0
     print(file=sys.stderr)
-    print(f"{'image':<24} {'IoU':>7} {'Dice':>7} {'pixel error':>12}")
-    for row in result["per_image"]:
-        print(f"{row['name']:<24} {row['iou']:7.4f} {row['dice']:7.4f} {row['pixel_error']:12.4f}")
-    print(f"{'all ' + str(result['n_images']) + ' (pooled)':<24} {result['iou']:7.4f} {result['dice']:7.4f} {result['pixel_error']:12.4f}")
+    objects = ("ap50", "map", "f1_50") if args.instances else ()
+    print(f"{'image':<24} {'IoU':>7} {'Dice':>7} {'pixel error':>12}" + "".join(f" {key:>7}" for key in objects))
+    for row in [*result["per_image"], {**result, "name": f"all {result['n_images']} (pooled)"}]:
+        print(f"{row['name']:<24} {row['iou']:7.4f} {row['dice']:7.4f} {row['pixel_error']:12.4f}"
+              + "".join(f" {row[key]:7.4f}" for key in objects))
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Score a model on images with ground-truth masks: IoU, Dice and pixel error, pooled over all pixels."""
+"""Score a model on images with ground-truth masks: IoU, Dice and pixel error pooled over all pixels, and
+with instances=True the object metrics of the DSB 2018 / StarDist (ap50, map, f1_50) pooled over all objects."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.metrics import confusion_counts, scores_from_counts
+from napari_unet.metrics import (
+    IOU_THRESHOLDS, as_instances, confusion_counts, instance_counts, instance_scores, scores_from_counts,
+)
 
 
 def _load(item, kind: str, index: int) -> tuple[np.ndarray, str]:
@@ -21,7 +24,7 @@ def _load(item, kind: str, index: int) -> tuple[np.ndarray, str]:
 
 
 def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None,
-             test_time_augmentation: bool | int = False) -> dict:
+             test_time_augmentation: bool | int = False, instances: bool = False) -> dict:
     """Predict each image and compare with its mask (mask > 0 is foreground; predicted label > 0 likewise).
 
     images/masks: equally long lists of 2D arrays or file paths (an (N, Y, X) array counts as N images).
@@ -30,6 +33,9 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     progress(done, total) counts images; cancel() is polled between images.
     test_time_augmentation: predict with the flips/rotations the model was trained for averaged (True: all;
     2 or 4: that many; prediction.forward_function).
+    instances: also predict objects (the model's own method) and add "ap50", "map" (mean over IoU
+    0.50…0.95), "f1_50", "n_true", "n_predicted", pooled over all objects of all images, and per image.
+    Masks may then be instance label images (a 0/1 mask is split into its connected components).
     """
     from napari_unet.errors import Cancelled
     from napari_unet.prediction import predict
@@ -42,6 +48,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     if not images:
         raise NapariUNetError("no images to evaluate: give at least one image with its mask")
     total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+    object_counts = np.zeros((len(IOU_THRESHOLDS), 3), dtype=np.int64)
     per_image = []
     for index, (image_item, mask_item) in enumerate(zip(images, masks)):
         if cancel is not None and cancel():
@@ -54,12 +61,18 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
                 f"mask '{mask_name}' is {'×'.join(map(str, mask.shape))} but its image '{name}' is "
                 f"{'×'.join(map(str, image_spatial))}: a mask must have exactly its image's Y×X shape"
             )
-        labels = predict(model, image, output="labels", threshold=threshold,
+        labels = predict(model, image, output="instances" if instances else "labels", threshold=threshold,
                          test_time_augmentation=test_time_augmentation)
         counts = confusion_counts(labels, mask)
         for key, value in counts.items():
             total[key] += value
-        per_image.append({"name": name, "index": index, **scores_from_counts(counts)})
+        row = {"name": name, "index": index, **scores_from_counts(counts)}
+        if instances:
+            image_counts = instance_counts(as_instances(mask), labels)
+            object_counts += image_counts
+            row.update(instance_scores(image_counts))
+        per_image.append(row)
         if progress is not None:
             progress(index + 1, len(images))
-    return {**scores_from_counts(total), "n_images": len(images), "per_image": per_image}
+    pooled = {**scores_from_counts(total), **(instance_scores(object_counts) if instances else {})}
+    return {**pooled, "n_images": len(images), "per_image": per_image}

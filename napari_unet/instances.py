@@ -52,7 +52,6 @@ def instances_from_boundary_probabilities(
     `min_size` px are dropped and ids renumbered 1..N.
     """
     from scipy import ndimage as ndi
-    from skimage.morphology import remove_small_objects
     from skimage.segmentation import relabel_sequential, watershed
 
     probabilities = np.asarray(probabilities, dtype=np.float32)
@@ -60,10 +59,14 @@ def instances_from_boundary_probabilities(
         raise ValueError(f"need (Y, X, 3) probabilities (background, interior, boundary), got {probabilities.shape}")
     interior = probabilities[..., INTERIOR]
     foreground = np.argmax(probabilities, axis=-1) != BACKGROUND
-    seeds = (interior > seed_threshold) & foreground
-    if min_seed_size > 1:
-        seeds = remove_small_objects(seeds, min_size=min_seed_size)
-    markers, n_markers = ndi.label(seeds)
+    markers, _ = ndi.label((interior > seed_threshold) & foreground)
+    if min_seed_size > 1:  # specks of interior are noise, not nuclei
+        small = np.bincount(markers.ravel()) < min_seed_size
+        small[0] = False
+        markers[small[markers]] = 0
+    markers, _, _ = relabel_sequential(markers)
+    n_markers = int(markers.max())
+    seeds = markers > 0
     components, _ = ndi.label(foreground)
     unseeded = foreground & ~np.isin(components, np.unique(components[seeds]))
     markers[unseeded] = components[unseeded] + n_markers

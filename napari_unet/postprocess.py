@@ -127,3 +127,28 @@ def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_siz
     for index in np.ndindex(labels.shape[:-2]):
         instances[index] = instances_from_labels(labels[index], objects=objects, min_size=min_size)
     return instances
+
+
+def instances_from_probabilities(probabilities: np.ndarray, method: str, *, threshold: float = 0.5,
+                                 n_classes: int = 1, min_size: int = 16) -> np.ndarray:
+    """int32 instances of every plane of a model's output, by the model's own method (ModelMetadata.instances).
+
+    probabilities: (..., Y, X) for one class, (..., Y, X, n_classes) otherwise. method: "components"
+    (foreground blobs, touching ones split on the distance transform), "enclosed" (regions between
+    predicted boundaries), "boundary_watershed" (3 classes: seeds from the interiors, instances.py).
+    The one place that turns output into objects: predict(), the CLI and the dock call it.
+    """
+    from napari_unet.instances import instances_from_boundary_probabilities
+
+    probabilities = np.asarray(probabilities)
+    if method == "boundary_watershed":
+        if n_classes != 3:
+            raise ValueError(f"boundary_watershed needs 3 classes (background, interior, boundary), not {n_classes}")
+        instances = np.zeros(probabilities.shape[:-1], dtype=np.int32)
+        for index in np.ndindex(probabilities.shape[:-3]):
+            instances[index] = instances_from_boundary_probabilities(probabilities[index], min_size=min_size)
+        return instances
+    labels = semantic_labels(probabilities, threshold, n_classes)
+    if method not in ("components", "enclosed"):
+        raise ValueError(f"unknown instance method {method!r}")
+    return instances_per_plane(labels, "background" if method == "enclosed" else "foreground", min_size)

@@ -33,7 +33,7 @@ from napari_unet import tiling
 from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.model import SegmentationModel
 from napari_unet.normalize import apply_range, percentile_range
-from napari_unet.postprocess import instances_per_plane, objects_are_background, semantic_labels
+from napari_unet.postprocess import instances_from_probabilities, instances_per_plane, semantic_labels
 
 OUTPUTS = ("labels", "probabilities", "instances")
 # Tiles are enlarged to this size for images bigger than the model's training tile: fewer tiles means
@@ -348,9 +348,11 @@ def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, th
     labels = semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, threshold, n_classes)
     if output == "labels":
         return labels
-    if instances_of == "auto":
-        instances_of = "background" if objects_are_background(model.metadata.class_names) else "foreground"
-    return instances_per_plane(labels, instances_of, min_size)
+    if instances_of != "auto":  # the caller overrides the model's method for a plain semantic model
+        return instances_per_plane(labels, instances_of, min_size)
+    output_map = probabilities[..., 0] if n_classes == 1 else probabilities
+    return instances_from_probabilities(output_map, model.metadata.instance_method, threshold=threshold,
+                                        n_classes=n_classes, min_size=min_size)
 
 
 def predict(
@@ -374,8 +376,8 @@ def predict(
 
     model: a SegmentationModel, or a shipped/stored name or .keras path (resolved by registry.load_model).
     output: "labels" (uint8, 0/1 or class ids), "probabilities" (float32; trailing class axis only for
-    multi-class models) or "instances" (int32, see postprocess.py; instances_of="auto" uses the regions
-    enclosed by the foreground for membrane models). Spatial shape always equals the input's.
+    multi-class models) or "instances" (int32; instances_of="auto" uses the model's own method, e.g. the
+    regions enclosed by membranes or a seeded watershed for a boundary-class model: postprocess.py). Spatial shape always equals the input's.
     tile_size: largest tile in px (default: the model's tile size, or LARGE_TILE for big images);
     overlap: px shared by neighbouring tiles (default 1/8 of the model's tile size, >= 16).
     progress(done, total) counts tiles over the whole call; cancel() is polled between tile batches and

@@ -125,6 +125,19 @@ class Session(QObject):
             self._model_key = key
             self.model_changed.emit(key)
 
+    def model_metadata(self, key: str | None = None):
+        """The chosen model's metadata, read from its file without loading the network (None if unreadable)."""
+        from napari_unet.model import read_metadata
+        from napari_unet.shipped import shipped_model_names, shipped_model_path
+
+        key = key or self.model_key
+        record = self.store.record(key) or self._global_store().record(key)
+        path = Path(record["path"]) if record else shipped_model_path(key) if key in shipped_model_names() else Path(key)
+        try:
+            return read_metadata(path)
+        except Exception:  # missing or damaged: the Predict button reports it properly
+            return None
+
     def rename_model(self, old: str, new: str) -> None:
         """After a rename in the store: the selection follows without announcing a different model."""
         self.forget_model(old)

@@ -32,7 +32,7 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     The cache lets the threshold slider re-threshold this prediction without the model; None for
     multi-class models, whose labels are the most probable class whatever the threshold.
     """
-    from napari_unet.postprocess import instances_per_plane, objects_are_background, semantic_labels
+    from napari_unet.postprocess import instances_from_probabilities, semantic_labels
     from napari_unet.prediction import predict
 
     progress = lambda done, total: report((done, total))  # noqa: E731
@@ -41,10 +41,10 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
                                        test_time_augmentation=test_time_augmentation))
     n_classes = model.config.n_classes
     labels = semantic_labels(probabilities, threshold, n_classes)
-    objects = None
+    method = model.metadata.instance_method if instances else None
     if instances:
-        objects = "background" if objects_are_background(model.metadata.class_names) else "foreground"
-        labels = instances_per_plane(labels, objects)
+        labels = instances_from_probabilities(probabilities, method, threshold=threshold, n_classes=n_classes)
+    objects = {"components": "foreground", "enclosed": "background"}.get(method)  # what the slider re-splits
     cache = ThresholdCache.from_probabilities(probabilities, index, threshold, objects) if n_classes == 1 else None
     if not with_probabilities:
         return labels, None, cache
@@ -142,8 +142,15 @@ class PredictWidget(QWidget):
         self.predict_button.clicked.connect(self.predict)
         self.cancel_button.clicked.connect(self.cancel)
         session.model_changed.connect(self.refresh_models)
+        session.model_changed.connect(self._use_the_models_defaults)
         session.versions_changed.connect(self.refresh_models)
         self.refresh_models()
+        self._use_the_models_defaults()
+
+    def _use_the_models_defaults(self, *args) -> None:
+        """A model that separates touching objects itself (e.g. `nuclei`) predicts instances by default."""
+        metadata = self.session.model_metadata()
+        self.instances_check.setChecked(metadata is not None and metadata.instance_method == "boundary_watershed")
 
     # --- model menu ---------------------------------------------------------------------------
     def refresh_models(self, *args) -> None:

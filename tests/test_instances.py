@@ -1,0 +1,100 @@
+"""Touching objects as separate instances (instances.py), the one mask rule (masks.py), object metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.instances import BOUNDARY, INTERIOR, boundary_targets, instances_from_boundary_probabilities
+from napari_unet.masks import IGNORE_LABEL, training_targets
+from napari_unet.metrics import as_instances, instance_counts, instance_scores
+from napari_unet.postprocess import instances_from_probabilities
+
+
+def _touching_discs(size=64):
+    """Two discs of radius 12 whose edges touch along a vertical line: labels 1 and 2."""
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int32)
+    labels[(yy - 32) ** 2 + (xx - 20) ** 2 < 144] = 1
+    labels[((yy - 32) ** 2 + (xx - 43) ** 2 < 144) & (labels == 0)] = 2
+    assert np.any((labels[:, :-1] == 1) & (labels[:, 1:] == 2)), "the discs must touch"
+    return labels
+
+
+def _probabilities_from(targets):
+    """A confident softmax output that equals the targets."""
+    return np.eye(3, dtype=np.float32)[targets] * 0.9 + 0.1 / 3
+
+
+def test_boundary_targets_separate_the_interiors_of_touching_objects():
+    labels = _touching_discs()
+    targets = boundary_targets(labels)
+    assert set(np.unique(targets)) == {0, INTERIOR, BOUNDARY}
+    from scipy import ndimage
+
+    _, n_interiors = ndimage.label(targets == INTERIOR)
+    assert n_interiors == 2  # the rings meet where the objects touch
+    assert np.all(targets[labels == 0] == 0) and np.all(targets[labels > 0] > 0)
+
+
+def test_two_touching_nuclei_come_out_as_two_objects():
+    labels = _touching_discs()
+    instances = instances_from_boundary_probabilities(_probabilities_from(boundary_targets(labels)))
+    assert instances.max() == 2
+    scores = instance_scores(instance_counts(labels, instances))
+    assert scores["ap50"] == 1.0 and scores["map"] > 0.7
+    from scipy import ndimage
+
+    assert ndimage.label(labels > 0)[1] == 1  # plain connected components would merge them
+
+
+def test_the_model_method_decides_how_output_becomes_instances():
+    membranes = np.ones((40, 40), np.float32)
+    membranes[5:35, 5:35] = 0.0  # a closed membrane ring around one cell
+    assert instances_from_probabilities(membranes, "enclosed").max() == 1
+    with pytest.raises(ValueError, match="3 classes"):
+        instances_from_probabilities(membranes[..., None], "boundary_watershed", n_classes=1)
+
+
+def test_user_labels_become_the_targets_the_model_needs():
+    labels = _touching_discs()
+    labels[:4] = IGNORE_LABEL
+    targets = training_targets(labels, 3, "boundary_watershed")
+    assert np.all(targets[:4] == IGNORE_LABEL) and np.count_nonzero(targets == BOUNDARY) > 0
+    binary = training_targets((labels > 0) & (labels != IGNORE_LABEL), 3, "boundary_watershed")
+    assert set(np.unique(binary)) <= {0, INTERIOR, BOUNDARY}  # a plain 0/1 correction still trains such a model
+    one_class = training_targets(labels, 1, "components")
+    assert set(np.unique(one_class)) == {0, 1, IGNORE_LABEL}
+
+
+def test_object_metrics_count_matches_misses_and_extras():
+    truth = np.zeros((30, 60), np.int32)
+    truth[5:15, 5:15], truth[5:15, 25:35], truth[5:15, 45:55] = 1, 2, 3
+    predicted = np.zeros_like(truth)
+    predicted[5:15, 5:15] = 7  # exact
+    predicted[5:15, 27:35] = 8  # IoU 0.8
+    predicted[20:28, 20:28] = 9  # an extra object; object 3 is missed
+    counts = instance_counts(truth, predicted)
+    assert counts[0].tolist() == [2, 1, 1]  # IoU > 0.5: TP 2, FP 1, FN 1
+    assert counts[-1].tolist() == [1, 2, 2]  # IoU > 0.95: only the exact one
+    scores = instance_scores(counts)
+    assert scores["ap50"] == pytest.approx(2 / 4) and scores["f1_50"] == pytest.approx(4 / 6)
+    assert scores["n_true"] == 3 and scores["n_predicted"] == 3
+
+
+def test_a_binary_truth_mask_is_split_into_components():
+    mask = np.zeros((10, 10), np.uint8)
+    mask[1:3, 1:3] = mask[6:8, 6:8] = 1
+    assert as_instances(mask).max() == 2
+
+
+def test_evaluate_reports_object_metrics_per_image_and_pooled():
+    from napari_unet.evaluation import evaluate
+    from napari_unet.model import UNetConfig, new_model
+
+    model = new_model(UNetConfig(base_width=4, depth=2), tile_size=64)
+    labels = _touching_discs()
+    result = evaluate(model, [labels.astype(np.float32) * 50] * 2, [labels] * 2, instances=True)
+    for key in ("ap50", "map", "f1_50", "iou"):
+        assert 0 <= result[key] <= 1 and key in result["per_image"][0]
+    assert result["n_true"] == 4
