@@ -78,3 +78,21 @@ def instances_from_boundary_probabilities(
         labels[too_small[labels]] = 0
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(np.int32, copy=False)
+
+
+def objects_in_masks(masks, ignore: int = 255) -> str:
+    """What the foreground of one-class training masks is: "components" (objects, e.g. nuclei) or
+    "enclosed" (boundaries between objects, e.g. membranes), read off the masks themselves.
+
+    Objects leave the background as one connected sea around many foreground islands; boundaries
+    cut the background into many cells joined by one foreground network. Counted over all masks.
+    """
+    from scipy import ndimage
+
+    foreground_pieces = background_pieces = 0
+    for mask in masks:
+        mask = np.asarray(mask)
+        annotated = mask != ignore
+        foreground_pieces += ndimage.label(annotated & (mask > 0))[1]
+        background_pieces += ndimage.label(annotated & (mask == 0))[1]
+    return "enclosed" if background_pieces > foreground_pieces else "components"

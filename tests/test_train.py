@@ -339,3 +339,21 @@ def test_finetuning_refits_the_output_offset_to_the_annotations_it_was_given():
     assert tuned.metadata.info["training"]["output_offset"] == [-0.5, 0.0]
     assert parent.metadata.output_offset == (0.75, -1.0)  # the parent is left alone
     assert history.val_iou > 0.95
+
+
+def test_a_version_describes_itself_and_reads_its_objects_off_the_masks():
+    """Fine-tuning a membrane model on blob masks yields an object model, not "membrane" with the parent's card."""
+    parent = new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="membranes", class_names=["membrane"])
+    parent.metadata.info = {"description": "EM membranes", "metrics_held_out": {"iou": 0.7}}
+    assert parent.metadata.instance_method == "enclosed"
+    images, masks = zip(*[_pair(seed=seed) for seed in range(2)])
+    tuned, _ = finetune(parent, list(images), list(masks), **QUICK)
+    assert tuned.metadata.instance_method == "components" and tuned.metadata.class_names == ["object"]
+    assert "metrics_held_out" not in tuned.metadata.info and "EM membranes" not in tuned.metadata.info["description"]
+    membrane_masks = [np.zeros((64, 64), np.uint8) for _ in images]
+    for mask in membrane_masks:
+        mask[::16, :] = mask[:, ::16] = 1  # a grid of lines: the cells between them are the objects
+    tuned, _ = finetune(parent, list(images), membrane_masks, **QUICK)
+    assert tuned.metadata.instance_method == "enclosed"
+    tuned, _ = finetune(parent, list(images), membrane_masks, objects="components", **QUICK)
+    assert tuned.metadata.instance_method == "components"  # the user's choice wins

@@ -36,6 +36,10 @@ class TrainConfig:
     # Time budget in seconds from the first step (None: no limit): training stops after the step that
     # crosses it, then validates and finishes, so a round's wall time is predictable.
     seconds: float | None = None
+    # What the objects are for a one-class model after training: "auto" (read off the training masks,
+    # instances.objects_in_masks), "components" (the foreground objects) or "enclosed" (regions between
+    # foreground boundaries). A version never inherits its parent's meaning blindly.
+    objects: str = "auto"
 
     def check(self) -> None:
         problems = []
@@ -49,6 +53,8 @@ class TrainConfig:
             problems.append(f"validation_fraction must be in [0, 1), not {self.validation_fraction}")
         if not 0 <= self.foreground_fraction <= 1:
             problems.append(f"foreground_fraction must be in [0, 1], not {self.foreground_fraction}")
+        if self.objects not in ("auto", "components", "enclosed"):
+            problems.append(f"objects must be auto, components or enclosed, not {self.objects!r}")
         if self.seconds is not None and not (self.seconds > 0):
             problems.append(f"seconds (the time budget) must be > 0, not {self.seconds}")
         if self.patch_size is not None and self.patch_size < 8:

@@ -99,6 +99,7 @@ class _Run:
         else:
             training_pairs, self.validation_pairs = split_validation(pairs, config.validation_fraction, rng)
 
+        self.training_pairs = training_pairs
         keras.utils.set_random_seed(config.seed)
         self.trained = model.copy()
         weight_maps = None
@@ -212,6 +213,7 @@ def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
     if run.validation_pairs:  # also after Stop: the model kept is calibrated too
         _refit_output_offset(trained, run.validation_pairs, config.threshold, history)
     history.seconds = time.monotonic() - run.started
+    _describe_version(run)
     trained.metadata.info["training"] = {
         "parent": run.parent.source or run.parent.name,
         "steps": history.steps,
@@ -228,6 +230,26 @@ def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
     run.emit(kind="done", step=history.steps, epoch=len(history.epochs), loss=history.final_loss,
              val_iou=history.val_iou, val_dice=history.val_dice, best_val_iou=history.val_iou, eta_seconds=0.0)
     return trained, history
+
+
+def _describe_version(run: _Run) -> None:
+    """The new version's own card: what its objects are (one-class models: from the training masks or the
+    user's choice), a description of this version, no metrics or description copied from the parent."""
+    from napari_unet.instances import objects_in_masks
+
+    trained, parent = run.trained, run.parent
+    if parent.config.n_classes == 1:
+        method = run.config.objects
+        if method == "auto":
+            method = objects_in_masks(pair.mask for pair in run.training_pairs)
+        trained.metadata.instances = method
+        trained.metadata.class_names = ["boundary" if method == "enclosed" else "object"]
+    what = "boundaries between objects" if trained.metadata.instance_method == "enclosed" else "objects"
+    trained.metadata.info = {
+        "description": (f"Fine-tuned from '{parent.source or parent.name}' on {run.history.settings['n_training_pairs']} "
+                        f"pair(s); output: {', '.join(trained.metadata.class_names)} ({what})."),
+        "fine_tuned_from": parent.source or parent.name,
+    }
 
 
 def finetune(
