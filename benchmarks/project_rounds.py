@@ -1,0 +1,119 @@
+"""A scripted user: three project rounds on real data, then one round on deliberately wrong masks.
+
+    .venv/bin/python benchmarks/project_rounds.py nuclei   [--start membranes] [--out DIR]
+    .venv/bin/python benchmarks/project_rounds.py isbi     [--start membranes]
+
+Each round adds one more corrected image (its ground truth stands for the user's corrections) and runs
+Project.round with TrainConfig's defaults; the evaluation pairs are fixed images never trained on.
+The last round trains on inverted masks: the guard must roll it back and keep the previous version.
+Prints one line per round and a JSON summary (for the README and the notes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(REPO_ROOT))
+
+# Fixed picks, far from the shipped models' training images where possible (see each model card).
+CASES = {
+    # nuclei_dsb2018: three 256x256 fields to correct, four others to evaluate on
+    "nuclei": {"folder": "nuclei_dsb2018", "pick": lambda stems: (stems[:3], stems[3:7]), "size": (256, 256)},
+    # ISBI slices the shipped membranes model never trained on (20-24): correct 20-22, evaluate on 23-24
+    "isbi": {"folder": "isbi2012", "pick": lambda stems: (["20", "21", "22"], ["23", "24"]), "size": None},
+}
+
+
+def _stems(folder: Path, size) -> list[str]:
+    from napari_unet.io import read_image
+
+    stems = sorted(p.stem for p in (folder / "images").iterdir())
+    if size is None:
+        return stems
+    return [s for s in stems if read_image(folder / "images" / f"{s}.tif").shape[:2] == size][:40:5]
+
+
+def _user_labels(mask: np.ndarray) -> np.ndarray:
+    """Ground truth as a user's labels (masks.py): 0/255 files mean background/foreground, not "not annotated";
+    instance id 255 would read as "not annotated", so ids from 255 up move by one."""
+    values = np.unique(mask)
+    if set(values.tolist()) <= {0, 255}:
+        return (mask > 0).astype(np.uint8)
+    return np.where(mask >= 255, mask.astype(np.int32) + 1, mask)
+
+
+def run(case_name: str, start: str, out: Path | None) -> dict:
+    from napari_unet.io import find_pairs, read_image
+    from napari_unet.project import Project
+    from napari_unet.training import TrainConfig
+
+    case = CASES[case_name]
+    folder = SHARED_DATA / case["folder"]
+    files = {image.stem: (image, mask) for image, mask in find_pairs(folder / "images", folder / "masks")}
+    train_stems, eval_stems = case["pick"](_stems(folder, case["size"]))
+    root = out or Path(tempfile.mkdtemp(prefix=f"rounds-{case_name}-")) / "project"
+    project = Project.init(root, start)
+    for stem in eval_stems:
+        image, mask = (read_image(path) for path in files[stem])
+        project.add_pair(image, _user_labels(mask), evaluation=True, name=stem)
+    config = TrainConfig()
+    rows = []
+    for number, stem in enumerate(train_stems, start=1):
+        image, mask = (read_image(path) for path in files[stem])
+        project.add_pair(image, _user_labels(mask), name=stem)
+        started = time.monotonic()
+        record = project.round(config).record
+        rows.append({**_row(record), "pairs": number, "wall_seconds": round(time.monotonic() - started, 1)})
+        print(_line(rows[-1]), flush=True)
+    # The "user" inverts every mask by mistake: background painted as foreground and back.
+    for name in project.training.names():
+        image, mask = project.training.load(name)
+        project.training.remove(name)
+        project.add_pair(image, (mask == 0).astype(np.uint8), name=name)
+    started = time.monotonic()
+    record = project.round(config).record
+    rows.append({**_row(record), "pairs": len(train_stems), "wrong_masks": True,
+                 "wall_seconds": round(time.monotonic() - started, 1)})
+    print(_line(rows[-1]), flush=True)
+    return {"case": case_name, "start": start, "train": list(train_stems), "evaluate": list(eval_stems),
+            "settings": {"epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch,
+                         "learning_rate": config.learning_rate, "batch_size": config.batch_size},
+            "rounds": rows, "active_at_end": project.active, "project": str(root)}
+
+
+def _row(record: dict) -> dict:
+    return {"round": record["round"], "version": record["version"], "kept": record["kept"],
+            "before": record["eval"]["before"], "after": record["eval"]["after"],
+            "interval": record["eval"]["delta_iou_interval"], "verdict": record["eval"]["verdict"],
+            "reason": record["reason"], "steps": record["training"]["steps"]}
+
+
+def _line(row: dict) -> str:
+    flag = " (WRONG MASKS)" if row.get("wrong_masks") else ""
+    return (f"round {row['round']}{flag}: {row['pairs']} pair(s), IoU {row['before']['iou']:.3f} -> {row['after']['iou']:.3f}, "
+            f"Dice {row['before']['dice']:.3f} -> {row['after']['dice']:.3f}, {row['verdict']}, "
+            f"{'kept' if row['kept'] else 'ROLLED BACK'}, {row['wall_seconds']} s")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("--start", default="membranes", help="model the project starts from (default: membranes)")
+    parser.add_argument("--out", type=Path, default=None, help="project folder (default: a temporary one)")
+    args = parser.parse_args()
+    summary = run(args.case, args.start, args.out)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
