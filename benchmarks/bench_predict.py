@@ -94,17 +94,19 @@ def main() -> None:
         predict(model, smooth_image(warm), output="probabilities")
         naive_predict(model, smooth_image(warm))
 
-    header = "| size | tiles | engine s | engine MPix/s | naive s | naive MPix/s | engine/naive | engine GFLOP/s | % matmul | load |"
+    header = (
+        "| size | tiles | engine s | engine MPix/s | naive s | naive MPix/s | engine/naive | engine GFLOP/s | % matmul | load |"
+    )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for size in args.sizes:
         image = smooth_image(size)
         repeats = args.repeats if size <= 1024 else 1
         flops, n_tiles, tile = engine_flops(model, image.shape)
-        engine_seconds = timed(lambda: predict(model, image, output="probabilities"), repeats)
+        engine_seconds = timed(lambda image=image: predict(model, image, output="probabilities"), repeats)
         megapixels = size * size / 1e6
         if size <= args.skip_naive_above:
-            naive_seconds = timed(lambda: naive_predict(model, image), repeats)
+            naive_seconds = timed(lambda image=image: naive_predict(model, image), repeats)
             naive_text = f"{naive_seconds:.2f} | {megapixels / naive_seconds:.3f} | {naive_seconds / engine_seconds:.2f}x"
         else:
             naive_text = "skipped | - | -"

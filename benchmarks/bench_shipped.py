@@ -43,17 +43,21 @@ def main() -> None:
     config = shipped.config
     print(f"shipped: width {config.base_width}, depth {config.depth}, batch norm {config.batch_norm}, "
           f"symmetries {shipped.metadata.symmetries}; baseline: width 16, depth 3, no batch norm")
-    print("| size | baseline s | shipped s | shipped / baseline | 2 views s | 2 views / plain | 8 views s | 8 views / plain | load |")
+    print("| size | baseline s | shipped s | shipped / baseline | 2 views s | 2 views / plain "
+          "| 8 views s | 8 views / plain | load |")
     print("|---|---|---|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for size in args.sizes:
         image = (ndi.gaussian_filter(rng.random((size, size)), 3) * 255).astype(np.uint8)
         repeats = args.repeats if size <= 1024 else 1
-        base = _median_seconds(lambda: predict(previous, image, output="probabilities"), repeats)
-        plain = _median_seconds(lambda: predict(shipped, image, output="probabilities"), repeats)
-        two = _median_seconds(lambda: predict(shipped, image, output="probabilities", test_time_augmentation=2), repeats)
-        augmented = _median_seconds(lambda: predict(shipped, image, output="probabilities",
-                                                    test_time_augmentation=True), repeats)
+        base = _median_seconds(lambda image=image: predict(previous, image, output="probabilities"), repeats)
+        plain = _median_seconds(lambda image=image: predict(shipped, image, output="probabilities"), repeats)
+        two = _median_seconds(
+            lambda image=image: predict(shipped, image, output="probabilities", test_time_augmentation=2), repeats
+        )
+        augmented = _median_seconds(
+            lambda image=image: predict(shipped, image, output="probabilities", test_time_augmentation=True), repeats
+        )
         print(f"| {size}² | {base:.2f} | {plain:.2f} | {plain / base:.2f}x | {two:.2f} | {two / plain:.1f}x | "
               f"{augmented:.2f} | {augmented / plain:.1f}x | {os.getloadavg()[0]:.1f} |", flush=True)
 

@@ -100,7 +100,9 @@ def throughput(width: int, steps: int) -> None:
 
     per_step = {name: statistics.median(values) for name, values in seconds.items()}
     baseline_step = per_step["Keras model.fit (BCE), one call per epoch [baseline]"]
-    print(f"## 1. training throughput, F={width}, batch {batch} x {patch}², 3 rounds x {steps} steps, median  ({_load_average()})")
+    print(
+        f"## 1. training throughput, F={width}, batch {batch} x {patch}², 3 rounds x {steps} steps, median  ({_load_average()})"
+    )
     print(f"{'path':<54} {'s/step':>8} {'patches/s':>10} {'vs fit':>7}")
     for name, step_seconds in per_step.items():
         print(f"{name:<54} {step_seconds:8.3f} {batch / step_seconds:10.1f} {baseline_step / step_seconds:7.2f}")
@@ -123,7 +125,8 @@ def default_finetune(width: int) -> None:
     seconds = time.perf_counter() - started
     print(f"\n## 2. default finetune() on two 512² ISBI pairs, F={width}  ({_load_average()})")
     print(f"wall {seconds:.1f} s for {history.steps} steps x 4 patches ({history.epochs and len(history.epochs)} epochs, "
-          f"first step incl. tracing {first_step[0]:.1f} s, {(seconds - first_step[0]) / max(1, history.steps - 1):.3f} s/step after)")
+          f"first step incl. tracing {first_step[0]:.1f} s, "
+          f"{(seconds - first_step[0]) / max(1, history.steps - 1):.3f} s/step after)")
 
 
 def hitl() -> None:

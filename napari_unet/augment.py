@@ -74,7 +74,9 @@ def tta_views(model_symmetries: str, views: bool | int) -> tuple[tuple[int, bool
     if isinstance(views, bool):
         views = len(VIEW_ORDER) if views else 1
     if views not in VIEW_COUNTS:
-        raise ValueError(f"test-time augmentation views={views!r}: use one of {', '.join(map(str, VIEW_COUNTS))} (or True for all)")
+        raise ValueError(
+            f"test-time augmentation views={views!r}: use one of {', '.join(map(str, VIEW_COUNTS))} (or True for all)"
+        )
     allowed = set(SYMMETRIES.get(model_symmetries, SYMMETRIES["none"]))
     return tuple(view for view in VIEW_ORDER if view in allowed)[:views]
 

@@ -97,9 +97,11 @@ def add_demo_command(subparsers) -> None:
             "of --data), fine-tune for a time budget, predict again, and score the part never trained on."
         ),
     )
-    parser.add_argument("--data", metavar="DIR", help="folder with images/ and masks/ (matched by file name); default: the shipped EM-like sample")
+    parser.add_argument("--data", metavar="DIR",
+                        help="folder with images/ and masks/ (matched by file name); default: the shipped EM-like sample")
     parser.add_argument("--model", default="membranes", metavar="NAME", help="model to start from (default: membranes)")
-    parser.add_argument("--seconds", type=float, default=60.0, metavar="S", help="fine-tuning time budget in seconds (default: 60)")
+    parser.add_argument("--seconds", type=float, default=60.0, metavar="S",
+                        help="fine-tuning time budget in seconds (default: 60)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
     parser.set_defaults(func=_run_demo_command)
 
@@ -130,7 +132,8 @@ def add_predict_command(subparsers) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
     parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
-    parser.add_argument("--threshold", type=float, default=0.5, metavar="T", help="foreground probability threshold (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                        help="foreground probability threshold (default 0.5)")
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--instances", action="store_true", help="write instance labels (int32) instead of 0/1 labels")
     kind.add_argument("--probabilities", action="store_true", help="write float32 probabilities instead of labels")
@@ -232,7 +235,8 @@ def add_evaluate_command(subparsers) -> None:
     parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path")
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of images")
     parser.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems")
-    parser.add_argument("--threshold", type=float, default=0.5, metavar="T", help="foreground probability threshold (default 0.5)")
+    parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
+                        help="foreground probability threshold (default 0.5)")
     _add_tta_option(parser)
     parser.add_argument("--instances", action="store_true",
                         help="also score objects (masks may be instance label images): ap50, map (IoU 0.50-0.95), f1_50")
@@ -295,7 +299,11 @@ def _run_gui_command(args) -> int:
             "no display found (DISPLAY is not set): run it on a desktop, through 'xvfb-run -a napari-unet gui' "
             "for a virtual one, or use 'napari-unet demo' for the headless loop"
         )
-    import napari
+    try:
+        import napari
+    except ImportError:
+        raise NapariUNetError("napari is not installed: install the plugin's GUI with "
+                              "'pip install \"napari-unet[gui]\"' (the command line works without it)") from None
 
     open_gui(images=args.images, sample=args.sample)
     napari.run()  # returns after the dock has stopped its workers (they have left TensorFlow)
@@ -315,13 +323,15 @@ def add_finetune_command(subparsers) -> None:
             "weights are kept. Progress goes to stderr."
         ),
     )
-    parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path to start from")
+    parser.add_argument("-m", "--model", required=True, metavar="MODEL",
+                        help="shipped/stored model name or .keras path to start from")
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of training images")
     parser.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.keras", help="where to save the fine-tuned model")
     parser.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default 4)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, metavar="N", help="training steps per epoch (default 30)")
-    parser.add_argument("--lr", type=float, default=None, metavar="LR", help="Adam learning rate (default 1e-4; ~1e-3 from scratch)")
+    parser.add_argument("--lr", type=float, default=None, metavar="LR",
+                        help="Adam learning rate (default 1e-4; ~1e-3 from scratch)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default 0)")
     parser.add_argument("--name", default=None, metavar="NAME", help="name of the stored version (default <model>-vN)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT.keras if it exists (never the input model)")
@@ -412,7 +422,8 @@ def _run_models_command(args) -> int:
     store = ModelStore()
     entries = list_models(store)
     shipped = [{key: e[key] for key in ("name", "path", "description", "metrics")} for e in entries if e["kind"] == "shipped"]
-    versions = [{key: e[key] for key in ("name", "parent", "created", "metrics", "path")} for e in entries if e["kind"] == "version"]
+    versions = [{key: e[key] for key in ("name", "parent", "created", "metrics", "path")}
+                for e in entries if e["kind"] == "version"]
     if args.json:
         print(json.dumps({"shipped": shipped, "versions": versions, "store": str(store.root)}))
         return 0
@@ -546,7 +557,8 @@ def _round_line(record: dict) -> str:
     before, after = record["eval"]["before"], record["eval"]["after"]
     state = "kept" if record["kept"] else "ROLLED BACK"
     return (f"round {record['round']}: {record['parent']} -> {record['version']} ({state}); IoU {before['iou']:.4f} -> "
-            f"{after['iou']:.4f}, Dice {before['dice']:.4f} -> {after['dice']:.4f}; {record['seconds']:.0f} s\n  {record['reason']}")
+            f"{after['iou']:.4f}, Dice {before['dice']:.4f} -> {after['dice']:.4f}; {record['seconds']:.0f} s"
+            f"\n  {record['reason']}")
 
 
 def _run_project_status(args) -> int:

@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 
 from napari_unet.errors import NapariUNetError
-
 from napari_unet.masks import IGNORE_LABEL  # noqa: E402  (the one definition)
+
 DEFAULT_SECONDS = 60.0
 
 

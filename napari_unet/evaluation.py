@@ -10,7 +10,12 @@ import numpy as np
 
 from napari_unet.errors import NapariUNetError
 from napari_unet.metrics import (
-    IOU_THRESHOLDS, as_instances, confusion_counts, instance_counts, instance_scores, scores_from_counts,
+    IOU_THRESHOLDS,
+    as_instances,
+    confusion_counts,
+    instance_counts,
+    instance_scores,
+    scores_from_counts,
 )
 
 

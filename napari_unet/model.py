@@ -114,7 +114,7 @@ def _known_instance_method(name) -> str:
 
     if not name or name in INSTANCE_METHODS:
         return str(name or "")
-    warnings.warn(f"unknown instance method {name!r}: instances will be taken from the class names")
+    warnings.warn(f"unknown instance method {name!r}: instances will be taken from the class names", stacklevel=2)
     return ""
 
 
@@ -124,7 +124,7 @@ def _known_symmetries(name) -> str:
 
     if name in SYMMETRIES:
         return str(name)
-    warnings.warn(f"unknown model symmetries {name!r}: test-time augmentation will use the image as it is")
+    warnings.warn(f"unknown model symmetries {name!r}: test-time augmentation will use the image as it is", stacklevel=2)
     return "none"
 
 
@@ -135,7 +135,7 @@ def _valid_offset(values) -> tuple[float, float]:
     except (TypeError, ValueError):
         dy = dx = float("nan")
     if not (abs(dy) <= 1.0 and abs(dx) <= 1.0):
-        warnings.warn(f"ignoring output_offset {values!r}: it must be two numbers within [-1, 1] px")
+        warnings.warn(f"ignoring output_offset {values!r}: it must be two numbers within [-1, 1] px", stacklevel=2)
         return (0.0, 0.0)
     return (dy, dx)
 
@@ -209,7 +209,9 @@ def build_unet(config: UNetConfig = UNetConfig()):
 
 def new_model(config: UNetConfig = UNetConfig(), **metadata) -> SegmentationModel:
     """A freshly initialised model with metadata (class names, tile size, name...)."""
-    metadata.setdefault("class_names", ["foreground"] if config.n_classes == 1 else [f"class {i}" for i in range(config.n_classes)])
+    metadata.setdefault(
+        "class_names", ["foreground"] if config.n_classes == 1 else [f"class {i}" for i in range(config.n_classes)]
+    )
     meta = ModelMetadata(config=config, **metadata)
     return SegmentationModel(build_unet(config), meta)
 

@@ -193,7 +193,7 @@ def _as_planes(image, n_channels: int, channel_axis: int | None):
 def _check_values(image) -> None:
     """Reject inputs that are not intensity images before any TensorFlow work."""
     dtype = np.dtype(image.dtype)
-    if dtype == bool:
+    if dtype == np.dtype(bool):
         raise NapariUNetError(
             "the image is boolean (is it a mask?): pass the intensity image, or convert it with "
             "image.astype('uint8') if you really want to segment a binary image"
@@ -377,7 +377,8 @@ def predict(
     model: a SegmentationModel, or a shipped/stored name or .keras path (resolved by registry.load_model).
     output: "labels" (uint8, 0/1 or class ids), "probabilities" (float32; trailing class axis only for
     multi-class models) or "instances" (int32; instances_of="auto" uses the model's own method, e.g. the
-    regions enclosed by membranes or a seeded watershed for a boundary-class model: postprocess.py). Spatial shape always equals the input's.
+    regions enclosed by membranes or a seeded watershed for a boundary-class model: postprocess.py).
+    Spatial shape always equals the input's.
     tile_size: largest tile in px (default: the model's tile size, or LARGE_TILE for big images);
     overlap: px shared by neighbouring tiles (default 1/8 of the model's tile size, >= 16).
     progress(done, total) counts tiles over the whole call; cancel() is polled between tile batches and

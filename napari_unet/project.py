@@ -481,7 +481,8 @@ def _verdict_sentence(comparison, source: str) -> str:
     b, a = comparison.before["iou"], comparison.after["iou"]
     low, high = comparison.interval
     if comparison.verdict == "helped":
-        return f"Fine-tuning helped on the {source}: IoU {b:.3f} → {a:.3f} (95% interval of the gain {low:+.3f} to {high:+.3f}); the new version is active."
+        return (f"Fine-tuning helped on the {source}: IoU {b:.3f} → {a:.3f} (95% interval of the gain {low:+.3f} to "
+                f"{high:+.3f}); the new version is active.")
     return (f"No measurable change on the {source}: IoU {b:.3f} → {a:.3f} is within the noise (95% interval "
             f"{low:+.3f} to {high:+.3f}); the new version is active. Correct more, or add evaluation pairs to tell.")
 

@@ -167,7 +167,8 @@ class ModelStore:
                 fcntl = None
             if fcntl is not None:
                 try:
-                    handle = open(lock_path, "a+")
+                    # closed in the finally below after the unlock; a `with` here would put the yield under `except OSError`
+                    handle = open(lock_path, "a+")  # noqa: SIM115 - held open across the yield for the lock
                 except OSError as exc:
                     raise _unwritable(self.root, exc) from exc
                 try:

@@ -32,7 +32,7 @@ import numpy as np
 
 from napari_unet._files import atomic_write_json, atomic_write_tiff, user_data_dir
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL, to_training_mask
+from napari_unet.masks import IGNORE_LABEL
 
 # Fraction of each pair's annotated columns (the right-hand stripe) kept out of training and used
 # to compare models before/after fine-tuning. Fixed per pair, so rounds are comparable.

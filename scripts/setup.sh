@@ -44,7 +44,7 @@ stamp=.venv/.napari-unet-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing napari-unet and its Python dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[qt,test]"
+  .venv/bin/python -m pip install -q -e ".[gui,test]"
   touch "$stamp"
 else
   echo "[setup] .venv is up to date"

@@ -213,7 +213,8 @@ def load_instances(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndar
             [read_image(recipe.data_dir / "masks" / f"{s}.tif") for s in stems])
 
 
-def scores_by_threshold(model, images, masks, thresholds=THRESHOLDS, test_time_augmentation: bool | int = False) -> dict[float, dict]:
+def scores_by_threshold(model, images, masks, thresholds=THRESHOLDS,
+                        test_time_augmentation: bool | int = False) -> dict[float, dict]:
     """Pooled IoU/Dice/pixel error at each threshold, from one probability map per image."""
     from napari_unet.metrics import pooled_scores
     from napari_unet.prediction import predict
@@ -294,7 +295,12 @@ def otsu_watershed(image: np.ndarray) -> np.ndarray:
 def baseline_scores(images, masks) -> dict:
     """Pooled pixel and object scores of otsu_watershed on the given images."""
     from napari_unet.metrics import (
-        IOU_THRESHOLDS, as_instances, confusion_counts, instance_counts, instance_scores, scores_from_counts,
+        IOU_THRESHOLDS,
+        as_instances,
+        confusion_counts,
+        instance_counts,
+        instance_scores,
+        scores_from_counts,
     )
 
     pixels = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
@@ -423,7 +429,8 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
         "class_names": list(recipe.class_names),
         "data": {
             "source": recipe.data_source,
-            "location_at_training": str(recipe.data_dir.relative_to(REPO_ROOT.parent)) if recipe.data_dir.is_relative_to(REPO_ROOT.parent) else str(recipe.data_dir),
+            "location_at_training": (str(recipe.data_dir.relative_to(REPO_ROOT.parent))
+                                     if recipe.data_dir.is_relative_to(REPO_ROOT.parent) else str(recipe.data_dir)),
             "split": {
                 "train": list(recipe.train_stems),
                 "validation": list(recipe.validation_stems),
@@ -453,13 +460,15 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
             "foreground_class": recipe.class_names[0],
             "at_threshold_0.5": _rounded(test_at_half),
             "at_best_validation_threshold": {"threshold": best_threshold, **_rounded(test_at_best)},
-            "with_test_time_augmentation": {"threshold": best_threshold_tta, "views": len(tta_views(trained.metadata.symmetries, True)),
+            "with_test_time_augmentation": {"threshold": best_threshold_tta,
+                                            "views": len(tta_views(trained.metadata.symmetries, True)),
                                             **_rounded(test_tta)},
             "with_2_views": {"threshold": best_threshold_two, **_rounded(test_two)},
             "without_output_offset_at_threshold_0.5": _rounded(test_unmoved),
             "measured_with": "napari_unet.evaluation.evaluate (tiled predict, pooled pixel counts); pixel_error = 1 - accuracy",
         },
-        "reference": "U-Net paper (Ronneberger et al. 2015): pixel error 0.0611 on the ISBI challenge's hidden test stack (different split and metric)",
+        "reference": ("U-Net paper (Ronneberger et al. 2015): pixel error 0.0611 on the ISBI challenge's hidden test "
+                      "stack (different split and metric)"),
         "recipe": f"python scripts/train_shipped_models.py {recipe.name}",
     }
     trained.metadata.name = recipe.name

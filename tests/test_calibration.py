@@ -68,8 +68,9 @@ def test_multiclass_maps_are_fitted_on_the_argmax():
 def test_prediction_moves_its_output_by_the_models_offset_after_test_time_augmentation():
     from dataclasses import replace
 
-    from napari_unet.prediction import predict
     from tiny_models import contrasty_tiny_model
+
+    from napari_unet.prediction import predict
 
     model = contrasty_tiny_model(seed=1)
     image = (smooth_field((96, 80), seed=7) * 3000).astype(np.uint16)

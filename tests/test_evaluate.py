@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import tifffile
 from scipy import ndimage as ndi
+from tiny_models import contrasty_tiny_model
 
 from napari_unet.errors import NapariUNetError
 from napari_unet.evaluation import evaluate
-
 from napari_unet.prediction import predict
-from tiny_models import contrasty_tiny_model
 
 
 @pytest.fixture(scope="module")

@@ -7,11 +7,11 @@ import warnings
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
+from tiny_models import contrasty_tiny_model
 
 from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.model import UNetConfig, save_model
 from napari_unet.prediction import forward_function, predict
-from tiny_models import contrasty_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +149,9 @@ def test_threshold_and_instances(model):
 
 def test_progress_counts_tiles_over_the_whole_stack(model):
     calls = []
-    predict(model, smooth_image((2, 150, 150)), tile_size=64, overlap=16, progress=lambda done, total: calls.append((done, total)))
+    predict(
+        model, smooth_image((2, 150, 150)), tile_size=64, overlap=16, progress=lambda done, total: calls.append((done, total))
+    )
     totals = {total for _, total in calls}
     assert len(totals) == 1
     total = totals.pop()

@@ -190,7 +190,8 @@ def test_cli_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, start_model, ca
         args, words = ["project", "add", project, "--image", image, "--mask", str(tmp_path / "small.tif")], "100×128"
     elif case == "eval without foreground":
         tifffile.imwrite(tmp_path / "empty.tif", np.zeros((128, 128), np.uint8))
-        args, words = ["project", "add", project, "--image", image, "--mask", str(tmp_path / "empty.tif"), "--eval"], "no foreground"
+        args = ["project", "add", project, "--image", image, "--mask", str(tmp_path / "empty.tif"), "--eval"]
+        words = "no foreground"
     elif case == "round without pairs":
         args, words = ["project", "round", project], "no training pairs"
     elif case == "round already running":

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unet import registry, shipped as shipped_module, store as store_module
+from napari_unet import registry
+from napari_unet import shipped as shipped_module
 from napari_unet.errors import NapariUNetError
 from napari_unet.model import UNetConfig, new_model, save_model
 from napari_unet.store import ModelStore, array_sha1, pair_fingerprint

@@ -319,9 +319,10 @@ def test_finetuning_refits_the_output_offset_to_the_annotations_it_was_given():
     validation masks show; here the masks are the model's own output moved up by half a pixel."""
     from dataclasses import replace
 
+    from tiny_models import contrasty_tiny_model
+
     from napari_unet.calibration import shift_probabilities
     from napari_unet.prediction import predict
-    from tiny_models import contrasty_tiny_model
 
     parent = contrasty_tiny_model(UNetConfig(base_width=4, depth=2), seed=3)
     parent.metadata = replace(parent.metadata, output_offset=(0.75, -1.0))

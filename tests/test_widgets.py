@@ -501,8 +501,8 @@ def test_threshold_slider_rethresholds_the_last_prediction_without_the_model(qtb
 
 
 def test_threshold_slider_leaves_a_corrected_prediction_alone(qtbot, contrasty_dock, blobs_image, notifications):
-    from napari_unet._widgets.predict_widget import THRESHOLD_DEBOUNCE_MS
     from napari_unet._widgets._session import PREDICTION_KEY
+    from napari_unet._widgets.predict_widget import THRESHOLD_DEBOUNCE_MS
     from napari_unet.prediction import predict
 
     viewer, widget = contrasty_dock

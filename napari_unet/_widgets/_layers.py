@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from qtpy.QtWidgets import QComboBox
 
@@ -34,10 +36,8 @@ class LayerCombo(QComboBox):
     def refresh(self, event=None) -> None:
         current = self.currentText()
         for layer in self.layers():
-            try:
+            with contextlib.suppress(Exception):
                 layer.events.name.connect(self.refresh)  # napari de-duplicates repeated connections
-            except Exception:
-                pass
         names = [layer.name for layer in reversed(self.layers())]  # top layer first, as in the layer list
         self.blockSignals(True)
         self.clear()

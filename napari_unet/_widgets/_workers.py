@@ -4,6 +4,7 @@ cancel through a flag the core polls, and turn every failure into a notification
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import traceback
 from typing import Any, Callable
@@ -144,7 +145,6 @@ class Job:
     def _finished(self) -> None:
         self.done = True
         if self._on_finished is not None and not self.detached:
-            try:
+            # RuntimeError: the widget was deleted (viewer closed) while the job ran
+            with contextlib.suppress(RuntimeError):
                 self._on_finished()
-            except RuntimeError:  # the widget was deleted (viewer closed) while the job ran
-                pass

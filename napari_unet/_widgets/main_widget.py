@@ -7,6 +7,7 @@ also while painting in a Labels layer: Shift+U = Predict, Shift+T = Add to train
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
 import weakref
 
@@ -85,15 +86,11 @@ def _closer(session: Session, viewer, combos):
         closed.append(True)
         session.close()
         for key in (PREDICT_SHORTCUT, ADD_SHORTCUT):
-            try:
+            with contextlib.suppress(Exception):
                 viewer.bind_key(key, None, overwrite=True)
-            except Exception:
-                pass
         for combo in combos:
-            try:
+            with contextlib.suppress(Exception):
                 combo.disconnect_viewer()
-            except Exception:
-                pass
 
     return close
 
@@ -101,7 +98,5 @@ def _closer(session: Session, viewer, combos):
 def _warm_up() -> None:
     from napari_unet._widgets._tensorflow import ensure_tensorflow
 
-    try:
+    with contextlib.suppress(Exception):  # a broken install surfaces, worded, at the first Predict
         ensure_tensorflow()
-    except Exception:  # a broken install surfaces, worded, at the first Predict
-        pass

@@ -7,18 +7,28 @@ from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
-    QCheckBox, QComboBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton,
-    QSlider, QVBoxLayout, QWidget,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSlider,
+    QVBoxLayout,
+    QWidget,
 )
 
 from napari_unet._widgets import _live_threshold
 from napari_unet._widgets._layers import LayerCombo, current_index, describe_index, layer_array, stack_depth
-from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
 from napari_unet._widgets._live_threshold import ThresholdCache
+from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 
 PREDICT_SHORTCUT = "Shift+U"
-# (views averaged by test-time augmentation, label); membranes card, held-out pixel error: 1 view 0.0719, 2 views 0.0691, 8 views 0.0684.
+# (views averaged by test-time augmentation, label);
+# membranes card, held-out pixel error: 1 view 0.0719, 2 views 0.0691, 8 views 0.0684.
 TTA_CHOICES = ((1, "1 (fastest)"), (2, "2: also turned 180° (2× time)"), (4, "4: also mirrored (4× time)"),
                (8, "8: all flips and rotations (8× time)"))
 THRESHOLD_DEBOUNCE_MS = 150  # re-threshold once the slider rests, not at every step of a drag
@@ -373,7 +383,10 @@ def store_prediction(layer, index: tuple, labels: np.ndarray) -> None:
     if index:
         data[index] = labels
         stored = layer.metadata.get(PREDICTION_KEY)
-        stored = np.zeros(full_shape, dtype=data.dtype) if stored is None or stored.shape != full_shape else stored.astype(data.dtype)
+        if stored is None or stored.shape != full_shape:
+            stored = np.zeros(full_shape, dtype=data.dtype)
+        else:
+            stored = stored.astype(data.dtype)
         stored[index] = labels
     else:
         data = labels

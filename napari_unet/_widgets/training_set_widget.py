@@ -9,18 +9,32 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QSize, Qt
 from qtpy.QtGui import QIcon, QImage, QPixmap
 from qtpy.QtWidgets import (
-    QCheckBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem,
-    QPushButton, QSpinBox, QVBoxLayout, QWidget,
+    QCheckBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
 )
 
-from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL
-from napari_unet.training_set import changed_pixels, restrict_to_corrections, thumbnail
 from napari_unet._widgets._layers import (
-    LayerCombo, check_same_plane_shape, current_index, describe_index, layer_array,
+    LayerCombo,
+    check_same_plane_shape,
+    current_index,
+    describe_index,
+    layer_array,
 )
 from napari_unet._widgets._session import PREDICTION_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
+from napari_unet.errors import NapariUNetError
+from napari_unet.masks import IGNORE_LABEL
+from napari_unet.training_set import changed_pixels, restrict_to_corrections, thumbnail
 
 ADD_SHORTCUT = "Shift+T"
 HELP_TEXT = (

@@ -79,12 +79,11 @@ def check_mask(mask, name: str, n_classes: int = 1) -> np.ndarray:
         return mask.astype(np.uint8)
     if mask.dtype.kind not in "uif":
         raise NapariUNetError(f"mask of {name} has dtype {mask.dtype}: a numeric or boolean mask is needed")
-    if mask.dtype.kind == "f":
-        if not np.all(np.isfinite(mask)) or not np.all(mask == np.round(mask)):
-            raise NapariUNetError(
-                f"mask of {name} has non-integer (float) values: masks hold labels, not probabilities — "
-                f"{MASK_FIX} (threshold probabilities first, e.g. mask = (probabilities > 0.5))"
-            )
+    if mask.dtype.kind == "f" and (not np.all(np.isfinite(mask)) or not np.all(mask == np.round(mask))):
+        raise NapariUNetError(
+            f"mask of {name} has non-integer (float) values: masks hold labels, not probabilities — "
+            f"{MASK_FIX} (threshold probabilities first, e.g. mask = (probabilities > 0.5))"
+        )
     values = np.unique(mask)
     allowed = set(range(n_classes if n_classes > 1 else 2)) | {IGNORE_LABEL}
     unexpected = [v for v in values.tolist() if v not in allowed]
@@ -97,7 +96,11 @@ def check_mask(mask, name: str, n_classes: int = 1) -> np.ndarray:
         classes = "0 = background, 1 = foreground" if n_classes == 1 else f"class ids 0..{n_classes - 1}"
         raise NapariUNetError(
             f"mask of {name} has values {{{shown}}} but training needs {classes} and {IGNORE_LABEL} = not annotated: "
-            + (MASK_FIX if n_classes == 1 else f"map your labels to 0..{n_classes - 1} (and {IGNORE_LABEL} for unlabelled pixels)")
+            + (
+                MASK_FIX
+                if n_classes == 1
+                else f"map your labels to 0..{n_classes - 1} (and {IGNORE_LABEL} for unlabelled pixels)"
+            )
         )
     mask = mask.astype(np.uint8)
     if not np.any(mask != IGNORE_LABEL):
@@ -209,7 +212,7 @@ def split_validation(pairs: list[_Pair], fraction: float, rng: np.random.Generat
         length = pair.mask.shape[axis]
         cut = length - max(1, int(round(fraction * length)))
         keep, strip = (slice(None, cut), slice(cut, None))
-        part = lambda array, s: array[s] if axis == 0 else array[:, s]  # noqa: E731
+        part = lambda array, s, axis=axis: array[s] if axis == 0 else array[:, s]  # noqa: E731
         train_part = _Pair(pair.name, part(pair.raw_image, keep), part(pair.image, keep), part(pair.mask, keep))
         strip_part = _Pair(f"{pair.name} (validation strip)", part(pair.raw_image, strip), part(pair.image, strip),
                            part(pair.mask, strip))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 
-
 def segmentation_loss(probabilities, labels, weights, n_classes: int, dice_weight: float = 1.0):
     """Weighted cross-entropy over pixels with weight > 0, plus dice_weight x soft Dice loss.
 

@@ -9,8 +9,6 @@ from napari_unet.masks import IGNORE_LABEL
 from napari_unet.training.inputs import _Pair
 
 
-
-
 def border_weight_map(mask: np.ndarray, *, objects_are_background: bool, w0: float = 10.0, sigma: float = 5.0,
                       n_classes: int = 1) -> np.ndarray:
     """w = w_c + w0 * exp(-(d1 + d2)² / (2 sigma²)), normalised to mean 1 over annotated pixels.
