@@ -2,63 +2,45 @@
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
-from qtpy.QtWidgets import QComboBox
 
 from napari_unet.errors import NapariUNetError
 
 
-class LayerCombo(QComboBox):
-    """A combo box listing the viewer's layers of one type by name, kept up to date."""
+class LayerChooser:
+    """napari's own layer chooser (magicgui's combo box for a layer type), as the plugin template uses it.
 
-    def __init__(self, viewer, layer_type, placeholder: str = "(none)", parent=None):
-        super().__init__(parent)
-        self.viewer = viewer
-        self.layer_type = layer_type
-        self.placeholder = placeholder
-        self.setMinimumContentsLength(12)
-        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
-        viewer.layers.events.inserted.connect(self.refresh)
-        viewer.layers.events.removed.connect(self.refresh)
-        viewer.layers.events.moved.connect(self.refresh)
-        self.refresh()
+    Its choices are the viewer's layers of that type (top layer first); the dock's reset_choices(),
+    which napari calls whenever layers are added, removed, moved or renamed, keeps it current.
+    """
 
-    def disconnect_viewer(self) -> None:
-        for emitter in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
-                        self.viewer.layers.events.moved):
-            emitter.disconnect(self.refresh)
+    def __init__(self, layer_type, tooltip: str = ""):
+        from magicgui.widgets import create_widget
 
-    def layers(self) -> list:
-        return [layer for layer in self.viewer.layers if isinstance(layer, self.layer_type)]
+        self.widget = create_widget(annotation=layer_type, options={"nullable": False})
+        self.widget.tooltip = tooltip or None
+        self.changed = self.widget.changed  # emits the chosen layer (or None)
 
-    def refresh(self, event=None) -> None:
-        current = self.currentText()
-        for layer in self.layers():
-            with contextlib.suppress(Exception):
-                layer.events.name.connect(self.refresh)  # napari de-duplicates repeated connections
-        names = [layer.name for layer in reversed(self.layers())]  # top layer first, as in the layer list
-        self.blockSignals(True)
-        self.clear()
-        self.addItems(names or [self.placeholder])
-        if current in names:
-            self.setCurrentText(current)
-        self.blockSignals(False)
-        if current not in names:
-            self.currentTextChanged.emit(self.currentText())
+    @property
+    def native(self):
+        return self.widget.native
+
+    def reset_choices(self, *args) -> None:
+        self.widget.reset_choices()
 
     def layer(self):
         """The chosen layer, or None."""
-        name = self.currentText()
-        for layer in self.layers():
-            if layer.name == name:
-                return layer
-        return None
+        return self.widget.value
+
+    def currentText(self) -> str:  # noqa: N802 (the Qt-style name tests and scripts read)
+        layer = self.layer()
+        return layer.name if layer is not None else ""
 
     def select(self, name: str) -> None:
-        if name in [layer.name for layer in self.layers()]:
-            self.setCurrentText(name)
+        for layer in self.widget.choices:
+            if layer is not None and layer.name == name:
+                self.widget.value = layer
+                return
 
 
 def layer_array(layer):

@@ -15,7 +15,7 @@ from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
 
-from napari_unet._widgets._layers import LayerCombo, current_index, layer_array, stack_depth
+from napari_unet._widgets._layers import LayerChooser, current_index, layer_array, stack_depth
 from napari_unet._widgets._plot import RoundsPlot, TrainingPlot
 from napari_unet._widgets._run_controls import RunControls
 from napari_unet._widgets._session import Session, prediction_layer_name, settings
@@ -42,8 +42,7 @@ class FinetuneWidget(QWidget):
         self.model_label = QLabel("")
         self.model_label.setWordWrap(True)
         self.pairs_label = QLabel("")
-        self.image_combo = LayerCombo(viewer, Image, "(no image)")
-        self.image_combo.setToolTip("after the round, this image is predicted again with the new version")
+        self.image_combo = LayerChooser(Image, "after the round, this image is predicted again with the new version")
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 1000)
         self.epochs_spin.setValue(int(saved.value("epochs", defaults.epochs)))
@@ -70,7 +69,7 @@ class FinetuneWidget(QWidget):
         self.rounds_label.setWordWrap(True)
 
         form = QFormLayout()
-        form.addRow("Re-predict", self.image_combo)
+        form.addRow("Re-predict", self.image_combo.native)
         form.addRow("Epochs", self.epochs_spin)
         form.addRow("Steps per epoch", self.steps_spin)
         form.addRow("Learning rate", self.learning_rate_spin)

@@ -44,7 +44,8 @@ class UNetWidget(QWidget):
         # Load TensorFlow in the background now, so the first Predict does not wait for it. A plain
         # thread (no Qt signals): it may outlive the dock harmlessly.
         threading.Thread(target=_warm_up, name="napari-unet TensorFlow import", daemon=True).start()
-        closer = _closer(self.session, napari_viewer, self._layer_combos())
+        closer = _closer(self.session, napari_viewer, [self.training_set_tab.follow_new_layers])
+        self.reset_choices()
         self.destroyed.connect(closer)
         # Also when napari quits without deleting the dock first (and as a last resort at interpreter exit):
         # a worker still inside TensorFlow then would crash the process.
@@ -53,9 +54,11 @@ class UNetWidget(QWidget):
             app.aboutToQuit.connect(closer)
         atexit.register(closer)
 
-    def _layer_combos(self) -> list:
-        return [self.predict_tab.image_combo, self.training_set_tab.image_combo,
-                self.training_set_tab.labels_combo, self.finetune_tab.image_combo]
+    def reset_choices(self, *args) -> None:
+        """napari calls this when layers are added, removed, moved or renamed: the layer choosers follow."""
+        for chooser in (self.predict_tab.image_combo, self.training_set_tab.image_combo,
+                        self.training_set_tab.labels_combo, self.finetune_tab.image_combo):
+            chooser.reset_choices()
 
     def _bind_keys(self) -> None:
         """Bind through a weak reference: the viewer must not keep a closed dock alive."""
@@ -75,7 +78,7 @@ class UNetWidget(QWidget):
         self.viewer.bind_key(ADD_SHORTCUT, add_to_training_set, overwrite=True)
 
 
-def _closer(session: Session, viewer, combos):
+def _closer(session: Session, viewer, layer_listeners):
     """On dock deletion: stop jobs (their results are dropped), unbind keys, stop listening to layers."""
 
     closed = []
@@ -88,9 +91,9 @@ def _closer(session: Session, viewer, combos):
         for key in (PREDICT_SHORTCUT, ADD_SHORTCUT):
             with contextlib.suppress(Exception):
                 viewer.bind_key(key, None, overwrite=True)
-        for combo in combos:
+        for listener in layer_listeners:
             with contextlib.suppress(Exception):
-                combo.disconnect_viewer()
+                viewer.layers.events.inserted.disconnect(listener)
 
     return close
 

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets import _live_threshold
-from napari_unet._widgets._layers import LayerCombo, current_index, describe_index, layer_array, stack_depth
+from napari_unet._widgets._layers import LayerChooser, current_index, describe_index, layer_array, stack_depth
 from napari_unet._widgets._live_threshold import ThresholdCache
 from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
@@ -89,7 +89,7 @@ class PredictWidget(QWidget):
         self.threshold_timer.setSingleShot(True)
         self.threshold_timer.setInterval(THRESHOLD_DEBOUNCE_MS)
 
-        self.image_combo = LayerCombo(viewer, Image, "(open an image first)")
+        self.image_combo = LayerChooser(Image, "the image to segment")
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("shipped models, your fine-tuned versions, or a .keras file")
         self.browse_button = QPushButton("File…")
@@ -126,7 +126,7 @@ class PredictWidget(QWidget):
         threshold_row.addWidget(self.threshold_slider, 1)
         threshold_row.addWidget(self.threshold_label)
         form = QFormLayout()
-        form.addRow("Image", self.image_combo)
+        form.addRow("Image", self.image_combo.native)
         form.addRow("Model", model_row)
         form.addRow("Threshold", threshold_row)
         form.addRow("Stacks", self.scope_combo)

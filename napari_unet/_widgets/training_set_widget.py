@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets._layers import (
-    LayerCombo,
+    LayerChooser,
     check_same_plane_shape,
     current_index,
     describe_index,
@@ -83,8 +83,8 @@ class TrainingSetWidget(QWidget):
 
         help_label = QLabel(HELP_TEXT)
         help_label.setWordWrap(True)
-        self.image_combo = LayerCombo(viewer, Image, "(no image)")
-        self.labels_combo = LayerCombo(viewer, Labels, "(no labels)")
+        self.image_combo = LayerChooser(Image, "the image that was corrected")
+        self.labels_combo = LayerChooser(Labels, "its corrected labels (the prediction layer you painted)")
         self.folder_edit = QLineEdit(str(session.project.root))
         self.folder_edit.setToolTip("project folder: training pairs, evaluation/ pairs, models/ and rounds/ (autosaved)")
         self.folder_button = QPushButton("…")
@@ -116,8 +116,8 @@ class TrainingSetWidget(QWidget):
         margin_row.addWidget(self.only_corrected_check, 1)
         margin_row.addWidget(self.margin_spin)
         form = QFormLayout()
-        form.addRow("Image", self.image_combo)
-        form.addRow("Labels", self.labels_combo)
+        form.addRow("Image", self.image_combo.native)
+        form.addRow("Labels", self.labels_combo.native)
         form.addRow("Folder", folder_row)
         layout = QVBoxLayout(self)
         layout.addWidget(help_label)
@@ -133,7 +133,7 @@ class TrainingSetWidget(QWidget):
         layout.addWidget(self.pair_list, 1)
         layout.addWidget(self.remove_button)
 
-        self.image_combo.currentTextChanged.connect(self._pick_matching_labels)
+        self.image_combo.changed.connect(lambda layer: self._pick_matching_labels(self.image_combo.currentText()))
         self.folder_button.clicked.connect(self.choose_folder)
         self.folder_edit.editingFinished.connect(lambda: self.set_folder(self.folder_edit.text()))
         self.ignore_button.clicked.connect(self.paint_ignore)
@@ -141,10 +141,13 @@ class TrainingSetWidget(QWidget):
         self.add_button.clicked.connect(self.add_current)
         self.remove_button.clicked.connect(self.remove_selected)
         self._pick_matching_labels(self.image_combo.currentText())
-        viewer.layers.events.inserted.connect(self._pick_matching_labels_soon)
+        viewer.layers.events.inserted.connect(self.follow_new_layers)
         self.refresh_list()
 
-    def _pick_matching_labels_soon(self, event=None) -> None:
+    def follow_new_layers(self, event=None) -> None:
+        """A new layer (e.g. a prediction): offer it, and pick the labels that belong to the chosen image."""
+        self.image_combo.reset_choices()
+        self.labels_combo.reset_choices()
         self._pick_matching_labels(self.image_combo.currentText())
 
     def _pick_matching_labels(self, image_name: str) -> None:
