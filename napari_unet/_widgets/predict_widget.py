@@ -13,7 +13,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
-    QProgressBar,
     QPushButton,
     QSlider,
     QVBoxLayout,
@@ -23,6 +22,7 @@ from qtpy.QtWidgets import (
 from napari_unet._widgets import _live_threshold
 from napari_unet._widgets._layers import LayerChooser, current_index, describe_index, layer_array, stack_depth
 from napari_unet._widgets._live_threshold import ThresholdCache
+from napari_unet._widgets._run_controls import RunControls
 from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 
@@ -111,13 +111,9 @@ class PredictWidget(QWidget):
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["current slice", "all slices"])
         self.scope_combo.setToolTip("for stacks: predict the displayed slice or every slice")
-        self.predict_button = QPushButton(f"Predict  [{PREDICT_SHORTCUT}]")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.progress_bar = QProgressBar()
-        self.progress_bar.setTextVisible(True)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
+        self.controls = RunControls(f"Predict  [{PREDICT_SHORTCUT}]", "Cancel")
+        self.predict_button, self.cancel_button = self.controls.start_button, self.controls.cancel_button
+        self.progress_bar, self.status_label = self.controls.progress_bar, self.controls.status_label
 
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
@@ -131,16 +127,11 @@ class PredictWidget(QWidget):
         form.addRow("Threshold", threshold_row)
         form.addRow("Stacks", self.scope_combo)
         form.addRow("Views", self.views_combo)
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.predict_button, 1)
-        buttons.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.instances_check)
         layout.addWidget(self.probabilities_check)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status_label)
+        layout.addWidget(self.controls)
         layout.addStretch(1)
 
         self.threshold_slider.setToolTip("used by the next Predict; moving it also re-thresholds the last "
@@ -219,8 +210,7 @@ class PredictWidget(QWidget):
                                                  is_cancelled=is_cancelled, **settings))
 
         self.status_label.setText(f"Predicting '{image_layer.name}'{describe_index(index)} with {self.session.model_label} …")
-        self.progress_bar.setRange(0, 0)  # busy until the first tile reports
-        self._set_running(True)
+        self._set_running(True)  # busy until the first tile reports
         what = f"Prediction of '{image_layer.name}'"
         self.job = Job(
             work, what=what,
@@ -238,16 +228,10 @@ class PredictWidget(QWidget):
             self.status_label.setText("Cancelling …")
 
     def _set_running(self, running: bool) -> None:
-        self.predict_button.setEnabled(not running)
-        self.cancel_button.setEnabled(running)
-        if not running:
-            self.progress_bar.setRange(0, 1)
-            self.progress_bar.setValue(1 if self.job and self.job.error is None else 0)
+        self.controls.running(running, succeeded=self.job is None or self.job.error is None)
 
     def _show_progress(self, value) -> None:
-        done, total = value
-        self.progress_bar.setRange(0, max(int(total), 1))
-        self.progress_bar.setValue(int(done))
+        self.controls.progress(*value)
 
     def _show_result(self, image_layer, model_key: str, result) -> None:
         index, labels, probabilities, threshold_cache = result
