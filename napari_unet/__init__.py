@@ -14,6 +14,7 @@ _API = {
     "TrainConfig": "napari_unet.training",
     "IGNORE_LABEL": "napari_unet.training",
     "ModelStore": "napari_unet.store",
+    "Project": "napari_unet.project",
     "UNetConfig": "napari_unet.model",
     "build_unet": "napari_unet.model",
     "new_model": "napari_unet.model",
