@@ -1,4 +1,5 @@
-"""npe2 sample-data contributions: the synthetic images in sample_data/ with their ground truth.
+"""npe2 sample-data contributions: the images in sample_data/ with their ground truth (a synthetic EM
+section; two real fluorescence nuclei fields from the 2018 Data Science Bowl, CC0).
 
 Each function returns napari LayerData tuples (data, kwargs, layer_type): the image, then its
 ground truth as a Labels layer, so a user can compare a prediction against the truth at once.
@@ -49,9 +50,10 @@ def load_em_membranes() -> tuple[np.ndarray, np.ndarray]:
     return _read("em_membranes.tif"), _read("em_membranes_mask.tif")
 
 
-def load_nuclei() -> tuple[np.ndarray, np.ndarray]:
-    """(image uint16 (512, 512), instance labels int32 with 0 = background)."""
-    return _read("nuclei.tif"), _read("nuclei_labels.tif")
+def load_nuclei(stem: str = "nuclei") -> tuple[np.ndarray, np.ndarray]:
+    """(image uint8, instance labels uint16 with 0 = background) of a real nuclei sample ('nuclei': a dense
+    520×696 field; 'nuclei_sparse': 256×256)."""
+    return _read(f"{stem}.tif"), _read(f"{stem}_labels.tif")
 
 
 def em_membranes_sample() -> list[tuple]:
@@ -63,10 +65,19 @@ def em_membranes_sample() -> list[tuple]:
     ]
 
 
-def nuclei_sample() -> list[tuple]:
-    """Fluorescence-like nuclei: an Image layer and its instance 'ground truth' Labels layer."""
-    image, labels = load_nuclei()
+def _nuclei_layers(stem: str) -> list[tuple]:
+    image, labels = load_nuclei(stem)
     return [
-        (image, {"name": "nuclei", "colormap": "gray"}, "image"),
-        (labels, {"name": "nuclei ground truth", "opacity": 0.4, "visible": False}, "labels"),
+        (image, {"name": stem, "colormap": "gray"}, "image"),
+        (labels, {"name": f"{stem} ground truth", "opacity": 0.4, "visible": False}, "labels"),
     ]
+
+
+def nuclei_sample() -> list[tuple]:
+    """Real fluorescence nuclei, a dense field with many touching nuclei: Image + instance ground truth."""
+    return _nuclei_layers("nuclei")
+
+
+def nuclei_sparse_sample() -> list[tuple]:
+    """Real fluorescence nuclei, a sparse field: Image + instance ground truth."""
+    return _nuclei_layers("nuclei_sparse")

@@ -99,7 +99,10 @@ def add_demo_command(subparsers) -> None:
     )
     parser.add_argument("--data", metavar="DIR",
                         help="folder with images/ and masks/ (matched by file name); default: the shipped EM-like sample")
-    parser.add_argument("--model", default="membranes", metavar="NAME", help="model to start from (default: membranes)")
+    parser.add_argument("--sample", default="em_membranes", choices=("em_membranes", "nuclei", "nuclei_sparse"),
+                        help="shipped sample to use when no --data is given (default: em_membranes)")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="model to start from (default: the sample's own: membranes for EM, nuclei for nuclei)")
     parser.add_argument("--seconds", type=float, default=60.0, metavar="S",
                         help="fine-tuning time budget in seconds (default: 60)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
@@ -112,7 +115,7 @@ def _run_demo_command(args) -> int:
     from napari_unet.demo import format_summary, run_demo
 
     log = (lambda text: None) if args.json else (lambda text: print(f"[demo] {text}", file=sys.stderr, flush=True))
-    result = run_demo(data_dir=args.data, model_name=args.model, seconds=args.seconds, log=log)
+    result = run_demo(data_dir=args.data, model_name=args.model, seconds=args.seconds, log=log, sample=args.sample)
     print(json.dumps(result.to_dict(), indent=2) if args.json else format_summary(result))
     return 0
 

@@ -58,25 +58,39 @@ class DemoResult:
 
 
 def _binary_truth(mask: np.ndarray) -> np.ndarray:
-    """Foreground 1 wherever the mask is > 0 (instance labels become one class); keep 255 as ignore."""
+    """Foreground 1 wherever the mask is > 0 (instance labels become one class): what is scored."""
+    return (np.asarray(mask) > 0).astype(np.uint8)
+
+
+def _as_user_labels(mask: np.ndarray) -> np.ndarray:
+    """Ground truth as a user's correction (masks.py): instance ids kept, so a boundary-class model learns
+    where touching objects meet; id 255 would read as "not annotated", so ids from 255 up move by one."""
     mask = np.asarray(mask)
-    truth = (mask > 0).astype(np.uint8)
-    return truth
+    if mask.size and int(mask.max()) >= IGNORE_LABEL:
+        return np.where(mask >= IGNORE_LABEL, mask.astype(np.int32) + 1, mask)
+    return mask
 
 
-def sample_case() -> DemoCase:
-    """The shipped EM-like sample: annotate the left half, score the right half."""
-    from napari_unet._sample_data import load_em_membranes, sample_path
-
-    image, mask = load_em_membranes()
-    return half_split_case(image, _binary_truth(mask), f"sample {sample_path('em_membranes.tif').name}")
+DEFAULT_MODELS = {"em_membranes": "membranes", "nuclei": "nuclei", "nuclei_sparse": "nuclei"}
 
 
-def half_split_case(image: np.ndarray, truth: np.ndarray, description: str) -> DemoCase:
-    """One image: its left half is the user's correction, its right half is held out."""
+def sample_case(sample: str = "em_membranes") -> DemoCase:
+    """A shipped sample (EM-like membranes, or a real nuclei field): annotate the left half, score the right half."""
+    from napari_unet._sample_data import load_em_membranes, load_nuclei, sample_path
+
+    if sample not in DEFAULT_MODELS:
+        raise NapariUNetError(f"no sample named '{sample}': choose one of {', '.join(DEFAULT_MODELS)}")
+    image, mask = load_em_membranes() if sample == "em_membranes" else load_nuclei(sample)
+    return half_split_case(image, mask, f"sample {sample_path(sample + '.tif').name}")
+
+
+def half_split_case(image: np.ndarray, labels: np.ndarray, description: str) -> DemoCase:
+    """One image: its left half is the user's correction (labels as painted), its right half is held out."""
+    truth = _binary_truth(labels)
+    labels = _as_user_labels(labels)
     width = truth.shape[-1]
-    train_mask = np.full(truth.shape, IGNORE_LABEL, dtype=np.uint8)
-    train_mask[..., : width // 2] = truth[..., : width // 2]
+    train_mask = np.full(truth.shape, IGNORE_LABEL, dtype=np.uint8 if labels.max(initial=0) < IGNORE_LABEL else np.int32)
+    train_mask[..., : width // 2] = labels[..., : width // 2]
     held_out = np.zeros(truth.shape, dtype=bool)
     held_out[..., width // 2 :] = True
     return DemoCase(description, [image], [truth], [train_mask], [held_out],
@@ -95,7 +109,7 @@ def folder_case(data_dir: str | Path) -> DemoCase:
             "DIR/masks/* with the same file names"
         )
     pairs = find_pairs(data_dir / "images", data_dir / "masks")
-    images, truths = [], []
+    images, truths, labels = [], [], []
     for image_path, mask_path in pairs:
         image, mask = read_image(image_path), read_image(mask_path)
         if mask.shape != image.shape[: mask.ndim] or mask.ndim != 2:
@@ -105,11 +119,12 @@ def folder_case(data_dir: str | Path) -> DemoCase:
             )
         images.append(image)
         truths.append(_binary_truth(mask))
+        labels.append(_as_user_labels(mask))
     if len(pairs) == 1:
-        return half_split_case(images[0], truths[0], f"{data_dir} (1 image)")
+        return half_split_case(images[0], labels[0], f"{data_dir} (1 image)")
     n_held_out = len(pairs) // 2
     n_train = len(pairs) - n_held_out
-    train_masks = [truth if i < n_train else None for i, truth in enumerate(truths)]
+    train_masks = [mask if i < n_train else None for i, mask in enumerate(labels)]
     held_out = [np.full(t.shape, i >= n_train) for i, t in enumerate(truths)]
     names = [p[0].stem for p in pairs]
     return DemoCase(
@@ -136,16 +151,18 @@ def evaluation_pairs(case: DemoCase) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def run_demo(
     data_dir: str | Path | None = None,
-    model_name: str = "membranes",
+    model_name: str | None = None,
     seconds: float = DEFAULT_SECONDS,
     log: Callable[[str], None] | None = None,
     project_dir: str | Path | None = None,
+    sample: str = "em_membranes",
 ) -> DemoResult:
     """Predict → simulated correction → one project round bounded by `seconds` → predict, and score.
 
     The round is the core's (project.Project.round) with TrainConfig's defaults and a time budget; the
     held-out part becomes the project's evaluation pairs, so "did it help?" is the project's own rule.
     project_dir: where the demo's project goes (default: a temporary folder, removed afterwards).
+    sample: the shipped sample to use without data_dir; model_name defaults to the sample's own model.
     """
     if not seconds > 0:
         raise NapariUNetError(f"--seconds must be positive, not {seconds}: give the fine-tuning budget in seconds, e.g. 60")
@@ -159,7 +176,8 @@ def run_demo(
     log = log or (lambda text: None)
     timings: dict[str, float] = {}
     started = time.monotonic()
-    case = folder_case(data_dir) if data_dir else sample_case()
+    case = folder_case(data_dir) if data_dir else sample_case(sample)
+    model_name = model_name or DEFAULT_MODELS.get(sample, "membranes")
     timings["load_data"] = time.monotonic() - started
     log(f"loading model '{model_name}' …")
     started = time.monotonic()

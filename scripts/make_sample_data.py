@@ -1,14 +1,19 @@
-"""Generate the synthetic sample images (with ground truth) that napari-unet ships in sample_data/.
+"""Make the sample images (with ground truth) that napari-unet ships in sample_data/.
 
 The real EM data the shipped model is trained on (ISBI 2012) may not be redistributed with the
-project, so the samples are drawn here from a fixed seed with numpy/scipy/scikit-image only:
+project, so the EM sample is drawn here from a fixed seed with numpy/scipy/scikit-image only. The
+nuclei samples are two real fluorescence images of the 2018 Data Science Bowl (CC0), copied from
+../shared/data/nuclei_dsb2018 with their instance masks; both are in the held-out test split of the
+`nuclei` model (never trained on):
 
 * em_membranes.tif (512×512 uint8) + em_membranes_mask.tif (1 = membrane): an EM-like section —
   a warped Voronoi tiling of cells with dark membranes of varying thickness, textured cytoplasm,
   vesicle- and mitochondria-like organelles, blur and shot/read noise. Close enough to ISBI 2012
   that the shipped 'membranes' model segments it sensibly.
-* nuclei.tif (512×512 uint16) + nuclei_labels.tif (int32 instance labels, 0 = background): a
-  fluorescence-like field of bright ellipses (some touching) with uneven illumination and noise.
+* nuclei.tif (520×696 uint8) + nuclei_labels.tif: a dense field, 133 nuclei, many touching
+  (DSB id 4596961c789d3b41…).
+* nuclei_sparse.tif (256×256 uint8) + nuclei_sparse_labels.tif: a sparse field, 14 nuclei
+  (DSB id 813f41ef376c3cbc…).
 
 Run from the repository root:  .venv/bin/python scripts/make_sample_data.py
 Same seed, same library versions → the same files.
@@ -115,36 +120,19 @@ def make_em_membranes(rng: np.random.Generator, shape: tuple[int, int] = (512, 5
     return image, membrane.astype(np.uint8)
 
 
-def make_nuclei(rng: np.random.Generator, shape: tuple[int, int] = (512, 512)) -> tuple[np.ndarray, np.ndarray]:
-    """A fluorescence-like uint16 image of nuclei and their instance labels (int32, 0 = background)."""
-    labels = np.zeros(shape, dtype=np.int32)
-    height, width = shape
-    n_nuclei = 0
-    attempts = 0
-    while n_nuclei < 70 and attempts < 2000:
-        attempts += 1
-        y, x = rng.uniform(12, height - 12), rng.uniform(12, width - 12)
-        radius_major = rng.uniform(11, 20)
-        radius_minor = radius_major * rng.uniform(0.6, 1.0)
-        rr, cc = draw.ellipse(y, x, radius_major, radius_minor, shape=shape, rotation=rng.uniform(0, np.pi))
-        overlap = np.count_nonzero(labels[rr, cc]) / len(rr)
-        # allow small overlaps so some nuclei touch; the earlier nucleus keeps the shared pixels
-        if overlap > 0.12:
-            continue
-        n_nuclei += 1
-        free = labels[rr, cc] == 0
-        labels[rr[free], cc[free]] = n_nuclei
+# (sample file stem, DSB 2018 id in ../shared/data/nuclei_dsb2018): CC0, credited in sample_data/README.md
+NUCLEI_SAMPLES = (("nuclei", "4596961c789d3b41"), ("nuclei_sparse", "813f41ef376c3cbc"))
+NUCLEI_DIR = REPO_ROOT.parent / "shared" / "data" / "nuclei_dsb2018"
 
-    brightness = rng.uniform(0.5, 1.0, n_nuclei + 1)
-    brightness[0] = 0
-    signal = brightness[labels] * (1 + 0.15 * smooth_noise(rng, shape, 2.5))  # chromatin texture
-    signal = ndi.gaussian_filter(signal, 1.8)
-    yy, xx = np.mgrid[0:height, 0:width] / max(shape)
-    illumination = 1.0 - 0.45 * ((yy - 0.3) ** 2 + (xx - 0.35) ** 2)  # vignetting, off-centre
-    photons = 220 + 2400 * signal * illumination + 60 * smooth_noise(rng, shape, 50)
-    image = rng.poisson(np.clip(photons, 0, None)) + rng.normal(0, 25, shape)
-    image = np.clip(image, 0, 65535).astype(np.uint16)
-    return image, labels
+
+def real_nuclei(dsb_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 image, uint16 instance labels) of one DSB 2018 image, as stored in ../shared/data."""
+    import tifffile
+
+    image_path, mask_path = NUCLEI_DIR / "images" / f"{dsb_id}.tif", NUCLEI_DIR / "masks" / f"{dsb_id}.tif"
+    if not image_path.is_file() or not mask_path.is_file():
+        raise SystemExit(f"{image_path} is missing: the nuclei samples are copied from ../shared/data/nuclei_dsb2018")
+    return tifffile.imread(image_path), tifffile.imread(mask_path).astype(np.uint16)
 
 
 def write_samples(output_dir: Path = OUTPUT_DIR, seed: int = SEED) -> list[Path]:
@@ -152,14 +140,10 @@ def write_samples(output_dir: Path = OUTPUT_DIR, seed: int = SEED) -> list[Path]
 
     rng = np.random.default_rng(seed)
     em_image, em_mask = make_em_membranes(rng)
-    nuclei_image, nuclei_labels = make_nuclei(rng)
     output_dir.mkdir(parents=True, exist_ok=True)
-    files = {
-        "em_membranes.tif": em_image,
-        "em_membranes_mask.tif": em_mask,
-        "nuclei.tif": nuclei_image,
-        "nuclei_labels.tif": nuclei_labels,
-    }
+    files = {"em_membranes.tif": em_image, "em_membranes_mask.tif": em_mask}
+    for stem, dsb_id in NUCLEI_SAMPLES:
+        files[f"{stem}.tif"], files[f"{stem}_labels.tif"] = real_nuclei(dsb_id)
     written = []
     for name, array in files.items():
         path = output_dir / name

@@ -16,6 +16,7 @@ import tensorflow  # noqa: E402,F401
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 ISBI_DIR = SHARED_DATA / "isbi2012"
+NUCLEI_DIR = SHARED_DATA / "nuclei_dsb2018"
 
 
 @pytest.fixture
@@ -24,6 +25,14 @@ def isbi_dir() -> Path:
     if not (ISBI_DIR / "images").is_dir():
         pytest.skip(f"real data not found at {ISBI_DIR}")
     return ISBI_DIR
+
+
+@pytest.fixture
+def nuclei_dir() -> Path:
+    """The DSB 2018 fluorescence nuclei (images/<id>.tif, masks/<id>.tif instance labels)."""
+    if not (NUCLEI_DIR / "images").is_dir():
+        pytest.skip(f"real data not found at {NUCLEI_DIR}")
+    return NUCLEI_DIR
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ from napari_unet.errors import NapariUNetError
 SAMPLES = {
     "em_membranes": _sample_data.em_membranes_sample,
     "nuclei": _sample_data.nuclei_sample,
+    "nuclei_sparse": _sample_data.nuclei_sparse_sample,
 }
 
 
@@ -19,12 +20,12 @@ def test_sample_returns_image_and_matching_ground_truth_labels(key):
     layers = SAMPLES[key]()
     assert [layer_type for _, _, layer_type in layers] == ["image", "labels"]
     (image, image_kwargs, _), (truth, truth_kwargs, _) = layers
-    assert image.shape == truth.shape == (512, 512)
+    assert image.shape == truth.shape and min(image.shape) >= 256
     assert "ground truth" in truth_kwargs["name"] and image_kwargs["name"] == key
     assert np.issubdtype(truth.dtype, np.integer)
     # the image must actually show its ground truth: foreground differs in brightness
     foreground = truth > 0
-    assert 0.02 < foreground.mean() < 0.6
+    assert 0.01 < foreground.mean() < 0.6
     assert abs(float(image[foreground].mean()) - float(image[~foreground].mean())) > 0.1 * float(image.std())
 
 
@@ -34,15 +35,22 @@ def test_em_sample_has_dark_membranes_on_brighter_cells():
     assert image[mask == 1].mean() < image[mask == 0].mean() - 30
 
 
-def test_nuclei_sample_has_separate_instances():
+def test_nuclei_samples_are_real_dsb_images_with_separate_instances():
     image, labels = _sample_data.load_nuclei()
-    assert image.dtype == np.uint16
-    assert len(np.unique(labels)) - 1 >= 30  # many nuclei, each its own id
+    assert image.dtype == np.uint8 and image.shape == (520, 696)
+    assert len(np.unique(labels)) - 1 == 133  # the dense field: each nucleus its own id
+    touching = (labels[:, :-1] > 0) & (labels[:, 1:] > 0) & (labels[:, :-1] != labels[:, 1:])
+    assert touching.any()  # some nuclei touch: what the nuclei model must separate
+    _, sparse = _sample_data.load_nuclei("nuclei_sparse")
+    assert len(np.unique(sparse)) - 1 == 14
 
 
 def test_sample_files_are_small_enough_to_ship():
-    total = sum(p.stat().st_size for p in _sample_data.sample_data_dir().iterdir())
-    assert total < 2 * 1024 * 1024
+    files = list(_sample_data.sample_data_dir().iterdir())
+    assert sum(p.stat().st_size for p in files) < 2 * 1024 * 1024
+    real = [p for p in files if p.name.startswith("nuclei")]
+    assert len([p for p in real if not p.name.endswith("_labels.tif")]) <= 3  # at most three CC0 images
+    assert sum(p.stat().st_size for p in real) < 1024 * 1024
 
 
 def test_missing_sample_file_names_the_file_and_the_fix():
