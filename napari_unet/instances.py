@@ -41,12 +41,18 @@ def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None) -> np
     return targets
 
 
+# A seed is where the model is this sure of "interior". Chosen on the nuclei validation images (first
+# nuclei model, AP@0.5 by seed threshold: 0.5 → 0.760, 0.7 → 0.776, 0.9 → 0.792, 0.95 → 0.795): a high
+# threshold keeps the interiors of touching nuclei apart where the boundary between them is faint.
+SEED_THRESHOLD = 0.9
+
+
 def instances_from_boundary_probabilities(
-    probabilities: np.ndarray, *, seed_threshold: float = 0.5, min_seed_size: int = 4, min_size: int = 16
+    probabilities: np.ndarray, *, seed_threshold: float = SEED_THRESHOLD, min_seed_size: int = 4, min_size: int = 16
 ) -> np.ndarray:
     """int32 instances (0 = background) from (Y, X, 3) softmax output (background, interior, boundary).
 
-    Seeds: connected regions where P(interior) > seed_threshold. Foreground: where background is not the
+    Seeds: connected regions where P(interior) > seed_threshold (SEED_THRESHOLD). Foreground: where background is not the
     most likely class. A watershed on -P(interior) from the seeds fills the foreground; foreground
     blobs without any seed (tiny or faint objects) keep one id of their own. Objects smaller than
     `min_size` px are dropped and ids renumbered 1..N.

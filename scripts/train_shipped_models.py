@@ -32,6 +32,7 @@ MODELS_DIR = REPO_ROOT / "napari_unet" / "models"
 sys.path.insert(0, str(REPO_ROOT))
 
 from napari_unet.augment import AugmentConfig  # noqa: E402  (after sys.path so a plain checkout works)
+from napari_unet.instances import SEED_THRESHOLD  # noqa: E402
 from napari_unet.model import UNetConfig  # noqa: E402
 
 # Thresholds tried on the validation images; the best one is recorded in the card and metadata.
@@ -69,9 +70,12 @@ def _stems(first: int, last: int) -> tuple[str, ...]:
 NUCLEI_DIR = SHARED_DATA / "nuclei_dsb2018"
 
 
-def nuclei_split(seed: int = 0, test_share: float = 0.15, validation_share: float = 0.1) -> tuple[tuple[str, ...], ...]:
+def nuclei_split(seed: int = 0, test_share: float = 0.15, validation_share: float = 0.1,
+                 first_rare_group: str = "test") -> tuple[tuple[str, ...], ...]:
     """(train, validation, test) stems of nuclei_dsb2018: sizes with >= 20 images split at random per size,
-    smaller size groups kept whole (alternating test / train so both see rare kinds)."""
+    smaller size groups kept whole, alternating from `first_rare_group`, so both sides see rare kinds and
+    the test set holds whole kinds the model never saw (first nuclei model: "train", i.e. the embryos held
+    out; the recipe now: "test", i.e. 256x320, 512x640 and 1040x1388 held out, the embryos trained on)."""
     import csv
 
     manifest = NUCLEI_DIR / "manifest.csv"
@@ -86,8 +90,9 @@ def nuclei_split(seed: int = 0, test_share: float = 0.15, validation_share: floa
     rare = 0
     for size in sorted(groups):
         stems = sorted(groups[size])
-        if len(stems) < 20:
-            (test if rare % 2 else train).extend(stems)
+        if len(stems) < 20:  # alternating; starting with test puts the embryos (the largest rare group) in training
+            sides = (test, train) if first_rare_group == "test" else (train, test)
+            sides[rare % 2].extend(stems)
             rare += 1
             continue
         order = [stems[i] for i in rng.permutation(len(stems))]
@@ -159,6 +164,12 @@ RECIPES: list[Recipe] = [
             augment=True,  # nuclei have no preferred orientation: all flips/rotations, elastic, intensity
             augmentation=AugmentConfig(rotations=True),
             dice_weight=1.0,  # softmax CE + soft Dice of interior and boundary (rare, thin)
+            # The U-Net paper's border weights, with the interiors as the objects: highest on the boundary
+            # between touching nuclei. Without them (first run) 220 of 287 touching pairs in held-out
+            # images merged: the interiors of touching nuclei joined across a weak boundary.
+            border_weight=True,
+            border_w0=10.0,
+            border_sigma=5.0,
             early_stopping_patience=0,
             seed=0,
         ),
@@ -338,7 +349,8 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
         "name": recipe.name,
         "description": recipe.description,
         "class_names": list(recipe.class_names),
-        "instances": "boundary_watershed: seeds = interior probability > 0.5, watershed on it over background-or-not",
+        "instances": (f"boundary_watershed: seeds = interior probability > {SEED_THRESHOLD} "
+                      "(napari_unet/instances.py), watershed on it over the pixels not most likely background"),
         "data": {
             "source": recipe.data_source,
             "location_at_training": str(recipe.data_dir.relative_to(REPO_ROOT.parent)),

@@ -12,6 +12,7 @@ import numpy as np
 
 from napari_unet.augment import PairAugmenter, resolve_for_model, symmetries_of
 from napari_unet.errors import NapariUNetError
+from napari_unet.instances import INTERIOR
 from napari_unet.masks import IGNORE_LABEL
 from napari_unet.model import SegmentationModel
 from napari_unet.training.config import TrainConfig, TrainHistory, TrainProgress
@@ -107,8 +108,10 @@ class _Run:
             from napari_unet.postprocess import objects_are_background
 
             background_objects = objects_are_background(self.trained.metadata.class_names)
+            object_class = INTERIOR if model.metadata.instance_method == "boundary_watershed" else None
             weight_maps = [border_weight_map(p.mask, objects_are_background=background_objects, w0=config.border_w0,
-                                             sigma=config.border_sigma, n_classes=n_classes) for p in training_pairs]
+                                             sigma=config.border_sigma, n_classes=n_classes, object_class=object_class)
+                           for p in training_pairs]
         augmenter = PairAugmenter(config.augmentation, seed=config.seed, mask_fill=IGNORE_LABEL) if config.augment else None
         self.sampler = PatchSampler(training_pairs, patch_size, rng=rng, augmenter=augmenter,
                                     foreground_fraction=config.foreground_fraction, weight_maps=weight_maps)

@@ -10,11 +10,13 @@ from napari_unet.training.inputs import _Pair
 
 
 def border_weight_map(mask: np.ndarray, *, objects_are_background: bool, w0: float = 10.0, sigma: float = 5.0,
-                      n_classes: int = 1) -> np.ndarray:
+                      n_classes: int = 1, object_class: int | None = None) -> np.ndarray:
     """w = w_c + w0 * exp(-(d1 + d2)² / (2 sigma²)), normalised to mean 1 over annotated pixels.
 
     d1, d2: distances to the nearest and second-nearest object; objects are the connected regions of
-    background (membrane models: the cells the membranes enclose) or of foreground (e.g. nuclei).
+    background (membrane models: the cells the membranes enclose), of foreground (e.g. nuclei), or of
+    one class (`object_class`: the interiors of a boundary-class model, which stay apart where nuclei
+    touch, so the weight is highest exactly on the boundary between touching nuclei).
     w_c balances classes (inverse frequency over annotated pixels). 0 on IGNORE_LABEL pixels.
     """
     from scipy import ndimage
@@ -26,7 +28,10 @@ def border_weight_map(mask: np.ndarray, *, objects_are_background: bool, w0: flo
     for k in present:
         selected = annotated & (mask == k)
         class_weights[selected] = n_annotated / (len(present) * np.count_nonzero(selected))
-    objects = annotated & ((mask == 0) if objects_are_background else (mask > 0))
+    if object_class is not None:
+        objects = annotated & (mask == object_class)
+    else:
+        objects = annotated & ((mask == 0) if objects_are_background else (mask > 0))
     labels, n_objects = ndimage.label(objects)
     reach = int(np.ceil(sigma * 4))  # beyond d1 + d2 > 4 sigma the term is < exp(-8)
     nearest = np.full(mask.shape, np.inf, dtype=np.float32)
