@@ -207,3 +207,24 @@ def test_cli_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, start_model, ca
     assert len(error.splitlines()) == 1 and words in error
     after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "p").rglob("*") if p.name != ".round.lock")
     assert after == before  # nothing half-written
+
+
+def test_a_boundary_class_model_fine_tunes_on_instance_labels_and_keeps_its_method(tmp_path):
+    """A nuclei-like model (background / interior / boundary) learns from painted instance labels."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = new_model(UNetConfig(base_width=4, depth=2, n_classes=3), tile_size=64, name="tiny-nuclei",
+                      class_names=["background", "nucleus", "nucleus boundary"], instances="boundary_watershed")
+    start = str(save_model(model, tmp_path / "tiny-nuclei.keras"))
+    project = Project.init(tmp_path / "p", start)
+    for seed in (0, 1):
+        project.add_pair(*_discs(seed, instances=True))
+    project.add_pair(*_discs(7, instances=True), evaluation=True)
+    from dataclasses import replace
+
+    outcome = project.round(replace(QUICK, steps_per_epoch=30, learning_rate=3e-3))  # three classes learn slower
+    assert outcome.model.metadata.instance_method == "boundary_watershed" and outcome.kept
+    assert outcome.record["eval"]["after"]["iou"] > outcome.record["eval"]["before"]["iou"]
+    stored = project.store.load(outcome.version)
+    assert stored.config.n_classes == 3 and stored.metadata.instance_method == "boundary_watershed"
