@@ -1,0 +1,90 @@
+"""GUI-thread stalls while a fine-tuning round runs in the dock, against an idle viewer in the same run.
+
+    xvfb-run -a .venv/bin/python benchmarks/bench_gui.py [--seconds 20]
+
+A 20 ms QTimer on the GUI thread records when it actually fires. A stall is a gap between two beats
+minus the 20 ms period. Measured twice in one run: with the viewer idle (the baseline: what the
+machine, Xvfb and Qt cost) and while the dock's Fine-tune runs a project round on a 512² image with
+the shipped `membranes` model. Prints p50 / p99 / max stall (wall clock) and, per beat, the GUI
+thread's own CPU time (what the test suite asserts, because load cannot inflate it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+
+
+def _stalls(beats: list[tuple[float, float]], period: float) -> dict:
+    walls = np.diff([wall for wall, _ in beats]) - period
+    cpus = np.diff([cpu for _, cpu in beats])
+    return {"beats": len(beats), "p50_ms": 1000 * float(np.percentile(walls, 50)),
+            "p99_ms": 1000 * float(np.percentile(walls, 99)), "max_ms": 1000 * float(walls.max()),
+            "gui_cpu_max_ms": 1000 * float(cpus.max())}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each measurement window")
+    args = parser.parse_args()
+
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet._sample_data import load_em_membranes
+    from napari_unet.project import Project
+
+    image, mask = load_em_membranes()
+    folder = tempfile.mkdtemp(prefix="bench-gui-")
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(image, name="em")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    app = QApplication.instance()
+    period = 0.020
+
+    def record(seconds: float, while_running=None) -> list[tuple[float, float]]:
+        beats: list[tuple[float, float]] = []
+        timer = QTimer()
+        timer.timeout.connect(lambda: beats.append((time.perf_counter(), time.thread_time())))
+        timer.start(int(period * 1000))
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end and (while_running is None or not while_running()):
+            app.processEvents()
+            time.sleep(0.001)
+        timer.stop()
+        return beats
+
+    from napari_unet._widgets._tensorflow import ensure_tensorflow
+
+    ensure_tensorflow()  # the dock's background import of TensorFlow would otherwise land in the idle window
+    record(3.0)  # let the first draws settle
+    idle = _stalls(record(args.seconds), period)
+    project = Project.init(f"{folder}/project", "membranes")
+    left = mask.copy()
+    left[:, 256:] = 255
+    project.add_pair(image, left, name="em")
+    widget.session.set_project(project.root)
+    tab = widget.finetune_tab
+    tab.epochs_spin.setValue(100)
+    tab.seconds_spin.setValue(int(args.seconds))
+    job = tab.start()
+    record(3.0, while_running=lambda: bool(tab.plot.losses))  # until training runs
+    training = _stalls(record(args.seconds, while_running=lambda: job.done), period)
+    while not job.done:
+        app.processEvents()
+        time.sleep(0.01)
+    print("| state | beats | stall p50 ms | stall p99 ms | stall max ms | GUI-thread CPU per beat, max ms |")
+    print("|---|---|---|---|---|---|")
+    for name, row in (("idle viewer (baseline)", idle), ("fine-tuning round running", training)):
+        print(f"| {name} | {row['beats']} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['max_ms']:.1f} | "
+              f"{row['gui_cpu_max_ms']:.1f} |")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
