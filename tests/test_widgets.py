@@ -563,3 +563,11 @@ def test_views_menu_averages_that_many_flipped_predictions(qtbot, contrasty_dock
     two_views = predict(model, blobs_image, output="probabilities", test_time_augmentation=2)
     np.testing.assert_allclose(viewer.layers["cells probability"].data, two_views, atol=1e-6)
     assert np.abs(two_views - predict(model, blobs_image, output="probabilities")).max() > 0.01
+
+
+def test_the_nuclei_model_predicts_separate_objects_by_default(dock):
+    viewer, widget = dock
+    widget.session.select_model("nuclei")
+    assert widget.predict_tab.instances_check.isChecked()  # its metadata: seeded watershed
+    widget.session.select_model("membranes")
+    assert not widget.predict_tab.instances_check.isChecked()
