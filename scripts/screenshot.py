@@ -72,7 +72,7 @@ def main() -> int:
     if not args.predict_only:
         # A user's work, simulated: the left half corrected (the sample's ground truth), the right half
         # painted "not annotated" (255) because it was not checked.
-        from napari_unet.training_set import IGNORE_LABEL
+        from napari_unet.masks import IGNORE_LABEL
 
         prediction = viewer.layers["em_membranes prediction"]
         truth = viewer.layers["em_membranes ground truth"].data
@@ -87,8 +87,9 @@ def main() -> int:
         tab.epochs_spin.setValue(3)
         tab.steps_spin.setValue(8)
         dock.tabs.setCurrentWidget(tab)
-        if not wait(tab.start(), "fine-tuning"):
-            return 1
+        for round_number in (1, 2):  # two rounds, so the rounds plot shows a history
+            if not wait(tab.start(), f"fine-tuning round {round_number}"):
+                return 1
         viewer.layers["em_membranes prediction"].visible = False
     from napari._qt.dialogs.qt_notification import NapariQtNotification
 
