@@ -68,6 +68,9 @@ class ModelMetadata:
     # boundaries), "boundary_watershed" (3 classes background/interior/boundary: seeded watershed).
     # "" = decide from the class names, as files without the field were meant.
     instances: str = ""
+    # boundary_watershed: how sure of "interior" a seed must be (chosen on validation images by the recipe;
+    # None: instances.SEED_THRESHOLD).
+    seed_threshold: float | None = None
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -82,6 +85,7 @@ class ModelMetadata:
             "symmetries": self.symmetries,
             "output_offset": [float(v) for v in self.output_offset],
             "instances": self.instance_method,
+            "seed_threshold": self.seed_threshold,
             "info": self.info,
         }
 
@@ -96,6 +100,7 @@ class ModelMetadata:
             symmetries=_known_symmetries(values.get("symmetries", "dihedral")),
             output_offset=_valid_offset(values.get("output_offset", (0.0, 0.0))),
             instances=_known_instance_method(values.get("instances", "")),
+            seed_threshold=_valid_seed_threshold(values.get("seed_threshold")),
             info=dict(values.get("info", {})),
         )
 
@@ -107,6 +112,20 @@ class ModelMetadata:
         from napari_unet.postprocess import objects_are_background
 
         return "enclosed" if objects_are_background(self.class_names) else "components"
+
+
+def _valid_seed_threshold(value) -> float | None:
+    """A probability in (0, 1), else None (the default); a damaged value is ignored with a warning."""
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        warnings.warn(f"ignoring seed_threshold {value!r}: it must be a probability in (0, 1)", stacklevel=2)
+        return None
+    return value
 
 
 def _known_instance_method(name) -> str:

@@ -130,15 +130,16 @@ def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_siz
 
 
 def instances_from_probabilities(probabilities: np.ndarray, method: str, *, threshold: float = 0.5,
-                                 n_classes: int = 1, min_size: int = 16) -> np.ndarray:
+                                 n_classes: int = 1, min_size: int = 16, seed_threshold: float | None = None) -> np.ndarray:
     """int32 instances of every plane of a model's output, by the model's own method (ModelMetadata.instances).
 
     probabilities: (..., Y, X) for one class, (..., Y, X, n_classes) otherwise. method: "components"
     (foreground blobs, touching ones split on the distance transform), "enclosed" (regions between
     predicted boundaries), "boundary_watershed" (3 classes: seeds from the interiors, instances.py).
+    seed_threshold: the model's own (ModelMetadata.seed_threshold), None for the default.
     The one place that turns output into objects: predict(), the CLI and the dock call it.
     """
-    from napari_unet.instances import instances_from_boundary_probabilities
+    from napari_unet.instances import SEED_THRESHOLD, instances_from_boundary_probabilities
 
     probabilities = np.asarray(probabilities)
     if method == "boundary_watershed":
@@ -146,7 +147,8 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
             raise ValueError(f"boundary_watershed needs 3 classes (background, interior, boundary), not {n_classes}")
         instances = np.zeros(probabilities.shape[:-1], dtype=np.int32)
         for index in np.ndindex(probabilities.shape[:-3]):
-            instances[index] = instances_from_boundary_probabilities(probabilities[index], min_size=min_size)
+            instances[index] = instances_from_boundary_probabilities(
+                probabilities[index], min_size=min_size, seed_threshold=seed_threshold or SEED_THRESHOLD)
         return instances
     labels = semantic_labels(probabilities, threshold, n_classes)
     if method not in ("components", "enclosed"):

@@ -352,7 +352,8 @@ def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, th
         return instances_per_plane(labels, instances_of, min_size)
     output_map = probabilities[..., 0] if n_classes == 1 else probabilities
     return instances_from_probabilities(output_map, model.metadata.instance_method, threshold=threshold,
-                                        n_classes=n_classes, min_size=min_size)
+                                        n_classes=n_classes, min_size=min_size,
+                                        seed_threshold=model.metadata.seed_threshold)
 
 
 def predict(

@@ -37,6 +37,8 @@ from napari_unet.model import UNetConfig  # noqa: E402
 
 # Thresholds tried on the validation images; the best one is recorded in the card and metadata.
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.30, 0.71, 0.05))
+# Seed thresholds tried for boundary-class (nuclei) models, likewise.
+SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 
 
 @dataclass(frozen=True)
@@ -335,8 +337,16 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
     from napari_unet.evaluation import evaluate
     from napari_unet.model import save_model
 
-    validation = evaluate(trained, *load_instances(recipe, recipe.validation_stems), instances=True)
-    log(f"validation ({len(recipe.validation_stems)} images): {_instance_summary(validation)}")
+    validation_images, validation_masks = load_instances(recipe, recipe.validation_stems)
+    by_seed_threshold = {}
+    for seed_threshold in SEED_THRESHOLDS:  # the seed threshold is chosen on validation, like membranes' threshold
+        trained.metadata.seed_threshold = seed_threshold
+        by_seed_threshold[seed_threshold] = evaluate(trained, validation_images, validation_masks, instances=True)
+        log(f"validation, seed threshold {seed_threshold}: {_instance_summary(by_seed_threshold[seed_threshold])}")
+    best = max(by_seed_threshold, key=lambda t: (by_seed_threshold[t]["ap50"], -abs(t - SEED_THRESHOLD)))
+    trained.metadata.seed_threshold = best
+    validation = by_seed_threshold[best]
+    log(f"validation ({len(recipe.validation_stems)} images) at seed threshold {best}: {_instance_summary(validation)}")
     test_images, test_masks = load_instances(recipe, recipe.test_stems)
     test = evaluate(trained, test_images, test_masks, instances=True)
     log(f"held-out test ({len(recipe.test_stems)} images): {_instance_summary(test)}")
@@ -349,8 +359,11 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
         "name": recipe.name,
         "description": recipe.description,
         "class_names": list(recipe.class_names),
-        "instances": (f"boundary_watershed: seeds = interior probability > {SEED_THRESHOLD} "
-                      "(napari_unet/instances.py), watershed on it over the pixels not most likely background"),
+        "instances": (f"boundary_watershed: seeds = interior probability > {best} (chosen on validation), "
+                      "watershed on it over the pixels not most likely background (napari_unet/instances.py)"),
+        "seed_threshold": {"chosen_on_validation": best,
+                           "validation_ap50_by_seed_threshold": {str(t): round(v["ap50"], 4)
+                                                                 for t, v in by_seed_threshold.items()}},
         "data": {
             "source": recipe.data_source,
             "location_at_training": str(recipe.data_dir.relative_to(REPO_ROOT.parent)),

@@ -53,7 +53,8 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     labels = semantic_labels(probabilities, threshold, n_classes)
     method = model.metadata.instance_method if instances else None
     if instances:
-        labels = instances_from_probabilities(probabilities, method, threshold=threshold, n_classes=n_classes)
+        labels = instances_from_probabilities(probabilities, method, threshold=threshold, n_classes=n_classes,
+                                              seed_threshold=model.metadata.seed_threshold)
     objects = {"components": "foreground", "enclosed": "background"}.get(method)  # what the slider re-splits
     cache = ThresholdCache.from_probabilities(probabilities, index, threshold, objects) if n_classes == 1 else None
     if not with_probabilities:
