@@ -187,3 +187,18 @@ def test_an_output_offset_that_is_not_two_numbers_within_one_pixel_is_ignored_wi
         assert ModelMetadata.from_dict(values).output_offset == (0.0, 0.0)
     del values["output_offset"]  # files saved before the field existed: no move
     assert ModelMetadata.from_dict(values).output_offset == (0.0, 0.0)
+
+
+def test_instance_method_and_seed_threshold_travel_with_the_model(tmp_path):
+    """What the objects are and how sure a seed must be are in the file, so no face has to guess."""
+    from napari_unet.model import ModelMetadata, load_model_file
+
+    model = new_model(UNetConfig(base_width=4, depth=2, n_classes=3), instances="boundary_watershed",
+                      seed_threshold=0.7, class_names=["background", "nucleus", "boundary"])
+    loaded = load_model_file(save_model(model, tmp_path / "m.keras"))
+    assert loaded.metadata.instance_method == "boundary_watershed" and loaded.metadata.seed_threshold == 0.7
+    values = {**ModelMetadata().to_dict(), "seed_threshold": 3.0}
+    with pytest.warns(UserWarning, match="seed_threshold"):
+        assert ModelMetadata.from_dict(values).seed_threshold is None
+    membranes = ModelMetadata(class_names=["membrane"])
+    assert membranes.instance_method == "enclosed" and ModelMetadata().instance_method == "components"
