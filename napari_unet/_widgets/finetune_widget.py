@@ -42,6 +42,7 @@ class FinetuneWidget(QWidget):
         self.model_label = QLabel("")
         self.model_label.setWordWrap(True)
         self.pairs_label = QLabel("")
+        self.pairs_label.setWordWrap(True)
         self.image_combo = LayerChooser(Image, "after the round, this image is predicted again with the new version")
         self.epochs_spin = QSpinBox()
         self.epochs_spin.setRange(1, 1000)
