@@ -49,14 +49,15 @@ SEED_THRESHOLD = 0.8
 
 
 def instances_from_boundary_probabilities(
-    probabilities: np.ndarray, *, seed_threshold: float = SEED_THRESHOLD, min_seed_size: int = 4, min_size: int = 16
+    probabilities: np.ndarray, *, seed_threshold: float = SEED_THRESHOLD, min_seed_size: int = 4, min_size: int = 16,
+    background_threshold: float | None = None,
 ) -> np.ndarray:
     """int32 instances (0 = background) from (Y, X, 3) softmax output (background, interior, boundary).
 
-    Seeds: connected regions where P(interior) > seed_threshold (SEED_THRESHOLD). Foreground: where background is not the
-    most likely class. A watershed on -P(interior) from the seeds fills the foreground; foreground
-    blobs without any seed (tiny or faint objects) keep one id of their own. Objects smaller than
-    `min_size` px are dropped and ids renumbered 1..N.
+    Seeds: connected regions where P(interior) > seed_threshold (SEED_THRESHOLD). Foreground: where
+    background is not the most likely class (or P(background) < background_threshold). A watershed on
+    -P(interior) from the seeds fills the foreground; foreground blobs without any seed (tiny or faint
+    objects) keep one id of their own. Objects smaller than `min_size` px are dropped, ids renumbered 1..N.
     """
     from scipy import ndimage as ndi
     from skimage.segmentation import relabel_sequential, watershed
@@ -65,7 +66,10 @@ def instances_from_boundary_probabilities(
     if probabilities.ndim != 3 or probabilities.shape[-1] != 3:
         raise ValueError(f"need (Y, X, 3) probabilities (background, interior, boundary), got {probabilities.shape}")
     interior = probabilities[..., INTERIOR]
-    foreground = np.argmax(probabilities, axis=-1) != BACKGROUND
+    if background_threshold is None:
+        foreground = np.argmax(probabilities, axis=-1) != BACKGROUND
+    else:  # a model's own, chosen on validation: a generous mask reaches the edges a boundary class leaves out
+        foreground = probabilities[..., BACKGROUND] < background_threshold
     markers, _ = ndi.label((interior > seed_threshold) & foreground)
     if min_seed_size > 1:  # specks of interior are noise, not nuclei
         small = np.bincount(markers.ravel()) < min_seed_size

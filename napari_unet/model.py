@@ -71,6 +71,9 @@ class ModelMetadata:
     # boundary_watershed: how sure of "interior" a seed must be (chosen on validation images by the recipe;
     # None: instances.SEED_THRESHOLD).
     seed_threshold: float | None = None
+    # Multi-class models: a pixel belongs to an object when P(background) is below this (chosen on validation
+    # images by the recipe); None: when background is not the most probable class.
+    background_threshold: float | None = None
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -86,6 +89,7 @@ class ModelMetadata:
             "output_offset": [float(v) for v in self.output_offset],
             "instances": self.instance_method,
             "seed_threshold": self.seed_threshold,
+            "background_threshold": self.background_threshold,
             "info": self.info,
         }
 
@@ -100,7 +104,8 @@ class ModelMetadata:
             symmetries=_known_symmetries(values.get("symmetries", "dihedral")),
             output_offset=_valid_offset(values.get("output_offset", (0.0, 0.0))),
             instances=_known_instance_method(values.get("instances", "")),
-            seed_threshold=_valid_seed_threshold(values.get("seed_threshold")),
+            seed_threshold=_valid_probability(values.get("seed_threshold"), "seed_threshold"),
+            background_threshold=_valid_probability(values.get("background_threshold"), "background_threshold"),
             info=dict(values.get("info", {})),
         )
 
@@ -114,7 +119,7 @@ class ModelMetadata:
         return "enclosed" if objects_are_background(self.class_names) else "components"
 
 
-def _valid_seed_threshold(value) -> float | None:
+def _valid_probability(value, name: str) -> float | None:
     """A probability in (0, 1), else None (the default); a damaged value is ignored with a warning."""
     if value is None:
         return None
@@ -123,7 +128,7 @@ def _valid_seed_threshold(value) -> float | None:
     except (TypeError, ValueError):
         value = float("nan")
     if not 0.0 < value < 1.0:
-        warnings.warn(f"ignoring seed_threshold {value!r}: it must be a probability in (0, 1)", stacklevel=2)
+        warnings.warn(f"ignoring {name} {value!r}: it must be a probability in (0, 1)", stacklevel=2)
         return None
     return value
 

@@ -15,11 +15,21 @@ import numpy as np
 BOUNDARY_CLASS_WORDS = ("membrane", "boundar", "contour", "edge")
 
 
-def semantic_labels(probabilities: np.ndarray, threshold: float = 0.5, n_classes: int = 1) -> np.ndarray:
-    """uint8 labels: probability > threshold for 1 class (shape kept), arg-max over a trailing class axis else."""
+def semantic_labels(probabilities: np.ndarray, threshold: float = 0.5, n_classes: int = 1,
+                    background_threshold: float | None = None) -> np.ndarray:
+    """uint8 labels: probability > threshold for 1 class (shape kept), arg-max over a trailing class axis else.
+
+    background_threshold (multi-class): a pixel is not background when P(background) is below it, and
+    then takes the most probable other class (a model's own value, ModelMetadata.background_threshold).
+    """
     if n_classes == 1:
         return (np.asarray(probabilities) > threshold).astype(np.uint8)
-    return np.argmax(probabilities, axis=-1).astype(np.uint8)
+    if background_threshold is None:
+        return np.argmax(probabilities, axis=-1).astype(np.uint8)
+    probabilities = np.asarray(probabilities)
+    labels = np.argmax(probabilities[..., 1:], axis=-1).astype(np.uint8) + 1
+    labels[probabilities[..., 0] >= background_threshold] = 0
+    return labels
 
 
 def objects_are_background(class_names: list[str]) -> bool:
@@ -130,13 +140,14 @@ def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_siz
 
 
 def instances_from_probabilities(probabilities: np.ndarray, method: str, *, threshold: float = 0.5,
-                                 n_classes: int = 1, min_size: int = 16, seed_threshold: float | None = None) -> np.ndarray:
+                                 n_classes: int = 1, min_size: int = 16, seed_threshold: float | None = None,
+                                 background_threshold: float | None = None) -> np.ndarray:
     """int32 instances of every plane of a model's output, by the model's own method (ModelMetadata.instances).
 
     probabilities: (..., Y, X) for one class, (..., Y, X, n_classes) otherwise. method: "components"
     (foreground blobs, touching ones split on the distance transform), "enclosed" (regions between
     predicted boundaries), "boundary_watershed" (3 classes: seeds from the interiors, instances.py).
-    seed_threshold: the model's own (ModelMetadata.seed_threshold), None for the default.
+    seed_threshold, background_threshold: the model's own (ModelMetadata), None for the defaults.
     The one place that turns output into objects: predict(), the CLI and the dock call it.
     """
     from napari_unet.instances import SEED_THRESHOLD, instances_from_boundary_probabilities
@@ -148,9 +159,10 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
         instances = np.zeros(probabilities.shape[:-1], dtype=np.int32)
         for index in np.ndindex(probabilities.shape[:-3]):
             instances[index] = instances_from_boundary_probabilities(
-                probabilities[index], min_size=min_size, seed_threshold=seed_threshold or SEED_THRESHOLD)
+                probabilities[index], min_size=min_size, seed_threshold=seed_threshold or SEED_THRESHOLD,
+                background_threshold=background_threshold)
         return instances
-    labels = semantic_labels(probabilities, threshold, n_classes)
+    labels = semantic_labels(probabilities, threshold, n_classes, background_threshold)
     if method not in ("components", "enclosed"):
         raise ValueError(f"unknown instance method {method!r}")
     return instances_per_plane(labels, "background" if method == "enclosed" else "foreground", min_size)

@@ -345,7 +345,9 @@ def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, th
     n_classes = model.config.n_classes
     if output == "probabilities":
         return probabilities[..., 0] if n_classes == 1 else probabilities
-    labels = semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, threshold, n_classes)
+    background_threshold = model.metadata.background_threshold
+    labels = semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, threshold, n_classes,
+                             background_threshold)
     if output == "labels":
         return labels
     if instances_of != "auto":  # the caller overrides the model's method for a plain semantic model
@@ -353,7 +355,8 @@ def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, th
     output_map = probabilities[..., 0] if n_classes == 1 else probabilities
     return instances_from_probabilities(output_map, model.metadata.instance_method, threshold=threshold,
                                         n_classes=n_classes, min_size=min_size,
-                                        seed_threshold=model.metadata.seed_threshold)
+                                        seed_threshold=model.metadata.seed_threshold,
+                                        background_threshold=background_threshold)
 
 
 def predict(
@@ -419,7 +422,7 @@ def predict(
         probabilities = _predict_lazy(plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size)
         if output == "probabilities":
             return probabilities[..., 0] if plan.n_classes == 1 else probabilities
-        return _labels_lazy(probabilities, threshold, plan.n_classes)
+        return _labels_lazy(probabilities, threshold, plan.n_classes, model.metadata.background_threshold)
     whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
     tiles_per_plane = len(plan.tiles_in(whole))
     counter = _ProgressCounter(tiles_per_plane * math.prod(leading_shape), progress, cancel)
@@ -463,7 +466,8 @@ def _predict_lazy(plan: _Plan, planes, ranges, leading_shape, spatial_shape, pro
     )
 
 
-def _labels_lazy(probabilities, threshold: float, n_classes: int):
+def _labels_lazy(probabilities, threshold: float, n_classes: int, background_threshold: float | None = None):
     if n_classes == 1:
         return probabilities[..., 0].map_blocks(semantic_labels, threshold, 1, dtype=np.uint8)
-    return probabilities.map_blocks(semantic_labels, threshold, n_classes, dtype=np.uint8, drop_axis=probabilities.ndim - 1)
+    return probabilities.map_blocks(semantic_labels, threshold, n_classes, background_threshold, dtype=np.uint8,
+                                    drop_axis=probabilities.ndim - 1)

@@ -15,6 +15,7 @@ Adding a model (e.g. nuclei) = one Recipe entry below + one run of this script.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -32,13 +33,13 @@ MODELS_DIR = REPO_ROOT / "napari_unet" / "models"
 sys.path.insert(0, str(REPO_ROOT))
 
 from napari_unet.augment import AugmentConfig  # noqa: E402  (after sys.path so a plain checkout works)
-from napari_unet.instances import SEED_THRESHOLD  # noqa: E402
 from napari_unet.model import UNetConfig  # noqa: E402
 
 # Thresholds tried on the validation images; the best one is recorded in the card and metadata.
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.30, 0.71, 0.05))
-# Seed thresholds tried for boundary-class (nuclei) models, likewise.
-SEED_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+# Seed and background thresholds tried for boundary-class (nuclei) models, likewise (None: arg-max).
+SEED_THRESHOLDS = (0.6, 0.7, 0.8, 0.9)
+BACKGROUND_THRESHOLDS = (None, 0.3, 0.2, 0.1)
 
 
 @dataclass(frozen=True)
@@ -338,15 +339,18 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
     from napari_unet.model import save_model
 
     validation_images, validation_masks = load_instances(recipe, recipe.validation_stems)
-    by_seed_threshold = {}
-    for seed_threshold in SEED_THRESHOLDS:  # the seed threshold is chosen on validation, like membranes' threshold
-        trained.metadata.seed_threshold = seed_threshold
-        by_seed_threshold[seed_threshold] = evaluate(trained, validation_images, validation_masks, instances=True)
-        log(f"validation, seed threshold {seed_threshold}: {_instance_summary(by_seed_threshold[seed_threshold])}")
-    best = max(by_seed_threshold, key=lambda t: (by_seed_threshold[t]["ap50"], -abs(t - SEED_THRESHOLD)))
-    trained.metadata.seed_threshold = best
-    validation = by_seed_threshold[best]
-    log(f"validation ({len(recipe.validation_stems)} images) at seed threshold {best}: {_instance_summary(validation)}")
+    # Seed and background thresholds are chosen on validation (like membranes' threshold), by AP@0.5.
+    by_setting = {}
+    for seed_threshold, background_threshold in itertools.product(SEED_THRESHOLDS, BACKGROUND_THRESHOLDS):
+        trained.metadata.seed_threshold, trained.metadata.background_threshold = seed_threshold, background_threshold
+        scores = evaluate(trained, validation_images, validation_masks, instances=True)
+        by_setting[(seed_threshold, background_threshold)] = scores
+        log(f"validation, seed {seed_threshold}, background {background_threshold}: {_instance_summary(scores)}")
+    best, best_background = max(by_setting, key=lambda key: by_setting[key]["ap50"])
+    trained.metadata.seed_threshold, trained.metadata.background_threshold = best, best_background
+    validation = by_setting[(best, best_background)]
+    log(f"validation ({len(recipe.validation_stems)} images) at seed {best}, background {best_background}: "
+        f"{_instance_summary(validation)}")
     test_images, test_masks = load_instances(recipe, recipe.test_stems)
     test = evaluate(trained, test_images, test_masks, instances=True)
     log(f"held-out test ({len(recipe.test_stems)} images): {_instance_summary(test)}")
@@ -359,11 +363,14 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
         "name": recipe.name,
         "description": recipe.description,
         "class_names": list(recipe.class_names),
-        "instances": (f"boundary_watershed: seeds = interior probability > {best} (chosen on validation), "
-                      "watershed on it over the pixels not most likely background (napari_unet/instances.py)"),
-        "seed_threshold": {"chosen_on_validation": best,
-                           "validation_ap50_by_seed_threshold": {str(t): round(v["ap50"], 4)
-                                                                 for t, v in by_seed_threshold.items()}},
+        "instances": (f"boundary_watershed: seeds = interior probability > {best}, watershed on it over the pixels "
+                      f"with background probability < {best_background} (None: not most likely background); both "
+                      "chosen on validation (napari_unet/instances.py)"),
+        "post_processing_on_validation": {
+            "seed_threshold": best, "background_threshold": best_background,
+            "validation_ap50_by_seed_and_background_threshold": {
+                f"{seed} / {background}": round(scores["ap50"], 4) for (seed, background), scores in by_setting.items()},
+        },
         "data": {
             "source": recipe.data_source,
             "location_at_training": str(recipe.data_dir.relative_to(REPO_ROOT.parent)),

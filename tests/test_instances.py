@@ -98,3 +98,18 @@ def test_evaluate_reports_object_metrics_per_image_and_pooled():
     for key in ("ap50", "map", "f1_50", "iou"):
         assert 0 <= result[key] <= 1 and key in result["per_image"][0]
     assert result["n_true"] == 4
+
+
+def test_a_background_threshold_widens_the_object_mask_of_labels_and_instances():
+    """A model's own background threshold (chosen on validation) decides which pixels belong to objects."""
+    from napari_unet.postprocess import semantic_labels
+
+    probabilities = np.zeros((4, 4, 3), np.float32)
+    probabilities[...] = (0.6, 0.3, 0.1)  # background most likely everywhere …
+    probabilities[1:3, 1:3] = (0.05, 0.9, 0.05)  # … except a confident interior
+    assert semantic_labels(probabilities, n_classes=3).max() == 1 and (semantic_labels(probabilities, n_classes=3) > 0).sum() == 4
+    widened = semantic_labels(probabilities, n_classes=3, background_threshold=0.7)
+    assert (widened > 0).all() and set(np.unique(widened)) == {1}
+    objects = instances_from_probabilities(probabilities, "boundary_watershed", n_classes=3, min_size=1,
+                                           background_threshold=0.7)
+    assert objects.max() == 1 and (objects > 0).all()

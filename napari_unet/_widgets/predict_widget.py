@@ -50,11 +50,12 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
                                        channel_axis=channel_axis, progress=progress, cancel=is_cancelled,
                                        test_time_augmentation=test_time_augmentation))
     n_classes = model.config.n_classes
-    labels = semantic_labels(probabilities, threshold, n_classes)
+    labels = semantic_labels(probabilities, threshold, n_classes, model.metadata.background_threshold)
     method = model.metadata.instance_method if instances else None
     if instances:
         labels = instances_from_probabilities(probabilities, method, threshold=threshold, n_classes=n_classes,
-                                              seed_threshold=model.metadata.seed_threshold)
+                                              seed_threshold=model.metadata.seed_threshold,
+                                              background_threshold=model.metadata.background_threshold)
     objects = {"components": "foreground", "enclosed": "background"}.get(method)  # what the slider re-splits
     cache = ThresholdCache.from_probabilities(probabilities, index, threshold, objects) if n_classes == 1 else None
     if not with_probabilities:
