@@ -28,6 +28,33 @@ def _load(item, kind: str, index: int) -> tuple[np.ndarray, str]:
     return np.asarray(item), f"{kind} {index}"
 
 
+class Tally:
+    """Scores of predictions against masks, one image at a time: per image, and pooled over all pixels (and
+    objects, with instances=True). What evaluate() reports; baselines are scored with it too."""
+
+    def __init__(self, instances: bool = False):
+        self.instances = instances
+        self.pixels = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
+        self.objects = np.zeros((len(IOU_THRESHOLDS), 3), dtype=np.int64)
+        self.per_image: list[dict] = []
+
+    def add(self, predicted: np.ndarray, mask: np.ndarray, name: str = "") -> dict:
+        counts = confusion_counts(predicted, mask)
+        for key, value in counts.items():
+            self.pixels[key] += value
+        row = {"name": name, "index": len(self.per_image), **scores_from_counts(counts)}
+        if self.instances:
+            image_counts = instance_counts(as_instances(mask), predicted)
+            self.objects += image_counts
+            row.update(instance_scores(image_counts))
+        self.per_image.append(row)
+        return row
+
+    def result(self) -> dict:
+        pooled = {**scores_from_counts(self.pixels), **(instance_scores(self.objects) if self.instances else {})}
+        return {**pooled, "n_images": len(self.per_image), "per_image": self.per_image}
+
+
 def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None,
              test_time_augmentation: bool | int = False, instances: bool = False) -> dict:
     """Predict each image and compare with its mask (mask > 0 is foreground; predicted label > 0 likewise).
@@ -52,9 +79,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
         raise NapariUNetError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
     if not images:
         raise NapariUNetError("no images to evaluate: give at least one image with its mask")
-    total = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-    object_counts = np.zeros((len(IOU_THRESHOLDS), 3), dtype=np.int64)
-    per_image = []
+    tally = Tally(instances)
     for index, (image_item, mask_item) in enumerate(zip(images, masks)):
         if cancel is not None and cancel():
             raise Cancelled("evaluation cancelled")
@@ -68,16 +93,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
             )
         labels = predict(model, image, output="instances" if instances else "labels", threshold=threshold,
                          test_time_augmentation=test_time_augmentation)
-        counts = confusion_counts(labels, mask)
-        for key, value in counts.items():
-            total[key] += value
-        row = {"name": name, "index": index, **scores_from_counts(counts)}
-        if instances:
-            image_counts = instance_counts(as_instances(mask), labels)
-            object_counts += image_counts
-            row.update(instance_scores(image_counts))
-        per_image.append(row)
+        tally.add(labels, mask, name)
         if progress is not None:
             progress(index + 1, len(images))
-    pooled = {**scores_from_counts(total), **(instance_scores(object_counts) if instances else {})}
-    return {**pooled, "n_images": len(images), "per_image": per_image}
+    return tally.result()

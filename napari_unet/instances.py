@@ -81,12 +81,18 @@ def instances_from_boundary_probabilities(
     components, _ = ndi.label(foreground)
     unseeded = foreground & ~np.isin(components, np.unique(components[seeds]))
     markers[unseeded] = components[unseeded] + n_markers
-    labels = watershed(-interior, markers, mask=foreground)
+    return drop_small_objects(watershed(-interior, markers, mask=foreground), min_size)
+
+
+def drop_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """int32 labels without objects smaller than `min_size` px, renumbered 1..N."""
+    from skimage.segmentation import relabel_sequential
+
+    labels = np.asarray(labels)
     if min_size > 1:
-        sizes = np.bincount(labels.ravel())
-        too_small = sizes < min_size
+        too_small = np.bincount(labels.ravel()) < min_size
         too_small[0] = False
-        labels[too_small[labels]] = 0
+        labels = np.where(too_small[labels], 0, labels)
     labels, _, _ = relabel_sequential(labels)
     return labels.astype(np.int32, copy=False)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_unet.instances import drop_small_objects
+
 # Class names whose foreground is a boundary between objects rather than the objects themselves.
 BOUNDARY_CLASS_WORDS = ("membrane", "boundar", "contour", "edge")
 
@@ -53,7 +55,7 @@ def instance_labels(
     """
     from scipy import ndimage as ndi
     from skimage.feature import peak_local_max
-    from skimage.segmentation import relabel_sequential, watershed
+    from skimage.segmentation import watershed
 
     foreground = np.asarray(mask) > 0
     if foreground.ndim != 2:
@@ -75,13 +77,7 @@ def instance_labels(
         labels = watershed(-distance, markers, mask=foreground)
     else:
         labels = components
-    if min_size > 1:
-        sizes = np.bincount(labels.ravel())
-        too_small = sizes < min_size
-        too_small[0] = False
-        labels[too_small[labels]] = 0
-    labels, _, _ = relabel_sequential(labels)
-    return labels.astype(np.int32, copy=False)
+    return drop_small_objects(labels, min_size)
 
 
 def instances_from_labels(

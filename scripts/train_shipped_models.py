@@ -308,23 +308,12 @@ def otsu_watershed(image: np.ndarray) -> np.ndarray:
 
 def baseline_scores(images, masks) -> dict:
     """Pooled pixel and object scores of otsu_watershed on the given images."""
-    from napari_unet.metrics import (
-        IOU_THRESHOLDS,
-        as_instances,
-        confusion_counts,
-        instance_counts,
-        instance_scores,
-        scores_from_counts,
-    )
+    from napari_unet.evaluation import Tally
 
-    pixels = {"tp": 0, "fp": 0, "fn": 0, "tn": 0}
-    objects = np.zeros((len(IOU_THRESHOLDS), 3), dtype=np.int64)
+    tally = Tally(instances=True)
     for image, mask in zip(images, masks):
-        predicted = otsu_watershed(image)
-        for key, value in confusion_counts(predicted, mask).items():
-            pixels[key] += value
-        objects += instance_counts(as_instances(mask), predicted)
-    return {**scores_from_counts(pixels), **instance_scores(objects)}
+        tally.add(otsu_watershed(image), mask)
+    return tally.result()
 
 
 def _instance_summary(scores: dict) -> dict:
