@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from napari_unet._files import temporary_sibling
+from napari_unet._files import atomic_write
 from napari_unet.errors import ModelLoadError
 from napari_unet.normalize import NormalizationConfig
 
@@ -274,19 +274,13 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".keras":
         raise ModelLoadError(f"model files must end in .keras, not {path.name!r}: choose a name like 'model.keras'")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_name = temporary_sibling(path, ".keras")
-    try:
-        model.keras_model.save(tmp_name)
-        with zipfile.ZipFile(tmp_name, "a") as archive:
+
+    def write(name: str) -> None:
+        model.keras_model.save(name)
+        with zipfile.ZipFile(name, "a") as archive:
             archive.writestr(METADATA_ENTRY, json.dumps(model.metadata.to_dict(), indent=2))
-        with open(tmp_name, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return path
+
+    return atomic_write(path, write, ".keras")
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata | None:
