@@ -332,12 +332,17 @@ class Project:
             raise NapariUNetError(f"'{version}' was not made in project '{self.root}' and is not its start model: "
                                   f"choose one of {', '.join(sorted(v for v in known if v))}")
         with self._one_round_at_a_time():
-            active = self.active
+            rounds = self.rounds()
+            # A project opened from an old folder has no start model: before any kept round, the model its
+            # first round started from is what is in use.
+            active = self.active or (rounds[0]["parent"] if rounds else None)
+            if active is None:
+                raise NapariUNetError(f"project '{self.root}' has no active model to revert from: run a round first")
             evaluation = self.evaluation_set()
             before_units, _ = _score(self.load_model(active), evaluation)
             after_units, _ = _score(self.load_model(version), evaluation)
             comparison = compare(before_units, after_units)
-            number = (self.rounds()[-1]["round"] + 1) if self.rounds() else 1
+            number = (rounds[-1]["round"] + 1) if rounds else 1
             record = {"format": ROUND_FORMAT, "round": number, "kind": "revert", "parent": active, "version": version,
                       "kept": True, "reason": f"Reverted to '{version}' by the user; it is active again.",
                       "eval": {"before": _rounded(comparison.before), "after": _rounded(comparison.after),

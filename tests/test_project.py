@@ -228,3 +228,18 @@ def test_a_boundary_class_model_fine_tunes_on_instance_labels_and_keeps_its_meth
     assert outcome.record["eval"]["after"]["iou"] > outcome.record["eval"]["before"]["iou"]
     stored = project.store.load(outcome.version)
     assert stored.config.n_classes == 3 and stored.metadata.instance_method == "boundary_watershed"
+
+
+def test_revert_in_an_old_folder_after_a_rolled_back_first_round(tmp_path, start_model, monkeypatch):
+    """No start model and no kept round: the revert compares against the model the first round started from."""
+    from napari_unet.training_set import TrainingSet
+
+    TrainingSet(tmp_path / "old").add(*_discs(0), name="cells")
+    project = Project.open(tmp_path / "old")
+    import napari_unet.project as project_module
+
+    monkeypatch.setattr(project_module, "_guard", lambda *args: "Rolled back: forced by the test.")
+    failed = project.round(QUICK, model=start_model)
+    assert not failed.kept and project.active is None
+    record = project.revert(failed.version)
+    assert record["kind"] == "revert" and record["parent"] == start_model and project.active == failed.version

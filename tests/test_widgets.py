@@ -292,8 +292,10 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     assert load_model_file(exported).config == outcome.model.config
 
     models.rename_selected("my-cells")
-    qtbot.waitUntil(lambda: store.has("my-cells"), timeout=10_000)
-    assert not store.has(version) and widget.session.project.rounds()[-1]["version"] == "my-cells"
+    rename_job = wait_for(qtbot, widget.session.jobs[-1])  # the store, then the round log, are renamed
+    assert rename_job.what == f"Renaming '{version}'" and rename_job.error is None
+    assert store.has("my-cells") and not store.has(version)
+    assert widget.session.project.rounds()[-1]["version"] == "my-cells"
     qtbot.waitUntil(lambda: "my-cells" in [models.table.item(r, 0).text() for r in range(models.table.rowCount())],
                     timeout=10_000)
     names = [models.table.item(row, 0).text() for row in range(models.table.rowCount())]
