@@ -51,7 +51,7 @@ def _user_labels(mask: np.ndarray) -> np.ndarray:
     return np.where(mask >= 255, mask.astype(np.int32) + 1, mask)
 
 
-def run(case_name: str, start: str, out: Path | None) -> dict:
+def run(case_name: str, start: str, out: Path | None, learning_rate: float | None = None) -> dict:
     from napari_unet.io import find_pairs, read_image
     from napari_unet.project import Project
     from napari_unet.training import TrainConfig
@@ -65,7 +65,7 @@ def run(case_name: str, start: str, out: Path | None) -> dict:
     for stem in eval_stems:
         image, mask = (read_image(path) for path in files[stem])
         project.add_pair(image, _user_labels(mask), evaluation=True, name=stem)
-    config = TrainConfig()
+    config = TrainConfig() if learning_rate is None else TrainConfig(learning_rate=learning_rate)
     rows = []
     for number, stem in enumerate(train_stems, start=1):
         image, mask = (read_image(path) for path in files[stem])
@@ -109,8 +109,9 @@ def main() -> int:
     parser.add_argument("case", choices=sorted(CASES))
     parser.add_argument("--start", default="membranes", help="model the project starts from (default: membranes)")
     parser.add_argument("--out", type=Path, default=None, help="project folder (default: a temporary one)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainConfig's)")
     args = parser.parse_args()
-    summary = run(args.case, args.start, args.out)
+    summary = run(args.case, args.start, args.out, args.lr)
     print(json.dumps(summary, indent=1))
     return 0
 

@@ -334,7 +334,7 @@ def add_finetune_command(subparsers) -> None:
     parser.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default 4)")
     parser.add_argument("--steps-per-epoch", type=int, default=None, metavar="N", help="training steps per epoch (default 30)")
     parser.add_argument("--lr", type=float, default=None, metavar="LR",
-                        help="Adam learning rate (default 1e-4; ~1e-3 from scratch)")
+                        help="Adam learning rate (default 3e-4; ~1e-3 from scratch)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default 0)")
     parser.add_argument("--name", default=None, metavar="NAME", help="name of the stored version (default <model>-vN)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT.keras if it exists (never the input model)")
