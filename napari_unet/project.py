@@ -27,7 +27,7 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
@@ -40,7 +40,7 @@ from napari_unet.errors import NapariUNetError
 from napari_unet.evidence import compare, pooled, unit_counts
 from napari_unet.masks import IGNORE_LABEL
 from napari_unet.store import ModelStore, array_sha1, pair_fingerprint
-from napari_unet.training_set import HELD_OUT_FRACTION, TrainingSet, held_out_region
+from napari_unet.training_set import HELD_OUT_FRACTION, TrainingSet
 
 PROJECT_FORMAT = "napari-unet-project/1"
 ROUND_FORMAT = "napari-unet-round/1"
@@ -225,39 +225,37 @@ class Project:
         finally:
             lock.unlink(missing_ok=True)
 
-    def evaluation_set(self) -> Evaluation:
-        """Evaluation pairs when there are any, else the held-out stripes of the training pairs."""
+    def _evaluation_pairs(self) -> Evaluation | None:
         pairs = self.evaluation.pairs()
-        if pairs:
-            images, truths, valid, fingerprints = [], [], [], []
-            for pair in pairs:
-                image, mask = self.evaluation.load(pair.name)
-                images.append(image)
-                truths.append(mask > 0)
-                valid.append(np.ones(mask.shape, dtype=bool))
-                fingerprints.append(pair_fingerprint(image, mask, pair.name))
-            return Evaluation("evaluation pairs", [p.name for p in pairs], images, truths, valid, fingerprints)
-        data = self.training.split(HELD_OUT_FRACTION)
-        return Evaluation("held-out stripes", list(data.names), data.images, data.truths, data.held_out)
-
-    def _training_snapshot(self, use_held_out_stripes: bool) -> tuple[list, list, list]:
-        """(names, images, masks) as they are now; held-out stripes masked out when they are the evaluation."""
-        pairs = self.training.pairs()
         if not pairs:
+            return None
+        images, truths, valid, fingerprints = [], [], [], []
+        for pair in pairs:
+            image, mask = self.evaluation.load(pair.name)
+            images.append(image)
+            truths.append(mask > 0)
+            valid.append(np.ones(mask.shape, dtype=bool))
+            fingerprints.append(pair_fingerprint(image, mask, pair.name))
+        return Evaluation("evaluation pairs", [p.name for p in pairs], images, truths, valid, fingerprints)
+
+    def snapshot(self, held_out_stripes: bool | None = None):
+        """(training data, evaluation) read once: the training pairs as they are now, and what the round is
+        scored on — the evaluation pairs, else the held-out stripes, which are then left out of training.
+
+        held_out_stripes: force one of the two (a repeated round uses what it used); None: decide as above.
+        """
+        if not self.training.pairs():
             raise NapariUNetError(
                 f"project '{self.root}' has no training pairs: correct a prediction and add it ('Add to training "
                 f"set' in the dock, or 'napari-unet project add {self.root} --image IMG --mask MASK')"
             )
-        names, images, masks = [], [], []
-        for pair in pairs:
-            image, mask = self.training.load(pair.name)
-            if use_held_out_stripes:
-                mask = mask.copy()
-                mask[held_out_region(mask, HELD_OUT_FRACTION)] = IGNORE_LABEL
-            names.append(pair.name)
-            images.append(image)
-            masks.append(mask)
-        return names, images, masks
+        evaluation = None if held_out_stripes else self._evaluation_pairs()
+        if evaluation is None and held_out_stripes is False:
+            raise NapariUNetError(f"project '{self.root}' has no evaluation pairs any more: add them again first")
+        data = self.training.split(0.0 if evaluation else HELD_OUT_FRACTION)
+        if evaluation is None:
+            evaluation = Evaluation("held-out stripes", list(data.names), data.images, data.truths, data.held_out)
+        return data, evaluation
 
     def round(self, config=None, *, model: str | None = None, progress: Callable | None = None,
               cancel: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> RoundOutcome:
@@ -278,8 +276,8 @@ class Project:
             if not parent_key:
                 raise NapariUNetError(f"project '{self.root}' has no model to start from: give one "
                                       f"('napari-unet project init {self.root} -m MODEL')")
-            names, images, masks = self._training_snapshot(use_held_out_stripes=not self.evaluation.pairs())
-            evaluation = self.evaluation_set()
+            data, evaluation = self.snapshot()
+            names, images, masks = data.names, data.images, data.train_masks
             fingerprints = [pair_fingerprint(i, m, n) for i, m, n in zip(images, masks, names)]
             parent = self.load_model(parent_key)
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
@@ -291,10 +289,10 @@ class Project:
             after_units, after_labels = _score(tuned, evaluation)
             comparison = compare(before_units, after_units)
             failure = _guard(tuned, after_labels, evaluation, comparison)
-            number = (self.rounds()[-1]["round"] + 1) if self.rounds() else 1
+            number = _next_number(self.rounds())
             kept = failure is None
             reason = failure or _verdict_sentence(comparison, evaluation.source)
-            settings = {**_settings_of(config), "patch_size": history.settings.get("patch_size")}
+            settings = history.settings  # as finetune resolved them (patch size, augmentation for the model)
             version = self.store.save_version(
                 tuned, history, parent=Path(parent_key).stem if parent_key.endswith(".keras") else parent_key,
                 training_pairs=fingerprints, settings=settings,
@@ -306,11 +304,7 @@ class Project:
             )["name"]
             record = {
                 "format": ROUND_FORMAT, "round": number, "parent": parent_key, "version": version, "kept": kept,
-                "reason": reason,
-                "eval": {"before": _rounded(comparison.before), "after": _rounded(comparison.after),
-                         "source": evaluation.source, "units": comparison.units,
-                         "delta_iou_interval": [round(v, 4) for v in comparison.interval],
-                         "verdict": "rolled back" if failure else comparison.verdict},
+                "reason": reason, "eval": _eval_record(comparison, evaluation, "rolled back" if failure else None),
                 "seconds": round(time.monotonic() - started, 2),
                 "training": {"steps": history.steps, "seconds": round(history.seconds, 2),
                              "stopped_reason": history.stopped_reason, "pairs": names,
@@ -338,18 +332,14 @@ class Project:
             active = self.active or (rounds[0]["parent"] if rounds else None)
             if active is None:
                 raise NapariUNetError(f"project '{self.root}' has no active model to revert from: run a round first")
-            evaluation = self.evaluation_set()
+            _, evaluation = self.snapshot()
             before_units, _ = _score(self.load_model(active), evaluation)
             after_units, _ = _score(self.load_model(version), evaluation)
             comparison = compare(before_units, after_units)
-            number = (rounds[-1]["round"] + 1) if rounds else 1
+            number = _next_number(rounds)
             record = {"format": ROUND_FORMAT, "round": number, "kind": "revert", "parent": active, "version": version,
                       "kept": True, "reason": f"Reverted to '{version}' by the user; it is active again.",
-                      "eval": {"before": _rounded(comparison.before), "after": _rounded(comparison.after),
-                               "source": evaluation.source, "units": comparison.units,
-                               "delta_iou_interval": [round(v, 4) for v in comparison.interval],
-                               "verdict": comparison.verdict},
-                      "seconds": 0.0, "created": _now()}
+                      "eval": _eval_record(comparison, evaluation), "seconds": 0.0, "created": _now()}
             atomic_write_json(self.rounds_dir / f"{number:04d}.json", record)
             return record
 
@@ -377,14 +367,11 @@ class Project:
         if record.get("kind") == "revert":
             raise NapariUNetError(f"round {number} of project '{self.root}' is a revert, not training: nothing to repeat")
         version_record = self.store.record(record["version"]) or {}
-        wanted = version_record.get("training_pairs", [])
-        available = {}
-        held_out = version_record.get("evaluation_source") == "held-out stripes"
-        names, images, masks = self._training_snapshot(held_out)
-        for name, image, mask in zip(names, images, masks):
-            available[(array_sha1(image), array_sha1(mask))] = (name, image, mask)
+        data, evaluation = self.snapshot(version_record.get("evaluation_source") == "held-out stripes")
+        available = {(array_sha1(image), array_sha1(mask)): (name, image, mask)
+                     for name, image, mask in zip(data.names, data.images, data.train_masks)}
         chosen = []
-        for entry in wanted:
+        for entry in version_record.get("training_pairs", []):
             key = (entry["image_sha1"], entry["mask_sha1"])
             if key not in available:
                 raise NapariUNetError(
@@ -392,10 +379,7 @@ class Project:
                     "(removed or changed): the round cannot be repeated exactly"
                 )
             chosen.append(available[key])
-        settings = dict(record["training"]["settings"])
-        settings.pop("patch_size_resolved", None)
-        config = _config_from_settings(TrainConfig, settings)
-        config = replace(config, seconds=None)
+        config = replace(_config_from_settings(TrainConfig, record["training"]["settings"]), seconds=None)
         steps = int(record["training"]["steps"])
         done = [0]
 
@@ -408,7 +392,6 @@ class Project:
         tuned, history = finetune(parent, [c[1] for c in chosen], [c[2] for c in chosen], config=config,
                                   names=[c[0] for c in chosen], progress=count, cancel=lambda: done[0] >= steps)
         recorded = self.store.load(record["version"])
-        evaluation = self.evaluation_set()
         units, _ = _score(tuned, evaluation)
         weights_difference = max(float(np.max(np.abs(a - b))) for a, b in
                                  zip(tuned.keras_model.get_weights(), recorded.keras_model.get_weights()))
@@ -432,8 +415,15 @@ def _rounded(scores: dict) -> dict:
     return {key: round(float(scores[key]), 4) for key in ("iou", "dice", "pixel_error")}
 
 
-def _settings_of(config) -> dict:
-    return asdict(config)
+def _next_number(rounds: list[dict]) -> int:
+    return rounds[-1]["round"] + 1 if rounds else 1
+
+
+def _eval_record(comparison, evaluation: Evaluation, verdict: str | None = None) -> dict:
+    """What a log record says about the evaluation: scores before and after, the evidence, the verdict."""
+    return {"before": _rounded(comparison.before), "after": _rounded(comparison.after), "source": evaluation.source,
+            "units": comparison.units, "delta_iou_interval": [round(v, 4) for v in comparison.interval],
+            "verdict": verdict or comparison.verdict}
 
 
 def _config_from_settings(config_type, settings: dict):

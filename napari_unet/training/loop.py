@@ -61,12 +61,6 @@ def make_train_step(keras_model, optimizer, n_classes: int, n_channels: int, dic
 
 
 
-def _settings(config: TrainConfig) -> dict:
-    values = asdict(config)
-    values["augmentation"] = asdict(config.augmentation)
-    return values
-
-
 def _resolve_config(model: SegmentationModel, config: TrainConfig | None, overrides: dict) -> TrainConfig:
     config = config or TrainConfig()
     if overrides:
@@ -119,7 +113,7 @@ class _Run:
         self.optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, self.total_steps))
         self.train_step = make_train_step(self.trained.keras_model, self.optimizer, n_classes,
                                           model.config.n_channels, config.dice_weight)
-        self.history = TrainHistory(settings={**_settings(config), "patch_size": patch_size,
+        self.history = TrainHistory(settings={**asdict(config), "patch_size": patch_size,
                                               "n_training_pairs": len(training_pairs),
                                               "n_validation_pairs": len(self.validation_pairs)})
         self.initial_weights = self.trained.keras_model.get_weights()  # a non-finite loss before any best epoch
