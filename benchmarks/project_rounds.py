@@ -42,17 +42,9 @@ def _stems(folder: Path, size) -> list[str]:
     return [s for s in stems if read_image(folder / "images" / f"{s}.tif").shape[:2] == size][:40:5]
 
 
-def _user_labels(mask: np.ndarray) -> np.ndarray:
-    """Ground truth as a user's labels (masks.py): 0/255 files mean background/foreground, not "not annotated";
-    instance id 255 would read as "not annotated", so ids from 255 up move by one."""
-    values = np.unique(mask)
-    if set(values.tolist()) <= {0, 255}:
-        return (mask > 0).astype(np.uint8)
-    return np.where(mask >= 255, mask.astype(np.int32) + 1, mask)
-
-
 def run(case_name: str, start: str, out: Path | None, learning_rate: float | None = None) -> dict:
     from napari_unet.io import find_pairs, read_image
+    from napari_unet.masks import labels_from_ground_truth
     from napari_unet.project import Project
     from napari_unet.training import TrainConfig
 
@@ -64,12 +56,12 @@ def run(case_name: str, start: str, out: Path | None, learning_rate: float | Non
     project = Project.init(root, start)
     for stem in eval_stems:
         image, mask = (read_image(path) for path in files[stem])
-        project.add_pair(image, _user_labels(mask), evaluation=True, name=stem)
+        project.add_pair(image, labels_from_ground_truth(mask), evaluation=True, name=stem)
     config = TrainConfig() if learning_rate is None else TrainConfig(learning_rate=learning_rate)
     rows = []
     for number, stem in enumerate(train_stems, start=1):
         image, mask = (read_image(path) for path in files[stem])
-        project.add_pair(image, _user_labels(mask), name=stem)
+        project.add_pair(image, labels_from_ground_truth(mask), name=stem)
         started = time.monotonic()
         record = project.round(config).record
         rows.append({**_row(record), "pairs": number, "wall_seconds": round(time.monotonic() - started, 1)})

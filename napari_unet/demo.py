@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL  # noqa: E402  (the one definition)
+from napari_unet.masks import IGNORE_LABEL, labels_from_ground_truth
 
 DEFAULT_SECONDS = 60.0
 
@@ -62,15 +62,6 @@ def _binary_truth(mask: np.ndarray) -> np.ndarray:
     return (np.asarray(mask) > 0).astype(np.uint8)
 
 
-def _as_user_labels(mask: np.ndarray) -> np.ndarray:
-    """Ground truth as a user's correction (masks.py): instance ids kept, so a boundary-class model learns
-    where touching objects meet; id 255 would read as "not annotated", so ids from 255 up move by one."""
-    mask = np.asarray(mask)
-    if mask.size and int(mask.max()) >= IGNORE_LABEL:
-        return np.where(mask >= IGNORE_LABEL, mask.astype(np.int32) + 1, mask)
-    return mask
-
-
 DEFAULT_MODELS = {"em_membranes": "membranes", "nuclei": "nuclei", "nuclei_sparse": "nuclei"}
 
 
@@ -87,7 +78,7 @@ def sample_case(sample: str = "em_membranes") -> DemoCase:
 def half_split_case(image: np.ndarray, labels: np.ndarray, description: str) -> DemoCase:
     """One image: its left half is the user's correction (labels as painted), its right half is held out."""
     truth = _binary_truth(labels)
-    labels = _as_user_labels(labels)
+    labels = labels_from_ground_truth(labels)
     width = truth.shape[-1]
     train_mask = np.full(truth.shape, IGNORE_LABEL, dtype=np.uint8 if labels.max(initial=0) < IGNORE_LABEL else np.int32)
     train_mask[..., : width // 2] = labels[..., : width // 2]
@@ -119,7 +110,7 @@ def folder_case(data_dir: str | Path) -> DemoCase:
             )
         images.append(image)
         truths.append(_binary_truth(mask))
-        labels.append(_as_user_labels(mask))
+        labels.append(labels_from_ground_truth(mask))
     if len(pairs) == 1:
         return half_split_case(images[0], labels[0], f"{data_dir} (1 image)")
     n_held_out = len(pairs) // 2

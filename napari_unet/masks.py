@@ -25,6 +25,18 @@ def to_training_mask(labels: np.ndarray) -> np.ndarray:
     return np.where(labels == IGNORE_LABEL, IGNORE_LABEL, labels != 0).astype(np.uint8)
 
 
+def labels_from_ground_truth(mask: np.ndarray) -> np.ndarray:
+    """A ground-truth file read as a user's labels: a 0/255 file means background/foreground (not "not
+    annotated"); instance ids stay, but id 255 and up move by one so no object reads as "not annotated"."""
+    mask = np.asarray(mask)
+    values = np.unique(mask)
+    if values.size and set(values.tolist()) <= {0, IGNORE_LABEL}:
+        return (mask > 0).astype(np.uint8)
+    if values.size and int(values[-1]) >= IGNORE_LABEL:
+        return np.where(mask >= IGNORE_LABEL, mask.astype(np.int32) + 1, mask)
+    return mask
+
+
 def training_targets(labels: np.ndarray, n_classes: int, instance_method: str) -> np.ndarray:
     """The uint8 targets a model with `n_classes` and `instance_method` trains on, from user labels."""
     labels = np.asarray(labels)

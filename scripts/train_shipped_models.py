@@ -213,7 +213,9 @@ def load_split(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndarray]
         images.append(read_image(image_path))
         mask = read_image(mask_path)
         if recipe.targets == "boundaries":  # instance ids; finetune derives the boundary targets (masks.py)
-            masks.append(np.where(mask >= 255, mask.astype(np.int32) + 1, mask))  # 255 means "not annotated"
+            from napari_unet.masks import labels_from_ground_truth
+
+            masks.append(labels_from_ground_truth(mask))
         else:
             masks.append((mask > 0).astype(np.uint8) if len(recipe.class_names) == 1 else mask.astype(np.uint8))
     return images, masks

@@ -113,3 +113,14 @@ def test_a_background_threshold_widens_the_object_mask_of_labels_and_instances()
     objects = instances_from_probabilities(probabilities, "boundary_watershed", n_classes=3, min_size=1,
                                            background_threshold=0.7)
     assert objects.max() == 1 and (objects > 0).all()
+
+
+def test_ground_truth_files_read_as_user_labels():
+    from napari_unet.masks import labels_from_ground_truth
+
+    binary_0_255 = np.array([[0, 255], [255, 0]], np.uint8)
+    assert labels_from_ground_truth(binary_0_255).tolist() == [[0, 1], [1, 0]]  # 255 meant foreground here
+    many = np.array([[0, 1, 254, 255, 300]], np.uint16)
+    assert labels_from_ground_truth(many).tolist() == [[0, 1, 254, 256, 301]]  # no object reads as "not annotated"
+    few = np.array([[0, 3, 7]], np.uint8)
+    assert labels_from_ground_truth(few) is few
