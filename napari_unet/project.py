@@ -185,12 +185,10 @@ class Project:
         return self.start_model
 
     def load_model(self, key: str):
-        """A version made in this project, or anything registry.load_model knows."""
-        if self.store.has(key):
-            return self.store.load(key)
+        """A version made in this project, a shipped model, a version in the user's store, or a .keras path."""
         from napari_unet.registry import load_model
 
-        return load_model(key)
+        return load_model(key, self.store, ModelStore())
 
     def status(self) -> dict:
         return {"project": str(self.root), "start_model": self.start_model, "active": self.active,

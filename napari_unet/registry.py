@@ -11,25 +11,34 @@ from napari_unet.shipped import shipped_model_names, shipped_model_path
 from napari_unet.store import ModelStore
 
 
-def load_model(name_or_path: str | os.PathLike | SegmentationModel) -> SegmentationModel:
-    """A shipped model's name ('membranes'), a stored version's name, or a path to a .keras file."""
-    if isinstance(name_or_path, SegmentationModel):
-        return name_or_path
+def resolve(name_or_path: str | os.PathLike, *stores: ModelStore) -> tuple[Path, str]:
+    """(file, source name) of a shipped model's name ('membranes'), a version's name in `stores` (default:
+    the user's model store) or a path to a .keras file. The one place names are resolved."""
     text = str(name_or_path)
     path = Path(text).expanduser()
     if path.suffix == ".keras" or os.sep in text or path.exists():
-        return load_model_file(path)
+        return path, str(path)
     if text in shipped_model_names():
-        model = load_model_file(shipped_model_path(text))
-        model.source = text
-        return model
-    store = ModelStore()
-    if store.has(text):
-        return store.load(text)
-    known = shipped_model_names() + store.names()
+        return shipped_model_path(text), text
+    stores = stores or (ModelStore(),)
+    for store in stores:
+        record = store.record(text)
+        if record is not None:
+            return Path(record["path"]), text
+    known = shipped_model_names() + [name for store in stores for name in store.names()]
     raise ModelLoadError(
         f"no model named '{text}': use a path to a .keras file or one of: {', '.join(known) or '(none installed)'}"
     )
+
+
+def load_model(name_or_path: str | os.PathLike | SegmentationModel, *stores: ModelStore) -> SegmentationModel:
+    """The model `name_or_path` names (see resolve); a SegmentationModel is returned as it is."""
+    if isinstance(name_or_path, SegmentationModel):
+        return name_or_path
+    path, source = resolve(name_or_path, *stores)
+    model = load_model_file(path)
+    model.source = source
+    return model
 
 
 def list_models(*stores: ModelStore) -> list[dict]:

@@ -128,13 +128,10 @@ class Session(QObject):
     def model_metadata(self, key: str | None = None):
         """The chosen model's metadata, read from its file without loading the network (None if unreadable)."""
         from napari_unet.model import read_metadata
-        from napari_unet.shipped import shipped_model_names, shipped_model_path
+        from napari_unet.registry import resolve
 
-        key = key or self.model_key
-        record = self.store.record(key) or self._global_store().record(key)
-        path = Path(record["path"]) if record else shipped_model_path(key) if key in shipped_model_names() else Path(key)
         try:
-            return read_metadata(path)
+            return read_metadata(resolve(key or self.model_key, self.store, self._global_store())[0])
         except Exception:  # missing or damaged: the Predict button reports it properly
             return None
 
