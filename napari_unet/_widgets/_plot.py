@@ -10,6 +10,16 @@ LOSS_COLOUR = QColor(255, 140, 60)
 IOU_COLOUR = QColor(80, 200, 255)
 
 
+def _framed_area(painter: QPainter, widget: QWidget, right: int) -> QRectF:
+    """The plotting rectangle of `widget` (room for labels left, `right` px right, and below), framed."""
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+    margin = 6
+    area = QRectF(margin + 28, margin, widget.width() - 2 * margin - right, widget.height() - 2 * margin - 14)
+    painter.setPen(QPen(QColor(128, 128, 128), 1))
+    painter.drawRect(area)
+    return area
+
+
 class TrainingPlot(QWidget):
     """Loss on its own auto-scaled axis (left, orange), IoU on 0..1 (right, blue), x = training step."""
 
@@ -35,11 +45,7 @@ class TrainingPlot(QWidget):
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
         painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        margin = 6
-        area = QRectF(margin + 28, margin, self.width() - 2 * margin - 56, self.height() - 2 * margin - 14)
-        painter.setPen(QPen(QColor(128, 128, 128), 1))
-        painter.drawRect(area)
+        area = _framed_area(painter, self, right=56)
         last_step = max([self.total_steps] + [s for s, _ in self.losses] + [s for s, _ in self.ious] + [1])
         text_pen = QPen(QColor(170, 170, 170))
         if self.losses:
@@ -102,11 +108,7 @@ class RoundsPlot(QWidget):
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)
         painter = QPainter(self)
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        margin = 6
-        area = QRectF(margin + 28, margin, self.width() - 2 * margin - 40, self.height() - 2 * margin - 14)
-        painter.setPen(QPen(QColor(128, 128, 128), 1))
-        painter.drawRect(area)
+        area = _framed_area(painter, self, right=40)
         text_pen = QPen(QColor(170, 170, 170))
         painter.setPen(text_pen)
         if not self.points:
