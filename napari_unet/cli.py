@@ -331,11 +331,12 @@ def add_finetune_command(subparsers) -> None:
     parser.add_argument("--images", required=True, metavar="DIR", help="folder of training images")
     parser.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems")
     parser.add_argument("-o", "--output", required=True, metavar="OUT.keras", help="where to save the fine-tuned model")
-    parser.add_argument("--epochs", type=int, default=None, metavar="N", help="epochs (default 4)")
-    parser.add_argument("--steps-per-epoch", type=int, default=None, metavar="N", help="training steps per epoch (default 30)")
+    parser.add_argument("--epochs", type=int, default=None, metavar="N", help=f"epochs (default {_train_default('epochs')})")
+    parser.add_argument("--steps-per-epoch", type=int, default=None, metavar="N",
+                        help=f"training steps per epoch (default {_train_default('steps_per_epoch')})")
     parser.add_argument("--lr", type=float, default=None, metavar="LR",
-                        help="Adam learning rate (default 3e-4; ~1e-3 from scratch)")
-    parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed (default 0)")
+                        help=f"Adam learning rate (default {_train_default('learning_rate'):g}; ~1e-3 from scratch)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help=f"random seed (default {_train_default('seed')})")
     parser.add_argument("--name", default=None, metavar="NAME", help="name of the stored version (default <model>-vN)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT.keras if it exists (never the input model)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the result on stdout")
@@ -491,15 +492,10 @@ def add_project_command(subparsers) -> None:
 
 
 def _train_default(name: str):
-    """TrainConfig's default for `name`, read without importing TensorFlow (help must stay instant)."""
-    import ast
-    from pathlib import Path
+    """TrainConfig's default for `name`: the one place defaults live (importing it does not load TensorFlow)."""
+    from napari_unet.training import TrainConfig
 
-    source = (Path(__file__).parent / "training" / "config.py").read_text()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", None) == name and node.value is not None:
-            return ast.literal_eval(node.value)
-    return None
+    return getattr(TrainConfig(), name)
 
 
 def _run_project_init(args) -> int:
