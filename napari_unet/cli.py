@@ -216,7 +216,7 @@ def _run_predict_command(args) -> int:
             image = read_image(path)
             progress.start(path.name)
             result = predict(model, image, output=output, threshold=args.threshold, progress=progress,
-                             test_time_augmentation=args.tta)
+                             test_time_augmentation=args.tta, precision=args.precision)
             write_labels(target, result)
     finally:
         progress.close()
@@ -251,6 +251,13 @@ def _add_tta_option(parser) -> None:
     parser.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=(2, 4, 8), metavar="VIEWS",
                         help="test-time augmentation: average VIEWS flips/rotations the model was trained for "
                              "(2, 4 or 8 = all, the default with plain --tta); that many times slower, slightly more accurate")
+    _add_precision_option(parser)
+
+
+def _add_precision_option(parser) -> None:
+    parser.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"),
+                        help="compute in bfloat16 or float32 (default auto: bfloat16 where the CPU has it natively, "
+                             "AMX or AVX512-BF16; the environment variable NAPARI_UNET_PRECISION also sets it)")
 
 
 def _run_evaluate_command(args) -> int:
@@ -263,7 +270,7 @@ def _run_evaluate_command(args) -> int:
     report = lambda done, total: print(f"\r[evaluate] image {done}/{total}   ", end="", file=sys.stderr, flush=True)  # noqa: E731
     result = evaluate(args.model, [image for image, _ in pairs], [mask for _, mask in pairs],
                       threshold=args.threshold, progress=None if args.json else report,
-                      test_time_augmentation=args.tta, instances=args.instances)
+                      test_time_augmentation=args.tta, instances=args.instances, precision=args.precision)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -337,6 +344,7 @@ def add_finetune_command(subparsers) -> None:
     parser.add_argument("--lr", type=float, default=None, metavar="LR",
                         help=f"Adam learning rate (default {_train_default('learning_rate'):g}; ~1e-3 from scratch)")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help=f"random seed (default {_train_default('seed')})")
+    _add_precision_option(parser)
     parser.add_argument("--name", default=None, metavar="NAME", help="name of the stored version (default <model>-vN)")
     parser.add_argument("--force", action="store_true", help="overwrite OUT.keras if it exists (never the input model)")
     parser.add_argument("--json", action="store_true", help="print one JSON object with the result on stdout")
@@ -370,7 +378,8 @@ def _run_finetune_command(args) -> int:
 
     model = load_model(args.model)
     overrides = {key: value for key, value in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch),
-                                               ("learning_rate", args.lr), ("seed", args.seed)) if value is not None}
+                                               ("learning_rate", args.lr), ("seed", args.seed),
+                                               ("precision", args.precision)) if value is not None}
 
     report = _training_report("finetune")
 
@@ -478,6 +487,7 @@ def add_project_command(subparsers) -> None:
     run.add_argument("--seconds", type=float, default=None, metavar="S", help="time budget for training (default: none)")
     run.add_argument("--epochs", type=int, default=None, metavar="N", help=f"epochs (default {_train_default('epochs')})")
     run.add_argument("--seed", type=int, default=None, metavar="S", help=f"random seed (default {_train_default('seed')})")
+    _add_precision_option(run)
     run.add_argument("--json", action="store_true", help="print the round's record as one JSON object")
     run.set_defaults(func=_run_project_round)
     status = commands.add_parser("status", help="the active version and every round's scores")
@@ -538,7 +548,7 @@ def _run_project_round(args) -> int:
     project = Project.open(args.dir)
     config = TrainConfig()
     overrides = {key: value for key, value in (("seconds", args.seconds), ("epochs", args.epochs),
-                                               ("seed", args.seed)) if value is not None}
+                                               ("seed", args.seed), ("precision", args.precision)) if value is not None}
     config = replace(config, **overrides)
     log = (lambda text: None) if args.json else (lambda text: print(f"[round] {text}", file=sys.stderr, flush=True))
     outcome = project.round(config, progress=None if args.json else _training_report("round"), log=log)

@@ -56,7 +56,7 @@ class Tally:
 
 
 def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None,
-             test_time_augmentation: bool | int = False, instances: bool = False) -> dict:
+             test_time_augmentation: bool | int = False, instances: bool = False, precision: str | None = None) -> dict:
     """Predict each image and compare with its mask (mask > 0 is foreground; predicted label > 0 likewise).
 
     images/masks: equally long lists of 2D arrays or file paths (an (N, Y, X) array counts as N images).
@@ -68,6 +68,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     instances: also predict objects (the model's own method) and add "ap50", "map" (mean over IoU
     0.50…0.95), "f1_50", "n_true", "n_predicted", pooled over all objects of all images, and per image.
     Masks may then be instance label images (a 0/1 mask is split into its connected components).
+    precision: as for predict (None: bfloat16 where the CPU has it).
     """
     from napari_unet.errors import Cancelled
     from napari_unet.prediction import predict
@@ -92,7 +93,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
                 f"{'×'.join(map(str, image_spatial))}: a mask must have exactly its image's Y×X shape"
             )
         labels = predict(model, image, output="instances" if instances else "labels", threshold=threshold,
-                         test_time_augmentation=test_time_augmentation)
+                         test_time_augmentation=test_time_augmentation, precision=precision)
         tally.add(labels, mask, name)
         if progress is not None:
             progress(index + 1, len(images))

@@ -34,10 +34,11 @@ from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.model import SegmentationModel
 from napari_unet.normalize import apply_range, percentile_range
 from napari_unet.postprocess import instances_from_probabilities, instances_per_plane, semantic_labels
+from napari_unet.precision import with_precision
 
 OUTPUTS = ("labels", "probabilities", "instances")
-# Tiles are enlarged to this size for images bigger than the model's training tile: fewer tiles means
-# less overlap work, and 1024 px tiles run at the same GFLOP/s as 256-512 px ones on CPU.
+# Target tile side (tiling.axis_tiles: the number of tiles first, then the smallest tile covering the image):
+# fewer tiles means less overlap work, and 1024 px tiles run at the same GFLOP/s as 256-512 px ones on CPU.
 LARGE_TILE = 1024
 # Pixels per forward call at base width 16 (scaled by 16/base_width), which bounds activation memory
 # (~0.5 GB at 1 Mpx); one 1024² tile per call runs as fast as bigger batches on CPU.
@@ -228,12 +229,12 @@ class _Plan:
     """Everything fixed for one call: tiling, batch size, classes."""
 
     def __init__(self, model: SegmentationModel, spatial_shape, tile_size, overlap, batch_size,
-                 test_time_augmentation: bool | int = False):
+                 test_time_augmentation: bool | int = False, precision: str | None = None):
         config = model.config
         multiple = config.size_multiple
         model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
         if tile_size is None:
-            tile = model_tile if max(spatial_shape) <= model_tile else max(model_tile, LARGE_TILE)
+            tile = max(model_tile, LARGE_TILE)
         else:
             if tile_size < multiple:
                 raise NapariUNetError(f"tile_size={tile_size} is too small: use at least {multiple} (2**depth)")
@@ -252,7 +253,7 @@ class _Plan:
         pixel_budget = BATCH_PIXEL_BUDGET * 16 // max(1, config.base_width)
         self.batch_size = max(1, min(int(batch_size), pixel_budget // (rows.size * cols.size)))
         self.n_classes = config.n_classes
-        self.forward = forward_function(model, test_time_augmentation)
+        self.forward = forward_function(with_precision(model, precision), test_time_augmentation)
 
     def tiles_in(self, region) -> list[tuple[int, int]]:
         (y0, y1), (x0, x1) = region
@@ -332,10 +333,11 @@ def predict_probabilities(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     test_time_augmentation: bool | int = False,
+    precision: str | None = None,
 ) -> np.ndarray:
     """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here)."""
     plane_range = _plane_range(plane, model.metadata.normalization, None)
-    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size, test_time_augmentation)
+    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size, test_time_augmentation, precision)
     region = ((0, plane.shape[0]), (0, plane.shape[1]))
     counter = _ProgressCounter(len(plan.tiles_in(region)), progress, cancel)
     return _predict_region(plan, plane, plane_range, region, counter)
@@ -375,6 +377,7 @@ def predict(
     min_size: int = 16,
     block_size: int = BLOCK_SIZE,
     test_time_augmentation: bool | int = False,
+    precision: str | None = None,
 ):
     """Segment `image` (numpy or dask; layouts in the module docstring) with `model`.
 
@@ -383,13 +386,16 @@ def predict(
     multi-class models) or "instances" (int32; instances_of="auto" uses the model's own method, e.g. the
     regions enclosed by membranes or a seeded watershed for a boundary-class model: postprocess.py).
     Spatial shape always equals the input's.
-    tile_size: largest tile in px (default: the model's tile size, or LARGE_TILE for big images);
+    tile_size: target tile side in px (default LARGE_TILE; tiles are at most tile_size + overlap, see
+    tiling.axis_tiles);
     overlap: px shared by neighbouring tiles (default 1/8 of the model's tile size, >= 16).
     progress(done, total) counts tiles over the whole call; cancel() is polled between tile batches and
     raises errors.Cancelled. dask input returns a lazy dask array (instances not supported there).
     Constant planes are predicted as background with a warning.
     test_time_augmentation: average the flips/rotations the model was trained for over every tile
     (True: all, up to 8x slower; 2: two views, 2x; slightly more accurate; see forward_function).
+    precision: "float32", "bfloat16" or None/"auto" (precision.default_precision(): bfloat16 where the CPU
+    has it natively). The probabilities are float32 either way.
     """
     if output not in OUTPUTS:
         raise NapariUNetError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
@@ -409,7 +415,7 @@ def predict(
         raise NapariUNetError(
             f"the image is {_describe(spatial_shape)} px: too small to segment, it needs at least {MIN_SIDE} px per side"
         )
-    plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size, test_time_augmentation)
+    plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size, test_time_augmentation, precision)
     leading_shape = tuple(planes.shape[:-3])
     normalization = model.metadata.normalization
     ranges = {index: _plane_range(planes[index], normalization, index) for index in np.ndindex(leading_shape)}

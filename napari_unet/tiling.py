@@ -36,36 +36,34 @@ class AxisTiles:
     starts: tuple[int, ...]
 
 
-def axis_tiles(length: int, max_tile: int, overlap: int, multiple: int) -> AxisTiles:
-    """Cover `length` px with the fewest tiles of at most `max_tile` px (a multiple of `multiple`).
+def axis_tiles(length: int, target_tile: int, overlap: int, multiple: int) -> AxisTiles:
+    """Cover `length` px with tiles of about `target_tile` px (multiples of `multiple`), overlapping by `overlap`.
 
-    The tile size is then shrunk to split the axis evenly, which keeps the work spent on overlap and
-    padding small (a 2048 px axis with 512 px tiles and 64 px overlap gets 5 tiles of 464 px, not 5 of
-    512). An axis shorter than one tile becomes a single tile, reflect-padded on both sides.
+    The number of tiles comes first — as few as tiles of `target_tile` px plus one overlap allow — and then
+    the smallest tile that covers the axis with them, so the work is the image plus the overlaps and
+    little else: a 2048 px axis with 1024 px tiles and 32 px overlap gets 2 tiles of 1040 px (not 3 of 704),
+    one with 512 px tiles and 64 px overlap 4 of 560 px (not 5 of 512). A tile is therefore at most
+    `target_tile + overlap` px (rounded up to the multiple). An axis shorter than that is one tile,
+    reflect-padded on both sides.
     """
     if length < 1:
         raise ValueError(f"axis length must be >= 1, not {length}")
-    max_tile = round_up(max(max_tile, multiple), multiple)
+    target_tile = round_up(max(target_tile, multiple), multiple)
+    overlap = min(overlap, target_tile // 2)
     single = round_up(length, multiple)
-    if single <= max_tile:
+    n_tiles = max(1, math.ceil((length - overlap) / target_tile))
+    if n_tiles == 1:
         start = -((single - length) // 2)  # centre the padding so both borders see reflected context
         return AxisTiles(length, single, (start,))
-    overlap = min(overlap, max_tile // 2)
-    n_tiles = max(2, math.ceil((length - overlap) / (max_tile - overlap)))
-    while True:
-        size = round_up(math.ceil((length + (n_tiles - 1) * overlap) / n_tiles), multiple)
-        if size <= max_tile:
-            break
-        n_tiles += 1
-    size = min(size, single)
+    size = min(round_up(math.ceil((length + (n_tiles - 1) * overlap) / n_tiles), multiple), single)
     last = length - size
     starts = tuple(int(round(i * last / (n_tiles - 1))) for i in range(n_tiles))
     return AxisTiles(length, size, starts)
 
 
-def tile_grid(shape: tuple[int, int], max_tile: int, overlap: int, multiple: int) -> tuple[AxisTiles, AxisTiles]:
+def tile_grid(shape: tuple[int, int], target_tile: int, overlap: int, multiple: int) -> tuple[AxisTiles, AxisTiles]:
     """Row and column tiling of a (Y, X) plane."""
-    return (axis_tiles(shape[0], max_tile, overlap, multiple), axis_tiles(shape[1], max_tile, overlap, multiple))
+    return (axis_tiles(shape[0], target_tile, overlap, multiple), axis_tiles(shape[1], target_tile, overlap, multiple))
 
 
 def reflect_indices(start: int, size: int, length: int) -> np.ndarray:

@@ -14,7 +14,7 @@ def test_tiles_cover_axis_with_required_overlap(length, max_tile, overlap):
     multiple = 8
     tiles = axis_tiles(length, max_tile, overlap, multiple)
     assert tiles.size % multiple == 0
-    assert tiles.size <= max_tile
+    assert tiles.size < max_tile + overlap + multiple
     coverage = np.zeros(length, dtype=int)
     for start in tiles.starts:
         coverage[max(0, start) : start + tiles.size] += 1
@@ -30,10 +30,23 @@ def test_short_axis_is_one_centred_padded_tile():
     assert tiles.size == 40 and tiles.starts == (-1,)
 
 
-def test_tiles_are_split_evenly_to_limit_wasted_work():
-    tiles = axis_tiles(2048, 512, 64, 8)
-    # 5 tiles are needed; spreading them evenly shrinks each to 464 px instead of 5 × 512.
-    assert len(tiles.starts) == 5 and tiles.size == 464
+@pytest.mark.parametrize("length,target,overlap,expected", [(2048, 1024, 32, (2, 1040)), (2048, 512, 64, (4, 560)),
+                                                             (1030, 1024, 32, (1, 1032)), (4096, 1024, 32, (4, 1048))])
+def test_the_number_of_tiles_comes_first_then_the_smallest_tile(length, target, overlap, expected):
+    tiles = axis_tiles(length, target, overlap, 8)
+    assert (len(tiles.starts), tiles.size) == expected
+
+
+@pytest.mark.parametrize("length", [100, 1000, 2048, 3000, 8192, 32768])
+@pytest.mark.parametrize("target,overlap", [(256, 32), (1024, 32), (1024, 128)])
+def test_tiles_compute_little_more_than_the_axis_plus_overlaps(length, target, overlap):
+    multiple = 16
+    tiles = axis_tiles(length, target, overlap, multiple)
+    n_tiles = len(tiles.starts)
+    assert n_tiles * tiles.size < length + (n_tiles - 1) * overlap + n_tiles * multiple
+    # and one tile fewer, each target + overlap px long, could not cover the axis with that overlap
+    if n_tiles > 1:
+        assert (n_tiles - 1) * target + overlap < length
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 10])

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import threading
 import weakref
 
 from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
 from napari_unet._widgets._session import Session
+from napari_unet._widgets._workers import Job
 from napari_unet._widgets.finetune_widget import FinetuneWidget
 from napari_unet._widgets.models_widget import ModelsWidget
 from napari_unet._widgets.predict_widget import PREDICT_SHORTCUT, PredictWidget
@@ -41,9 +41,9 @@ class UNetWidget(QWidget):
         layout.addWidget(self.tabs)
         self.setMinimumWidth(320)
         self._bind_keys()
-        # Load TensorFlow in the background now, so the first Predict does not wait for it. A plain
-        # thread (no Qt signals): it may outlive the dock harmlessly.
-        threading.Thread(target=_warm_up, name="napari-unet TensorFlow import", daemon=True).start()
+        # Import TensorFlow, load the selected model and compile its forward pass in the background now, so
+        # the first Predict only predicts. A tracked job: closing the dock waits for it to leave TensorFlow.
+        self.session.track(Job(_warm_up(self.session), what="Preparing the model", on_done=lambda result: None).start())
         closer = _closer(self.session, napari_viewer, [self.training_set_tab.follow_new_layers])
         self.reset_choices()
         self.destroyed.connect(closer)
@@ -98,8 +98,21 @@ def _closer(session: Session, viewer, layer_listeners):
     return close
 
 
-def _warm_up() -> None:
-    from napari_unet._widgets._tensorflow import ensure_tensorflow
+def _warm_up(session: Session):
+    """A job function: load the selected model and trace its forward pass on a small image (the compiled
+    function serves any size). Silent: a broken install or model surfaces, worded, at the first Predict."""
 
-    with contextlib.suppress(Exception):  # a broken install surfaces, worded, at the first Predict
-        ensure_tensorflow()
+    def work(report, is_cancelled):
+        import numpy as np
+
+        from napari_unet.prediction import predict
+
+        with contextlib.suppress(Exception):
+            model = session.load_model()
+            if is_cancelled():  # the dock closed meanwhile
+                return
+            n_channels = model.config.n_channels
+            noise = np.random.default_rng(0).random((64, 64) if n_channels == 1 else (64, 64, n_channels))
+            predict(model, noise.astype(np.float32), output="probabilities", cancel=is_cancelled)
+
+    return work

@@ -43,6 +43,10 @@ class TrainConfig:
     # instances.objects_in_masks), "components" (the foreground objects) or "enclosed" (regions between
     # foreground boundaries). A version never inherits its parent's meaning blindly.
     objects: str = "auto"
+    # "auto": bfloat16 where the CPU computes it natively (precision.default_precision), else float32. The
+    # weights stay float32 and the saved version is a float32 model either way; only float32 is bit-for-bit
+    # repeatable across CPUs.
+    precision: str = "auto"
 
     def check(self) -> None:
         problems = []
@@ -60,6 +64,8 @@ class TrainConfig:
             problems.append(f"objects must be auto, components or enclosed, not {self.objects!r}")
         if self.seconds is not None and not (self.seconds > 0):
             problems.append(f"seconds (the time budget) must be > 0, not {self.seconds}")
+        if self.precision not in ("auto", "float32", "bfloat16"):
+            problems.append(f"precision must be auto, float32 or bfloat16, not {self.precision!r}")
         if self.patch_size is not None and self.patch_size < 8:
             problems.append(f"patch_size must be at least 8 px, not {self.patch_size}")
         if problems:

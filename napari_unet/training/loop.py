@@ -10,6 +10,7 @@ from typing import Callable
 
 import numpy as np
 
+from napari_unet import precision
 from napari_unet.augment import PairAugmenter, resolve_for_model, symmetries_of
 from napari_unet.errors import NapariUNetError
 from napari_unet.instances import INTERIOR
@@ -96,7 +97,8 @@ class _Run:
 
         self.training_pairs = training_pairs
         keras.utils.set_random_seed(config.seed)
-        self.trained = model.copy()
+        self.precision = precision.resolve(config.precision)
+        self.trained = precision.with_precision(model, self.precision).copy()
         weight_maps = None
         if config.border_weight:
             from napari_unet.postprocess import objects_are_background
@@ -113,7 +115,7 @@ class _Run:
         self.optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, self.total_steps))
         self.train_step = make_train_step(self.trained.keras_model, self.optimizer, n_classes,
                                           model.config.n_channels, config.dice_weight)
-        self.history = TrainHistory(settings={**asdict(config), "patch_size": patch_size,
+        self.history = TrainHistory(settings={**asdict(config), "patch_size": patch_size, "precision": self.precision,
                                               "n_training_pairs": len(training_pairs),
                                               "n_validation_pairs": len(self.validation_pairs)})
         self.initial_weights = self.trained.keras_model.get_weights()  # a non-finite loss before any best epoch
@@ -149,7 +151,8 @@ class _Run:
     def end_epoch(self, epoch: int, losses: list[float], epoch_started: float) -> None:
         """Score the validation pairs, keep the best weights, report."""
         mean_loss = float(np.mean(losses))
-        scores = score_pairs(self.trained, self.validation_pairs, self.config.threshold) if self.validation_pairs else {}
+        scores = (score_pairs(self.trained, self.validation_pairs, self.config.threshold, precision=self.precision)
+                  if self.validation_pairs else {})
         record = {"epoch": epoch, "loss": mean_loss, "steps": len(losses),
                   "val_iou": scores.get("iou"), "val_dice": scores.get("dice"),
                   "val_pixel_error": scores.get("pixel_error"),
@@ -200,15 +203,18 @@ def _train(run: _Run, cancel: Callable[[], bool] | None) -> str:
 
 def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
     """Best weights, the re-fitted output offset, and what the model records about its training."""
-    trained, history, config = run.trained, run.history, run.config
+    history, config = run.history, run.config
     if run.best_weights is not None:
-        trained.keras_model.set_weights(run.best_weights)
+        run.trained.keras_model.set_weights(run.best_weights)
+    # The version is a float32 model whatever the training precision: files stay portable, and prediction
+    # picks its own precision.
+    trained = run.trained = precision.with_precision(run.trained, "float32")
     history.stopped_reason = stop
     history.cancelled = stop == "cancelled"
     history.final_loss = history.epochs[-1]["loss"] if history.epochs else None
     history.val_iou, history.val_dice = run.best_metrics.get("iou"), run.best_metrics.get("dice")
     if run.validation_pairs:  # also after Stop: the model kept is calibrated too
-        _refit_output_offset(trained, run.validation_pairs, config.threshold, history)
+        _refit_output_offset(trained, run.validation_pairs, config.threshold, history, run.precision)
     history.seconds = time.monotonic() - run.started
     _describe_version(run)
     trained.metadata.info["training"] = {

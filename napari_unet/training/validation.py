@@ -10,15 +10,18 @@ from napari_unet.training.config import TrainHistory
 from napari_unet.training.inputs import _Pair
 
 
-def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray) -> np.ndarray:
-    """(Y, X, n_classes) probabilities of one raw (Y, X, C) image, exactly as prediction computes them."""
+def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray, precision: str | None = None) -> np.ndarray:
+    """(Y, X, n_classes) probabilities of one raw (Y, X, C) image, exactly as prediction computes them.
+
+    precision: the training's own (a model whose weights change in place must be predicted in the precision
+    it computes in: precision.with_precision)."""
     from napari_unet.prediction import predict_probabilities
 
-    return predict_probabilities(model, raw_image)
+    return predict_probabilities(model, raw_image, precision=precision)
 
 
 def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float = 0.5,
-                probability_maps: list[np.ndarray] | None = None) -> dict[str, float]:
+                probability_maps: list[np.ndarray] | None = None, precision: str | None = None) -> dict[str, float]:
     """Pooled IoU/Dice/pixel error over annotated pixels (mean over foreground classes for n > 1).
 
     probability_maps: the pairs' (Y, X, n_classes) maps if already predicted (else predicted here).
@@ -33,7 +36,7 @@ def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float =
         if probability_maps is not None:
             probabilities = probability_maps[index]
         else:
-            probabilities = validation_probabilities(model, pair.raw_image)
+            probabilities = validation_probabilities(model, pair.raw_image, precision)
         if n_classes == 1:
             predicted = (probabilities[..., 0] >= threshold).astype(np.uint8)
         else:
@@ -52,13 +55,14 @@ def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float =
     }
 
 
-def _refit_output_offset(trained: SegmentationModel, pairs: list[_Pair], threshold: float, history: TrainHistory) -> None:
+def _refit_output_offset(trained: SegmentationModel, pairs: list[_Pair], threshold: float, history: TrainHistory,
+                         precision: str | None = None) -> None:
     """Fit the output offset on the validation pairs: the annotations just trained on decide it, not
     the parent's (a shipped model's data-set offset would be wrong on the user's masks)."""
     from napari_unet.calibration import fit_output_offset, shift_probabilities
 
     trained.metadata.output_offset = (0.0, 0.0)
-    maps = [validation_probabilities(trained, pair.raw_image) for pair in pairs]
+    maps = [validation_probabilities(trained, pair.raw_image, precision) for pair in pairs]
     fit = fit_output_offset(maps, [pair.mask for pair in pairs], threshold=threshold, n_classes=trained.config.n_classes)
     trained.metadata.output_offset = fit.offset
     history.output_offset = fit.offset

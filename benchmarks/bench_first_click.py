@@ -1,0 +1,99 @@
+"""The first Predict in a freshly opened napari: click → labels on screen, and the GUI thread's stalls.
+
+    xvfb-run -a .venv/bin/python benchmarks/bench_first_click.py [--waits 0 5] [--sample nuclei]
+
+Each case runs in a fresh process (nothing imported or traced yet): a viewer with the sample image, the
+dock opened, then Predict clicked WAIT seconds after the dock opened (0 = at once; the dock prepares the
+model in the background from the moment it opens). Measured: seconds from the click to the prediction
+layer being in the viewer and drawn, and the GUI-thread stalls (a 20 ms QTimer's late beats) from
+opening the dock until 1 s after the labels appeared. The baseline row is the same viewer idle for 3 s
+before the dock opens (what the machine, Xvfb and Qt cost by themselves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+PERIOD = 0.020
+
+
+def _stalls(beats: list[float]) -> dict:
+    gaps = np.diff(beats) - PERIOD
+    return {"beats": len(beats), "p99_ms": 1000 * float(np.percentile(gaps, 99)), "max_ms": 1000 * float(gaps.max())}
+
+
+def one_case(wait: float, sample: str) -> dict:
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_unet._sample_data import load_em_membranes, load_nuclei
+
+    image, _ = load_em_membranes() if sample == "em_membranes" else load_nuclei(sample)
+    viewer = napari.Viewer(show=True)
+    viewer.add_image(image, name=sample)
+    app = QApplication.instance()
+    beats: list[float] = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: beats.append(time.perf_counter()))
+    timer.start(int(PERIOD * 1000))
+
+    def spin(seconds: float, until=None) -> None:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end and not (until and until()):
+            app.processEvents()
+            time.sleep(0.001)
+
+    spin(3.0)
+    idle = _stalls(beats)
+    beats.clear()
+    opened = time.perf_counter()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    spin(wait)
+    layer_names = {layer.name for layer in viewer.layers}
+    clicked = time.perf_counter()
+    widget.predict_tab.predict()
+    spin(120.0, until=lambda: any(layer.name not in layer_names and layer.__class__.__name__ == "Labels"
+                                  for layer in viewer.layers))
+    app.processEvents()  # the draw of the new layer
+    shown = time.perf_counter()
+    spin(1.0)
+    timer.stop()
+    result = {"wait_s": wait, "click_to_labels_s": shown - clicked, "dock_open_to_labels_s": shown - opened,
+              "idle": idle, "with_dock": _stalls(beats), "load": os.getloadavg()[0]}
+    viewer.close()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--waits", type=float, nargs="+", default=[0.0, 5.0])
+    parser.add_argument("--sample", default="nuclei", choices=["nuclei", "nuclei_sparse", "em_membranes"])
+    parser.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)  # the child process
+    args = parser.parse_args()
+    if args.one is not None:
+        print("RESULT " + json.dumps(one_case(args.one, args.sample)), flush=True)
+        return 0
+    rows = []
+    for wait in args.waits:
+        output = subprocess.run([sys.executable, __file__, "--one", str(wait), "--sample", args.sample],
+                                capture_output=True, text=True, check=True).stdout
+        rows.append(json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:]))
+    print("| click after dock opened | click → labels s | GUI stall p99 ms | stall max ms | idle viewer p99 / max ms | load |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        dock, idle = row["with_dock"], row["idle"]
+        print(f"| {row['wait_s']:.0f} s | {row['click_to_labels_s']:.2f} | {dock['p99_ms']:.0f} | {dock['max_ms']:.0f} | "
+              f"{idle['p99_ms']:.0f} / {idle['max_ms']:.0f} | {row['load']:.1f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
