@@ -58,6 +58,19 @@ def computes_in(keras_model) -> str:
     return "bfloat16" if first_conv.compute_dtype == "bfloat16" else "float32"
 
 
+def copy_in(model, precision: str | None):
+    """An independent copy of `model` (new variables, same weights, a copy of the metadata) computing in
+    `precision`: one model build, where a clone followed by a precision change would make two."""
+    from dataclasses import replace
+
+    from napari_unet.model import SegmentationModel, build_unet
+
+    precision = resolve(precision)
+    keras_model = build_unet(model.config, dtype_policy="mixed_bfloat16" if precision == "bfloat16" else None)
+    keras_model.set_weights(model.keras_model.get_weights())
+    return SegmentationModel(keras_model, replace(model.metadata, info=dict(model.metadata.info)), model.source)
+
+
 def with_precision(model, precision: str | None):
     """`model` itself when it already computes in `precision`, else a twin (same weights and metadata).
 
@@ -65,16 +78,13 @@ def with_precision(model, precision: str | None):
     a copy taken once: code that changes a model's weights in place (the training loop) must predict that
     model in its own precision, which returns the model itself.
     """
-    from napari_unet.model import SegmentationModel, build_unet
-
     precision = resolve(precision)
     if computes_in(model.keras_model) == precision:
         return model
     cached = model.__dict__.get("_twin")
     if cached is not None and cached[0] is model.keras_model:
         return cached[1]
-    keras_model = build_unet(model.config, dtype_policy="mixed_bfloat16" if precision == "bfloat16" else None)
-    keras_model.set_weights(model.keras_model.get_weights())
-    twin = SegmentationModel(keras_model, model.metadata, model.source)
+    twin = copy_in(model, precision)
+    twin.metadata = model.metadata  # the same object: a change of the offset or the class names holds for both
     model.__dict__["_twin"] = (model.keras_model, twin)
     return twin

@@ -150,8 +150,12 @@ class Project:
 
     # ------------------------------------------------------------------ pairs
     def add_pair(self, image: np.ndarray, mask: np.ndarray, *, evaluation: bool = False, name: str = "pair",
-                 source_image: str = "", source_labels: str = "", sparse: bool = False):
-        """Store a training pair, or an evaluation pair (never trained on; > 0 is foreground)."""
+                 source_image: str = "", source_labels: str = "", sparse: bool = False,
+                 corrected_pixels: int | None = None, replace: bool = False):
+        """Store a training pair, or an evaluation pair (never trained on; > 0 is foreground).
+
+        replace: update the pair called `name` (live mode: one pair per plane); corrected_pixels: how many pixels
+        the user changed, recorded with the pair."""
         if evaluation:
             mask = np.asarray(mask)
             if np.shape(image)[:2] == mask.shape and not np.any((mask > 0) & (mask != IGNORE_LABEL)):
@@ -161,7 +165,7 @@ class Project:
                 )
         target = self.evaluation if evaluation else self.training
         return target.add(image, mask, name=name, source_image=source_image, source_labels=source_labels,
-                          sparse=sparse and not evaluation)
+                          sparse=sparse and not evaluation, corrected_pixels=corrected_pixels, replace=replace)
 
     # ------------------------------------------------------------------ rounds and versions
     def rounds(self) -> list[dict]:
@@ -275,43 +279,58 @@ class Project:
                 raise NapariUNetError(f"project '{self.root}' has no model to start from: give one "
                                       f"('napari-unet project init {self.root} -m MODEL')")
             data, evaluation = self.snapshot()
-            names, images, masks = data.names, data.images, data.train_masks
-            fingerprints = [pair_fingerprint(i, m, n) for i, m, n in zip(images, masks, names)]
             parent = self.load_model(parent_key)
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
             before_units, _ = _score(parent, evaluation)
-            log(f"fine-tuning '{parent_key}' on {len(names)} pair(s) …")
-            tuned, history = finetune(parent, images, masks, config=config, names=names, progress=progress,
-                                      cancel=cancel)
-            log("scoring the new version …")
-            after_units, after_labels = _score(tuned, evaluation)
-            comparison = compare(before_units, after_units)
-            failure = _guard(tuned, after_labels, evaluation, comparison)
-            number = _next_number(self.rounds())
-            kept = failure is None
-            reason = failure or _verdict_sentence(comparison, evaluation.source)
-            settings = history.settings  # as finetune resolved them (patch size, augmentation for the model)
-            version = self.store.save_version(
-                tuned, history, parent=Path(parent_key).stem if parent_key.endswith(".keras") else parent_key,
-                training_pairs=fingerprints, settings=settings,
-                metrics={"eval_iou": comparison.after["iou"], "eval_dice": comparison.after["dice"],
-                         "eval_pixel_error": comparison.after["pixel_error"]},
-                extra={"project_round": number, "kept": kept, "failed_reason": failure, "seed": config.seed,
-                       "package_version": __version__, "evaluation_source": evaluation.source,
-                       "evaluation_pairs": evaluation.fingerprints},
-            )["name"]
-            record = {
-                "format": ROUND_FORMAT, "round": number, "parent": parent_key, "version": version, "kept": kept,
-                "reason": reason, "eval": _eval_record(comparison, evaluation, "rolled back" if failure else None),
-                "seconds": round(time.monotonic() - started, 2),
-                "training": {"steps": history.steps, "seconds": round(history.seconds, 2),
-                             "stopped_reason": history.stopped_reason, "pairs": names,
-                             "settings": settings},
-                "created": _now(),
-            }
-            atomic_write_json(self.rounds_dir / f"{number:04d}.json", record)  # last: the commit marker
-            log(reason)
-            return RoundOutcome(record, tuned)
+            log(f"fine-tuning '{parent_key}' on {len(data.names)} pair(s) …")
+            tuned, history = finetune(parent, data.images, data.train_masks, config=config, names=data.names,
+                                      progress=progress, cancel=cancel)
+            return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log)
+
+    def keep(self, tuned, history, *, parent_key: str, config, log: Callable[[str], None] | None = None) -> RoundOutcome:
+        """Make a model trained outside round() (live mode) a version, through the same scoring, guard and
+        record as a round: scored against `parent_key` on the evaluation set as the pairs are now."""
+        log = log or (lambda text: None)
+        with self._one_round_at_a_time():
+            started = time.monotonic()
+            data, evaluation = self.snapshot()
+            log(f"scoring '{parent_key}' on the {evaluation.source} …")
+            before_units, _ = _score(self.load_model(parent_key), evaluation)
+            return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log)
+
+    def _conclude(self, parent_key: str, tuned, history, data, evaluation: "Evaluation", before_units, config,
+                  started: float, log: Callable[[str], None]) -> RoundOutcome:
+        """Score the new version, guard, save it (kept or marked rolled back) and write the round's record."""
+        fingerprints = [pair_fingerprint(i, m, n) for i, m, n in zip(data.images, data.train_masks, data.names)]
+        log("scoring the new version …")
+        after_units, after_labels = _score(tuned, evaluation)
+        comparison = compare(before_units, after_units)
+        failure = _guard(tuned, after_labels, evaluation, comparison)
+        number = _next_number(self.rounds())
+        kept = failure is None
+        reason = failure or _verdict_sentence(comparison, evaluation.source)
+        settings = history.settings  # as finetune resolved them (patch size, augmentation for the model)
+        version = self.store.save_version(
+            tuned, history, parent=Path(parent_key).stem if parent_key.endswith(".keras") else parent_key,
+            training_pairs=fingerprints, settings=settings,
+            metrics={"eval_iou": comparison.after["iou"], "eval_dice": comparison.after["dice"],
+                     "eval_pixel_error": comparison.after["pixel_error"]},
+            extra={"project_round": number, "kept": kept, "failed_reason": failure, "seed": config.seed,
+                   "package_version": __version__, "evaluation_source": evaluation.source,
+                   "evaluation_pairs": evaluation.fingerprints},
+        )["name"]
+        record = {
+            "format": ROUND_FORMAT, "round": number, "parent": parent_key, "version": version, "kept": kept,
+            "reason": reason, "eval": _eval_record(comparison, evaluation, "rolled back" if failure else None),
+            "seconds": round(time.monotonic() - started, 2),
+            "training": {"steps": history.steps, "seconds": round(history.seconds, 2),
+                         "stopped_reason": history.stopped_reason, "pairs": list(data.names),
+                         "settings": settings},
+            "created": _now(),
+        }
+        atomic_write_json(self.rounds_dir / f"{number:04d}.json", record)  # last: the commit marker
+        log(reason)
+        return RoundOutcome(record, tuned)
 
     def revert(self, version: str) -> dict:
         """Make an earlier version (or the start model) active again, as a record in the log.
@@ -433,13 +452,13 @@ def _config_from_settings(config_type, settings: dict):
     return config_type(**known)
 
 
-def _score(model, evaluation: Evaluation) -> tuple[np.ndarray, list[np.ndarray]]:
+def _score(model, evaluation: Evaluation, precision: str | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per-tile counts of `model` on the evaluation pixels, and its labels per image."""
     from napari_unet.prediction import predict
 
     units, labels = [], []
     for image, truth, valid in zip(evaluation.images, evaluation.truths, evaluation.valid):
-        predicted = np.asarray(predict(model, image, output="labels"))
+        predicted = np.asarray(predict(model, image, output="labels", precision=precision))
         labels.append(predicted)
         units.append(unit_counts(predicted, truth, valid))
     return np.concatenate(units) if units else np.zeros((0, 4), dtype=np.int64), labels

@@ -126,6 +126,8 @@ class TrainingPair:
     annotated_pixels: int = 0
     foreground_pixels: int = 0
     sparse: bool = False
+    # Pixels the user changed in the prediction (live mode counts them); None where not known.
+    corrected_pixels: int | None = None
 
     def to_dict(self) -> dict:
         values = asdict(self)
@@ -166,10 +168,13 @@ class TrainingSet:
         return name
 
     def add(self, image: np.ndarray, mask: np.ndarray, name: str = "pair", *, source_image: str = "",
-            source_labels: str = "", sparse: bool = False) -> TrainingPair:
+            source_labels: str = "", sparse: bool = False, corrected_pixels: int | None = None,
+            replace: bool = False) -> TrainingPair:
         """Store one pair atomically: the labels as painted (masks.py says what they mean for training).
 
         Shapes must match in (Y, X); the image may carry a trailing channel axis.
+        replace: store under exactly `name`, replacing that pair (live mode updates one pair per plane). Each
+        file is replaced atomically and the record last, so a crash leaves the old pair or the new one.
         """
         image = np.asarray(image)
         mask = np.asarray(mask)
@@ -197,7 +202,7 @@ class TrainingSet:
             )
         for folder in (self.images_dir, self.masks_dir, self.records_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        name = self.unique_name(name)
+        name = (_NAME_PATTERN.sub("_", name).strip("._") or "pair") if replace else self.unique_name(name)
         pair = TrainingPair(
             name=name,
             image_path=self.images_dir / f"{name}.tif",
@@ -209,6 +214,7 @@ class TrainingSet:
             annotated_pixels=annotated,
             foreground_pixels=int(np.count_nonzero((mask != 0) & (mask != IGNORE_LABEL))),
             sparse=bool(sparse),
+            corrected_pixels=None if corrected_pixels is None else int(corrected_pixels),
         )
         atomic_write_tiff(pair.image_path, image)
         atomic_write_tiff(pair.mask_path, mask)
@@ -237,6 +243,7 @@ class TrainingSet:
                 annotated_pixels=int(values.get("annotated_pixels", 0)),
                 foreground_pixels=int(values.get("foreground_pixels", 0)),
                 sparse=bool(values.get("sparse", False)),
+                corrected_pixels=values.get("corrected_pixels"),
             )
             if pair.image_path.is_file() and pair.mask_path.is_file():
                 found.append(pair)

@@ -95,22 +95,12 @@ class _Run:
         else:
             training_pairs, self.validation_pairs = split_validation(pairs, config.validation_fraction, rng)
 
-        self.training_pairs = training_pairs
         keras.utils.set_random_seed(config.seed)
         self.precision = precision.resolve(config.precision)
-        self.trained = precision.with_precision(model, self.precision).copy()
-        weight_maps = None
-        if config.border_weight:
-            from napari_unet.postprocess import objects_are_background
-
-            background_objects = objects_are_background(self.trained.metadata.class_names)
-            object_class = INTERIOR if model.metadata.instance_method == "boundary_watershed" else None
-            weight_maps = [border_weight_map(p.mask, objects_are_background=background_objects, w0=config.border_w0,
-                                             sigma=config.border_sigma, n_classes=n_classes, object_class=object_class)
-                           for p in training_pairs]
-        augmenter = PairAugmenter(config.augmentation, seed=config.seed, mask_fill=IGNORE_LABEL) if config.augment else None
-        self.sampler = PatchSampler(training_pairs, patch_size, rng=rng, augmenter=augmenter,
-                                    foreground_fraction=config.foreground_fraction, weight_maps=weight_maps)
+        self.trained = precision.copy_in(model, self.precision)
+        self.patch_size, self.rng = patch_size, rng
+        self.augmenter = PairAugmenter(config.augmentation, seed=config.seed, mask_fill=IGNORE_LABEL) if config.augment else None
+        self._sample_from(training_pairs)
         self.total_steps = config.epochs * config.steps_per_epoch
         self.optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, self.total_steps))
         self.train_step = make_train_step(self.trained.keras_model, self.optimizer, n_classes,
@@ -122,6 +112,42 @@ class _Run:
         self.best_score, self.best_weights, self.best_metrics = None, None, {}
         self.epochs_without_improvement = 0
         self.step_seconds: list[float] = []
+
+    def _sample_from(self, training_pairs) -> None:
+        config, model = self.config, self.parent
+        weight_maps = None
+        if config.border_weight:
+            from napari_unet.postprocess import objects_are_background
+
+            background_objects = objects_are_background(model.metadata.class_names)
+            object_class = INTERIOR if model.metadata.instance_method == "boundary_watershed" else None
+            weight_maps = [border_weight_map(p.mask, objects_are_background=background_objects, w0=config.border_w0,
+                                             sigma=config.border_sigma, n_classes=model.config.n_classes,
+                                             object_class=object_class)
+                           for p in training_pairs]
+        self.training_pairs = training_pairs
+        self.sampler = PatchSampler(training_pairs, self.patch_size, rng=self.rng, augmenter=self.augmenter,
+                                    foreground_fraction=config.foreground_fraction, weight_maps=weight_maps)
+
+    def use_pairs(self, images, masks, names=None) -> None:
+        """Train on these pairs from the next step on; the model, its optimizer state and the compiled step
+        stay (live mode: the corrections change while training runs, and a re-trace would cost seconds)."""
+        pairs = prepare_pairs(self.parent, images, masks, names=names)
+        _check_foreground(pairs, self.parent.config.n_classes)
+        self._sample_from(pairs)
+        self.history.settings["n_training_pairs"] = len(pairs)
+
+    def version(self, weights=None) -> tuple[SegmentationModel, TrainHistory]:
+        """The current state (or `weights`) as a finished version, while this run goes on training."""
+        from copy import copy, deepcopy
+
+        snapshot = copy(self)
+        snapshot.history = deepcopy(self.history)
+        snapshot.trained = precision.copy_in(self.trained, "float32")
+        if weights is not None:
+            snapshot.trained.keras_model.set_weights(weights)
+        snapshot.best_weights, snapshot.validation_pairs = None, []
+        return _finish(snapshot, "live")
 
     def emit(self, **values) -> None:
         if self.progress is not None:
@@ -208,7 +234,9 @@ def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
         run.trained.keras_model.set_weights(run.best_weights)
     # The version is a float32 model whatever the training precision: files stay portable, and prediction
     # picks its own precision.
-    trained = run.trained = precision.with_precision(run.trained, "float32")
+    if precision.computes_in(run.trained.keras_model) != "float32":
+        run.trained = precision.copy_in(run.trained, "float32")
+    trained = run.trained
     history.stopped_reason = stop
     history.cancelled = stop == "cancelled"
     history.final_loss = history.epochs[-1]["loss"] if history.epochs else None

@@ -1,0 +1,87 @@
+"""Live mode's core (live.py): masks from touched pixels, short bursts from an open run, Keep through the guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_project import _discs
+
+from napari_unet.errors import NapariUNetError
+from napari_unet.live import LiveTrainer, live_mask
+from napari_unet.masks import IGNORE_LABEL
+from napari_unet.model import UNetConfig, new_model, save_model
+from napari_unet.project import Project
+from napari_unet.training import TrainConfig
+
+LIVE = TrainConfig(batch_size=2, patch_size=64, learning_rate=1e-2, validation_fraction=0.0)
+
+
+@pytest.fixture
+def start_model(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    return str(save_model(new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny"), tmp_path / "tiny.keras"))
+
+
+@pytest.fixture
+def project(tmp_path, start_model):
+    project = Project.init(tmp_path / "project", start_model)
+    project.add_pair(*_discs(7), evaluation=True)
+    return project
+
+
+def test_only_touched_pixels_and_a_margin_count_as_annotated():
+    labels = np.zeros((40, 40), np.uint8)
+    labels[10:20, 10:20] = 3
+    touched = np.zeros((40, 40), bool)
+    touched[15, 15] = True
+    mask = live_mask(labels, touched, margin=2)
+    annotated = mask != IGNORE_LABEL
+    assert annotated.sum() == 13  # a diamond of radius 2 (binary dilation, 4-connectivity)
+    assert np.all(mask[annotated] == 3) and annotated[13, 15] and not annotated[12, 15]
+    np.testing.assert_array_equal(live_mask(labels, touched, whole_plane=True), labels)
+    with pytest.raises(NapariUNetError, match="one plane each"):
+        live_mask(labels, touched[:20])
+
+
+def test_bursts_train_from_the_corrections_and_keep_goes_through_the_guard(project, start_model):
+    image, labels = _discs(0)
+    touched = np.zeros(labels.shape, bool)
+    touched[::2] = True  # the user went over half the rows
+    project.add_pair(image, live_mask(labels, touched, margin=0), name="live-plane", replace=True,
+                     corrected_pixels=int(touched.sum()))
+    trainer = LiveTrainer(project, start_model, LIVE)
+    assert trainer.reload() == 1
+    first = trainer.train(seconds=0.5)
+    assert first.steps >= 1 and first.iou is not None and first.total_steps == first.steps
+    compiled = trainer._run.train_step
+    for _ in range(4):
+        burst = trainer.train(seconds=0.5)
+    assert trainer._run.train_step is compiled  # one open run: no re-trace between bursts
+    assert burst.total_steps > first.steps and burst.best_iou >= first.iou
+    # a correction replaces the plane's pair; training goes on from the current weights
+    project.add_pair(image, labels, name="live-plane", replace=True, corrected_pixels=int(labels.size))
+    assert [p.name for p in project.training.pairs()] == ["live-plane"]
+    assert project.training.pairs()[0].corrected_pixels == labels.size
+    trainer.reload()
+    trainer.train(seconds=0.5)
+    outcome = trainer.keep()
+    record = outcome.record
+    assert record["parent"] == start_model and record["training"]["steps"] == trainer.total_steps
+    assert record["eval"]["source"] == "evaluation pairs"
+    assert record["kept"] == (record["eval"]["verdict"] != "hurt")
+    if record["kept"]:
+        assert project.active == record["version"] == trainer.parent_key
+    assert outcome.model.metadata.info["training"]["stopped_reason"] == "live"
+
+
+def test_keep_before_any_step_is_refused(project, start_model):
+    with pytest.raises(NapariUNetError, match="nothing to keep"):
+        LiveTrainer(project, start_model, LIVE).keep()
+
+
+def test_live_without_corrections_says_what_to_do(project, start_model):
+    trainer = LiveTrainer(project, start_model, LIVE)
+    with pytest.raises(NapariUNetError, match="no training pairs"):
+        trainer.reload()
