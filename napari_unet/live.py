@@ -45,6 +45,42 @@ def live_mask(labels: np.ndarray, touched: np.ndarray, margin: int = TOUCH_MARGI
     return mask
 
 
+def touched_by(atoms, plane_shape: tuple[int, int], plane_index: tuple[int, ...] = ()) -> np.ndarray:
+    """The pixels of one (Y, X) plane that a napari Labels `paint` event changed (its value: a list of history
+    atoms — masked paints `(slice_key, mask | None, old_values, new_value)` from the brush, fill and polygon,
+    or `(indices, old_values, new_values)` from data_setitem). Edits of other planes of a stack are ignored."""
+    touched = np.zeros(plane_shape, dtype=bool)
+    n_leading = len(plane_index)
+    for atom in atoms:
+        if len(atom) == 4:
+            key, mask = tuple(atom[0]), atom[1]
+            leading, (rows, cols) = key[:n_leading], key[n_leading:][-2:]
+            offsets = []
+            for part, wanted in zip(leading, plane_index):
+                start = part.start or 0 if isinstance(part, slice) else int(part)
+                stop = (part.stop if part.stop is not None else wanted + 1) if isinstance(part, slice) else start + 1
+                if not start <= wanted < stop:
+                    break
+                offsets.append(wanted - start if isinstance(part, slice) else None)
+            else:
+                if mask is None:
+                    touched[rows, cols] = True
+                else:
+                    plane_mask = np.asarray(mask, dtype=bool)
+                    for offset in offsets:
+                        plane_mask = plane_mask[offset] if offset is not None else plane_mask
+                    touched[rows, cols] |= plane_mask.reshape(touched[rows, cols].shape)
+        elif len(atom) == 3:
+            indices = tuple(np.asarray(i) for i in atom[0])
+            if len(indices) < 2:
+                continue
+            keep = np.ones(np.shape(indices[-1]), dtype=bool)
+            for axis_indices, wanted in zip(indices[:n_leading], plane_index):
+                keep &= axis_indices == wanted
+            touched[indices[-2][keep], indices[-1][keep]] = True
+    return touched
+
+
 @dataclass
 class Burst:
     """What one burst did: steps run, the mean loss, and the evaluation score afterwards (None without data)."""

@@ -7,7 +7,7 @@ import pytest
 from test_project import _discs
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.live import LiveTrainer, live_mask
+from napari_unet.live import LiveTrainer, live_mask, touched_by
 from napari_unet.masks import IGNORE_LABEL
 from napari_unet.model import UNetConfig, new_model, save_model
 from napari_unet.project import Project
@@ -43,6 +43,21 @@ def test_only_touched_pixels_and_a_margin_count_as_annotated():
     np.testing.assert_array_equal(live_mask(labels, touched, whole_plane=True), labels)
     with pytest.raises(NapariUNetError, match="one plane each"):
         live_mask(labels, touched[:20])
+
+
+def test_touched_pixels_come_from_paint_atoms_of_this_plane_only():
+    box = (slice(2, 5), slice(3, 6))
+    mask = np.zeros((3, 3), bool)
+    mask[1, 1] = True
+    atoms = [(box, mask, np.zeros(1), 1), ((slice(0, 2), slice(0, 2)), None, np.zeros((2, 2)), 2),
+             ((np.array([9]), np.array([9])), np.zeros(1), np.ones(1))]
+    touched = touched_by(atoms, (10, 10))
+    assert touched.sum() == 1 + 4 + 1 and touched[3, 4] and touched[9, 9] and not touched[2, 3]
+    # a stack: the atoms carry the plane axis; only plane 1 counts
+    stack_atoms = [((slice(1, 2), *box), mask[None], np.zeros(1), 1), ((slice(0, 1), slice(0, 2), slice(0, 2)), None, 0, 2),
+                   ((np.array([0, 1]), np.array([0, 7]), np.array([0, 8])), np.zeros(2), np.ones(2))]
+    touched = touched_by(stack_atoms, (10, 10), (1,))
+    assert touched.sum() == 2 and touched[3, 4] and touched[7, 8]
 
 
 def test_bursts_train_from_the_corrections_and_keep_goes_through_the_guard(project, start_model):

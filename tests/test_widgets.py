@@ -573,3 +573,116 @@ def test_the_nuclei_model_predicts_separate_objects_by_default(dock):
     assert widget.predict_tab.instances_check.isChecked()  # its metadata: seeded watershed
     widget.session.select_model("membranes")
     assert not widget.predict_tab.instances_check.isChecked()
+
+
+# --------------------------------------------------------------------------------------------- Live
+
+
+def _live_ready(qtbot, dock, image, name="cells"):
+    """A predicted image, an evaluation pair in the project, and the Live tab pointed at the image."""
+    viewer, widget = dock
+    viewer.add_image(image, name=name)
+    job = wait_for(qtbot, widget.predict_tab.predict())
+    assert job.error is None
+    truth = (image > 100).astype(np.uint8)
+    widget.session.project.add_pair(image, truth, evaluation=True, name="held-out")
+    tab = widget.live_tab
+    tab.image_combo.reset_choices()
+    tab.image_combo.select(name)
+    return viewer, widget, tab, viewer.layers[f"{name} prediction"]
+
+
+def test_live_trains_from_strokes_into_its_own_layer_and_keeps_through_the_guard(qtbot, dock, blobs_image, notifications):
+    viewer, widget, tab, labels = _live_ready(qtbot, dock, blobs_image)
+    tab.live_check.setChecked(True)
+    assert tab.running, errors(notifications)
+    # two strokes through the layer's own paint API (each fires one `paint` event, as the brush does)
+    labels.brush_size = 12
+    labels.paint((25, 25), 1)
+    labels.paint((45, 45), 0)
+    painted = labels.data.copy()
+    qtbot.waitUntil(lambda: tab.last_burst is not None, timeout=JOB_TIMEOUT_MS)
+    live = viewer.layers["cells live"]
+    first_steps = tab.last_burst.total_steps
+    qtbot.waitUntil(lambda: tab.last_burst.total_steps > first_steps, timeout=JOB_TIMEOUT_MS)
+    assert live.data.shape == blobs_image.shape and live.data.any()
+    np.testing.assert_array_equal(labels.data, painted)  # the user's layer is never written
+    (pair,) = widget.session.project.training.pairs()
+    assert 0 < pair.corrected_pixels < blobs_image.size
+    _, mask = widget.session.project.training.load(pair.name)
+    assert mask[25, 25] == 1 and mask[45, 45] == 0 and mask[90, 90] == 255  # only what was touched counts
+    # Pause: training stops after the current burst
+    tab.toggle_pause()
+    qtbot.wait(int(1000 * 5))  # longer than a burst
+    paused_steps = tab.last_burst.total_steps
+    qtbot.wait(1500)
+    assert tab.last_burst.total_steps == paused_steps
+    tab.toggle_pause()
+    # Keep: a version through the project's guard, recorded as a round
+    tab.keep()
+    qtbot.waitUntil(lambda: tab.last_record is not None, timeout=JOB_TIMEOUT_MS)
+    rounds = widget.session.project.rounds()
+    assert rounds[-1]["version"] == tab.last_record["version"]
+    assert rounds[-1]["eval"]["source"] == "evaluation pairs"
+    # Off: stops, keeps the best so far the same way, no thread left
+    kept_rounds = len(rounds)
+    tab.live_check.setChecked(False)
+    wait_for(qtbot, tab.job)
+    assert tab.job.error is None, errors(notifications)
+    assert len(widget.session.project.rounds()) == kept_rounds + 1
+    assert not tab.running and not tab.keep_button.isEnabled()
+    np.testing.assert_array_equal(labels.data, painted)
+
+
+def test_live_refuses_what_it_cannot_use(qtbot, dock, blobs_image, notifications):
+    viewer, widget = dock
+    tab = widget.live_tab
+    tab.live_check.setChecked(True)  # no image at all
+    assert not tab.running and not tab.live_check.isChecked()
+    assert "no image layer" in errors(notifications)[-1]
+    viewer.add_image(blobs_image, name="cells")
+    tab.image_combo.reset_choices()
+    tab.live_check.setChecked(True)  # no prediction to correct
+    assert not tab.running and "Press Predict first" in errors(notifications)[-1]
+    rgb = np.stack([blobs_image] * 3, axis=-1)
+    viewer.add_image(rgb, name="colour", rgb=True)
+    viewer.add_labels(np.zeros(blobs_image.shape, np.uint8), name="colour prediction")
+    tab.image_combo.reset_choices()
+    tab.image_combo.select("colour")
+    tab.live_check.setChecked(True)
+    assert not tab.running and "RGB image" in errors(notifications)[-1]
+
+
+def test_live_with_a_model_that_fails_to_load_says_so(qtbot, dock, blobs_image, notifications, tmp_path):
+    viewer, widget, tab, labels = _live_ready(qtbot, dock, blobs_image)
+    broken = tmp_path / "broken.keras"
+    broken.write_bytes(b"not a model")
+    widget.session.select_model(str(broken))
+    tab.live_check.setChecked(True)
+    wait_for(qtbot, tab.job)
+    assert tab.job.error is not None and any("broken.keras" in message for message in errors(notifications))
+    assert not tab.live_check.isChecked()
+
+
+def test_live_on_a_stack_learns_from_the_current_plane_only(qtbot, dock, blobs_image, notifications):
+    viewer, widget = dock
+    stack = np.stack([blobs_image, np.roll(blobs_image, 20, axis=1)])
+    viewer.add_image(stack, name="stack")
+    viewer.dims.set_current_step(0, 1)
+    job = wait_for(qtbot, widget.predict_tab.predict())
+    assert job.error is None
+    tab = widget.live_tab
+    tab.image_combo.reset_choices()
+    tab.image_combo.select("stack")
+    tab.live_check.setChecked(True)
+    assert tab.running and tab.plane_index == (1,)
+    assert any("current plane (1,)" in message for _, message in notifications)
+    labels = viewer.layers["stack prediction"]
+    labels.brush_size = 8
+    labels.paint((1, 30, 30), 1)
+    labels.paint((0, 60, 60), 1)  # another plane: not this plane's correction
+    qtbot.waitUntil(lambda: len(widget.session.project.training.pairs()) == 1, timeout=JOB_TIMEOUT_MS)
+    _, mask = widget.session.project.training.load(widget.session.project.training.pairs()[0].name)
+    assert mask[30, 30] == 1 and mask[60, 60] == 255
+    tab.live_check.setChecked(False)
+    wait_for(qtbot, tab.job)

@@ -1,4 +1,4 @@
-"""The one dock: tabs Predict · Correct · Fine-tune · Models sharing a Session, plus keyboard shortcuts.
+"""The one dock: tabs Predict · Correct · Fine-tune · Live · Models sharing a Session, plus keyboard shortcuts.
 
 Shortcuts are bound on the viewer (viewer.bind_key), so they work wherever the canvas has focus,
 also while painting in a Labels layer: Shift+U = Predict, Shift+T = Add to training set.
@@ -10,11 +10,13 @@ import atexit
 import contextlib
 import weakref
 
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
 from napari_unet._widgets._session import Session
 from napari_unet._widgets._workers import Job
 from napari_unet._widgets.finetune_widget import FinetuneWidget
+from napari_unet._widgets.live_widget import LiveWidget
 from napari_unet._widgets.models_widget import ModelsWidget
 from napari_unet._widgets.predict_widget import PREDICT_SHORTCUT, PredictWidget
 from napari_unet._widgets.training_set_widget import ADD_SHORTCUT, TrainingSetWidget
@@ -30,11 +32,13 @@ class UNetWidget(QWidget):
         self.predict_tab = PredictWidget(napari_viewer, self.session)
         self.training_set_tab = TrainingSetWidget(napari_viewer, self.session)
         self.finetune_tab = FinetuneWidget(napari_viewer, self.session)
+        self.live_tab = LiveWidget(napari_viewer, self.session)
         self.models_tab = ModelsWidget(napari_viewer, self.session)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.predict_tab, "Predict")
         self.tabs.addTab(self.training_set_tab, "Correct")
         self.tabs.addTab(self.finetune_tab, "Fine-tune")
+        self.tabs.addTab(self.live_tab, "Live")
         self.tabs.addTab(self.models_tab, "Models")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -43,7 +47,11 @@ class UNetWidget(QWidget):
         self._bind_keys()
         # Import TensorFlow, load the selected model and compile its forward pass in the background now, so
         # the first Predict only predicts. A tracked job: closing the dock waits for it to leave TensorFlow.
-        self.session.track(Job(_warm_up(self.session), what="Preparing the model", on_done=lambda result: None).start())
+        # (Half a second later: a script or test that picks another model right after opening warms that one.)
+        self._warm_up_timer = QTimer(self)  # owned by the dock: never fires after it is gone
+        self._warm_up_timer.setSingleShot(True)
+        self._warm_up_timer.timeout.connect(self._warm_up)
+        self._warm_up_timer.start(500)
         closer = _closer(self.session, napari_viewer, [self.training_set_tab.follow_new_layers])
         self.reset_choices()
         self.destroyed.connect(closer)
@@ -54,10 +62,13 @@ class UNetWidget(QWidget):
             app.aboutToQuit.connect(closer)
         atexit.register(closer)
 
+    def _warm_up(self) -> None:
+        self.session.track(Job(_warm_up(self.session), what="Preparing the model", on_done=lambda result: None).start())
+
     def reset_choices(self, *args) -> None:
         """napari calls this when layers are added, removed, moved or renamed: the layer choosers follow."""
         for chooser in (self.predict_tab.image_combo, self.training_set_tab.image_combo,
-                        self.training_set_tab.labels_combo, self.finetune_tab.image_combo):
+                        self.training_set_tab.labels_combo, self.finetune_tab.image_combo, self.live_tab.image_combo):
             chooser.reset_choices()
 
     def _bind_keys(self) -> None:

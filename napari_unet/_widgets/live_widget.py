@@ -1,0 +1,336 @@
+"""Live tab: the model learns while the user paints (live.LiveTrainer in one worker), shown in a separate layer.
+
+GUI thread: listens to the prediction layer's `paint` events (one per finished stroke), collects the touched
+pixels, and after a pause in painting (debounced) hands a copy of the plane's labels to the worker. Nothing on
+the GUI thread waits for training. Worker: writes the plane's pair into the project, re-reads the pairs,
+trains in short bursts, predicts the visible region with the running model and reports it; the dock writes
+it into '<image> live' — the user's layer is never written. Pause, Keep (a version through the project's
+guard) and Off (which keeps the best model so far, the same way) are one click each.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from napari_unet._widgets._layers import LayerChooser, current_index, layer_array, stack_depth
+from napari_unet._widgets._session import Session, prediction_layer_name
+from napari_unet._widgets._workers import Job
+
+# A burst of strokes is one update: the pair is written this long after the last stroke.
+DEBOUNCE_MS = 600
+# Context around the visible region when predicting it, so its edges see what a whole-image pass would.
+CONTEXT = 32
+
+
+def live_layer_name(image_name: str) -> str:
+    return f"{image_name} live"
+
+
+class _Shared:
+    """What the GUI thread and the worker exchange, under one lock."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.update = None  # (image plane, training mask, corrected pixel count): the latest, replaced by newer
+        self.region = None  # ((y0, y1), (x0, x1)) the visible part of the plane
+        self.paused = False
+        self.keep_requested = False
+
+    def take_update(self):
+        with self.lock:
+            update, self.update = self.update, None
+            return update
+
+    def take_keep(self) -> bool:
+        with self.lock:
+            requested, self.keep_requested = self.keep_requested, False
+            return requested
+
+
+class LiveWidget(QWidget):
+    def __init__(self, viewer, session: Session, parent=None):
+        super().__init__(parent)
+        self.viewer, self.session = viewer, session
+        self.job: Job | None = None
+        self.shared = _Shared()
+        self.labels_layer = None
+        self.image_layer = None
+        self.plane_index: tuple[int, ...] = ()
+        self.touched: np.ndarray | None = None
+        self.last_burst = None
+        self.last_record = None
+        self.live_layer = None
+        self._listening = False
+
+        self.image_combo = LayerChooser(Image, "the image whose prediction you correct")
+        self.live_check = QCheckBox("Live: learn while I paint")
+        self.live_check.setToolTip("every stroke in '<image> prediction' trains the model in the background; "
+                                   "its prediction appears in '<image> live'")
+        self.whole_plane_check = QCheckBox("I checked the whole plane (train on all of it, not only my strokes)")
+        self.pause_button = QPushButton("Pause")
+        self.keep_button = QPushButton("Keep")
+        self.keep_button.setToolTip("save the best live model so far as a version (scored like a round, rolled back if worse)")
+        for button in (self.pause_button, self.keep_button):
+            button.setEnabled(False)
+        self.status_label = QLabel("Predict an image, switch Live on, then correct the prediction with the brush.")
+        self.status_label.setWordWrap(True)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.pause_button)
+        buttons.addWidget(self.keep_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.image_combo.native)
+        layout.addWidget(self.live_check)
+        layout.addWidget(self.whole_plane_check)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+
+        self.debounce = QTimer(self)
+        self.debounce.setSingleShot(True)
+        self.debounce.setInterval(DEBOUNCE_MS)
+        self.debounce.timeout.connect(self._send_update)
+        self.live_check.toggled.connect(self._toggled)
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.keep_button.clicked.connect(self.keep)
+        self.whole_plane_check.toggled.connect(lambda *args: self.debounce.start() if self.running else None)
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None and not self.job.done
+
+    # --- on / off -------------------------------------------------------------------------------
+    def _toggled(self, on: bool) -> None:
+        if on and not self.running:
+            if not self.start():
+                self.live_check.blockSignals(True)
+                self.live_check.setChecked(False)
+                self.live_check.blockSignals(False)
+        elif not on and self.running:
+            self.stop()
+
+    def start(self) -> bool:
+        """Check the input (GUI thread), then start the worker. False when refused (with a notification)."""
+        image_layer = self.image_combo.layer()
+        if image_layer is None:
+            show_error("Live: there is no image layer. Open an image, press Predict, then switch Live on.")
+            return False
+        name = prediction_layer_name(image_layer.name)
+        labels_layer = next((layer for layer in self.viewer.layers if layer.name == name), None)
+        if labels_layer is None:
+            show_error(f"Live: there is no prediction of '{image_layer.name}' to correct. Press Predict first "
+                       f"(it makes the layer '{name}'), then switch Live on and paint in that layer.")
+            return False
+        metadata = self.session.model_metadata(self.parent_key())
+        if image_layer.rgb and metadata is not None and metadata.config.n_channels == 1:
+            show_error(f"Live: '{image_layer.name}' is an RGB image but the model reads 1 channel: convert it to "
+                       "greyscale (e.g. Layers ▸ Convert ▸ split RGB, keep one channel) or use a 3-channel model.")
+            return False
+        self.image_layer, self.labels_layer = image_layer, labels_layer
+        self.plane_index = current_index(self.viewer, image_layer) if stack_depth(image_layer) else ()
+        image_plane = np.array(layer_array(image_layer)[self.plane_index])  # a copy: the layer may change
+        plane_shape = image_plane.shape[:2]
+        if np.shape(layer_array(labels_layer))[-2:] != plane_shape:
+            show_error(f"Live: '{labels_layer.name}' does not match '{image_layer.name}' in Y×X: predict again.")
+            return False
+        if self.plane_index:
+            show_info(f"Live learns from the current plane {self.plane_index} of '{image_layer.name}' only.")
+        self.touched = np.zeros(plane_shape, dtype=bool)
+        self.shared = _Shared()
+        self.shared.region = self._visible_region()
+        self._show_live_layer(plane_shape)
+        labels_layer.events.paint.connect(self._painted)
+        self.viewer.camera.events.center.connect(self._camera_moved)
+        self.viewer.camera.events.zoom.connect(self._camera_moved)
+        self._listening = True
+        self.job = Job(self._work(image_plane), what="Live training", on_progress=self._show_progress,
+                       on_done=self._stopped, on_finished=self._finished)
+        self.session.track(self.job)
+        self.job.start()
+        self.pause_button.setEnabled(True)
+        self.keep_button.setEnabled(True)
+        self.status_label.setText(f"Live on: paint corrections in '{labels_layer.name}'; the model learns after each "
+                                  "pause in painting and shows its prediction in "
+                                  f"'{live_layer_name(image_layer.name)}'.")
+        return True
+
+    def stop(self) -> None:
+        """Live off: training stops after the current step; the best model so far goes through Keep."""
+        self._disconnect()
+        if self.running:
+            self.job.cancel()
+            self.status_label.setText("Stopping: keeping the best live model so far (scored like a round) …")
+
+    def parent_key(self) -> str:
+        return self.session.project.active or self.session.model_key
+
+    def _disconnect(self) -> None:
+        self.debounce.stop()
+        if not self._listening:
+            return
+        self._listening = False
+        self.labels_layer.events.paint.disconnect(self._painted)
+        self.viewer.camera.events.center.disconnect(self._camera_moved)
+        self.viewer.camera.events.zoom.disconnect(self._camera_moved)
+
+    # --- painting (GUI thread, cheap) -------------------------------------------------------------
+    def _painted(self, event) -> None:
+        from napari_unet.live import touched_by
+
+        if self.touched is None:
+            return
+        self.touched |= touched_by(event.value, self.touched.shape, self.plane_index)
+        self.debounce.start()  # restarts: a burst of strokes is one update
+
+    def _send_update(self) -> None:
+        from napari_unet.live import live_mask
+
+        if not self.running or self.touched is None or not (self.touched.any() or self.whole_plane_check.isChecked()):
+            return
+        labels = np.array(layer_array(self.labels_layer)[self.plane_index])
+        mask = live_mask(labels, self.touched, whole_plane=self.whole_plane_check.isChecked())
+        image_plane = np.array(layer_array(self.image_layer)[self.plane_index])
+        with self.shared.lock:
+            self.shared.update = (image_plane, mask, int(self.touched.sum()))
+
+    def _visible_region(self):
+        corners = np.asarray(self.image_layer.corner_pixels)[:, -2:] if self.image_layer is not None else None
+        shape = self.touched.shape
+        if corners is None:
+            return (0, shape[0]), (0, shape[1])
+        (y0, x0), (y1, x1) = np.clip(corners[0], 0, shape), np.clip(corners[1] + 1, 0, shape)
+        if y1 <= y0 or x1 <= x0:
+            return (0, shape[0]), (0, shape[1])
+        return (int(y0), int(y1)), (int(x0), int(x1))
+
+    def _camera_moved(self, event=None) -> None:
+        region = self._visible_region()
+        with self.shared.lock:
+            self.shared.region = region
+
+    def toggle_pause(self) -> None:
+        with self.shared.lock:
+            self.shared.paused = not self.shared.paused
+            paused = self.shared.paused
+        self.pause_button.setText("Resume" if paused else "Pause")
+        self.status_label.setText("Live paused: corrections are still collected; press Resume to train on them."
+                                  if paused else "Live resumed.")
+
+    def keep(self) -> None:
+        if self.running:
+            with self.shared.lock:
+                self.shared.keep_requested = True
+            self.status_label.setText("Keeping the best live model so far (scored like a round) …")
+
+    # --- the worker -------------------------------------------------------------------------------
+    def _work(self, image_plane: np.ndarray):
+        project, parent_key, shared = self.session.project, self.parent_key(), self.shared
+        pair_name = f"{self.image_layer.name} live" + "".join(f" {i}" for i in self.plane_index)
+
+        def work(report, is_cancelled):
+            from napari_unet.errors import NapariUNetError
+            from napari_unet.live import BURST_SECONDS, LiveTrainer
+
+            trainer = LiveTrainer(project, parent_key)  # a model that fails to load ends Live with its message
+            has_pairs = False
+
+            def interrupted() -> bool:
+                return is_cancelled() or shared.paused or shared.update is not None or shared.keep_requested
+
+            while not is_cancelled():
+                update = shared.take_update()
+                try:  # the user's input can be unusable for a while (e.g. only erased): say so, keep listening
+                    if update is not None:
+                        plane, mask, corrected = update
+                        project.add_pair(plane, mask, name=pair_name, replace=True, corrected_pixels=corrected,
+                                         source_image=pair_name)
+                        report(("pairs", trainer.reload()))
+                        has_pairs = True
+                    if shared.take_keep():
+                        report(("kept", trainer.keep().record))
+                except NapariUNetError as exc:
+                    report(("message", str(exc)))
+                    has_pairs = has_pairs and trainer.total_steps > 0
+                if shared.paused or not has_pairs:
+                    time.sleep(0.1)
+                    continue
+                burst = trainer.train(BURST_SECONDS, cancel=interrupted)
+                if burst.steps == 0:  # interrupted before its first step: new corrections, Keep or Off come first
+                    continue
+                (y0, y1), (x0, x1) = shared.region
+                top, left = max(0, y0 - CONTEXT), max(0, x0 - CONTEXT)
+                labels = trainer.predict(image_plane[top:y1 + CONTEXT, left:x1 + CONTEXT], output="labels")
+                report(("burst", burst, ((y0, y1), (x0, x1)), labels[y0 - top:y1 - top, x0 - left:x1 - left]))
+            if trainer.total_steps:
+                return trainer.keep().record
+            return None
+
+        return work
+
+    # --- results (GUI thread) ---------------------------------------------------------------------
+    def _show_live_layer(self, plane_shape) -> None:
+        name = live_layer_name(self.image_layer.name)
+        existing = next((layer for layer in self.viewer.layers if layer.name == name), None)
+        if existing is None or np.shape(existing.data) != tuple(plane_shape):
+            if existing is not None:
+                self.viewer.layers.remove(existing)
+            existing = self.viewer.add_labels(np.zeros(plane_shape, dtype=np.uint8), name=name, opacity=0.5,
+                                              translate=self.image_layer.translate[-2:],
+                                              scale=self.image_layer.scale[-2:])
+        self.live_layer = existing
+
+    def _show_progress(self, value) -> None:
+        kind = value[0]
+        if kind == "pairs":
+            self.status_label.setText(f"Live: training on {value[1]} corrected plane(s) …")
+        elif kind == "message":
+            show_info(f"Live: {value[1]}")
+            self.status_label.setText(f"Live: {value[1]}")
+        elif kind == "kept":
+            self.last_record = value[1]
+            self._announce(value[1])
+        elif kind == "burst":
+            _, burst, ((y0, y1), (x0, x1)), labels = value
+            self.last_burst = burst
+            if self.live_layer in self.viewer.layers:
+                self.live_layer.data[y0:y1, x0:x1] = labels
+                self.live_layer.refresh()
+            score = (f"IoU {burst.iou:.3f} on the evaluation set (best {burst.best_iou:.3f})" if burst.iou is not None
+                     else "no evaluation set yet")
+            self.status_label.setText(f"Live: {burst.total_steps} steps, loss {burst.loss:.3f}; {score}.")
+
+    def _announce(self, record) -> None:
+        show_info(f"Live: {record['reason']}")
+        self.status_label.setText(record["reason"])
+        self.session.versions_changed.emit()
+        self.session.rounds_changed.emit()
+        if record["kept"]:
+            self.session.select_model(record["version"])
+
+    def _stopped(self, record) -> None:
+        if record is not None:
+            self.last_record = record
+            self._announce(record)
+        else:
+            self.status_label.setText("Live off: no correction was trained on, nothing to keep.")
+
+    def _finished(self) -> None:
+        self._disconnect_quietly()
+        self.pause_button.setEnabled(False)
+        self.pause_button.setText("Pause")
+        self.keep_button.setEnabled(False)
+        self.live_check.blockSignals(True)
+        self.live_check.setChecked(False)
+        self.live_check.blockSignals(False)
+
+    def _disconnect_quietly(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            self._disconnect()
