@@ -1,11 +1,14 @@
-"""GUI-thread stalls while a fine-tuning round runs in the dock, against an idle viewer in the same run.
+"""GUI-thread stalls while a fine-tuning round runs in the dock, and while painting with Live on, against an
+idle viewer in the same run.
 
     xvfb-run -a .venv/bin/python benchmarks/bench_gui.py [--seconds 20]
 
 A 20 ms QTimer on the GUI thread records when it actually fires. A stall is a gap between two beats
-minus the 20 ms period. Measured twice in one run: with the viewer idle (the baseline: what the
-machine, Xvfb and Qt cost) and while the dock's Fine-tune runs a project round on a 512² image with
-the shipped `membranes` model. Prints p50 / p99 / max stall (wall clock) and, per beat, the GUI
+minus the 20 ms period. Measured three times in one run: with the viewer idle (the baseline: what the
+machine, Xvfb and Qt cost), while the dock's Fine-tune runs a project round on a 512² image with
+the shipped `membranes` model, and while a scripted user paints a brush stroke every 150 ms (through the
+layer's paint API, as the brush does) into the prediction with Live training in the background.
+Prints p50 / p99 / max stall (wall clock) and, per beat, the GUI
 thread's own CPU time (what the test suite asserts, because load cannot inflate it).
 """
 
@@ -77,9 +80,33 @@ def main() -> int:
     while not job.done:
         app.processEvents()
         time.sleep(0.01)
+    # Live: predict, switch Live on, paint a stroke every 150 ms while it trains.
+    predict_job = widget.predict_tab.predict()
+    while not predict_job.done:
+        app.processEvents()
+        time.sleep(0.01)
+    live_tab = widget.live_tab
+    live_tab.image_combo.reset_choices()
+    live_tab.image_combo.select("em")
+    live_tab.live_check.setChecked(True)
+    labels = viewer.layers["em prediction"]
+    labels.brush_size = 10
+    rng = np.random.default_rng(0)
+    strokes = QTimer()
+    strokes.timeout.connect(lambda: labels.paint(tuple(int(v) for v in rng.integers(0, 512, 2)), int(rng.integers(0, 2))))
+    strokes.start(150)
+    record(5.0, while_running=lambda: live_tab.last_burst is not None)  # until the first burst trained
+    painting = _stalls(record(args.seconds), period)
+    strokes.stop()
+    live_steps = live_tab.last_burst.total_steps if live_tab.last_burst else 0
+    live_tab.live_check.setChecked(False)
+    while live_tab.running:
+        app.processEvents()
+        time.sleep(0.01)
     print("| state | beats | stall p50 ms | stall p99 ms | stall max ms | GUI-thread CPU per beat, max ms |")
     print("|---|---|---|---|---|---|")
-    for name, row in (("idle viewer (baseline)", idle), ("fine-tuning round running", training)):
+    for name, row in (("idle viewer (baseline)", idle), ("fine-tuning round running", training),
+                      (f"painting with Live on ({live_steps} live steps)", painting)):
         print(f"| {name} | {row['beats']} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['max_ms']:.1f} | "
               f"{row['gui_cpu_max_ms']:.1f} |")
     viewer.close()

@@ -28,6 +28,8 @@ from napari_unet.masks import IGNORE_LABEL
 TOUCH_MARGIN = 8
 # A short round: long enough for tens of steps on a laptop CPU, short enough that the live layer follows the brush.
 BURST_SECONDS = 4.0
+# The preview forest learns from at most this many of the touched pixels (a fit then takes about a second).
+PREVIEW_PIXELS = 20_000
 
 
 def live_mask(labels: np.ndarray, touched: np.ndarray, margin: int = TOUCH_MARGIN, whole_plane: bool = False) -> np.ndarray:
@@ -79,6 +81,71 @@ def touched_by(atoms, plane_shape: tuple[int, int], plane_index: tuple[int, ...]
                 keep &= axis_indices == wanted
             touched[indices[-2][keep], indices[-1][keep]] = True
     return touched
+
+
+def _features(image: np.ndarray) -> np.ndarray:
+    """ilastik's default feature set as scikit-image offers it: intensity, edges and texture at 5 scales."""
+    from skimage.feature import multiscale_basic_features
+
+    from napari_unet.normalize import NormalizationConfig, percentile_range
+
+    plane = np.asarray(image, dtype=np.float32)
+    plane = plane if plane.ndim == 2 else plane.mean(axis=-1)
+    low, high = percentile_range(plane[..., None], NormalizationConfig())
+    plane = (plane - float(low[0])) / max(float(high[0] - low[0]), 1e-6)
+    return multiscale_basic_features(plane, intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16)
+
+
+class ForestPreview:
+    """An instant preview while the U-Net is still learning a new domain: ilastik's pixel classifier (a random
+    forest on multiscale features) fitted on the touched pixels in about a second. Foreground/background only.
+    Live mode shows it instead of the U-Net's prediction only while it scores better on the evaluation set."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self.classifier = None
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def features(self, image: np.ndarray) -> np.ndarray:
+        key = id(image)
+        cached = self._cache.get(key)
+        if cached is None or cached[0] is not image:
+            if len(self._cache) >= 8:  # planes of earlier snapshots: not asked for again
+                self._cache.clear()
+            cached = (image, _features(image))
+            self._cache[key] = cached
+        return cached[1]
+
+    def fit(self, image: np.ndarray, mask: np.ndarray) -> bool:
+        """Fit on the annotated pixels of one plane's training mask; False when they hold only one class."""
+        from sklearn.ensemble import RandomForestClassifier
+
+        annotated = np.flatnonzero(mask.ravel() != IGNORE_LABEL)
+        targets = mask.ravel()[annotated] > 0
+        if targets.all() or not targets.any():
+            return False
+        rng = np.random.default_rng(self.seed)
+        if annotated.size > PREVIEW_PIXELS:
+            chosen = rng.choice(annotated.size, PREVIEW_PIXELS, replace=False)
+            annotated, targets = annotated[chosen], targets[chosen]
+        features = self.features(image)
+        self.classifier = RandomForestClassifier(n_estimators=50, max_depth=10, n_jobs=1, random_state=self.seed)
+        self.classifier.fit(features.reshape(-1, features.shape[-1])[annotated], targets)
+        return True
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """0/1 labels of a whole image (its features are cached by identity)."""
+        features = self.features(image)
+        return self.classifier.predict(features.reshape(-1, features.shape[-1])).reshape(features.shape[:2]).astype(np.uint8)
+
+    def score(self, evaluation) -> float | None:
+        from napari_unet.evidence import pooled, unit_counts
+
+        if self.classifier is None or evaluation is None or not evaluation.images:
+            return None
+        units = [unit_counts(self.predict(image), truth, valid)
+                 for image, truth, valid in zip(evaluation.images, evaluation.truths, evaluation.valid)]
+        return pooled(np.concatenate(units))["iou"]
 
 
 @dataclass

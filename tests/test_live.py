@@ -100,3 +100,21 @@ def test_live_without_corrections_says_what_to_do(project, start_model):
     trainer = LiveTrainer(project, start_model, LIVE)
     with pytest.raises(NapariUNetError, match="no training pairs"):
         trainer.reload()
+
+
+def test_the_forest_preview_learns_from_touched_pixels_and_scores_on_the_evaluation_set(project):
+    from napari_unet.live import ForestPreview
+
+    image, labels = _discs(0)
+    touched = np.zeros(labels.shape, bool)
+    touched[:64] = True
+    preview = ForestPreview()
+    assert not preview.fit(image, live_mask(np.zeros_like(labels), touched, margin=0))  # one class: nothing to learn
+    assert preview.fit(image, live_mask(labels, touched, margin=0))
+    predicted = preview.predict(image)
+    assert predicted.shape == labels.shape and set(np.unique(predicted)) <= {0, 1}
+    # bright discs on noise: the untouched half comes out nearly right
+    lower = slice(64, None)
+    iou = np.logical_and(predicted[lower], labels[lower] > 0).sum() / np.logical_or(predicted[lower], labels[lower] > 0).sum()
+    assert iou > 0.8
+    assert preview.score(project._evaluation_pairs()) > 0.8

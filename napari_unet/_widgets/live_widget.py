@@ -4,8 +4,11 @@ GUI thread: listens to the prediction layer's `paint` events (one per finished s
 pixels, and after a pause in painting (debounced) hands a copy of the plane's labels to the worker. Nothing on
 the GUI thread waits for training. Worker: writes the plane's pair into the project, re-reads the pairs,
 trains in short bursts, predicts the visible region with the running model and reports it; the dock writes
-it into '<image> live' — the user's layer is never written. Pause, Keep (a version through the project's
-guard) and Off (which keeps the best model so far, the same way) are one click each.
+it into '<image> live' — the user's layer is never written. Until the U-Net scores better on the evaluation
+set than a random forest fitted on the same strokes (live.ForestPreview, ilastik's approach, a second to fit),
+the forest's prediction is shown instead, so the first strokes give a useful answer at once. Pause, Keep (a
+version through the project's guard) and Off (which keeps the best model so far, the same way) are one click
+each.
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ class LiveWidget(QWidget):
         self.last_burst = None
         self.last_record = None
         self.live_layer = None
+        self.showing_preview = False
         self._listening = False
 
         self.image_combo = LayerChooser(Image, "the image whose prediction you correct")
@@ -235,10 +239,12 @@ class LiveWidget(QWidget):
 
         def work(report, is_cancelled):
             from napari_unet.errors import NapariUNetError
-            from napari_unet.live import BURST_SECONDS, LiveTrainer
+            from napari_unet.live import BURST_SECONDS, ForestPreview, LiveTrainer
 
             trainer = LiveTrainer(project, parent_key)  # a model that fails to load ends Live with its message
             has_pairs = False
+            # Until the U-Net beats it on the evaluation set, a forest fitted in a second is what the user sees.
+            preview, preview_iou = ForestPreview(), None
 
             def interrupted() -> bool:
                 return is_cancelled() or shared.paused or shared.update is not None or shared.keep_requested
@@ -252,6 +258,8 @@ class LiveWidget(QWidget):
                                          source_image=pair_name)
                         report(("pairs", trainer.reload()))
                         has_pairs = True
+                        if preview is not None and preview.fit(plane, mask):
+                            preview_iou = preview.score(trainer.evaluation)
                     if shared.take_keep():
                         report(("kept", trainer.keep().record))
                 except NapariUNetError as exc:
@@ -264,9 +272,14 @@ class LiveWidget(QWidget):
                 if burst.steps == 0:  # interrupted before its first step: new corrections, Keep or Off come first
                     continue
                 (y0, y1), (x0, x1) = shared.region
+                if preview is not None and preview_iou is not None and burst.iou is not None and preview_iou > burst.iou:
+                    labels = preview.predict(image_plane)[y0:y1, x0:x1]
+                    report(("burst", burst, ((y0, y1), (x0, x1)), labels, preview_iou))
+                    continue
+                preview = None if burst.iou is not None and preview_iou is not None else preview  # the U-Net won
                 top, left = max(0, y0 - CONTEXT), max(0, x0 - CONTEXT)
                 labels = trainer.predict(image_plane[top:y1 + CONTEXT, left:x1 + CONTEXT], output="labels")
-                report(("burst", burst, ((y0, y1), (x0, x1)), labels[y0 - top:y1 - top, x0 - left:x1 - left]))
+                report(("burst", burst, ((y0, y1), (x0, x1)), labels[y0 - top:y1 - top, x0 - left:x1 - left], None))
             if trainer.total_steps:
                 return trainer.keep().record
             return None
@@ -296,14 +309,18 @@ class LiveWidget(QWidget):
             self.last_record = value[1]
             self._announce(value[1])
         elif kind == "burst":
-            _, burst, ((y0, y1), (x0, x1)), labels = value
-            self.last_burst = burst
+            _, burst, ((y0, y1), (x0, x1)), labels, preview_iou = value
+            self.last_burst, self.showing_preview = burst, preview_iou is not None
             if self.live_layer in self.viewer.layers:
                 self.live_layer.data[y0:y1, x0:x1] = labels
                 self.live_layer.refresh()
             score = (f"IoU {burst.iou:.3f} on the evaluation set (best {burst.best_iou:.3f})" if burst.iou is not None
                      else "no evaluation set yet")
-            self.status_label.setText(f"Live: {burst.total_steps} steps, loss {burst.loss:.3f}; {score}.")
+            text = f"Live: U-Net {burst.total_steps} steps, {score}."
+            if self.showing_preview:
+                text += (f" Showing the instant preview (a random forest on your strokes, IoU {preview_iou:.3f}) "
+                         "until the U-Net scores better.")
+            self.status_label.setText(text)
 
     def _announce(self, record) -> None:
         show_info(f"Live: {record['reason']}")
