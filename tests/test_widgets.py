@@ -686,3 +686,24 @@ def test_live_on_a_stack_learns_from_the_current_plane_only(qtbot, dock, blobs_i
     assert mask[30, 30] == 1 and mask[60, 60] == 255
     tab.live_check.setChecked(False)
     wait_for(qtbot, tab.job)
+
+
+def test_closing_the_viewer_with_live_on_stops_it_and_leaves_complete_files(qtbot, make_napari_viewer, tiny_model_path,
+                                                                             blobs_image, notifications):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    widget.session.select_model(tiny_model_path)
+    _, _, tab, labels = _live_ready(qtbot, (viewer, widget), blobs_image)
+    tab.live_check.setChecked(True)
+    labels.brush_size = 12
+    labels.paint((25, 25), 1)
+    qtbot.waitUntil(lambda: tab.last_burst is not None, timeout=JOB_TIMEOUT_MS)
+    job, project = tab.job, widget.session.project
+    viewer.close()  # the dock's closer waits until the worker has left TensorFlow
+    assert job.ended.is_set() and job.detached
+    for pair in project.training.pairs():  # every recorded pair has both of its files, readable
+        image, mask = project.training.load(pair.name)
+        assert image.shape[:2] == mask.shape
+    for record in project.rounds():  # the Keep on the way out is either complete or absent
+        assert project.store.has(record["version"])
+    assert not errors(notifications)
