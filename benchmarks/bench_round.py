@@ -50,9 +50,18 @@ def _parse_overrides(items: list[str]) -> dict:
         key, _, text = item.partition("=")
         if key not in fields:
             raise SystemExit(f"unknown TrainConfig field {key!r}")
-        kind = type(getattr(TrainConfig(), key))
-        values[key] = None if text == "None" else (text.lower() in ("1", "true", "yes") if kind is bool else
-                                                      (float(text) if kind in (float, type(None)) else kind(text)))
+        kind = TrainConfig.__dataclass_fields__[key].type
+        kind = kind if isinstance(kind, str) else kind.__name__
+        if text == "None":
+            values[key] = None
+        elif kind == "bool":
+            values[key] = text.lower() in ("1", "true", "yes")
+        elif kind.startswith("int"):
+            values[key] = int(text)
+        elif kind.startswith("float"):
+            values[key] = float(text)
+        else:
+            values[key] = text
     return values
 
 

@@ -42,7 +42,8 @@ def _stems(folder: Path, size) -> list[str]:
     return [s for s in stems if read_image(folder / "images" / f"{s}.tif").shape[:2] == size][:40:5]
 
 
-def run(case_name: str, start: str, out: Path | None, learning_rate: float | None = None) -> dict:
+def run(case_name: str, start: str, out: Path | None, learning_rate: float | None = None,
+        overrides: dict | None = None) -> dict:
     from napari_unet.io import find_pairs, read_image
     from napari_unet.masks import labels_from_ground_truth
     from napari_unet.project import Project
@@ -57,7 +58,10 @@ def run(case_name: str, start: str, out: Path | None, learning_rate: float | Non
     for stem in eval_stems:
         image, mask = (read_image(path) for path in files[stem])
         project.add_pair(image, labels_from_ground_truth(mask), evaluation=True, name=stem)
-    config = TrainConfig() if learning_rate is None else TrainConfig(learning_rate=learning_rate)
+    overrides = dict(overrides or {})
+    if learning_rate is not None:
+        overrides["learning_rate"] = learning_rate
+    config = TrainConfig(**overrides)
     rows = []
     for number, stem in enumerate(train_stems, start=1):
         image, mask = (read_image(path) for path in files[stem])
@@ -78,7 +82,8 @@ def run(case_name: str, start: str, out: Path | None, learning_rate: float | Non
     print(_line(rows[-1]), flush=True)
     return {"case": case_name, "start": start, "train": list(train_stems), "evaluate": list(eval_stems),
             "settings": {"epochs": config.epochs, "steps_per_epoch": config.steps_per_epoch,
-                         "learning_rate": config.learning_rate, "batch_size": config.batch_size},
+                         "learning_rate": config.learning_rate, "batch_size": config.batch_size,
+                         "patch_size": config.patch_size},
             "rounds": rows, "active_at_end": project.active, "project": str(root)}
 
 
@@ -102,8 +107,12 @@ def main() -> int:
     parser.add_argument("--start", default="membranes", help="model the project starts from (default: membranes)")
     parser.add_argument("--out", type=Path, default=None, help="project folder (default: a temporary one)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainConfig's)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig override")
     args = parser.parse_args()
-    summary = run(args.case, args.start, args.out, args.lr)
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    from bench_round import _parse_overrides
+
+    summary = run(args.case, args.start, args.out, args.lr, _parse_overrides(args.set))
     print(json.dumps(summary, indent=1))
     return 0
 
