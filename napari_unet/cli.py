@@ -306,7 +306,7 @@ def _run_gui_command(args) -> int:
         import napari
     except ImportError:
         raise NapariUNetError("napari is not installed: install the plugin's GUI with "
-                              "'pip install \"napari-unet[gui]\"' (the command line works without it)") from None
+                              "'pip install \"napari-unet-loop[gui]\"' (the command line works without it)") from None
 
     open_gui(images=args.images, sample=args.sample)
     napari.run()  # returns after the dock has stopped its workers (they have left TensorFlow)
