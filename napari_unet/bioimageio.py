@@ -95,6 +95,7 @@ def export_package(model: SegmentationModel, path: str | os.PathLike, authorship
     if not target.parent.is_dir():
         raise NapariUNetError(f"the folder '{target.parent}' does not exist: create it or choose another place")
     spec = _import_bioimageio()
+    license_id = _license_id(authorship.license)  # before the slow conversions
     report = progress or (lambda stage: None)
 
     def stage(text: str) -> None:
@@ -117,7 +118,7 @@ def export_package(model: SegmentationModel, path: str | os.PathLike, authorship
         _write_cover(test_input, test_output, work / "cover.png")
         (work / "README.md").write_text(model_card_markdown(model), encoding="utf-8")
         stage("writing the package")
-        description = _describe(model, authorship, work, keras_path, onnx_path, saved_model_path)
+        description = _describe(model, authorship, license_id, work, keras_path, onnx_path, saved_model_path)
         partial = target.with_name(f".{target.name}.partial")
         try:
             spec.save_bioimageio_package(description, output_path=partial)
@@ -261,8 +262,20 @@ def _identifier(text: str) -> str:
     return cleaned or "channel"
 
 
-def _describe(model: SegmentationModel, authorship: PackageAuthorship, work: Path, keras_path: Path, onnx_path: Path,
-              saved_model_path: Path):
+def _license_id(text: str):
+    """`text` as the spec's LicenseId, else an error naming the licence and what to give instead."""
+    import pydantic
+    from bioimageio.spec.model import v0_5 as bio
+
+    try:
+        return bio.LicenseId(text.strip())
+    except (pydantic.ValidationError, ValueError) as exc:
+        raise NapariUNetError(f"'{text}' is not an SPDX licence identifier: use one such as CC-BY-4.0, MIT or "
+                              "BSD-3-Clause (https://spdx.org/licenses/)") from exc
+
+
+def _describe(model: SegmentationModel, authorship: PackageAuthorship, license_id, work: Path, keras_path: Path,
+              onnx_path: Path, saved_model_path: Path):
     """The ModelDescr (spec 0.5); a description the spec refuses becomes one clear error."""
     import keras
     import pydantic
@@ -276,11 +289,6 @@ def _describe(model: SegmentationModel, authorship: PackageAuthorship, work: Pat
     space_out = [bio.SpaceOutputAxis(id=bio.AxisId(axis), size=bio.SizeReference(
         tensor_id=bio.TensorId(INPUT_ID), axis_id=bio.AxisId(axis))) for axis in ("y", "x")]
     normalization = metadata.normalization
-    try:
-        license_id = bio.LicenseId(authorship.license.strip())
-    except (pydantic.ValidationError, ValueError) as exc:
-        raise NapariUNetError(f"'{authorship.license}' is not an SPDX licence identifier: use one such as CC-BY-4.0, "
-                              "MIT or BSD-3-Clause (https://spdx.org/licenses/)") from exc
     try:
         return bio.ModelDescr(
             name=_package_name(metadata.name),

@@ -118,7 +118,7 @@ class Session(QObject):
     def model_label(self) -> str:
         """The selected model as users know it: a name, or a file's name (not its whole path)."""
         key = self.model_key
-        return Path(key).name if key.endswith(".keras") else key
+        return Path(key).name if key.endswith((".keras", ".zip")) else key
 
     def select_model(self, key: str) -> None:
         if key != self._model_key:

@@ -1,0 +1,162 @@
+"""bioimage.io packages: `napari-unet export --bioimageio` passes the spec's own test_model, and a package runs in
+`napari-unet predict` exactly like the .keras it came from; bad packages and missing authorship are refused."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+from scipy import ndimage as ndi
+
+pytest.importorskip("bioimageio.core", reason="needs the bioimageio extra")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from napari_unet.bioimageio import ONNX_OPSET, UNET_DOI, PackageAuthorship, export_package, load_package  # noqa: E402
+from napari_unet.cli import main  # noqa: E402
+from napari_unet.errors import NapariUNetError  # noqa: E402
+from napari_unet.model import save_model  # noqa: E402
+from napari_unet.normalize import NormalizationConfig  # noqa: E402
+from tiny_models import contrasty_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(tiny .keras path, its bioimage.io package) written through the CLI; the model normalises 2–98 %."""
+    folder = tmp_path_factory.mktemp("bioimageio")
+    model = contrasty_tiny_model(seed=3)
+    model.metadata.normalization = NormalizationConfig(low=2.0, high=98.0)
+    model.metadata.info["description"] = "tiny test model"
+    keras_path = save_model(model, folder / "tiny.keras")
+    package = folder / "tiny.zip"
+    code = main(["export", "-m", str(keras_path), "--bioimageio", str(package), "--author", "Ada Lovelace",
+                 "--author", "Alan Turing", "--license", "MIT"])
+    assert code == 0
+    return keras_path, package
+
+
+@pytest.fixture
+def image_path(tmp_path):
+    rng = np.random.default_rng(7)
+    path = tmp_path / "cells.tif"
+    tifffile.imwrite(path, (ndi.gaussian_filter(rng.random((70, 90)), 3) * 60000).astype(np.uint16))
+    return path
+
+
+def test_exported_package_passes_the_spec_libraries_test_model(exported):
+    from bioimageio.core import test_model
+
+    summary = test_model(exported[1])
+    failed = [detail.name for detail in summary.details if detail.status == "failed"]
+    assert summary.status == "passed", failed
+
+
+def test_package_describes_weights_citation_authorship_and_normalisation(exported):
+    with zipfile.ZipFile(exported[1]) as archive:
+        description = yaml.safe_load(archive.read("rdf.yaml"))
+        names = archive.namelist()
+    weights = description["weights"]
+    assert set(weights) == {"keras_v3", "onnx", "tensorflow_saved_model_bundle"}
+    assert weights["onnx"]["opset_version"] == ONNX_OPSET and weights["onnx"]["parent"] == "keras_v3"
+    assert all(weights[key]["source"] in names for key in weights)
+    assert [author["name"] for author in description["authors"]] == ["Ada Lovelace", "Alan Turing"]
+    assert description["license"] == "MIT"
+    assert UNET_DOI in [entry.get("doi") for entry in description["cite"]]
+    (preprocessing,) = _scale_range_steps(description)
+    assert (preprocessing["kwargs"]["min_percentile"], preprocessing["kwargs"]["max_percentile"]) == (2.0, 98.0)
+    assert "tiny test model" in description["description"]
+
+
+def test_onnx_weights_compute_what_keras_computes(exported):
+    import onnxruntime
+
+    with zipfile.ZipFile(exported[1]) as archive:
+        description = yaml.safe_load(archive.read("rdf.yaml"))
+        session = onnxruntime.InferenceSession(archive.read(description["weights"]["onnx"]["source"]))
+    model = load_package(exported[1])
+    batch = np.random.default_rng(0).random((1, 32, 48, 1), dtype=np.float32)
+    (onnx_output,) = session.run(None, {session.get_inputs()[0].name: batch})
+    np.testing.assert_allclose(onnx_output, np.asarray(model.keras_model(batch)), atol=1e-5)
+
+
+def test_package_round_trips_into_predict_with_the_keras_models_output(exported, image_path, tmp_path):
+    keras_path, package = exported
+    for source, folder in ((keras_path, "from_keras"), (package, "from_package")):
+        assert main(["predict", "-m", str(source), str(image_path), "-o", str(tmp_path / folder), "--probabilities"]) == 0
+    from_keras = tifffile.imread(tmp_path / "from_keras" / "cells.tif")
+    from_package = tifffile.imread(tmp_path / "from_package" / "cells.tif")
+    assert from_keras.std() > 0.01  # not a constant map, so the comparison means something
+    np.testing.assert_allclose(from_package, from_keras, atol=1e-6)
+    assert load_package(package).metadata.normalization == NormalizationConfig(low=2.0, high=98.0)
+
+
+def test_package_normalisation_comes_from_its_description(exported, tmp_path):
+    """Edit the percentiles in rdf.yaml only: the loaded model follows the description, not the .keras inside."""
+    edited = _rewrite_description(exported[1], tmp_path / "edited.zip", lambda description: _scale_range_steps(
+        description)[0]["kwargs"].update(min_percentile=5.0, max_percentile=95.0))
+    assert load_package(edited).metadata.normalization == NormalizationConfig(low=5.0, high=95.0)
+
+
+def test_package_without_keras_weights_is_refused_in_one_line(exported, image_path, tmp_path, capsys):
+    def drop_keras(description):
+        weights = description["weights"]
+        del weights["keras_v3"]
+        del weights["onnx"]["parent"]
+        weights["tensorflow_saved_model_bundle"]["parent"] = "onnx"
+
+    package = _rewrite_description(exported[1], tmp_path / "onnx_only.zip", drop_keras)
+    capsys.readouterr()
+    code = main(["predict", "-m", str(package), str(image_path), "-o", str(tmp_path / "out")])
+    error = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(error.splitlines()) == 1 and "no Keras weights" in error and "onnx" in error, error
+
+
+def test_zip_that_is_no_package_is_refused(tmp_path):
+    not_a_package = tmp_path / "photos.zip"
+    with zipfile.ZipFile(not_a_package, "w") as archive:
+        archive.writestr("a.txt", "hello")
+    with pytest.raises(NapariUNetError, match="not a bioimage.io model package"):
+        load_package(not_a_package)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--license", "MIT"], "needs its authors"),
+    (["--author", "Ada Lovelace"], "needs a licence"),
+    (["--author", "Ada Lovelace", "--license", "my own licence"], "not an SPDX licence identifier"),
+])
+def test_export_without_authorship_is_refused_in_one_line(exported, tmp_path, capsys, flags, message):
+    target = tmp_path / "refused.zip"
+    code = main(["export", "-m", str(exported[0]), "--bioimageio", str(target), *flags])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and not target.exists()
+    assert len(error.splitlines()) == 1 and message in error, error
+
+
+def test_export_keeps_an_existing_file(exported, tmp_path):
+    target = tmp_path / "mine.zip"
+    target.write_bytes(b"the user's file")
+    model = load_package(exported[1])
+    with pytest.raises(NapariUNetError, match="already exists"):
+        export_package(model, target, PackageAuthorship(["Ada Lovelace"], "MIT"))
+    assert target.read_bytes() == b"the user's file"
+
+
+def _scale_range_steps(description: dict) -> list[dict]:
+    return [step for step in description["inputs"][0]["preprocessing"] if step["id"] == "scale_range"]
+
+
+def _rewrite_description(package, target, edit):
+    """A copy of `package` whose rdf.yaml went through `edit(description_dict)`."""
+    with zipfile.ZipFile(package) as source, zipfile.ZipFile(target, "w") as copy:
+        for name in source.namelist():
+            data = source.read(name)
+            if name == "rdf.yaml":
+                description = yaml.safe_load(data)
+                edit(description)
+                data = yaml.safe_dump(description).encode()
+            copy.writestr(name, data)
+    return target
