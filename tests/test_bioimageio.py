@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 import zipfile
 
 import numpy as np
@@ -11,16 +10,13 @@ import pytest
 import tifffile
 import yaml
 from scipy import ndimage as ndi
+from tiny_models import contrasty_tiny_model
 
-pytest.importorskip("bioimageio.core", reason="needs the bioimageio extra")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-
-from napari_unet.bioimageio import ONNX_OPSET, UNET_DOI, PackageAuthorship, export_package, load_package  # noqa: E402
-from napari_unet.cli import main  # noqa: E402
-from napari_unet.errors import NapariUNetError  # noqa: E402
-from napari_unet.model import save_model  # noqa: E402
-from napari_unet.normalize import NormalizationConfig  # noqa: E402
-from tiny_models import contrasty_tiny_model  # noqa: E402
+from napari_unet.bioimageio import ONNX_OPSET, UNET_DOI, PackageAuthorship, export_package, load_package
+from napari_unet.cli import main
+from napari_unet.errors import NapariUNetError
+from napari_unet.model import save_model
+from napari_unet.normalize import NormalizationConfig
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +156,32 @@ def _rewrite_description(package, target, edit):
                 data = yaml.safe_dump(description).encode()
             copy.writestr(name, data)
     return target
+
+
+def test_dock_exports_the_selected_version_for_bioimageio(make_napari_viewer, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from napari_unet._widgets.launch import PLUGIN
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
+    record = widget.session.store.save_version(contrasty_tiny_model(seed=4), name="tiny-version")
+    widget.session.versions_changed.emit()
+    models = widget.models_tab
+    names = [models.table.item(row, 0).text() for row in range(models.table.rowCount())]
+    models.table.selectRow(names.index(record["name"]))
+    messages = []
+    notification_manager.notification_ready.connect(lambda note: messages.append(str(note.message)))
+
+    assert models.export_bioimageio_selected(str(tmp_path / "refused.zip"), authors=" ", license="MIT") is None
+    assert any("needs its authors" in message for message in messages), messages
+    target = tmp_path / "tiny-version.zip"
+    job = models.export_bioimageio_selected(str(target), authors="Ada Lovelace, Alan Turing", license="CC-BY-4.0")
+    assert models.cancel_button.isEnabled()  # the export runs in a worker and can be stopped
+    qtbot.waitUntil(lambda: job.done, timeout=120_000)
+    assert job.error is None, messages
+    assert any(f"saved for bioimage.io as {target}" in message for message in messages), messages
+    packaged, stored = load_package(target), widget.session.store.load(record["name"])
+    for packaged_weights, stored_weights in zip(packaged.keras_model.get_weights(), stored.keras_model.get_weights()):
+        np.testing.assert_array_equal(packaged_weights, stored_weights)
+    assert not models.cancel_button.isEnabled()
