@@ -75,7 +75,7 @@ def is_package(path: str | os.PathLike) -> bool:
 # --- export ---------------------------------------------------------------------------------------------------
 
 
-def export_package(model: SegmentationModel, path: str | os.PathLike, authorship: PackageAuthorship, *,
+def export_bioimageio(model: SegmentationModel, path: str | os.PathLike, authorship: PackageAuthorship, *,
                    test_image: np.ndarray | None = None, overwrite: bool = False,
                    progress: Callable[[str], None] | None = None, is_cancelled: Callable[[], bool] | None = None) -> Path:
     """Write `model` as a bioimage.io package (spec 0.5) to `path` (.zip); returns the path.

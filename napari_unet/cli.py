@@ -480,7 +480,7 @@ def _run_export_command(args) -> int:
     import time
     from pathlib import Path
 
-    from napari_unet.bioimageio import PackageAuthorship, export_package
+    from napari_unet.bioimageio import PackageAuthorship, export_bioimageio
     from napari_unet.io import read_image
     from napari_unet.registry import load_model
 
@@ -489,7 +489,7 @@ def _run_export_command(args) -> int:
     test_image = read_image(args.test_image) if args.test_image else None
     model = load_model(args.model)
     started = time.perf_counter()
-    path = export_package(model, Path(args.bioimageio), authorship, test_image=test_image, overwrite=args.force,
+    path = export_bioimageio(model, Path(args.bioimageio), authorship, test_image=test_image, overwrite=args.force,
                           progress=lambda stage: print(f"[export] {stage}", file=sys.stderr, flush=True))
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - started:.0f} s)")
     return 0

@@ -12,7 +12,7 @@ import yaml
 from scipy import ndimage as ndi
 from tiny_models import contrasty_tiny_model
 
-from napari_unet.bioimageio import ONNX_OPSET, UNET_DOI, PackageAuthorship, export_package, load_package
+from napari_unet.bioimageio import ONNX_OPSET, UNET_DOI, PackageAuthorship, export_bioimageio, load_package
 from napari_unet.cli import main
 from napari_unet.errors import NapariUNetError
 from napari_unet.model import save_model
@@ -141,7 +141,7 @@ def test_export_keeps_an_existing_file(exported, tmp_path):
     target.write_bytes(b"the user's file")
     model = load_package(exported[1])
     with pytest.raises(NapariUNetError, match="already exists"):
-        export_package(model, target, PackageAuthorship(["Ada Lovelace"], "MIT"))
+        export_bioimageio(model, target, PackageAuthorship(["Ada Lovelace"], "MIT"))
     assert target.read_bytes() == b"the user's file"
 
 
@@ -189,3 +189,24 @@ def test_dock_exports_the_selected_version_for_bioimageio(make_napari_viewer, qt
     for packaged_weights, stored_weights in zip(packaged.keras_model.get_weights(), stored.keras_model.get_weights()):
         np.testing.assert_array_equal(packaged_weights, stored_weights)
     assert not models.cancel_button.isEnabled()
+
+
+def test_keras_package_not_made_by_napari_unet_takes_channels_classes_and_step_from_its_description(exported, tmp_path):
+    """A keras_v3 package whose .keras has no napari-unet metadata (as from another program)."""
+    import keras
+
+    from napari_unet.model import UNetConfig, build_unet
+
+    plain = tmp_path / "plain.keras"
+    build_unet(UNetConfig(n_channels=1, base_width=4, depth=3)).save(plain)
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(exported[1]) as source, zipfile.ZipFile(foreign, "w") as copy:
+        description = yaml.safe_load(source.read("rdf.yaml"))
+        for name in source.namelist():
+            data = plain.read_bytes() if name == description["weights"]["keras_v3"]["source"] else source.read(name)
+            copy.writestr(name, data)
+    model = load_package(foreign)
+    assert isinstance(model.keras_model, keras.Model)
+    assert model.config.depth == 3 and model.config.n_channels == 1  # ParameterizedSize step 8 = 2**3
+    assert model.metadata.class_names == description["outputs"][0]["axes"][-1]["channel_names"]
+    assert model.metadata.normalization == NormalizationConfig(low=2.0, high=98.0)

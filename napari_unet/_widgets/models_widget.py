@@ -197,7 +197,7 @@ class ModelsWidget(QWidget):
                                    license: str | None = None) -> Job | None:
         """Write the selected model as a bioimage.io package in a worker; asks for the file, authors and licence
         (the core refuses a package without them). Returns the job, or None when nothing was started."""
-        from napari_unet.bioimageio import PackageAuthorship, export_package
+        from napari_unet.bioimageio import PackageAuthorship, export_bioimageio
         from napari_unet.errors import NapariUNetError
 
         name = self.selected_name()
@@ -233,7 +233,7 @@ class ModelsWidget(QWidget):
 
         def work(report, is_cancelled):
             model = session.load_model(name)
-            return export_package(model, path, authorship, overwrite=overwrite, progress=report,
+            return export_bioimageio(model, path, authorship, overwrite=overwrite, progress=report,
                                   is_cancelled=is_cancelled)
 
         def finished() -> None:
