@@ -42,9 +42,10 @@ def image_path(tmp_path):
     return path
 
 
-def test_exported_package_passes_the_spec_libraries_test_model(exported):
+def test_exported_package_passes_the_spec_libraries_test_model(exported, tmp_path, monkeypatch):
     from bioimageio.core import test_model
 
+    monkeypatch.chdir(tmp_path)  # bioimageio.core unpacks the SavedModel into the working directory
     summary = test_model(exported[1])
     failed = [detail.name for detail in summary.details if detail.status == "failed"]
     assert summary.status == "passed", failed
