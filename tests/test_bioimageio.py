@@ -211,3 +211,17 @@ def test_keras_package_not_made_by_napari_unet_takes_channels_classes_and_step_f
     assert model.config.depth == 3 and model.config.n_channels == 1  # ParameterizedSize step 8 = 2**3
     assert model.metadata.class_names == description["outputs"][0]["axes"][-1]["channel_names"]
     assert model.metadata.normalization == NormalizationConfig(low=2.0, high=98.0)
+
+
+def test_test_input_is_a_centre_crop_in_multiples_of_the_models_size_step():
+    from napari_unet.bioimageio import _test_tensors
+
+    model = contrasty_tiny_model(seed=5)  # depth 3: sides in multiples of 8
+    image = np.arange(100 * 300, dtype=np.float32).reshape(100, 300)
+    test_input, test_output = _test_tensors(model, image)
+    assert test_input.shape == test_output.shape == (1, 96, 256, 1)
+    np.testing.assert_array_equal(test_input[0, ..., 0], image[2:98, 22:278])
+    with pytest.raises(NapariUNetError, match="1 channel"):
+        _test_tensors(model, np.zeros((64, 64, 3)))
+    with pytest.raises(NapariUNetError, match="at least 8"):
+        _test_tensors(model, np.zeros((5, 64)))
