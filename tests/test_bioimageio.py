@@ -191,6 +191,20 @@ def test_dock_exports_the_selected_version_for_bioimageio(make_napari_viewer, qt
         np.testing.assert_array_equal(packaged_weights, stored_weights)
     assert not models.cancel_button.isEnabled()
 
+    # The package, chosen as a model file (what File… does), predicts like the version it came from.
+    from napari_unet.prediction import predict
+
+    image = (ndi.gaussian_filter(np.random.default_rng(1).random((64, 80)), 2) * 255).astype(np.uint8)
+    viewer.add_image(image, name="cells")
+    widget.session.select_model(str(target))
+    assert widget.session.model_label == "tiny-version.zip"
+    prediction = widget.predict_tab.predict()
+    qtbot.waitUntil(lambda: prediction.done, timeout=60_000)
+    assert prediction.error is None, messages
+    labels = viewer.layers["cells prediction"].data
+    assert np.unique(labels).size > 1  # not an empty prediction, so the comparison means something
+    np.testing.assert_array_equal(labels, predict(stored, image, output="labels"))
+
 
 def test_keras_package_not_made_by_napari_unet_takes_channels_classes_and_step_from_its_description(exported, tmp_path):
     """A keras_v3 package whose .keras has no napari-unet metadata (as from another program)."""
