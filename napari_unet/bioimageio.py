@@ -397,6 +397,30 @@ def load_package(path: str | os.PathLike) -> SegmentationModel:
     return model
 
 
+def read_package_metadata(path: str | os.PathLike) -> ModelMetadata | None:
+    """napari-unet's metadata from the .keras inside a package, read without the bioimage.io libraries or the network
+    (for the dock's per-model defaults); None for a package napari-unet did not make. Prediction uses load_package,
+    whose normalisation comes from the description."""
+    import yaml
+
+    from napari_unet.model import METADATA_ENTRY
+
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+        description_name = "rdf.yaml" if "rdf.yaml" in names else next(
+            (name for name in names if name.endswith("bioimageio.yaml")), None)
+        if description_name is None:
+            return None
+        weights = (yaml.safe_load(archive.read(description_name)) or {}).get("weights") or {}
+        source = (weights.get("keras_v3") or {}).get("source")
+        if source not in names:
+            return None
+        with archive.open(source) as keras_file, zipfile.ZipFile(keras_file) as keras_archive:
+            if METADATA_ENTRY not in keras_archive.namelist():
+                return None
+            return ModelMetadata.from_dict(json.loads(keras_archive.read(METADATA_ENTRY)))
+
+
 def _first_validation_error(description) -> str:
     summary = getattr(description, "validation_summary", None)
     errors = [detail.errors for detail in getattr(summary, "details", []) if getattr(detail, "errors", None)]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from napari_unet.bioimageio import load_package
+from napari_unet.bioimageio import load_package, read_package_metadata
 from napari_unet.errors import ModelLoadError
-from napari_unet.model import SegmentationModel, load_model_file
+from napari_unet.model import ModelMetadata, SegmentationModel, load_model_file, read_metadata
 from napari_unet.shipped import shipped_model_names, shipped_model_path
 from napari_unet.store import ModelStore
 
@@ -47,14 +47,17 @@ def load_model(name_or_path: str | os.PathLike | SegmentationModel, *stores: Mod
     return model
 
 
+def read_model_metadata(path: str | os.PathLike) -> ModelMetadata | None:
+    """The metadata stored in a model file (.keras or bioimage.io .zip) without loading the network; None if absent."""
+    return read_package_metadata(path) if Path(path).suffix == ".zip" else read_metadata(path)
+
+
 def list_models(*stores: ModelStore) -> list[dict]:
     """Every model a user can pick, in one listing: shipped models, then each store's versions (newest first).
 
     Each entry: name, kind ("shipped" or "version"), description, metrics (held-out or evaluation scores),
     parent, created, path, kept (False for a version a project's guard rolled back).
     """
-    from napari_unet.model import read_metadata
-
     entries = []
     for name in shipped_model_names():
         metadata = read_metadata(shipped_model_path(name))

@@ -116,6 +116,14 @@ def test_package_without_keras_weights_is_refused_in_one_line(exported, image_pa
     assert len(error.splitlines()) == 1 and "no Keras weights" in error and "onnx" in error, error
 
 
+def test_metadata_of_a_package_is_read_without_loading_it(exported):
+    from napari_unet.model import read_metadata
+    from napari_unet.registry import read_model_metadata
+
+    assert read_model_metadata(exported[1]) == read_metadata(exported[0])
+    assert read_model_metadata(exported[1]).info["description"] == "tiny test model"
+
+
 def test_zip_that_is_no_package_is_refused(tmp_path):
     not_a_package = tmp_path / "photos.zip"
     with zipfile.ZipFile(not_a_package, "w") as archive:
