@@ -39,13 +39,14 @@ def main() -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_unet._sample_data import load_em_membranes
+    from napari_unet._widgets.launch import PLUGIN
     from napari_unet.project import Project
 
     image, mask = load_em_membranes()
     folder = tempfile.mkdtemp(prefix="bench-gui-")
     viewer = napari.Viewer(show=True)
     viewer.add_image(image, name="em")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     app = QApplication.instance()
     period = 0.020
 

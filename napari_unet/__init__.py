@@ -20,6 +20,8 @@ _API = {
     "new_model": "napari_unet.model",
     "save_model": "napari_unet.model",
     "NapariUNetError": "napari_unet.errors",
+    "export_bioimageio": "napari_unet.bioimageio",
+    "PackageAuthorship": "napari_unet.bioimageio",
 }
 
 __all__ = ["__version__", *_API]

@@ -133,7 +133,8 @@ def add_predict_command(subparsers) -> None:
         ),
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
-    parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path")
+    parser.add_argument("-m", "--model", required=True, metavar="MODEL",
+                        help="shipped/stored model name, .keras path or bioimage.io package (.zip) with Keras weights")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
     parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
                         help="foreground probability threshold (default 0.5)")
@@ -313,7 +314,7 @@ def _run_gui_command(args) -> int:
         import napari
     except ImportError:
         raise NapariUNetError("napari is not installed: install the plugin's GUI with "
-                              "'pip install \"napari-unet[gui]\"' (the command line works without it)") from None
+                              "'pip install \"napari-unet-loop[gui]\"' (the command line works without it)") from None
 
     open_gui(images=args.images, sample=args.sample)
     napari.run()  # returns after the dock has stopped its workers (they have left TensorFlow)
@@ -457,6 +458,53 @@ def _run_models_command(args) -> int:
 
 
 COMMANDS.append(add_models_command)
+
+
+def add_export_command(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a model as a bioimage.io package (Keras, ONNX and TensorFlow weights) for other programs",
+        description=(
+            "A bioimage.io model package (spec 0.5): the .keras weights, ONNX (opset 17, e.g. for DeepImageJ) and a "
+            "TensorFlow SavedModel, a test input and output, the model card, the U-Net citation and the normalisation "
+            "the model needs. Who made it and its licence must be given. Needs the extra: "
+            "pip install \"napari-unet-loop[bioimageio]\"."
+        ),
+    )
+    parser.add_argument("-m", "--model", required=True, metavar="MODEL", help="shipped/stored model name or .keras path")
+    parser.add_argument("--bioimageio", required=True, metavar="OUT.zip", help="the package file to write")
+    parser.add_argument("--author", action="append", default=[], metavar="NAME",
+                        help="an author of the model (repeat for several); required")
+    parser.add_argument("--license", default="", metavar="SPDX",
+                        help="licence of the model, an SPDX id (e.g. CC-BY-4.0, MIT); required")
+    parser.add_argument("--description", default="", metavar="TEXT",
+                        help="one-paragraph description (default: the model's)")
+    parser.add_argument("--test-image", default=None, metavar="IMAGE",
+                        help="image for the package's test input, centre-cropped to at most 256 px (default: a shipped sample)")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT.zip if it exists")
+    parser.set_defaults(func=_run_export_command)
+
+
+def _run_export_command(args) -> int:
+    import time
+    from pathlib import Path
+
+    from napari_unet.bioimageio import PackageAuthorship, export_bioimageio
+    from napari_unet.io import read_image
+    from napari_unet.registry import load_model
+
+    authorship = PackageAuthorship(authors=args.author, license=args.license, description=args.description)
+    authorship.check()  # before loading anything: a missing author or licence is known at once
+    test_image = read_image(args.test_image) if args.test_image else None
+    model = load_model(args.model)
+    started = time.perf_counter()
+    path = export_bioimageio(model, Path(args.bioimageio), authorship, test_image=test_image, overwrite=args.force,
+                          progress=lambda stage: print(f"[export] {stage}", file=sys.stderr, flush=True))
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB in {time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+COMMANDS.append(add_export_command)
 
 
 def add_project_command(subparsers) -> None:

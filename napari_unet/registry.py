@@ -5,18 +5,23 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from napari_unet.bioimageio import load_package, read_package_metadata
 from napari_unet.errors import ModelLoadError
-from napari_unet.model import SegmentationModel, load_model_file
+from napari_unet.model import ModelMetadata, SegmentationModel, load_model_file, read_metadata
 from napari_unet.shipped import shipped_model_names, shipped_model_path
 from napari_unet.store import ModelStore
+
+# The files a model can come in: napari-unet's .keras, and a bioimage.io package holding a Keras U-Net.
+MODEL_FILE_SUFFIXES = (".keras", ".zip")
 
 
 def resolve(name_or_path: str | os.PathLike, *stores: ModelStore) -> tuple[Path, str]:
     """(file, source name) of a shipped model's name ('membranes'), a version's name in `stores` (default:
-    the user's model store) or a path to a .keras file. The one place names are resolved."""
+    the user's model store) or a path to a .keras file or a bioimage.io package (.zip). The one place names are
+    resolved."""
     text = str(name_or_path)
     path = Path(text).expanduser()
-    if path.suffix == ".keras" or os.sep in text or path.exists():
+    if path.suffix in MODEL_FILE_SUFFIXES or os.sep in text or path.exists():
         return path, str(path)
     if text in shipped_model_names():
         return shipped_model_path(text), text
@@ -27,7 +32,8 @@ def resolve(name_or_path: str | os.PathLike, *stores: ModelStore) -> tuple[Path,
             return Path(record["path"]), text
     known = shipped_model_names() + [name for store in stores for name in store.names()]
     raise ModelLoadError(
-        f"no model named '{text}': use a path to a .keras file or one of: {', '.join(known) or '(none installed)'}"
+        f"no model named '{text}': use a path to a .keras file, a bioimage.io .zip package or one of: "
+        f"{', '.join(known) or '(none installed)'}"
     )
 
 
@@ -36,9 +42,14 @@ def load_model(name_or_path: str | os.PathLike | SegmentationModel, *stores: Mod
     if isinstance(name_or_path, SegmentationModel):
         return name_or_path
     path, source = resolve(name_or_path, *stores)
-    model = load_model_file(path)
+    model = load_package(path) if path.suffix == ".zip" else load_model_file(path)
     model.source = source
     return model
+
+
+def read_model_metadata(path: str | os.PathLike) -> ModelMetadata | None:
+    """The metadata stored in a model file (.keras or bioimage.io .zip) without loading the network; None if absent."""
+    return read_package_metadata(path) if Path(path).suffix == ".zip" else read_metadata(path)
 
 
 def list_models(*stores: ModelStore) -> list[dict]:
@@ -47,8 +58,6 @@ def list_models(*stores: ModelStore) -> list[dict]:
     Each entry: name, kind ("shipped" or "version"), description, metrics (held-out or evaluation scores),
     parent, created, path, kept (False for a version a project's guard rolled back).
     """
-    from napari_unet.model import read_metadata
-
     entries = []
     for name in shipped_model_names():
         metadata = read_metadata(shipped_model_path(name))

@@ -44,7 +44,12 @@ stamp=.venv/.napari-unet-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "[setup] installing napari-unet and its Python dependencies into .venv"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[gui,test]"
+  # The distribution was called "napari-unet" before it became "napari-unet-loop" (that name on PyPI is another
+  # plugin); a .venv from then still has it, and two distributions would register the same plugin twice.
+  if .venv/bin/python -m pip show -q napari-unet >/dev/null 2>&1; then
+    .venv/bin/python -m pip uninstall -q -y napari-unet
+  fi
+  .venv/bin/python -m pip install -q -e ".[gui,test,bioimageio]"
   touch "$stamp"
 else
   echo "[setup] .venv is up to date"

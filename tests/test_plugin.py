@@ -11,24 +11,25 @@ import npe2
 import pytest
 
 import napari_unet
+from napari_unet._widgets.launch import PLUGIN
 
 SCRIPTS_DIR = Path(sys.executable).parent
 
 
 def _manifest() -> npe2.PluginManifest:
-    return npe2.PluginManifest.from_distribution("napari-unet")
+    return npe2.PluginManifest.from_distribution(PLUGIN)
 
 
 def test_plugin_is_discovered_by_npe2():
     manager = npe2.PluginManager()
     manager.discover()
-    assert "napari-unet" in {m.name for m in manager.iter_manifests()}
-    assert manager.get_manifest("napari-unet").display_name
+    assert PLUGIN in {m.name for m in manager.iter_manifests()}
+    assert manager.get_manifest(PLUGIN).display_name
 
 
 def test_manifest_validates_with_imports():
     result = subprocess.run(
-        [str(SCRIPTS_DIR / "npe2"), "validate", "napari-unet", "--imports"],
+        [str(SCRIPTS_DIR / "npe2"), "validate", PLUGIN, "--imports"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -55,7 +56,7 @@ def test_each_widget_opens_docked(make_napari_viewer):
     viewer = make_napari_viewer()
     widgets = _manifest().contributions.widgets
     for widget in widgets:
-        dock, _ = viewer.window.add_plugin_dock_widget("napari-unet", widget.display_name)
+        dock, _ = viewer.window.add_plugin_dock_widget(PLUGIN, widget.display_name)
         assert dock.widget() is not None
         assert not dock.isFloating(), f"'{widget.display_name}' opened floating, not docked"
     assert len(viewer.window.dock_widgets) >= len(widgets)

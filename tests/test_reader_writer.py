@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from napari_unet._reader import get_reader
+from napari_unet._widgets.launch import PLUGIN
 from napari_unet._writer import write_labels_tif
 
 
@@ -41,9 +42,9 @@ def test_manifest_reader_claims_directories_only(pair_folder):
 
     manager = npe2.PluginManager.instance()
     manager.discover()
-    assert "napari-unet" in [r.plugin_name for r in manager.iter_compatible_readers([str(pair_folder)])]
+    assert PLUGIN in [r.plugin_name for r in manager.iter_compatible_readers([str(pair_folder)])]
     tif = str(pair_folder / "images" / "a.tif")
-    assert "napari-unet" not in [r.plugin_name for r in manager.iter_compatible_readers([tif])]
+    assert PLUGIN not in [r.plugin_name for r in manager.iter_compatible_readers([tif])]
 
 
 def test_writer_saves_labels_as_tif(tmp_path):
@@ -61,8 +62,8 @@ def test_writer_saves_labels_as_tif(tmp_path):
 
 def test_viewer_opens_a_pair_folder_and_saves_labels(make_napari_viewer, pair_folder, tmp_path):
     viewer = make_napari_viewer()
-    viewer.open(str(pair_folder), plugin="napari-unet")
+    viewer.open(str(pair_folder), plugin=PLUGIN)
     assert [layer.name for layer in viewer.layers] == ["a", "a mask", "b", "b mask"]
     out = tmp_path / "saved.tif"
-    viewer.layers["a mask"].save(str(out), plugin="napari-unet")
+    viewer.layers["a mask"].save(str(out), plugin=PLUGIN)
     np.testing.assert_array_equal(tifffile.imread(out), viewer.layers["a mask"].data)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet import _sample_data
+from napari_unet._widgets.launch import PLUGIN
 from napari_unet.errors import NapariUNetError
 
 SAMPLES = {
@@ -66,7 +67,7 @@ def test_open_sample_in_viewer_adds_image_and_labels(make_napari_viewer, key):
 
     ensure_tensorflow()
     viewer = make_napari_viewer()
-    viewer.open_sample("napari-unet", key)
+    viewer.open_sample(PLUGIN, key)
     kinds = sorted(type(layer).__name__ for layer in viewer.layers)
     assert kinds == ["Image", "Labels"]
     assert viewer.layers[0].data.shape == viewer.layers[1].data.shape

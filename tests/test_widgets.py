@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from qtpy.QtCore import Qt, QTimer
 
+from napari_unet._widgets.launch import PLUGIN
 from napari_unet.errors import Cancelled
 from napari_unet.model import UNetConfig, new_model, save_model
 
@@ -77,7 +78,7 @@ def dock(make_napari_viewer, tiny_model_path, qtbot):
     Teardown waits for the dock's workers, so none outlives its test.
     """
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     widget.session.select_model(tiny_model_path)
     yield viewer, widget
     qtbot.waitUntil(lambda: all(job.done for job in widget.session.jobs), timeout=JOB_TIMEOUT_MS)
@@ -398,7 +399,7 @@ def test_gui_stays_responsive_while_fine_tuning(qtbot, dock, blobs_image, notifi
 def test_closing_the_viewer_mid_training_is_safe(qtbot, make_napari_viewer, tiny_model_path, blobs_image, notifications):
     pytest.importorskip("napari_unet.training")
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     widget.session.select_model(tiny_model_path)
     _add_corrected_pair(qtbot, viewer, widget, blobs_image)
     _tiny_finetune_settings(widget, epochs=5, steps=20)

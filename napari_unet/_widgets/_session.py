@@ -118,7 +118,7 @@ class Session(QObject):
     def model_label(self) -> str:
         """The selected model as users know it: a name, or a file's name (not its whole path)."""
         key = self.model_key
-        return Path(key).name if key.endswith(".keras") else key
+        return Path(key).name if key.endswith((".keras", ".zip")) else key
 
     def select_model(self, key: str) -> None:
         if key != self._model_key:
@@ -127,11 +127,10 @@ class Session(QObject):
 
     def model_metadata(self, key: str | None = None):
         """The chosen model's metadata, read from its file without loading the network (None if unreadable)."""
-        from napari_unet.model import read_metadata
-        from napari_unet.registry import resolve
+        from napari_unet.registry import read_model_metadata, resolve
 
         try:
-            return read_metadata(resolve(key or self.model_key, self.store, self._global_store())[0])
+            return read_model_metadata(resolve(key or self.model_key, self.store, self._global_store())[0])
         except Exception:  # missing or damaged: the Predict button reports it properly
             return None
 

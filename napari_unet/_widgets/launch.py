@@ -7,7 +7,7 @@ import sys
 
 from napari_unet.errors import NapariUNetError
 
-PLUGIN = "napari-unet"
+PLUGIN = "napari-unet-loop"  # the npe2 plugin name = the distribution name (pyproject.toml)
 DOCK_NAME = "U-Net"
 DEFAULT_SAMPLE = "em_membranes"
 

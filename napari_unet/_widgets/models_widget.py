@@ -55,6 +55,13 @@ class ModelsWidget(QWidget):
         self.revert_button.setToolTip("make the selected version the current one again")
         self.rename_button = QPushButton("Rename…")
         self.export_button = QPushButton("Export .keras…")
+        self.bioimageio_button = QPushButton("Export for bioimage.io…")
+        self.bioimageio_button.setToolTip("a bioimage.io package (Keras, ONNX and TensorFlow weights, test data, model "
+                                          "card) for DeepImageJ, bioimage.io and other programs")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("stop the bioimage.io export")
+        self.cancel_button.setEnabled(False)
+        self.status_label = QLabel("")
         self.delete_button = QPushButton("Delete")
         row1 = QHBoxLayout()
         for button in (self.use_button, self.revert_button, self.rename_button):
@@ -62,16 +69,24 @@ class ModelsWidget(QWidget):
         row2 = QHBoxLayout()
         for button in (self.export_button, self.delete_button):
             row2.addWidget(button)
+        row3 = QHBoxLayout()
+        for button in (self.bioimageio_button, self.cancel_button):
+            row3.addWidget(button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.current_label)
         layout.addWidget(self.table, 1)
         layout.addLayout(row1)
         layout.addLayout(row2)
+        layout.addLayout(row3)
+        layout.addWidget(self.status_label)
+        self.bioimageio_job: Job | None = None
 
         self.use_button.clicked.connect(self.use_selected)
         self.revert_button.clicked.connect(self.revert_selected)
         self.rename_button.clicked.connect(self.rename_selected)
         self.export_button.clicked.connect(self.export_selected)
+        self.bioimageio_button.clicked.connect(lambda: self.export_bioimageio_selected())
+        self.cancel_button.clicked.connect(lambda: self.bioimageio_job and self.bioimageio_job.cancel())
         self.delete_button.clicked.connect(self.delete_selected)
         self.table.itemDoubleClicked.connect(lambda item: self.use_selected())
         session.versions_changed.connect(self.refresh)
@@ -177,6 +192,65 @@ class ModelsWidget(QWidget):
         else:
             work = lambda store: store.export(name, path)  # noqa: E731
         self._store_action(work, f"Exporting '{name}'", lambda result: show_info(f"Model '{name}' saved as {path}."))
+
+    def export_bioimageio_selected(self, path: str | None = None, authors: str | None = None,
+                                   license: str | None = None) -> Job | None:
+        """Write the selected model as a bioimage.io package in a worker; asks for the file, authors and licence
+        (the core refuses a package without them). Returns the job, or None when nothing was started."""
+        from napari_unet.bioimageio import PackageAuthorship, export_bioimageio
+        from napari_unet.errors import NapariUNetError
+
+        name = self.selected_name()
+        if not name:
+            return None
+        if self.bioimageio_job is not None and not self.bioimageio_job.done:
+            show_info("A bioimage.io export is already running: wait for it or press Cancel.")
+            return None
+        overwrite = path is None  # the save dialog has already asked before replacing a file
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(self, "Export for bioimage.io", f"{name}.zip",
+                                                  "bioimage.io package (*.zip)")
+            if not path:
+                return None
+        if not path.endswith(".zip"):
+            path += ".zip"
+        if authors is None:
+            authors, ok = QInputDialog.getText(self, "Export for bioimage.io", "Authors of the model (comma-separated):")
+            if not ok:
+                return None
+        if license is None:
+            license, ok = QInputDialog.getText(self, "Export for bioimage.io",
+                                               "Licence (SPDX identifier, e.g. CC-BY-4.0, MIT):", text="CC-BY-4.0")
+            if not ok:
+                return None
+        authorship = PackageAuthorship(authors=[author.strip() for author in authors.split(",")], license=license)
+        try:
+            authorship.check()
+        except NapariUNetError as exc:
+            show_error(f"Export for bioimage.io: {exc}")
+            return None
+        session = self.session
+
+        def work(report, is_cancelled):
+            model = session.load_model(name)
+            return export_bioimageio(model, path, authorship, overwrite=overwrite, progress=report,
+                                  is_cancelled=is_cancelled)
+
+        def finished() -> None:
+            self.cancel_button.setEnabled(False)
+            self.bioimageio_button.setEnabled(True)
+
+        def done(written) -> None:
+            self.status_label.setText("")
+            show_info(f"Model '{name}' saved for bioimage.io as {written} ({written.stat().st_size / 1e6:.1f} MB).")
+
+        job = Job(work, what=f"Exporting '{name}' for bioimage.io", on_done=done,
+                  on_progress=lambda stage: self.status_label.setText(f"bioimage.io export: {stage}…"),
+                  on_finished=finished, on_cancelled=lambda: self.status_label.setText(""))
+        self.bioimageio_job = self.session.track(job)
+        self.cancel_button.setEnabled(True)
+        self.bioimageio_button.setEnabled(False)
+        return job.start()
 
     def delete_selected(self, confirm: bool = True) -> None:
         name = self.selected_name()

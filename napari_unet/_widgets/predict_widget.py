@@ -95,7 +95,7 @@ class PredictWidget(QWidget):
         self.model_combo = QComboBox()
         self.model_combo.setToolTip("shipped models, your fine-tuned versions, or a .keras file")
         self.browse_button = QPushButton("File…")
-        self.browse_button.setToolTip("use a .keras model file")
+        self.browse_button.setToolTip("use a .keras model file or a bioimage.io package (.zip) with Keras weights")
         self.threshold_slider = QSlider(Qt.Orientation.Horizontal)
         self.threshold_slider.setRange(1, 99)
         self.threshold_slider.setValue(50)
@@ -175,7 +175,8 @@ class PredictWidget(QWidget):
             self.session.select_model(key)
 
     def choose_model_file(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a model file", "", "Keras model (*.keras)")
+        path, _ = QFileDialog.getOpenFileName(self, "Choose a model file", "",
+                                              "Keras model or bioimage.io package (*.keras *.zip)")
         if path:
             self.session.select_model(path)
 
