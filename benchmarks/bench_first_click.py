@@ -35,6 +35,7 @@ def one_case(wait: float, sample: str) -> dict:
     from qtpy.QtWidgets import QApplication
 
     from napari_unet._sample_data import load_em_membranes, load_nuclei
+    from napari_unet._widgets.launch import DOCK_NAME, PLUGIN
 
     image, _ = load_em_membranes() if sample == "em_membranes" else load_nuclei(sample)
     viewer = napari.Viewer(show=True)
@@ -55,7 +56,7 @@ def one_case(wait: float, sample: str) -> dict:
     idle = _stalls(beats)
     beats.clear()
     opened = time.perf_counter()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, DOCK_NAME)
     spin(wait)
     layer_names = {layer.name for layer in viewer.layers}
     clicked = time.perf_counter()

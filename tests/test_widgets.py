@@ -692,7 +692,7 @@ def test_live_on_a_stack_learns_from_the_current_plane_only(qtbot, dock, blobs_i
 def test_closing_the_viewer_with_live_on_stops_it_and_leaves_complete_files(qtbot, make_napari_viewer, tiny_model_path,
                                                                              blobs_image, notifications):
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "U-Net")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     widget.session.select_model(tiny_model_path)
     _, _, tab, labels = _live_ready(qtbot, (viewer, widget), blobs_image)
     tab.live_check.setChecked(True)
