@@ -79,6 +79,7 @@ def dock(make_napari_viewer, tiny_model_path, qtbot):
     """
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
+    widget._warm_up_timer.stop()  # the tests start their own predictions (the warm-up has its own test)
     widget.session.select_model(tiny_model_path)
     yield viewer, widget
     qtbot.waitUntil(lambda: all(job.done for job in widget.session.jobs), timeout=JOB_TIMEOUT_MS)
@@ -339,7 +340,7 @@ def test_gui_command_opens_the_dock_with_a_sample(qtbot):
     try:
         assert [layer.name for layer in viewer.layers] == ["nuclei", "nuclei ground truth"]
         assert widget.predict_tab.image_combo.currentText() == "nuclei"
-        assert widget.tabs.count() == 4
+        assert widget.tabs.count() == 5
     finally:
         viewer.close()
 
@@ -708,3 +709,15 @@ def test_closing_the_viewer_with_live_on_stops_it_and_leaves_complete_files(qtbo
     for record in project.rounds():  # the Keep on the way out is either complete or absent
         assert project.store.has(record["version"])
     assert not errors(notifications)
+
+
+def test_the_dock_prepares_the_selected_model_in_the_background(qtbot, make_napari_viewer, tiny_model_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
+    widget.session.select_model(tiny_model_path)  # picked right after opening: this one is warmed up
+    qtbot.waitUntil(lambda: any(job.what == "Preparing the model" for job in widget.session.jobs), timeout=5_000)
+    warm_up = next(job for job in widget.session.jobs if job.what == "Preparing the model")
+    wait_for(qtbot, warm_up)
+    assert warm_up.error is None
+    model = widget.session._models[tiny_model_path]  # loaded once, cached for the first Predict
+    assert model.__dict__.get("_forward") or model.__dict__.get("_twin")  # and its forward pass compiled
