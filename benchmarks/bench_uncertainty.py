@@ -1,18 +1,20 @@
 """Does the uncertainty map point at real errors, and does correcting where it points save work?
 
     .venv/bin/python benchmarks/bench_uncertainty.py ranks  [--views 1 8] [--tile 64] [--nuclei-images 30]
-    .venv/bin/python benchmarks/bench_uncertainty.py rounds [--start membranes] [--seconds 30] [--tiles 3]
+    .venv/bin/python benchmarks/bench_uncertainty.py rounds [--start membranes|nuclei] [--seconds 30] [--tiles 3]
+                                                            [--random-seeds 3]
 
 ranks: on held-out images (ISBI slices 20-24 with the shipped `membranes` model; the shipped `nuclei`
 model's held-out test images, evenly picked), split into tiles, the Spearman rank correlation between a
 tile's mean uncertainty and its fraction of wrong pixels (labels > 0 vs mask > 0), for every
 uncertainty method (napari_unet.uncertainty.METHODS) and number of test-time-augmentation views.
 
-rounds: a scripted user on nuclei_dsb2018 (the images and evaluation pairs of benchmarks/project_rounds.py)
-corrects `--tiles` tiles per round, either the *Next* tiles (most uncertain, not yet corrected, over all
-images) or random uncorrected tiles (same tile size, so the same number of corrected pixels); the
+rounds: a scripted user on nuclei_dsb2018 (images: see _pool_and_evaluation) corrects `--tiles` tiles
+per round, either the *Next* tiles (most uncertain, not yet corrected, over all images) or random
+uncorrected tiles (same tile size, so the same number of corrected pixels; one user per seed); the
 corrected tiles hold the ground truth, the rest of each pair is 255 ("not annotated"). Three
-Project.round calls per strategy with a TrainConfig time budget; prints the evaluation IoU per round.
+Project.round calls per user with a TrainConfig time budget; prints the evaluation IoU per round
+(the active model's: a rolled-back round keeps the previous IoU).
 """
 
 from __future__ import annotations
@@ -102,9 +104,32 @@ def _truth_mask(mask: np.ndarray, corrected: np.ndarray) -> np.ndarray:
     return np.where(corrected, labels, IGNORE_LABEL).astype(labels.dtype if labels.max() < 255 else np.int32)
 
 
-def _scripted_rounds(start: str, seconds: float, tiles_per_round: int, tile_size: int, n_rounds: int = 3) -> dict:
+def _pool_and_evaluation(start: str) -> tuple[list[str], list[str]]:
+    """Images the scripted user corrects and images every round is scored on.
+
+    membranes: the nuclei picks of benchmarks/project_rounds.py (a model that has never seen nuclei);
+    nuclei: a kind of image the shipped nuclei model never saw (its held-out 512x640 fields).
+    """
+    import csv
     import importlib.util
 
+    folder = SHARED_DATA / "nuclei_dsb2018"
+    if start == "nuclei":
+        card = json.loads((REPO_ROOT / "napari_unet" / "models" / "nuclei.json").read_text())
+        with open(folder / "manifest.csv") as manifest:
+            sizes = {row["id"]: (int(row["height"]), int(row["width"])) for row in csv.DictReader(manifest)}
+        unseen = [stem for stem in card["data"]["split"]["test_held_out"] if sizes[stem] == (512, 640)]
+        return unseen[:3], unseen[3:7]
+    spec = importlib.util.spec_from_file_location("project_rounds", REPO_ROOT / "benchmarks" / "project_rounds.py")
+    project_rounds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(project_rounds)
+    case = project_rounds.CASES["nuclei"]
+    pool, evaluation = case["pick"](project_rounds._stems(folder, case["size"]))
+    return list(pool), list(evaluation)
+
+
+def _scripted_rounds(start: str, seconds: float, tiles_per_round: int, tile_size: int, random_seeds: int,
+                     n_rounds: int = 3) -> dict:
     from napari_unet import predict
     from napari_unet.io import find_pairs, read_image
     from napari_unet.masks import labels_from_ground_truth
@@ -112,19 +137,16 @@ def _scripted_rounds(start: str, seconds: float, tiles_per_round: int, tile_size
     from napari_unet.training import TrainConfig
     from napari_unet.uncertainty import next_tile, tiles
 
-    spec = importlib.util.spec_from_file_location("project_rounds", REPO_ROOT / "benchmarks" / "project_rounds.py")
-    project_rounds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(project_rounds)
-    case = project_rounds.CASES["nuclei"]
-    folder = SHARED_DATA / case["folder"]
+    folder = SHARED_DATA / "nuclei_dsb2018"
     files = {image.stem: (image, mask) for image, mask in find_pairs(folder / "images", folder / "masks")}
-    pool_stems, eval_stems = case["pick"](project_rounds._stems(folder, case["size"]))
+    pool_stems, eval_stems = _pool_and_evaluation(start)
     pool = {stem: tuple(read_image(path) for path in files[stem]) for stem in pool_stems}
     config = TrainConfig(seconds=seconds)
     summary = {"start": start, "seconds": seconds, "tiles_per_round": tiles_per_round, "tile_size": tile_size,
                "pool": list(pool_stems), "evaluate": list(eval_stems)}
-    for strategy in ("next", "random"):
-        rng = np.random.default_rng(0)
+    runs = [("next", 0)] + [("random", seed) for seed in range(random_seeds)]
+    for strategy, seed in runs:
+        rng = np.random.default_rng(seed)
         root = Path(tempfile.mkdtemp(prefix=f"uncertainty-{strategy}-")) / "project"
         project = Project.init(root, start)
         for stem in eval_stems:
@@ -164,10 +186,10 @@ def _scripted_rounds(start: str, seconds: float, tiles_per_round: int, tile_size
                    "iou_after": round(record["eval"]["after"]["iou"], 4), "kept": record["kept"],
                    "iou_active": round(after, 4), "wall_seconds": round(time.monotonic() - started, 1)}
             rows.append(row)
-            print(f"{strategy:6s} round {number}: {row['corrected_pixels']} corrected px, IoU "
+            print(f"{strategy:6s} {seed} round {number}: {row['corrected_pixels']} corrected px, IoU "
                   f"{row['iou_before']:.3f} -> {row['iou_after']:.3f} ({'kept' if row['kept'] else 'rolled back'}), "
                   f"{row['wall_seconds']} s", flush=True)
-        summary[strategy] = rows
+        summary[f"{strategy}-{seed}"] = rows
     return summary
 
 
@@ -194,12 +216,13 @@ def main() -> int:
     round_parser.add_argument("--seconds", type=float, default=30.0)
     round_parser.add_argument("--tiles", type=int, default=3, help="tiles corrected per round")
     round_parser.add_argument("--tile", type=int, default=64)
+    round_parser.add_argument("--random-seeds", type=int, default=3, help="random-tile users (seeds 0..N-1)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "ranks":
         summary = ranks(args.views, args.tile, args.nuclei_images)
     else:
-        summary = _scripted_rounds(args.start, args.seconds, args.tiles, args.tile)
+        summary = _scripted_rounds(args.start, args.seconds, args.tiles, args.tile, args.random_seeds)
     print(json.dumps(summary, indent=1))
     return 0
 

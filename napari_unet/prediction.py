@@ -428,8 +428,8 @@ def predict(
         if method not in METHODS:
             raise NapariUNetError(f"with_uncertainty={with_uncertainty!r}: use True or one of {', '.join(METHODS)}")
         if lazy:
-            raise NapariUNetError("uncertainty is not available for lazy (dask) images: predict a region that fits "
-                                  "in memory (numpy) with with_uncertainty=True")
+            raise NapariUNetError("an uncertainty map is not available for lazy (dask/zarr) images: load a region "
+                                  "that fits in memory (numpy) to get one, or predict without uncertainty")
     with_squares = method not in (None, "entropy")  # the views' spread needs their mean of squares too
     plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size, test_time_augmentation, with_squares)
     leading_shape = tuple(planes.shape[:-3])

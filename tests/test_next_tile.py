@@ -48,7 +48,7 @@ def uncertain_dock(dock, tmp_path):  # noqa: F811
 
 def _shown_tile(viewer) -> tuple[slice, slice]:
     """The tile outlined by the highlight rectangle, from its corners."""
-    corners = viewer.layers["next tile"].data[0]
+    corners = viewer.layers["next tile"].data[0][:, -2:]
     (y0, x0), (y1, x1) = np.round(corners.min(axis=0) + 0.5).astype(int), np.round(corners.max(axis=0) + 0.5).astype(int)
     return slice(int(y0), int(y1)), slice(int(x0), int(x1))
 
@@ -104,3 +104,18 @@ def test_next_without_a_prediction_says_what_to_do(qtbot, uncertain_dock, field,
     assert widget.predict_tab.next_tile.go() is None
     assert "no uncertainty map" in notifications[-1][1] and "Predict" in notifications[-1][1]
     assert "next tile" not in [layer.name for layer in viewer.layers]
+
+
+def test_next_ranks_the_displayed_slice_of_a_stack(qtbot, uncertain_dock, field, notifications):  # noqa: F811
+    viewer, widget = uncertain_dock
+    viewer.add_image(np.stack([field[::-1], field]), name="stack")
+    viewer.dims.set_current_step(0, 1)
+    assert wait_for(qtbot, widget.predict_tab.predict()).error is None, errors(notifications)
+    uncertainty = viewer.layers["stack uncertainty"].data
+    assert uncertainty.shape == (2, *field.shape) and not uncertainty[0].any()
+    tile = widget.predict_tab.next_tile.go()
+    assert tile == next_tile(uncertainty[1], tile_size=NEXT_TILE_SIZE) == _shown_tile(viewer)
+    assert (viewer.layers["next tile"].data[0][:, 0] == 1).all()  # outlined on the predicted slice
+    viewer.dims.set_current_step(0, 0)
+    assert widget.predict_tab.next_tile.go() is None
+    assert "slice 0 has no uncertainty map" in notifications[-1][1]

@@ -94,23 +94,33 @@ class NextTile:
             return None
         index = current_index(self.viewer, self.uncertainty) if self.uncertainty.ndim > 2 else ()
         uncertainty = np.asarray(self.uncertainty.data[index])
+        if not uncertainty.any():  # a stack predicted one slice at a time: this slice has no map yet
+            show_info(f"Next: slice {','.join(map(str, index))} has no uncertainty map: press Predict on it (with "
+                      "'also show uncertainty'), or go back to the predicted slice.")
+            return None
         tile = next_tile(uncertainty, self.corrected(index), NEXT_TILE_SIZE)
         if tile is None:
             show_info(f"Next: every tile of '{self.labels.name}' is corrected or already in the training set. "
                       "Add it to the training set and fine-tune, or predict another image.")
             return None
-        self._highlight(tile)
+        self._highlight(index, tile)
         return tile
 
-    def _highlight(self, tile: tuple[slice, slice]) -> None:
+    def _highlight(self, index: tuple, tile: tuple[slice, slice]) -> None:
+        """Outline `tile` of plane `index` (on that plane only) and fit the view to it."""
         rows, cols = tile
-        corners = np.array([[rows.start, cols.start], [rows.stop, cols.stop]], dtype=float) - 0.5  # pixel edges
-        placement = {"scale": tuple(self.labels.scale)[-2:], "translate": tuple(self.labels.translate)[-2:]}
+        top, bottom, left, right = rows.start - 0.5, rows.stop - 0.5, cols.start - 0.5, cols.stop - 0.5  # pixel edges
+        corners = np.array([[*index, top, left], [*index, top, right], [*index, bottom, right],
+                            [*index, bottom, left]], dtype=float)
+        ndim = self.labels.ndim
         layer = next((layer for layer in self.viewer.layers if layer.name == HIGHLIGHT_NAME), None)
+        if layer is not None and layer.ndim != ndim:
+            self.viewer.layers.remove(layer)
+            layer = None
         if layer is None:
-            layer = self.viewer.add_shapes(name=HIGHLIGHT_NAME, edge_color="yellow", face_color="transparent",
-                                           edge_width=2, **placement)
-        layer.scale, layer.translate = placement["scale"], placement["translate"]
+            layer = self.viewer.add_shapes(name=HIGHLIGHT_NAME, ndim=ndim, edge_color="yellow",
+                                           face_color="transparent", edge_width=2)
+        layer.scale, layer.translate = self.labels.scale, self.labels.translate
         layer.data = []
         layer.add_rectangles([corners], edge_color="yellow", face_color="transparent", edge_width=2)
         self.viewer.fit_to_view(layers=[layer], margin=VIEW_MARGIN)
