@@ -59,8 +59,8 @@ def ranks(views_list: list[int], tile_size: int, n_nuclei: int) -> dict:
     from napari_unet.uncertainty import METHODS, tiles, uncertainty_map
 
     results = {}
-    print("| data | views | method | tiles | Spearman rho | seconds |")
-    print("|---|---|---|---|---|---|")
+    print("| data | views | method | tiles | Spearman rho | wrong px in top 10% tiles / all tiles | seconds |")
+    print("|---|---|---|---|---|---|---|")
     for data in ("isbi", "nuclei"):
         model_name, pairs = _held_out(data, n_nuclei)
         model = load_model(model_name)
@@ -91,9 +91,12 @@ def ranks(views_list: list[int], tile_size: int, n_nuclei: int) -> dict:
                 if not scores:
                     continue
                 rho = float(spearmanr(scores, wrong_fractions).statistic)
-                results[f"{data}/{views}/{method}"] = round(rho, 3)
+                # What Next would show first: the most uncertain tenth of the tiles, against an average tile.
+                top = np.argsort(scores)[::-1][: max(1, len(scores) // 10)]
+                enrichment = float(np.mean(np.array(wrong_fractions)[top]) / max(np.mean(wrong_fractions), 1e-12))
+                results[f"{data}/{views}/{method}"] = {"spearman": round(rho, 3), "top_tenth_enrichment": round(enrichment, 2)}
                 print(f"| {data} ({model_name}, {len(pairs)} images) | {views} | {method} | {len(scores)} | "
-                      f"{rho:.3f} | {seconds:.0f} |", flush=True)
+                      f"{rho:.3f} | {enrichment:.1f}x | {seconds:.0f} |", flush=True)
     return results
 
 
@@ -131,6 +134,7 @@ def _pool_and_evaluation(start: str) -> tuple[list[str], list[str]]:
 def _scripted_rounds(start: str, seconds: float, tiles_per_round: int, tile_size: int, random_seeds: int,
                      n_rounds: int = 3) -> dict:
     from napari_unet import predict
+    from napari_unet.errors import NapariUNetError
     from napari_unet.io import find_pairs, read_image
     from napari_unet.masks import labels_from_ground_truth
     from napari_unet.project import Project
@@ -179,9 +183,16 @@ def _scripted_rounds(start: str, seconds: float, tiles_per_round: int, tile_size
                     project.training.remove(stem)
                 project.add_pair(image, _truth_mask(mask, corrected[stem]), name=stem, sparse=True)
             started = time.monotonic()
-            record = project.round(config).record
+            n_corrected = int(sum(c.sum() for c in corrected.values()))
+            try:
+                record = project.round(config).record
+            except NapariUNetError as refused:  # e.g. every corrected tile is background: nothing to learn yet
+                rows.append({"round": number, "corrected_pixels": n_corrected, "skipped": str(refused),
+                             "iou_active": rows[-1]["iou_active"] if rows else None})
+                print(f"{strategy:6s} {seed} round {number}: {n_corrected} corrected px, no round: {refused}", flush=True)
+                continue
             after = record["eval"]["after"]["iou"] if record["kept"] else record["eval"]["before"]["iou"]
-            row = {"round": number, "corrected_pixels": int(sum(c.sum() for c in corrected.values())),
+            row = {"round": number, "corrected_pixels": n_corrected,
                    "iou_before": round(record["eval"]["before"]["iou"], 4),
                    "iou_after": round(record["eval"]["after"]["iou"], 4), "kept": record["kept"],
                    "iou_active": round(after, 4), "wall_seconds": round(time.monotonic() - started, 1)}
