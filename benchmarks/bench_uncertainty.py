@@ -71,7 +71,7 @@ def ranks(views_list: list[int], tile_size: int, n_nuclei: int) -> dict:
             for image, mask in pairs:
                 # The engine's blended mean and mean of squares (internals: every method from one pass).
                 plane = _as_planes(np.asarray(image), model.config.n_channels, None)
-                plan = _Plan(model, plane.shape[:2], None, None, 4, views, True)
+                plan = _Plan(model, plane.shape[:2], None, None, 4, views, with_squares=True)
                 whole = ((0, plane.shape[0]), (0, plane.shape[1]))
                 blended = _predict_region(plan, plane, _plane_range(plane, model.metadata.normalization, None),
                                           whole, _ProgressCounter(0, None, None))

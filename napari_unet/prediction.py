@@ -233,7 +233,7 @@ class _Plan:
     """Everything fixed for one call: tiling, batch size, classes."""
 
     def __init__(self, model: SegmentationModel, spatial_shape, tile_size, overlap, batch_size,
-                 test_time_augmentation: bool | int = False, with_squares: bool = False):
+                 test_time_augmentation: bool | int = False, *, with_squares: bool = False):
         config = model.config
         multiple = config.size_multiple
         model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
@@ -431,7 +431,8 @@ def predict(
             raise NapariUNetError("an uncertainty map is not available for lazy (dask/zarr) images: load a region "
                                   "that fits in memory (numpy) to get one, or predict without uncertainty")
     with_squares = method not in (None, "entropy")  # the views' spread needs their mean of squares too
-    plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size, test_time_augmentation, with_squares)
+    plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size, test_time_augmentation,
+                 with_squares=with_squares)
     leading_shape = tuple(planes.shape[:-3])
     normalization = model.metadata.normalization
     ranges = {index: _plane_range(planes[index], normalization, index) for index in np.ndindex(leading_shape)}

@@ -8,12 +8,13 @@ Two signals, each in [0, 1], higher = less sure:
 The engine (prediction.predict(with_uncertainty=True)) blends the views' mean and mean of squares
 with the same window as the probabilities, so uncertainty tiles join as seamlessly as probabilities.
 
-Which map is the default is decided here, once, by measurement (benchmarks/bench_uncertainty.py:
-Spearman rank correlation between a tile's mean uncertainty and its fraction of wrong pixels on
-held-out images; README "Where to correct next"): entropy, with any number of views. With 8 views,
-adding the disagreement changed the correlation by +0.001 (ISBI) and -0.001 (nuclei); the
-disagreement alone ranked worse on both (0.842 vs 0.867, 0.833 vs 0.848). So one rule for 1 or
-more views, and no second statistic to blend.
+Which map is the default is decided here, once, by measurement (benchmarks/bench_uncertainty.py ranks,
+README "Where to correct next"): on held-out tiles, the Spearman correlation between mean uncertainty
+and the fraction of wrong pixels is the same for entropy and "combined" with 8 views (ISBI 0.867 vs
+0.868, nuclei 0.848 vs 0.847) and lower for the disagreement alone (0.842, 0.833); the most uncertain
+tenth of the tiles holds 1.9-2.0x the average error rate on ISBI with every map, 3.6x / 3.8x / 4.3x
+(entropy / combined / disagreement) on nuclei. Too close to justify a second rule: entropy, for 1 view
+or many. The other maps stay available (predict(with_uncertainty="combined"), needs >= 2 views).
 
 "Next" ranks fixed, non-overlapping tiles of NEXT_TILE_SIZE px by mean uncertainty and skips every
 tile that holds a corrected pixel (the caller says which pixels the user corrected).
@@ -26,7 +27,7 @@ import numpy as np
 METHODS = ("entropy", "disagreement", "combined")
 DEFAULT_METHOD = "entropy"  # measured, see the module docstring
 # Side of the tiles "Next" ranks: big enough to show an object in context, small enough to correct in
-# a few strokes (a 512² ISBI slice has 16, a 256² nuclei field 4 … use a smaller one there if you like).
+# a few strokes (a 512² ISBI slice has 16, a 256² nuclei field 4).
 NEXT_TILE_SIZE = 128
 _TINY = 1e-7
 
