@@ -300,7 +300,8 @@ def add_gui_command(subparsers) -> None:
         help="open napari with the U-Net dock (predict, correct, fine-tune, models) and a sample or your images",
         description=(
             "Open napari with napari-unet's dock docked and load a sample image (default: the EM membranes "
-            "sample) or the given images. Keys: Shift+U predict, Shift+T add the correction to the training set."
+            "sample) or the given images. Keys: Shift+U predict, Shift+T add the correction to the training set, "
+            "Shift+N the next uncertain tile."
         ),
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files or image/mask folders to open")
