@@ -142,6 +142,9 @@ def add_predict_command(subparsers) -> None:
     kind.add_argument("--instances", action="store_true", help="write instance labels (int32) instead of 0/1 labels")
     kind.add_argument("--probabilities", action="store_true", help="write float32 probabilities instead of labels")
     _add_tta_option(parser)
+    parser.add_argument("--uncertainty", action="store_true",
+                        help="also write OUTDIR/<name>_uncertainty.tif: float32, the image's shape, 0-1, higher = less "
+                             "sure (entropy; with --tta also the views' disagreement) — where to correct first")
     parser.set_defaults(func=_run_predict_command)
 
 
@@ -201,14 +204,18 @@ def _run_predict_command(args) -> int:
     except OSError as exc:
         raise NapariUNetError(f"cannot create the output folder '{output_dir}': {exc.strerror or exc} — "
                               "choose a folder you can write to with -o") from exc
-    targets = {}
+    targets, written = {}, {}
     for path in inputs:
         target = output_dir / f"{path.stem}.tif"
-        if target.exists() and target.resolve() == path.resolve():
-            raise NapariUNetError(f"the output '{target}' would overwrite the input '{path}': choose another -o OUTDIR")
-        if target in targets:
-            raise NapariUNetError(f"'{targets[target]}' and '{path}' would both be written to '{target}': rename one")
         targets[target] = path
+        for output_file in (target, *([uncertainty_target(target)] if args.uncertainty else [])):
+            if output_file.exists() and output_file.resolve() == path.resolve():
+                raise NapariUNetError(f"the output '{output_file}' would overwrite the input '{path}': "
+                                      "choose another -o OUTDIR")
+            if output_file in written:
+                raise NapariUNetError(f"'{written[output_file]}' and '{path}' would both be written to "
+                                      f"'{output_file}': rename one")
+            written[output_file] = path
     model = load_model(args.model)
     output = "instances" if args.instances else "probabilities" if args.probabilities else "labels"
     progress = _TextProgress(len(inputs))
@@ -217,12 +224,21 @@ def _run_predict_command(args) -> int:
             image = read_image(path)
             progress.start(path.name)
             result = predict(model, image, output=output, threshold=args.threshold, progress=progress,
-                             test_time_augmentation=args.tta, precision=args.precision)
+                             test_time_augmentation=args.tta, precision=args.precision,
+                             with_uncertainty=args.uncertainty)
+            if args.uncertainty:
+                result, uncertainty = result
+                write_labels(uncertainty_target(target), uncertainty)
             write_labels(target, result)
     finally:
         progress.close()
-    print(f"wrote {len(targets)} file(s) to {output_dir}", file=sys.stderr)
+    print(f"wrote {len(written)} file(s) to {output_dir}", file=sys.stderr)
     return 0
+
+
+def uncertainty_target(target):
+    """Where `predict --uncertainty` writes the uncertainty map beside the result `target`."""
+    return target.with_name(f"{target.stem}_uncertainty.tif")
 
 
 COMMANDS.append(add_predict_command)
@@ -293,7 +309,8 @@ def add_gui_command(subparsers) -> None:
         help="open napari with the U-Net dock (predict, correct, fine-tune, models) and a sample or your images",
         description=(
             "Open napari with napari-unet's dock docked and load a sample image (default: the EM membranes "
-            "sample) or the given images. Keys: Shift+U predict, Shift+T add the correction to the training set."
+            "sample) or the given images. Keys: Shift+U predict, Shift+T add the correction to the training set, "
+            "Shift+N the next uncertain tile."
         ),
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files or image/mask folders to open")

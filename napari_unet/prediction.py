@@ -55,7 +55,8 @@ ProgressCallback = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
 
-def forward_function(model: SegmentationModel, test_time_augmentation: bool | int = False):
+def forward_function(model: SegmentationModel, test_time_augmentation: bool | int = False,
+                     with_squares: bool = False):
     """The model's compiled forward pass: float32 (N, H, W, C) -> (N, H, W, n_classes).
 
     Traced once per Keras model with a (None, None, None, C) signature, so any tile size and batch
@@ -66,6 +67,8 @@ def forward_function(model: SegmentationModel, test_time_augmentation: bool | in
     undone before averaging; True = all of them, 2 or 4 = that many (augment.tta_views). Costs that
     many times the work for a little accuracy.
     The model's metadata.output_offset is applied last, to the averaged output (calibration.py).
+    with_squares: also return the views' mean of squared probabilities, (N, H, W, 2 * n_classes),
+    from which uncertainty.py measures how much the views disagree.
     """
     import tensorflow as tf
 
@@ -81,7 +84,7 @@ def forward_function(model: SegmentationModel, test_time_augmentation: bool | in
         cache = (keras_model, {})
         model.__dict__["_forward"] = cache
     offset = tuple(float(v) for v in model.metadata.output_offset)
-    key = (transforms, offset)
+    key = (transforms, offset, with_squares)
     if key in cache[1]:
         return cache[1][key]
     n_channels = int(keras_model.input_shape[-1])
@@ -89,12 +92,14 @@ def forward_function(model: SegmentationModel, test_time_augmentation: bool | in
 
     def averaged_views(batch):
         if len(transforms) <= 1:
-            return keras_model(batch, training=False)
+            output = keras_model(batch, training=False)
+            return tf.concat([output, tf.square(output)], axis=-1) if with_squares else output
         total = None
         for quarter_turns, mirrored in transforms:
             moved = tf.image.rot90(tf.reverse(batch, axis=[2]) if mirrored else batch, quarter_turns)
             output = tf.image.rot90(keras_model(moved, training=False), (4 - quarter_turns) % 4)
             output = tf.reverse(output, axis=[2]) if mirrored else output
+            output = tf.concat([output, tf.square(output)], axis=-1) if with_squares else output
             total = output if total is None else total + output
         return total / float(len(transforms))
 
@@ -229,7 +234,8 @@ class _Plan:
     """Everything fixed for one call: tiling, batch size, classes."""
 
     def __init__(self, model: SegmentationModel, spatial_shape, tile_size, overlap, batch_size,
-                 test_time_augmentation: bool | int = False, precision: str | None = None):
+                 test_time_augmentation: bool | int = False, precision: str | None = None, *,
+                 with_squares: bool = False):
         config = model.config
         multiple = config.size_multiple
         model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
@@ -253,7 +259,9 @@ class _Plan:
         pixel_budget = BATCH_PIXEL_BUDGET * 16 // max(1, config.base_width)
         self.batch_size = max(1, min(int(batch_size), pixel_budget // (rows.size * cols.size)))
         self.n_classes = config.n_classes
-        self.forward = forward_function(with_precision(model, precision), test_time_augmentation)
+        # Channels blended per pixel: the probabilities, then (with_squares) the views' mean of their squares.
+        self.n_outputs = self.n_classes * (2 if with_squares else 1)
+        self.forward = forward_function(with_precision(model, precision), test_time_augmentation, with_squares)
 
     def tiles_in(self, region) -> list[tuple[int, int]]:
         (y0, y1), (x0, x1) = region
@@ -271,9 +279,9 @@ def _predict_region(plan: _Plan, plane, value_range, region, counter: _ProgressC
     rows, cols = plan.grid
     tiles = plan.tiles_in(region)
     if value_range is None:  # constant plane: all background
-        probabilities = np.zeros((y1 - y0, x1 - x0, plan.n_classes), dtype=np.float32)
+        probabilities = np.zeros((y1 - y0, x1 - x0, plan.n_outputs), dtype=np.float32)
         if plan.n_classes > 1:
-            probabilities[..., 0] = 1.0
+            probabilities[..., :: plan.n_classes] = 1.0  # background: p = 1 (and p² = 1)
         counter.check_cancel()
         counter.add(len(tiles))
         return probabilities
@@ -289,7 +297,7 @@ def _predict_region(plan: _Plan, plane, value_range, region, counter: _ProgressC
         source = source.compute()
         if np.dtype(source.dtype).kind == "f" and not np.all(np.isfinite(source)):
             raise NapariUNetError("the image contains NaN or infinite values: replace them (e.g. numpy.nan_to_num)")
-    accumulated = np.zeros((y1 - y0, x1 - x0, plan.n_classes), dtype=np.float32)
+    accumulated = np.zeros((y1 - y0, x1 - x0, plan.n_outputs), dtype=np.float32)
     # The window is separable and the tiles form a full grid, so the sum of windows over the tiles
     # covering a pixel is (sum over its tile rows) x (sum over its tile columns): two 1D arrays, not 2D.
     row_weight_sum = np.zeros(y1 - y0, dtype=np.float32)
@@ -378,6 +386,7 @@ def predict(
     block_size: int = BLOCK_SIZE,
     test_time_augmentation: bool | int = False,
     precision: str | None = None,
+    with_uncertainty: bool | str = False,
 ):
     """Segment `image` (numpy or dask; layouts in the module docstring) with `model`.
 
@@ -396,6 +405,9 @@ def predict(
     (True: all, up to 8x slower; 2: two views, 2x; slightly more accurate; see forward_function).
     precision: "float32", "bfloat16" or None/"auto" (precision.default_precision(): bfloat16 where the CPU
     has it natively). The probabilities are float32 either way.
+    with_uncertainty: return (result, uncertainty), uncertainty float32 with the image's spatial shape
+    (and its leading stack axes), in [0, 1], higher = less sure (numpy input only). True: the measured
+    default (uncertainty.DEFAULT_METHOD); a name from uncertainty.METHODS: that map.
     """
     if output not in OUTPUTS:
         raise NapariUNetError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
@@ -415,7 +427,19 @@ def predict(
         raise NapariUNetError(
             f"the image is {_describe(spatial_shape)} px: too small to segment, it needs at least {MIN_SIDE} px per side"
         )
-    plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size, test_time_augmentation, precision)
+    method = None
+    if with_uncertainty:
+        from napari_unet.uncertainty import DEFAULT_METHOD, METHODS
+
+        method = DEFAULT_METHOD if with_uncertainty is True else with_uncertainty
+        if method not in METHODS:
+            raise NapariUNetError(f"with_uncertainty={with_uncertainty!r}: use True or one of {', '.join(METHODS)}")
+        if lazy:
+            raise NapariUNetError("an uncertainty map is not available for lazy (dask/zarr) images: load a region "
+                                  "that fits in memory (numpy) to get one, or predict without uncertainty")
+    with_squares = method not in (None, "entropy")  # the views' spread needs their mean of squares too
+    plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size, test_time_augmentation, precision,
+                 with_squares=with_squares)
     leading_shape = tuple(planes.shape[:-3])
     normalization = model.metadata.normalization
     ranges = {index: _plane_range(planes[index], normalization, index) for index in np.ndindex(leading_shape)}
@@ -435,10 +459,22 @@ def predict(
     if not leading_shape:  # one plane: keep the blended buffer itself, no second full-size copy
         probabilities = _predict_region(plan, planes, ranges[()], whole, counter)
     else:
-        probabilities = np.empty((*leading_shape, *spatial_shape, plan.n_classes), dtype=np.float32)
+        probabilities = np.empty((*leading_shape, *spatial_shape, plan.n_outputs), dtype=np.float32)
         for index in np.ndindex(leading_shape):
             probabilities[index] = _predict_region(plan, planes[index], ranges[index], whole, counter)
-    return _finish(model, probabilities, output, threshold, instances_of, min_size)
+    if method is None:
+        return _finish(model, probabilities, output, threshold, instances_of, min_size)
+    from napari_unet.augment import tta_views
+    from napari_unet.uncertainty import uncertainty_map
+
+    mean_of_squares = None
+    if with_squares:
+        probabilities, mean_of_squares = probabilities[..., : plan.n_classes], probabilities[..., plan.n_classes :]
+        if len(tta_views(model.metadata.symmetries, test_time_augmentation)) < 2:
+            raise NapariUNetError(f"the {method!r} uncertainty measures how test-time-augmentation views disagree: "
+                                  "predict with test_time_augmentation=2 or more (--tta), or use entropy")
+    uncertainty = uncertainty_map(probabilities, mean_of_squares, method)
+    return _finish(model, probabilities, output, threshold, instances_of, min_size), uncertainty
 
 
 def _predict_lazy(plan: _Plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size):

@@ -1,7 +1,8 @@
 """The one dock: tabs Predict · Correct · Fine-tune · Live · Models sharing a Session, plus keyboard shortcuts.
 
 Shortcuts are bound on the viewer (viewer.bind_key), so they work wherever the canvas has focus,
-also while painting in a Labels layer: Shift+U = Predict, Shift+T = Add to training set.
+also while painting in a Labels layer: Shift+U = Predict, Shift+T = Add to training set, Shift+N = Next
+uncertain tile.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import weakref
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
+from napari_unet._widgets._next_tile import NEXT_SHORTCUT
 from napari_unet._widgets._session import Session
 from napari_unet._widgets._workers import Job
 from napari_unet._widgets.finetune_widget import FinetuneWidget
@@ -85,8 +87,14 @@ class UNetWidget(QWidget):
             if widget is not None:
                 widget.training_set_tab.add_current()
 
+        def next_tile(viewer):
+            widget = me()
+            if widget is not None:
+                widget.predict_tab.next_tile.go()
+
         self.viewer.bind_key(PREDICT_SHORTCUT, predict, overwrite=True)
         self.viewer.bind_key(ADD_SHORTCUT, add_to_training_set, overwrite=True)
+        self.viewer.bind_key(NEXT_SHORTCUT, next_tile, overwrite=True)
 
 
 def _closer(session: Session, viewer, layer_listeners):
@@ -99,7 +107,7 @@ def _closer(session: Session, viewer, layer_listeners):
             return
         closed.append(True)
         session.close()
-        for key in (PREDICT_SHORTCUT, ADD_SHORTCUT):
+        for key in (PREDICT_SHORTCUT, ADD_SHORTCUT, NEXT_SHORTCUT):
             with contextlib.suppress(Exception):
                 viewer.bind_key(key, None, overwrite=True)
         for listener in layer_listeners:

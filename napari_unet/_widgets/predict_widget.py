@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 from napari_unet._widgets import _live_threshold
 from napari_unet._widgets._layers import LayerChooser, current_index, describe_index, layer_array, stack_depth
 from napari_unet._widgets._live_threshold import ThresholdCache
+from napari_unet._widgets._next_tile import NEXT_SHORTCUT, NextTile
 from napari_unet._widgets._run_controls import RunControls
 from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
@@ -36,8 +37,10 @@ THRESHOLD_DEBOUNCE_MS = 150  # re-threshold once the slider rests, not at every 
 
 def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: float, with_probabilities: bool,
                    channel_axis, report, is_cancelled, index: tuple = (),
-                   test_time_augmentation: bool | int = False) -> tuple[np.ndarray, np.ndarray | None, ThresholdCache | None]:
-    """(labels, probabilities or None, threshold cache) for `image` — core calls only; runs in a worker.
+                   test_time_augmentation: bool | int = False, with_uncertainty: bool = False,
+                   ) -> tuple[np.ndarray, np.ndarray | None, ThresholdCache | None, np.ndarray | None]:
+    """(labels, probabilities or None, threshold cache, uncertainty or None) for `image` — core calls
+    only; runs in a worker.
 
     The cache lets the threshold slider re-threshold this prediction without the model; None for
     multi-class models, whose labels are the most probable class whatever the threshold.
@@ -46,9 +49,11 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     from napari_unet.prediction import predict
 
     progress = lambda done, total: report((done, total))  # noqa: E731
-    probabilities = np.asarray(predict(model, image, output="probabilities", threshold=threshold,
-                                       channel_axis=channel_axis, progress=progress, cancel=is_cancelled,
-                                       test_time_augmentation=test_time_augmentation))
+    result = predict(model, image, output="probabilities", threshold=threshold, channel_axis=channel_axis,
+                     progress=progress, cancel=is_cancelled, test_time_augmentation=test_time_augmentation,
+                     with_uncertainty=with_uncertainty)
+    probabilities, uncertainty = result if with_uncertainty else (result, None)
+    probabilities = np.asarray(probabilities)
     n_classes = model.config.n_classes
     labels = semantic_labels(probabilities, threshold, n_classes, model.metadata.background_threshold)
     method = model.metadata.instance_method if instances else None
@@ -59,10 +64,10 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     objects = {"components": "foreground", "enclosed": "background"}.get(method)  # what the slider re-splits
     cache = ThresholdCache.from_probabilities(probabilities, index, threshold, objects) if n_classes == 1 else None
     if not with_probabilities:
-        return labels, None, cache
+        return labels, None, cache, uncertainty
     if n_classes > 1:  # shown as one map: the probability of "not background"
         probabilities = 1.0 - probabilities[..., 0]
-    return labels, probabilities, cache
+    return labels, probabilities, cache, uncertainty
 
 
 def channel_axis_for(layer, n_model_channels: int):
@@ -103,6 +108,13 @@ class PredictWidget(QWidget):
         self.instances_check = QCheckBox("separate objects (instances)")
         self.instances_check.setToolTip("label each object with its own number instead of 0/1")
         self.probabilities_check = QCheckBox("also show the probability map")
+        self.uncertainty_check = QCheckBox("also show uncertainty (where to correct first)")
+        self.uncertainty_check.setToolTip("an Image layer, 0-1, bright = the model is unsure; then Next shows "
+                                          "the most uncertain tile you have not corrected yet")
+        self.next_button = QPushButton(f"Next uncertain tile  [{NEXT_SHORTCUT}]")
+        self.next_button.setToolTip("move to the least certain tile of the last prediction that you have not "
+                                    "corrected (painted) or added to the training set yet")
+        self.next_tile = NextTile(viewer, lambda: session.training_set)
         self.views_combo = QComboBox()
         for views, text in TTA_CHOICES:
             self.views_combo.addItem(text, views)
@@ -133,7 +145,9 @@ class PredictWidget(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.instances_check)
         layout.addWidget(self.probabilities_check)
+        layout.addWidget(self.uncertainty_check)
         layout.addWidget(self.controls)
+        layout.addWidget(self.next_button)
         layout.addStretch(1)
 
         self.threshold_slider.setToolTip("used by the next Predict; moving it also re-thresholds the last "
@@ -144,6 +158,7 @@ class PredictWidget(QWidget):
         self.model_combo.activated.connect(self._model_chosen)
         self.predict_button.clicked.connect(self.predict)
         self.cancel_button.clicked.connect(self.cancel)
+        self.next_button.clicked.connect(self.next_tile.go)
         session.model_changed.connect(self.refresh_models)
         session.model_changed.connect(self._use_the_models_defaults)
         session.versions_changed.connect(self.refresh_models)
@@ -201,6 +216,7 @@ class PredictWidget(QWidget):
         index = () if (depth == 0 or all_slices) else current_index(self.viewer, image_layer)
         settings = dict(instances=self.instances_check.isChecked(), threshold=self.threshold(),
                         with_probabilities=self.probabilities_check.isChecked(),
+                        with_uncertainty=self.uncertainty_check.isChecked(),
                         test_time_augmentation=int(self.views_combo.currentData()))
         session = self.session
 
@@ -237,7 +253,7 @@ class PredictWidget(QWidget):
         self.controls.progress(*value)
 
     def _show_result(self, image_layer, model_key: str, result) -> None:
-        index, labels, probabilities, threshold_cache = result
+        index, labels, probabilities, threshold_cache, uncertainty = result
         if image_layer not in self.viewer.layers:
             show_warning(f"Image '{image_layer.name}' was removed while it was being predicted: "
                          "the prediction was discarded.")
@@ -247,6 +263,12 @@ class PredictWidget(QWidget):
                                  model_key)
         if probabilities is not None:
             write_probabilities(self.viewer, image_layer, index, probabilities)
+        if uncertainty is not None:
+            uncertainty_layer = write_map(self.viewer, image_layer, index, uncertainty, f"{image_layer.name} uncertainty",
+                                          colormap="inferno")
+            self.next_tile.follow(image_layer, layer, uncertainty_layer)
+        elif self.next_tile.labels is layer:  # re-predicted without uncertainty: the old map no longer fits
+            self.next_tile.forget()
         self.live_layer = layer
         if threshold_cache is None:
             self._threshold_note = ("This model has several classes: each pixel takes its most probable class, "
@@ -384,19 +406,23 @@ def store_prediction(layer, index: tuple, labels: np.ndarray) -> None:
 
 
 def write_probabilities(viewer, image_layer, index: tuple, probabilities: np.ndarray):
-    name = f"{image_layer.name} probability"
-    full_shape = tuple(layer_array(image_layer).shape[: image_layer.ndim]) if index else tuple(probabilities.shape)
+    return write_map(viewer, image_layer, index, probabilities, f"{image_layer.name} probability", colormap="magma")
+
+
+def write_map(viewer, image_layer, index: tuple, values: np.ndarray, name: str, colormap: str):
+    """Show a float map in [0, 1] over the image in the Image layer `name` (a slice at `index` of a stack)."""
+    full_shape = tuple(layer_array(image_layer).shape[: image_layer.ndim]) if index else tuple(values.shape)
     existing = next((layer for layer in viewer.layers if layer.name == name and isinstance(layer, Image)), None)
     if existing is None or tuple(existing.data.shape) != full_shape:
         if existing is not None:
             viewer.layers.remove(existing)
-        existing = viewer.add_image(np.zeros(full_shape, dtype=np.float32), name=name, colormap="magma",
+        existing = viewer.add_image(np.zeros(full_shape, dtype=np.float32), name=name, colormap=colormap,
                                     blending="additive", contrast_limits=(0, 1), visible=True, opacity=0.6,
                                     **_placement(image_layer, len(full_shape)))
     if index:
-        existing.data[index] = probabilities
+        existing.data[index] = values
     else:
-        existing.data = probabilities
+        existing.data = values
     existing.refresh()
     return existing
 
