@@ -85,3 +85,21 @@ def test_float32_training_is_repeatable_with_a_seed():
                      validation_fraction=0.0, precision="float32", seed=3)[0] for _ in range(2)]
     for first, second in zip(runs[0].keras_model.get_weights(), runs[1].keras_model.get_weights()):
         np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_fine_tuning_keeps_the_parents_batch_norm_statistics_unless_told(frozen):
+    from napari_unet.training import finetune
+
+    model = contrasty_tiny_model(UNetConfig(base_width=4, depth=2, batch_norm=True), seed=0)
+    image = _image(64)
+    mask = (image > 0.5).astype(np.uint8)
+    tuned, _ = finetune(model, [image], [mask], epochs=1, steps_per_epoch=3, batch_size=2, patch_size=32,
+                        validation_fraction=0.0, freeze_batch_norm=frozen, precision="float32")
+    before = model.keras_model.get_layer("enc0_bn1").get_weights()  # gamma, beta, moving mean, moving variance
+    after = tuned.keras_model.get_layer("enc0_bn1").get_weights()
+    unchanged = all(np.array_equal(a, b) for a, b in zip(before, after))
+    assert unchanged == frozen
+    conv_before = model.keras_model.get_layer("enc0_conv1").get_weights()[0]
+    assert not np.array_equal(conv_before, tuned.keras_model.get_layer("enc0_conv1").get_weights()[0])
+    assert all(layer.trainable for layer in tuned.keras_model.layers)  # the saved version is an ordinary model

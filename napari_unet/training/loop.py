@@ -98,6 +98,10 @@ class _Run:
         keras.utils.set_random_seed(config.seed)
         self.precision = precision.resolve(config.precision)
         self.trained = precision.copy_in(model, self.precision)
+        if config.freeze_batch_norm:
+            for layer in self.trained.keras_model.layers:
+                if layer.__class__.__name__ == "BatchNormalization":
+                    layer.trainable = False  # Keras 3: inference mode (moving statistics) even in training steps
         self.patch_size, self.rng = patch_size, rng
         self.augmenter = PairAugmenter(config.augmentation, seed=config.seed, mask_fill=IGNORE_LABEL) if config.augment else None
         self._sample_from(training_pairs)
@@ -237,6 +241,8 @@ def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
     if precision.computes_in(run.trained.keras_model) != "float32":
         run.trained = precision.copy_in(run.trained, "float32")
     trained = run.trained
+    for layer in trained.keras_model.layers:  # frozen batch norm was a training choice, not part of the version
+        layer.trainable = True
     history.stopped_reason = stop
     history.cancelled = stop == "cancelled"
     history.final_loss = history.epochs[-1]["loss"] if history.epochs else None
