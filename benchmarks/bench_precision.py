@@ -5,10 +5,10 @@
 
 Prints the CPU's bfloat16 features (napari_unet.precision.cpu_features), tf.matmul 2048³ in both
 precisions, then for the model: forward (the engine's compiled function) on one SIZE² tile and a
-training step (batch 4 × 256², the finetune step) in float32 and under the mixed_bfloat16 policy,
-all in one run, as ratios: the fastest of --repeats interleaved calls after one warm-up call. --accuracy
-instead scores both shipped models on their cards' held-out images (ISBI pixel error with 1 and 8 views,
-nuclei AP@0.5 / mean AP / IoU) in both precisions.
+training step (TrainConfig's batch and patch size, frozen batch norm: the finetune step) in float32
+and under the mixed_bfloat16 policy, all in one run, as ratios: the fastest of --repeats interleaved calls
+after one warm-up call. --accuracy instead scores both shipped models on their cards' held-out images
+(ISBI pixel error with 1 and 8 views, nuclei AP@0.5 / mean AP / IoU) in both precisions.
 """
 
 from __future__ import annotations
@@ -55,29 +55,34 @@ def model_rates(name: str, size: int, repeats: int) -> dict:
     from napari_unet.precision import with_precision
     from napari_unet.prediction import forward_function
     from napari_unet.registry import load_model
+    from napari_unet.training import TrainConfig
     from napari_unet.training.loop import make_train_step
 
+    defaults = TrainConfig()  # the step a fine-tuning round runs: its batch, patch size and frozen batch norm
+    n, side = defaults.batch_size, defaults.patch_size
     base = load_model(name)
     rng = np.random.default_rng(0)
     image = rng.random((1, size, size, base.config.n_channels), dtype=np.float32)
-    batch = rng.random((4, 256, 256, base.config.n_channels), dtype=np.float32)
-    labels = rng.integers(0, max(2, base.config.n_classes), (4, 256, 256)).astype(np.int32)
-    weights = np.ones((4, 256, 256), dtype=np.float32)
+    batch = rng.random((n, side, side, base.config.n_channels), dtype=np.float32)
+    labels = rng.integers(0, max(2, base.config.n_classes), (n, side, side)).astype(np.int32)
+    weights = np.ones((n, side, side), dtype=np.float32)
     flops = unet_flops(base.config, size, size)
-    train_flops = 3 * unet_flops(base.config, 256, 256) * 4
+    train_flops = 3 * unet_flops(base.config, side, side) * n
     precisions = ("float32", "bfloat16")
     forwards = {p: forward_function(with_precision(base, p)) for p in precisions}
     outputs = {p: forward(image).numpy() for p, forward in forwards.items()}
     steps = {}
     for p in precisions:
         trainee = with_precision(base, p).copy()
+        for layer in trainee.keras_model.layers:
+            layer.trainable = not (defaults.freeze_batch_norm and layer.__class__.__name__ == "BatchNormalization")
         steps[p] = make_train_step(trainee.keras_model, keras.optimizers.Adam(1e-4), base.config.n_classes,
                                    base.config.n_channels, 1.0)
     forward_seconds = _fastest_seconds({p: (lambda f=f: f(image).numpy()) for p, f in forwards.items()}, repeats)
     step_seconds = _fastest_seconds({p: (lambda s=s: float(s(batch, labels, weights)[0])) for p, s in steps.items()},
                                     repeats)
     return {p: {"forward_s": forward_seconds[p], "forward_gflops": flops / forward_seconds[p] / 1e9,
-                "step_s": step_seconds[p], "patches_per_s": 4 / step_seconds[p],
+                "step_s": step_seconds[p], "patches_per_s": n / step_seconds[p],
                 "train_gflops": train_flops / step_seconds[p] / 1e9,
                 "max_abs_diff": float(np.abs(outputs[p] - outputs["float32"]).max())} for p in precisions}
 
@@ -131,7 +136,7 @@ def main() -> int:
     print(f"tf.matmul 2048³: float32 {rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.0f} GFLOP/s "
           f"({rates['bfloat16'] / rates['float32']:.2f}x)")
     results = model_rates(args.model, args.size, args.repeats)
-    print(f"| {args.model} | forward {args.size}² s | GFLOP/s | % f32 matmul | step 4×256² s | patches/s | train GFLOP/s "
+    print(f"| {args.model} | forward {args.size}² s | GFLOP/s | % f32 matmul | training step s | patches/s | train GFLOP/s "
           f"| % f32 matmul | max |Δp| |")
     print("|---|---|---|---|---|---|---|---|---|")
     for precision, r in results.items():
