@@ -1,0 +1,109 @@
+"""Predict tab, lazy images (zarr / OME-Zarr / dask layers): labels on disk, the visible region first.
+
+The core (lazy_labels.predict_regions) runs in a worker and reports each finished region; this module
+writes it into a Labels layer backed by a zarr array (painting writes through to the store; napari-events.md)
+on the GUI thread, the one place that writes the store, so user strokes and worker results never race.
+A region never overwrites pixels the user painted before it arrived.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from napari_unet._widgets._layers import layer_array
+from napari_unet._widgets._session import SOURCE_KEY, prediction_layer_name
+
+LAZY_KEY = "napari_unet_lazy_store"  # layer.metadata: the zarr folder a lazy prediction writes to
+
+
+def is_lazy(layer) -> bool:
+    """Is the layer's full-resolution data something other than an in-memory numpy array (dask, zarr)?"""
+    return not isinstance(layer_array(layer), np.ndarray)
+
+
+def plane_shape(image_layer) -> tuple[int, ...]:
+    """The layer's (…, Y, X) shape without a colour axis: the shape of its labels."""
+    return tuple(layer_array(image_layer).shape[: image_layer.ndim])
+
+
+def visible_region(layer, index: tuple = ()) -> tuple[tuple, tuple[tuple[int, int], tuple[int, int]]]:
+    """(plane index, ((y0, y1), (x0, x1))) of `layer` the canvas shows (corner_pixels; all of it headless)."""
+    corners = np.asarray(layer.corner_pixels)
+    height, width = layer.data.shape[-2:]
+    (y0, x0), (y1, x1) = corners[:, -2:].astype(int)
+    y0, x0 = min(max(y0, 0), height - 1), min(max(x0, 0), width - 1)
+    y1, x1 = max(min(y1 + 1, height), y0 + 1), max(min(x1 + 1, width), x0 + 1)
+    return tuple(index), ((int(y0), int(y1)), (int(x0), int(x1)))
+
+
+def add_lazy_labels(viewer, image_layer, folder: Path, model_key: str):
+    """A new Labels layer '<image> prediction' backed by a new zarr store in `folder` (never a user's file)."""
+    from napari_unet.lazy_labels import create_labels_store, labels_store_path
+
+    name = prediction_layer_name(image_layer.name)
+    taken = {layer.name for layer in viewer.layers}
+    if name in taken:
+        counter = 2
+        while f"{name} [{counter}]" in taken:
+            counter += 1
+        name = f"{name} [{counter}]"
+    path = labels_store_path(folder, name)
+    store = create_labels_store(path, plane_shape(image_layer))
+    ndim = len(store.shape)
+    layer = viewer.add_labels(store, name=name, opacity=0.5, scale=tuple(image_layer.scale)[-ndim:],
+                              translate=tuple(image_layer.translate)[-ndim:])
+    layer.metadata[SOURCE_KEY] = {"image": image_layer.name, "model": model_key}
+    layer.metadata[LAZY_KEY] = str(path)
+    return layer
+
+
+class PaintedBoxes:
+    """Where the user painted in a lazy layer (boxes from its paint events), so predictions skip those pixels."""
+
+    def __init__(self, layer):
+        self.boxes: list[tuple[tuple[int, int], ...]] = []
+        layer.events.paint.connect(self._painted)
+
+    def _painted(self, event) -> None:
+        for atom in event.value:
+            if len(atom) == 4:  # (slice_key, mask, old_values, new_value): brush, fill, polygon
+                key = atom[0]
+                self.boxes.append(tuple((int(k), int(k) + 1) if not isinstance(k, slice) else (int(k.start), int(k.stop))
+                                        for k in key))
+            else:  # (indices, old_values, new_values): data_setitem
+                self.boxes.append(tuple((int(np.min(axis)), int(np.max(axis)) + 1) for axis in atom[0]))
+
+    def untouched(self, index: tuple, region) -> np.ndarray:
+        """Boolean (Yr, Xr): True where the user has not painted in `region` of plane `index`."""
+        (y0, y1), (x0, x1) = region
+        keep = np.ones((y1 - y0, x1 - x0), dtype=bool)
+        for box in self.boxes:
+            leading, (by0, by1), (bx0, bx1) = box[:-2], box[-2], box[-1]
+            if any(not start <= i < stop for i, (start, stop) in zip(index, leading)):
+                continue
+            keep[max(by0, y0) - y0 : max(min(by1, y1) - y0, 0), max(bx0, x0) - x0 : max(min(bx1, x1) - x0, 0)] = False
+        return keep
+
+
+def write_region(layer, result, painted: PaintedBoxes) -> None:
+    """Show one finished region (lazy_labels.RegionLabels) in `layer` and store it; GUI thread only.
+
+    Only foreground is written (the store starts all 0) and only where the user has not painted.
+    Written through layer.data_setitem, which updates just that part of the display (a full refresh
+    re-reads the whole plane); its undo entry is dropped: it is not the user's edit, and one per region
+    would keep the old values of the whole image in memory.
+    """
+    (y0, _), (x0, _) = result.region
+    labels = result.labels
+    ys, xs = np.nonzero((labels > 0) & painted.untouched(result.index, result.region))
+    if ys.size == 0:
+        return
+    indices = (*(np.full(ys.size, i) for i in result.index), ys + y0, xs + x0)
+    history = layer._undo_history  # private: the only way to keep a non-user write out of undo
+    entries = len(history)
+    with layer.events.paint.blocker():
+        layer.data_setitem(indices, labels[ys, xs])
+    while len(history) > entries:
+        history.pop()
