@@ -142,9 +142,9 @@ def add_predict_command(subparsers) -> None:
     kind.add_argument("--probabilities", action="store_true", help="write float32 probabilities instead of labels")
     _add_tta_option(parser)
     parser.add_argument("--scheduler", metavar="ADDRESS",
-                        help="predict on a dask cluster: a scheduler's address (tcp://host:8786) or local:N to start "
-                             "N local worker processes; each worker loads the model once (see the README for SLURM "
-                             "and Kubernetes)")
+                        help="predict on a dask cluster: a scheduler's address (tcp://host:8786), its scheduler file "
+                             "(*.json), or local:N to start N local worker processes; each worker loads the model "
+                             "once (see the README for SLURM and Kubernetes)")
     parser.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="S",
                         help="seconds to wait for the scheduler and its first worker (default 10)")
     parser.set_defaults(func=_run_predict_command)

@@ -31,14 +31,16 @@ DEFAULT_CONNECT_TIMEOUT = 10.0  # seconds to reach a scheduler and to see its fi
 
 @dataclass(frozen=True)
 class SchedulerChoice:
-    """Where to run: `address` of an existing scheduler, or `n_local_workers` processes started here."""
+    """Where to run: `address` of an existing scheduler, its `scheduler_file` (the JSON `dask scheduler
+    --scheduler-file` writes, the usual way on SLURM), or `n_local_workers` processes started here."""
 
     address: str | None = None
     n_local_workers: int = 0
+    scheduler_file: str | None = None
 
 
 def parse_scheduler(text: str) -> SchedulerChoice:
-    """'local', 'local:N' or a scheduler address ('tcp://host:8786', 'host:8786') -> SchedulerChoice."""
+    """'local', 'local:N', a scheduler file (*.json) or an address ('tcp://host:8786') -> SchedulerChoice."""
     text = text.strip()
     if text == "local" or text.startswith("local:"):
         count = text.partition(":")[2] or str(max(1, (os.cpu_count() or 1) // 2))
@@ -48,6 +50,11 @@ def parse_scheduler(text: str) -> SchedulerChoice:
         return SchedulerChoice(n_local_workers=int(count))
     if not text:
         raise NapariUNetError("--scheduler is empty: give a scheduler address (tcp://host:8786) or local:N")
+    if text.endswith(".json"):
+        if not os.path.isfile(text):
+            raise NapariUNetError(f"--scheduler {text}: no such scheduler file; start the scheduler with "
+                                  f"'dask scheduler --scheduler-file {text}' first (on a shared file system)")
+        return SchedulerChoice(scheduler_file=text)
     return SchedulerChoice(address=text)
 
 
@@ -66,10 +73,13 @@ def cluster_client(choice: SchedulerChoice, timeout: float = DEFAULT_CONNECT_TIM
                                dashboard_address=None)
         where = f"a local cluster of {choice.n_local_workers} worker(s)"
     else:
-        where = f"the dask scheduler at '{choice.address}'"
+        where = f"the dask scheduler at '{choice.address or choice.scheduler_file}'"
     try:
         try:
-            client = Client(cluster if cluster is not None else choice.address, timeout=f"{timeout}s")
+            if choice.scheduler_file is not None:
+                client = Client(scheduler_file=choice.scheduler_file, timeout=f"{timeout}s")
+            else:
+                client = Client(cluster if cluster is not None else choice.address, timeout=f"{timeout}s")
         except (OSError, TimeoutError) as exc:
             raise NapariUNetError(
                 f"cannot reach {where} within {timeout:g} s ({type(exc).__name__}): check that the scheduler is "

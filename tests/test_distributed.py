@@ -43,6 +43,8 @@ def test_parse_scheduler_reads_local_workers_and_addresses():
     assert parse_scheduler("tcp://10.0.0.5:8786") == SchedulerChoice(address="tcp://10.0.0.5:8786")
     with pytest.raises(NapariUNetError, match="whole number"):
         parse_scheduler("local:0")
+    with pytest.raises(NapariUNetError, match="dask scheduler --scheduler-file"):
+        parse_scheduler("/nowhere/scheduler.json")
 
 
 def test_local_cluster_of_two_processes_equals_the_plain_path(model_path, image_dir, tmp_path, capsys):
