@@ -25,6 +25,7 @@ from napari_unet._widgets._live_threshold import ThresholdCache
 from napari_unet._widgets._run_controls import RunControls
 from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
+from napari_unet.errors import NapariUNetError
 
 PREDICT_SHORTCUT = "Shift+U"
 # (views averaged by test-time augmentation, label);
@@ -226,13 +227,17 @@ class PredictWidget(QWidget):
         self.session.track(self.job)
         return self.job.start()
 
-    def predict_lazy(self, image_layer, model_key: str) -> Job:
+    def predict_lazy(self, image_layer, model_key: str) -> Job | None:
         """A lazy (zarr/dask) image: labels into a zarr store in the project's predictions/ folder, region by
         region, what the canvas shows first; every slice of a stack, the displayed one first."""
         from napari_unet.lazy_labels import predict_regions
 
         folder = self.session.project.root / "predictions"
-        layer = _lazy_prediction.add_lazy_labels(self.viewer, image_layer, folder, model_key)
+        try:
+            layer = _lazy_prediction.add_lazy_labels(self.viewer, image_layer, folder, model_key)
+        except NapariUNetError as exc:
+            show_error(f"Predict: {exc}")
+            return None
         painted = _lazy_prediction.PaintedBoxes(layer)
         index = current_index(self.viewer, image_layer)
         visible = [_lazy_prediction.visible_region(layer, index)]  # refreshed on the GUI thread, read by the worker
