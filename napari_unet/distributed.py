@@ -151,10 +151,16 @@ def worker_threads(client) -> dict[str, int | None]:
 
 
 def install_model(client, model_file: str | os.PathLike) -> None:
-    """Send the .keras file to every worker (now and later joining ones); each loads it once."""
+    """Send the .keras file to every worker (now and later joining ones); each loads it once.
+
+    Loaded here first, so a bad file fails with the plain path's message before any worker sees it.
+    """
     from pathlib import Path
 
+    from napari_unet.model import load_model_file
+
     path = Path(model_file)
+    load_model_file(path)
     try:
         model_bytes = path.read_bytes()
     except OSError as exc:
