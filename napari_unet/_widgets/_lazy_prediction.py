@@ -90,20 +90,32 @@ class PaintedBoxes:
 def write_region(layer, result, painted: PaintedBoxes) -> None:
     """Show one finished region (lazy_labels.RegionLabels) in `layer` and store it; GUI thread only.
 
-    Only foreground is written (the store starts all 0) and only where the user has not painted.
-    Written through layer.data_setitem, which updates just that part of the display (a full refresh
-    re-reads the whole plane); its undo entry is dropped: it is not the user's edit, and one per region
-    would keep the old values of the whole image in memory.
+    Written the way napari's brush writes a box (one slice write to the store, then only that part of
+    the display is updated): a full refresh would re-read the whole plane, and data_setitem reads and
+    writes the store pixel by pixel (9 s for a 2048² region, benchmarks/bench_lazy_labels.py). That
+    path is private napari API, so a missing piece falls back to a plain write + refresh. Pixels the
+    user painted are kept; the undo entry is dropped (not the user's edit, and one per region would
+    keep the whole image's old values in memory).
     """
-    (y0, _), (x0, _) = result.region
+    (y0, y1), (x0, x1) = result.region
+    key = (*(slice(i, i + 1) for i in result.index), slice(y0, y1), slice(x0, x1))
+    untouched = painted.untouched(result.index, result.region)
     labels = result.labels
-    ys, xs = np.nonzero((labels > 0) & painted.untouched(result.index, result.region))
-    if ys.size == 0:
+    values = [int(value) for value in np.unique(labels) if value != 0]
+    if not values:
         return
-    indices = (*(np.full(ys.size, i) for i in result.index), ys + y0, xs + x0)
-    history = layer._undo_history  # private: the only way to keep a non-user write out of undo
+    region_data = np.asarray(layer.data[key]).reshape(labels.shape)
+    history = layer._undo_history
     entries = len(history)
     with layer.events.paint.blocker():
-        layer.data_setitem(indices, labels[ys, xs])
+        try:
+            for value in values:
+                layer._paint_region_with_mask(key, (labels == value) & untouched, value, [layer.ndim - 2, layer.ndim - 1],
+                                              refresh=False, region_data=region_data)
+            layer._partial_labels_refresh()
+        except (AttributeError, TypeError):  # napari changed its private painting API
+            region_data[untouched] = labels[untouched]
+            layer.data[key] = region_data.reshape(layer.data[key].shape)
+            layer.refresh()
     while len(history) > entries:
         history.pop()
