@@ -38,6 +38,7 @@ def test_lazy_image_predicts_into_a_paintable_zarr_layer_and_its_visible_region_
     np.testing.assert_array_equal(zarr.open_array(store_path, mode="r")[:], expected)
     assert widget.predict_tab.progress_bar.value() == widget.predict_tab.progress_bar.maximum()
     assert len(layer._undo_history) == 0  # the prediction is not an edit the user can undo
+    np.testing.assert_array_equal(np.asarray(layer._slice.image.raw), expected)  # shown, not only stored
 
     layer.brush_size = 5
     layer.paint((150, 100), 7)  # a brush stroke, through the layer's paint API

@@ -87,15 +87,16 @@ class PaintedBoxes:
         return keep
 
 
-def write_region(layer, result, painted: PaintedBoxes) -> None:
-    """Show one finished region (lazy_labels.RegionLabels) in `layer` and store it; GUI thread only.
+def write_region(layer, result, painted: PaintedBoxes, refresh: bool = True) -> None:
+    """Store one finished region (lazy_labels.RegionLabels) in `layer` and show it; GUI thread only.
 
     Written the way napari's brush writes a box (one slice write to the store, then only that part of
     the display is updated): a full refresh would re-read the whole plane, and data_setitem reads and
     writes the store pixel by pixel (9 s for a 2048² region, benchmarks/bench_lazy_labels.py). That
     path is private napari API, so a missing piece falls back to a plain write + refresh. Pixels the
     user painted are kept; the undo entry is dropped (not the user's edit, and one per region would
-    keep the whole image's old values in memory).
+    keep the whole image's old values in memory). refresh=False leaves the display update to a
+    DisplayRefresher.
     """
     (y0, y1), (x0, x1) = result.region
     key = (*(slice(i, i + 1) for i in result.index), slice(y0, y1), slice(x0, x1))
@@ -112,10 +113,46 @@ def write_region(layer, result, painted: PaintedBoxes) -> None:
             for value in values:
                 layer._paint_region_with_mask(key, (labels == value) & untouched, value, [layer.ndim - 2, layer.ndim - 1],
                                               refresh=False, region_data=region_data)
-            layer._partial_labels_refresh()
+            if refresh:
+                layer._partial_labels_refresh()
         except (AttributeError, TypeError):  # napari changed its private painting API
             region_data[untouched] = labels[untouched]
             layer.data[key] = region_data.reshape(layer.data[key].shape)
-            layer.refresh()
+            if refresh:
+                layer.refresh()
     while len(history) > entries:
         history.pop()
+
+
+class DisplayRefresher:
+    """Shows written regions at most every few seconds instead of after each one.
+
+    A Labels plane larger than the GPU's largest texture is drawn downsampled, and napari then answers
+    every partial update with a full re-read of the plane (14 s for 32768², benchmarks/bench_lazy_labels.py):
+    updates are coalesced, and the wait grows to 4x the last update's duration so the GUI stays usable.
+    """
+
+    MIN_INTERVAL_MS = 500
+
+    def __init__(self, layer):
+        from qtpy.QtCore import QTimer
+
+        self.layer = layer
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(self.MIN_INTERVAL_MS)
+        self.timer.timeout.connect(self.refresh_now)
+
+    def request(self) -> None:
+        if not self.timer.isActive():
+            self.timer.start()
+
+    def refresh_now(self) -> None:
+        import time
+
+        self.timer.stop()
+        started = time.perf_counter()
+        partial = getattr(self.layer, "_partial_labels_refresh", None)  # private napari API, as write_region
+        partial() if partial is not None else self.layer.refresh()
+        spent_ms = (time.perf_counter() - started) * 1000
+        self.timer.setInterval(max(self.MIN_INTERVAL_MS, int(4 * spent_ms)))

@@ -239,6 +239,7 @@ class PredictWidget(QWidget):
             show_error(f"Predict: {exc}")
             return None
         painted = _lazy_prediction.PaintedBoxes(layer)
+        display = _lazy_prediction.DisplayRefresher(layer)
         index = current_index(self.viewer, image_layer)
         visible = [_lazy_prediction.visible_region(layer, index)]  # refreshed on the GUI thread, read by the worker
         threshold, views = self.threshold(), int(self.views_combo.currentData())
@@ -254,7 +255,8 @@ class PredictWidget(QWidget):
 
         def show_region(result) -> None:
             if layer in self.viewer.layers:
-                _lazy_prediction.write_region(layer, result, painted)
+                _lazy_prediction.write_region(layer, result, painted, refresh=False)
+                display.request()
                 visible[0] = _lazy_prediction.visible_region(layer, current_index(self.viewer, image_layer))
             self.controls.progress(result.tiles_done, result.tiles_total)
 
@@ -270,7 +272,7 @@ class PredictWidget(QWidget):
             on_done=lambda path: self.status_label.setText(
                 f"Prediction in '{layer.name}' (saved in {path}). Paint to correct it, then 'Add to training set' "
                 "in the Correct tab adds the region you see."),
-            on_finished=lambda: self._set_running(False),
+            on_finished=lambda: (display.refresh_now(), self._set_running(False)),
             on_cancelled=lambda: self.status_label.setText(f"Prediction cancelled: '{layer.name}' keeps the regions "
                                                            "done so far."),
         )
