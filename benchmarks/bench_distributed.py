@@ -5,7 +5,8 @@
 Each mode runs in its own process (clean memory figures) on the first N images of
 ../shared/data/nuclei_dsb2018/images: plain = the CLI's loop (read -> prediction.predict -> write);
 local:N = `napari-unet predict --scheduler local:N`'s path (distributed.py). Reported: start-up (model
-load, or cluster start + model install on every worker), prediction time for the folder, throughput,
+load, or cluster start + model install on every worker, then one warm-up prediction per image shape in
+every process: TF/oneDNN prepare kernels once per new shape), prediction time for the folder, throughput,
 its ratio to plain, and peak resident memory (client + all workers). Compare ratios within one run.
 """
 
@@ -23,6 +24,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import numpy as np
+
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "nuclei_dsb2018" / "images"
 
 
@@ -30,17 +33,34 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def warm_up(model, shapes) -> None:
+    """One prediction per image shape: TF/oneDNN prepare kernels per new shape, once per process."""
+    from napari_unet.prediction import predict
+
+    rng = np.random.default_rng(0)
+    for shape in shapes:
+        predict(model, (rng.random(shape) * 255).astype(np.uint8))
+
+
+def warm_up_worker(shapes, dask_worker=None) -> None:
+    from napari_unet.distributed import PLUGIN_NAME
+
+    warm_up(dask_worker.plugins[PLUGIN_NAME].model, shapes)
+
+
 def run_mode(mode: str, n_images: int, model_name: str) -> dict:
     from napari_unet.io import list_images, read_image, write_labels
     from napari_unet.registry import load_model, resolve
 
     paths = list_images(DATA)[:n_images]
+    shapes = sorted({read_image(path).shape for path in paths})
     out = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
     started = time.perf_counter()
     if mode == "plain":
         from napari_unet.prediction import predict
 
         model = load_model(model_name)
+        warm_up(model, shapes)
         ready = time.perf_counter()
         for path in paths:
             write_labels(out / f"{path.stem}.tif", predict(model, read_image(path)))
@@ -51,6 +71,7 @@ def run_mode(mode: str, n_images: int, model_name: str) -> dict:
 
         with cluster_client(parse_scheduler(mode), timeout=60) as client:
             install_model(client, resolve(model_name)[0])
+            client.run(warm_up_worker, shapes)
             ready = time.perf_counter()
             images = ((out / f"{path.stem}.tif", read_image(path)) for path in paths)
             for target, labels in predict_on_cluster(client, images, total=len(paths)):
