@@ -67,7 +67,7 @@ def cluster_client(choice: SchedulerChoice, timeout: float = DEFAULT_CONNECT_TIM
     from distributed import Client, LocalCluster
 
     cluster = None
-    if choice.address is None:
+    if choice.n_local_workers:
         threads = max(1, (os.cpu_count() or 1) // choice.n_local_workers)
         cluster = LocalCluster(n_workers=choice.n_local_workers, threads_per_worker=threads, processes=True,
                                dashboard_address=None)

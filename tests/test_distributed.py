@@ -98,3 +98,16 @@ def test_a_worker_that_dies_is_reported_by_image(model_path):
 
         with pytest.raises(NapariUNetError, match="a dask worker died while predicting 'big'"):
             list(predict_on_cluster(client, images(), total=2, output="labels"))
+
+
+def test_a_scheduler_file_is_used_and_its_unreachable_scheduler_named(tmp_path):
+    import json
+
+    scheduler_file = tmp_path / "scheduler.json"
+    scheduler_file.write_text(json.dumps({"type": "Scheduler", "address": "tcp://127.0.0.1:9", "services": {},
+                                          "started": 0, "workers": {}}))
+    choice = parse_scheduler(str(scheduler_file))
+    assert choice == SchedulerChoice(scheduler_file=str(scheduler_file))
+    with pytest.raises(NapariUNetError, match=f"cannot reach the dask scheduler at '{scheduler_file}'"), \
+            cluster_client(choice, timeout=1):
+        pass
