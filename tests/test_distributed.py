@@ -80,7 +80,7 @@ def test_a_worker_that_dies_is_reported_by_image(model_path):
     import dask
 
     rng = np.random.default_rng(1)
-    big = (ndi.gaussian_filter(rng.random((3000, 3000)), 3) * 255).astype(np.float32)
+    big = (ndi.gaussian_filter(rng.random((4096, 4096)), 3) * 255).astype(np.float32)  # seconds of work
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
             cluster_client(SchedulerChoice(n_local_workers=1), timeout=60) as client:
         install_model(client, model_path)
@@ -92,7 +92,7 @@ def test_a_worker_that_dies_is_reported_by_image(model_path):
             deadline = time.monotonic() + 30
             while not any(client.processing().values()) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            time.sleep(0.3)
+            time.sleep(0.1)
             os.kill(worker_pid, signal.SIGKILL)
             yield "small", big[:64, :64]
 

@@ -106,8 +106,8 @@ def write_region(layer, result, painted: PaintedBoxes, refresh: bool = True) -> 
     if not values:
         return
     region_data = np.asarray(layer.data[key]).reshape(labels.shape)
-    history = layer._undo_history
-    entries = len(history)
+    history = getattr(layer, "_undo_history", None)  # private napari API (FutureWarning: gone after 0.10)
+    entries = len(history) if history is not None else 0
     with layer.events.paint.blocker():
         try:
             for value in values:
@@ -120,7 +120,7 @@ def write_region(layer, result, painted: PaintedBoxes, refresh: bool = True) -> 
             layer.data[key] = region_data.reshape(layer.data[key].shape)
             if refresh:
                 layer.refresh()
-    while len(history) > entries:
+    while history is not None and len(history) > entries:
         history.pop()
 
 
