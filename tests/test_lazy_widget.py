@@ -8,7 +8,7 @@ import zarr
 from scipy import ndimage as ndi
 from test_widgets import blobs_image, contrasty_dock, dock, errors, notifications, tiny_model_path, wait_for  # noqa: F401
 
-from napari_unet._widgets._lazy_prediction import LAZY_KEY, PaintedBoxes, write_region
+from napari_unet._widgets._lazy_prediction import LAZY_KEY, PaintedBoxes, ViewTracker, write_region
 from napari_unet.lazy_labels import RegionLabels, open_zarr_image
 
 
@@ -65,3 +65,19 @@ def test_a_region_arriving_late_keeps_what_the_user_painted(make_napari_viewer, 
     write_region(layer, RegionLabels((), ((0, 64), (0, 64)), np.ones((64, 64), np.uint8), 1, 1), painted)
     assert store[10, 10] == 3 and store[40, 40] == 1
     assert len(layer._undo_history) == 1  # only the user's stroke
+
+
+def test_the_tracked_view_follows_the_camera(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(3, 500, 400), chunks=(1, 100, 100),
+                            dtype=np.uint8)
+    layer = viewer.add_labels(store)
+    viewer.dims.set_current_step(0, 0)
+    tracker = ViewTracker(viewer, layer, lambda: (int(viewer.dims.current_step[0]),))
+    assert tracker.current == ((0,), ((0, 500), (0, 400)))  # headless: the whole plane
+    layer.corner_pixels = np.array([[0, 100, 50], [0, 199, 149]])  # what the canvas sets once it has drawn
+    viewer.camera.center = (0, 150, 100)
+    qtbot.waitUntil(lambda: tracker.current == ((0,), ((100, 200), (50, 150))), timeout=5_000)
+    viewer.dims.set_current_step(0, 2)
+    qtbot.waitUntil(lambda: tracker.current[0] == (2,), timeout=5_000)
+    tracker.stop()

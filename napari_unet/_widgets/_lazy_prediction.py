@@ -8,6 +8,7 @@ A region never overwrites pixels the user painted before it arrived.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -156,3 +157,39 @@ class DisplayRefresher:
         partial() if partial is not None else self.layer.refresh()
         spent_ms = (time.perf_counter() - started) * 1000
         self.timer.setInterval(max(self.MIN_INTERVAL_MS, int(4 * spent_ms)))
+
+
+class ViewTracker:
+    """The (plane, region) of `layer` on screen, kept current for a worker to read (visible-region-first).
+
+    Updated on the GUI thread when the camera moves or the slice changes, shortly after the event so
+    the canvas has drawn and corner_pixels is up to date; `current` is a plain tuple, safe to read
+    from the worker thread.
+    """
+
+    DELAY_MS = 100
+
+    def __init__(self, viewer, layer, index_of: Callable[[], tuple]):
+        from qtpy.QtCore import QTimer
+
+        self.viewer, self.layer, self.index_of = viewer, layer, index_of
+        self.current = visible_region(layer, index_of())
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(self.DELAY_MS)
+        self.timer.timeout.connect(self.update)
+        self._events = (viewer.camera.events.center, viewer.camera.events.zoom, viewer.dims.events.current_step)
+        for event in self._events:
+            event.connect(self._moved)
+
+    def _moved(self, event=None) -> None:
+        self.timer.start()
+
+    def update(self) -> None:
+        if self.layer in self.viewer.layers:
+            self.current = visible_region(self.layer, self.index_of())
+
+    def stop(self) -> None:
+        self.timer.stop()
+        for event in self._events:
+            event.disconnect(self._moved)

@@ -240,15 +240,14 @@ class PredictWidget(QWidget):
             return None
         painted = _lazy_prediction.PaintedBoxes(layer)
         display = _lazy_prediction.DisplayRefresher(layer)
-        index = current_index(self.viewer, image_layer)
-        visible = [_lazy_prediction.visible_region(layer, index)]  # refreshed on the GUI thread, read by the worker
+        view = _lazy_prediction.ViewTracker(self.viewer, layer, lambda: current_index(self.viewer, image_layer))
         threshold, views = self.threshold(), int(self.views_combo.currentData())
         data, session = layer_array(image_layer), self.session
 
         def work(report, is_cancelled):
             model = session.load_model(model_key)
             axis = channel_axis_for(image_layer, model.config.n_channels)
-            for result in predict_regions(model, data, visible=lambda: visible[0], threshold=threshold,
+            for result in predict_regions(model, data, visible=lambda: view.current, threshold=threshold,
                                           channel_axis=axis, cancel=is_cancelled, test_time_augmentation=views):
                 report(result)
             return layer.metadata[_lazy_prediction.LAZY_KEY]
@@ -257,7 +256,6 @@ class PredictWidget(QWidget):
             if layer in self.viewer.layers:
                 _lazy_prediction.write_region(layer, result, painted, refresh=False)
                 display.request()
-                visible[0] = _lazy_prediction.visible_region(layer, current_index(self.viewer, image_layer))
             self.controls.progress(result.tiles_done, result.tiles_total)
 
         skipped = [text for text, checked in (("instances", self.instances_check.isChecked()),
@@ -272,7 +270,7 @@ class PredictWidget(QWidget):
             on_done=lambda path: self.status_label.setText(
                 f"Prediction in '{layer.name}' (saved in {path}). Paint to correct it, then 'Add to training set' "
                 "in the Correct tab adds the region you see."),
-            on_finished=lambda: (display.refresh_now(), self._set_running(False)),
+            on_finished=lambda: (view.stop(), display.refresh_now(), self._set_running(False)),
             on_cancelled=lambda: self.status_label.setText(f"Prediction cancelled: '{layer.name}' keeps the regions "
                                                            "done so far."),
         )
