@@ -145,6 +145,12 @@ def add_predict_command(subparsers) -> None:
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write OUTDIR/<name>_uncertainty.tif: float32, the image's shape, 0-1, higher = less "
                              "sure (entropy; with --tta also the views' disagreement) — where to correct first")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="predict on a dask cluster: a scheduler's address (tcp://host:8786), its scheduler file "
+                             "(*.json), or local:N to start N local worker processes; each worker loads the model "
+                             "once (see the README for SLURM and Kubernetes)")
+    parser.add_argument("--scheduler-timeout", type=float, default=10.0, metavar="S",
+                        help="seconds to wait for the scheduler and its first worker (default 10)")
     parser.set_defaults(func=_run_predict_command)
 
 
@@ -216,16 +222,20 @@ def _run_predict_command(args) -> int:
                 raise NapariUNetError(f"'{written[output_file]}' and '{path}' would both be written to "
                                       f"'{output_file}': rename one")
             written[output_file] = path
-    model = load_model(args.model)
     output = "instances" if args.instances else "probabilities" if args.probabilities else "labels"
+    options = dict(output=output, threshold=args.threshold, test_time_augmentation=args.tta, precision=args.precision)
+    if args.scheduler and args.uncertainty:
+        raise NapariUNetError("--uncertainty is not available with --scheduler: predict the uncertainty maps without "
+                              "a cluster, or drop --uncertainty")
+    if args.scheduler:
+        return _predict_on_cluster(args, targets, options, output_dir)
+    model = load_model(args.model)
     progress = _TextProgress(len(inputs))
     try:
         for target, path in targets.items():
             image = read_image(path)
             progress.start(path.name)
-            result = predict(model, image, output=output, threshold=args.threshold, progress=progress,
-                             test_time_augmentation=args.tta, precision=args.precision,
-                             with_uncertainty=args.uncertainty)
+            result = predict(model, image, progress=progress, with_uncertainty=args.uncertainty, **options)
             if args.uncertainty:
                 result, uncertainty = result
                 write_labels(uncertainty_target(target), uncertainty)
@@ -239,6 +249,34 @@ def _run_predict_command(args) -> int:
 def uncertainty_target(target):
     """Where `predict --uncertainty` writes the uncertainty map beside the result `target`."""
     return target.with_name(f"{target.stem}_uncertainty.tif")
+
+
+def _predict_on_cluster(args, targets: dict, options: dict, output_dir) -> int:
+    """`predict --scheduler`: the client reads and writes the files, the workers run prediction.predict."""
+    from napari_unet.distributed import cluster_client, install_model, parse_scheduler, predict_on_cluster
+    from napari_unet.io import read_image, write_labels
+    from napari_unet.registry import resolve
+
+    choice = parse_scheduler(args.scheduler)
+    model_file, _ = resolve(args.model)
+    if not model_file.is_file():
+        from napari_unet.errors import NapariUNetError
+
+        raise NapariUNetError(f"cannot read the model '{model_file}': no such file")
+    report = lambda done, total: print(f"\r[predict] images {done}/{total} done on the cluster   ",  # noqa: E731
+                                       end="", file=sys.stderr, flush=True)
+    with cluster_client(choice, timeout=args.scheduler_timeout) as client:
+        n_workers = len(client.scheduler_info()["workers"])
+        print(f"[predict] {n_workers} dask worker(s) at {client.scheduler.address}", file=sys.stderr, flush=True)
+        install_model(client, model_file)
+        images = ((target, read_image(path)) for target, path in targets.items())
+        try:
+            for target, result in predict_on_cluster(client, images, total=len(targets), progress=report, **options):
+                write_labels(target, result)
+        finally:
+            print(file=sys.stderr, flush=True)
+    print(f"wrote {len(targets)} file(s) to {output_dir}", file=sys.stderr)
+    return 0
 
 
 COMMANDS.append(add_predict_command)

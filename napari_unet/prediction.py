@@ -513,3 +513,49 @@ def _labels_lazy(probabilities, threshold: float, n_classes: int, background_thr
         return probabilities[..., 0].map_blocks(semantic_labels, threshold, 1, dtype=np.uint8)
     return probabilities.map_blocks(semantic_labels, threshold, n_classes, background_threshold, dtype=np.uint8,
                                     drop_axis=probabilities.ndim - 1)
+
+
+class RegionPredictor:
+    """Labels of chosen regions of one image, one region at a time, for callers that pick the order as
+    they go (e.g. the visible part of a huge image first: lazy_labels.py).
+
+    Built once per image: checks the input, plans the tiles of the whole plane and computes each plane's
+    percentile range on first use, so a region's labels equal the same pixels of predict(...) on the
+    whole image (the same tiles, blending and normalisation). image: numpy, dask or zarr; layouts as in
+    predict(); `leading_shape` and `spatial_shape` describe its planes.
+    """
+
+    def __init__(self, model, image, *, threshold: float = 0.5, channel_axis: int | None = None,
+                 tile_size: int | None = None, overlap: int | None = None, batch_size: int = 4,
+                 test_time_augmentation: bool | int = False, precision: str | None = None):
+        if not isinstance(model, SegmentationModel):
+            from napari_unet.registry import load_model
+
+            model = load_model(model)
+        if not _is_dask(image) and not isinstance(image, np.ndarray):
+            import dask.array as da
+
+            image = da.from_array(image, chunks=image.chunks) if hasattr(image, "chunks") else np.asarray(image)
+        _check_values(image)
+        self.planes = _as_planes(image, model.config.n_channels, channel_axis)
+        self.spatial_shape = tuple(self.planes.shape[-3:-1])
+        self.leading_shape = tuple(self.planes.shape[:-3])
+        if min(self.spatial_shape) < MIN_SIDE:
+            raise NapariUNetError(f"the image is {_describe(self.spatial_shape)} px: too small to segment")
+        self.model, self.threshold = model, threshold
+        self.plan = _Plan(model, self.spatial_shape, tile_size, overlap, batch_size, test_time_augmentation, precision)
+        self._ranges: dict[tuple, tuple | None] = {}
+
+    def n_tiles(self, region) -> int:
+        """Tiles a region costs (a tile crossing the region's border counts for each region it touches)."""
+        return len(self.plan.tiles_in(region))
+
+    def labels(self, index: tuple, region, cancel: CancelCheck | None = None) -> np.ndarray:
+        """uint8 labels (Yr, Xr) of `region` ((y0, y1), (x0, x1)) of plane `index` (() for one plane)."""
+        if index not in self._ranges:
+            self._ranges[index] = _plane_range(self.planes[index], self.model.metadata.normalization, index)
+        counter = _ProgressCounter(0, None, cancel)
+        probabilities = _predict_region(self.plan, self.planes[index], self._ranges[index], region, counter)
+        n_classes = self.plan.n_classes
+        return semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, self.threshold,
+                               n_classes, self.model.metadata.background_threshold)

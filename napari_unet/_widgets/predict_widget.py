@@ -19,13 +19,14 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet._widgets import _live_threshold
+from napari_unet._widgets import _lazy_prediction, _live_threshold
 from napari_unet._widgets._layers import LayerChooser, current_index, describe_index, layer_array, stack_depth
 from napari_unet._widgets._live_threshold import ThresholdCache
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT, NextTile
 from napari_unet._widgets._run_controls import RunControls
 from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
+from napari_unet.errors import NapariUNetError
 
 PREDICT_SHORTCUT = "Shift+U"
 # (views averaged by test-time augmentation, label);
@@ -210,6 +211,8 @@ class PredictWidget(QWidget):
         if not model_key:
             show_error("Predict: no model is chosen. Pick one in the Model menu or load a .keras file.")
             return None
+        if _lazy_prediction.is_lazy(image_layer):
+            return self.predict_lazy(image_layer, model_key)
         data = layer_array(image_layer)
         depth = stack_depth(image_layer)
         all_slices = self.scope_combo.currentText() == "all slices"
@@ -237,6 +240,56 @@ class PredictWidget(QWidget):
             on_done=lambda result: self._show_result(image_layer, model_key, result),
             on_finished=lambda: self._set_running(False),
             on_cancelled=lambda: self.status_label.setText("Prediction cancelled."),
+        )
+        self.session.track(self.job)
+        return self.job.start()
+
+    def predict_lazy(self, image_layer, model_key: str) -> Job | None:
+        """A lazy (zarr/dask) image: labels into a zarr store in the project's predictions/ folder, region by
+        region, what the canvas shows first; every slice of a stack, the displayed one first."""
+        from napari_unet.lazy_labels import predict_regions
+
+        folder = self.session.project.root / "predictions"
+        try:
+            layer = _lazy_prediction.add_lazy_labels(self.viewer, image_layer, folder, model_key)
+        except NapariUNetError as exc:
+            show_error(f"Predict: {exc}")
+            return None
+        painted = _lazy_prediction.PaintedBoxes(layer)
+        display = _lazy_prediction.DisplayRefresher(layer)
+        view = _lazy_prediction.ViewTracker(self.viewer, layer, lambda: current_index(self.viewer, image_layer))
+        threshold, views = self.threshold(), int(self.views_combo.currentData())
+        data, session = layer_array(image_layer), self.session
+
+        def work(report, is_cancelled):
+            model = session.load_model(model_key)
+            axis = channel_axis_for(image_layer, model.config.n_channels)
+            for result in predict_regions(model, data, visible=lambda: view.current, threshold=threshold,
+                                          channel_axis=axis, cancel=is_cancelled, test_time_augmentation=views):
+                report(result)
+            return layer.metadata[_lazy_prediction.LAZY_KEY]
+
+        def show_region(result) -> None:
+            if layer in self.viewer.layers:
+                _lazy_prediction.write_region(layer, result, painted, refresh=False)
+                display.request()
+            self.controls.progress(result.tiles_done, result.tiles_total)
+
+        skipped = [text for text, checked in (("instances", self.instances_check.isChecked()),
+                                               ("the probability map", self.probabilities_check.isChecked())) if checked]
+        note = f" ({' and '.join(skipped)}: not for lazy images)" if skipped else ""
+        self.status_label.setText(f"Predicting '{image_layer.name}' into '{layer.name}' (on disk: "
+                                  f"{layer.metadata[_lazy_prediction.LAZY_KEY]}), the visible part first{note} …")
+        self._set_running(True)
+        self.live_layer = None
+        self.job = Job(
+            work, what=f"Prediction of '{image_layer.name}'", on_progress=show_region,
+            on_done=lambda path: self.status_label.setText(
+                f"Prediction in '{layer.name}' (saved in {path}). Paint to correct it, then 'Add to training set' "
+                "in the Correct tab adds the region you see."),
+            on_finished=lambda: (view.stop(), display.refresh_now(), self._set_running(False)),
+            on_cancelled=lambda: self.status_label.setText(f"Prediction cancelled: '{layer.name}' keeps the regions "
+                                                           "done so far."),
         )
         self.session.track(self.job)
         return self.job.start()

@@ -30,6 +30,7 @@ from napari_unet._widgets._layers import (
     describe_index,
     layer_array,
 )
+from napari_unet._widgets._lazy_prediction import is_lazy, visible_region
 from napari_unet._widgets._session import PREDICTION_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
@@ -210,15 +211,22 @@ class TrainingSetWidget(QWidget):
             show_error(f"Add to training set: {exc}")
             return None
         index = current_index(self.viewer, image_layer)
-        image_plane = np.array(layer_array(image_layer)[index])
-        labels_plane = np.array(labels_layer.data[index])
+        region = ()
+        if is_lazy(image_layer) or is_lazy(labels_layer):  # larger than memory: the region on screen only
+            _, ((y0, y1), (x0, x1)) = visible_region(labels_layer, index)
+            region = (slice(y0, y1), slice(x0, x1))
+        image_plane = np.array(layer_array(image_layer)[index + region])
+        labels_plane = np.array(labels_layer.data[index + region])
         stored = labels_layer.metadata.get(PREDICTION_KEY)
-        prediction_plane = np.array(stored[index]) if stored is not None and stored.shape == labels_layer.data.shape else None
+        prediction_plane = (np.array(stored[index + region]) if stored is not None and stored.shape == labels_layer.data.shape
+                            else None)
         evaluation = self.evaluation_check.isChecked()
         only_corrected = self.only_corrected_check.isChecked() and not evaluation
         margin = self.margin_spin.value()
         project = self.session.project
         name = f"{image_layer.name}{('_' + '_'.join(map(str, index))) if index else ''}"
+        if region:
+            name += f"_y{region[0].start}_x{region[1].start}"
         image_name, labels_name = image_layer.name, labels_layer.name
 
         def work(report, is_cancelled):

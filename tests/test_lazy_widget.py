@@ -1,0 +1,83 @@
+"""The Predict tab on a lazy (zarr-backed dask) image: a Labels layer on a zarr store, paintable, and its
+visible region goes to the training set."""
+
+from __future__ import annotations
+
+import numpy as np
+import zarr
+from scipy import ndimage as ndi
+from test_widgets import blobs_image, contrasty_dock, dock, errors, notifications, tiny_model_path, wait_for  # noqa: F401
+
+from napari_unet._widgets._lazy_prediction import LAZY_KEY, PaintedBoxes, ViewTracker, write_region
+from napari_unet.lazy_labels import RegionLabels, open_zarr_image
+
+
+def lazy_image(folder, shape=(300, 260)):
+    rng = np.random.default_rng(4)
+    image = (ndi.gaussian_filter(rng.random(shape), 3) * 60000).astype(np.uint16)
+    store = zarr.open_array(str(folder / "big.zarr"), mode="w", shape=shape, chunks=(128, 128), dtype=image.dtype)
+    store[:] = image
+    return image, open_zarr_image(folder / "big.zarr")
+
+
+def test_lazy_image_predicts_into_a_paintable_zarr_layer_and_its_visible_region_is_added(
+        qtbot, contrasty_dock, notifications, tmp_path):  # noqa: F811
+    viewer, widget = contrasty_dock
+    image, lazy = lazy_image(tmp_path)
+    viewer.add_image(lazy, name="big")
+    job = wait_for(qtbot, widget.predict_tab.predict())
+    assert job.error is None, errors(notifications)
+    layer = viewer.layers["big prediction"]
+    assert isinstance(layer.data, zarr.Array)
+    store_path = layer.metadata[LAZY_KEY]
+    assert store_path.startswith(str(widget.session.project.root / "predictions"))
+    from napari_unet.prediction import predict
+
+    expected = predict(widget.session.load_model(), image)
+    assert 0.05 < expected.mean() < 0.95
+    np.testing.assert_array_equal(zarr.open_array(store_path, mode="r")[:], expected)
+    assert widget.predict_tab.progress_bar.value() == widget.predict_tab.progress_bar.maximum()
+    assert len(layer._undo_history) == 0  # the prediction is not an edit the user can undo
+    np.testing.assert_array_equal(np.asarray(layer._slice.image.raw), expected)  # shown, not only stored
+
+    layer.brush_size = 5
+    layer.paint((150, 100), 7)  # a brush stroke, through the layer's paint API
+    assert zarr.open_array(store_path, mode="r")[150, 100] == 7  # reached the store on disk
+
+    layer.corner_pixels = np.array([[140, 90], [171, 139]])  # what the canvas sets when zoomed in
+    job = wait_for(qtbot, widget.training_set_tab.add_current())
+    assert job.error is None, errors(notifications)
+    (pair,) = widget.session.training_set.pairs()
+    assert pair.name.endswith("_y140_x90")
+    stored_image, stored_mask = widget.session.training_set.load(pair.name)
+    assert stored_image.shape[:2] == stored_mask.shape == (32, 50)
+    np.testing.assert_array_equal(np.squeeze(stored_image), image[140:172, 90:140])
+    assert stored_mask[10, 10] == 7
+
+
+def test_a_region_arriving_late_keeps_what_the_user_painted(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(64, 64), chunks=(32, 32), dtype=np.uint8)
+    layer = viewer.add_labels(store)
+    painted = PaintedBoxes(layer)
+    layer.brush_size = 3
+    layer.paint((10, 10), 3)
+    write_region(layer, RegionLabels((), ((0, 64), (0, 64)), np.ones((64, 64), np.uint8), 1, 1), painted)
+    assert store[10, 10] == 3 and store[40, 40] == 1
+    assert len(layer._undo_history) == 1  # only the user's stroke
+
+
+def test_the_tracked_view_follows_the_camera(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(3, 500, 400), chunks=(1, 100, 100),
+                            dtype=np.uint8)
+    layer = viewer.add_labels(store)
+    viewer.dims.set_current_step(0, 0)
+    tracker = ViewTracker(viewer, layer, lambda: (int(viewer.dims.current_step[0]),))
+    assert tracker.current == ((0,), ((0, 500), (0, 400)))  # headless: the whole plane
+    layer.corner_pixels = np.array([[0, 100, 50], [0, 199, 149]])  # what the canvas sets once it has drawn
+    viewer.camera.center = (0, 150, 100)
+    qtbot.waitUntil(lambda: tracker.current == ((0,), ((100, 200), (50, 150))), timeout=5_000)
+    viewer.dims.set_current_step(0, 2)
+    qtbot.waitUntil(lambda: tracker.current[0] == (2,), timeout=5_000)
+    tracker.stop()
