@@ -591,7 +591,12 @@ def _live_ready(qtbot, dock, image, name="cells"):
     tab = widget.live_tab
     tab.image_combo.reset_choices()
     tab.image_combo.select(name)
-    return viewer, widget, tab, viewer.layers[f"{name} prediction"]
+    labels = viewer.layers[f"{name} prediction"]
+    # A known prediction to correct (napari reports only the pixels a stroke changes): nothing, and one wrong square.
+    labels.data[:] = 0
+    labels.data[40:51, 40:51] = 1
+    labels.refresh()
+    return viewer, widget, tab, labels
 
 
 def test_live_trains_from_strokes_into_its_own_layer_and_keeps_through_the_guard(qtbot, dock, blobs_image, notifications):
