@@ -24,9 +24,12 @@ import numpy as np
 def _stalls(beats: list[tuple[float, float]], period: float) -> dict:
     walls = np.diff([wall for wall, _ in beats]) - period
     cpus = np.diff([cpu for _, cpu in beats])
+    worst = int(np.argmax(walls))
     return {"beats": len(beats), "p50_ms": 1000 * float(np.percentile(walls, 50)),
             "p99_ms": 1000 * float(np.percentile(walls, 99)), "max_ms": 1000 * float(walls.max()),
-            "gui_cpu_max_ms": 1000 * float(cpus.max())}
+            "gui_cpu_max_ms": 1000 * float(cpus.max()),
+            # the longest stall: when it began (s into the window) and the GUI thread's own CPU time in it
+            "worst_at_s": round(beats[worst][0] - beats[0][0], 2), "worst_cpu_ms": round(1000 * float(cpus[worst]), 1)}
 
 
 def main() -> int:
@@ -110,6 +113,9 @@ def main() -> int:
                       (f"painting with Live on ({live_steps} live steps)", painting)):
         print(f"| {name} | {row['beats']} | {row['p50_ms']:.1f} | {row['p99_ms']:.1f} | {row['max_ms']:.1f} | "
               f"{row['gui_cpu_max_ms']:.1f} |")
+    for name, row in (("round", training), ("live", painting)):
+        print(f"{name}: longest stall began {row['worst_at_s']} s into the window; the GUI thread's own CPU in it "
+              f"{row['worst_cpu_ms']} ms (the rest: waiting for Python's lock or the OS)")
     viewer.close()
     return 0
 

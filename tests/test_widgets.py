@@ -726,3 +726,22 @@ def test_the_dock_prepares_the_selected_model_in_the_background(qtbot, make_napa
     assert warm_up.error is None
     model = widget.session._models[tiny_model_path]  # loaded once, cached for the first Predict
     assert model.__dict__.get("_forward") or model.__dict__.get("_twin")  # and its forward pass compiled
+
+
+def test_live_sends_corrections_while_the_user_keeps_painting(qtbot, dock, blobs_image, monkeypatch):
+    from napari_unet._widgets import live_widget
+
+    monkeypatch.setattr(live_widget, "MAX_WAIT_S", 0.5)
+    viewer, widget, tab, labels = _live_ready(qtbot, dock, blobs_image)
+    tab.live_check.setChecked(True)
+    labels.brush_size = 6
+    sent = []
+    started = time.monotonic()
+    for step in range(12):  # a stroke every 100 ms: the 600 ms pause never comes
+        labels.paint((10 + 6 * step, 20), 1)
+        qtbot.wait(100)
+        if tab.shared.update is not None or widget.session.project.training.pairs():
+            sent.append(time.monotonic() - started)
+    assert sent and sent[0] < 1.2  # sent within MAX_WAIT_S of the first stroke (plus a stroke), not after painting
+    tab.live_check.setChecked(False)
+    wait_for(qtbot, tab.job)

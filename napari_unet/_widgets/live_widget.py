@@ -26,8 +26,10 @@ from napari_unet._widgets._layers import LayerChooser, current_index, layer_arra
 from napari_unet._widgets._session import Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 
-# A burst of strokes is one update: the pair is written this long after the last stroke.
+# A burst of strokes is one update: the pair is written this long after the last stroke, or — while the user
+# keeps painting — at the latest this long after the first stroke not yet sent.
 DEBOUNCE_MS = 600
+MAX_WAIT_S = 2.0
 # Context around the visible region when predicting it, so its edges see what a whole-image pass would.
 CONTEXT = 32
 
@@ -72,6 +74,7 @@ class LiveWidget(QWidget):
         self.live_layer = None
         self.showing_preview = False
         self._listening = False
+        self._pending_since: float | None = None  # when the oldest stroke not yet sent to training came
 
         self.image_combo = LayerChooser(Image, "the image whose prediction you correct")
         self.live_check = QCheckBox("Live: learn while I paint")
@@ -190,11 +193,19 @@ class LiveWidget(QWidget):
         if self.touched is None:
             return
         self.touched |= touched_by(event.value, self.touched.shape, self.plane_index)
-        self.debounce.start()  # restarts: a burst of strokes is one update
+        now = time.monotonic()
+        if self._pending_since is None:
+            self._pending_since = now
+        if now - self._pending_since >= MAX_WAIT_S:  # painting without a pause: send what there is now
+            self._send_update()
+        else:
+            self.debounce.start()  # restarts: a burst of strokes is one update
 
     def _send_update(self) -> None:
         from napari_unet.live import live_mask
 
+        self.debounce.stop()
+        self._pending_since = None
         if not self.running or self.touched is None or not (self.touched.any() or self.whole_plane_check.isChecked()):
             return
         labels = np.array(layer_array(self.labels_layer)[self.plane_index])
