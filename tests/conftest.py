@@ -73,3 +73,14 @@ def pytest_unconfigure(config):
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(_SESSION_STATUS["code"])
+
+
+@pytest.fixture
+def start_model(tmp_path) -> str:
+    """A tiny (base width 4, depth 2) random model saved as a .keras file: the start of test projects."""
+    import keras
+
+    from napari_unet.model import UNetConfig, new_model, save_model
+
+    keras.utils.set_random_seed(0)
+    return str(save_model(new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny"), tmp_path / "tiny.keras"))

@@ -9,19 +9,10 @@ from test_project import _discs
 from napari_unet.errors import NapariUNetError
 from napari_unet.live import LiveTrainer, live_mask, touched_by
 from napari_unet.masks import IGNORE_LABEL
-from napari_unet.model import UNetConfig, new_model, save_model
 from napari_unet.project import Project
 from napari_unet.training import TrainConfig
 
 LIVE = TrainConfig(batch_size=2, patch_size=64, learning_rate=1e-2, validation_fraction=0.0)
-
-
-@pytest.fixture
-def start_model(tmp_path):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    return str(save_model(new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny"), tmp_path / "tiny.keras"))
 
 
 @pytest.fixture

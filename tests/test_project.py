@@ -35,14 +35,6 @@ def _discs(seed: int, size: int = 128, instances: bool = False):
 
 
 @pytest.fixture
-def start_model(tmp_path):
-    import keras
-
-    keras.utils.set_random_seed(0)
-    return str(save_model(new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny"), tmp_path / "tiny.keras"))
-
-
-@pytest.fixture
 def project(tmp_path, start_model):
     project = Project.init(tmp_path / "project", start_model)
     for seed in (0, 1):
