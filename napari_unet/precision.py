@@ -32,32 +32,12 @@ def cpu_features() -> frozenset[str]:
     return frozenset()
 
 
-# A program-wide default set by the program itself (the napari dock: see set_program_default); None = detect.
-_program_default: str | None = None
-
-
-def set_program_default(precision: str | None) -> None:
-    """The default for this process when the environment variable does not set one (None: detect again).
-
-    The napari dock sets float32: inside napari (Mesa's OpenGL and its LLVM loaded, TensorFlow imported with
-    RTLD_DEEPBIND, see _widgets/_tensorflow.py) a second fine-tuning round in bfloat16 crashed the process in
-    2 of 3 runs (a segmentation fault while tracing the model's forward pass; never headless, never in float32).
-    Until that is understood, the dock computes in float32 unless NAPARI_UNET_PRECISION=bfloat16."""
-    global _program_default
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
-    _program_default = precision
-
-
 def default_precision() -> str:
     """bfloat16 where the CPU computes it natively (AMX or AVX512-BF16), else float32; the environment
-    variable wins, then a program's own default (set_program_default). Elsewhere bfloat16 is emulated and
-    slower than float32."""
+    variable wins. Elsewhere bfloat16 is emulated and slower than float32."""
     chosen = os.environ.get(ENVIRONMENT_VARIABLE, "").strip().lower()
     if chosen in PRECISIONS:
         return chosen
-    if _program_default is not None:
-        return _program_default
     return "bfloat16" if cpu_features() & {"amx_bf16", "avx512_bf16"} else "float32"
 
 

@@ -12,15 +12,6 @@ from napari_unet.model import UNetConfig, load_model_file, save_model
 from napari_unet.prediction import predict
 
 
-@pytest.fixture(autouse=True)
-def detected_default():
-    """These tests see the detected default, whatever an earlier dock in this process set (the dock sets float32)."""
-    saved = precision._program_default
-    precision.set_program_default(None)
-    yield
-    precision.set_program_default(saved)
-
-
 def _image(size: int = 96) -> np.ndarray:
     rng = np.random.default_rng(1)
     image = np.zeros((size, size), dtype=np.float32)
@@ -112,13 +103,3 @@ def test_fine_tuning_keeps_the_parents_batch_norm_statistics_unless_told(frozen)
     conv_before = model.keras_model.get_layer("enc0_conv1").get_weights()[0]
     assert not np.array_equal(conv_before, tuned.keras_model.get_layer("enc0_conv1").get_weights()[0])
     assert all(layer.trainable for layer in tuned.keras_model.layers)  # the saved version is an ordinary model
-
-
-def test_a_program_default_sits_between_the_environment_and_detection(monkeypatch):
-    monkeypatch.delenv(precision.ENVIRONMENT_VARIABLE, raising=False)
-    precision.set_program_default("float32")
-    assert precision.default_precision() == "float32"
-    monkeypatch.setenv(precision.ENVIRONMENT_VARIABLE, "bfloat16")
-    assert precision.default_precision() == "bfloat16"  # the user's choice wins
-    with pytest.raises(ValueError, match="float16"):
-        precision.set_program_default("float16")

@@ -745,12 +745,3 @@ def test_live_sends_corrections_while_the_user_keeps_painting(qtbot, dock, blobs
     assert sent and sent[0] < 1.2  # sent within MAX_WAIT_S of the first stroke (plus a stroke), not after painting
     tab.live_check.setChecked(False)
     wait_for(qtbot, tab.job)
-
-
-def test_the_dock_computes_in_float32_unless_the_user_asks_for_bfloat16(dock, monkeypatch):
-    from napari_unet import precision
-
-    monkeypatch.delenv(precision.ENVIRONMENT_VARIABLE, raising=False)
-    assert precision.default_precision() == "float32"  # precision.set_program_default says why
-    monkeypatch.setenv(precision.ENVIRONMENT_VARIABLE, "bfloat16")
-    assert precision.default_precision() == "bfloat16"

@@ -50,9 +50,6 @@ class Session(QObject):
 
     def __init__(self, viewer):
         super().__init__()
-        from napari_unet.precision import set_program_default
-
-        set_program_default("float32")  # why: precision.set_program_default
         self.viewer = viewer
         saved_folder = settings().value("project", "", type=str)
         self.project = Project(saved_folder or default_training_set_dir())
