@@ -745,3 +745,23 @@ def test_live_sends_corrections_while_the_user_keeps_painting(qtbot, dock, blobs
     assert sent and sent[0] < 1.2  # sent within MAX_WAIT_S of the first stroke (plus a stroke), not after painting
     tab.live_check.setChecked(False)
     wait_for(qtbot, tab.job)
+
+
+def test_jobs_that_reach_tensorflow_run_on_long_lived_python_threads(qtbot, dock):
+    """Not on Qt's pool threads, whose per-job Python thread states TensorFlow's pybind11 code outlives: napari
+    crashed in a second fine-tuning round that way (see _workers._tensorflow_executor)."""
+    import threading
+
+    from napari_unet._widgets._workers import Job
+
+    names = []
+    for _ in range(3):
+        job = Job(lambda report, is_cancelled: (threading.current_thread().name, threading.get_ident()),
+                  what="thread check", on_done=names.append).start()
+        wait_for(qtbot, job)
+    assert all(name.startswith("napari-unet TensorFlow") for name, _ in names)
+    assert len({ident for _, ident in names}) <= 2  # the same two threads, reused, never new ones
+    plain = Job(lambda report, is_cancelled: threading.current_thread().name, what="no TensorFlow",
+                on_done=names.append, needs_tensorflow=False).start()
+    wait_for(qtbot, plain)
+    assert not names[-1].startswith("napari-unet TensorFlow")  # file-only jobs stay on Qt's pool

@@ -40,13 +40,39 @@ def describe_error(exc: BaseException, what: str) -> str:
             "Details are in the console (View ▸ Console); please report this if it repeats.")
 
 
+_tensorflow_threads = None
+_tensorflow_threads_lock = threading.Lock()
+
+
+def _tensorflow_executor():
+    """Python threads that live as long as the process, for every job that may reach TensorFlow.
+
+    Qt's pool threads run Python with a new thread state per job. TensorFlow's pybind11 code caches the thread
+    state of the first job in a thread-local and reuses it in a later job on the same pool thread, after
+    Python has freed it: napari crashed in the second fine-tuning round (gdb: PyGraph::version_def →
+    gil_scoped_acquire → take_gil on a freed thread state; 10 of 12 runs of scripts/screenshot.py). A Python
+    thread keeps one thread state for life, so the cached one stays valid. Two threads: as many jobs as
+    Qt's pool runs at once on two cores (e.g. Live training while a prediction runs)."""
+    global _tensorflow_threads
+    with _tensorflow_threads_lock:
+        if _tensorflow_threads is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _tensorflow_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="napari-unet TensorFlow")
+        return _tensorflow_threads
+
+
 def _with_tensorflow(ended: threading.Event, function, *args):
-    """Every job may reach TensorFlow: import it the safe way first (see _tensorflow.py)."""
+    """Every job may reach TensorFlow: import it the safe way first (see _tensorflow.py), then run it on one of
+    the long-lived TensorFlow threads (see _tensorflow_executor); this pool thread waits for it."""
     from napari_unet._widgets._tensorflow import ensure_tensorflow
 
-    try:
+    def run():
         ensure_tensorflow()
         return function(*args)
+
+    try:
+        return _tensorflow_executor().submit(run).result()
     finally:
         ended.set()
 
