@@ -176,6 +176,7 @@ class LiveTrainer:
         self.total_steps = 0
         self.best_iou: float | None = None
         self._best_weights = None
+        self._corrected: dict[str, np.ndarray] = {}
 
     @property
     def model(self):
@@ -186,16 +187,19 @@ class LiveTrainer:
     def precision(self) -> str | None:
         return self._run.precision if self._run is not None else None
 
-    def reload(self) -> int:
-        """Read the project's pairs again (after the user's corrections changed); returns how many train."""
+    def reload(self, corrected: dict[str, np.ndarray] | None = None) -> int:
+        """Read the project's pairs again (after the user's corrections changed); returns how many train.
+
+        corrected: {pair name: bool (Y, X) map of the pixels the user changed}; half of a pair's patches are
+        centred on them (the rest as usual), so a confirmed whole plane still trains mostly where it was wrong."""
         from napari_unet.training.loop import _resolve_config, _Run
 
         data, self.evaluation = self.project.snapshot()
         if self._run is None:
             self._run = _Run(self.parent, _resolve_config(self.parent, self.config, {}), data.images, data.train_masks,
                              None, list(data.names), None)
-        else:
-            self._run.use_pairs(data.images, data.train_masks, list(data.names))
+        self._corrected.update(corrected or {})
+        self._run.use_pairs(data.images, data.train_masks, list(data.names), self._corrected)
         self.best_iou, self._best_weights = None, None  # scores on another evaluation set do not compare
         return len(data.names)
 

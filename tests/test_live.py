@@ -109,3 +109,24 @@ def test_the_forest_preview_learns_from_touched_pixels_and_scores_on_the_evaluat
     iou = np.logical_and(predicted[lower], labels[lower] > 0).sum() / np.logical_or(predicted[lower], labels[lower] > 0).sum()
     assert iou > 0.8
     assert preview.score(project._evaluation_pairs()) > 0.8
+
+
+def test_patches_are_centred_on_corrected_pixels_more_often():
+    from napari_unet.training.inputs import _Pair
+    from napari_unet.training.sampling import PatchSampler
+
+    size = 256
+    image = np.zeros((size, size, 1), np.float32)
+    image[200:210, 200:210] = 1.0  # the corrected pixels are the only bright ones
+    mask = np.zeros((size, size), np.uint8)
+    mask[100:150, 100:150] = 1
+    pair = _Pair("plane", image, image, mask)
+    corrected = image[..., 0] > 0
+
+    def share_with_corrections(focus_maps):
+        sampler = PatchSampler([pair], 32, rng=np.random.default_rng(0), focus_maps=focus_maps)
+        patches = [sampler.sample_patch()[0] for _ in range(200)]
+        return np.mean([patch.max() > 0 for patch in patches])
+
+    without, with_focus = share_with_corrections(None), share_with_corrections([corrected])
+    assert without < 0.05 and 0.4 < with_focus < 0.7  # half the patches (focus_fraction 0.5), not all

@@ -212,7 +212,7 @@ class LiveWidget(QWidget):
         mask = live_mask(labels, self.touched, whole_plane=self.whole_plane_check.isChecked())
         image_plane = np.array(layer_array(self.image_layer)[self.plane_index])
         with self.shared.lock:
-            self.shared.update = (image_plane, mask, int(self.touched.sum()))
+            self.shared.update = (image_plane, mask, self.touched.copy())
 
     def _visible_region(self):
         corners = np.asarray(self.image_layer.corner_pixels)[:, -2:] if self.image_layer is not None else None
@@ -264,10 +264,10 @@ class LiveWidget(QWidget):
                 update = shared.take_update()
                 try:  # the user's input can be unusable for a while (e.g. only erased): say so, keep listening
                     if update is not None:
-                        plane, mask, corrected = update
-                        project.add_pair(plane, mask, name=pair_name, replace=True, corrected_pixels=corrected,
-                                         source_image=pair_name)
-                        report(("pairs", trainer.reload()))
+                        plane, mask, touched = update
+                        pair = project.add_pair(plane, mask, name=pair_name, replace=True,
+                                                corrected_pixels=int(touched.sum()), source_image=pair_name)
+                        report(("pairs", trainer.reload({pair.name: touched})))
                         has_pairs = True
                         if preview is not None and preview.fit(plane, mask):
                             preview_iou = preview.score(trainer.evaluation)

@@ -117,7 +117,7 @@ class _Run:
         self.epochs_without_improvement = 0
         self.step_seconds: list[float] = []
 
-    def _sample_from(self, training_pairs) -> None:
+    def _sample_from(self, training_pairs, focus: dict | None = None) -> None:
         config, model = self.config, self.parent
         weight_maps = None
         if config.border_weight:
@@ -130,15 +130,18 @@ class _Run:
                                              object_class=object_class)
                            for p in training_pairs]
         self.training_pairs = training_pairs
+        focus_maps = [focus.get(pair.name) for pair in training_pairs] if focus else None
         self.sampler = PatchSampler(training_pairs, self.patch_size, rng=self.rng, augmenter=self.augmenter,
-                                    foreground_fraction=config.foreground_fraction, weight_maps=weight_maps)
+                                    foreground_fraction=config.foreground_fraction, weight_maps=weight_maps,
+                                    focus_maps=focus_maps)
 
-    def use_pairs(self, images, masks, names=None) -> None:
+    def use_pairs(self, images, masks, names=None, focus: dict | None = None) -> None:
         """Train on these pairs from the next step on; the model, its optimizer state and the compiled step
-        stay (live mode: the corrections change while training runs, and a re-trace would cost seconds)."""
+        stay (live mode: the corrections change while training runs, and a re-trace would cost seconds).
+        focus: {pair name: bool (Y, X) map} of pixels to centre patches on more often (the corrected ones)."""
         pairs = prepare_pairs(self.parent, images, masks, names=names)
         _check_foreground(pairs, self.parent.config.n_classes)
-        self._sample_from(pairs)
+        self._sample_from(pairs, focus)
         self.history.settings["n_training_pairs"] = len(pairs)
 
     def version(self, weights=None) -> tuple[SegmentationModel, TrainHistory]:

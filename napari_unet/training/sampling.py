@@ -60,12 +60,14 @@ class PatchSampler:
     Every image is padded once (reflect; masks with IGNORE_LABEL) to at least one patch plus the
     augmentation margin, so images smaller than a patch train fine. Pairs are drawn in proportion to
     their annotated pixels; a `foreground_fraction` of patches is centred on a random foreground
-    pixel, the rest on a random annotated pixel (sparse corrections are never missed).
+    pixel, the rest on a random annotated pixel (sparse corrections are never missed). With focus maps, a
+    `focus_fraction` of a pair's patches is centred on its focus pixels first (live mode: the corrected ones).
     """
 
     def __init__(self, pairs: list[_Pair], patch_size: int, *, rng: np.random.Generator,
                  augmenter: PairAugmenter | None = None, foreground_fraction: float = 0.5,
-                 weight_maps: list[np.ndarray] | None = None):
+                 weight_maps: list[np.ndarray] | None = None, focus_maps: list[np.ndarray | None] | None = None,
+                 focus_fraction: float = 0.5):
         self.patch_size = patch_size
         self.rng = rng
         self.augmenter = augmenter
@@ -86,6 +88,11 @@ class PatchSampler:
             annotated = pair.mask != IGNORE_LABEL
             self.annotated.append(np.flatnonzero(annotated).astype(np.int64))
             self.foreground.append(np.flatnonzero(annotated & (pair.mask > 0)).astype(np.int64))
+        # Pixels to centre patches on more often (live mode: what the user corrected), annotated ones only.
+        self.focus_fraction = focus_fraction
+        self.focus = [np.zeros(0, dtype=np.int64) if f is None else
+                      np.flatnonzero(np.asarray(f, dtype=bool) & (pair.mask != IGNORE_LABEL)).astype(np.int64)
+                      for f, pair in zip(focus_maps or [None] * len(pairs), pairs)]
         counts = np.array([a.size for a in self.annotated], dtype=np.float64)
         self.pair_probabilities = counts / counts.sum()
         self.shapes = [pair.mask.shape for pair in pairs]
@@ -93,8 +100,11 @@ class PatchSampler:
     def sample_patch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rng = self.rng
         index = int(rng.choice(len(self.images), p=self.pair_probabilities))
-        use_foreground = self.foreground[index].size > 0 and rng.random() < self.foreground_fraction
-        candidates = self.foreground[index] if use_foreground else self.annotated[index]
+        if self.focus[index].size > 0 and rng.random() < self.focus_fraction:
+            candidates = self.focus[index]
+        else:
+            use_foreground = self.foreground[index].size > 0 and rng.random() < self.foreground_fraction
+            candidates = self.foreground[index] if use_foreground else self.annotated[index]
         centre = int(candidates[rng.integers(candidates.size)])
         cy, cx = divmod(centre, self.shapes[index][1])
         size, margin = self.patch_size, self.margin
