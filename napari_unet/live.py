@@ -47,6 +47,23 @@ def live_mask(labels: np.ndarray, touched: np.ndarray, margin: int = TOUCH_MARGI
     return mask
 
 
+def _box_in_plane(key: tuple, mask, plane_index: tuple[int, ...]):
+    """(rows, cols, mask of the box or None) of a masked paint atom on plane `plane_index`; None off the plane.
+
+    The leading parts of `key` are slices (the mask has that axis) or integers (it has not)."""
+    for part, wanted in zip(key[:len(plane_index)], plane_index):
+        if isinstance(part, slice):
+            start = part.start or 0
+            stop = wanted + 1 if part.stop is None else part.stop
+            if not start <= wanted < stop:
+                return None
+            mask = None if mask is None else np.asarray(mask)[wanted - start]
+        elif int(part) != wanted:
+            return None
+    rows, cols = key[len(plane_index):][-2:]
+    return rows, cols, mask
+
+
 def touched_by(atoms, plane_shape: tuple[int, int], plane_index: tuple[int, ...] = ()) -> np.ndarray:
     """The pixels of one (Y, X) plane that a napari Labels `paint` event changed (its value: a list of history
     atoms — masked paints `(slice_key, mask | None, old_values, new_value)` from the brush, fill and polygon,
@@ -55,23 +72,14 @@ def touched_by(atoms, plane_shape: tuple[int, int], plane_index: tuple[int, ...]
     n_leading = len(plane_index)
     for atom in atoms:
         if len(atom) == 4:
-            key, mask = tuple(atom[0]), atom[1]
-            leading, (rows, cols) = key[:n_leading], key[n_leading:][-2:]
-            offsets = []
-            for part, wanted in zip(leading, plane_index):
-                start = part.start or 0 if isinstance(part, slice) else int(part)
-                stop = (part.stop if part.stop is not None else wanted + 1) if isinstance(part, slice) else start + 1
-                if not start <= wanted < stop:
-                    break
-                offsets.append(wanted - start if isinstance(part, slice) else None)
+            box = _box_in_plane(tuple(atom[0]), atom[1], plane_index)
+            if box is None:
+                continue
+            rows, cols, mask = box
+            if mask is None:
+                touched[rows, cols] = True
             else:
-                if mask is None:
-                    touched[rows, cols] = True
-                else:
-                    plane_mask = np.asarray(mask, dtype=bool)
-                    for offset in offsets:
-                        plane_mask = plane_mask[offset] if offset is not None else plane_mask
-                    touched[rows, cols] |= plane_mask.reshape(touched[rows, cols].shape)
+                touched[rows, cols] |= np.asarray(mask, dtype=bool).reshape(touched[rows, cols].shape)
         elif len(atom) == 3:
             indices = tuple(np.asarray(i) for i in atom[0])
             if len(indices) < 2:
@@ -87,12 +95,11 @@ def _features(image: np.ndarray) -> np.ndarray:
     """ilastik's default feature set as scikit-image offers it: intensity, edges and texture at 5 scales."""
     from skimage.feature import multiscale_basic_features
 
-    from napari_unet.normalize import NormalizationConfig, percentile_range
+    from napari_unet.normalize import apply_range, percentile_range
 
     plane = np.asarray(image, dtype=np.float32)
-    plane = plane if plane.ndim == 2 else plane.mean(axis=-1)
-    low, high = percentile_range(plane[..., None], NormalizationConfig())
-    plane = (plane - float(low[0])) / max(float(high[0] - low[0]), 1e-6)
+    plane = plane[..., None] if plane.ndim == 2 else plane.mean(axis=-1, keepdims=True)
+    plane = apply_range(plane, *percentile_range(plane))[..., 0]
     return multiscale_basic_features(plane, intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16)
 
 
@@ -104,17 +111,18 @@ class ForestPreview:
     def __init__(self, seed: int = 0):
         self.seed = seed
         self.classifier = None
-        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[str, np.ndarray] = {}
 
     def features(self, image: np.ndarray) -> np.ndarray:
-        key = id(image)
-        cached = self._cache.get(key)
-        if cached is None or cached[0] is not image:
-            if len(self._cache) >= 8:  # planes of earlier snapshots: not asked for again
+        """Cached by content: every reload reads the evaluation images anew, and their features do not change."""
+        from napari_unet.store import array_sha1
+
+        key = array_sha1(image)
+        if key not in self._cache:
+            if len(self._cache) >= 8:  # planes no longer in the project
                 self._cache.clear()
-            cached = (image, _features(image))
-            self._cache[key] = cached
-        return cached[1]
+            self._cache[key] = _features(image)
+        return self._cache[key]
 
     def fit(self, image: np.ndarray, mask: np.ndarray) -> bool:
         """Fit on the annotated pixels of one plane's training mask; False when they hold only one class."""
@@ -195,11 +203,12 @@ class LiveTrainer:
         from napari_unet.training.loop import _resolve_config, _Run
 
         data, self.evaluation = self.project.snapshot()
+        self._corrected.update(corrected or {})
         if self._run is None:
             self._run = _Run(self.parent, _resolve_config(self.parent, self.config, {}), data.images, data.train_masks,
-                             None, list(data.names), None)
-        self._corrected.update(corrected or {})
-        self._run.use_pairs(data.images, data.train_masks, list(data.names), self._corrected)
+                             None, list(data.names), None, focus=self._corrected)
+        else:
+            self._run.use_pairs(data.images, data.train_masks, list(data.names), self._corrected)
         self.best_iou, self._best_weights = None, None  # scores on another evaluation set do not compare
         return len(data.names)
 

@@ -23,6 +23,7 @@ from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from napari_unet._widgets._layers import LayerChooser, current_index, layer_array, stack_depth
+from napari_unet._widgets._lazy_prediction import ViewTracker
 from napari_unet._widgets._session import Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 
@@ -43,8 +44,7 @@ class _Shared:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.update = None  # (image plane, training mask, corrected pixel count): the latest, replaced by newer
-        self.region = None  # ((y0, y1), (x0, x1)) the visible part of the plane
+        self.update = None  # (training mask, touched pixels) of the plane: the latest, replaced by newer
         self.paused = False
         self.keep_requested = False
 
@@ -73,7 +73,7 @@ class LiveWidget(QWidget):
         self.last_record = None
         self.live_layer = None
         self.showing_preview = False
-        self._listening = False
+        self.view = None  # a ViewTracker of the visible region while Live is on
         self._pending_since: float | None = None  # when the oldest stroke not yet sent to training came
 
         self.image_combo = LayerChooser(Image, "the image whose prediction you correct")
@@ -150,12 +150,10 @@ class LiveWidget(QWidget):
             show_info(f"Live learns from the current plane {self.plane_index} of '{image_layer.name}' only.")
         self.touched = np.zeros(plane_shape, dtype=bool)
         self.shared = _Shared()
-        self.shared.region = self._visible_region()
         self._show_live_layer(plane_shape)
         labels_layer.events.paint.connect(self._painted)
-        self.viewer.camera.events.center.connect(self._camera_moved)
-        self.viewer.camera.events.zoom.connect(self._camera_moved)
-        self._listening = True
+        plane_index = self.plane_index
+        self.view = ViewTracker(self.viewer, labels_layer, lambda: plane_index)  # the Labels layer: Y, X last
         self.job = Job(self._work(image_plane), what="Live training", on_progress=self._show_progress,
                        on_done=self._stopped, on_finished=self._finished)
         self.session.track(self.job)
@@ -179,12 +177,11 @@ class LiveWidget(QWidget):
 
     def _disconnect(self) -> None:
         self.debounce.stop()
-        if not self._listening:
+        if self.view is None:
             return
-        self._listening = False
+        self.view.stop()
+        self.view = None
         self.labels_layer.events.paint.disconnect(self._painted)
-        self.viewer.camera.events.center.disconnect(self._camera_moved)
-        self.viewer.camera.events.zoom.disconnect(self._camera_moved)
 
     # --- painting (GUI thread, cheap) -------------------------------------------------------------
     def _painted(self, event) -> None:
@@ -210,24 +207,8 @@ class LiveWidget(QWidget):
             return
         labels = np.array(layer_array(self.labels_layer)[self.plane_index])
         mask = live_mask(labels, self.touched, whole_plane=self.whole_plane_check.isChecked())
-        image_plane = np.array(layer_array(self.image_layer)[self.plane_index])
         with self.shared.lock:
-            self.shared.update = (image_plane, mask, self.touched.copy())
-
-    def _visible_region(self):
-        corners = np.asarray(self.image_layer.corner_pixels)[:, -2:] if self.image_layer is not None else None
-        shape = self.touched.shape
-        if corners is None:
-            return (0, shape[0]), (0, shape[1])
-        (y0, x0), (y1, x1) = np.clip(corners[0], 0, shape), np.clip(corners[1] + 1, 0, shape)
-        if y1 <= y0 or x1 <= x0:
-            return (0, shape[0]), (0, shape[1])
-        return (int(y0), int(y1)), (int(x0), int(x1))
-
-    def _camera_moved(self, event=None) -> None:
-        region = self._visible_region()
-        with self.shared.lock:
-            self.shared.region = region
+            self.shared.update = (mask, self.touched.copy())
 
     def toggle_pause(self) -> None:
         with self.shared.lock:
@@ -245,7 +226,7 @@ class LiveWidget(QWidget):
 
     # --- the worker -------------------------------------------------------------------------------
     def _work(self, image_plane: np.ndarray):
-        project, parent_key, shared = self.session.project, self.parent_key(), self.shared
+        project, parent_key, shared, view = self.session.project, self.parent_key(), self.shared, self.view
         pair_name = f"{self.image_layer.name} live" + "".join(f" {i}" for i in self.plane_index)
 
         def work(report, is_cancelled):
@@ -255,7 +236,7 @@ class LiveWidget(QWidget):
             trainer = LiveTrainer(project, parent_key)  # a model that fails to load ends Live with its message
             has_pairs = False
             # Until the U-Net beats it on the evaluation set, a forest fitted in a second is what the user sees.
-            preview, preview_iou = ForestPreview(), None
+            preview, preview_iou, preview_labels = ForestPreview(), None, None
 
             def interrupted() -> bool:
                 return is_cancelled() or shared.paused or shared.update is not None or shared.keep_requested
@@ -264,13 +245,13 @@ class LiveWidget(QWidget):
                 update = shared.take_update()
                 try:  # the user's input can be unusable for a while (e.g. only erased): say so, keep listening
                     if update is not None:
-                        plane, mask, touched = update
-                        pair = project.add_pair(plane, mask, name=pair_name, replace=True,
+                        mask, touched = update
+                        pair = project.add_pair(image_plane, mask, name=pair_name, replace=True,
                                                 corrected_pixels=int(touched.sum()), source_image=pair_name)
                         report(("pairs", trainer.reload({pair.name: touched})))
                         has_pairs = True
-                        if preview is not None and preview.fit(plane, mask):
-                            preview_iou = preview.score(trainer.evaluation)
+                        if preview is not None and preview.fit(image_plane, mask):
+                            preview_iou, preview_labels = preview.score(trainer.evaluation), preview.predict(image_plane)
                     if shared.take_keep():
                         report(("kept", trainer.keep().record))
                 except NapariUNetError as exc:
@@ -282,10 +263,9 @@ class LiveWidget(QWidget):
                 burst = trainer.train(BURST_SECONDS, cancel=interrupted)
                 if burst.steps == 0:  # interrupted before its first step: new corrections, Keep or Off come first
                     continue
-                (y0, y1), (x0, x1) = shared.region
+                (y0, y1), (x0, x1) = view.current[1]
                 if preview is not None and preview_iou is not None and burst.iou is not None and preview_iou > burst.iou:
-                    labels = preview.predict(image_plane)[y0:y1, x0:x1]
-                    report(("burst", burst, ((y0, y1), (x0, x1)), labels, preview_iou))
+                    report(("burst", burst, ((y0, y1), (x0, x1)), preview_labels[y0:y1, x0:x1], preview_iou))
                     continue
                 preview = None if burst.iou is not None and preview_iou is not None else preview  # the U-Net won
                 top, left = max(0, y0 - CONTEXT), max(0, x0 - CONTEXT)
@@ -349,16 +329,10 @@ class LiveWidget(QWidget):
             self.status_label.setText("Live off: no correction was trained on, nothing to keep.")
 
     def _finished(self) -> None:
-        self._disconnect_quietly()
+        self._disconnect()
         self.pause_button.setEnabled(False)
         self.pause_button.setText("Pause")
         self.keep_button.setEnabled(False)
         self.live_check.blockSignals(True)
         self.live_check.setChecked(False)
         self.live_check.blockSignals(False)
-
-    def _disconnect_quietly(self) -> None:
-        import contextlib
-
-        with contextlib.suppress(Exception):
-            self._disconnect()

@@ -77,7 +77,8 @@ def _resolve_config(model: SegmentationModel, config: TrainConfig | None, overri
 class _Run:
     """One training run's state: what prepare() built, what the loop changes, what finish() records."""
 
-    def __init__(self, model: SegmentationModel, config: TrainConfig, images, masks, validation, names, progress):
+    def __init__(self, model: SegmentationModel, config: TrainConfig, images, masks, validation, names, progress,
+                 focus: dict | None = None):
         import keras
 
         self.started = time.monotonic()
@@ -104,7 +105,7 @@ class _Run:
                     layer.trainable = False  # Keras 3: inference mode (moving statistics) even in training steps
         self.patch_size, self.rng = patch_size, rng
         self.augmenter = PairAugmenter(config.augmentation, seed=config.seed, mask_fill=IGNORE_LABEL) if config.augment else None
-        self._sample_from(training_pairs)
+        self._sample_from(training_pairs, focus)
         self.total_steps = config.epochs * config.steps_per_epoch
         self.optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, self.total_steps))
         self.train_step = make_train_step(self.trained.keras_model, self.optimizer, n_classes,
