@@ -180,55 +180,52 @@ class SegmentationModel:
     def name(self) -> str:
         return self.metadata.name
 
-    def copy(self) -> "SegmentationModel":
-        """An independent copy (same weights, new variables) so training never touches the original."""
+    def copy(self, clone_function=None) -> "SegmentationModel":
+        """An independent copy (same weights, new variables) so training never touches the original.
+
+        clone_function: Keras' hook to change each cloned layer (precision.copy_in sets dtype policies)."""
         import keras
 
-        clone = keras.models.clone_model(self.keras_model)
+        clone = keras.models.clone_model(self.keras_model, clone_function=clone_function)
         clone.set_weights(self.keras_model.get_weights())
         return SegmentationModel(clone, replace(self.metadata, info=dict(self.metadata.info)), self.source)
 
 
-def _conv_block(x, width: int, config: UNetConfig, prefix: str, dtype):
+def _conv_block(x, width: int, config: UNetConfig, prefix: str):
     from keras import layers
 
     for i in (1, 2):
-        x = layers.Conv2D(width, 3, padding="same", use_bias=not config.batch_norm, name=f"{prefix}_conv{i}", dtype=dtype)(x)
+        x = layers.Conv2D(width, 3, padding="same", use_bias=not config.batch_norm, name=f"{prefix}_conv{i}")(x)
         if config.batch_norm:
-            x = layers.BatchNormalization(name=f"{prefix}_bn{i}", dtype=dtype)(x)
-        x = layers.Activation("relu", name=f"{prefix}_relu{i}", dtype=dtype)(x)
+            x = layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
+        x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
     return x
 
 
-def build_unet(config: UNetConfig = UNetConfig(), dtype_policy: str | None = None):
-    """A Keras functional U-Net taking (batch, H, W, n_channels) with H, W multiples of 2**depth.
-
-    dtype_policy: a Keras dtype policy for every layer but the last (e.g. "mixed_bfloat16": bfloat16
-    compute, float32 weights, see precision.py); None = float32. The probabilities are always float32.
-    """
+def build_unet(config: UNetConfig = UNetConfig()):
+    """A Keras functional U-Net taking (batch, H, W, n_channels) with H, W multiples of 2**depth."""
     import keras
     from keras import layers
 
-    dtype = dtype_policy
     inputs = keras.Input(shape=(None, None, config.n_channels), name="image")
     x = inputs
     skips = []
     for level in range(config.depth):
-        x = _conv_block(x, config.base_width * 2**level, config, f"enc{level}", dtype)
+        x = _conv_block(x, config.base_width * 2**level, config, f"enc{level}")
         skips.append(x)
-        x = layers.MaxPooling2D(2, name=f"enc{level}_pool", dtype=dtype)(x)
-    x = _conv_block(x, config.base_width * 2**config.depth, config, "bottleneck", dtype)
+        x = layers.MaxPooling2D(2, name=f"enc{level}_pool")(x)
+    x = _conv_block(x, config.base_width * 2**config.depth, config, "bottleneck")
     if config.dropout > 0:
-        x = layers.Dropout(config.dropout, name="bottleneck_dropout", dtype=dtype)(x)
+        x = layers.Dropout(config.dropout, name="bottleneck_dropout")(x)
     for level in reversed(range(config.depth)):
         width = config.base_width * 2**level
         if config.upsampling == "transpose":
-            x = layers.Conv2DTranspose(width, 2, strides=2, name=f"dec{level}_up", dtype=dtype)(x)
+            x = layers.Conv2DTranspose(width, 2, strides=2, name=f"dec{level}_up")(x)
         else:
-            x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{level}_up", dtype=dtype)(x)
-            x = layers.Conv2D(width, 2, padding="same", activation="relu", name=f"dec{level}_upconv", dtype=dtype)(x)
-        x = layers.Concatenate(name=f"dec{level}_concat", dtype=dtype)([skips[level], x])
-        x = _conv_block(x, width, config, f"dec{level}", dtype)
+            x = layers.UpSampling2D(2, interpolation="bilinear", name=f"dec{level}_up")(x)
+            x = layers.Conv2D(width, 2, padding="same", activation="relu", name=f"dec{level}_upconv")(x)
+        x = layers.Concatenate(name=f"dec{level}_concat")([skips[level], x])
+        x = _conv_block(x, width, config, f"dec{level}")
     if config.n_classes == 1:
         outputs = layers.Conv2D(1, 1, activation="sigmoid", name="probabilities", dtype="float32")(x)
     else:

@@ -53,22 +53,30 @@ def resolve(precision: str | None) -> str:
 
 
 def computes_in(keras_model) -> str:
-    """The precision a U-Net's convolutions compute in."""
-    first_conv = next(layer for layer in keras_model.layers if layer.name.endswith("_conv1"))
-    return "bfloat16" if first_conv.compute_dtype == "bfloat16" else "float32"
+    """The precision a model's first layer with weights computes in (any Keras architecture)."""
+    first = next(layer for layer in keras_model.layers if layer.weights)
+    return "bfloat16" if first.compute_dtype == "bfloat16" else "float32"
 
 
 def copy_in(model, precision: str | None):
     """An independent copy of `model` (new variables, same weights, a copy of the metadata) computing in
-    `precision`: one model build, where a clone followed by a precision change would make two."""
-    from dataclasses import replace
-
-    from napari_unet.model import SegmentationModel, build_unet
+    `precision`. Works for any Keras architecture (a bioimage.io package need not hold our U-Net): every layer
+    but the input and the last gets the precision's dtype policy, so the output stays float32."""
+    import keras
 
     precision = resolve(precision)
-    keras_model = build_unet(model.config, dtype_policy="mixed_bfloat16" if precision == "bfloat16" else None)
-    keras_model.set_weights(model.keras_model.get_weights())
-    return SegmentationModel(keras_model, replace(model.metadata, info=dict(model.metadata.info)), model.source)
+    if computes_in(model.keras_model) == precision:
+        return model.copy()
+    policy = "mixed_bfloat16" if precision == "bfloat16" else "float32"
+    last = model.keras_model.layers[-1]
+
+    def with_policy(layer):
+        config = layer.get_config()
+        if layer is not last and not isinstance(layer, keras.layers.InputLayer):
+            config["dtype"] = policy
+        return layer.__class__.from_config(config)
+
+    return model.copy(clone_function=with_policy)
 
 
 def with_precision(model, precision: str | None):

@@ -103,3 +103,23 @@ def test_fine_tuning_keeps_the_parents_batch_norm_statistics_unless_told(frozen)
     conv_before = model.keras_model.get_layer("enc0_conv1").get_weights()[0]
     assert not np.array_equal(conv_before, tuned.keras_model.get_layer("enc0_conv1").get_weights()[0])
     assert all(layer.trainable for layer in tuned.keras_model.layers)  # the saved version is an ordinary model
+
+
+def test_a_bfloat16_twin_of_any_keras_architecture_keeps_float32_output():
+    """A bioimage.io package may hold another network than ours: the twin is a clone, not a rebuilt U-Net."""
+    import keras
+
+    from napari_unet.model import ModelMetadata, SegmentationModel
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 1))
+    hidden = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="features")(inputs)
+    outputs = keras.layers.Conv2D(1, 1, activation="sigmoid", name="out")(hidden)
+    foreign = SegmentationModel(keras.Model(inputs, outputs), ModelMetadata())
+    twin = precision.with_precision(foreign, "bfloat16")
+    assert precision.computes_in(twin.keras_model) == "bfloat16"
+    x = np.random.default_rng(0).random((1, 32, 32, 1), dtype=np.float32)
+    exact, reduced = foreign.keras_model(x).numpy(), twin.keras_model(x).numpy()
+    assert reduced.dtype == np.float32 and np.abs(reduced - exact).max() < 0.02
+    back = precision.copy_in(twin, "float32")
+    np.testing.assert_allclose(back.keras_model(x).numpy(), exact, atol=1e-6)

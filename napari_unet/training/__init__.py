@@ -9,7 +9,7 @@ as prediction does) -> split off validation data -> per step, sample a batch of 
 (half centred on a foreground pixel so rare foreground is seen), augment them (augment.py) -> one
 compiled tf.function step (BCE or softmax CE + soft Dice, optional U-Net border weights) with a fresh
 Adam -> per epoch, score the validation images with the prediction engine and keep the best weights.
-The input model is never changed: training runs on model.copy().
+The input model is never changed: training runs on a copy (precision.copy_in).
 
 Callbacks: progress(TrainProgress) after every step and epoch; cancel() is polled between steps and
 ends training with the best model so far (history.cancelled = True). A non-finite loss stops training
