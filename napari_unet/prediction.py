@@ -210,6 +210,22 @@ def _check_values(image) -> None:
         raise NapariUNetError(f"the image of shape {_describe(image.shape)} is empty: nothing to segment")
 
 
+def _model_and_planes(model, image, channel_axis: int | None):
+    """The model (a name or path is loaded) and the image checked and laid out as (*leading, Y, X, C) planes."""
+    if not isinstance(model, SegmentationModel):
+        from napari_unet.registry import load_model
+
+        model = load_model(model)
+    _check_values(image)
+    planes = _as_planes(image, model.config.n_channels, channel_axis)
+    spatial_shape = tuple(planes.shape[-3:-1])
+    if min(spatial_shape) < MIN_SIDE:
+        raise NapariUNetError(
+            f"the image is {_describe(spatial_shape)} px: too small to segment, it needs at least {MIN_SIDE} px per side"
+        )
+    return model, planes
+
+
 def _plane_range(plane, normalization, index) -> tuple[np.ndarray, np.ndarray] | None:
     """Percentile range of one (Y, X, C) plane, or None for a constant plane (predicted as background)."""
     where = f" (plane {index})" if index else ""
@@ -413,20 +429,9 @@ def predict(
         raise NapariUNetError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
     if instances_of not in ("auto", "foreground", "background"):
         raise NapariUNetError(f"instances_of={instances_of!r} is not one of auto, foreground, background")
-    if not isinstance(model, SegmentationModel):
-        from napari_unet.registry import load_model
-
-        model = load_model(model)
     lazy = _is_dask(image)
-    if not lazy:
-        image = np.asarray(image)
-    _check_values(image)
-    planes = _as_planes(image, model.config.n_channels, channel_axis)
+    model, planes = _model_and_planes(model, image if lazy else np.asarray(image), channel_axis)
     spatial_shape = tuple(planes.shape[-3:-1])
-    if min(spatial_shape) < MIN_SIDE:
-        raise NapariUNetError(
-            f"the image is {_describe(spatial_shape)} px: too small to segment, it needs at least {MIN_SIDE} px per side"
-        )
     method = None
     if with_uncertainty:
         from napari_unet.uncertainty import DEFAULT_METHOD, METHODS
@@ -528,20 +533,13 @@ class RegionPredictor:
     def __init__(self, model, image, *, threshold: float = 0.5, channel_axis: int | None = None,
                  tile_size: int | None = None, overlap: int | None = None, batch_size: int = 4,
                  test_time_augmentation: bool | int = False, precision: str | None = None):
-        if not isinstance(model, SegmentationModel):
-            from napari_unet.registry import load_model
-
-            model = load_model(model)
         if not _is_dask(image) and not isinstance(image, np.ndarray):
             import dask.array as da
 
             image = da.from_array(image, chunks=image.chunks) if hasattr(image, "chunks") else np.asarray(image)
-        _check_values(image)
-        self.planes = _as_planes(image, model.config.n_channels, channel_axis)
+        model, self.planes = _model_and_planes(model, image, channel_axis)
         self.spatial_shape = tuple(self.planes.shape[-3:-1])
         self.leading_shape = tuple(self.planes.shape[:-3])
-        if min(self.spatial_shape) < MIN_SIDE:
-            raise NapariUNetError(f"the image is {_describe(self.spatial_shape)} px: too small to segment")
         self.model, self.threshold = model, threshold
         self.plan = _Plan(model, self.spatial_shape, tile_size, overlap, batch_size, test_time_augmentation, precision)
         self._ranges: dict[tuple, tuple | None] = {}
