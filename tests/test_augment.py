@@ -97,3 +97,28 @@ def test_symmetries_follow_the_augmentation_and_unset_rotations_follow_the_model
     assert resolve_for_model(AugmentConfig(), "dihedral").rotations is True
     assert resolve_for_model(AugmentConfig(rotations=True), "mirror").rotations is True
     assert len(SYMMETRIES["dihedral"]) == len(set(SYMMETRIES["dihedral"])) == 8
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_zoom_keeps_mask_values_and_alignment(seed):
+    """scale > 1 zooms image and masks together; masks keep their exact values (nearest neighbour)."""
+    config = AugmentConfig(elastic_probability=0.0, intensity_probability=0.0, scale=1.5)
+    mask = _blobs(64, seed)
+    image = mask.astype(np.float32)[..., None]
+    augmenter = PairAugmenter(config, seed=seed, mask_fill=IGNORE)
+    areas = []
+    for _ in range(12):
+        out_image, (out_mask,) = augmenter(image, [mask])
+        assert set(np.unique(out_mask).tolist()) <= {0, 1, IGNORE}
+        annotated = out_mask != IGNORE
+        assert np.mean(((out_image[..., 0] > 0.5) == (out_mask == 1))[annotated]) > 0.97
+        areas.append(int((out_mask == 1).sum()))
+    assert len(set(areas)) > 2  # object sizes vary: flips and rotations alone keep the area
+
+
+def test_noise_is_added_only_when_asked():
+    flat = np.full((64, 64, 1), 0.5, np.float32)
+    quiet = PairAugmenter(AugmentConfig(elastic_probability=0.0, intensity_probability=1.0), seed=0)
+    noisy = PairAugmenter(AugmentConfig(elastic_probability=0.0, intensity_probability=1.0, noise=0.1), seed=0)
+    assert max(float(quiet(flat, [])[0].std()) for _ in range(5)) < 1e-6
+    assert max(float(noisy(flat, [])[0].std()) for _ in range(5)) > 0.01
