@@ -49,6 +49,9 @@ class NextTile:
         self.labels: Labels | None = None
         self.uncertainty: Image | None = None
         self.painted: np.ndarray | None = None  # bool, the Labels layer's shape
+        # Annotated pixels of training pairs by (mask file, its mtime): Next reads each pair's mask once,
+        # not at every press (a large pair's TIFF would stall the GUI thread each time).
+        self._annotated: dict[tuple[str, int], np.ndarray] = {}
 
     def follow(self, image: Image, labels: Labels, uncertainty: Image) -> None:
         """Rank the tiles of `uncertainty` from now on; painting in `labels` marks tiles corrected."""
@@ -82,9 +85,22 @@ class NextTile:
         for pair in training_set.pairs():  # the Correct tab names pairs after the image (and the plane)
             if pair.source_image == self.image.name and pair.name.startswith(plane_name) \
                     and tuple(pair.shape[:2]) == corrected.shape:
-                _, mask = training_set.load(pair.name)
-                corrected |= np.asarray(mask) != IGNORE_LABEL
+                corrected |= self._annotated_in(training_set, pair)
         return corrected
+
+    def _annotated_in(self, training_set, pair) -> np.ndarray:
+        try:
+            key = (str(pair.mask_path), pair.mask_path.stat().st_mtime_ns)
+        except OSError:
+            key = None
+        if key not in self._annotated:
+            _, mask = training_set.load(pair.name)
+            annotated = np.asarray(mask) != IGNORE_LABEL
+            if key is None:
+                return annotated
+            self._annotated = {k: v for k, v in self._annotated.items() if k[0] != key[0]}  # an older version
+            self._annotated[key] = annotated
+        return self._annotated[key]
 
     def go(self) -> tuple[slice, slice] | None:
         """Move the camera to the next tile and outline it; None (with a notification) if there is none."""
