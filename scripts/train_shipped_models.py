@@ -296,6 +296,8 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
         "seconds": round(training_seconds, 1),
         "best_epoch": getattr(history, "best_epoch", None),
         "best_val_iou": _float_or_none(getattr(history, "val_iou", None)),
+        "averaged_epochs": history.averaged_epochs,  # > 0: the model is their weights' mean, val_iou is its score
+        "best_single_epoch_val_iou": _float_or_none(history.best_epoch_val_iou),
         "stopped_reason": getattr(history, "stopped_reason", None),
         "final_loss": _float_or_none(getattr(history, "final_loss", None)),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
@@ -354,6 +356,7 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
         "training": {
             "settings": {k: v for k, v in history.settings.items() if _json_safe(v)},
             "seed": int(recipe.train_settings.get("seed", 0)), "steps": int(history.steps), "seconds": round(seconds, 1),
+            "averaged_epochs": history.averaged_epochs,
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
             "trained_on": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         },

@@ -360,3 +360,24 @@ def test_a_version_describes_itself_and_reads_its_objects_off_the_masks():
     assert tuned.metadata.instance_method == "enclosed"
     tuned, _ = finetune(parent, list(images), membrane_masks, objects="components", **QUICK)
     assert tuned.metadata.instance_method == "components"  # the user's choice wins
+
+
+def test_averaging_the_last_epochs_keeps_the_mean_of_their_weights(tiny_model):
+    """Weight averaging: with a constant learning rate, run k of a 3-epoch run passes through the weights of a
+    k-epoch run (float32, same seed), so the average of the last 2 epochs equals the mean of those runs."""
+    image, mask = _pair(seed=3)
+    settings = dict(steps_per_epoch=2, batch_size=2, learning_rate=1e-3, validation_fraction=0.0,
+                    early_stopping_patience=0, precision="float32", augment=False)
+    two, _ = finetune(tiny_model, [image], [mask], epochs=2, average_last_epochs=1, **settings)
+    three, _ = finetune(tiny_model, [image], [mask], epochs=3, average_last_epochs=1, **settings)
+    averaged, history = finetune(tiny_model, [image], [mask], epochs=3, average_last_epochs=2, **settings)
+    assert history.averaged_epochs == 2 and history.best_epoch is None
+    for a, b, mean in zip(_weights(two), _weights(three), _weights(averaged)):
+        np.testing.assert_allclose(mean, (a + b) / 2, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(_weights(two), _weights(three)))
+
+
+def test_averaging_more_epochs_than_run_is_refused(tiny_model):
+    image, mask = _pair()
+    with pytest.raises(NapariUNetError, match="average_last_epochs"):
+        finetune(tiny_model, [image], [mask], epochs=2, steps_per_epoch=1, average_last_epochs=3)

@@ -55,6 +55,10 @@ class TrainConfig:
     # Measured (benchmarks/bench_round.py, 120 steps from `membranes`): IoU 0.064 -> 0.919 frozen vs 0.884,
     # and ~15 % faster steps. Training from scratch needs them learnt: False.
     freeze_batch_norm: bool = True
+    # Stochastic weight averaging (Izmailov et al. 2018) over epochs: > 0 keeps the mean of the weights at the
+    # end of each of the last N epochs instead of the best-scoring epoch, when all epochs ran (the recipes'
+    # run-to-run spread of single epochs is large). 0: the best epoch, as scored on validation.
+    average_last_epochs: int = 0
 
     def check(self) -> None:
         problems = []
@@ -74,6 +78,8 @@ class TrainConfig:
             problems.append(f"seconds (the time budget) must be > 0, not {self.seconds}")
         if self.precision not in ("auto", "float32", "bfloat16"):
             problems.append(f"precision must be auto, float32 or bfloat16, not {self.precision!r}")
+        if not 0 <= self.average_last_epochs <= self.epochs:
+            problems.append(f"average_last_epochs must be in [0, epochs={self.epochs}], not {self.average_last_epochs}")
         if self.patch_size is not None and self.patch_size < 8:
             problems.append(f"patch_size must be at least 8 px, not {self.patch_size}")
         if problems:
@@ -109,11 +115,13 @@ class TrainHistory:
     cancelled: bool = False
     stopped_reason: str = "completed"  # or "cancelled", "early stopping", "non-finite loss", "time budget"
     final_loss: float | None = None
-    val_iou: float | None = None  # of the returned (best) weights
+    val_iou: float | None = None  # of the returned (best or averaged) weights
     val_dice: float | None = None
     # Re-fitted on the validation pairs after training (calibration.py); None when not re-fitted.
     output_offset: tuple[float, float] | None = None
     settings: dict = field(default_factory=dict)
+    averaged_epochs: int = 0  # how many epochs' weights the returned model averages (average_last_epochs)
+    best_epoch_val_iou: float | None = None  # the best single epoch's, when the average was kept instead
 
     @property
     def losses(self) -> list[float]:

@@ -115,6 +115,7 @@ class _Run:
                                               "n_validation_pairs": len(self.validation_pairs)})
         self.initial_weights = self.trained.keras_model.get_weights()  # a non-finite loss before any best epoch
         self.best_score, self.best_weights, self.best_metrics = None, None, {}
+        self.weight_sum, self.averaged_epochs = None, 0  # config.average_last_epochs
         self.epochs_without_improvement = 0
         self.step_seconds: list[float] = []
 
@@ -192,6 +193,10 @@ class _Run:
                   "val_pixel_error": scores.get("pixel_error"),
                   "seconds": time.monotonic() - epoch_started, "learning_rate": self.learning_rate()}
         self.history.epochs.append(record)
+        if self.config.average_last_epochs and epoch > self.config.epochs - self.config.average_last_epochs:
+            weights = self.trained.keras_model.get_weights()
+            self.weight_sum = weights if self.weight_sum is None else [a + b for a, b in zip(self.weight_sum, weights)]
+            self.averaged_epochs += 1
         score = scores["iou"] if scores else -mean_loss
         if self.best_score is None or score > self.best_score:
             self.best_score, self.best_weights, self.best_metrics = score, self.trained.keras_model.get_weights(), scores
@@ -240,6 +245,8 @@ def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
     history, config = run.history, run.config
     if run.best_weights is not None:
         run.trained.keras_model.set_weights(run.best_weights)
+    if stop == "completed" and run.averaged_epochs and run.averaged_epochs == config.average_last_epochs:
+        _keep_average(run)
     # The version is a float32 model whatever the training precision: files stay portable, and prediction
     # picks its own precision.
     if precision.computes_in(run.trained.keras_model) != "float32":
@@ -271,6 +278,17 @@ def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
     run.emit(kind="done", step=history.steps, epoch=len(history.epochs), loss=history.final_loss,
              val_iou=history.val_iou, val_dice=history.val_dice, best_val_iou=history.val_iou, eta_seconds=0.0)
     return trained, history
+
+
+def _keep_average(run: _Run) -> None:
+    """Set the mean of the last epochs' weights (batch-norm statistics averaged alike), scored on validation."""
+    run.trained.keras_model.set_weights([np.asarray(total / run.averaged_epochs, dtype=total.dtype)
+                                         for total in run.weight_sum])
+    run.history.averaged_epochs = run.averaged_epochs
+    run.history.best_epoch_val_iou = run.best_metrics.get("iou")
+    run.best_metrics = (score_pairs(run.trained, run.validation_pairs, run.config.threshold, precision=run.precision)
+                        if run.validation_pairs else {})
+    run.history.best_epoch = None
 
 
 def _describe_version(run: _Run) -> None:
