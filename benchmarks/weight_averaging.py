@@ -39,8 +39,7 @@ def main() -> int:
     from napari_unet.evaluation import evaluate
     from napari_unet.model import new_model
     from napari_unet.prediction import predict
-    from napari_unet.training import TrainConfig, finetune
-    from napari_unet.training import loop
+    from napari_unet.training import TrainConfig, finetune, loop
 
     recipe = recipe_by_name(args.recipe)
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
