@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+MIN_OBJECT_SIZE = 16  # px; smaller objects are dropped (a model's metadata.min_size, if set, decides instead)
+
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 # How a model's output becomes instances; stored in the model's metadata (ModelMetadata.instances).
 INSTANCE_METHODS = ("components", "enclosed", "boundary_watershed")
@@ -48,8 +50,12 @@ def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None) -> np
 SEED_THRESHOLD = 0.8
 
 
+MIN_SEED_SIZE = 4  # px; ModelMetadata.min_seed_size, chosen on validation by the recipe, overrides it
+
+
 def instances_from_boundary_probabilities(
-    probabilities: np.ndarray, *, seed_threshold: float = SEED_THRESHOLD, min_seed_size: int = 4, min_size: int = 16,
+    probabilities: np.ndarray, *, seed_threshold: float = SEED_THRESHOLD, min_seed_size: int = MIN_SEED_SIZE,
+    min_size: int = MIN_OBJECT_SIZE,
     background_threshold: float | None = None,
 ) -> np.ndarray:
     """int32 instances (0 = background) from (Y, X, 3) softmax output (background, interior, boundary).

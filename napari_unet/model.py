@@ -74,6 +74,11 @@ class ModelMetadata:
     # Multi-class models: a pixel belongs to an object when P(background) is below this (chosen on validation
     # images by the recipe); None: when background is not the most probable class.
     background_threshold: float | None = None
+    # Instances: objects smaller than min_size px are dropped, and boundary_watershed seeds smaller than
+    # min_seed_size px are noise (both chosen on validation images by the recipe; None: the defaults,
+    # postprocess.MIN_OBJECT_SIZE and instances.MIN_SEED_SIZE).
+    min_size: int | None = None
+    min_seed_size: int | None = None
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -90,6 +95,8 @@ class ModelMetadata:
             "instances": self.instance_method,
             "seed_threshold": self.seed_threshold,
             "background_threshold": self.background_threshold,
+            "min_size": self.min_size,
+            "min_seed_size": self.min_seed_size,
             "info": self.info,
         }
 
@@ -106,6 +113,8 @@ class ModelMetadata:
             instances=_known_instance_method(values.get("instances", "")),
             seed_threshold=_valid_probability(values.get("seed_threshold"), "seed_threshold"),
             background_threshold=_valid_probability(values.get("background_threshold"), "background_threshold"),
+            min_size=_valid_pixel_count(values.get("min_size"), "min_size"),
+            min_seed_size=_valid_pixel_count(values.get("min_seed_size"), "min_seed_size"),
             info=dict(values.get("info", {})),
         )
 
@@ -131,6 +140,16 @@ def _valid_probability(value, name: str) -> float | None:
         warnings.warn(f"ignoring {name} {value!r}: it must be a probability in (0, 1)", stacklevel=2)
         return None
     return value
+
+
+def _valid_pixel_count(value, name: str) -> int | None:
+    """A size in px >= 1, else None (the default); a damaged value is ignored with a warning."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1 and float(value).is_integer():
+        return int(value)
+    warnings.warn(f"ignoring {name} {value!r}: it must be a whole number of pixels >= 1", stacklevel=2)
+    return None
 
 
 def _known_instance_method(name) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.instances import drop_small_objects
+from napari_unet.instances import MIN_OBJECT_SIZE, drop_small_objects
 
 # Class names whose foreground is a boundary between objects rather than the objects themselves.
 BOUNDARY_CLASS_WORDS = ("membrane", "boundar", "contour", "edge")
@@ -43,7 +43,7 @@ def objects_are_background(class_names: list[str]) -> bool:
 def instance_labels(
     mask: np.ndarray,
     *,
-    min_size: int = 16,
+    min_size: int = MIN_OBJECT_SIZE,
     split_touching: bool = True,
     min_distance: int = 7,
 ) -> np.ndarray:
@@ -84,7 +84,7 @@ def instances_from_labels(
     labels: np.ndarray,
     *,
     objects: str = "foreground",
-    min_size: int = 16,
+    min_size: int = MIN_OBJECT_SIZE,
     split_touching: bool | None = None,
 ) -> np.ndarray:
     """Instances of a 2D semantic label image; objects="background" for boundary (membrane) models.
@@ -126,7 +126,7 @@ def labels_from_ranks(ranks: np.ndarray, thresholds, threshold: float) -> np.nda
     return (np.asarray(ranks) > position).astype(np.uint8)
 
 
-def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_size: int = 16) -> np.ndarray:
+def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_size: int = MIN_OBJECT_SIZE) -> np.ndarray:
     """int32 instances of every (Y, X) plane of a (..., Y, X) semantic label array (see instances_from_labels)."""
     labels = np.asarray(labels)
     instances = np.zeros(labels.shape, dtype=np.int32)
@@ -136,17 +136,18 @@ def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_siz
 
 
 def instances_from_probabilities(probabilities: np.ndarray, method: str, *, threshold: float = 0.5,
-                                 n_classes: int = 1, min_size: int = 16, seed_threshold: float | None = None,
-                                 background_threshold: float | None = None) -> np.ndarray:
+                                 n_classes: int = 1, min_size: int = MIN_OBJECT_SIZE, seed_threshold: float | None = None,
+                                 background_threshold: float | None = None,
+                                 min_seed_size: int | None = None) -> np.ndarray:
     """int32 instances of every plane of a model's output, by the model's own method (ModelMetadata.instances).
 
     probabilities: (..., Y, X) for one class, (..., Y, X, n_classes) otherwise. method: "components"
     (foreground blobs, touching ones split on the distance transform), "enclosed" (regions between
     predicted boundaries), "boundary_watershed" (3 classes: seeds from the interiors, instances.py).
-    seed_threshold, background_threshold: the model's own (ModelMetadata), None for the defaults.
+    seed_threshold, background_threshold, min_seed_size: the model's own (ModelMetadata), None for the defaults.
     The one place that turns output into objects: predict(), the CLI and the dock call it.
     """
-    from napari_unet.instances import SEED_THRESHOLD, instances_from_boundary_probabilities
+    from napari_unet.instances import MIN_SEED_SIZE, SEED_THRESHOLD, instances_from_boundary_probabilities
 
     probabilities = np.asarray(probabilities)
     if method == "boundary_watershed":
@@ -156,9 +157,19 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
         for index in np.ndindex(probabilities.shape[:-3]):
             instances[index] = instances_from_boundary_probabilities(
                 probabilities[index], min_size=min_size, seed_threshold=seed_threshold or SEED_THRESHOLD,
-                background_threshold=background_threshold)
+                background_threshold=background_threshold, min_seed_size=min_seed_size or MIN_SEED_SIZE)
         return instances
     labels = semantic_labels(probabilities, threshold, n_classes, background_threshold)
     if method not in ("components", "enclosed"):
         raise ValueError(f"unknown instance method {method!r}")
     return instances_per_plane(labels, "background" if method == "enclosed" else "foreground", min_size)
+
+
+def model_instances(probabilities: np.ndarray, metadata, n_classes: int, *, threshold: float = 0.5,
+                    min_size: int | None = None) -> np.ndarray:
+    """Instances by a model's own method and settings (ModelMetadata: method, thresholds and sizes chosen on
+    validation). min_size: the caller's choice over the model's."""
+    return instances_from_probabilities(
+        probabilities, metadata.instance_method, threshold=threshold, n_classes=n_classes,
+        min_size=min_size or metadata.min_size or MIN_OBJECT_SIZE, seed_threshold=metadata.seed_threshold,
+        background_threshold=metadata.background_threshold, min_seed_size=metadata.min_seed_size)

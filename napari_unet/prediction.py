@@ -33,7 +33,7 @@ from napari_unet import tiling
 from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.model import SegmentationModel
 from napari_unet.normalize import apply_range, percentile_range
-from napari_unet.postprocess import instances_from_probabilities, instances_per_plane, semantic_labels
+from napari_unet.postprocess import MIN_OBJECT_SIZE, instances_per_plane, model_instances, semantic_labels
 from napari_unet.precision import with_precision
 
 OUTPUTS = ("labels", "probabilities", "instances")
@@ -367,7 +367,8 @@ def predict_probabilities(
     return _predict_region(plan, plane, plane_range, region, counter)
 
 
-def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, threshold: float, instances_of: str, min_size: int):
+def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, threshold: float, instances_of: str,
+            min_size: int | None):
     n_classes = model.config.n_classes
     if output == "probabilities":
         return probabilities[..., 0] if n_classes == 1 else probabilities
@@ -377,12 +378,9 @@ def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, th
     if output == "labels":
         return labels
     if instances_of != "auto":  # the caller overrides the model's method for a plain semantic model
-        return instances_per_plane(labels, instances_of, min_size)
+        return instances_per_plane(labels, instances_of, min_size or model.metadata.min_size or MIN_OBJECT_SIZE)
     output_map = probabilities[..., 0] if n_classes == 1 else probabilities
-    return instances_from_probabilities(output_map, model.metadata.instance_method, threshold=threshold,
-                                        n_classes=n_classes, min_size=min_size,
-                                        seed_threshold=model.metadata.seed_threshold,
-                                        background_threshold=background_threshold)
+    return model_instances(output_map, model.metadata, n_classes, threshold=threshold, min_size=min_size)
 
 
 def predict(
@@ -398,7 +396,7 @@ def predict(
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     instances_of: str = "auto",
-    min_size: int = 16,
+    min_size: int | None = None,
     block_size: int = BLOCK_SIZE,
     test_time_augmentation: bool | int = False,
     precision: str | None = None,
@@ -411,6 +409,7 @@ def predict(
     multi-class models) or "instances" (int32; instances_of="auto" uses the model's own method, e.g. the
     regions enclosed by membranes or a seeded watershed for a boundary-class model: postprocess.py).
     Spatial shape always equals the input's.
+    min_size: instances smaller than this (px) are dropped (None: the model's own, else 16).
     tile_size: target tile side in px (default LARGE_TILE; tiles are at most tile_size + overlap, see
     tiling.axis_tiles);
     overlap: px shared by neighbouring tiles (default 1/8 of the model's tile size, >= 16).

@@ -202,3 +202,25 @@ def test_instance_method_and_seed_threshold_travel_with_the_model(tmp_path):
         assert ModelMetadata.from_dict(values).seed_threshold is None
     membranes = ModelMetadata(class_names=["membrane"])
     assert membranes.instance_method == "enclosed" and ModelMetadata().instance_method == "components"
+
+
+def test_minimum_sizes_travel_with_the_model_and_decide_its_instances(tmp_path):
+    """The recipe's minimum object and seed sizes are in the file; predict's instances use them."""
+    from napari_unet.model import ModelMetadata, load_model_file
+    from napari_unet.postprocess import model_instances
+
+    model = new_model(UNetConfig(base_width=4, depth=2, n_classes=3), instances="boundary_watershed",
+                      class_names=["background", "nucleus", "boundary"])
+    model.metadata.min_size, model.metadata.min_seed_size = 50, 9
+    loaded = load_model_file(save_model(model, tmp_path / "m.keras"))
+    assert (loaded.metadata.min_size, loaded.metadata.min_seed_size) == (50, 9)
+    for bad in (0, 2.5, "big", True):
+        with pytest.warns(UserWarning, match="min_size"):
+            assert ModelMetadata.from_dict({**ModelMetadata().to_dict(), "min_size": bad}).min_size is None
+    probabilities = np.zeros((40, 40, 3), np.float32)
+    probabilities[..., 0] = 1.0
+    probabilities[5:10, 5:10] = (0.0, 1.0, 0.0)  # 25 px: kept by default (16), dropped at min_size 50
+    probabilities[20:30, 20:30] = (0.0, 1.0, 0.0)  # 100 px: kept either way
+    assert model_instances(probabilities, ModelMetadata(instances="boundary_watershed"), 3).max() == 2
+    assert model_instances(probabilities, loaded.metadata, 3).max() == 1
+    assert model_instances(probabilities, loaded.metadata, 3, min_size=4).max() == 2  # the caller's choice wins

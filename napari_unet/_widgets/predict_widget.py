@@ -46,7 +46,7 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     The cache lets the threshold slider re-threshold this prediction without the model; None for
     multi-class models, whose labels are the most probable class whatever the threshold.
     """
-    from napari_unet.postprocess import instances_from_probabilities, semantic_labels
+    from napari_unet.postprocess import model_instances, semantic_labels
     from napari_unet.prediction import predict
 
     progress = lambda done, total: report((done, total))  # noqa: E731
@@ -59,9 +59,7 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     labels = semantic_labels(probabilities, threshold, n_classes, model.metadata.background_threshold)
     method = model.metadata.instance_method if instances else None
     if instances:
-        labels = instances_from_probabilities(probabilities, method, threshold=threshold, n_classes=n_classes,
-                                              seed_threshold=model.metadata.seed_threshold,
-                                              background_threshold=model.metadata.background_threshold)
+        labels = model_instances(probabilities, model.metadata, n_classes, threshold=threshold)
     objects = {"components": "foreground", "enclosed": "background"}.get(method)  # what the slider re-splits
     cache = ThresholdCache.from_probabilities(probabilities, index, threshold, objects) if n_classes == 1 else None
     if not with_probabilities:
