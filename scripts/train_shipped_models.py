@@ -369,7 +369,7 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
         "recipe": f"python scripts/train_shipped_models.py {recipe.name} && "
                   f"python scripts/train_shipped_models.py {recipe.name} --final",
     }
-    trained.metadata.name = recipe.name
+    trained.metadata.name, trained.metadata.class_names = recipe.name, list(recipe.class_names)  # not a fine-tune's
     trained.metadata.info = {**recipe_run_model.metadata.info, "final": card["final"]["what"],
                              "training": {k: card["training"][k] for k in ("steps", "seconds", "seed")}}
     model_path = save_model(trained, output_dir / f"{recipe.name}.keras")
@@ -537,7 +537,7 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
                      "(a different subset)",
         "recipe": f"python scripts/train_shipped_models.py {recipe.name}",
     }
-    trained.metadata.name = recipe.name
+    trained.metadata.name, trained.metadata.class_names = recipe.name, list(recipe.class_names)  # not a fine-tune's
     trained.metadata.info = {
         "description": recipe.description,
         "metrics_held_out": {"at_threshold_0.5": _instance_summary(test)},
@@ -640,7 +640,7 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
                       "stack (different split and metric)"),
         "recipe": f"python scripts/train_shipped_models.py {recipe.name}",
     }
-    trained.metadata.name = recipe.name
+    trained.metadata.name, trained.metadata.class_names = recipe.name, list(recipe.class_names)  # not a fine-tune's
     trained.metadata.info = {
         "description": recipe.description,
         "recommended_threshold": best_threshold,
