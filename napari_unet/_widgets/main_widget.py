@@ -49,7 +49,9 @@ class UNetWidget(QWidget):
         self._bind_keys()
         # Import TensorFlow, load the selected model and compile its forward pass in the background now, so
         # the first Predict only predicts. A tracked job: closing the dock waits for it to leave TensorFlow.
-        # (Half a second later: a script or test that picks another model right after opening warms that one.)
+        # (Half a second later: a script or test that picks another model right after opening warms that one;
+        # TensorFlow's import, the longest part and the same for every model, starts at once.)
+        self.session.track(Job(_start_tensorflow, what="Starting TensorFlow", on_done=lambda result: None).start())
         self._warm_up_timer = QTimer(self)  # owned by the dock: never fires after it is gone
         self._warm_up_timer.setSingleShot(True)
         self._warm_up_timer.timeout.connect(self._warm_up)
@@ -115,6 +117,10 @@ def _closer(session: Session, viewer, layer_listeners):
                 viewer.layers.events.inserted.disconnect(listener)
 
     return close
+
+
+def _start_tensorflow(report, is_cancelled) -> None:
+    """A job function with nothing to do: every job imports TensorFlow before it runs (_workers.py)."""
 
 
 def _warm_up(session: Session):
