@@ -7,6 +7,8 @@ Each round adds one more corrected image (its ground truth stands for the user's
 Project.round with TrainConfig's defaults; the evaluation pairs are fixed images never trained on.
 The last round trains on inverted masks: the guard must roll it back and keep the previous version.
 Prints one line per round and a JSON summary (for the README and the notes).
+isbi: the shipped `membranes` is a final model trained on every ISBI slice, so its evaluation slices are not
+new to it; start from a model trained on slices 00-17 (--start FILE.keras) to measure a round there.
 """
 
 from __future__ import annotations
