@@ -335,8 +335,11 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
 
     keras.utils.set_random_seed(int(recipe.train_settings.get("seed", 0)))
     model = new_model(recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name)
-    # No validation: the cosine schedule runs to its end and its last epoch is kept.
-    config = TrainConfig(**{**recipe.train_settings, "validation_fraction": 0.0, **setting_overrides})
+    # No validation: the cosine schedule runs to its end and its last epoch is kept (average_last_epochs=1;
+    # without it finetune would keep the epoch of lowest training loss). benchmarks/weight_averaging.py: on
+    # held-out slices the last epoch beat the one validation picked.
+    config = TrainConfig(**{**recipe.train_settings, "validation_fraction": 0.0, "average_last_epochs": 1,
+                            **setting_overrides})
     started = time.monotonic()
     trained, history = finetune(model, images, masks, config=config,
                                 progress=lambda e: e.kind == "epoch" and log(
@@ -350,7 +353,8 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
         **{k: v for k, v in recipe_run.items() if k not in ("training", "file", "metrics_held_out")},
         "final": {
             "what": (f"trained from scratch on all {len(all_stems)} slices ({all_stems[0]}-{all_stems[-1]}) with the "
-                     "recipe's settings, last epoch kept; output offset and threshold taken from the recipe run"),
+                     f"recipe's settings, {_kept_epoch(history, config)} kept; output offset and threshold taken "
+                     "from the recipe run"),
             "why": "more data for the shipped model once the recipe was fixed on the held-out split (issue 12)",
             "trained_on_stems": list(all_stems),
             "metrics_on_slices_it_trained_on": seen,
@@ -377,6 +381,14 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     log(f"wrote {model_path} and {card_path}; on {recipe.test_stems[0]}-{recipe.test_stems[-1]} (trained on): {seen}")
     return card
+
+
+def _kept_epoch(history, config) -> str:
+    if history.averaged_epochs == 1:
+        return "the last epoch"
+    if history.averaged_epochs:
+        return f"the mean of the last {history.averaged_epochs} epochs"
+    return f"epoch {history.best_epoch} of {config.epochs} (lowest training loss)"
 
 
 def final_metrics(recipe: Recipe, trained, held_out: dict) -> dict:
