@@ -56,8 +56,9 @@ class TrainConfig:
     # and ~15 % faster steps. Training from scratch needs them learnt: False.
     freeze_batch_norm: bool = True
     # Stochastic weight averaging (Izmailov et al. 2018) over epochs: > 0 keeps the mean of the weights at the
-    # end of each of the last N epochs instead of the best-scoring epoch, when all epochs ran (the recipes'
-    # run-to-run spread of single epochs is large). 0: the best epoch, as scored on validation.
+    # end of each of the last N epochs instead of the best-scoring epoch, when all epochs ran; 1 = the last
+    # epoch (what a run without validation should keep). 0: the best epoch, as scored on validation (or by
+    # training loss without any). On membranes the mean of 15 scored as the last epoch (weight_averaging.py).
     average_last_epochs: int = 0
 
     def check(self) -> None:
