@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -31,15 +30,13 @@ def main() -> int:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe settings (JSON values)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import numpy as np
-    from train_shipped_models import load_split, recipe_by_name
+    from train_shipped_models import load_split, recipe_by_name, train_from_scratch
 
     from napari_unet.calibration import fit_output_offset
     from napari_unet.evaluation import evaluate
-    from napari_unet.model import new_model
     from napari_unet.prediction import predict
-    from napari_unet.training import TrainConfig, finetune, loop
+    from napari_unet.training import TrainConfig, loop
 
     recipe = recipe_by_name(args.recipe)
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
@@ -57,12 +54,9 @@ def main() -> int:
         print(f"epoch {epoch}: loss {np.mean(losses):.4f} val_iou {run.history.epochs[-1]['val_iou']:.4f}", flush=True)
 
     loop._Run.end_epoch = remembering_end_epoch
-    keras.utils.set_random_seed(int(config.seed))
-    model = new_model(recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name)
-    started = time.monotonic()
-    averaged, history = finetune(model, *train, config=config, validation=validation)
-    print(f"trained {history.steps} steps in {time.monotonic() - started:.0f} s; best single epoch val IoU "
-          f"{history.best_epoch_val_iou}, average of {history.averaged_epochs}: {history.val_iou}", flush=True)
+    averaged, history, _ = train_from_scratch(recipe, *train, config, validation=validation)
+    print(f"best single epoch val IoU {history.best_epoch_val_iou}, average of {history.averaged_epochs}: "
+          f"{history.val_iou}", flush=True)
 
     rows = []
     for name, weights in (("best epoch on validation", kept["best"]), ("last epoch", kept["last"]),

@@ -254,23 +254,20 @@ def _rounded(scores: dict) -> dict:
     return {k: round(float(v), 4) for k, v in scores.items() if k in ("iou", "dice", "pixel_error")}
 
 
-def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **setting_overrides) -> dict:
-    """Train from scratch on the recipe's split, then measure_and_save."""
-    from napari_unet import precision
-    from napari_unet.model import new_model
-    from napari_unet.training import TrainConfig, finetune
-
-    train_images, train_masks = load_split(recipe, recipe.train_stems)
-    val_images, val_masks = load_split(recipe, recipe.validation_stems)
-
+def train_from_scratch(recipe: Recipe, images, masks, config, validation=None, log=print):
+    """A new model of the recipe's architecture, seeded, trained with `config` by the project's own finetune();
+    returns (model, history, the card's training record)."""
     import keras
 
-    keras.utils.set_random_seed(int(recipe.train_settings.get("seed", 0)))
+    from napari_unet import precision
+    from napari_unet.model import new_model
+    from napari_unet.training import finetune
+
+    keras.utils.set_random_seed(int(config.seed))
     model = new_model(
         recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name,
         instances="boundary_watershed" if recipe.targets == "boundaries" else "",
     )
-    config = TrainConfig(**{**recipe.train_settings, **setting_overrides})
     started = time.monotonic()
     last_report = [0.0]
 
@@ -284,30 +281,37 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
                 f"val_iou {event.val_iou} best {event.best_val_iou}"
             )
 
-    trained, history = finetune(
-        model, train_images, train_masks, config=config, validation=(val_images, val_masks), progress=report
-    )
-    training_seconds = time.monotonic() - started
-    from napari_unet.model import save_model
-
-    output_dir.mkdir(parents=True, exist_ok=True)
-    save_model(trained, output_dir / f"{recipe.name}.untested.keras")  # kept if measuring fails
-    log(f"training done: {history.steps} steps in {training_seconds:.0f} s ({history.stopped_reason})")
+    trained, history = finetune(model, images, masks, config=config, validation=validation, progress=report)
+    seconds = time.monotonic() - started
+    log(f"training done: {history.steps} steps in {seconds:.0f} s ({history.stopped_reason})")
     training = {
         "settings": {k: v for k, v in history.settings.items() if _json_safe(v)},  # as resolved by finetune
-        "seed": int(recipe.train_settings.get("seed", 0)),
+        "seed": int(config.seed),
         "steps": int(history.steps),
-        "seconds": round(training_seconds, 1),
-        "best_epoch": getattr(history, "best_epoch", None),
-        "best_val_iou": _float_or_none(getattr(history, "val_iou", None)),
+        "seconds": round(seconds, 1),
+        "best_epoch": history.best_epoch,
+        "best_val_iou": _float_or_none(history.val_iou),
         "averaged_epochs": history.averaged_epochs,  # > 0: the model is their weights' mean, val_iou is its score
         "best_single_epoch_val_iou": _float_or_none(history.best_epoch_val_iou),
-        "stopped_reason": getattr(history, "stopped_reason", None),
-        "final_loss": _float_or_none(getattr(history, "final_loss", None)),
+        "stopped_reason": history.stopped_reason,
+        "final_loss": _float_or_none(history.final_loss),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
         "computed_in": precision.resolve(config.precision),
         "trained_on": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
+    return trained, history, training
+
+
+def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **setting_overrides) -> dict:
+    """Train from scratch on the recipe's split, then measure_and_save."""
+    from napari_unet.model import save_model
+    from napari_unet.training import TrainConfig
+
+    config = TrainConfig(**{**recipe.train_settings, **setting_overrides})
+    trained, _, training = train_from_scratch(recipe, *load_split(recipe, recipe.train_stems), config,
+                                              validation=load_split(recipe, recipe.validation_stems), log=log)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    save_model(trained, output_dir / f"{recipe.name}.untested.keras")  # kept if measuring fails
     (output_dir / f"{recipe.name}.untested.json").write_text(json.dumps(training, indent=2))
     return measure_and_save(recipe, trained, training, output_dir, log)
 
@@ -319,8 +323,8 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
     final model inherits that run's output offset and threshold and records its held-out numbers as the
     recipe's, since no slice is left to measure the final model on. Only for binary (membranes) recipes.
     """
-    from napari_unet.model import load_model_file, new_model, save_model
-    from napari_unet.training import TrainConfig, finetune
+    from napari_unet.model import load_model_file, save_model
+    from napari_unet.training import TrainConfig
 
     if recipe.targets != "binary":
         raise SystemExit(f"--final is for binary recipes; {recipe.name} keeps its held-out split")
@@ -330,22 +334,12 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
         raise SystemExit(f"{card_path} already describes a final model: rerun the held-out recipe first")
     recipe_run_model = load_model_file(output_dir / f"{recipe.name}.keras")
     all_stems = tuple(sorted(set(recipe.train_stems) | set(recipe.validation_stems) | set(recipe.test_stems)))
-    images, masks = load_split(recipe, all_stems)
-    import keras
-
-    keras.utils.set_random_seed(int(recipe.train_settings.get("seed", 0)))
-    model = new_model(recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name)
     # No validation: the cosine schedule runs to its end and its last epoch is kept (average_last_epochs=1;
     # without it finetune would keep the epoch of lowest training loss). benchmarks/weight_averaging.py: on
     # held-out slices the last epoch beat the one validation picked.
     config = TrainConfig(**{**recipe.train_settings, "validation_fraction": 0.0, "average_last_epochs": 1,
                             **setting_overrides})
-    started = time.monotonic()
-    trained, history = finetune(model, images, masks, config=config,
-                                progress=lambda e: e.kind == "epoch" and log(
-                                    f"[{time.monotonic() - started:7.1f}s] epoch {e.epoch}/{e.epochs} loss {e.loss}"))
-    seconds = time.monotonic() - started
-    log(f"final training done: {history.steps} steps in {seconds:.0f} s")
+    trained, history, training = train_from_scratch(recipe, *load_split(recipe, all_stems), config, log=log)
     trained.metadata.output_offset = tuple(recipe_run_model.metadata.output_offset)
 
     seen = final_metrics(recipe, trained, recipe_run["metrics_held_out"])
@@ -360,13 +354,7 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
             "metrics_on_slices_it_trained_on": seen,
             "note": "no ISBI slice is left that this model never saw; the recipe's held-out numbers are below",
         },
-        "training": {
-            "settings": {k: v for k, v in history.settings.items() if _json_safe(v)},
-            "seed": int(recipe.train_settings.get("seed", 0)), "steps": int(history.steps), "seconds": round(seconds, 1),
-            "averaged_epochs": history.averaged_epochs,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), {platform.python_version()}",
-            "trained_on": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        },
+        "training": training,
         "recipe_run": {"training": recipe_run["training"], "split": recipe_run["data"]["split"],
                        "metrics_held_out": recipe_run["metrics_held_out"]},
         "metrics_held_out": recipe_run["metrics_held_out"],
