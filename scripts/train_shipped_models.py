@@ -77,21 +77,29 @@ def _stems(first: int, last: int) -> tuple[str, ...]:
 NUCLEI_DIR = SHARED_DATA / "nuclei_dsb2018"
 
 
+def image_sizes(data_dir: Path) -> dict[str, tuple[int, int]]:
+    """{stem: (height, width)} from the data set's manifest.csv; {} without one."""
+    import csv
+
+    manifest = data_dir / "manifest.csv"
+    if not manifest.is_file():
+        return {}
+    with open(manifest) as handle:
+        return {row["id"]: (int(row["height"]), int(row["width"])) for row in csv.DictReader(handle)}
+
+
 def nuclei_split(seed: int = 0, test_share: float = 0.15, validation_share: float = 0.1,
                  first_rare_group: str = "test") -> tuple[tuple[str, ...], ...]:
     """(train, validation, test) stems of nuclei_dsb2018: sizes with >= 20 images split at random per size,
     smaller size groups kept whole, alternating from `first_rare_group`, so both sides see rare kinds and
     the test set holds whole kinds the model never saw (first nuclei model: "train", i.e. the embryos held
     out; the recipe now: "test", i.e. 256x320, 512x640 and 1040x1388 held out, the embryos trained on)."""
-    import csv
-
-    manifest = NUCLEI_DIR / "manifest.csv"
-    if not manifest.is_file():
+    sizes = image_sizes(NUCLEI_DIR)
+    if not sizes:
         return (), (), ()
     groups: dict[tuple[int, int], list[str]] = {}
-    with open(manifest) as handle:
-        for row in csv.DictReader(handle):
-            groups.setdefault((int(row["height"]), int(row["width"])), []).append(row["id"])
+    for stem, size in sizes.items():
+        groups.setdefault(size, []).append(stem)
     rng = np.random.default_rng(seed)
     train, validation, test = [], [], []
     rare = 0
@@ -407,13 +415,13 @@ def otsu_watershed(image: np.ndarray) -> np.ndarray:
     return instance_labels(image > threshold_otsu(image))
 
 
-def baseline_scores(images, masks) -> dict:
-    """Pooled pixel and object scores of otsu_watershed on the given images."""
+def pooled_scores(predicted, masks) -> dict:
+    """Pooled pixel and object scores of predicted instance images against truth masks (evaluation.Tally)."""
     from napari_unet.evaluation import Tally
 
     tally = Tally(instances=True)
-    for image, mask in zip(images, masks):
-        tally.add(otsu_watershed(image), mask)
+    for labels, mask in zip(predicted, masks):
+        tally.add(labels, mask)
     return tally.result()
 
 
@@ -422,28 +430,23 @@ def _instance_summary(scores: dict) -> dict:
     return {key: round(float(scores[key]), 4) for key in keys}
 
 
-def held_out_by_kind(recipe: Recipe, trained, test_images, test_masks) -> dict:
-    """Held-out scores (model and Otsu + watershed) on images of a size the training set has ("seen kinds":
-    other images of the same experiments) and of sizes it lacks ("unseen kinds": new experiments)."""
-    from napari_unet.evaluation import evaluate
-
-    def size(stem: str) -> tuple[int, ...]:
-        from napari_unet.io import read_image
-
-        return read_image(recipe.data_dir / "masks" / f"{stem}.tif").shape
-
-    trained_sizes = {size(stem) for stem in recipe.train_stems}
+def held_out_by_kind(recipe: Recipe, masks, predicted, baseline) -> dict:
+    """Held-out scores of the model's and of Otsu + watershed's instances (one per test image, in order) on images
+    of a size the training set has ("seen kinds": other images of the same experiments) and of sizes it lacks
+    ("unseen kinds": new experiments)."""
+    sizes = image_sizes(recipe.data_dir)
+    trained_sizes = {sizes[stem] for stem in recipe.train_stems}
     result = {}
     for kind, wanted in (("seen_kinds", True), ("unseen_kinds", False)):
-        chosen = [i for i, stem in enumerate(recipe.test_stems) if (test_masks[i].shape in trained_sizes) == wanted]
+        chosen = [i for i, stem in enumerate(recipe.test_stems) if (sizes[stem] in trained_sizes) == wanted]
         if not chosen:
             continue
-        images, masks = [test_images[i] for i in chosen], [test_masks[i] for i in chosen]
         result[kind] = {
             "images": len(chosen),
-            "sizes": sorted({f"{mask.shape[0]}x{mask.shape[1]}" for mask in masks}),
-            "single_pass": _instance_summary(evaluate(trained, images, masks, instances=True)),
-            "otsu_watershed_baseline": _instance_summary(baseline_scores(images, masks)),
+            "sizes": sorted({"x".join(map(str, sizes[recipe.test_stems[i]])) for i in chosen}),
+            "single_pass": _instance_summary(pooled_scores([predicted[i] for i in chosen], [masks[i] for i in chosen])),
+            "otsu_watershed_baseline": _instance_summary(pooled_scores([baseline[i] for i in chosen],
+                                                                       [masks[i] for i in chosen])),
         }
     return result
 
@@ -451,7 +454,6 @@ def held_out_by_kind(recipe: Recipe, trained, test_images, test_masks) -> dict:
 def choose_post_processing(trained, images, masks, log=print) -> dict[tuple, dict]:
     """Validation scores of every post-processing setting (seed and background thresholds, minimum object and
     seed sizes), from one prediction per image; the recipe keeps the best by AP@0.5, as membranes' threshold."""
-    from napari_unet.evaluation import Tally
     from napari_unet.instances import instances_from_boundary_probabilities
     from napari_unet.prediction import predict
 
@@ -459,12 +461,11 @@ def choose_post_processing(trained, images, masks, log=print) -> dict[tuple, dic
     by_setting = {}
     for setting in itertools.product(SEED_THRESHOLDS, BACKGROUND_THRESHOLDS, MIN_SIZES, MIN_SEED_SIZES):
         seed_threshold, background_threshold, min_size, min_seed_size = setting
-        tally = Tally(instances=True)
-        for probability, mask in zip(probabilities, masks):
-            tally.add(instances_from_boundary_probabilities(
-                probability, seed_threshold=seed_threshold, background_threshold=background_threshold,
-                min_size=min_size, min_seed_size=min_seed_size), mask)
-        by_setting[setting] = tally.result()
+        by_setting[setting] = pooled_scores(
+            (instances_from_boundary_probabilities(probability, seed_threshold=seed_threshold,
+                                                   background_threshold=background_threshold, min_size=min_size,
+                                                   min_seed_size=min_seed_size) for probability in probabilities),
+            masks)
         log(f"validation, seed / background / min size / min seed size {setting}: {_instance_summary(by_setting[setting])}")
     return by_setting
 
@@ -474,23 +475,26 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
     watershed baseline on the same test images, then save model + card (a boundary-class model)."""
     from napari_unet.evaluation import evaluate
     from napari_unet.model import save_model
+    from napari_unet.prediction import predict
 
     validation_images, validation_masks = load_instances(recipe, recipe.validation_stems)
     by_setting = choose_post_processing(trained, validation_images, validation_masks, log)
     best, best_background, best_size, best_seed_size = max(by_setting, key=lambda key: by_setting[key]["ap50"])
     trained.metadata.seed_threshold, trained.metadata.background_threshold = best, best_background
     trained.metadata.min_size, trained.metadata.min_seed_size = best_size, best_seed_size
-    validation = evaluate(trained, validation_images, validation_masks, instances=True)
+    validation = by_setting[(best, best_background, best_size, best_seed_size)]
     log(f"validation ({len(recipe.validation_stems)} images) at seed {best}, background {best_background}, min size "
         f"{best_size}, min seed size {best_seed_size}: {_instance_summary(validation)}")
     test_images, test_masks = load_instances(recipe, recipe.test_stems)
-    test = evaluate(trained, test_images, test_masks, instances=True)
+    predicted = [predict(trained, image, output="instances") for image in test_images]  # once, for all and by kind
+    otsu = [otsu_watershed(image) for image in test_images]
+    test = pooled_scores(predicted, test_masks)
     log(f"held-out test ({len(recipe.test_stems)} images): {_instance_summary(test)}")
     test_tta = evaluate(trained, test_images, test_masks, instances=True, test_time_augmentation=True)
     log(f"held-out test, 8 views: {_instance_summary(test_tta)}")
-    baseline = baseline_scores(test_images, test_masks)
+    baseline = pooled_scores(otsu, test_masks)
     log(f"Otsu + watershed on the same test images: {_instance_summary(baseline)}")
-    by_kind = held_out_by_kind(recipe, trained, test_images, test_masks)
+    by_kind = held_out_by_kind(recipe, test_masks, predicted, otsu)
     log(f"held-out by kind: {by_kind}")
     trained.metadata.output_offset = (0.0, 0.0)  # no annotator offset is fitted for nuclei
     card = {
