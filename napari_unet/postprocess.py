@@ -165,11 +165,16 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
     return instances_per_plane(labels, "background" if method == "enclosed" else "foreground", min_size)
 
 
+def smallest_object(metadata, min_size: int | None = None) -> int:
+    """Objects below this many px are dropped: the caller's choice, else the model's own, else the default."""
+    return min_size or metadata.min_size or MIN_OBJECT_SIZE
+
+
 def model_instances(probabilities: np.ndarray, metadata, n_classes: int, *, threshold: float = 0.5,
                     min_size: int | None = None) -> np.ndarray:
     """Instances by a model's own method and settings (ModelMetadata: method, thresholds and sizes chosen on
     validation). min_size: the caller's choice over the model's."""
     return instances_from_probabilities(
         probabilities, metadata.instance_method, threshold=threshold, n_classes=n_classes,
-        min_size=min_size or metadata.min_size or MIN_OBJECT_SIZE, seed_threshold=metadata.seed_threshold,
+        min_size=smallest_object(metadata, min_size), seed_threshold=metadata.seed_threshold,
         background_threshold=metadata.background_threshold, min_seed_size=metadata.min_seed_size)

@@ -33,7 +33,7 @@ from napari_unet import tiling
 from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.model import SegmentationModel
 from napari_unet.normalize import apply_range, percentile_range
-from napari_unet.postprocess import MIN_OBJECT_SIZE, instances_per_plane, model_instances, semantic_labels
+from napari_unet.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
 from napari_unet.precision import with_precision
 
 OUTPUTS = ("labels", "probabilities", "instances")
@@ -378,7 +378,7 @@ def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, th
     if output == "labels":
         return labels
     if instances_of != "auto":  # the caller overrides the model's method for a plain semantic model
-        return instances_per_plane(labels, instances_of, min_size or model.metadata.min_size or MIN_OBJECT_SIZE)
+        return instances_per_plane(labels, instances_of, smallest_object(model.metadata, min_size))
     output_map = probabilities[..., 0] if n_classes == 1 else probabilities
     return model_instances(output_map, model.metadata, n_classes, threshold=threshold, min_size=min_size)
 
