@@ -44,7 +44,7 @@ class _Shared:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.update = None  # (training mask, touched pixels) of the plane: the latest, replaced by newer
+        self.update = None  # (labels, touched pixels, whole plane?) of the plane: the latest, replaced by newer
         self.paused = False
         self.keep_requested = False
 
@@ -199,16 +199,15 @@ class LiveWidget(QWidget):
             self.debounce.start()  # restarts: a burst of strokes is one update
 
     def _send_update(self) -> None:
-        from napari_unet.live import live_mask
-
+        """Hand copies of the plane's labels and touched pixels to the worker (which makes the training mask)."""
         self.debounce.stop()
         self._pending_since = None
-        if not self.running or self.touched is None or not (self.touched.any() or self.whole_plane_check.isChecked()):
+        whole_plane = self.whole_plane_check.isChecked()
+        if not self.running or self.touched is None or not (self.touched.any() or whole_plane):
             return
         labels = np.array(layer_array(self.labels_layer)[self.plane_index])
-        mask = live_mask(labels, self.touched, whole_plane=self.whole_plane_check.isChecked())
         with self.shared.lock:
-            self.shared.update = (mask, self.touched.copy())
+            self.shared.update = (labels, self.touched.copy(), whole_plane)
 
     def toggle_pause(self) -> None:
         with self.shared.lock:
@@ -231,7 +230,7 @@ class LiveWidget(QWidget):
 
         def work(report, is_cancelled):
             from napari_unet.errors import NapariUNetError
-            from napari_unet.live import BURST_SECONDS, ForestPreview, LiveTrainer
+            from napari_unet.live import BURST_SECONDS, ForestPreview, LiveTrainer, live_mask
 
             trainer = LiveTrainer(project, parent_key)  # a model that fails to load ends Live with its message
             has_pairs = False
@@ -245,7 +244,8 @@ class LiveWidget(QWidget):
                 update = shared.take_update()
                 try:  # the user's input can be unusable for a while (e.g. only erased): say so, keep listening
                     if update is not None:
-                        mask, touched = update
+                        labels, touched, whole_plane = update
+                        mask = live_mask(labels, touched, whole_plane=whole_plane)  # a dilation: not on the GUI thread
                         pair = project.add_pair(image_plane, mask, name=pair_name, replace=True,
                                                 corrected_pixels=int(touched.sum()), source_image=pair_name)
                         report(("pairs", trainer.reload({pair.name: touched})))
