@@ -16,6 +16,7 @@ from napari.utils.notifications import show_info
 
 from napari_unet._widgets._layers import current_index
 from napari_unet._widgets._session import PREDICTION_KEY
+from napari_unet.live import touched_by
 from napari_unet.masks import IGNORE_LABEL
 from napari_unet.uncertainty import NEXT_TILE_SIZE, next_tile
 
@@ -23,20 +24,6 @@ NEXT_SHORTCUT = "Shift+N"
 HIGHLIGHT_NAME = "next tile"
 # Share of the canvas left around the tile: enough context to see what the tile cuts through.
 VIEW_MARGIN = 0.3
-
-
-def painted_pixels(atoms, shape: tuple[int, ...]) -> np.ndarray:
-    """bool `shape`: the pixels one `labels.events.paint` value touched (its history atoms, napari >= 0.8)."""
-    touched = np.zeros(shape, dtype=bool)
-    for atom in atoms:
-        if hasattr(atom, "slice_key"):  # brush, fill, polygon: a box and, when given, the pixels inside it
-            if atom.mask is None:
-                touched[atom.slice_key] = True
-            else:
-                touched[atom.slice_key] |= atom.mask
-        else:  # data_setitem: (indices, old values, new values)
-            touched[atom[0]] = True
-    return touched
 
 
 class NextTile:
@@ -68,7 +55,8 @@ class NextTile:
 
     def _on_paint(self, event) -> None:
         if self.painted is not None and self.painted.shape == self.labels.data.shape:
-            self.painted |= painted_pixels(event.value, self.painted.shape)
+            index = current_index(self.viewer, self.labels) if self.labels.ndim > 2 else ()  # strokes: this plane
+            self.painted[index] |= touched_by(event.value, self.painted.shape[-2:], index)
 
     def _ready(self) -> bool:
         layers = self.viewer.layers
