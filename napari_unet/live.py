@@ -142,7 +142,7 @@ class ForestPreview:
         return True
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """0/1 labels of a whole image (its features are cached by identity)."""
+        """0/1 labels of a whole image (its features are cached by content)."""
         features = self.features(image)
         return self.classifier.predict(features.reshape(-1, features.shape[-1])).reshape(features.shape[:2]).astype(np.uint8)
 
