@@ -26,12 +26,12 @@ import numpy as np
 from napari_unet.errors import ModelLoadError, NapariUNetError
 from napari_unet.model import ModelMetadata, SegmentationModel, UNetConfig
 from napari_unet.normalize import NormalizationConfig
+from napari_unet.onnx_engine import ONNX_OPSET
 
 UNET_CITATION = ("Ronneberger O., Fischer P., Brox T. (2015). U-Net: Convolutional Networks for Biomedical Image "
                  "Segmentation. MICCAI 2015, LNCS 9351, pp. 234-241.")
 UNET_DOI = "10.1007/978-3-319-24574-4_28"
 INPUT_ID, OUTPUT_ID = "image", "probabilities"
-ONNX_OPSET = 17
 INSTALL_HINT = "pip install \"napari-unet-loop[bioimageio]\""
 # Largest side of the default test image (a centre crop of a shipped sample, a multiple of 2**depth).
 TEST_IMAGE_SIDE = 256
@@ -136,17 +136,9 @@ def _write_keras(model: SegmentationModel, work: Path) -> Path:
 
 
 def _write_onnx(model: SegmentationModel, work: Path) -> Path:
-    import tensorflow as tf
-    import tf2onnx
+    from napari_unet.onnx_engine import export_onnx
 
-    path = work / "weights.onnx"
-    signature = (tf.TensorSpec((None, None, None, model.config.n_channels), tf.float32, name=INPUT_ID),)
-    try:
-        tf2onnx.convert.from_keras(model.keras_model, input_signature=signature, opset=ONNX_OPSET, output_path=str(path))
-    except Exception as exc:  # the converter raises many kinds; the user needs to know which step failed
-        raise NapariUNetError(f"converting '{model.name}' to ONNX failed ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}): please report this") from exc
-    return path
+    return export_onnx(model, work / "weights.onnx", input_name=INPUT_ID)
 
 
 def _write_saved_model(model: SegmentationModel, work: Path) -> Path:

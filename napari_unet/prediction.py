@@ -33,6 +33,7 @@ from napari_unet import tiling
 from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.model import SegmentationModel
 from napari_unet.normalize import apply_range, percentile_range
+from napari_unet.onnx_engine import is_onnx, onnx_forward
 from napari_unet.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
 from napari_unet.precision import with_precision
 
@@ -277,7 +278,10 @@ class _Plan:
         self.n_classes = config.n_classes
         # Channels blended per pixel: the probabilities, then (with_squares) the views' mean of their squares.
         self.n_outputs = self.n_classes * (2 if with_squares else 1)
-        self.forward = forward_function(with_precision(model, precision), test_time_augmentation, with_squares)
+        if is_onnx(model):  # float32 on ONNX Runtime, with no TensorFlow (onnx_engine.py)
+            self.forward = onnx_forward(model, test_time_augmentation, with_squares)
+        else:
+            self.forward = forward_function(with_precision(model, precision), test_time_augmentation, with_squares)
 
     def tiles_in(self, region) -> list[tuple[int, int]]:
         (y0, y1), (x0, x1) = region
@@ -331,7 +335,7 @@ def _predict_region(plan: _Plan, plane, value_range, region, counter: _ProgressC
             [apply_range(source[np.ix_(row_index[i] - r0, col_index[j] - c0)], low, high) for i, j in batch_tiles]
         )
         with _FORWARD_LOCK:
-            probabilities = plan.forward(batch).numpy()
+            probabilities = np.asarray(plan.forward(batch))
         for (i, j), tile_probabilities in zip(batch_tiles, probabilities):
             ty0, tx0 = rows.starts[i], cols.starts[j]
             # Intersection of the tile with the region, in region and in tile coordinates.

@@ -15,6 +15,7 @@ Adding a model (e.g. nuclei) = one Recipe entry below + one run of this script.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import os
@@ -331,7 +332,7 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
     final model inherits that run's output offset and threshold and records its held-out numbers as the
     recipe's, since no slice is left to measure the final model on. Only for binary (membranes) recipes.
     """
-    from napari_unet.model import load_model_file, save_model
+    from napari_unet.model import load_model_file
     from napari_unet.training import TrainConfig
 
     if recipe.targets != "binary":
@@ -372,11 +373,32 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
     trained.metadata.name, trained.metadata.class_names = recipe.name, list(recipe.class_names)  # not a fine-tune's
     trained.metadata.info = {**recipe_run_model.metadata.info, "final": card["final"]["what"],
                              "training": {k: card["training"][k] for k in ("steps", "seconds", "seed")}}
-    model_path = save_model(trained, output_dir / f"{recipe.name}.keras")
+    model_path = save_shipped(trained, output_dir / f"{recipe.name}.keras")
     card["file"] = {"name": model_path.name, "bytes": model_path.stat().st_size}
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     log(f"wrote {model_path} and {card_path}; on {recipe.test_stems[0]}-{recipe.test_stems[-1]} (trained on): {seen}")
     return card
+
+
+def save_shipped(model, path: Path) -> Path:
+    """The .keras and its ONNX twin (onnx_engine.py: a fresh napari's first Predict runs on it)."""
+    from napari_unet.model import save_model
+    from napari_unet.onnx_engine import export_onnx, twin_path
+
+    path = save_model(model, path)
+    export_onnx(model, twin_path(path), source=path)
+    return path
+
+
+def write_onnx_twins(names: list[str], output_dir: Path = MODELS_DIR, log=print) -> None:
+    """Rewrite the ONNX twins of saved models (after a change of the converter, or of a .keras by hand)."""
+    from napari_unet.model import load_model_file
+    from napari_unet.onnx_engine import export_onnx, twin_path
+
+    for name in names:
+        path = output_dir / f"{name}.keras"
+        twin = export_onnx(load_model_file(path), twin_path(path), source=path)
+        log(f"wrote {twin} ({twin.stat().st_size / 1e6:.2f} MB)")
 
 
 def _kept_epoch(history, config) -> str:
@@ -474,7 +496,6 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
     """Object and pixel metrics on validation and the held-out test images (1 and 8 views), the Otsu +
     watershed baseline on the same test images, then save model + card (a boundary-class model)."""
     from napari_unet.evaluation import evaluate
-    from napari_unet.model import save_model
     from napari_unet.prediction import predict
 
     validation_images, validation_masks = load_instances(recipe, recipe.validation_stems)
@@ -549,7 +570,7 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
         "card": f"{recipe.name}.json",
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_path = save_model(trained, output_dir / f"{recipe.name}.keras")
+    model_path = save_shipped(trained, output_dir / f"{recipe.name}.keras")
     card["file"] = {"name": model_path.name, "bytes": model_path.stat().st_size}
     (output_dir / f"{recipe.name}.json").write_text(json.dumps(card, indent=2) + "\n")
     log(f"wrote {model_path} ({model_path.stat().st_size / 1e6:.2f} MB) and its card")
@@ -567,7 +588,6 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
     from napari_unet.augment import tta_views
     from napari_unet.calibration import fit_output_offset
     from napari_unet.evaluation import evaluate
-    from napari_unet.model import save_model
     from napari_unet.prediction import predict
 
     val_images, val_masks = load_split(recipe, recipe.validation_stems)
@@ -654,7 +674,7 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
         **recipe.extra_info,
     }
     output_dir.mkdir(parents=True, exist_ok=True)
-    model_path = save_model(trained, output_dir / f"{recipe.name}.keras")
+    model_path = save_shipped(trained, output_dir / f"{recipe.name}.keras")
     card["file"] = {"name": model_path.name, "bytes": model_path.stat().st_size}
     card_path = output_dir / f"{recipe.name}.json"
     card_path.write_text(json.dumps(card, indent=2) + "\n")
@@ -704,25 +724,42 @@ def main(argv: list[str] | None = None) -> int:
                         help="no training: re-fit output offset and threshold of the saved model, re-measure, rewrite the card")
     parser.add_argument("--final", action="store_true",
                         help="after the held-out run: train the recipe again on every slice and ship that (binary recipes)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="no training: rewrite the ONNX twins of the saved models (<name>.onnx beside <name>.keras)")
     parser.add_argument("--smoke", action="store_true",
                         help="a 2x5-step run to check the pipeline (use with --output outside the package)")
+    parser.add_argument("--base-width", type=int, default=None,
+                        help="experiment: the recipe with another U-Net base width (recorded in the card)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="experiment: the recipe with another number of epochs (recorded in the card)")
     args = parser.parse_args(argv)
+    experiment = args.base_width is not None or args.epochs is not None
+    if (args.smoke or experiment) and args.output.resolve() == MODELS_DIR.resolve():
+        raise SystemExit("--smoke/--base-width/--epochs would overwrite the shipped model: give --output /some/other/folder")
     if args.smoke and args.output.resolve() == MODELS_DIR.resolve():
         raise SystemExit("--smoke would overwrite the shipped model: give --output /some/other/folder")
     overrides = {"epochs": 2, "steps_per_epoch": 5} if args.smoke else {}
+    if args.epochs is not None:
+        overrides["epochs"] = args.epochs
     if args.list:
         for recipe in RECIPES:
             print(f"{recipe.name}: {recipe.description}")
         return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.onnx:
+        write_onnx_twins(args.names or [r.name for r in RECIPES], args.output)
+        return 0
     for name in args.names or [r.name for r in RECIPES]:
         log = lambda text: print(text, flush=True)  # noqa: E731
+        recipe = recipe_by_name(name)
+        if args.base_width is not None:
+            recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, base_width=args.base_width))
         if args.recalibrate:
-            recalibrate(recipe_by_name(name), args.output, log=log)
+            recalibrate(recipe, args.output, log=log)
         elif args.final:
-            train_final(recipe_by_name(name), args.output, log=log, **overrides)
+            train_final(recipe, args.output, log=log, **overrides)
         else:
-            train_recipe(recipe_by_name(name), args.output, log=log, **overrides)
+            train_recipe(recipe, args.output, log=log, **overrides)
     return 0
 
 

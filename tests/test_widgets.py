@@ -577,6 +577,29 @@ def test_the_nuclei_model_predicts_separate_objects_by_default(dock):
     assert not widget.predict_tab.instances_check.isChecked()
 
 
+def test_first_predict_of_a_shipped_model_runs_on_its_onnx_twin_then_on_tensorflow(qtbot, dock, notifications):
+    """While TensorFlow has not loaded the model, Predict needs neither (onnx_engine.py): the same objects."""
+    pytest.importorskip("onnxruntime")
+    from napari_unet._sample_data import load_nuclei
+    from napari_unet._widgets.predict_widget import ONNX_RUNTIME, TENSORFLOW
+    from napari_unet.prediction import predict
+
+    viewer, widget = dock
+    image = load_nuclei("nuclei_sparse")[0]
+    viewer.add_image(image, name="cells")
+    widget.session.select_model("nuclei")
+    tab = widget.predict_tab
+    assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
+    assert tab.engine == ONNX_RUNTIME and "ONNX Runtime" in tab.status_label.text()
+    first = viewer.layers["cells prediction"].data.copy()
+    model = widget.session.load_model("nuclei")  # what the warm-up does: from now on TensorFlow serves
+    same = first == predict(model, image, output="instances", precision="float32")
+    assert same.mean() > 0.999 and first.max() > 5
+    assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
+    assert tab.engine == TENSORFLOW and "ONNX Runtime" not in tab.status_label.text()
+    assert (viewer.layers["cells prediction"].data > 0).mean() == pytest.approx((first > 0).mean(), abs=0.01)
+
+
 # --------------------------------------------------------------------------------------------- Live
 
 

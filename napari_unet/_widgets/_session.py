@@ -55,6 +55,7 @@ class Session(QObject):
         self.project = Project(saved_folder or default_training_set_dir())
         self._model_key: str = self.project.active or _first_shipped_model()
         self._models: dict[str, object] = {}
+        self._twins: dict[Path, object] = {}  # ONNX Runtime models by .keras path (onnx_twin_for)
         self._lock = threading.Lock()
         self.jobs: list = []
 
@@ -156,6 +157,35 @@ class Session(QObject):
                 model = self.project.load_model(key)
                 self._models[key] = model
             return model
+
+    def onnx_twin_for(self, key: str) -> Path | None:
+        """The .keras to predict on its ONNX twin (onnx_engine.py) while TensorFlow has not loaded `key` yet:
+        the first Predict then needs neither TensorFlow nor Keras. None once the model is loaded, for a model
+        without a twin (the user's own versions), or without ONNX Runtime. Cheap: called on the GUI thread."""
+        from napari_unet.onnx_engine import onnx_runtime_available, twin_path
+        from napari_unet.registry import resolve
+
+        with self._lock:
+            if key in self._models:
+                return None
+        if not onnx_runtime_available():
+            return None
+        try:
+            path = resolve(key, self.store, self._global_store())[0]
+        except Exception:  # missing or damaged: the Keras path reports it properly
+            return None
+        return path if twin_path(path).is_file() else None
+
+    def load_onnx_twin(self, keras_path: Path):
+        """The model of `keras_path` on ONNX Runtime (cached), or None if its twin is stale. Call from a worker."""
+        from napari_unet.onnx_engine import load_onnx_twin
+
+        with self._lock:
+            if keras_path in self._twins:
+                return self._twins[keras_path]
+        model = load_onnx_twin(keras_path)  # not under the lock: the GUI thread asks onnx_twin_for meanwhile
+        with self._lock:
+            return self._twins.setdefault(keras_path, model)
 
     def remember_model(self, key: str, model) -> None:
         with self._lock:

@@ -38,4 +38,19 @@ def ensure_tensorflow() -> None:
                 import tensorflow  # noqa: F401
             finally:
                 sys.setdlopenflags(flags)
+        _import_keras_without_scikit_learn()
+
+
+def _import_keras_without_scikit_learn() -> None:
+    """Keras 3 imports scikit-learn (and with it scipy.stats) at import time for its sklearn wrappers,
+    which napari-unet never uses: 0.3-0.6 s of the first click, spent holding the GIL. Hide it for the
+    import only; keras's wrappers then see no scikit-learn, and a later `import sklearn` (Live's forest
+    preview) works as usual."""
+    hidden = "sklearn" not in sys.modules
+    if hidden:
+        sys.modules["sklearn"] = None  # makes `import sklearn` raise ImportError
+    try:
         import keras  # noqa: F401
+    finally:
+        if hidden and sys.modules.get("sklearn", 0) is None:
+            del sys.modules["sklearn"]

@@ -62,17 +62,22 @@ def _tensorflow_executor():
         return _tensorflow_threads
 
 
-def _with_tensorflow(ended: threading.Event, function, *args):
-    """Every job may reach TensorFlow: import it the safe way first (see _tensorflow.py), then run it on one of
-    the long-lived TensorFlow threads (see _tensorflow_executor); this pool thread waits for it."""
+def on_tensorflow_thread(function, *args):
+    """`function(*args)` after importing TensorFlow the safe way (see _tensorflow.py), on one of the long-lived
+    TensorFlow threads (see _tensorflow_executor); the calling thread waits for it."""
     from napari_unet._widgets._tensorflow import ensure_tensorflow
 
     def run():
         ensure_tensorflow()
         return function(*args)
 
+    return _tensorflow_executor().submit(run).result()
+
+
+def _with_tensorflow(ended: threading.Event, function, *args):
+    """Every job may reach TensorFlow unless it says otherwise (needs_tensorflow=False)."""
     try:
-        return _tensorflow_executor().submit(run).result()
+        return on_tensorflow_thread(function, *args)
     finally:
         ended.set()
 

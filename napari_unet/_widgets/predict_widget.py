@@ -25,7 +25,7 @@ from napari_unet._widgets._live_threshold import ThresholdCache
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT, NextTile
 from napari_unet._widgets._run_controls import RunControls
 from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
-from napari_unet._widgets._workers import Job
+from napari_unet._widgets._workers import Job, on_tensorflow_thread
 from napari_unet.errors import NapariUNetError
 
 PREDICT_SHORTCUT = "Shift+U"
@@ -33,7 +33,10 @@ PREDICT_SHORTCUT = "Shift+U"
 # membranes card, held-out pixel error: 1 view 0.0719, 2 views 0.0691, 8 views 0.0684.
 TTA_CHOICES = ((1, "1 (fastest)"), (2, "2: also turned 180° (2× time)"), (4, "4: also mirrored (4× time)"),
                (8, "8: all flips and rotations (8× time)"))
-THRESHOLD_DEBOUNCE_MS = 150  # re-threshold once the slider rests, not at every step of a drag
+THRESHOLD_DEBOUNCE_MS = 150
+# What computed the last prediction (PredictWidget.engine): a shipped model's first Predict runs on its ONNX twin
+# while TensorFlow loads (onnx_engine.py, Session.onnx_twin_for).
+TENSORFLOW, ONNX_RUNTIME = "TensorFlow", "ONNX Runtime"  # re-threshold once the slider rests, not at every step of a drag
 
 
 def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: float, with_probabilities: bool,
@@ -87,6 +90,7 @@ class PredictWidget(QWidget):
         self.viewer = viewer
         self.session = session
         self.job: Job | None = None
+        self.engine = ""  # TENSORFLOW or ONNX_RUNTIME: what computed the last prediction
         # The layer the threshold slider re-thresholds live (the last prediction), and its worker.
         self.live_layer: Labels | None = None
         self.threshold_job: Job | None = None
@@ -220,24 +224,34 @@ class PredictWidget(QWidget):
                         with_uncertainty=self.uncertainty_check.isChecked(),
                         test_time_augmentation=int(self.views_combo.currentData()))
         session = self.session
+        twin_of = session.onnx_twin_for(model_key)
 
-        def work(report, is_cancelled):
-            model = session.load_model(model_key)
+        def predict_with(model, report, is_cancelled):
             axis = channel_axis_for(image_layer, model.config.n_channels)
             plane_index = () if axis == 0 else index  # (C, Y, X) in one layer: the leading axis is channels
             plane = np.asarray(data[plane_index]) if plane_index else data
             return (plane_index, *run_prediction(model, plane, channel_axis=axis, report=report, index=plane_index,
                                                  is_cancelled=is_cancelled, **settings))
 
+        def work(report, is_cancelled):
+            return predict_with(session.load_model(model_key), report, is_cancelled) + (TENSORFLOW,)
+
+        def work_on_twin(report, is_cancelled):
+            model = session.load_onnx_twin(twin_of)
+            if model is None:  # a stale twin (onnx_engine.py): TensorFlow serves after all
+                return on_tensorflow_thread(work, report, is_cancelled)
+            return predict_with(model, report, is_cancelled) + (ONNX_RUNTIME,)
+
         self.status_label.setText(f"Predicting '{image_layer.name}'{describe_index(index)} with {self.session.model_label} …")
         self._set_running(True)  # busy until the first tile reports
         what = f"Prediction of '{image_layer.name}'"
         self.job = Job(
-            work, what=what,
+            work if twin_of is None else work_on_twin, what=what,
             on_progress=self._show_progress,
             on_done=lambda result: self._show_result(image_layer, model_key, result),
             on_finished=lambda: self._set_running(False),
             on_cancelled=lambda: self.status_label.setText("Prediction cancelled."),
+            needs_tensorflow=twin_of is None,
         )
         self.session.track(self.job)
         return self.job.start()
@@ -304,7 +318,7 @@ class PredictWidget(QWidget):
         self.controls.progress(*value)
 
     def _show_result(self, image_layer, model_key: str, result) -> None:
-        index, labels, probabilities, threshold_cache, uncertainty = result
+        index, labels, probabilities, threshold_cache, uncertainty, self.engine = result
         if image_layer not in self.viewer.layers:
             show_warning(f"Image '{image_layer.name}' was removed while it was being predicted: "
                          "the prediction was discarded.")
@@ -327,7 +341,9 @@ class PredictWidget(QWidget):
         else:
             _live_threshold.attach(layer, threshold_cache)
             self._threshold_note = ""
-        self.status_label.setText(f"Prediction in '{layer.name}'. Correct it with the brush/eraser, then "
+        engine = (" (computed on ONNX Runtime while TensorFlow was still loading; later predictions use TensorFlow)"
+                  if self.engine == ONNX_RUNTIME else "")
+        self.status_label.setText(f"Prediction in '{layer.name}'{engine}. Correct it with the brush/eraser, then "
                                   "'Add to training set' in the Correct tab. " + self._threshold_note)
         if threshold_cache is not None and threshold_cache.threshold != self.threshold():
             self.threshold_timer.start()  # the slider moved while the model ran
