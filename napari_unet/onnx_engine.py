@@ -61,6 +61,19 @@ def export_onnx(model: SegmentationModel, path: str | os.PathLike, source: str |
     return path
 
 
+def write_twin(keras_path: str | os.PathLike) -> Path | None:
+    """Give a saved .keras (e.g. a project's new version) its ONNX twin, so a freshly opened napari predicts with
+    it at once; None when the converter (tf2onnx, the [bioimageio] extra) is not installed. Written atomically:
+    a half-written twin would only be refused, but it would cost a failed session each time."""
+    if importlib.util.find_spec("tf2onnx") is None:
+        return None
+    from napari_unet._files import atomic_write
+    from napari_unet.model import load_model_file
+
+    model = load_model_file(keras_path)  # the saved float32 network, whatever precision trained it
+    return atomic_write(twin_path(keras_path), lambda name: export_onnx(model, name, source=keras_path), ".onnx")
+
+
 def onnx_runtime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 

@@ -2,7 +2,9 @@
 
 Layout: one folder (`$NAPARI_UNET_HOME/models`, else the platform's user data dir + `/models`)
 holding `<name>.keras` (the model, with its metadata inside) and `<name>.json` (the record: parent
-version, lineage, training data hashes and shapes, settings, time, validation metrics, date).
+version, lineage, training data hashes and shapes, settings, time, validation metrics, date), and
+optionally `<name>.onnx`, its ONNX twin for a quick first prediction (onnx_engine.py), which follows
+renames and deletions.
 
 Crash safety: the .keras is written first (temp file + rename, model.save_model), then the record
 (temp file + fsync + rename). A version is visible only when both files exist, so a process killed
@@ -204,9 +206,9 @@ class ModelStore:
         That is temp files (dot-files) and model files without a record (killed between the two writes).
         """
         for path in self.root.glob(".*"):
-            if path.name != ".lock" and path.is_file() and (path.suffix in (".keras", ".tmp")):
+            if path.name != ".lock" and path.is_file() and (path.suffix in (".keras", ".onnx", ".tmp")):
                 path.unlink(missing_ok=True)
-        for path in self.root.glob("*.keras"):
+        for path in [*self.root.glob("*.keras"), *self.root.glob("*.onnx")]:
             if not path.with_suffix(".json").exists():
                 path.unlink(missing_ok=True)
 
@@ -326,6 +328,8 @@ class ModelStore:
             record["name"] = new
             try:
                 os.replace(old_model, new_model)
+                if old_model.with_suffix(".onnx").is_file():  # its ONNX twin (onnx_engine.py) follows
+                    os.replace(old_model.with_suffix(".onnx"), new_model.with_suffix(".onnx"))
                 self._write_json(new_record, record)
                 old_record.unlink(missing_ok=True)
                 for child in self.list_versions():
@@ -347,6 +351,7 @@ class ModelStore:
             try:
                 record_path.unlink()
                 model_path.unlink(missing_ok=True)
+                model_path.with_suffix(".onnx").unlink(missing_ok=True)
             except OSError as exc:
                 raise _unwritable(self.root, exc) from exc
 

@@ -64,3 +64,24 @@ def test_predicting_on_a_twin_imports_no_tensorflow():
     assert result.returncode == 0, result.stderr[-2000:]
     objects, tensorflow, keras = result.stdout.split()
     assert int(objects) > 5 and tensorflow == "False" and keras == "False"
+
+
+def test_a_saved_version_gets_a_twin_that_follows_renames_and_deletions(tmp_path):
+    pytest.importorskip("tf2onnx")
+    from napari_unet.model import UNetConfig, new_model
+    from napari_unet.onnx_engine import write_twin
+    from napari_unet.store import ModelStore
+
+    store = ModelStore(tmp_path / "models")
+    model = new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny")
+    name = store.save_version(model)["name"]
+    keras_path = store.root / f"{name}.keras"
+    assert load_onnx_twin(keras_path) is None  # none yet
+    assert write_twin(keras_path) == twin_path(keras_path)
+    image = np.random.default_rng(0).random((48, 80)).astype(np.float32)
+    expected = predict(store.load(name), image, output="probabilities", precision="float32")
+    np.testing.assert_allclose(predict(load_onnx_twin(keras_path), image, output="probabilities"), expected, atol=1e-5)
+    store.rename(name, "renamed")
+    assert not twin_path(keras_path).exists() and load_onnx_twin(store.root / "renamed.keras") is not None
+    store.delete("renamed")
+    assert not list(store.root.glob("*.onnx"))

@@ -262,6 +262,7 @@ def test_fine_tune_with_an_empty_training_set_says_what_to_do(qtbot, dock, notif
 
 def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notifications, tmp_path):
     pytest.importorskip("napari_unet.training")
+    from napari_unet.onnx_engine import load_onnx_twin
     from napari_unet.prediction import predict
 
     viewer, widget = dock
@@ -282,6 +283,14 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     assert version in widget.finetune_tab.controls.text() and outcome.reason in widget.finetune_tab.controls.text()
     assert (widget.session.model_key == version) == outcome.kept
     assert widget.finetune_tab.rounds_plot.points[-1][0] == 1  # the round is plotted
+    twin = store.root / f"{version}.onnx"  # a kept version gets its ONNX twin in the background (onnx_engine.py)
+    if outcome.kept:
+        qtbot.waitUntil(lambda: all(job.done for job in widget.session.jobs), timeout=JOB_TIMEOUT_MS)
+        assert widget.session.jobs[-1].what == f"Preparing a quick start for '{version}'"
+        assert widget.session.onnx_twin_for(version) is None  # loaded in TensorFlow already: no need
+        assert load_onnx_twin(store.root / f"{version}.keras") is not None
+    else:
+        assert not twin.exists()
 
     models = widget.models_tab
     names = [models.table.item(row, 0).text() for row in range(models.table.rowCount())]
@@ -297,6 +306,7 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     rename_job = wait_for(qtbot, widget.session.jobs[-1])  # the store, then the round log, are renamed
     assert rename_job.what == f"Renaming '{version}'" and rename_job.error is None
     assert store.has("my-cells") and not store.has(version)
+    assert (store.root / "my-cells.onnx").exists() == outcome.kept and not twin.exists()  # the twin follows
     assert widget.session.project.rounds()[-1]["version"] == "my-cells"
     qtbot.waitUntil(lambda: "my-cells" in [models.table.item(r, 0).text() for r in range(models.table.rowCount())],
                     timeout=10_000)

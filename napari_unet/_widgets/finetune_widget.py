@@ -202,6 +202,8 @@ class FinetuneWidget(QWidget):
         self.session.rounds_changed.emit()
         if outcome.kept:
             self.session.select_model(version)
+            self.session.track(Job(_write_twin(self.session, version), what=f"Preparing a quick start for '{version}'",
+                                   on_done=lambda path: None).start())
         message = outcome.reason
         if labels is not None:
             if image_layer in self.viewer.layers:
@@ -216,3 +218,21 @@ class FinetuneWidget(QWidget):
         self.controls.say(f"Round {outcome.record['round']}: saved as <b>{version}</b>. {message}")
         (show_info if outcome.kept else show_warning)(f"Round {outcome.record['round']} ('{version}'): {outcome.reason}")
         self._show_model()
+
+
+def _write_twin(session: Session, version: str):
+    """A job function: the new version's ONNX twin, so the next napari's first Predict with it needs no
+    TensorFlow (onnx_engine.py). Best effort: without the converter, or if converting fails, the version
+    simply starts on TensorFlow."""
+
+    def work(report, is_cancelled):
+        from napari_unet.onnx_engine import write_twin
+        from napari_unet.registry import resolve
+
+        try:
+            return write_twin(resolve(version, session.store)[0])
+        except Exception as exc:  # never the user's problem: log it, keep working
+            print(f"napari-unet: no ONNX twin for '{version}' ({type(exc).__name__}: {exc})")
+            return None
+
+    return work
