@@ -78,11 +78,6 @@ def onnx_runtime_available() -> bool:
     return importlib.util.find_spec("onnxruntime") is not None
 
 
-def has_current_twin(keras_path: str | os.PathLike) -> bool:
-    """Whether `keras_path` has an ONNX twin converted from exactly this file, and ONNX Runtime is installed."""
-    return _twin_session(keras_path) is not None if onnx_runtime_available() else False
-
-
 class OnnxNetwork:
     """Stands where a Keras model stands in a SegmentationModel (keras_model): an ONNX Runtime session."""
 

@@ -59,7 +59,7 @@ def test_wheel_carries_the_manifest_the_shipped_models_and_the_samples(dist):
         manifest = wheel.read("napari_unet/napari.yaml").decode()
     assert manifest == (REPO_ROOT / "napari.yaml").read_text()  # the real file, not the editable install's symlink
     shipped = sorted(path.name for path in (REPO_ROOT / "napari_unet" / "models").iterdir()
-                     if path.suffix in (".keras", ".json"))
+                     if path.suffix in (".keras", ".json", ".onnx"))  # .onnx: the quick-start twins
     assert shipped and {f"napari_unet/models/{name}" for name in shipped} <= names
     samples = sorted(path.name for path in (REPO_ROOT / "sample_data").iterdir() if path.is_file())
     assert samples and {f"napari_unet/sample_data/{name}" for name in samples} <= names
