@@ -1,7 +1,12 @@
 """ONNX Runtime against TensorFlow for the U-Net's forward pass on this CPU, in one run.
 
-    pip install onnxruntime tf2onnx    # not dependencies of napari-unet: only this benchmark needs them
     .venv/bin/python benchmarks/bench_onnx.py [--model nuclei] [--sizes 512 1024] [--repeats 5]
+    .venv/bin/python benchmarks/bench_onnx.py --startup [--repeats 3]
+
+--startup: what the dock's quick start is for. A fresh process per run, interleaved: from nothing imported
+to the instances of the model's own sample (nuclei: the 520x696 field) through predict(), on the shipped
+model's ONNX twin (onnx_engine.py) vs on TensorFlow (import TensorFlow + Keras the dock's way, load the
+.keras, trace, predict). Then the same second prediction in each process, warm.
 
 The shipped model is converted with tf2onnx (opset 17, input (None, None, None, C)) and run by an ONNX
 Runtime CPU session (all cores, all graph optimisations). Compared with the engine's compiled TensorFlow
@@ -24,12 +29,56 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 
+_STARTUP = """
+import sys, time
+started = time.perf_counter()
+from napari_unet._sample_data import load_em_membranes, load_nuclei
+from napari_unet.prediction import predict
+from napari_unet.shipped import shipped_model_path
+image = load_em_membranes()[0] if sys.argv[2] == "membranes" else load_nuclei("nuclei")[0]
+if sys.argv[1] == "onnx":
+    from napari_unet.onnx_engine import load_onnx_twin
+    model = load_onnx_twin(shipped_model_path(sys.argv[2]))
+else:
+    from napari_unet._widgets._tensorflow import ensure_tensorflow
+    from napari_unet.registry import load_model
+    ensure_tensorflow()
+    model = load_model(sys.argv[2])
+loaded = time.perf_counter()
+predict(model, image, output="instances")
+first = time.perf_counter()
+predict(model, image, output="instances")
+print(loaded - started, first - started, time.perf_counter() - first)
+"""
+
+
+def startup(model: str, repeats: int) -> None:
+    import subprocess
+
+    rows = {"ONNX Runtime (twin)": [], "TensorFlow": []}
+    for _ in range(repeats):
+        for name, engine in (("ONNX Runtime (twin)", "onnx"), ("TensorFlow", "tensorflow")):
+            output = subprocess.run([sys.executable, "-c", _STARTUP, engine, model], capture_output=True, text=True,
+                                    check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}).stdout
+            rows[name].append([float(value) for value in output.split()[-3:]])
+    print(f"{model}, fresh process per run, {repeats} runs each (median), load {os.getloadavg()[0]:.1f}")
+    print("| engine | imports + model ready s | first instances s | a second prediction s |")
+    print("|---|---|---|---|")
+    for name, values in rows.items():
+        ready, first, second = np.median(np.array(values), axis=0)
+        print(f"| {name} | {ready:.2f} | {first:.2f} | {second:.2f} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="nuclei")
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--startup", action="store_true", help="cold start to a first prediction, ONNX twin vs TensorFlow")
     args = parser.parse_args()
+    if args.startup:
+        startup(args.model, args.repeats)
+        return 0
 
     import onnxruntime
     import tensorflow as tf
