@@ -79,6 +79,9 @@ class ModelMetadata:
     # postprocess.MIN_OBJECT_SIZE and instances.MIN_SEED_SIZE).
     min_size: int | None = None
     min_seed_size: int | None = None
+    # boundary_watershed: touching objects whose shared border's mean boundary probability is below this are one
+    # object (instances.merge_weak_borders; chosen on validation by the recipe; None: no merging).
+    merge_threshold: float | None = None
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -97,6 +100,7 @@ class ModelMetadata:
             "background_threshold": self.background_threshold,
             "min_size": self.min_size,
             "min_seed_size": self.min_seed_size,
+            "merge_threshold": self.merge_threshold,
             "info": self.info,
         }
 
@@ -115,6 +119,7 @@ class ModelMetadata:
             background_threshold=_valid_probability(values.get("background_threshold"), "background_threshold"),
             min_size=_valid_pixel_count(values.get("min_size"), "min_size"),
             min_seed_size=_valid_pixel_count(values.get("min_seed_size"), "min_seed_size"),
+            merge_threshold=_valid_probability(values.get("merge_threshold"), "merge_threshold"),
             info=dict(values.get("info", {})),
         )
 

@@ -138,13 +138,14 @@ def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_siz
 def instances_from_probabilities(probabilities: np.ndarray, method: str, *, threshold: float = 0.5,
                                  n_classes: int = 1, min_size: int = MIN_OBJECT_SIZE, seed_threshold: float | None = None,
                                  background_threshold: float | None = None,
-                                 min_seed_size: int | None = None) -> np.ndarray:
+                                 min_seed_size: int | None = None, merge_threshold: float | None = None) -> np.ndarray:
     """int32 instances of every plane of a model's output, by the model's own method (ModelMetadata.instances).
 
     probabilities: (..., Y, X) for one class, (..., Y, X, n_classes) otherwise. method: "components"
     (foreground blobs, touching ones split on the distance transform), "enclosed" (regions between
     predicted boundaries), "boundary_watershed" (3 classes: seeds from the interiors, instances.py).
-    seed_threshold, background_threshold, min_seed_size: the model's own (ModelMetadata), None for the defaults.
+    seed_threshold, background_threshold, min_seed_size, merge_threshold: the model's own (ModelMetadata), None for
+    the defaults (no merging).
     The one place that turns output into objects: predict(), the CLI and the dock call it.
     """
     from napari_unet.instances import MIN_SEED_SIZE, SEED_THRESHOLD, instances_from_boundary_probabilities
@@ -157,7 +158,8 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
         for index in np.ndindex(probabilities.shape[:-3]):
             instances[index] = instances_from_boundary_probabilities(
                 probabilities[index], min_size=min_size, seed_threshold=seed_threshold or SEED_THRESHOLD,
-                background_threshold=background_threshold, min_seed_size=min_seed_size or MIN_SEED_SIZE)
+                background_threshold=background_threshold, min_seed_size=min_seed_size or MIN_SEED_SIZE,
+                merge_threshold=merge_threshold)
         return instances
     labels = semantic_labels(probabilities, threshold, n_classes, background_threshold)
     if method not in ("components", "enclosed"):
@@ -177,4 +179,5 @@ def model_instances(probabilities: np.ndarray, metadata, n_classes: int, *, thre
     return instances_from_probabilities(
         probabilities, metadata.instance_method, threshold=threshold, n_classes=n_classes,
         min_size=smallest_object(metadata, min_size), seed_threshold=metadata.seed_threshold,
-        background_threshold=metadata.background_threshold, min_seed_size=metadata.min_seed_size)
+        background_threshold=metadata.background_threshold, min_seed_size=metadata.min_seed_size,
+        merge_threshold=metadata.merge_threshold)

@@ -48,6 +48,26 @@ def test_two_touching_nuclei_come_out_as_two_objects():
     assert ndimage.label(labels > 0)[1] == 1  # plain connected components would merge them
 
 
+def test_fragments_without_a_boundary_between_them_merge_and_touching_nuclei_do_not():
+    """merge_weak_borders: a dim nucleus split into two by its seeds is one object again; two nuclei with a
+    confident boundary between them stay two."""
+    labels = _touching_discs()
+    probabilities = _probabilities_from(boundary_targets(labels))  # boundary 0.93 on each disc's ring
+    # a third disc, far right, whose interior dips in a vertical band (texture): two seeds, a weak border
+    yy, xx = np.mgrid[:64, :96]
+    padded = np.zeros((64, 96, 3), np.float32)
+    padded[:, :64], padded[:, 64:] = probabilities, (0.9 + 0.1 / 3, 0.1 / 3, 0.1 / 3)
+    dim = (yy - 32) ** 2 + (xx - 80) ** 2 < 144
+    padded[dim] = (0.02, 0.93, 0.05)
+    padded[dim & (np.abs(xx - 80) <= 1)] = (0.02, 0.80, 0.18)  # below the seed threshold, hardly a boundary
+    split = instances_from_boundary_probabilities(padded, seed_threshold=0.9)
+    assert split.max() == 4  # two touching discs, and the dim disc in two fragments
+    merged = instances_from_boundary_probabilities(padded, seed_threshold=0.9, merge_threshold=0.25)
+    assert merged.max() == 3
+    assert len(np.unique(merged[dim])) == 1 and len(np.unique(merged[:, :64][labels > 0])) == 2
+    assert merged.dtype == np.int32 and np.array_equal(merged > 0, split > 0)
+
+
 def test_the_model_method_decides_how_output_becomes_instances():
     membranes = np.ones((40, 40), np.float32)
     membranes[5:35, 5:35] = 0.0  # a closed membrane ring around one cell

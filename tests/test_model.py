@@ -211,9 +211,11 @@ def test_minimum_sizes_travel_with_the_model_and_decide_its_instances(tmp_path):
 
     model = new_model(UNetConfig(base_width=4, depth=2, n_classes=3), instances="boundary_watershed",
                       class_names=["background", "nucleus", "boundary"])
-    model.metadata.min_size, model.metadata.min_seed_size = 50, 9
+    model.metadata.min_size, model.metadata.min_seed_size, model.metadata.merge_threshold = 50, 9, 0.25
     loaded = load_model_file(save_model(model, tmp_path / "m.keras"))
-    assert (loaded.metadata.min_size, loaded.metadata.min_seed_size) == (50, 9)
+    assert (loaded.metadata.min_size, loaded.metadata.min_seed_size, loaded.metadata.merge_threshold) == (50, 9, 0.25)
+    with pytest.warns(UserWarning, match="merge_threshold"):
+        assert ModelMetadata.from_dict({**ModelMetadata().to_dict(), "merge_threshold": 1.5}).merge_threshold is None
     for bad in (0, 2.5, "big", True):
         with pytest.warns(UserWarning, match="min_size"):
             assert ModelMetadata.from_dict({**ModelMetadata().to_dict(), "min_size": bad}).min_size is None
