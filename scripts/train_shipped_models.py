@@ -461,18 +461,25 @@ def held_out_by_kind(recipe: Recipe, masks, predicted, baseline) -> dict:
     ("unseen kinds": new experiments)."""
     sizes = image_sizes(recipe.data_dir)
     trained_sizes = {sizes[stem] for stem in recipe.train_stems}
-    result = {}
-    for kind, wanted in (("seen_kinds", True), ("unseen_kinds", False)):
-        chosen = [i for i, stem in enumerate(recipe.test_stems) if (sizes[stem] in trained_sizes) == wanted]
-        if not chosen:
-            continue
-        result[kind] = {
+
+    def scores_of(chosen: list[int]) -> dict:
+        return {
             "images": len(chosen),
+            "nuclei": int(sum(len(np.unique(masks[i])) - 1 for i in chosen)),
             "sizes": sorted({"x".join(map(str, sizes[recipe.test_stems[i]])) for i in chosen}),
             "single_pass": _instance_summary(pooled_scores([predicted[i] for i in chosen], [masks[i] for i in chosen])),
             "otsu_watershed_baseline": _instance_summary(pooled_scores([baseline[i] for i in chosen],
                                                                        [masks[i] for i in chosen])),
         }
+
+    result = {}
+    for kind, wanted in (("seen_kinds", True), ("unseen_kinds", False)):
+        chosen = [i for i, stem in enumerate(recipe.test_stems) if (sizes[stem] in trained_sizes) == wanted]
+        if chosen:
+            result[kind] = scores_of(chosen)
+    result["by_size"] = {"x".join(map(str, size)): scores_of([i for i, stem in enumerate(recipe.test_stems)
+                                                                if sizes[stem] == size])
+                         for size in sorted({sizes[stem] for stem in recipe.test_stems})}
     return result
 
 
