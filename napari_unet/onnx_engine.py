@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import sys
+import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,11 @@ class OnnxNetwork:
 
 
 def _twin_session(keras_path):
+    from napari_unet._native import package_files, preload
+
+    if "onnxruntime" not in sys.modules:  # its 70 MB of libraries mapped without holding the GIL (_native.py)
+        preload(package_files("onnxruntime", "capi/libonnxruntime_providers_shared.so",
+                              "capi/onnxruntime_pybind11_state" + sysconfig.get_config_var("EXT_SUFFIX")))
     import onnxruntime
 
     path = twin_path(keras_path)
