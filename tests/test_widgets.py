@@ -79,8 +79,7 @@ def dock(make_napari_viewer, tiny_model_path, qtbot):
     """
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
-    widget._tensorflow_timer.stop()  # the tests start their own predictions (the warm-up has its own test)
-    widget._warm_up_timer.stop()
+    widget._warm_up_timer.stop()  # the tests start their own predictions (the warm-up has its own test)
     widget.session.select_model(tiny_model_path)
     yield viewer, widget
     qtbot.waitUntil(lambda: all(job.done for job in widget.session.jobs), timeout=JOB_TIMEOUT_MS)
@@ -600,11 +599,9 @@ def test_first_predict_of_a_shipped_model_runs_on_its_onnx_twin_then_on_tensorfl
     viewer.add_image(image, name="cells")
     widget.session.select_model("nuclei")
     tab = widget.predict_tab
-    starting = lambda: [job for job in widget.session.jobs if job.what == "Starting TensorFlow"]  # noqa: E731
-    assert not starting()  # the dock opened with a twin model: TensorFlow waits for the first result
+    assert any(job.what == "Preparing the quick start" for job in widget.session.jobs)  # opened with membranes
     assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
     assert tab.engine == ONNX_RUNTIME and "ONNX Runtime" in tab.status_label.text()
-    assert starting()  # ... and starts once it is on screen
     first = viewer.layers["cells prediction"].data.copy()
     model = widget.session.load_model("nuclei")  # what the warm-up does: from now on TensorFlow serves
     same = first == predict(model, image, output="instances", precision="float32")

@@ -23,9 +23,6 @@ from napari_unet._widgets.models_widget import ModelsWidget
 from napari_unet._widgets.predict_widget import PREDICT_SHORTCUT, PredictWidget
 from napari_unet._widgets.training_set_widget import ADD_SHORTCUT, TrainingSetWidget
 
-# With an ONNX twin, TensorFlow starts after the first prediction is shown or this long after the dock opened.
-QUICK_START_GRACE_MS = 2000
-
 
 class UNetWidget(QWidget):
     """Predict → correct → fine-tune → predict again, in one dock."""
@@ -50,28 +47,22 @@ class UNetWidget(QWidget):
         layout.addWidget(self.tabs)
         self.setMinimumWidth(320)
         self._bind_keys()
-        # Import TensorFlow, load the selected model and compile its forward pass in the background, so the
-        # first Predict only predicts. Tracked jobs: closing the dock waits for them to leave TensorFlow.
+        # Import TensorFlow, load the selected model and compile its forward pass in the background now, so
+        # the first Predict only predicts. Tracked jobs: closing the dock waits for them to leave TensorFlow.
         # (The model half a second later: a script or test that picks another model right after opening warms
-        # that one.) A model with an ONNX twin predicts without TensorFlow meanwhile (onnx_engine.py), so its
-        # TensorFlow starts once that first prediction is on screen, or after QUICK_START_GRACE_MS: importing
-        # TensorFlow holds Python's lock in long stretches, and drawing the first result beside it took
-        # 0.7 s instead of 0.1 s (benchmarks/bench_first_click.py).
-        self._tensorflow_started = False
-        self._tensorflow_timer = QTimer(self)  # owned by the dock: never fires after it is gone
-        self._tensorflow_timer.setSingleShot(True)
-        self._tensorflow_timer.timeout.connect(self.start_tensorflow)
-        self._warm_up_timer = QTimer(self)
-        self._warm_up_timer.setSingleShot(True)
-        self._warm_up_timer.timeout.connect(self._warm_up)
+        # that one; TensorFlow's import, the longest part and the same for every model, starts at once.)
+        # A model with an ONNX twin predicts without TensorFlow until then (onnx_engine.py): the twin is
+        # opened at once too. (Starting TensorFlow only after that first prediction was tried: a click 3 s
+        # after opening then waited 2.4 s instead of 0.5 s; bench_first_click.)
+        self.session.track(Job(_start_tensorflow, what="Starting TensorFlow", on_done=lambda result: None).start())
         twin_of = self.session.onnx_twin_for(self.session.model_key)
-        if twin_of is None:
-            self.start_tensorflow()
-        else:  # the twin is opened at once (0.2 s), so a Predict then only predicts
+        if twin_of is not None:
             self.session.track(Job(_open_twin(self.session, twin_of), what="Preparing the quick start",
                                    on_done=lambda result: None, needs_tensorflow=False).start())
-            self._tensorflow_timer.start(QUICK_START_GRACE_MS)
-            self.predict_tab.quick_prediction_shown.connect(self.start_tensorflow)
+        self._warm_up_timer = QTimer(self)  # owned by the dock: never fires after it is gone
+        self._warm_up_timer.setSingleShot(True)
+        self._warm_up_timer.timeout.connect(self._warm_up)
+        self._warm_up_timer.start(500)
         closer = _closer(self.session, napari_viewer, [self.training_set_tab.follow_new_layers])
         self.reset_choices()
         self.destroyed.connect(closer)
@@ -81,15 +72,6 @@ class UNetWidget(QWidget):
         if app is not None:
             app.aboutToQuit.connect(closer)
         atexit.register(closer)
-
-    def start_tensorflow(self) -> None:
-        """TensorFlow's import now, the selected model's warm-up half a second later (once)."""
-        if self._tensorflow_started:
-            return
-        self._tensorflow_started = True
-        self._tensorflow_timer.stop()
-        self.session.track(Job(_start_tensorflow, what="Starting TensorFlow", on_done=lambda result: None).start())
-        self._warm_up_timer.start(500)
 
     def _warm_up(self) -> None:
         self.session.track(Job(_warm_up(self.session), what="Preparing the model", on_done=lambda result: None).start())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -84,8 +84,6 @@ def channel_axis_for(layer, n_model_channels: int):
 
 class PredictWidget(QWidget):
     """Choose an image layer and a model; Predict runs the engine in a worker with progress and Cancel."""
-
-    quick_prediction_shown = Signal()  # a prediction computed on an ONNX twin is on screen (the dock then starts TF)
 
     def __init__(self, viewer, session: Session, parent=None):
         super().__init__(parent)
@@ -349,8 +347,7 @@ class PredictWidget(QWidget):
                                   "'Add to training set' in the Correct tab. " + self._threshold_note)
         if threshold_cache is not None and threshold_cache.threshold != self.threshold():
             self.threshold_timer.start()  # the slider moved while the model ran
-        if self.engine == ONNX_RUNTIME:
-            self.quick_prediction_shown.emit()
+
 
     # --- live threshold -----------------------------------------------------------------------
     def threshold(self) -> float:
