@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from napari_unet.errors import Cancelled, NapariUNetError
 
-    if args.command != "gui":  # in napari, the dock imports TensorFlow after OpenGL is up (_widgets/_tensorflow.py)
+    # In napari, the dock imports TensorFlow after OpenGL is up (_widgets/_tensorflow.py); predict may not need it.
+    if args.command not in ("gui", "predict"):
         _import_tensorflow_quietly()
     try:
         return int(args.func(args) or 0)
@@ -200,8 +201,9 @@ def _run_predict_command(args) -> int:
 
     from napari_unet.errors import NapariUNetError
     from napari_unet.io import read_image, write_labels
+    from napari_unet.onnx_engine import is_onnx
     from napari_unet.prediction import predict
-    from napari_unet.registry import load_model
+    from napari_unet.registry import load_model, quick_twin
 
     inputs = _expand_inputs(args.inputs)
     output_dir = Path(args.output)
@@ -227,9 +229,12 @@ def _run_predict_command(args) -> int:
     if args.scheduler and args.uncertainty:
         raise NapariUNetError("--uncertainty is not available with --scheduler: predict the uncertainty maps without "
                               "a cluster, or drop --uncertainty")
+    model = None if args.scheduler else quick_twin(args.model, len(inputs), args.precision)
+    if model is None:
+        _import_tensorflow_quietly()
     if args.scheduler:
         return _predict_on_cluster(args, targets, options, output_dir)
-    model = load_model(args.model)
+    model = model or load_model(args.model)
     progress = _TextProgress(len(inputs))
     try:
         for target, path in targets.items():
@@ -242,7 +247,8 @@ def _run_predict_command(args) -> int:
             write_labels(target, result)
     finally:
         progress.close()
-    print(f"wrote {len(written)} file(s) to {output_dir}", file=sys.stderr)
+    engine = " (on its ONNX twin: a small job starts sooner without TensorFlow)" if is_onnx(model) else ""
+    print(f"wrote {len(written)} file(s) to {output_dir}{engine}", file=sys.stderr)
     return 0
 
 

@@ -47,6 +47,27 @@ def load_model(name_or_path: str | os.PathLike | SegmentationModel, *stores: Mod
     return model
 
 
+# A job of at most this many images predicts on the model's ONNX twin when it has one (onnx_engine.py): one
+# 520x696 image gets its instances in 0.6 s instead of 4 s (TensorFlow's import, the .keras, the trace); the twin
+# is ~1.3x slower per image once running, so about even at four images of 4096^2 (benchmarks/bench_onnx.py).
+QUICK_START_IMAGES = 4
+
+
+def quick_twin(name_or_path: str | os.PathLike, n_images: int, precision: str | None = None,
+               *stores: ModelStore) -> SegmentationModel | None:
+    """The model's ONNX twin for predicting `n_images` images, when the job is small (QUICK_START_IMAGES), in
+    float32 or the default precision, and the model has a current twin; else None (use load_model)."""
+    if n_images > QUICK_START_IMAGES or precision not in (None, "auto", "float32"):
+        return None
+    from napari_unet.onnx_engine import load_onnx_twin
+
+    path, source = resolve(name_or_path, *stores)
+    twin = load_onnx_twin(path) if path.suffix == ".keras" else None
+    if twin is not None:
+        twin.source = source
+    return twin
+
+
 def read_model_metadata(path: str | os.PathLike) -> ModelMetadata | None:
     """The metadata stored in a model file (.keras or bioimage.io .zip) without loading the network; None if absent."""
     return read_package_metadata(path) if Path(path).suffix == ".zip" else read_metadata(path)

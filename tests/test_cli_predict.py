@@ -137,3 +137,27 @@ def test_tta_views_count_reaches_the_engine_and_a_bad_count_is_refused(model_pat
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "-m", model_path, str(image_dir / "a.tif"), "-o", str(tmp_path / "three"), "--tta", "3"])
     assert exit_info.value.code == 2 and "--tta" in capsys.readouterr().err
+
+
+def test_a_small_job_with_a_shipped_model_runs_on_its_onnx_twin(tmp_path, capsys):
+    """Up to QUICK_START_IMAGES images: the twin (no TensorFlow start-up), the same objects as TensorFlow float32;
+    a bigger job, or bfloat16 asked for, runs on TensorFlow."""
+    pytest.importorskip("onnxruntime")
+    from napari_unet._sample_data import load_nuclei
+    from napari_unet.prediction import predict
+    from napari_unet.registry import QUICK_START_IMAGES, load_model
+
+    image = load_nuclei("nuclei_sparse")[0]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index in range(QUICK_START_IMAGES + 1):
+        tifffile.imwrite(folder / f"n{index}.tif", image)
+    assert main(["predict", "-m", "nuclei", str(folder / "n0.tif"), "-o", str(tmp_path / "one"), "--instances"]) == 0
+    assert "ONNX twin" in capsys.readouterr().err
+    expected = predict(load_model("nuclei"), image, output="instances", precision="float32")
+    assert (tifffile.imread(tmp_path / "one" / "n0.tif") == expected).mean() > 0.999
+    assert main(["predict", "-m", "nuclei", str(folder), "-o", str(tmp_path / "all"), "--instances"]) == 0
+    assert "ONNX twin" not in capsys.readouterr().err
+    assert main(["predict", "-m", "nuclei", str(folder / "n0.tif"), "-o", str(tmp_path / "bf"), "--precision",
+                 "bfloat16"]) == 0
+    assert "ONNX twin" not in capsys.readouterr().err
