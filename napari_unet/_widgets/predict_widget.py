@@ -33,10 +33,10 @@ PREDICT_SHORTCUT = "Shift+U"
 # membranes card, held-out pixel error: 1 view 0.0719, 2 views 0.0691, 8 views 0.0684.
 TTA_CHOICES = ((1, "1 (fastest)"), (2, "2: also turned 180° (2× time)"), (4, "4: also mirrored (4× time)"),
                (8, "8: all flips and rotations (8× time)"))
-THRESHOLD_DEBOUNCE_MS = 150
-# What computed the last prediction (PredictWidget.engine): a shipped model's first Predict runs on its ONNX twin
-# while TensorFlow loads (onnx_engine.py, Session.onnx_twin_for).
-TENSORFLOW, ONNX_RUNTIME = "TensorFlow", "ONNX Runtime"  # re-threshold once the slider rests, not at every step of a drag
+THRESHOLD_DEBOUNCE_MS = 150  # re-threshold once the slider rests, not at every step of a drag
+# What computed the last prediction (PredictWidget.engine): a model's first Predict runs on its ONNX twin while
+# TensorFlow loads (onnx_engine.py, Session.onnx_twin_for).
+TENSORFLOW, ONNX_RUNTIME = "TensorFlow", "ONNX Runtime"
 
 
 def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: float, with_probabilities: bool,
@@ -347,7 +347,6 @@ class PredictWidget(QWidget):
                                   "'Add to training set' in the Correct tab. " + self._threshold_note)
         if threshold_cache is not None and threshold_cache.threshold != self.threshold():
             self.threshold_timer.start()  # the slider moved while the model ran
-
 
     # --- live threshold -----------------------------------------------------------------------
     def threshold(self) -> float:
