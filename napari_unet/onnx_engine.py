@@ -2,9 +2,11 @@
 
 Importing TensorFlow and Keras, loading a .keras and tracing its forward pass take 3-4 s on a 2-core CPU
 before the first tile is computed; ONNX Runtime imports and opens the same network in ~0.2 s, but then runs
-it 1.3-5x slower than TensorFlow (benchmarks/bench_onnx.py). So the dock predicts on ONNX Runtime only while
-TensorFlow is not ready yet, and only with a model that has an ONNX twin (the shipped ones: the recipe
-script writes `<name>.onnx` beside `<name>.keras`). Everything else runs on TensorFlow.
+it 1.3-5x slower than TensorFlow (benchmarks/bench_onnx.py). So ONNX Runtime serves only where start-up
+dominates: the dock's predictions while TensorFlow has not loaded the model yet (Session.onnx_twin_for), and
+`napari-unet predict` of a few images (registry.quick_twin). Both need the model's ONNX twin, `<name>.onnx`
+beside `<name>.keras`: the recipe script writes the shipped models' twins, and the dock writes one for each
+version a fine-tuning round keeps (write_twin). Everything else runs on TensorFlow.
 
 A twin records the SHA-256 of the .keras it was converted from; a twin that does not match its .keras
 (the model was retrained, the twin not rewritten) is never used.
@@ -65,7 +67,7 @@ def export_onnx(model: SegmentationModel, path: str | os.PathLike, source: str |
 
 def write_twin(keras_path: str | os.PathLike) -> Path | None:
     """Give a saved .keras (e.g. a project's new version) its ONNX twin, so a freshly opened napari predicts with
-    it at once; None when the converter (tf2onnx, the [bioimageio] extra) is not installed. Written atomically:
+    it at once; None when the converter (tf2onnx: the [gui] and [bioimageio] extras) is missing. Written atomically:
     a half-written twin would only be refused, but it would cost a failed session each time."""
     if importlib.util.find_spec("tf2onnx") is None:
         return None
