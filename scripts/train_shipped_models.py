@@ -176,7 +176,9 @@ RECIPES: list[Recipe] = [
         # Three classes (background, interior, boundary): touching nuclei stay apart (instances.py).
         unet=UNetConfig(n_channels=1, base_width=16, depth=4, n_classes=3, batch_norm=True),
         train_settings=dict(
-            epochs=50,
+            # 8000 steps: validation AP@0.5 0.846 -> 0.854 over 5000 (held-out 0.786 -> 0.788, 8 views 0.791 -> 0.802),
+            # 38 min on 2 cores in bfloat16; width 24 instead gained nothing held out (README).
+            epochs=80,
             steps_per_epoch=100,
             batch_size=4,
             patch_size=256,
