@@ -389,22 +389,26 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
 def save_shipped(model, path: Path) -> Path:
     """The .keras and its ONNX twin (onnx_engine.py: a fresh napari's first Predict runs on it)."""
     from napari_unet.model import save_model
-    from napari_unet.onnx_engine import export_onnx, twin_path
 
     path = save_model(model, path)
-    export_onnx(model, twin_path(path), source=path)
+    _write_twin(path)
     return path
 
 
 def write_onnx_twins(names: list[str], output_dir: Path = MODELS_DIR, log=print) -> None:
     """Rewrite the ONNX twins of saved models (after a change of the converter, or of a .keras by hand)."""
-    from napari_unet.model import load_model_file
-    from napari_unet.onnx_engine import export_onnx, twin_path
-
     for name in names:
-        path = output_dir / f"{name}.keras"
-        twin = export_onnx(load_model_file(path), twin_path(path), source=path)
+        twin = _write_twin(output_dir / f"{name}.keras")
         log(f"wrote {twin} ({twin.stat().st_size / 1e6:.2f} MB)")
+
+
+def _write_twin(keras_path: Path) -> Path:
+    from napari_unet.onnx_engine import write_twin
+
+    twin = write_twin(keras_path)
+    if twin is None:
+        raise SystemExit("shipped models need their ONNX twins: install tf2onnx (pip install -e \".[gui]\")")
+    return twin
 
 
 def _kept_epoch(history, config) -> str:

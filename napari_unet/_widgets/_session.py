@@ -174,6 +174,9 @@ class Session(QObject):
             path = resolve(key, self.store, self._global_store())[0]
         except Exception:  # missing or damaged: the Keras path reports it properly
             return None
+        with self._lock:
+            if path in self._twins and self._twins[path] is None:  # found stale before: straight to TensorFlow
+                return None
         return path if twin_path(path).is_file() else None
 
     def load_onnx_twin(self, keras_path: Path):

@@ -30,17 +30,16 @@ def ensure_tensorflow() -> None:
     if "keras" in sys.modules and "tensorflow" in sys.modules:
         return
     with _lock:
-        if "tensorflow" not in sys.modules and sys.platform.startswith("linux") and hasattr(os, "RTLD_DEEPBIND") \
-                and _llvm_loaded():
+        if "tensorflow" not in sys.modules:
             flags = sys.getdlopenflags()
-            sys.setdlopenflags(flags | os.RTLD_DEEPBIND)
+            deep = sys.platform.startswith("linux") and hasattr(os, "RTLD_DEEPBIND") and _llvm_loaded()
+            import_flags = flags | os.RTLD_DEEPBIND if deep else flags
+            sys.setdlopenflags(import_flags)
             try:
-                _load_libraries_without_the_gil(flags | os.RTLD_DEEPBIND)
+                _load_libraries_without_the_gil(import_flags)
                 import tensorflow  # noqa: F401
             finally:
                 sys.setdlopenflags(flags)
-        elif "tensorflow" not in sys.modules and sys.platform.startswith("linux"):
-            _load_libraries_without_the_gil(sys.getdlopenflags())
         _import_keras_without_scikit_learn()
 
 
