@@ -57,6 +57,7 @@ class Session(QObject):
         self._models: dict[str, object] = {}
         self._twins: dict[Path, object] = {}  # ONNX Runtime models by .keras path (onnx_twin_for)
         self._lock = threading.Lock()
+        self._twin_loading = threading.Lock()
         self.jobs: list = []
 
     # --- project ------------------------------------------------------------------------------
@@ -183,12 +184,13 @@ class Session(QObject):
         """The model of `keras_path` on ONNX Runtime (cached), or None if its twin is stale. Call from a worker."""
         from napari_unet.onnx_engine import load_onnx_twin
 
-        with self._lock:
-            if keras_path in self._twins:
-                return self._twins[keras_path]
-        model = load_onnx_twin(keras_path)  # not under the lock: the GUI thread asks onnx_twin_for meanwhile
-        with self._lock:
-            return self._twins.setdefault(keras_path, model)
+        with self._twin_loading:  # the dock's opening job and a Predict clicked at once open it once
+            with self._lock:
+                if keras_path in self._twins:
+                    return self._twins[keras_path]
+            model = load_onnx_twin(keras_path)  # not under self._lock: the GUI thread asks onnx_twin_for meanwhile
+            with self._lock:
+                return self._twins.setdefault(keras_path, model)
 
     def remember_model(self, key: str, model) -> None:
         with self._lock:
