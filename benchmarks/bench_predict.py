@@ -5,7 +5,8 @@ whole padded image), and the engine's GFLOP/s as a share of the tf.matmul rate m
     .venv/bin/python benchmarks/bench_predict.py --model nuclei --sizes 512 1024 2048 4096
 
 Goals (issues 3, 14): engine >= naive at every size, engine >= 85 % of the float32 matmul rate. The engine is
-timed in float32 and in bfloat16 (precision.py; the default where the CPU has it). The box is shared, so the
+timed in float32 (also with the Keras graph as built, i.e. without model.inference_function's rearranged
+graph) and in bfloat16 (precision.py; the default where the CPU has it). The box is shared, so the
 load average is printed with every row and each time is the fastest of the repeats (load only slows a run
 down); compare ratios, not absolute times.
 """
@@ -68,6 +69,30 @@ def engine_flops(model, shape) -> tuple[float, int, int]:
     return n_tiles * unet_flops(model.config, rows.size, cols.size), n_tiles, rows.size
 
 
+def keras_graph_twin(model):
+    """The same model whose engine calls the Keras graph as built (no model.inference_function)."""
+    from napari_unet import prediction
+    from napari_unet.model import SegmentationModel
+
+    twin = SegmentationModel(model.keras_model, model.metadata, model.source)
+    rearranged = prediction.inference_function
+    prediction.inference_function = lambda keras_model, config: None
+    try:
+        predict_warm(twin)
+    finally:
+        prediction.inference_function = rearranged
+    return twin
+
+
+def predict_warm(model) -> None:
+    """Trace the engine's tf.functions (float32 and bfloat16) before timing."""
+    from napari_unet.prediction import predict
+
+    for warm in (64, 96):
+        for precision in ("float32", "bfloat16"):
+            predict(model, smooth_image(warm), output="probabilities", precision=precision)
+
+
 def timed(function, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -98,14 +123,14 @@ def main() -> None:
         model = load_model(args.model)
     else:
         model = new_model(UNetConfig(base_width=args.width, depth=args.depth))
-    for warm in (64, 96):  # trace the engine's tf.functions and let Keras' predict generalise its shapes
-        for precision in ("float32", "bfloat16"):
-            predict(model, smooth_image(warm), output="probabilities", precision=precision)
+    predict_warm(model)
+    as_built = keras_graph_twin(model)
+    for warm in (64, 96):  # let Keras' predict generalise its shapes
         naive_predict(model, smooth_image(warm))
 
     header = (
-        "| size | tiles | engine float32 s | naive s | engine/naive | engine GFLOP/s | % matmul | engine bfloat16 s "
-        "| bf16/f32 speed | load |"
+        "| size | tiles | engine float32 s | Keras graph s | naive s | engine/naive | engine GFLOP/s | % matmul "
+        "| engine bfloat16 s | bf16/f32 speed | bfloat16 GFLOP/s | % f32 matmul | load |"
     )
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
@@ -115,6 +140,8 @@ def main() -> None:
         flops, n_tiles, tile = engine_flops(model, image.shape)
         engine_seconds = timed(lambda image=image: predict(model, image, output="probabilities", precision="float32"),
                                repeats)
+        built_seconds = timed(lambda image=image: predict(as_built, image, output="probabilities", precision="float32"),
+                              repeats)
         reduced_seconds = timed(lambda image=image: predict(model, image, output="probabilities", precision="bfloat16"),
                                 repeats)
         if size <= args.skip_naive_above:
@@ -124,8 +151,10 @@ def main() -> None:
             naive_text = "skipped | -"
         gflops = flops / engine_seconds / 1e9
         print(
-            f"| {size}² | {n_tiles}×{tile}² | {engine_seconds:.2f} | {naive_text} | {gflops:.0f} | {100 * gflops / peak:.0f}% "
-            f"| {reduced_seconds:.2f} | {engine_seconds / reduced_seconds:.2f}x | {os.getloadavg()[0]:.2f} |",
+            f"| {size}² | {n_tiles}×{tile}² | {engine_seconds:.2f} | {built_seconds:.2f} | {naive_text} | {gflops:.0f} "
+            f"| {100 * gflops / peak:.0f}% "
+            f"| {reduced_seconds:.2f} | {engine_seconds / reduced_seconds:.2f}x | {flops / reduced_seconds / 1e9:.0f} "
+            f"| {100 * flops / reduced_seconds / 1e9 / peak:.0f}% | {os.getloadavg()[0]:.2f} |",
             flush=True,
         )
     print(f"model: {args.model or f'random, base_width={args.width} depth={args.depth}'}; "

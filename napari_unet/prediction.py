@@ -31,7 +31,7 @@ import numpy as np
 
 from napari_unet import tiling
 from napari_unet.errors import Cancelled, NapariUNetError
-from napari_unet.model import SegmentationModel
+from napari_unet.model import SegmentationModel, inference_function
 from napari_unet.normalize import apply_range, percentile_range
 from napari_unet.onnx_engine import is_onnx, onnx_forward
 from napari_unet.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
@@ -90,15 +90,16 @@ def forward_function(model: SegmentationModel, test_time_augmentation: bool | in
         return cache[1][key]
     n_channels = int(keras_model.input_shape[-1])
     signature = [tf.TensorSpec((None, None, None, n_channels), tf.float32)]
+    network = inference_function(keras_model, model.config) or (lambda batch: keras_model(batch, training=False))
 
     def averaged_views(batch):
         if len(transforms) <= 1:
-            output = keras_model(batch, training=False)
+            output = network(batch)
             return tf.concat([output, tf.square(output)], axis=-1) if with_squares else output
         total = None
         for quarter_turns, mirrored in transforms:
             moved = tf.image.rot90(tf.reverse(batch, axis=[2]) if mirrored else batch, quarter_turns)
-            output = tf.image.rot90(keras_model(moved, training=False), (4 - quarter_turns) % 4)
+            output = tf.image.rot90(network(moved), (4 - quarter_turns) % 4)
             output = tf.reverse(output, axis=[2]) if mirrored else output
             output = tf.concat([output, tf.square(output)], axis=-1) if with_squares else output
             total = output if total is None else total + output

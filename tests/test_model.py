@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_unet.errors import ModelLoadError
-from napari_unet.model import UNetConfig, build_unet, load_model_file, new_model, save_model
+from napari_unet.model import UNetConfig, build_unet, inference_function, load_model_file, new_model, save_model
 
 
 def conv_params(kernel: int, c_in: int, c_out: int, bias: bool = True) -> int:
@@ -115,6 +115,49 @@ def test_three_class_model_outputs_softmax_per_pixel():
     output = np.asarray(keras_model(np.random.default_rng(1).random((1, 16, 24, 1)).astype(np.float32)))
     assert output.shape == (1, 16, 24, 3)
     np.testing.assert_allclose(output.sum(axis=-1), 1.0, rtol=1e-5)
+
+
+def _randomised(keras_model, seed: int):
+    """Weights and batch-norm statistics far from their initial values, so a wrong fold shows."""
+    rng = np.random.default_rng(seed)
+    keras_model.set_weights([
+        (rng.random(w.shape) + 0.5 if "variance" in v.path else rng.normal(0, 0.3, w.shape)).astype(np.float32)
+        for v, w in zip(keras_model.weights, keras_model.get_weights())
+    ])
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        UNetConfig(base_width=4, depth=2, batch_norm=True),
+        UNetConfig(base_width=4, depth=3, n_classes=3, batch_norm=True),
+        UNetConfig(base_width=4, depth=2, upsampling="bilinear", n_channels=2, dropout=0.3),
+    ],
+    ids=["batch_norm", "3classes", "bilinear-dropout"],
+)
+def test_inference_graph_computes_what_keras_computes_and_follows_weights_changed_in_place(config):
+    import tensorflow as tf
+
+    keras_model = build_unet(config)
+    _randomised(keras_model, 0)
+    network = tf.function(inference_function(keras_model, config))
+    batch = np.random.default_rng(2).random((2, 32, 40, config.n_channels)).astype(np.float32)
+    np.testing.assert_allclose(network(batch), keras_model(batch, training=False), atol=2e-5)
+    _randomised(keras_model, 1)  # what a training step does: the same variables, new values
+    np.testing.assert_allclose(network(batch), keras_model(batch, training=False), atol=2e-5)
+
+
+def test_other_architectures_are_not_rearranged():
+    import keras
+
+    config = UNetConfig(base_width=4, depth=2)
+    inputs = keras.Input((None, None, 1))
+    plain = keras.Model(inputs, keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid")(inputs))
+    assert inference_function(plain, config) is None
+    unet = build_unet(config)
+    extended = keras.Model(unet.inputs, keras.layers.Activation("linear", name="extra")(unet.outputs[0]))
+    assert inference_function(extended, config) is None
+    assert inference_function(unet, UNetConfig(base_width=4, depth=3)) is None  # metadata not the graph's
 
 
 def test_save_load_round_trip_keeps_metadata_and_weights(tmp_path):
