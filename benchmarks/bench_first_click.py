@@ -1,6 +1,6 @@
 """The first Predict in a freshly opened napari: click → labels on screen, and the GUI thread's stalls.
 
-    xvfb-run -a .venv/bin/python benchmarks/bench_first_click.py [--waits 0 5] [--sample nuclei] [--ab]
+    xvfb-run -a .venv/bin/python benchmarks/bench_first_click.py [--waits 0 5] [--sample nuclei] [--ab] [--imports-ab]
 
 Each case runs in a fresh process (nothing imported or traced yet) as a new user (an empty $NAPARI_UNET_HOME,
 so the shipped model is chosen): a viewer with the sample image, the
@@ -14,6 +14,7 @@ before the dock opens (what the machine, Xvfb and Qt cost by themselves).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -34,7 +35,10 @@ def _stalls(beats: list[float], origin: float | None = None) -> dict:
             "worst": [(round(1000 * float(gaps[i])), round(beats[i] - (origin or beats[0]), 2)) for i in worst]}
 
 
-def one_case(wait: float, sample: str, onnx: bool = True) -> dict:
+IMPORTS = ("plain", "collector paused", "yielding")  # the dock's background imports (_background_imports.py)
+
+
+def one_case(wait: float, sample: str, onnx: bool = True, imports: str = "yielding") -> dict:
     import napari
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
@@ -46,6 +50,15 @@ def one_case(wait: float, sample: str, onnx: bool = True) -> dict:
         import napari_unet.onnx_engine
 
         napari_unet.onnx_engine.onnx_runtime_available = lambda: False
+    if imports != "yielding":  # baselines: plain imports, or only the collector paused (_background_imports.py)
+        import contextlib
+
+        import napari_unet._widgets._background_imports as background
+        import napari_unet._widgets.predict_widget
+
+        napari_unet._widgets.predict_widget.gui_first = contextlib.nullcontext
+        if imports == "plain":
+            background.background_imports = contextlib.nullcontext
     image, _ = load_em_membranes() if sample == "em_membranes" else load_nuclei(sample)
     viewer = napari.Viewer(show=True)
     viewer.add_image(image, name=sample)
@@ -77,7 +90,7 @@ def one_case(wait: float, sample: str, onnx: bool = True) -> dict:
     shown = time.perf_counter()
     spin(1.0)
     timer.stop()
-    result = {"wait_s": wait, "onnx": onnx, "engine": widget.predict_tab.engine,
+    result = {"wait_s": wait, "onnx": onnx, "imports": imports, "engine": widget.predict_tab.engine,
               "click_to_labels_s": shown - clicked, "dock_open_to_labels_s": shown - opened,
               "dock_open_s": dock_open_seconds, "click_at_s": clicked - opened,
               "idle": idle, "with_dock": _stalls(beats, opened), "load": os.getloadavg()[0]}
@@ -91,27 +104,35 @@ def main() -> int:
     parser.add_argument("--sample", default="nuclei", choices=["nuclei", "nuclei_sparse", "em_membranes"])
     parser.add_argument("--ab", action="store_true",
                         help="also run each case without the ONNX twins (first Predict waits for TensorFlow), interleaved")
+    parser.add_argument("--imports-ab", action="store_true",
+                        help="also run each case with plain background imports, and with only the collector paused")
     parser.add_argument("--no-onnx", action="store_true", help=argparse.SUPPRESS)  # the child process
+    parser.add_argument("--imports", default="yielding", choices=IMPORTS, help=argparse.SUPPRESS)  # the child
     parser.add_argument("--one", type=float, default=None, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.one is not None:
-        print("RESULT " + json.dumps(one_case(args.one, args.sample, onnx=not args.no_onnx)), flush=True)
+        print("RESULT " + json.dumps(one_case(args.one, args.sample, onnx=not args.no_onnx,
+                                                    imports=args.imports)), flush=True)
         return 0
     rows = []
     for wait in args.waits:
-        for no_onnx in ([False, True] if args.ab else [False]):
-            command = [sys.executable, __file__, "--one", str(wait), "--sample", args.sample] + ["--no-onnx"] * no_onnx
+        for no_onnx, imports in itertools.product([False, True] if args.ab else [False],
+                                                  IMPORTS[::-1] if args.imports_ab else ["yielding"]):
+            command = [sys.executable, __file__, "--one", str(wait), "--sample", args.sample]
+            command += ["--no-onnx"] * no_onnx + ["--imports", imports]
             with tempfile.TemporaryDirectory() as home:  # a new user: no project or settings from earlier runs
                 output = subprocess.run(command, capture_output=True, text=True, check=True,
                                         env={**os.environ, "NAPARI_UNET_HOME": home}).stdout
             rows.append(json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:]))
-    print("| click after dock opened | first Predict on | click → labels s | GUI stall p99 ms | stall max ms | "
+    print("| click after dock opened | first Predict on | background imports | click → labels s "
+          "| GUI stall p99 ms | stall max ms | "
           "idle viewer p99 / max ms | load |")
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         dock, idle = row["with_dock"], row["idle"]
-        print(f"| {row['wait_s']:.0f} s | {row['engine']} | {row['click_to_labels_s']:.2f} | {dock['p99_ms']:.0f} | "
-              f"{dock['max_ms']:.0f} | {idle['p99_ms']:.0f} / {idle['max_ms']:.0f} | {row['load']:.1f} |")
+        print(f"| {row['wait_s']:.0f} s | {row['engine']} | {row['imports']} | {row['click_to_labels_s']:.2f} "
+              f"| {dock['p99_ms']:.0f} | {dock['max_ms']:.0f} | {idle['p99_ms']:.0f} / {idle['max_ms']:.0f} "
+              f"| {row['load']:.1f} |")
     for row in rows:
         print(f"click after {row['wait_s']:.0f} s: building the dock took {row['dock_open_s']:.2f} s; longest stalls "
               f"(ms, s after the dock opened; click at {row['click_at_s']:.1f} s): {row['with_dock']['worst']}")

@@ -135,11 +135,14 @@ def _open_twin(session: Session, keras_path):
     Labels layer imports (0.1 s of the 0.3 s its creation took on the GUI thread in a viewer without TensorFlow)."""
 
     def work(report, is_cancelled):
-        session.load_onnx_twin(keras_path)
-        import scipy.linalg  # noqa: F401
-        import skimage.color  # noqa: F401
-        import skimage.exposure  # noqa: F401
-        import skimage.segmentation  # noqa: F401
+        from napari_unet._widgets._background_imports import background_imports
+
+        with background_imports():
+            session.load_onnx_twin(keras_path)
+            import scipy.linalg  # noqa: F401
+            import skimage.color  # noqa: F401
+            import skimage.exposure  # noqa: F401
+            import skimage.segmentation  # noqa: F401
 
     return work
 

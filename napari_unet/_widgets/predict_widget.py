@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets import _lazy_prediction, _live_threshold
+from napari_unet._widgets._background_imports import gui_first
 from napari_unet._widgets._layers import LayerChooser, current_index, describe_index, layer_array, stack_depth
 from napari_unet._widgets._live_threshold import ThresholdCache
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT, NextTile
@@ -439,8 +440,9 @@ def write_prediction(viewer, image_layer, index: tuple, labels: np.ndarray, name
         layer.metadata.pop(PREDICTION_KEY, None)
         layer.data = np.zeros(full_shape, dtype=labels.dtype)
     if layer is None:
-        layer = viewer.add_labels(np.zeros(full_shape, dtype=labels.dtype), name=name, opacity=0.5,
-                                  **_placement(image_layer, len(full_shape)))
+        with gui_first():  # napari's first Labels layer: 0.2 s of Python that TensorFlow's import may not share
+            layer = viewer.add_labels(np.zeros(full_shape, dtype=labels.dtype), name=name, opacity=0.5,
+                                      **_placement(image_layer, len(full_shape)))
     _live_threshold.forget(layer)  # its cached probabilities belong to the prediction being replaced
     store_prediction(layer, index, labels)
     layer.metadata[SOURCE_KEY] = {"image": image_layer.name, "model": model_key}

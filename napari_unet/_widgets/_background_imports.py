@@ -1,0 +1,87 @@
+"""The dock's big imports (TensorFlow, ONNX Runtime) run in background threads; this keeps them out of the
+GUI thread's way. Two things made the GUI stall while they ran:
+
+- Python's cyclic garbage collector. A full collection walks every tracked object while holding the GIL:
+  0.14-0.20 s in a viewer with napari alone (266k objects), more with TensorFlow, and an import that makes
+  hundreds of thousands of objects triggers several; whichever thread triggers one, the GUI thread waits.
+  So collection is paused during the imports, and what exists after them is frozen (gc.freeze: moved to a
+  generation no collection walks). Those are modules, functions and classes, which live as long as the
+  process anyway; the garbage of that moment, if any, is never freed.
+- Sharing the GIL. napari's first Labels layer is 0.2 s of Python on the GUI thread; beside an import it
+  took twice that. While the GUI thread is inside gui_first(), each import of a TensorFlow or Keras module
+  in such a block waits (at most MAX_WAIT_SECONDS) before it starts. Only those: a thread waiting there
+  holds the import locks of the modules that import it, which are TensorFlow's and Keras' own; had it
+  waited for any module, the GUI thread could have had to wait for one both import.
+
+Measured with benchmarks/bench_first_click.py (--gc-ab, benchmarks/README).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import threading
+
+MAX_WAIT_SECONDS = 1.0  # an import never waits longer for the GUI (nor could it deadlock with it)
+DRAW_SECONDS = 0.15  # after gui_first(): the draw of what the block added
+
+_lock = threading.Lock()
+_active = 0  # background_imports() blocks running now, in any thread
+_collector_was_enabled = True
+_gui_free = threading.Event()
+_gui_free.set()
+
+
+WAITING_PACKAGES = ("tensorflow", "keras", "tf_keras", "tensorboard")
+_importing_threads: set[int] = set()  # threads inside background_imports()
+_hook_added = False
+
+
+def _wait_for_the_gui(event: str, args: tuple) -> None:
+    """An audit hook (the "import" event is raised before any import lock is taken; a sys.meta_path entry runs
+    under the global import lock, so waiting there stalled the GUI thread's own imports: tried)."""
+    if (event == "import" and not _gui_free.is_set() and threading.get_ident() in _importing_threads
+            and str(args[0]).split(".", 1)[0] in WAITING_PACKAGES
+            and threading.current_thread() is not threading.main_thread()):  # the GUI thread never waits
+        _gui_free.wait(MAX_WAIT_SECONDS)
+
+
+@contextlib.contextmanager
+def background_imports():
+    """For a worker thread's imports: collection paused (the outermost of nested or concurrent blocks
+    restores it, then freezes everything alive), and imports that wait while the GUI thread is busy."""
+    import sys
+
+    global _active, _collector_was_enabled, _hook_added
+    thread = threading.get_ident()
+    with _lock:
+        if not _hook_added:  # audit hooks stay for the life of the process: added once, idle outside these blocks
+            sys.addaudithook(_wait_for_the_gui)
+            _hook_added = True
+        if _active == 0:
+            _collector_was_enabled = gc.isenabled()
+            gc.disable()
+        _active += 1
+        _importing_threads.add(thread)
+    try:
+        yield
+    finally:
+        with _lock:
+            _active -= 1
+            _importing_threads.discard(thread)
+            if _active == 0:
+                gc.freeze()
+                if _collector_was_enabled:
+                    gc.enable()
+
+
+@contextlib.contextmanager
+def gui_first():
+    """GUI thread: background imports wait during the block and the draw after it (DRAW_SECONDS)."""
+    from qtpy.QtCore import QTimer
+
+    _gui_free.clear()
+    try:
+        yield
+    finally:
+        QTimer.singleShot(int(DRAW_SECONDS * 1000), _gui_free.set)

@@ -1,0 +1,79 @@
+"""The dock's background imports stay out of the GUI thread's way (napari_unet/_widgets/_background_imports.py)."""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+
+import pytest
+
+from napari_unet._widgets import _background_imports
+from napari_unet._widgets._background_imports import background_imports, gui_first
+
+
+@pytest.fixture
+def waiting_package(tmp_path, monkeypatch):
+    """A package the hook treats as TensorFlow's, and one it does not, importable from tmp_path."""
+    for name in ("fake_tensorflow_for_test", "plain_package_for_test"):
+        (tmp_path / f"{name}.py").write_text("VALUE = 1\n")
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(_background_imports, "WAITING_PACKAGES", ("fake_tensorflow_for_test",))
+    yield "fake_tensorflow_for_test", "plain_package_for_test"
+    for name in ("fake_tensorflow_for_test", "plain_package_for_test"):
+        sys.modules.pop(name, None)
+
+
+def _import_in_background(name: str) -> threading.Event:
+    done = threading.Event()
+
+    def work():
+        with background_imports():
+            __import__(name)
+        done.set()
+
+    threading.Thread(target=work, daemon=True).start()
+    return done
+
+
+def test_collection_is_paused_during_the_imports_and_what_they_made_is_frozen_after():
+    enabled_before = gc.isenabled()
+    frozen_before = gc.get_freeze_count()
+    with background_imports():
+        assert not gc.isenabled()
+        with background_imports():  # nested (or another thread's): the outer block restores
+            pass
+        assert not gc.isenabled()
+        made_inside = [object() for _ in range(1000)]  # noqa: F841
+    assert gc.isenabled() == enabled_before
+    assert gc.get_freeze_count() >= frozen_before + 1000
+
+
+def test_a_tensorflow_import_waits_while_the_gui_thread_is_busy_and_others_do_not(qtbot, waiting_package):
+    waiting, plain = waiting_package
+    with gui_first():
+        plain_done = _import_in_background(plain)
+        assert plain_done.wait(5.0), "an import outside TensorFlow's packages must not wait for the GUI"
+        waiting_done = _import_in_background(waiting)
+        assert not waiting_done.wait(0.3), "TensorFlow's import must wait while the GUI thread is busy"
+    qtbot.waitUntil(waiting_done.is_set, timeout=5000)  # free once the draw after the block is over
+    assert sys.modules[waiting].VALUE == 1
+
+
+def test_the_gui_thread_itself_never_waits(qtbot, waiting_package, monkeypatch):
+    waiting, _ = waiting_package
+    waits = []
+
+    class RecordingEvent(threading.Event):
+        def wait(self, timeout=None):
+            waits.append(threading.current_thread() is threading.main_thread())
+            return super().wait(timeout)
+
+    monkeypatch.setattr(_background_imports, "_gui_free", RecordingEvent())
+    _background_imports._gui_free.set()
+    with gui_first(), background_imports():
+        __import__(waiting)
+    assert waiting in sys.modules
+    assert waits == []
+    qtbot.waitUntil(_background_imports._gui_free.is_set, timeout=5000)
