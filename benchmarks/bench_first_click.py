@@ -35,7 +35,7 @@ def _stalls(beats: list[float], origin: float | None = None) -> dict:
             "worst": [(round(1000 * float(gaps[i])), round(beats[i] - (origin or beats[0]), 2)) for i in worst]}
 
 
-IMPORTS = ("plain", "collector paused", "yielding")  # the dock's background imports (_background_imports.py)
+IMPORTS = ("plain", "collector paused", "yielding")  # the dock's background imports (_gui_priority.py)
 
 
 def one_case(wait: float, sample: str, onnx: bool = True, imports: str = "yielding") -> dict:
@@ -50,10 +50,10 @@ def one_case(wait: float, sample: str, onnx: bool = True, imports: str = "yieldi
         import napari_unet.onnx_engine
 
         napari_unet.onnx_engine.onnx_runtime_available = lambda: False
-    if imports != "yielding":  # baselines: plain imports, or only the collector paused (_background_imports.py)
+    if imports != "yielding":  # baselines: plain imports, or only the collector paused (_gui_priority.py)
         import contextlib
 
-        import napari_unet._widgets._background_imports as background
+        import napari_unet._widgets._gui_priority as background
         import napari_unet._widgets.predict_widget
 
         napari_unet._widgets.predict_widget.gui_first = contextlib.nullcontext

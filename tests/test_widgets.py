@@ -603,7 +603,7 @@ def test_first_predict_of_a_shipped_model_runs_on_its_onnx_twin_then_on_tensorfl
     assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
     assert tab.engine == ONNX_RUNTIME and "ONNX Runtime" in tab.status_label.text()
     first = viewer.layers["cells prediction"].data.copy()
-    model = widget.session.load_model("nuclei")  # what the warm-up does: from now on TensorFlow serves
+    model = widget.session.warm_up("nuclei")  # what the dock's warm-up job does: from now on TensorFlow serves
     same = first == predict(model, image, output="instances", precision="float32")
     assert same.mean() > 0.999 and first.max() > 5
     assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)

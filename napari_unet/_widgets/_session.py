@@ -55,9 +55,11 @@ class Session(QObject):
         self.project = Project(saved_folder or default_training_set_dir())
         self._model_key: str = self.project.active or _first_shipped_model()
         self._models: dict[str, object] = {}
+        self._warm: set[str] = set()  # models whose TensorFlow forward pass is traced (onnx_twin_for)
         self._twins: dict[Path, object] = {}  # ONNX Runtime models by .keras path (onnx_twin_for)
         self._lock = threading.Lock()
         self._twin_loading = threading.Lock()
+        self._model_loading = threading.Lock()
         self.jobs: list = []
 
     # --- project ------------------------------------------------------------------------------
@@ -152,22 +154,25 @@ class Session(QObject):
             from napari_unet.errors import NapariUNetError
 
             raise NapariUNetError("no model is selected: choose one in the Predict tab (or a .keras file)")
-        with self._lock:
-            model = self._models.get(key)
+        with self._model_loading:  # one load at a time; the GUI thread only ever takes self._lock, briefly
+            with self._lock:
+                model = self._models.get(key)
             if model is None:
                 model = self.project.load_model(key)
-                self._models[key] = model
+                with self._lock:
+                    model = self._models.setdefault(key, model)
             return model
 
     def onnx_twin_for(self, key: str) -> Path | None:
-        """The .keras to predict on its ONNX twin (onnx_engine.py) while TensorFlow has not loaded `key` yet:
-        the first Predict then needs neither TensorFlow nor Keras. None once the model is loaded, for a model
-        without a twin (the user's own versions), or without ONNX Runtime. Cheap: called on the GUI thread."""
+        """The .keras to predict on its ONNX twin (onnx_engine.py) while TensorFlow is not ready for `key` (its
+        forward pass traced: warm_up, mark_warm): the first Predict then needs neither TensorFlow nor Keras, and
+        waits for no trace. None once it is, for a model without a twin (the user's own versions), or without
+        ONNX Runtime. Cheap: called on the GUI thread."""
         from napari_unet.onnx_engine import onnx_runtime_available, twin_path
         from napari_unet.registry import resolve
 
         with self._lock:
-            if key in self._models:
+            if key in self._warm:
                 return None
         if not onnx_runtime_available():
             return None
@@ -192,13 +197,38 @@ class Session(QObject):
             with self._lock:
                 return self._twins.setdefault(keras_path, model)
 
+    def warm_up(self, key: str | None = None, is_cancelled=lambda: False):
+        """Load `key` (default: the selected model) and trace its forward pass on a small image (the compiled
+        function serves any size), so that the next Predict only predicts. Call from a worker."""
+        import numpy as np
+
+        from napari_unet.prediction import predict
+
+        key = key or self.model_key
+        model = self.load_model(key)
+        if is_cancelled():  # the dock closed meanwhile
+            return model
+        n_channels = model.config.n_channels
+        noise = np.random.default_rng(0).random((64, 64) if n_channels == 1 else (64, 64, n_channels))
+        predict(model, noise.astype(np.float32), output="probabilities", cancel=is_cancelled)
+        self.mark_warm(key)
+        return model
+
+    def mark_warm(self, key: str) -> None:
+        """TensorFlow has predicted with `key`: from now on it serves (onnx_twin_for)."""
+        with self._lock:
+            self._warm.add(key)
+
     def remember_model(self, key: str, model) -> None:
+        """A model made in this session (a fine-tuned version, already used to predict)."""
         with self._lock:
             self._models[key] = model
+            self._warm.add(key)
 
     def forget_model(self, key: str) -> None:
         with self._lock:
             self._models.pop(key, None)
+            self._warm.discard(key)
 
     # --- jobs ---------------------------------------------------------------------------------
     def track(self, job):

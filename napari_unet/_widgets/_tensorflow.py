@@ -29,7 +29,7 @@ def ensure_tensorflow() -> None:
     """Import tensorflow and keras once, with RTLD_DEEPBIND if the system LLVM is loaded (Linux)."""
     if "keras" in sys.modules and "tensorflow" in sys.modules:
         return
-    from napari_unet._widgets._background_imports import background_imports
+    from napari_unet._widgets._gui_priority import background_imports
 
     with _lock, background_imports():
         if "tensorflow" not in sys.modules:

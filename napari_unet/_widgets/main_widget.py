@@ -23,6 +23,8 @@ from napari_unet._widgets.models_widget import ModelsWidget
 from napari_unet._widgets.predict_widget import PREDICT_SHORTCUT, PredictWidget
 from napari_unet._widgets.training_set_widget import ADD_SHORTCUT, TrainingSetWidget
 
+TENSORFLOW_DELAY_MS = 200  # after the dock is built: its first paint comes first (see __init__)
+
 
 class UNetWidget(QWidget):
     """Predict → correct → fine-tune → predict again, in one dock."""
@@ -50,16 +52,21 @@ class UNetWidget(QWidget):
         # Import TensorFlow, load the selected model and compile its forward pass in the background now, so
         # the first Predict only predicts. Tracked jobs: closing the dock waits for them to leave TensorFlow.
         # (The model half a second later: a script or test that picks another model right after opening warms
-        # that one; TensorFlow's import, the longest part and the same for every model, starts at once.)
+        # that one; TensorFlow's import, the longest part and the same for every model, starts sooner.)
         # A model with an ONNX twin predicts without TensorFlow until then (onnx_engine.py): the twin is
         # opened at once too. (Starting TensorFlow only after that first prediction was tried: a click 3 s
         # after opening then waited 2.4 s instead of 0.5 s; bench_first_click.)
-        self.session.track(Job(_start_tensorflow, what="Starting TensorFlow", on_done=lambda result: None).start())
         twin_of = self.session.onnx_twin_for(self.session.model_key)
         if twin_of is not None:
             self.session.track(Job(_open_twin(self.session, twin_of), what="Preparing the quick start",
                                    on_done=lambda result: None, needs_tensorflow=False).start())
-        self._warm_up_timer = QTimer(self)  # owned by the dock: never fires after it is gone
+        # TensorFlow's import starts once the dock is on screen: mapping its 800 MB of libraries holds the dynamic
+        # loader's lock, and the dock's first paint (Qt loading its plugins) waited 0.15 s for it.
+        self._tensorflow_timer = QTimer(self)  # owned by the dock: never fires after it is gone
+        self._tensorflow_timer.setSingleShot(True)
+        self._tensorflow_timer.timeout.connect(self._start_tensorflow)
+        self._tensorflow_timer.start(TENSORFLOW_DELAY_MS)
+        self._warm_up_timer = QTimer(self)
         self._warm_up_timer.setSingleShot(True)
         self._warm_up_timer.timeout.connect(self._warm_up)
         self._warm_up_timer.start(500)
@@ -72,6 +79,9 @@ class UNetWidget(QWidget):
         if app is not None:
             app.aboutToQuit.connect(closer)
         atexit.register(closer)
+
+    def _start_tensorflow(self) -> None:
+        self.session.track(Job(_start_tensorflow, what="Starting TensorFlow", on_done=lambda result: None).start())
 
     def _warm_up(self) -> None:
         self.session.track(Job(_warm_up(self.session), what="Preparing the model", on_done=lambda result: None).start())
@@ -135,7 +145,7 @@ def _open_twin(session: Session, keras_path):
     Labels layer imports (0.1 s of the 0.3 s its creation took on the GUI thread in a viewer without TensorFlow)."""
 
     def work(report, is_cancelled):
-        from napari_unet._widgets._background_imports import background_imports
+        from napari_unet._widgets._gui_priority import background_imports
 
         with background_imports():
             session.load_onnx_twin(keras_path)
@@ -148,20 +158,13 @@ def _open_twin(session: Session, keras_path):
 
 
 def _warm_up(session: Session):
-    """A job function: load the selected model and trace its forward pass on a small image (the compiled
-    function serves any size). Silent: a broken install or model surfaces, worded, at the first Predict."""
+    """A job function: Session.warm_up of the selected model, yielding to the GUI thread (_gui_priority.py).
+    Silent: a broken install or model surfaces, worded, at the first Predict."""
 
     def work(report, is_cancelled):
-        import numpy as np
+        from napari_unet._widgets._gui_priority import yielding_to_the_gui
 
-        from napari_unet.prediction import predict
-
-        with contextlib.suppress(Exception):
-            model = session.load_model()
-            if is_cancelled():  # the dock closed meanwhile
-                return
-            n_channels = model.config.n_channels
-            noise = np.random.default_rng(0).random((64, 64) if n_channels == 1 else (64, 64, n_channels))
-            predict(model, noise.astype(np.float32), output="probabilities", cancel=is_cancelled)
+        with contextlib.suppress(Exception), yielding_to_the_gui():
+            session.warm_up(is_cancelled=is_cancelled)
 
     return work

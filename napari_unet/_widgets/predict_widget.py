@@ -20,7 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets import _lazy_prediction, _live_threshold
-from napari_unet._widgets._background_imports import gui_first
+from napari_unet._widgets._gui_priority import gui_first
 from napari_unet._widgets._layers import LayerChooser, current_index, describe_index, layer_array, stack_depth
 from napari_unet._widgets._live_threshold import ThresholdCache
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT, NextTile
@@ -235,7 +235,9 @@ class PredictWidget(QWidget):
                                                  is_cancelled=is_cancelled, **settings))
 
         def work(report, is_cancelled):
-            return predict_with(session.load_model(model_key), report, is_cancelled) + (TENSORFLOW,)
+            result = predict_with(session.load_model(model_key), report, is_cancelled)
+            session.mark_warm(model_key)
+            return result + (TENSORFLOW,)
 
         def work_on_twin(report, is_cancelled):
             model = session.load_onnx_twin(twin_of)

@@ -1,5 +1,5 @@
-"""The dock's big imports (TensorFlow, ONNX Runtime) run in background threads; this keeps them out of the
-GUI thread's way. Two things made the GUI stall while they ran:
+"""The dock's background work (importing TensorFlow and ONNX Runtime, loading a model, tracing it) kept out
+of the GUI thread's way. Three things made the GUI stall while it ran:
 
 - Python's cyclic garbage collector. A full collection walks every tracked object while holding the GIL:
   0.14-0.20 s in a viewer with napari alone (266k objects), more with TensorFlow, and an import that makes
@@ -12,6 +12,10 @@ GUI thread's way. Two things made the GUI stall while they ran:
   in such a block waits (at most MAX_WAIT_SECONDS) before it starts. Only those: a thread waiting there
   holds the import locks of the modules that import it, which are TensorFlow's and Keras' own; had it
   waited for any module, the GUI thread could have had to wait for one both import.
+- Sharing the GIL with TensorFlow's graph building (the warm-up's model load and trace), which holds it in
+  long C++ calls: inside yielding_to_the_gui(), a worker thread pauses at its next function call while the
+  GUI thread is inside gui_first(). It is a profile function, called at every call: the dock's warm-up took
+  3.2 s instead of 1.9 s, which only delays the moment TensorFlow takes over from the ONNX twin.
 
 Measured with benchmarks/bench_first_click.py (--gc-ab, benchmarks/README).
 """
@@ -75,9 +79,31 @@ def background_imports():
                     gc.enable()
 
 
+def _pause_for_the_gui(frame, event, arg) -> None:
+    if not _gui_free.is_set():
+        _gui_free.wait(MAX_WAIT_SECONDS)
+
+
+@contextlib.contextmanager
+def yielding_to_the_gui():
+    """For Python-heavy work in a worker thread that holds no lock the GUI thread takes."""
+    import sys
+
+    if threading.current_thread() is threading.main_thread():
+        yield
+        return
+    previous = sys.getprofile()
+    sys.setprofile(_pause_for_the_gui)
+    try:
+        yield
+    finally:
+        sys.setprofile(previous)
+
+
 @contextlib.contextmanager
 def gui_first():
-    """GUI thread: background imports wait during the block and the draw after it (DRAW_SECONDS)."""
+    """GUI thread: background imports and yielding work wait during the block and the draw after it
+    (DRAW_SECONDS)."""
     from qtpy.QtCore import QTimer
 
     _gui_free.clear()
