@@ -13,8 +13,19 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 
 _lock = threading.Lock()
+_not_before = 0.0  # time.monotonic() before which a worker thread does not start the import (start_after)
+
+
+def start_after(seconds: float) -> None:
+    """Worker threads start TensorFlow's import no sooner than `seconds` from now. The dock calls this as it is
+    built: mapping TensorFlow's 800 MB of libraries holds the dynamic loader's lock, and the dock's first paint
+    (Qt loading its plugins) waited up to 0.2 s for it, whether the import came from the dock's own job or
+    from a Predict clicked at once."""
+    global _not_before
+    _not_before = max(_not_before, time.monotonic() + seconds)
 
 
 def _llvm_loaded() -> bool:
@@ -31,6 +42,8 @@ def ensure_tensorflow() -> None:
         return
     from napari_unet._widgets._gui_priority import background_imports
 
+    if threading.current_thread() is not threading.main_thread():
+        time.sleep(max(0.0, _not_before - time.monotonic()))
     with _lock, background_imports():
         if "tensorflow" not in sys.modules:
             flags = sys.getdlopenflags()

@@ -16,6 +16,7 @@ from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT
 from napari_unet._widgets._session import Session
+from napari_unet._widgets._tensorflow import start_after
 from napari_unet._widgets._workers import Job
 from napari_unet._widgets.finetune_widget import FinetuneWidget
 from napari_unet._widgets.live_widget import LiveWidget
@@ -23,7 +24,7 @@ from napari_unet._widgets.models_widget import ModelsWidget
 from napari_unet._widgets.predict_widget import PREDICT_SHORTCUT, PredictWidget
 from napari_unet._widgets.training_set_widget import ADD_SHORTCUT, TrainingSetWidget
 
-TENSORFLOW_DELAY_MS = 200  # after the dock is built: its first paint comes first (see __init__)
+TENSORFLOW_DELAY_S = 0.2  # after the dock is built: its first paint comes first (_tensorflow.start_after)
 
 
 class UNetWidget(QWidget):
@@ -57,16 +58,11 @@ class UNetWidget(QWidget):
         # opened at once too. (Starting TensorFlow only after that first prediction was tried: a click 3 s
         # after opening then waited 2.4 s instead of 0.5 s; bench_first_click.)
         twin_of = self.session.onnx_twin_for(self.session.model_key)
-        if twin_of is not None:
-            self.session.track(Job(_open_twin(self.session, twin_of), what="Preparing the quick start",
-                                   on_done=lambda result: None, needs_tensorflow=False).start())
-        # TensorFlow's import starts once the dock is on screen: mapping its 800 MB of libraries holds the dynamic
-        # loader's lock, and the dock's first paint (Qt loading its plugins) waited 0.15 s for it.
-        self._tensorflow_timer = QTimer(self)  # owned by the dock: never fires after it is gone
-        self._tensorflow_timer.setSingleShot(True)
-        self._tensorflow_timer.timeout.connect(self._start_tensorflow)
-        self._tensorflow_timer.start(TENSORFLOW_DELAY_MS)
-        self._warm_up_timer = QTimer(self)
+        self.session.track(Job(_prepare(self.session, twin_of), what="Preparing the quick start",
+                               on_done=lambda result: None, needs_tensorflow=False).start())
+        start_after(TENSORFLOW_DELAY_S)  # its import waits for the dock's first paint (_tensorflow.py)
+        self.session.track(Job(_start_tensorflow, what="Starting TensorFlow", on_done=lambda result: None).start())
+        self._warm_up_timer = QTimer(self)  # owned by the dock: never fires after it is gone
         self._warm_up_timer.setSingleShot(True)
         self._warm_up_timer.timeout.connect(self._warm_up)
         self._warm_up_timer.start(500)
@@ -79,9 +75,6 @@ class UNetWidget(QWidget):
         if app is not None:
             app.aboutToQuit.connect(closer)
         atexit.register(closer)
-
-    def _start_tensorflow(self) -> None:
-        self.session.track(Job(_start_tensorflow, what="Starting TensorFlow", on_done=lambda result: None).start())
 
     def _warm_up(self) -> None:
         self.session.track(Job(_warm_up(self.session), what="Preparing the model", on_done=lambda result: None).start())
@@ -140,19 +133,26 @@ def _start_tensorflow(report, is_cancelled) -> None:
     """A job function with nothing to do: every job imports TensorFlow before it runs (_workers.py)."""
 
 
-def _open_twin(session: Session, keras_path):
-    """A job function: the model's ONNX twin opened and cached (Session.load_onnx_twin), and what napari's first
-    Labels layer imports (0.1 s of the 0.3 s its creation took on the GUI thread in a viewer without TensorFlow)."""
+def _prepare(session: Session, keras_path):
+    """A job function: the model's ONNX twin opened and cached (Session.load_onnx_twin) if it has one, then what
+    napari's first Labels layer (the first prediction) would otherwise do on the GUI thread (imports: 0.1 s of the
+    0.3 s it took in a viewer without TensorFlow; vispy's dash patterns, computed once per process: 0.07 s)."""
 
     def work(report, is_cancelled):
         from napari_unet._widgets._gui_priority import background_imports
 
         with background_imports():
-            session.load_onnx_twin(keras_path)
+            if keras_path is not None:
+                session.load_onnx_twin(keras_path)
             import scipy.linalg  # noqa: F401
             import skimage.color  # noqa: F401
             import skimage.exposure  # noqa: F401
             import skimage.segmentation  # noqa: F401
+
+            with contextlib.suppress(Exception):  # a vispy internal (its lru_cache): no harm if it moves
+                from vispy.visuals.line.dash_atlas import DashAtlas
+
+                DashAtlas()
 
     return work
 
