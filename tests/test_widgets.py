@@ -8,6 +8,7 @@ Tiny data: a base_width=4 depth=2 model and 64-96 px images.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -799,3 +800,27 @@ def test_jobs_that_reach_tensorflow_run_on_long_lived_python_threads(qtbot, dock
                 on_done=names.append, needs_tensorflow=False).start()
     wait_for(qtbot, plain)
     assert not names[-1].startswith("napari-unet TensorFlow")  # file-only jobs stay on Qt's pool
+
+
+def test_the_warm_up_gives_a_version_saved_without_a_twin_its_twin(qtbot, dock, notifications):
+    """Versions saved before twins existed get one once TensorFlow has them (the next napari starts faster);
+    a file opened by path never gets one in the user's folder."""
+    pytest.importorskip("tf2onnx")
+    from napari_unet._widgets._workers import Job
+    from napari_unet._widgets.main_widget import _warm_up
+    from napari_unet.model import load_model_file
+    from napari_unet.onnx_engine import load_onnx_twin, twin_path
+
+    viewer, widget = dock
+    session = widget.session
+    opened_by_path = Path(session.model_key)
+    record = session.store.save_version(load_model_file(opened_by_path))
+    keras_path = Path(record["path"])
+    assert not twin_path(keras_path).exists()
+    for key in (str(opened_by_path), record["name"]):
+        session.select_model(key)
+        job = session.track(Job(_warm_up(session), what="warm-up", on_done=lambda r: None).start())
+        assert wait_for(qtbot, job).error is None, errors(notifications)
+    assert not twin_path(opened_by_path).exists()
+    assert load_onnx_twin(keras_path) is not None  # written for this .keras (its checksum matches)
+    assert session.onnx_twin_for(record["name"]) is None  # TensorFlow is warm: it serves from now on

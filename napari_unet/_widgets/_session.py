@@ -214,6 +214,26 @@ class Session(QObject):
         self.mark_warm(key)
         return model
 
+    def write_twin(self, key: str, *, only_if_missing: bool = False) -> Path | None:
+        """The ONNX twin of the project version `key` (onnx_engine.write_twin), so the next napari's first Predict
+        with it needs no TensorFlow; None for shipped models (they carry theirs), files opened by path (their
+        folders are the user's), an existing twin with `only_if_missing`, or a failure. Best effort: a version
+        without a twin simply starts on TensorFlow. Call from a worker."""
+        from napari_unet.onnx_engine import twin_path, write_twin
+
+        stores = (self.store, self._global_store())
+        record = next((store.record(key) for store in stores if store.record(key) is not None), None)
+        if record is None:
+            return None
+        path = Path(record["path"])
+        if only_if_missing and twin_path(path).is_file():
+            return None
+        try:
+            return write_twin(path)
+        except Exception as exc:  # never the user's problem: log it, keep working
+            print(f"napari-unet: no ONNX twin for '{key}' ({type(exc).__name__}: {exc})")
+            return None
+
     def mark_warm(self, key: str) -> None:
         """TensorFlow has predicted with `key`: from now on it serves (onnx_twin_for)."""
         with self._lock:

@@ -221,18 +221,9 @@ class FinetuneWidget(QWidget):
 
 
 def _write_twin(session: Session, version: str):
-    """A job function: the new version's ONNX twin, so the next napari's first Predict with it needs no
-    TensorFlow (onnx_engine.py). Best effort: without the converter, or if converting fails, the version
-    simply starts on TensorFlow."""
+    """A job function: the new version's ONNX twin (Session.write_twin)."""
 
     def work(report, is_cancelled):
-        from napari_unet.onnx_engine import write_twin
-        from napari_unet.registry import resolve
-
-        try:
-            return write_twin(resolve(version, session.store)[0])
-        except Exception as exc:  # never the user's problem: log it, keep working
-            print(f"napari-unet: no ONNX twin for '{version}' ({type(exc).__name__}: {exc})")
-            return None
+        return session.write_twin(version)
 
     return work

@@ -158,7 +158,8 @@ def _prepare(session: Session, keras_path):
 
 
 def _warm_up(session: Session):
-    """A job function: Session.warm_up of the selected model, yielding to the GUI thread (_gui_priority.py).
+    """A job function: Session.warm_up of the selected model, yielding to the GUI thread (_gui_priority.py),
+    then its ONNX twin if a version saved before twins existed lacks one (the next napari starts faster).
     Silent: a broken install or model surfaces, worded, at the first Predict."""
 
     def work(report, is_cancelled):
@@ -166,5 +167,7 @@ def _warm_up(session: Session):
 
         with contextlib.suppress(Exception), yielding_to_the_gui():
             session.warm_up(is_cancelled=is_cancelled)
+            if not is_cancelled():
+                session.write_twin(session.model_key, only_if_missing=True)
 
     return work
