@@ -824,3 +824,22 @@ def test_the_warm_up_gives_a_version_saved_without_a_twin_its_twin(qtbot, dock, 
     assert not twin_path(opened_by_path).exists()
     assert load_onnx_twin(keras_path) is not None  # written for this .keras (its checksum matches)
     assert session.onnx_twin_for(record["name"]) is None  # TensorFlow is warm: it serves from now on
+
+
+def test_a_layer_frozen_with_the_imports_is_freed_once_removed(qtbot, dock):
+    """The dock's imports freeze what is alive (gc.freeze, _gui_priority.py), layers included; a removed layer
+    must still be freed, or its data would stay in memory for good."""
+    import gc
+    import weakref
+
+    from napari_unet._widgets._gui_priority import background_imports
+
+    viewer, _ = dock
+    layer = viewer.add_image(np.zeros((256, 256), np.float32), name="to delete")
+    alive = weakref.ref(layer)
+    with background_imports():  # what the dock's TensorFlow import does at its end
+        pass
+    assert gc.get_freeze_count() > 0
+    viewer.layers.remove(layer)
+    del layer
+    qtbot.waitUntil(lambda: alive() is None, timeout=10_000)

@@ -14,6 +14,7 @@ import weakref
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
+from napari_unet._widgets._gui_priority import free_removed_layers
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT
 from napari_unet._widgets._session import Session
 from napari_unet._widgets._tensorflow import start_after
@@ -66,6 +67,7 @@ class UNetWidget(QWidget):
         self._warm_up_timer.setSingleShot(True)
         self._warm_up_timer.timeout.connect(self._warm_up)
         self._warm_up_timer.start(500)
+        napari_viewer.layers.events.removed.connect(free_removed_layers)
         closer = _closer(self.session, napari_viewer, [self.training_set_tab.follow_new_layers])
         self.reset_choices()
         self.destroyed.connect(closer)
@@ -125,6 +127,8 @@ def _closer(session: Session, viewer, layer_listeners):
         for listener in layer_listeners:
             with contextlib.suppress(Exception):
                 viewer.layers.events.inserted.disconnect(listener)
+        with contextlib.suppress(Exception):
+            viewer.layers.events.removed.disconnect(free_removed_layers)
 
     return close
 
