@@ -827,15 +827,15 @@ def test_the_warm_up_gives_a_version_saved_without_a_twin_its_twin(qtbot, dock, 
 
 
 def test_a_layer_frozen_with_the_imports_is_freed_once_removed(qtbot, dock):
-    """The dock's imports freeze what is alive (gc.freeze, _gui_priority.py), layers included; a removed layer
-    must still be freed, or its data would stay in memory for good."""
+    """The dock's imports freeze what is alive (gc.freeze, _gui_priority.py), layers included; a removed big
+    layer must still be freed, or its data would stay in memory for good."""
     import gc
     import weakref
 
-    from napari_unet._widgets._gui_priority import background_imports
+    from napari_unet._widgets._gui_priority import BIG_LAYER_BYTES, background_imports
 
     viewer, _ = dock
-    layer = viewer.add_image(np.zeros((256, 256), np.float32), name="to delete")
+    layer = viewer.add_image(np.zeros(BIG_LAYER_BYTES // 4 + 1, np.float32).reshape(1, -1), name="to delete")
     alive = weakref.ref(layer)
     with background_imports():  # what the dock's TensorFlow import does at its end
         pass

@@ -7,9 +7,10 @@ of the GUI thread's way. Three things made the GUI stall while it ran:
   So collection is paused during the imports, and what exists after them is frozen (gc.freeze: moved to a
   generation no collection walks). Those are mostly modules, functions and classes, which live as long as
   the process anyway. But the layers open at that moment are frozen too, and a layer napari removes is
-  freed by the collector only (its events hold cycles): free_removed_layers() collects once after a
-  removal (0.4 s with TensorFlow loaded, once per deletion, right after it), else its data would never be
-  freed.
+  freed by the collector only (its events hold cycles): when a removed layer holds at least
+  BIG_LAYER_BYTES of arrays, free_removed_layers() collects once after the removal (0.4 s with TensorFlow
+  loaded, right after the user deleted a big layer), else its data could stay in memory for good. A smaller
+  frozen layer may stay: a bounded cost, paid at most once per layer open when the imports ended.
 - Sharing the GIL. napari's first Labels layer is 0.2 s of Python on the GUI thread; beside an import it
   took twice that. While the GUI thread is inside gui_first(), each import of a TensorFlow or Keras module
   in such a block waits (at most MAX_WAIT_SECONDS) before it starts. Only those: a thread waiting there
@@ -29,6 +30,7 @@ import contextlib
 import gc
 import threading
 
+BIG_LAYER_BYTES = 64 * 2**20  # a removed layer with this much array data is worth a full collection
 MAX_WAIT_SECONDS = 1.0  # an import never waits longer for the GUI (nor could it deadlock with it)
 DRAW_SECONDS = 0.15  # after gui_first(): the draw of what the block added
 
@@ -117,16 +119,25 @@ def gui_first():
         QTimer.singleShot(int(DRAW_SECONDS * 1000), _gui_free.set)
 
 
-def free_removed_layers(event=None) -> None:
-    """viewer.layers.events.removed (GUI thread): once the removal is done, unfreeze, collect and freeze again,
-    so that a layer frozen with the imports (see above) is freed. Removals in one go share one collection."""
+def free_removed_layers(event) -> None:
+    """viewer.layers.events.removed (GUI thread): after the removal of a big layer, unfreeze, collect and freeze
+    again, so that a layer frozen with the imports (see above) is freed. Removals in one go share one collection."""
     from qtpy.QtCore import QTimer
 
     global _collect_pending
-    if _collect_pending or gc.get_freeze_count() == 0:
+    if _collect_pending or gc.get_freeze_count() == 0 or _array_bytes(getattr(event, "value", None)) < BIG_LAYER_BYTES:
         return
     _collect_pending = True
     QTimer.singleShot(0, _collect_all)
+
+
+def _array_bytes(layer) -> int:
+    """Bytes of the in-memory arrays a layer holds (lazy dask/zarr data: 0, nothing of it is in memory)."""
+    import numpy as np
+
+    data = getattr(layer, "data", None)
+    levels = data if isinstance(data, (list, tuple)) else [data]  # multiscale: one array per level
+    return sum(level.nbytes for level in levels if isinstance(level, np.ndarray))
 
 
 def _collect_all() -> None:
