@@ -763,15 +763,18 @@ def main(argv: list[str] | None = None) -> int:
                         help="experiment: the recipe with another U-Net base width (recorded in the card)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="experiment: the recipe with another number of epochs (recorded in the card)")
+    parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
+                        help="experiment: the recipe trained in another precision (recorded in the card)")
     args = parser.parse_args(argv)
-    experiment = args.base_width is not None or args.epochs is not None
+    experiment = args.base_width is not None or args.epochs is not None or args.precision is not None
     if (args.smoke or experiment) and args.output.resolve() == MODELS_DIR.resolve():
-        raise SystemExit("--smoke/--base-width/--epochs would overwrite the shipped model: give --output /some/other/folder")
-    if args.smoke and args.output.resolve() == MODELS_DIR.resolve():
-        raise SystemExit("--smoke would overwrite the shipped model: give --output /some/other/folder")
+        raise SystemExit("--smoke/--base-width/--epochs/--precision would overwrite the shipped model: "
+                         "give --output /some/other/folder")
     overrides = {"epochs": 2, "steps_per_epoch": 5} if args.smoke else {}
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
+    if args.precision is not None:
+        overrides["precision"] = args.precision
     if args.list:
         for recipe in RECIPES:
             print(f"{recipe.name}: {recipe.description}")
