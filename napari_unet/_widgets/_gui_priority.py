@@ -21,7 +21,8 @@ of the GUI thread's way. Three things made the GUI stall while it ran:
   GUI thread is inside gui_first(). It is a profile function, called at every call: the dock's warm-up took
   3.2 s instead of 1.9 s, which only delays the moment TensorFlow takes over from the ONNX twin.
 
-Measured with benchmarks/bench_first_click.py (--gc-ab, benchmarks/README).
+Measured with benchmarks/bench_first_click.py (--imports-ab; benchmarks/README). The fourth cause, the dynamic
+loader's lock, is handled where TensorFlow is imported (_tensorflow.start_after).
 """
 
 from __future__ import annotations
