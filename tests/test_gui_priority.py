@@ -100,3 +100,17 @@ def test_only_the_removal_of_a_big_layer_costs_a_full_collection(qtbot, monkeypa
     assert collections == []
     _gui_priority.free_removed_layers(SimpleNamespace(value=big))  # multiscale: its levels count
     qtbot.waitUntil(lambda: collections == [True], timeout=5000)
+
+
+def test_gui_first_outside_the_gui_thread_holds_nothing_back():
+    """Dock code called from a script's thread must not make TensorFlow's import wait."""
+    seen = []
+
+    def work():
+        with gui_first():
+            seen.append(_gui_priority._gui_free.is_set())
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join(10)
+    assert seen == [True]

@@ -110,14 +110,18 @@ def yielding_to_the_gui():
 @contextlib.contextmanager
 def gui_first():
     """GUI thread: background imports and yielding work wait during the block and the draw after it
-    (DRAW_SECONDS)."""
-    from qtpy.QtCore import QTimer
-
+    (DRAW_SECONDS). Elsewhere (a script calling dock code from a thread) it does nothing. The release is a
+    threading.Timer, not a Qt one, so that nothing (a quitting event loop) can leave the background waiting."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     _gui_free.clear()
     try:
         yield
     finally:
-        QTimer.singleShot(int(DRAW_SECONDS * 1000), _gui_free.set)
+        release = threading.Timer(DRAW_SECONDS, _gui_free.set)
+        release.daemon = True
+        release.start()
 
 
 def free_removed_layers(event) -> None:
