@@ -6,6 +6,7 @@ Only built-in Keras layers are used, so models load in Keras safe mode. Padding 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import warnings
@@ -356,59 +357,34 @@ def inference_function(keras_model, config: UNetConfig):
     the variables at every call, so a model trained in place (the live loop) is predicted exactly, and the
     model's dtype policy (bfloat16) holds.
     """
-    import keras
-
-    def layer(name, kind):
-        try:
-            found = keras_model.get_layer(name)
-        except ValueError:
-            return None
-        return found if isinstance(found, kind) else None
-
-    conv_layers, norm_layers = {}, {}
-    prefixes = [f"enc{level}" for level in range(config.depth)] + ["bottleneck"]
-    prefixes += [f"dec{level}" for level in range(config.depth)]
-    for prefix in prefixes:
-        for i in (1, 2):
-            conv_layers[f"{prefix}_conv{i}"] = layer(f"{prefix}_conv{i}", keras.layers.Conv2D)
-            if config.batch_norm:
-                norm_layers[f"{prefix}_conv{i}"] = layer(f"{prefix}_bn{i}", keras.layers.BatchNormalization)
-    up_kind = keras.layers.Conv2DTranspose if config.upsampling == "transpose" else keras.layers.UpSampling2D
-    up_layers = {level: layer(f"dec{level}_up", up_kind) for level in range(config.depth)}
-    head = layer("probabilities", keras.layers.Conv2D)
-    found = [*conv_layers.values(), *norm_layers.values(), *up_layers.values(), head]
-    if any(item is None for item in found) or len(keras_model.layers) != _layer_count(config):
+    if tuple((layer.name, type(layer)) for layer in keras_model.layers) != _unet_layers(config):
         return None
-    return _InferenceGraph(config, conv_layers, norm_layers, up_layers, head, keras_model)
+    return _InferenceGraph(keras_model, config)
 
 
-def _layer_count(config: UNetConfig) -> int:
-    """How many layers build_unet makes, so a model with extra layers is never rearranged."""
-    per_conv = 3 if config.batch_norm else 2  # conv (+ norm) + relu
-    blocks = 2 * config.depth + 1
-    upsampling = 1 if config.upsampling == "transpose" else 2
-    return 1 + blocks * 2 * per_conv + config.depth + (1 if config.dropout > 0 else 0) \
-        + config.depth * (upsampling + 1) + 1
+@functools.lru_cache(maxsize=8)
+def _unet_layers(config: UNetConfig) -> tuple:
+    """(name, class) of every layer build_unet makes for `config` (0.1 s, once per config): a model is rearranged
+    only if it has exactly these."""
+    return tuple((layer.name, type(layer)) for layer in build_unet(config).layers)
 
 
 class _InferenceGraph:
     """The callable inference_function returns (a class, so tf.function traces plain methods)."""
 
-    def __init__(self, config, conv_layers, norm_layers, up_layers, head, keras_model):
-        self.config, self.conv_layers, self.norm_layers = config, conv_layers, norm_layers
-        self.up_layers, self.head = up_layers, head
-        self.upconv = {level: keras_model.get_layer(f"dec{level}_upconv") for level in up_layers} \
-            if config.upsampling == "bilinear" else {}
-        self.dtype = conv_layers["enc0_conv1"].compute_dtype
+    def __init__(self, keras_model, config: UNetConfig):
+        self.config = config
+        self.layer = keras_model.get_layer
+        self.dtype = self.layer("enc0_conv1").compute_dtype
 
     def _kernel_and_bias(self, name):
         import tensorflow as tf
 
-        conv = self.conv_layers[name]
+        conv = self.layer(name)
         kernel = tf.convert_to_tensor(conv.kernel, tf.float32)
-        norm = self.norm_layers.get(name)
-        if norm is None:
+        if not self.config.batch_norm:
             return tf.cast(kernel, self.dtype), tf.cast(conv.bias, self.dtype)
+        norm = self.layer(name.replace("_conv", "_bn"))
         scale = tf.cast(norm.gamma, tf.float32) * tf.math.rsqrt(tf.cast(norm.moving_variance, tf.float32) + norm.epsilon)
         bias = tf.cast(norm.beta, tf.float32) - tf.cast(norm.moving_mean, tf.float32) * scale
         return tf.cast(kernel * scale, self.dtype), tf.cast(bias, self.dtype)
@@ -425,9 +401,8 @@ class _InferenceGraph:
         return tf.nn.relu(from_x + tf.nn.bias_add(tf.nn.conv2d(skip, kernel[:, :, :channels], 1, "SAME"), bias))
 
     def _up(self, x, level):
-        if self.config.upsampling != "transpose":
-            return self.upconv[level](self.up_layers[level](x))
-        return self.up_layers[level](x)
+        x = self.layer(f"dec{level}_up")(x)
+        return x if self.config.upsampling == "transpose" else self.layer(f"dec{level}_upconv")(x)
 
     def __call__(self, batch):
         import tensorflow as tf
@@ -442,8 +417,9 @@ class _InferenceGraph:
         for level in reversed(range(self.config.depth)):
             x = self._conv(self._up(x, level), f"dec{level}_conv1", skip=skips[level])
             x = self._conv(x, f"dec{level}_conv2")
-        kernel = tf.cast(self.head.kernel, tf.float32)
-        logits = tf.nn.bias_add(tf.nn.conv2d(tf.cast(x, tf.float32), kernel, 1, "SAME"), tf.cast(self.head.bias, tf.float32))
+        head = self.layer("probabilities")
+        kernel = tf.cast(head.kernel, tf.float32)
+        logits = tf.nn.bias_add(tf.nn.conv2d(tf.cast(x, tf.float32), kernel, 1, "SAME"), tf.cast(head.bias, tf.float32))
         if self.config.n_classes == 1:
             return tf.sigmoid(logits)
         exp = tf.exp(logits - tf.reduce_max(logits, axis=-1, keepdims=True))

@@ -221,8 +221,8 @@ class Session(QObject):
         without a twin simply starts on TensorFlow. Call from a worker."""
         from napari_unet.onnx_engine import twin_path, write_twin
 
-        stores = (self.store, self._global_store())
-        record = next((store.record(key) for store in stores if store.record(key) is not None), None)
+        records = (store.record(key) for store in (self.store, self._global_store()))
+        record = next((found for found in records if found is not None), None)
         if record is None:
             return None
         path = Path(record["path"])
