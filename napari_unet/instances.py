@@ -20,12 +20,13 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 INSTANCE_METHODS = ("components", "enclosed", "boundary_watershed")
 
 
-def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None) -> np.ndarray:
+def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None, touching_width: int = 1) -> np.ndarray:
     """uint8 (Y, X) training targets 0 = background, 1 = interior, 2 = boundary from an instance label image.
 
     `labels` holds instance ids (0 = background; a 0/1 mask counts as objects split by connectivity,
     so a user's binary correction still yields targets). Pixels where `ignore` is True become 255
-    (masks.IGNORE_LABEL).
+    (masks.IGNORE_LABEL). With `touching_width` > 1, an object's pixels within that many px of another
+    object are boundary too (ModelMetadata.touching_width): the interiors of touching objects lie further apart.
     """
     from scipy import ndimage as ndi
     from skimage.segmentation import find_boundaries
@@ -36,11 +37,24 @@ def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None) -> np
     if labels.dtype == bool or np.unique(labels[labels != 0]).size <= 1:
         labels, _ = ndi.label(labels != 0)
     ring = find_boundaries(labels, mode="inner") & (labels != 0)
+    if touching_width > 1:
+        ring |= near_another_object(labels, touching_width)
     targets = np.where(labels != 0, INTERIOR, BACKGROUND).astype(np.uint8)
     targets[ring] = BOUNDARY
     if ignore is not None:
         targets[np.asarray(ignore, dtype=bool)] = 255
     return targets
+
+
+def near_another_object(labels: np.ndarray, distance: int) -> np.ndarray:
+    """bool (Y, X): object pixels with a pixel of another object within `distance` px (a disk)."""
+    from scipy import ndimage as ndi
+    from skimage.morphology import disk
+
+    footprint = disk(distance)
+    highest = ndi.maximum_filter(labels, footprint=footprint)
+    lowest = ndi.minimum_filter(np.where(labels == 0, labels.max() + 1, labels), footprint=footprint)
+    return (labels != 0) & ((highest > labels) | (lowest < labels))
 
 
 # A seed is where the model is this sure of "interior": high enough to keep the interiors of touching

@@ -83,6 +83,10 @@ class ModelMetadata:
     # boundary_watershed: touching objects whose shared border's mean boundary probability is below this are one
     # object (instances.merge_weak_borders; chosen on validation by the recipe; None: no merging).
     merge_threshold: float | None = None
+    # boundary_watershed: the px of boundary each of two touching objects gets in the training targets (1: the
+    # objects' outer rings; instances.boundary_targets). Stored so that fine-tuning derives the targets the
+    # model was trained on.
+    touching_width: int = 1
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -102,6 +106,7 @@ class ModelMetadata:
             "min_size": self.min_size,
             "min_seed_size": self.min_seed_size,
             "merge_threshold": self.merge_threshold,
+            "touching_width": int(self.touching_width),
             "info": self.info,
         }
 
@@ -121,6 +126,7 @@ class ModelMetadata:
             min_size=_valid_pixel_count(values.get("min_size"), "min_size"),
             min_seed_size=_valid_pixel_count(values.get("min_seed_size"), "min_seed_size"),
             merge_threshold=_valid_probability(values.get("merge_threshold"), "merge_threshold"),
+            touching_width=_valid_pixel_count(values.get("touching_width", 1), "touching_width") or 1,
             info=dict(values.get("info", {})),
         )
 

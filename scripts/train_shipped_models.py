@@ -70,6 +70,7 @@ class Recipe:
     # "binary": mask > 0 is the one class; "boundaries": instance labels -> background/interior/boundary
     # (napari_unet.instances), and the model's metadata says to split instances by seeded watershed.
     targets: str = "binary"
+    touching_width: int = 1  # "boundaries": ModelMetadata.touching_width
 
 
 def _stems(first: int, last: int) -> tuple[str, ...]:
@@ -281,7 +282,7 @@ def train_from_scratch(recipe: Recipe, images, masks, config, validation=None, l
     keras.utils.set_random_seed(int(config.seed))
     model = new_model(
         recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name,
-        instances="boundary_watershed" if recipe.targets == "boundaries" else "",
+        instances="boundary_watershed" if recipe.targets == "boundaries" else "", touching_width=recipe.touching_width,
     )
     started = time.monotonic()
     last_report = [0.0]
@@ -763,10 +764,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="experiment: the recipe with another U-Net base width (recorded in the card)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="experiment: the recipe with another number of epochs (recorded in the card)")
+    parser.add_argument("--touching-width", type=int, default=None,
+                        help="experiment: px of boundary each of two touching objects gets in the targets (boundary recipes)")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                         help="experiment: the recipe trained in another precision (recorded in the card)")
     args = parser.parse_args(argv)
-    experiment = args.base_width is not None or args.epochs is not None or args.precision is not None
+    experiment = any(value is not None for value in (args.base_width, args.epochs, args.precision, args.touching_width))
     if (args.smoke or experiment) and args.output.resolve() == MODELS_DIR.resolve():
         raise SystemExit("--smoke/--base-width/--epochs/--precision would overwrite the shipped model: "
                          "give --output /some/other/folder")
@@ -788,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
         recipe = recipe_by_name(name)
         if args.base_width is not None:
             recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, base_width=args.base_width))
+        if args.touching_width is not None:
+            recipe = dataclasses.replace(recipe, touching_width=args.touching_width)
         if args.recalibrate:
             recalibrate(recipe, args.output, log=log)
         elif args.final:

@@ -37,6 +37,23 @@ def test_boundary_targets_separate_the_interiors_of_touching_objects():
     assert np.all(targets[labels == 0] == 0) and np.all(targets[labels > 0] > 0)
 
 
+def test_a_wider_touching_band_moves_touching_interiors_apart_and_leaves_free_edges_alone():
+    from scipy import ndimage
+
+    labels = _touching_discs()
+
+    def interior_gap(targets) -> float:
+        """px from disc 1's interior to disc 2's."""
+        from_first = ndimage.distance_transform_edt(~((targets == INTERIOR) & (labels == 1)))
+        return from_first[(targets == INTERIOR) & (labels == 2)].min()
+
+    thin, wide = boundary_targets(labels), boundary_targets(labels, touching_width=3)
+    assert interior_gap(thin) <= 3 and interior_gap(wide) >= 5  # 1 px of boundary on each side, then 3 (a disk)
+    assert ndimage.label(wide == INTERIOR)[1] == 2 and np.all(wide[labels > 0] > 0)
+    alone = np.where(labels == 1, 1, 0)  # no neighbour: its outer ring is all the boundary it gets
+    assert np.array_equal(boundary_targets(alone, touching_width=3), boundary_targets(alone))
+
+
 def test_two_touching_nuclei_come_out_as_two_objects():
     labels = _touching_discs()
     instances = instances_from_boundary_probabilities(_probabilities_from(boundary_targets(labels)))
