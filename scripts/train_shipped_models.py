@@ -775,12 +775,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="experiment: the recipe with another U-Net base width (recorded in the card)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="experiment: the recipe with another number of epochs (recorded in the card)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="experiment: the recipe with another random seed (run-to-run spread; recorded in the card)")
     parser.add_argument("--touching-width", type=int, default=None,
                         help="experiment: px of boundary each of two touching objects gets in the targets (boundary recipes)")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                         help="experiment: the recipe trained in another precision (recorded in the card)")
     args = parser.parse_args(argv)
-    experiment = any(value is not None for value in (args.base_width, args.epochs, args.precision, args.touching_width))
+    experiment = any(value is not None for value in (args.base_width, args.epochs, args.precision, args.touching_width,
+                                                          args.seed))
     if (args.smoke or experiment) and args.output.resolve() == MODELS_DIR.resolve():
         raise SystemExit("--smoke/--base-width/--epochs/--precision would overwrite the shipped model: "
                          "give --output /some/other/folder")
@@ -789,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["epochs"] = args.epochs
     if args.precision is not None:
         overrides["precision"] = args.precision
+    if args.seed is not None:
+        overrides["seed"] = args.seed
     if args.list:
         for recipe in RECIPES:
             print(f"{recipe.name}: {recipe.description}")
