@@ -51,6 +51,7 @@ def near_another_object(labels: np.ndarray, distance: int) -> np.ndarray:
     from scipy import ndimage as ndi
     from skimage.morphology import disk
 
+    labels = np.asarray(labels, dtype=np.int64)  # room for the max + 1 below (uint8 ids go up to 255)
     footprint = disk(distance)
     highest = ndi.maximum_filter(labels, footprint=footprint)
     lowest = ndi.minimum_filter(np.where(labels == 0, labels.max() + 1, labels), footprint=footprint)

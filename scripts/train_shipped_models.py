@@ -758,6 +758,9 @@ def _float_or_none(value):
     return None if value is None else round(float(value), 4)
 
 
+EXPERIMENT_FLAGS = ("base_width", "epochs", "seed", "touching_width", "precision")  # never into MODELS_DIR
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Rebuild shipped napari-unet models and their model cards.")
     parser.add_argument("names", nargs="*", help="recipe names (default: all)")
@@ -782,10 +785,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                         help="experiment: the recipe trained in another precision (recorded in the card)")
     args = parser.parse_args(argv)
-    experiment = any(value is not None for value in (args.base_width, args.epochs, args.precision, args.touching_width,
-                                                          args.seed))
-    if (args.smoke or experiment) and args.output.resolve() == MODELS_DIR.resolve():
-        raise SystemExit("--smoke/--base-width/--epochs/--precision would overwrite the shipped model: "
+    experiments = [f"--{flag.replace('_', '-')}" for flag in EXPERIMENT_FLAGS if getattr(args, flag) is not None]
+    if (args.smoke or experiments) and args.output.resolve() == MODELS_DIR.resolve():
+        raise SystemExit(f"{' '.join(['--smoke'] * args.smoke + experiments)} would overwrite the shipped model: "
                          "give --output /some/other/folder")
     overrides = {"epochs": 2, "steps_per_epoch": 5} if args.smoke else {}
     if args.epochs is not None:
