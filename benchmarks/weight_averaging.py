@@ -2,17 +2,22 @@
 last N epochs (stochastic weight averaging, TrainConfig.average_last_epochs). One training run, three models.
 
     .venv/bin/python benchmarks/weight_averaging.py membranes [--average 15] [--set KEY=VALUE ...]
+    .venv/bin/python benchmarks/weight_averaging.py nuclei --output DIR [--average 20] [--set seed=1 ...]
 
 Trains the recipe of scripts/train_shipped_models.py on its split (its settings, plus average_last_epochs),
 keeps the weights of every epoch's end that matter, fits each model's output offset on the validation images
 as the recipe does, and prints validation and held-out pixel error / IoU at threshold 0.5 for each (1 view).
 The three models share one trajectory, so the comparison is free of the run-to-run spread between seeds.
-Binary (membranes) recipes only. About as long as the recipe (~30 min on 2 quiet cores).
+Binary (membranes) recipes: pixel error at threshold 0.5. Boundary-class (nuclei) recipes: each candidate
+goes through the recipe's own measure_instances_and_save (post-processing chosen on validation, held-out AP
+with 1 and 8 views, by kind) into DIR/<candidate>/, so a winner is a shippable model with its card. About as
+long as the recipe plus ~10 min per nuclei candidate on 2 quiet cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -25,8 +30,11 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("recipe", choices=["membranes"])
+    parser.add_argument("recipe", choices=["membranes", "nuclei"])
+    parser.add_argument("--output", type=Path, help="nuclei: folder for the candidates' models and cards")
     parser.add_argument("--average", type=int, default=15, help="epochs averaged (default 15: the last quarter of 60)")
+    parser.add_argument("--recipe-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override Recipe fields (JSON values), e.g. core_fraction=0.5")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe settings (JSON values)")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -38,7 +46,8 @@ def main() -> int:
     from napari_unet.prediction import predict
     from napari_unet.training import TrainConfig, loop
 
-    recipe = recipe_by_name(args.recipe)
+    recipe = dataclasses.replace(recipe_by_name(args.recipe), **{key: json.loads(value) for key, value in
+                                                                  (item.split("=", 1) for item in args.recipe_set)})
     overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
     config = TrainConfig(**{**recipe.train_settings, "average_last_epochs": args.average, **overrides})
     train, validation, test = (load_split(recipe, stems) for stems in
@@ -54,13 +63,16 @@ def main() -> int:
         print(f"epoch {epoch}: loss {np.mean(losses):.4f} val_iou {run.history.epochs[-1]['val_iou']:.4f}", flush=True)
 
     loop._Run.end_epoch = remembering_end_epoch
-    averaged, history, _ = train_from_scratch(recipe, *train, config, validation=validation)
+    averaged, history, training = train_from_scratch(recipe, *train, config, validation=validation)
     print(f"best single epoch val IoU {history.best_epoch_val_iou}, average of {history.averaged_epochs}: "
           f"{history.val_iou}", flush=True)
+    candidates = (("best epoch on validation", kept["best"]), ("last epoch", kept["last"]),
+                  (f"mean of the last {args.average} epochs", None))
+    if recipe.targets == "boundaries":
+        return _measure_instance_candidates(recipe, averaged, training, candidates, args.output)
 
     rows = []
-    for name, weights in (("best epoch on validation", kept["best"]), ("last epoch", kept["last"]),
-                          (f"mean of the last {args.average} epochs", None)):
+    for name, weights in candidates:
         candidate = averaged.copy()
         if weights is not None:
             candidate.keras_model.set_weights(weights)
@@ -77,6 +89,33 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for name, offset, val, held_out in rows:
         print(f"| {name} | {offset} | {val['pixel_error']:.4f} | {held_out['pixel_error']:.4f} | {held_out['iou']:.4f} |")
+    return 0
+
+
+def _measure_instance_candidates(recipe, averaged, training: dict, candidates, output: Path | None) -> int:
+    """Each candidate measured and saved as the recipe would ship it; a table of their instance metrics."""
+    from train_shipped_models import measure_instances_and_save
+
+    from napari_unet.model import save_model
+
+    if output is None:
+        raise SystemExit("nuclei: give --output DIR for the candidates' models and cards")
+    rows = []
+    for name, weights in candidates:
+        candidate = averaged.copy()
+        if weights is not None:
+            candidate.keras_model.set_weights(weights)
+        folder = output / name.split()[0]
+        folder.mkdir(parents=True, exist_ok=True)
+        save_model(candidate, folder / f"{recipe.name}.untested.keras")  # kept if measuring fails
+        card = measure_instances_and_save(recipe, candidate, {**training, "kept": name}, folder)
+        rows.append((name, card["metrics_validation"], card["metrics_held_out"]))
+    print("\n| weights | validation AP@0.5 | held-out AP@0.5 (1 / 8 views) | held-out mean AP | held-out IoU |")
+    print("|---|---|---|---|---|")
+    for name, val, held_out in rows:
+        single, views = held_out["single_pass"], held_out["with_test_time_augmentation"]
+        print(f"| {name} | {val['ap50']:.4f} | {single['ap50']:.4f} / {views['ap50']:.4f} | {single['map']:.4f} "
+              f"| {single['iou']:.4f} |")
     return 0
 
 

@@ -20,13 +20,17 @@ BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 INSTANCE_METHODS = ("components", "enclosed", "boundary_watershed")
 
 
-def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None, touching_width: int = 1) -> np.ndarray:
+def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None, touching_width: int = 1,
+                     core_fraction: float = 0.0) -> np.ndarray:
     """uint8 (Y, X) training targets 0 = background, 1 = interior, 2 = boundary from an instance label image.
 
     `labels` holds instance ids (0 = background; a 0/1 mask counts as objects split by connectivity,
     so a user's binary correction still yields targets). Pixels where `ignore` is True become 255
     (masks.IGNORE_LABEL). With `touching_width` > 1, an object's pixels within that many px of another
     object are boundary too (ModelMetadata.touching_width): the interiors of touching objects lie further apart.
+    With `core_fraction` > 0 (ModelMetadata.core_fraction), interior is only an object's core, its pixels at least
+    that fraction of the object's largest depth from its edge; the rest is boundary: the seeds of touching
+    objects then lie apart by about their radius, not by a band of fixed width.
     """
     from scipy import ndimage as ndi
     from skimage.segmentation import find_boundaries
@@ -39,11 +43,28 @@ def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None, touch
     ring = find_boundaries(labels, mode="inner") & (labels != 0)
     if touching_width > 1:
         ring |= near_another_object(labels, touching_width)
+    if core_fraction > 0:
+        ring |= (labels != 0) & ~object_cores(labels, core_fraction)
     targets = np.where(labels != 0, INTERIOR, BACKGROUND).astype(np.uint8)
     targets[ring] = BOUNDARY
     if ignore is not None:
         targets[np.asarray(ignore, dtype=bool)] = 255
     return targets
+
+
+def object_cores(labels: np.ndarray, fraction: float) -> np.ndarray:
+    """bool (Y, X): each object's pixels whose depth (px to the nearest pixel not of that object) is at least
+    `fraction` of the object's largest depth."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import find_boundaries
+
+    labels = np.asarray(labels)
+    inner = (labels != 0) & ~find_boundaries(labels, mode="inner")  # objects apart from each other
+    depth = ndi.distance_transform_edt(inner) + (labels != 0)  # the ring is depth 1
+    deepest = np.zeros(int(labels.max()) + 1)
+    ids = np.unique(labels[labels != 0])
+    deepest[ids] = ndi.maximum(depth, labels, ids)
+    return (labels != 0) & (depth >= fraction * deepest[labels])
 
 
 def near_another_object(labels: np.ndarray, distance: int) -> np.ndarray:

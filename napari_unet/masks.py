@@ -38,16 +38,17 @@ def labels_from_ground_truth(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def training_targets(labels: np.ndarray, n_classes: int, instance_method: str, touching_width: int = 1) -> np.ndarray:
+def training_targets(labels: np.ndarray, n_classes: int, instance_method: str, touching_width: int = 1,
+                     core_fraction: float = 0.0) -> np.ndarray:
     """The uint8 targets a model with `n_classes` and `instance_method` trains on, from user labels
-    (`touching_width`: a boundary-watershed model's ModelMetadata.touching_width)."""
+    (`touching_width`, `core_fraction`: a boundary-watershed model's ModelMetadata fields)."""
     labels = np.asarray(labels)
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)
     if instance_method == "boundary_watershed":
         ignore = labels == IGNORE_LABEL
         return boundary_targets(np.where(ignore, 0, labels), ignore=ignore if ignore.any() else None,
-                                touching_width=touching_width)
+                                touching_width=touching_width, core_fraction=core_fraction)
     if n_classes == 1 and labels.dtype.kind in "ui":
         return to_training_mask(labels)
     return labels

@@ -87,6 +87,9 @@ class ModelMetadata:
     # objects' outer rings; instances.boundary_targets). Stored so that fine-tuning derives the targets the
     # model was trained on.
     touching_width: int = 1
+    # boundary_watershed: > 0: the interior class is only each object's core, its pixels at least this fraction of
+    # the object's largest depth from its edge (instances.object_cores); 0: all but the boundary ring.
+    core_fraction: float = 0.0
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -107,6 +110,7 @@ class ModelMetadata:
             "min_seed_size": self.min_seed_size,
             "merge_threshold": self.merge_threshold,
             "touching_width": int(self.touching_width),
+            "core_fraction": float(self.core_fraction),
             "info": self.info,
         }
 
@@ -127,6 +131,7 @@ class ModelMetadata:
             min_seed_size=_valid_pixel_count(values.get("min_seed_size"), "min_seed_size"),
             merge_threshold=_valid_probability(values.get("merge_threshold"), "merge_threshold"),
             touching_width=_valid_pixel_count(values.get("touching_width", 1), "touching_width") or 1,
+            core_fraction=_valid_fraction(values.get("core_fraction", 0.0), "core_fraction"),
             info=dict(values.get("info", {})),
         )
 
@@ -162,6 +167,14 @@ def _valid_pixel_count(value, name: str) -> int | None:
         return int(value)
     warnings.warn(f"ignoring {name} {value!r}: it must be a whole number of pixels >= 1", stacklevel=2)
     return None
+
+
+def _valid_fraction(value, name: str) -> float:
+    """A fraction in [0, 1), else 0.0 (the default); a damaged value is ignored with a warning."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
+        return float(value)
+    warnings.warn(f"ignoring {name} {value!r}: it must be a number from 0 to below 1", stacklevel=2)
+    return 0.0
 
 
 def _known_instance_method(name) -> str:

@@ -71,6 +71,7 @@ class Recipe:
     # (napari_unet.instances), and the model's metadata says to split instances by seeded watershed.
     targets: str = "binary"
     touching_width: int = 1  # "boundaries": ModelMetadata.touching_width
+    core_fraction: float = 0.0  # "boundaries": ModelMetadata.core_fraction
 
 
 def _stems(first: int, last: int) -> tuple[str, ...]:
@@ -286,6 +287,7 @@ def train_from_scratch(recipe: Recipe, images, masks, config, validation=None, l
     model = new_model(
         recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name,
         instances="boundary_watershed" if recipe.targets == "boundaries" else "", touching_width=recipe.touching_width,
+        core_fraction=recipe.core_fraction,
     )
     started = time.monotonic()
     last_report = [0.0]
@@ -523,7 +525,8 @@ def choose_post_processing(trained, images, masks, log=print) -> tuple[dict[tupl
 
 
 TARGETS_RULE = ("background / interior / boundary from the instance masks: each object's outer 1-px ring is boundary, "
-                "and so are its pixels within touching_width px of another object (napari_unet/instances.py)")
+                "and so are its pixels within touching_width px of another object and, with core_fraction > 0, "
+                "its pixels less deep than that fraction of its largest depth from the edge (napari_unet/instances.py)")
 
 
 def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_dir: Path = MODELS_DIR, log=print) -> dict:
@@ -584,6 +587,7 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
         "architecture": asdict(recipe.unet),
         "targets": {
             "touching_width": trained.metadata.touching_width,
+            "core_fraction": trained.metadata.core_fraction,
             "rule": TARGETS_RULE,
         },
         "symmetries": trained.metadata.symmetries,
@@ -758,7 +762,7 @@ def _float_or_none(value):
     return None if value is None else round(float(value), 4)
 
 
-EXPERIMENT_FLAGS = ("base_width", "epochs", "seed", "touching_width", "precision")  # never into MODELS_DIR
+EXPERIMENT_FLAGS = ("base_width", "epochs", "seed", "touching_width", "core_fraction", "precision")  # never into MODELS_DIR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -782,6 +786,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="experiment: the recipe with another random seed (run-to-run spread; recorded in the card)")
     parser.add_argument("--touching-width", type=int, default=None,
                         help="experiment: px of boundary each of two touching objects gets in the targets (boundary recipes)")
+    parser.add_argument("--core-fraction", type=float, default=None,
+                        help="experiment: interior = each object's core, its pixels at least this fraction of its "
+                             "largest depth from the edge (boundary recipes)")
     parser.add_argument("--precision", choices=["float32", "bfloat16"], default=None,
                         help="experiment: the recipe trained in another precision (recorded in the card)")
     args = parser.parse_args(argv)
@@ -811,6 +818,8 @@ def main(argv: list[str] | None = None) -> int:
             recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, base_width=args.base_width))
         if args.touching_width is not None:
             recipe = dataclasses.replace(recipe, touching_width=args.touching_width)
+        if args.core_fraction is not None:
+            recipe = dataclasses.replace(recipe, core_fraction=args.core_fraction)
         if args.recalibrate:
             recalibrate(recipe, args.output, log=log)
         elif args.final:

@@ -54,6 +54,25 @@ def test_a_wider_touching_band_moves_touching_interiors_apart_and_leaves_free_ed
     assert np.array_equal(boundary_targets(alone, touching_width=3), boundary_targets(alone))
 
 
+def test_core_targets_keep_each_objects_centre_as_interior_and_its_rim_as_boundary():
+    """core_fraction 0.5: interior is the half of each disc's depth nearest its centre, so the seeds of two
+    touching discs lie about a radius apart whatever their size; the objects' extent is unchanged."""
+    from scipy import ndimage
+
+    labels = _touching_discs()  # radius 12: depth up to 12
+    cores = boundary_targets(labels, touching_width=2, core_fraction=0.5)
+    assert ndimage.label(cores == INTERIOR)[1] == 2 and np.array_equal(cores > 0, labels > 0)
+    for label, centre in ((1, (32, 20)), (2, (32, 43))):
+        interior = (cores == INTERIOR) & (labels == label)
+        assert interior[centre] and 100 < interior.sum() < 0.4 * (labels == label).sum()  # ~ radius 6.6: 137 of 437 px
+    from_first = ndimage.distance_transform_edt(~((cores == INTERIOR) & (labels == 1)))
+    assert from_first[(cores == INTERIOR) & (labels == 2)].min() >= 10  # vs 5 for the touching band alone
+    small = np.zeros((20, 20), np.int32)
+    small[8:12, 8:12] = 1  # 4 x 4: depth 2 at its centre, still an interior of its own
+    assert (boundary_targets(small, core_fraction=0.5) == INTERIOR).sum() == 4
+    assert np.array_equal(boundary_targets(labels, core_fraction=0.0), boundary_targets(labels))
+
+
 def test_two_touching_nuclei_come_out_as_two_objects():
     labels = _touching_discs()
     instances = instances_from_boundary_probabilities(_probabilities_from(boundary_targets(labels)))

@@ -255,10 +255,13 @@ def test_minimum_sizes_travel_with_the_model_and_decide_its_instances(tmp_path):
     model = new_model(UNetConfig(base_width=4, depth=2, n_classes=3), instances="boundary_watershed",
                       class_names=["background", "nucleus", "boundary"])
     model.metadata.min_size, model.metadata.min_seed_size, model.metadata.merge_threshold = 50, 9, 0.25
-    model.metadata.touching_width = 2
+    model.metadata.touching_width, model.metadata.core_fraction = 2, 0.5
     loaded = load_model_file(save_model(model, tmp_path / "m.keras"))
     assert (loaded.metadata.min_size, loaded.metadata.min_seed_size, loaded.metadata.merge_threshold) == (50, 9, 0.25)
     assert loaded.metadata.touching_width == 2 and ModelMetadata.from_dict({}).touching_width == 1
+    assert loaded.metadata.core_fraction == 0.5 and ModelMetadata.from_dict({}).core_fraction == 0.0
+    with pytest.warns(UserWarning, match="core_fraction"):
+        assert ModelMetadata.from_dict({**ModelMetadata().to_dict(), "core_fraction": 1.0}).core_fraction == 0.0
     with pytest.warns(UserWarning, match="merge_threshold"):
         assert ModelMetadata.from_dict({**ModelMetadata().to_dict(), "merge_threshold": 1.5}).merge_threshold is None
     for bad in (0, 2.5, "big", True):

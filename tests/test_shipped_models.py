@@ -83,6 +83,7 @@ def test_shipped_model_metadata_matches_its_card(name):
     assert model.metadata.symmetries == card.get("symmetries", "dihedral")
     assert list(model.metadata.output_offset) == card.get("output_offset", {}).get("dy_dx", [0.0, 0.0])
     assert model.metadata.touching_width == card.get("targets", {}).get("touching_width", 1)
+    assert model.metadata.core_fraction == card.get("targets", {}).get("core_fraction", 0.0)
 
 
 @pytest.mark.slow

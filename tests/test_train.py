@@ -384,7 +384,8 @@ def test_averaging_more_epochs_than_run_is_refused(tiny_model):
 
 
 def test_a_boundary_model_trains_on_the_touching_band_it_was_made_with():
-    """Fine-tuning derives the parent's targets: a model trained with a wider touching band keeps that band."""
+    """Fine-tuning derives the parent's targets: a model trained with a wider touching band or core-only
+    interiors keeps them."""
     from napari_unet.instances import boundary_targets
     from napari_unet.training import prepare_pairs
 
@@ -392,7 +393,7 @@ def test_a_boundary_model_trains_on_the_touching_band_it_was_made_with():
     labels[8:24, 4:16], labels[8:24, 16:28] = 1, 2  # two touching boxes
     image = np.where(labels > 0, 200, 20).astype(np.uint8)
     model = new_model(UNetConfig(base_width=4, depth=2, n_classes=3), instances="boundary_watershed",
-                      class_names=["background", "nucleus", "boundary"], touching_width=3)
+                      class_names=["background", "nucleus", "boundary"], touching_width=3, core_fraction=0.5)
     targets = prepare_pairs(model, [image], [labels])[0].mask
-    np.testing.assert_array_equal(targets, boundary_targets(labels, touching_width=3))
-    assert not np.array_equal(targets, boundary_targets(labels))
+    np.testing.assert_array_equal(targets, boundary_targets(labels, touching_width=3, core_fraction=0.5))
+    assert not np.array_equal(targets, boundary_targets(labels, touching_width=3))
