@@ -142,6 +142,7 @@ def add_predict_command(subparsers) -> None:
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--instances", action="store_true", help="write instance labels (int32) instead of 0/1 labels")
     kind.add_argument("--probabilities", action="store_true", help="write float32 probabilities instead of labels")
+    _add_min_size_option(parser)
     _add_tta_option(parser)
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write OUTDIR/<name>_uncertainty.tif: float32, the image's shape, 0-1, higher = less "
@@ -205,6 +206,8 @@ def _run_predict_command(args) -> int:
     from napari_unet.prediction import predict
     from napari_unet.registry import load_model, quick_twin
 
+    if args.min_size is not None and not args.instances:
+        raise NapariUNetError("--min-size drops small objects of --instances: add --instances, or drop --min-size")
     inputs = _expand_inputs(args.inputs)
     output_dir = Path(args.output)
     try:
@@ -225,7 +228,8 @@ def _run_predict_command(args) -> int:
                                       f"'{output_file}': rename one")
             written[output_file] = path
     output = "instances" if args.instances else "probabilities" if args.probabilities else "labels"
-    options = dict(output=output, threshold=args.threshold, test_time_augmentation=args.tta, precision=args.precision)
+    options = dict(output=output, threshold=args.threshold, test_time_augmentation=args.tta, precision=args.precision,
+                   min_size=args.min_size)
     if args.scheduler and args.uncertainty:
         raise NapariUNetError("--uncertainty is not available with --scheduler: predict the uncertainty maps without "
                               "a cluster, or drop --uncertainty")
@@ -304,8 +308,26 @@ def add_evaluate_command(subparsers) -> None:
     _add_tta_option(parser)
     parser.add_argument("--instances", action="store_true",
                         help="also score objects (masks may be instance label images): ap50, map (IoU 0.50-0.95), f1_50")
+    _add_min_size_option(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(func=_run_evaluate_command)
+
+
+def _add_min_size_option(parser) -> None:
+    parser.add_argument("--min-size", type=_pixel_count, default=None, metavar="PX",
+                        help="with --instances: drop objects smaller than PX pixels (default: the model's own, chosen "
+                             "on its validation images, e.g. 32 for nuclei; lower it for small nuclei)")
+
+
+def _pixel_count(text: str) -> int:
+    """argparse type: a whole number of pixels >= 1 (argparse prints the message and exits with 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size in pixels: give a whole number >= 1, e.g. 8")
+    return value
 
 
 def _add_tta_option(parser) -> None:
@@ -324,14 +346,18 @@ def _add_precision_option(parser) -> None:
 def _run_evaluate_command(args) -> int:
     import json
 
+    from napari_unet.errors import NapariUNetError
     from napari_unet.evaluation import evaluate
     from napari_unet.io import find_pairs
 
+    if args.min_size is not None and not args.instances:
+        raise NapariUNetError("--min-size drops small objects of --instances: add --instances, or drop --min-size")
     pairs = find_pairs(args.images, args.masks)
     report = lambda done, total: print(f"\r[evaluate] image {done}/{total}   ", end="", file=sys.stderr, flush=True)  # noqa: E731
     result = evaluate(args.model, [image for image, _ in pairs], [mask for _, mask in pairs],
                       threshold=args.threshold, progress=None if args.json else report,
-                      test_time_augmentation=args.tta, instances=args.instances, precision=args.precision)
+                      test_time_augmentation=args.tta, instances=args.instances, precision=args.precision,
+                      min_size=args.min_size)
     if args.json:
         print(json.dumps(result))
         return 0

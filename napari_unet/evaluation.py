@@ -56,7 +56,8 @@ class Tally:
 
 
 def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None,
-             test_time_augmentation: bool | int = False, instances: bool = False, precision: str | None = None) -> dict:
+             test_time_augmentation: bool | int = False, instances: bool = False, precision: str | None = None,
+             min_size: int | None = None) -> dict:
     """Predict each image and compare with its mask (mask > 0 is foreground; predicted label > 0 likewise).
 
     images/masks: equally long lists of 2D arrays or file paths (an (N, Y, X) array counts as N images).
@@ -69,6 +70,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     0.50…0.95), "f1_50", "n_true", "n_predicted", pooled over all objects of all images, and per image.
     Masks may then be instance label images (a 0/1 mask is split into its connected components).
     precision: as for predict (None: bfloat16 where the CPU has it).
+    min_size: instances smaller than this (px) are dropped (None: the model's own).
     """
     from napari_unet.errors import Cancelled
     from napari_unet.prediction import predict
@@ -93,7 +95,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
                 f"{'×'.join(map(str, image_spatial))}: a mask must have exactly its image's Y×X shape"
             )
         labels = predict(model, image, output="instances" if instances else "labels", threshold=threshold,
-                         test_time_augmentation=test_time_augmentation, precision=precision)
+                         test_time_augmentation=test_time_augmentation, precision=precision, min_size=min_size)
         tally.add(labels, mask, name)
         if progress is not None:
             progress(index + 1, len(images))

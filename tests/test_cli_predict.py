@@ -161,3 +161,33 @@ def test_a_small_job_with_a_shipped_model_runs_on_its_onnx_twin(tmp_path, capsys
     assert main(["predict", "-m", "nuclei", str(folder / "n0.tif"), "-o", str(tmp_path / "bf"), "--precision",
                  "bfloat16"]) == 0
     assert "ONNX twin" not in capsys.readouterr().err
+
+
+def test_min_size_decides_which_small_objects_the_instances_keep(tmp_path, capsys):
+    """--min-size overrides the model's own minimum object size (e.g. 32 px for nuclei) in predict and evaluate;
+    without --instances, or with a size that is no pixel count, it is refused in one line before anything runs."""
+    from napari_unet._sample_data import load_nuclei
+    from napari_unet.prediction import predict
+    from napari_unet.registry import load_model
+
+    image, mask = load_nuclei("nuclei_sparse")
+    folder, masks = tmp_path / "images", tmp_path / "masks"
+    folder.mkdir(), masks.mkdir()
+    tifffile.imwrite(folder / "n.tif", image)
+    tifffile.imwrite(masks / "n.tif", mask)
+    model = load_model("nuclei")
+    default = predict(model, image, output="instances")
+    median = int(np.median(np.bincount(default.ravel())[1:]))  # about half the objects are bigger
+    assert main(["predict", "-m", "nuclei", str(folder), "-o", str(tmp_path / "big"), "--instances",
+                 "--min-size", str(median)]) == 0
+    big = tifffile.imread(tmp_path / "big" / "n.tif")
+    assert 0 < big.max() < default.max() and np.bincount(big.ravel())[1:].min() >= median
+    capsys.readouterr()
+    assert main(["evaluate", "-m", "nuclei", "--images", str(folder), "--masks", str(masks), "--instances",
+                 "--min-size", str(median), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_predicted"] == big.max()
+    assert main(["predict", "-m", "nuclei", str(folder), "-o", str(tmp_path / "sem"), "--min-size", "8"]) == 2
+    assert "add --instances" in capsys.readouterr().err and not (tmp_path / "sem").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "-m", "nuclei", str(folder), "-o", str(tmp_path / "zero"), "--instances", "--min-size", "0"])
+    assert exit_info.value.code == 2 and "whole number >= 1" in capsys.readouterr().err

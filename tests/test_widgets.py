@@ -582,10 +582,30 @@ def test_views_menu_averages_that_many_flipped_predictions(qtbot, contrasty_dock
 
 def test_the_nuclei_model_predicts_separate_objects_by_default(dock):
     viewer, widget = dock
+    tab = widget.predict_tab
     widget.session.select_model("nuclei")
-    assert widget.predict_tab.instances_check.isChecked()  # its metadata: seeded watershed
+    assert tab.instances_check.isChecked()  # its metadata: seeded watershed
+    nuclei_min_size = widget.session.model_metadata().min_size
+    assert tab.min_size_spin.isEnabled() and tab.min_size_spin.value() == nuclei_min_size
     widget.session.select_model("membranes")
-    assert not widget.predict_tab.instances_check.isChecked()
+    assert not tab.instances_check.isChecked() and not tab.min_size_spin.isEnabled()
+
+
+def test_smallest_object_size_decides_which_objects_predict_keeps(qtbot, dock, notifications):
+    """The dock's 'Smallest object' overrides the model's own size (nuclei: chosen on validation)."""
+    from napari_unet._sample_data import load_nuclei
+
+    viewer, widget = dock
+    viewer.add_image(load_nuclei("nuclei_sparse")[0], name="cells")
+    widget.session.select_model("nuclei")
+    tab = widget.predict_tab
+    assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
+    default = viewer.layers["cells prediction"].data.copy()
+    median = int(np.median(np.bincount(default.ravel())[1:]))
+    tab.min_size_spin.setValue(median)
+    assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
+    kept = viewer.layers["cells prediction"].data
+    assert 0 < kept.max() < default.max() and np.bincount(kept.ravel())[1:].min() >= median
 
 
 def test_first_predict_of_a_shipped_model_runs_on_its_onnx_twin_then_on_tensorflow(qtbot, dock, notifications):

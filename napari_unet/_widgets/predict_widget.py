@@ -15,6 +15,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSlider,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
@@ -43,12 +44,13 @@ TENSORFLOW, ONNX_RUNTIME = "TensorFlow", "ONNX Runtime"
 def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: float, with_probabilities: bool,
                    channel_axis, report, is_cancelled, index: tuple = (),
                    test_time_augmentation: bool | int = False, with_uncertainty: bool = False,
-                   ) -> tuple[np.ndarray, np.ndarray | None, ThresholdCache | None, np.ndarray | None]:
+                   min_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None, ThresholdCache | None, np.ndarray | None]:
     """(labels, probabilities or None, threshold cache, uncertainty or None) for `image` — core calls
     only; runs in a worker.
 
     The cache lets the threshold slider re-threshold this prediction without the model; None for
-    multi-class models, whose labels are the most probable class whatever the threshold.
+    multi-class models, whose labels are the most probable class whatever the threshold. min_size: instances
+    smaller than this (px) are dropped (None: the model's own).
     """
     from napari_unet.postprocess import model_instances, semantic_labels
     from napari_unet.prediction import predict
@@ -63,7 +65,7 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     labels = semantic_labels(probabilities, threshold, n_classes, model.metadata.background_threshold)
     method = model.metadata.instance_method if instances else None
     if instances:
-        labels = model_instances(probabilities, model.metadata, n_classes, threshold=threshold)
+        labels = model_instances(probabilities, model.metadata, n_classes, threshold=threshold, min_size=min_size)
     objects = {"components": "foreground", "enclosed": "background"}.get(method)  # what the slider re-splits
     cache = ThresholdCache.from_probabilities(probabilities, index, threshold, objects) if n_classes == 1 else None
     if not with_probabilities:
@@ -111,6 +113,11 @@ class PredictWidget(QWidget):
         self.threshold_label = QLabel("0.50")
         self.instances_check = QCheckBox("separate objects (instances)")
         self.instances_check.setToolTip("label each object with its own number instead of 0/1")
+        self.min_size_spin = QSpinBox()
+        self.min_size_spin.setRange(1, 1_000_000)
+        self.min_size_spin.setSuffix(" px")
+        self.min_size_spin.setToolTip("separate objects smaller than this are dropped; the model's own value was "
+                                      "chosen on its validation images (lower it for small nuclei)")
         self.probabilities_check = QCheckBox("also show the probability map")
         self.uncertainty_check = QCheckBox("also show uncertainty (where to correct first)")
         self.uncertainty_check.setToolTip("an Image layer, 0-1, bright = the model is unsure; then Next shows "
@@ -145,6 +152,7 @@ class PredictWidget(QWidget):
         form.addRow("Threshold", threshold_row)
         form.addRow("Stacks", self.scope_combo)
         form.addRow("Views", self.views_combo)
+        form.addRow("Smallest object", self.min_size_spin)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.instances_check)
@@ -163,6 +171,7 @@ class PredictWidget(QWidget):
         self.predict_button.clicked.connect(self.predict)
         self.cancel_button.clicked.connect(self.cancel)
         self.next_button.clicked.connect(self.next_tile.go)
+        self.instances_check.toggled.connect(self.min_size_spin.setEnabled)
         session.model_changed.connect(self.refresh_models)
         session.model_changed.connect(self._use_the_models_defaults)
         session.versions_changed.connect(self.refresh_models)
@@ -170,9 +179,15 @@ class PredictWidget(QWidget):
         self._use_the_models_defaults()
 
     def _use_the_models_defaults(self, *args) -> None:
-        """A model that separates touching objects itself (e.g. `nuclei`) predicts instances by default."""
+        """A model that separates touching objects itself (e.g. `nuclei`) predicts instances by default, and
+        each model brings its own smallest object size."""
+        from napari_unet.postprocess import smallest_object
+
         metadata = self.session.model_metadata()
         self.instances_check.setChecked(metadata is not None and metadata.instance_method == "boundary_watershed")
+        self.min_size_spin.setEnabled(self.instances_check.isChecked())
+        if metadata is not None:
+            self.min_size_spin.setValue(smallest_object(metadata))
 
     # --- model menu ---------------------------------------------------------------------------
     def refresh_models(self, *args) -> None:
@@ -223,7 +238,8 @@ class PredictWidget(QWidget):
         settings = dict(instances=self.instances_check.isChecked(), threshold=self.threshold(),
                         with_probabilities=self.probabilities_check.isChecked(),
                         with_uncertainty=self.uncertainty_check.isChecked(),
-                        test_time_augmentation=int(self.views_combo.currentData()))
+                        test_time_augmentation=int(self.views_combo.currentData()),
+                        min_size=self.min_size_spin.value())
         session = self.session
         twin_of = session.onnx_twin_for(model_key)
 
