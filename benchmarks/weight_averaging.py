@@ -60,6 +60,7 @@ def main() -> int:
         end_epoch(run, epoch, losses, started)
         kept["last"] = run.trained.keras_model.get_weights()
         kept["best"] = run.best_weights
+        kept["best_epoch"], kept["best_val_iou"] = run.history.best_epoch, run.best_metrics.get("iou")
         print(f"epoch {epoch}: loss {np.mean(losses):.4f} val_iou {run.history.epochs[-1]['val_iou']:.4f}", flush=True)
 
     loop._Run.end_epoch = remembering_end_epoch
@@ -69,7 +70,9 @@ def main() -> int:
     candidates = (("best epoch on validation", kept["best"]), ("last epoch", kept["last"]),
                   (f"mean of the last {args.average} epochs", None))
     if recipe.targets == "boundaries":
-        return _measure_instance_candidates(recipe, averaged, training, candidates, args.output)
+        records = ({"best_epoch": kept["best_epoch"], "best_val_iou": kept["best_val_iou"], "averaged_epochs": 0,
+                    "best_single_epoch_val_iou": None}, {"best_epoch": None, "averaged_epochs": 0}, {})
+        return _measure_instance_candidates(recipe, averaged, training, candidates, records, args.output)
 
     rows = []
     for name, weights in candidates:
@@ -92,8 +95,9 @@ def main() -> int:
     return 0
 
 
-def _measure_instance_candidates(recipe, averaged, training: dict, candidates, output: Path | None) -> int:
-    """Each candidate measured and saved as the recipe would ship it; a table of their instance metrics."""
+def _measure_instance_candidates(recipe, averaged, training: dict, candidates, records, output: Path | None) -> int:
+    """Each candidate measured and saved as the recipe would ship it, its card's training record saying which
+    weights it holds (`records`: per candidate, over the run's); a table of their instance metrics."""
     from train_shipped_models import measure_instances_and_save
 
     from napari_unet.model import save_model
@@ -101,14 +105,15 @@ def _measure_instance_candidates(recipe, averaged, training: dict, candidates, o
     if output is None:
         raise SystemExit("nuclei: give --output DIR for the candidates' models and cards")
     rows = []
-    for name, weights in candidates:
+    for (name, weights), record in zip(candidates, records):
         candidate = averaged.copy()
         if weights is not None:
             candidate.keras_model.set_weights(weights)
         folder = output / name.split()[0]
         folder.mkdir(parents=True, exist_ok=True)
         save_model(candidate, folder / f"{recipe.name}.untested.keras")  # kept if measuring fails
-        card = measure_instances_and_save(recipe, candidate, {**training, "kept": name}, folder)
+        kept = f"{name}; the run also summed weights for the averaged candidate, which does not change training"
+        card = measure_instances_and_save(recipe, candidate, {**training, **record, "kept": kept}, folder)
         rows.append((name, card["metrics_validation"], card["metrics_held_out"]))
     print("\n| weights | validation AP@0.5 | held-out AP@0.5 (1 / 8 views) | held-out mean AP | held-out IoU |")
     print("|---|---|---|---|---|")

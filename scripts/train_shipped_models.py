@@ -206,8 +206,9 @@ RECIPES: list[Recipe] = [
         class_names=("background", "nucleus", "nucleus boundary"),
         description=(
             "Cell nuclei in fluorescence microscopy (DNA stains such as DAPI/Hoechst, bright nuclei on a dark "
-            "background). Output: background / nucleus interior / nucleus boundary; instances by seeded "
-            "watershed from the interiors, so touching nuclei come out as separate objects."
+            "background). Output: background / nucleus core (the inner half of each nucleus's depth) / the rest "
+            "of the nucleus (class 'nucleus boundary'); instances by seeded watershed from the cores, so touching "
+            "nuclei come out as separate objects."
         ),
         data_source=(
             "2018 Data Science Bowl stage-1 training set (BBBC038v1, Caicedo et al. 2019, CC0), fluorescence "
@@ -217,6 +218,11 @@ RECIPES: list[Recipe] = [
         # 2 px of boundary on each side where nuclei touch (1: the rings alone): held-out AP@0.5 0.788 -> 0.815,
         # touching pairs separated 46 % -> 50 %, unseen kinds 0.613 -> 0.680 (README).
         touching_width=2,
+        # Interior = each nucleus's core (depth >= half its largest depth), the rest boundary: the seeds of touching
+        # nuclei lie about a radius apart. Held-out AP@0.5 0.815 -> 0.837, merged neighbours 179 -> 149 of the
+        # misses, IoU 0.871 -> 0.881; validation 0.862 -> 0.861 (README). With perfect seeds (the truth's cores)
+        # the same probabilities reach 0.937: seeds are what holds AP back.
+        core_fraction=0.5,
         extra_info={"instances": "boundary_watershed"},
     ),
 ]

@@ -23,9 +23,9 @@ GOAL_PIXEL_ERROR = 0.07  # on ISBI slices never trained on (issue 5)
 CARD_FIELDS = ("name", "description", "class_names", "data", "architecture", "training", "metrics_held_out")
 AP_MARGIN = 0.01  # nuclei: object AP may differ from the card by nondeterminism only
 # Share of touching truth pairs (first 30 held-out images) that come out as two objects: the shipped model
-# (touching width 2) measured 138 of 274 (50 %; with 1-px rings 127, 46 %; the first model, without border
-# weights: 24 %). Guards against regression.
-TOUCHING_SEPARATED = 0.48
+# (core targets) measured 163 of 274 (59 %; the touching band alone 138, 50 %; 1-px rings 127, 46 %; the first
+# model, without border weights: 24 %). Guards against regression.
+TOUCHING_SEPARATED = 0.57
 
 
 def _card(name: str) -> dict:
