@@ -1,10 +1,11 @@
 """Touching objects as separate instances: the boundary-class method of the U-Net literature.
 
 A model with classes (background, interior, boundary) is trained on targets derived from instance
-labels: every object's outermost pixel ring is "boundary", the rest of it "interior". Where two
-objects touch, the two rings meet, so the interiors of touching objects never touch. At prediction
-the interior components are the seeds, and a watershed on the interior probability grows each seed
-back over the boundary ring into the predicted foreground (interior + boundary).
+labels: every object's outermost pixel ring is "boundary", the rest of it "interior" (or, with a model's
+core_fraction, only its core: the DSB 2018 solutions' eroded masks). Where two objects touch, the two rings
+meet, so the interiors of touching objects never touch. At prediction the interior components are the
+seeds, and a watershed on the interior probability grows each seed back over the boundary into the
+predicted foreground (interior + boundary).
 
 No TensorFlow, no Qt: scikit-image and SciPy only.
 """
