@@ -219,9 +219,10 @@ RECIPES: list[Recipe] = [
         # touching pairs separated 46 % -> 50 %, unseen kinds 0.613 -> 0.680 (README).
         touching_width=2,
         # Interior = each nucleus's core (depth >= half its largest depth), the rest boundary: the seeds of touching
-        # nuclei lie about a radius apart. Held-out AP@0.5 0.815 -> 0.837, merged neighbours 179 -> 149 of the
-        # misses, IoU 0.871 -> 0.881; validation 0.862 -> 0.861 (README). With perfect seeds (the truth's cores)
-        # the same probabilities reach 0.937: seeds are what holds AP back.
+        # nuclei lie about a radius apart. Held-out AP@0.5 0.815 -> 0.837 (seed 1: 0.814, so partly seed luck),
+        # merged neighbours 179 -> 149 of the misses, IoU 0.871 -> 0.881; validation 0.862 -> 0.861 (seed 1:
+        # 0.869); 0.65 was worse (README). With perfect seeds (the truth's cores) the previous model's
+        # probabilities reach 0.937: seeds are what holds AP back.
         core_fraction=0.5,
         extra_info={"instances": "boundary_watershed"},
     ),
