@@ -46,10 +46,8 @@ def main() -> int:
     from napari_unet.prediction import predict
     from napari_unet.training import TrainConfig, loop
 
-    recipe = dataclasses.replace(recipe_by_name(args.recipe), **{key: json.loads(value) for key, value in
-                                                                  (item.split("=", 1) for item in args.recipe_set)})
-    overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.set)}
-    config = TrainConfig(**{**recipe.train_settings, "average_last_epochs": args.average, **overrides})
+    recipe = dataclasses.replace(recipe_by_name(args.recipe), **_key_values(args.recipe_set))
+    config = TrainConfig(**{**recipe.train_settings, "average_last_epochs": args.average, **_key_values(args.set)})
     train, validation, test = (load_split(recipe, stems) for stems in
                                (recipe.train_stems, recipe.validation_stems, recipe.test_stems))
 
@@ -67,15 +65,18 @@ def main() -> int:
     averaged, history, training = train_from_scratch(recipe, *train, config, validation=validation)
     print(f"best single epoch val IoU {history.best_epoch_val_iou}, average of {history.averaged_epochs}: "
           f"{history.val_iou}", flush=True)
-    candidates = (("best epoch on validation", kept["best"]), ("last epoch", kept["last"]),
-                  (f"mean of the last {args.average} epochs", None))
+    # (name, weights (None: the averaged model as trained), what its card's training record says instead of the run's)
+    candidates = (
+        ("best epoch on validation", kept["best"], {"best_epoch": kept["best_epoch"], "best_val_iou": kept["best_val_iou"],
+                                                   "averaged_epochs": 0, "best_single_epoch_val_iou": None}),
+        ("last epoch", kept["last"], {"best_epoch": None, "averaged_epochs": 0}),
+        (f"mean of the last {args.average} epochs", None, {}),
+    )
     if recipe.targets == "boundaries":
-        records = ({"best_epoch": kept["best_epoch"], "best_val_iou": kept["best_val_iou"], "averaged_epochs": 0,
-                    "best_single_epoch_val_iou": None}, {"best_epoch": None, "averaged_epochs": 0}, {})
-        return _measure_instance_candidates(recipe, averaged, training, candidates, records, args.output)
+        return _measure_instance_candidates(recipe, averaged, training, candidates, args.output)
 
     rows = []
-    for name, weights in candidates:
+    for name, weights, _ in candidates:
         candidate = averaged.copy()
         if weights is not None:
             candidate.keras_model.set_weights(weights)
@@ -95,9 +96,14 @@ def main() -> int:
     return 0
 
 
-def _measure_instance_candidates(recipe, averaged, training: dict, candidates, records, output: Path | None) -> int:
+def _key_values(items: list[str]) -> dict:
+    """KEY=VALUE arguments with JSON values."""
+    return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
+
+
+def _measure_instance_candidates(recipe, averaged, training: dict, candidates, output: Path | None) -> int:
     """Each candidate measured and saved as the recipe would ship it, its card's training record saying which
-    weights it holds (`records`: per candidate, over the run's); a table of their instance metrics."""
+    weights it holds; a table of their instance metrics."""
     from train_shipped_models import measure_instances_and_save
 
     from napari_unet.model import save_model
@@ -105,7 +111,7 @@ def _measure_instance_candidates(recipe, averaged, training: dict, candidates, r
     if output is None:
         raise SystemExit("nuclei: give --output DIR for the candidates' models and cards")
     rows = []
-    for (name, weights), record in zip(candidates, records):
+    for name, weights, record in candidates:
         candidate = averaged.copy()
         if weights is not None:
             candidate.keras_model.set_weights(weights)

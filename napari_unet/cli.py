@@ -206,8 +206,7 @@ def _run_predict_command(args) -> int:
     from napari_unet.prediction import predict
     from napari_unet.registry import load_model, quick_twin
 
-    if args.min_size is not None and not args.instances:
-        raise NapariUNetError("--min-size drops small objects of --instances: add --instances, or drop --min-size")
+    _check_min_size(args)
     inputs = _expand_inputs(args.inputs)
     output_dir = Path(args.output)
     try:
@@ -319,6 +318,13 @@ def _add_min_size_option(parser) -> None:
                              "on its validation images, e.g. 32 for nuclei; lower it for small nuclei)")
 
 
+def _check_min_size(args) -> None:
+    from napari_unet.errors import NapariUNetError
+
+    if args.min_size is not None and not args.instances:
+        raise NapariUNetError("--min-size drops small objects of --instances: add --instances, or drop --min-size")
+
+
 def _pixel_count(text: str) -> int:
     """argparse type: a whole number of pixels >= 1 (argparse prints the message and exits with 2)."""
     try:
@@ -346,12 +352,10 @@ def _add_precision_option(parser) -> None:
 def _run_evaluate_command(args) -> int:
     import json
 
-    from napari_unet.errors import NapariUNetError
     from napari_unet.evaluation import evaluate
     from napari_unet.io import find_pairs
 
-    if args.min_size is not None and not args.instances:
-        raise NapariUNetError("--min-size drops small objects of --instances: add --instances, or drop --min-size")
+    _check_min_size(args)
     pairs = find_pairs(args.images, args.masks)
     report = lambda done, total: print(f"\r[evaluate] image {done}/{total}   ", end="", file=sys.stderr, flush=True)  # noqa: E731
     result = evaluate(args.model, [image for image, _ in pairs], [mask for _, mask in pairs],

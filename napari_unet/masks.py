@@ -5,8 +5,8 @@ training), any other value = an object (instance ids 1, 2, 3 … or a plain 1). 
 follows from how it turns its output into objects (its metadata):
 - a one-class model: 0/1 with 255 kept (every object is foreground);
 - a boundary-watershed model: background / interior / boundary derived from the objects
-  (instances.boundary_targets, with the model's own ModelMetadata.touching_width), so touching objects
-  teach the boundary between them;
+  (instances.boundary_targets, with the model's own ModelMetadata.touching_width and core_fraction), so
+  touching objects teach the boundary between them;
 - any other multi-class model: the values are class ids and are used as they are.
 Evaluation masks: > 0 is foreground (an instance label image is fine), no 255 rule.
 """

@@ -116,6 +116,7 @@ class PredictWidget(QWidget):
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(1, 1_000_000)
         self.min_size_spin.setSuffix(" px")
+        self.min_size_spin.setEnabled(False)  # with 'separate objects' only (its toggled signal, below)
         self.min_size_spin.setToolTip("separate objects smaller than this are dropped; the model's own value was "
                                       "chosen on its validation images (lower it for small nuclei)")
         self.probabilities_check = QCheckBox("also show the probability map")
@@ -185,7 +186,6 @@ class PredictWidget(QWidget):
 
         metadata = self.session.model_metadata()
         self.instances_check.setChecked(metadata is not None and metadata.instance_method == "boundary_watershed")
-        self.min_size_spin.setEnabled(self.instances_check.isChecked())
         if metadata is not None:
             self.min_size_spin.setValue(smallest_object(metadata))
 
