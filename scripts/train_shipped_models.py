@@ -345,37 +345,75 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
 
 
 def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **setting_overrides) -> dict:
-    """The recipe once more, from scratch, on every slice (train + validation + test), keeping the last epoch.
+    """The recipe once more, from scratch, on more data, keeping the last epoch; ships it in output_dir.
 
-    What the recipe is worth was measured by its held-out run (the card at output_dir/<name>.json): the
-    final model inherits that run's output offset and threshold and records its held-out numbers as the
-    recipe's, since no slice is left to measure the final model on. Only for binary (membranes) recipes.
+    Binary recipes (membranes) train on every slice (train + validation + test): the final model inherits the
+    held-out run's output offset and threshold and records that run's held-out numbers as the recipe's, since no
+    slice is left to measure it on. Boundary recipes (nuclei) train on train + validation and keep the test
+    images held out, so the final model inherits the run's post-processing (chosen on validation) and is measured
+    on the held-out images itself. A final run that trained but was not measured (<name>.final-untested.*)
+    is measured, not trained again.
     """
-    from napari_unet.model import load_model_file
+    from napari_unet.model import load_model_file, save_model
     from napari_unet.training import TrainConfig
 
-    if recipe.targets != "binary":
-        raise SystemExit(f"--final is for binary recipes; {recipe.name} keeps its held-out split")
     card_path = output_dir / f"{recipe.name}.json"
     recipe_run = json.loads(card_path.read_text())
     if recipe_run.get("final"):
         raise SystemExit(f"{card_path} already describes a final model: rerun the held-out recipe first")
     recipe_run_model = load_model_file(output_dir / f"{recipe.name}.keras")
-    all_stems = tuple(sorted(set(recipe.train_stems) | set(recipe.validation_stems) | set(recipe.test_stems)))
-    # No validation: the cosine schedule runs to its end and its last epoch is kept (average_last_epochs=1;
-    # without it finetune would keep the epoch of lowest training loss). benchmarks/weight_averaging.py: on
-    # held-out slices the last epoch beat the one validation picked.
-    config = TrainConfig(**{**recipe.train_settings, "validation_fraction": 0.0, "average_last_epochs": 1,
-                            **setting_overrides})
-    trained, history, training = train_from_scratch(recipe, *load_split(recipe, all_stems), config, log=log)
-    trained.metadata.output_offset = tuple(recipe_run_model.metadata.output_offset)
+    untested_model = output_dir / f"{recipe.name}.final-untested.keras"
+    untested_training = output_dir / f"{recipe.name}.final-untested.json"
+    if untested_model.is_file() and untested_training.is_file():
+        trained, training = load_model_file(untested_model), json.loads(untested_training.read_text())
+    else:
+        # No validation: the cosine schedule runs to its end and its last epoch is kept (average_last_epochs=1;
+        # without it finetune would keep the epoch of lowest training loss). benchmarks/weight_averaging.py: on
+        # held-out slices the last epoch beat the one validation picked.
+        config = TrainConfig(**{**recipe.train_settings, "validation_fraction": 0.0, "average_last_epochs": 1,
+                                **setting_overrides})
+        trained, history, training = train_from_scratch(recipe, *load_split(recipe, final_stems(recipe)), config,
+                                                        log=log)
+        training["kept"] = _kept_epoch(history, config)
+        save_model(trained, untested_model)  # kept if measuring fails
+        untested_training.write_text(json.dumps(training, indent=2))
+    trained.metadata.name, trained.metadata.class_names = recipe.name, list(recipe.class_names)  # not a fine-tune's
+    if recipe.targets == "boundaries":
+        card = _final_instances_card(recipe, trained, training, recipe_run, recipe_run_model, log)
+    else:
+        card = _final_binary_card(recipe, trained, training, recipe_run, recipe_run_model, log)
+    trained.metadata.info = {**recipe_run_model.metadata.info, "final": card["final"]["what"],
+                             "training": {k: card["training"][k] for k in ("steps", "seconds", "seed")}}
+    if recipe.targets == "boundaries":  # measured itself
+        trained.metadata.info["metrics_held_out"] = {"at_threshold_0.5": card["metrics_held_out"]["single_pass"]}
+    model_path = save_shipped(trained, output_dir / f"{recipe.name}.keras")
+    card["file"] = {"name": model_path.name, "bytes": model_path.stat().st_size}
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    untested_model.unlink()
+    untested_training.unlink()
+    log(f"wrote {model_path} and {card_path}")
+    return card
 
+
+def final_stems(recipe: Recipe) -> tuple[str, ...]:
+    """What a final model trains on: every slice of a binary recipe; train + validation of a boundary recipe
+    (its held-out images stay held out, so the final model is measured on them)."""
+    stems = set(recipe.train_stems) | set(recipe.validation_stems)
+    if recipe.targets != "boundaries":
+        stems |= set(recipe.test_stems)
+    return tuple(sorted(stems))
+
+
+def _final_binary_card(recipe: Recipe, trained, training: dict, recipe_run: dict, recipe_run_model, log) -> dict:
+    all_stems = final_stems(recipe)
+    trained.metadata.output_offset = tuple(recipe_run_model.metadata.output_offset)
     seen = final_metrics(recipe, trained, recipe_run["metrics_held_out"])
-    card = {
+    log(f"on {recipe.test_stems[0]}-{recipe.test_stems[-1]} (trained on): {seen}")
+    return {
         **{k: v for k, v in recipe_run.items() if k not in ("training", "file", "metrics_held_out")},
         "final": {
             "what": (f"trained from scratch on all {len(all_stems)} slices ({all_stems[0]}-{all_stems[-1]}) with the "
-                     f"recipe's settings, {_kept_epoch(history, config)} kept; output offset and threshold taken "
+                     f"recipe's settings, {training['kept']} kept; output offset and threshold taken "
                      "from the recipe run"),
             "why": "more data for the shipped model once the recipe was fixed on the held-out split (issue 12)",
             "trained_on_stems": list(all_stems),
@@ -389,14 +427,32 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
         "recipe": f"python scripts/train_shipped_models.py {recipe.name} && "
                   f"python scripts/train_shipped_models.py {recipe.name} --final",
     }
-    trained.metadata.name, trained.metadata.class_names = recipe.name, list(recipe.class_names)  # not a fine-tune's
-    trained.metadata.info = {**recipe_run_model.metadata.info, "final": card["final"]["what"],
-                             "training": {k: card["training"][k] for k in ("steps", "seconds", "seed")}}
-    model_path = save_shipped(trained, output_dir / f"{recipe.name}.keras")
-    card["file"] = {"name": model_path.name, "bytes": model_path.stat().st_size}
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
-    log(f"wrote {model_path} and {card_path}; on {recipe.test_stems[0]}-{recipe.test_stems[-1]} (trained on): {seen}")
-    return card
+
+
+def _final_instances_card(recipe: Recipe, trained, training: dict, recipe_run: dict, recipe_run_model, log) -> dict:
+    stems = final_stems(recipe)
+    for setting in ("seed_threshold", "background_threshold", "min_size", "min_seed_size", "merge_threshold"):
+        setattr(trained.metadata, setting, getattr(recipe_run_model.metadata, setting))
+    trained.metadata.output_offset = (0.0, 0.0)  # no annotator offset is fitted for nuclei
+    held_out = held_out_instance_metrics(recipe, trained, log)
+    return {
+        **{k: v for k, v in recipe_run.items()
+           if k not in ("training", "file", "metrics_held_out", "metrics_validation", "recipe")},
+        "final": {
+            "what": (f"trained from scratch on the {len(stems)} train + validation images with the recipe's settings, "
+                     f"{training['kept']} kept; post-processing taken from the recipe run (chosen on its "
+                     "validation images)"),
+            "why": "more data for the shipped model once the recipe was fixed on the held-out split (issue 12)",
+            "trained_on_stems": list(stems),
+            "note": "the held-out test images are still never trained on: metrics_held_out are this model's own",
+        },
+        "training": training,
+        "recipe_run": {"training": recipe_run["training"], "metrics_validation": recipe_run["metrics_validation"],
+                       "metrics_held_out": recipe_run["metrics_held_out"]},
+        "metrics_held_out": held_out,
+        "recipe": f"python scripts/train_shipped_models.py {recipe.name} && "
+                  f"python scripts/train_shipped_models.py {recipe.name} --final",
+    }
 
 
 def save_shipped(model, path: Path) -> Path:
@@ -536,22 +592,12 @@ TARGETS_RULE = ("background / interior / boundary from the instance masks: each 
                 "its pixels less deep than that fraction of its largest depth from the edge (napari_unet/instances.py)")
 
 
-def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_dir: Path = MODELS_DIR, log=print) -> dict:
-    """Object and pixel metrics on validation and the held-out test images (1 and 8 views), the Otsu +
-    watershed baseline on the same test images, then save model + card (a boundary-class model)."""
+def held_out_instance_metrics(recipe: Recipe, trained, log=print) -> dict:
+    """The card's metrics_held_out of a boundary-class model: object and pixel scores on the held-out test images
+    (1 and 8 views), by kind, and the Otsu + watershed baseline on the same images."""
     from napari_unet.evaluation import evaluate
     from napari_unet.prediction import predict
 
-    validation_images, validation_masks = load_instances(recipe, recipe.validation_stems)
-    by_setting, by_merge = choose_post_processing(trained, validation_images, validation_masks, log)
-    best, best_background, best_size, best_seed_size = max(by_setting, key=lambda key: by_setting[key]["ap50"])
-    best_merge = max(by_merge, key=lambda key: by_merge[key]["ap50"])
-    trained.metadata.seed_threshold, trained.metadata.background_threshold = best, best_background
-    trained.metadata.min_size, trained.metadata.min_seed_size = best_size, best_seed_size
-    trained.metadata.merge_threshold = best_merge
-    validation = by_merge[best_merge]
-    log(f"validation ({len(recipe.validation_stems)} images) at seed {best}, background {best_background}, min size "
-        f"{best_size}, min seed size {best_seed_size}, merge below {best_merge}: {_instance_summary(validation)}")
     test_images, test_masks = load_instances(recipe, recipe.test_stems)
     predicted = [predict(trained, image, output="instances") for image in test_images]  # once, for all and by kind
     otsu = [otsu_watershed(image) for image in test_images]
@@ -563,7 +609,33 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
     log(f"Otsu + watershed on the same test images: {_instance_summary(baseline)}")
     by_kind = held_out_by_kind(recipe, test_masks, predicted, otsu)
     log(f"held-out by kind: {by_kind}")
+    return {
+        "images": len(recipe.test_stems),
+        "single_pass": _instance_summary(test),
+        "with_test_time_augmentation": {"views": 8, **_instance_summary(test_tta)},
+        "otsu_watershed_baseline": _instance_summary(baseline),
+        "by_kind": by_kind,
+        "definitions": ("ap50 = TP/(TP+FP+FN), objects matched at IoU > 0.5 (DSB 2018, StarDist); map = mean "
+                        "over IoU 0.50..0.95; pooled over all objects of all images; iou = foreground pixels"),
+        "measured_with": "napari_unet.evaluation.evaluate(..., instances=True)",
+    }
+
+
+def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_dir: Path = MODELS_DIR, log=print) -> dict:
+    """Object and pixel metrics on validation and the held-out test images (1 and 8 views), the Otsu +
+    watershed baseline on the same test images, then save model + card (a boundary-class model)."""
+    validation_images, validation_masks = load_instances(recipe, recipe.validation_stems)
+    by_setting, by_merge = choose_post_processing(trained, validation_images, validation_masks, log)
+    best, best_background, best_size, best_seed_size = max(by_setting, key=lambda key: by_setting[key]["ap50"])
+    best_merge = max(by_merge, key=lambda key: by_merge[key]["ap50"])
+    trained.metadata.seed_threshold, trained.metadata.background_threshold = best, best_background
+    trained.metadata.min_size, trained.metadata.min_seed_size = best_size, best_seed_size
+    trained.metadata.merge_threshold = best_merge
+    validation = by_merge[best_merge]
+    log(f"validation ({len(recipe.validation_stems)} images) at seed {best}, background {best_background}, min size "
+        f"{best_size}, min seed size {best_seed_size}, merge below {best_merge}: {_instance_summary(validation)}")
     trained.metadata.output_offset = (0.0, 0.0)  # no annotator offset is fitted for nuclei
+    held_out = held_out_instance_metrics(recipe, trained, log)
     card = {
         "name": recipe.name,
         "description": recipe.description,
@@ -602,16 +674,7 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
         "tile_size": recipe.tile_size,
         "training": training,
         "metrics_validation": _instance_summary(validation),
-        "metrics_held_out": {
-            "images": len(recipe.test_stems),
-            "single_pass": _instance_summary(test),
-            "with_test_time_augmentation": {"views": 8, **_instance_summary(test_tta)},
-            "otsu_watershed_baseline": _instance_summary(baseline),
-            "by_kind": by_kind,
-            "definitions": ("ap50 = TP/(TP+FP+FN), objects matched at IoU > 0.5 (DSB 2018, StarDist); map = mean "
-                            "over IoU 0.50..0.95; pooled over all objects of all images; iou = foreground pixels"),
-            "measured_with": "napari_unet.evaluation.evaluate(..., instances=True)",
-        },
+        "metrics_held_out": held_out,
         "reference": "StarDist paper (Schmidt et al. 2018): AP@0.5 about 0.86 on its DSB 2018 fluorescence test subset "
                      "(a different subset)",
         "recipe": f"python scripts/train_shipped_models.py {recipe.name}",
@@ -619,7 +682,7 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
     trained.metadata.name, trained.metadata.class_names = recipe.name, list(recipe.class_names)  # not a fine-tune's
     trained.metadata.info = {
         "description": recipe.description,
-        "metrics_held_out": {"at_threshold_0.5": _instance_summary(test)},
+        "metrics_held_out": {"at_threshold_0.5": held_out["single_pass"]},
         "training": {k: training[k] for k in ("steps", "seconds", "seed")},
         "card": f"{recipe.name}.json",
     }
@@ -748,11 +811,14 @@ def recalibrate(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print) -> dic
     if not model_path.is_file() or not card_path.is_file():
         raise SystemExit(f"--recalibrate needs {model_path} and {card_path} from an earlier run of this recipe")
     card = json.loads(card_path.read_text())
-    if card.get("final"):  # nothing to fit (no slice left out): re-measure what the card says of it
-        card["final"]["metrics_on_slices_it_trained_on"] = final_metrics(recipe, load_model_file(model_path),
-                                                                         card["metrics_held_out"])
+    if card.get("final"):  # nothing to fit (its settings are its recipe run's): re-measure what the card says of it
+        if recipe.targets == "boundaries":
+            card["metrics_held_out"] = held_out_instance_metrics(recipe, load_model_file(model_path), log)
+        else:
+            card["final"]["metrics_on_slices_it_trained_on"] = final_metrics(recipe, load_model_file(model_path),
+                                                                             card["metrics_held_out"])
         card_path.write_text(json.dumps(card, indent=2) + "\n")
-        log(f"re-measured {card_path}: {card['final']['metrics_on_slices_it_trained_on']}")
+        log(f"re-measured {card_path}")
         return card
     return measure_and_save(recipe, load_model_file(model_path), card["training"], output_dir, log)
 
@@ -780,7 +846,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recalibrate", action="store_true",
                         help="no training: re-fit output offset and threshold of the saved model, re-measure, rewrite the card")
     parser.add_argument("--final", action="store_true",
-                        help="after the held-out run: train the recipe again on every slice and ship that (binary recipes)")
+                        help="after the held-out run: train the recipe again on more data and ship that (binary "
+                             "recipes: every slice; boundary recipes: train + validation, measured on the held-out "
+                             "images)")
     parser.add_argument("--onnx", action="store_true",
                         help="no training: rewrite the ONNX twins of the saved models (<name>.onnx beside <name>.keras)")
     parser.add_argument("--smoke", action="store_true",
