@@ -34,7 +34,7 @@ def main() -> int:
 
     recipe = recipe_by_name("nuclei")
     _, labels = load_split(recipe, recipe.train_stems[:: args.every])
-    touching = [near_another_object(np.asarray(label, dtype=np.int64), 1) for label in labels]
+    touching = [near_another_object(label, 1) for label in labels]
     for rule in args.rule:
         core_fraction, w0, sigma = (float(value) for value in rule.split(","))
         means = []

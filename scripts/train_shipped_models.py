@@ -382,12 +382,12 @@ def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **sett
     trained.metadata.name, trained.metadata.class_names = recipe.name, list(recipe.class_names)  # not a fine-tune's
     if recipe.targets == "boundaries":
         card = _final_instances_card(recipe, trained, training, recipe_run, recipe_run_model, log)
+        held_out_info = {"metrics_held_out": {"at_threshold_0.5": card["metrics_held_out"]["single_pass"]}}  # its own
     else:
         card = _final_binary_card(recipe, trained, training, recipe_run, recipe_run_model, log)
-    trained.metadata.info = {**recipe_run_model.metadata.info, "final": card["final"]["what"],
+        held_out_info = {}  # the recipe run's, as recipe_run_model's info already says
+    trained.metadata.info = {**recipe_run_model.metadata.info, **held_out_info, "final": card["final"]["what"],
                              "training": {k: card["training"][k] for k in ("steps", "seconds", "seed")}}
-    if recipe.targets == "boundaries":  # measured itself
-        trained.metadata.info["metrics_held_out"] = {"at_threshold_0.5": card["metrics_held_out"]["single_pass"]}
     model_path = save_shipped(trained, output_dir / f"{recipe.name}.keras")
     card["file"] = {"name": model_path.name, "bytes": model_path.stat().st_size}
     card_path.write_text(json.dumps(card, indent=2) + "\n")
@@ -407,49 +407,52 @@ def final_stems(recipe: Recipe) -> tuple[str, ...]:
 
 
 def _final_binary_card(recipe: Recipe, trained, training: dict, recipe_run: dict, recipe_run_model, log) -> dict:
-    all_stems = final_stems(recipe)
+    stems = final_stems(recipe)
     trained.metadata.output_offset = tuple(recipe_run_model.metadata.output_offset)
     seen = final_metrics(recipe, trained, recipe_run["metrics_held_out"])
     log(f"on {recipe.test_stems[0]}-{recipe.test_stems[-1]} (trained on): {seen}")
-    return {
-        **{k: v for k, v in recipe_run.items() if k not in ("training", "file", "metrics_held_out")},
-        "final": {
-            "what": (f"trained from scratch on all {len(all_stems)} slices ({all_stems[0]}-{all_stems[-1]}) with the "
-                     f"recipe's settings, {training['kept']} kept; output offset and threshold taken "
-                     "from the recipe run"),
-            "why": "more data for the shipped model once the recipe was fixed on the held-out split (issue 12)",
-            "trained_on_stems": list(all_stems),
-            "metrics_on_slices_it_trained_on": seen,
-            "note": "no ISBI slice is left that this model never saw; the recipe's held-out numbers are below",
-        },
-        "training": training,
-        "recipe_run": {"training": recipe_run["training"], "split": recipe_run["data"]["split"],
-                       "metrics_held_out": recipe_run["metrics_held_out"]},
-        "metrics_held_out": recipe_run["metrics_held_out"],
-        "recipe": f"python scripts/train_shipped_models.py {recipe.name} && "
-                  f"python scripts/train_shipped_models.py {recipe.name} --final",
-    }
+    return _final_card(
+        recipe, recipe_run, training, stems,
+        what=(f"trained from scratch on all {len(stems)} slices ({stems[0]}-{stems[-1]}) with the recipe's settings, "
+              f"{training['kept']} kept; output offset and threshold taken from the recipe run"),
+        note="no ISBI slice is left that this model never saw; the recipe's held-out numbers are below",
+        held_out=recipe_run["metrics_held_out"],
+        recipe_run_record={"split": recipe_run["data"]["split"]},
+        metrics_on_slices_it_trained_on=seen,
+    )
 
 
 def _final_instances_card(recipe: Recipe, trained, training: dict, recipe_run: dict, recipe_run_model, log) -> dict:
-    stems = final_stems(recipe)
     for setting in ("seed_threshold", "background_threshold", "min_size", "min_seed_size", "merge_threshold"):
         setattr(trained.metadata, setting, getattr(recipe_run_model.metadata, setting))
     trained.metadata.output_offset = (0.0, 0.0)  # no annotator offset is fitted for nuclei
-    held_out = held_out_instance_metrics(recipe, trained, log)
+    stems = final_stems(recipe)
+    return _final_card(
+        recipe, recipe_run, training, stems,
+        what=(f"trained from scratch on the {len(stems)} train + validation images with the recipe's settings, "
+              f"{training['kept']} kept; post-processing taken from the recipe run (chosen on its validation images)"),
+        note="the held-out test images are still never trained on: metrics_held_out are this model's own",
+        held_out=held_out_instance_metrics(recipe, trained, log),
+        recipe_run_record={"metrics_validation": recipe_run["metrics_validation"]},  # it trained on those images
+    )
+
+
+def _final_card(recipe: Recipe, recipe_run: dict, training: dict, stems, *, what: str, note: str, held_out: dict,
+                recipe_run_record: dict, **final_fields) -> dict:
+    """A final model's card: its recipe run's card with this training, what it trained on, and that run's record
+    (recipe_run_record's keys move from the top level into it)."""
+    replaced = {"training", "file", "metrics_held_out", "recipe", *recipe_run_record}
     return {
-        **{k: v for k, v in recipe_run.items()
-           if k not in ("training", "file", "metrics_held_out", "metrics_validation", "recipe")},
+        **{k: v for k, v in recipe_run.items() if k not in replaced},
         "final": {
-            "what": (f"trained from scratch on the {len(stems)} train + validation images with the recipe's settings, "
-                     f"{training['kept']} kept; post-processing taken from the recipe run (chosen on its "
-                     "validation images)"),
+            "what": what,
             "why": "more data for the shipped model once the recipe was fixed on the held-out split (issue 12)",
             "trained_on_stems": list(stems),
-            "note": "the held-out test images are still never trained on: metrics_held_out are this model's own",
+            **final_fields,
+            "note": note,
         },
         "training": training,
-        "recipe_run": {"training": recipe_run["training"], "metrics_validation": recipe_run["metrics_validation"],
+        "recipe_run": {"training": recipe_run["training"], **recipe_run_record,
                        "metrics_held_out": recipe_run["metrics_held_out"]},
         "metrics_held_out": held_out,
         "recipe": f"python scripts/train_shipped_models.py {recipe.name} && "
