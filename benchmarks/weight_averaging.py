@@ -35,7 +35,8 @@ def main() -> int:
     parser.add_argument("--average", type=int, default=15, help="epochs averaged (default 15: the last quarter of 60)")
     parser.add_argument("--recipe-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override Recipe fields (JSON values), e.g. core_fraction=0.5")
-    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override recipe settings (JSON values)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override recipe settings (JSON values); augmentation.KEY=VALUE for AugmentConfig fields")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
@@ -47,7 +48,12 @@ def main() -> int:
     from napari_unet.training import TrainConfig, loop
 
     recipe = dataclasses.replace(recipe_by_name(args.recipe), **_key_values(args.recipe_set))
-    config = TrainConfig(**{**recipe.train_settings, "average_last_epochs": args.average, **_key_values(args.set)})
+    overrides = _key_values(args.set)
+    augmentation = {key.split(".", 1)[1]: overrides.pop(key) for key in list(overrides) if key.startswith("augmentation.")}
+    settings = {**recipe.train_settings, "average_last_epochs": args.average, **overrides}
+    if augmentation:  # e.g. augmentation.object_brightness_probability=0.5
+        settings["augmentation"] = dataclasses.replace(settings["augmentation"], **augmentation)
+    config = TrainConfig(**settings)
     train, validation, test = (load_split(recipe, stems) for stems in
                                (recipe.train_stems, recipe.validation_stems, recipe.test_stems))
 

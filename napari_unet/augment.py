@@ -47,6 +47,13 @@ class AugmentConfig:
     noise: float = 0.0
     # Zoom, uniform in [1/scale, scale] (1.0: none), so object sizes between the training sets' count.
     scale: float = 1.0
+    # Per-object brightness: with this probability a patch's objects (connected non-background regions of its
+    # label mask) are each dimmed or brightened by their own factor, log-uniform in object_brightness, relative
+    # to the patch's background level. Why: fields where nuclei differ several-fold in brightness; on the
+    # nuclei validation images, 25 % of the nuclei the shipped model missed are under half their image's
+    # median brightness, against 1 % of those it found.
+    object_brightness_probability: float = 0.0
+    object_brightness: tuple[float, float] = (0.25, 1.5)
 
     @property
     def margin(self) -> int:
@@ -113,6 +120,7 @@ class PairAugmenter:
         import cv2
 
         self.config = config
+        self._mask_fill = mask_fill
         self._rng = np.random.default_rng(seed)
         transforms = []
         if config.flips:
@@ -160,8 +168,30 @@ class PairAugmenter:
             window = (slice(margin, image.shape[0] - margin), slice(margin, image.shape[1] - margin))
             image = image[window]
             masks = [mask[window] for mask in masks]
-        image = self.jitter_intensity(np.ascontiguousarray(image, dtype=np.float32))
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        if masks and self.config.object_brightness_probability > 0:
+            image = self.vary_object_brightness(image, masks[0])
+        image = self.jitter_intensity(image)
         return image, [np.ascontiguousarray(mask) for mask in masks]
+
+    def vary_object_brightness(self, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Each object of `labels` scaled by its own factor around the background level; the factor map is
+        blurred by 1.5 px so no intensity step marks the mask's edge (the model would learn that, not the edge)."""
+        from scipy import ndimage as ndi
+
+        config = self.config
+        if self._rng.random() >= config.object_brightness_probability:
+            return image
+        background = labels == 0
+        objects, n_objects = ndi.label(~background & (labels != self._mask_fill))
+        if n_objects == 0 or not background.any():
+            return image
+        low, high = config.object_brightness
+        factors = np.exp(self._rng.uniform(np.log(low), np.log(high), n_objects + 1)).astype(np.float32)
+        factors[0] = 1.0
+        field = ndi.gaussian_filter(factors[objects], sigma=1.5)[..., None]
+        level = np.median(image[background], axis=0)
+        return ((image - level) * field + level).astype(np.float32)
 
     def jitter_intensity(self, image: np.ndarray) -> np.ndarray:
         """Random contrast, brightness and gamma; values outside [0, 1] keep their offset (no clipping)."""

@@ -122,3 +122,36 @@ def test_noise_is_added_only_when_asked():
     noisy = PairAugmenter(AugmentConfig(elastic_probability=0.0, intensity_probability=1.0, noise=0.1), seed=0)
     assert max(float(quiet(flat, [])[0].std()) for _ in range(5)) < 1e-6
     assert max(float(noisy(flat, [])[0].std()) for _ in range(5)) > 0.01
+
+
+def test_object_brightness_scales_each_object_by_its_own_factor_and_leaves_background():
+    """Two separate blobs on a background of 0.1: each comes out dimmed or brightened by its own factor around
+    that level, the background and the not-annotated border untouched, the mask unchanged."""
+    config = AugmentConfig(flips=False, rotations=False, elastic_probability=0.0, intensity_probability=0.0,
+                           object_brightness_probability=1.0, object_brightness=(0.25, 1.5))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:25, 10:25] = 1
+    mask[40:55, 35:50] = 2  # another class still counts as an object
+    mask[:, :3] = IGNORE
+    image = np.where((mask[..., None] > 0) & (mask[..., None] != IGNORE), 0.9, 0.1).astype(np.float32)
+    factors = set()
+    for seed in range(5):
+        out, (out_mask,) = PairAugmenter(config, seed=seed, mask_fill=IGNORE)(image, [mask])
+        np.testing.assert_array_equal(out_mask, mask)
+        np.testing.assert_allclose(out[20:35, 28:36], 0.1, atol=1e-6)  # background between the objects
+        np.testing.assert_allclose(out[:, :3], 0.1, atol=1e-6)
+        first, second = ((out[13:22, 13:22] - 0.1) / 0.8).mean(), ((out[43:52, 38:47] - 0.1) / 0.8).mean()
+        assert 0.25 - 1e-3 <= first <= 1.5 + 1e-3 and 0.25 - 1e-3 <= second <= 1.5 + 1e-3
+        factors.add((round(float(first), 3), round(float(second), 3)))
+    assert len(factors) == 5 and any(abs(a - b) > 0.1 for a, b in factors)  # objects vary apart, seeds differ
+
+
+def test_object_brightness_off_by_default_leaves_the_random_stream_alone():
+    """A config without it draws exactly the augmentations it drew before the option existed."""
+    mask = _blobs(64)
+    image = np.random.default_rng(3).random((64, 64, 1)).astype(np.float32)
+    plain = AugmentConfig(elastic_probability=0.0)
+    off = AugmentConfig(elastic_probability=0.0, object_brightness_probability=0.0, object_brightness=(0.1, 0.2))
+    first = PairAugmenter(plain, seed=4, mask_fill=IGNORE)(image, [mask])[0]
+    second = PairAugmenter(off, seed=4, mask_fill=IGNORE)(image, [mask])[0]
+    np.testing.assert_array_equal(first, second)
