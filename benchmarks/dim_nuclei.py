@@ -36,10 +36,10 @@ def found_by_brightness(image: np.ndarray, truth: np.ndarray, predicted: np.ndar
     ids = np.unique(truth[truth > 0])
     if ids.size == 0:
         return []
-    brightness = np.asarray(ndi.mean(plane, truth, ids)) - np.median(plane[truth == 0]) if (truth == 0).any() else 0
+    background = np.median(plane[truth == 0]) if (truth == 0).any() else 0.0
+    brightness = np.asarray(ndi.mean(plane, truth, ids)) - background
     relative = brightness / np.median(brightness)
-    # instance_ious relabels 1..n in id order, the order of `ids`
-    found = (instance_ious(truth, predicted) > 0.5).any(axis=1) if predicted.any() else np.zeros(ids.size, bool)
+    found = (instance_ious(truth, predicted) > 0.5).any(axis=1)  # rows: truth ids in sorted order, as `ids`
     return list(zip(relative.tolist(), found.tolist()))
 
 
