@@ -13,9 +13,14 @@ Evaluation masks: > 0 is foreground (an instance label image is fine), no 255 ru
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from napari_unet.instances import boundary_targets
+
+if TYPE_CHECKING:
+    from napari_unet.model import ModelMetadata
 
 IGNORE_LABEL = 255
 
@@ -38,17 +43,16 @@ def labels_from_ground_truth(mask: np.ndarray) -> np.ndarray:
     return mask
 
 
-def training_targets(labels: np.ndarray, n_classes: int, instance_method: str, touching_width: int = 1,
-                     core_fraction: float = 0.0) -> np.ndarray:
-    """The uint8 targets a model with `n_classes` and `instance_method` trains on, from user labels
-    (`touching_width`, `core_fraction`: a boundary-watershed model's ModelMetadata fields)."""
+def training_targets(labels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
+    """The uint8 targets the model described by `metadata` trains on, from user labels (its class count, instance
+    method and, for boundary_watershed, its touching width and core fraction)."""
     labels = np.asarray(labels)
     if labels.dtype == bool:
         labels = labels.astype(np.uint8)
-    if instance_method == "boundary_watershed":
+    if metadata.instance_method == "boundary_watershed":
         ignore = labels == IGNORE_LABEL
         return boundary_targets(np.where(ignore, 0, labels), ignore=ignore if ignore.any() else None,
-                                touching_width=touching_width, core_fraction=core_fraction)
-    if n_classes == 1 and labels.dtype.kind in "ui":
+                                touching_width=metadata.touching_width, core_fraction=metadata.core_fraction)
+    if metadata.config.n_classes == 1 and labels.dtype.kind in "ui":
         return to_training_mask(labels)
     return labels

@@ -8,6 +8,7 @@ import pytest
 from napari_unet.instances import BOUNDARY, INTERIOR, boundary_targets, instances_from_boundary_probabilities
 from napari_unet.masks import IGNORE_LABEL, training_targets
 from napari_unet.metrics import as_instances, instance_counts, instance_scores
+from napari_unet.model import ModelMetadata, UNetConfig
 from napari_unet.postprocess import instances_from_probabilities
 
 
@@ -115,11 +116,16 @@ def test_the_model_method_decides_how_output_becomes_instances():
 def test_user_labels_become_the_targets_the_model_needs():
     labels = _touching_discs()
     labels[:4] = IGNORE_LABEL
-    targets = training_targets(labels, 3, "boundary_watershed")
+    three = ModelMetadata(config=UNetConfig(n_classes=3), instances="boundary_watershed")
+    targets = training_targets(labels, three)
     assert np.all(targets[:4] == IGNORE_LABEL) and np.count_nonzero(targets == BOUNDARY) > 0
-    binary = training_targets((labels > 0) & (labels != IGNORE_LABEL), 3, "boundary_watershed")
+    binary = training_targets((labels > 0) & (labels != IGNORE_LABEL), three)
     assert set(np.unique(binary)) <= {0, INTERIOR, BOUNDARY}  # a plain 0/1 correction still trains such a model
-    one_class = training_targets(labels, 1, "components")
+    cores = ModelMetadata(config=UNetConfig(n_classes=3), instances="boundary_watershed", touching_width=2,
+                          core_fraction=0.5)  # the model's own rule, not the defaults
+    np.testing.assert_array_equal(training_targets(labels, cores)[4:], boundary_targets(
+        np.where(labels == IGNORE_LABEL, 0, labels), touching_width=2, core_fraction=0.5)[4:])
+    one_class = training_targets(labels, ModelMetadata(config=UNetConfig(n_classes=1), instances="components"))
     assert set(np.unique(one_class)) == {0, 1, IGNORE_LABEL}
 
 

@@ -153,8 +153,7 @@ def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair", 
         if mask.ndim == 3 and mask.shape[-1] == 1:
             mask = mask[..., 0]
         if mask.dtype.kind in "uib":  # the one mask rule (masks.py): user labels -> this model's targets
-            mask = training_targets(mask, model.config.n_classes, model.metadata.instance_method,
-                                    model.metadata.touching_width, model.metadata.core_fraction)
+            mask = training_targets(mask, model.metadata)
         mask = check_mask(mask, name, model.config.n_classes)
         raw, normalized = _prepare_image(image, name, model)
         if raw.shape[:2] != mask.shape:
