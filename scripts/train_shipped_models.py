@@ -49,6 +49,9 @@ MIN_SIZES = (16, 32, 64)
 # (0.2) for the 8000-step one.
 MERGE_THRESHOLDS = (None, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 MIN_SEED_SIZES = (4, 16)
+# The ModelMetadata fields a boundary-class recipe chooses on validation, in the order choose_post_processing's
+# keys hold them (then the merge threshold); a final model takes them from its recipe run.
+POST_PROCESSING_FIELDS = ("seed_threshold", "background_threshold", "min_size", "min_seed_size", "merge_threshold")
 
 
 @dataclass(frozen=True)
@@ -341,9 +344,24 @@ def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **set
     trained, _, training = train_from_scratch(recipe, *load_split(recipe, recipe.train_stems), config,
                                               validation=load_split(recipe, recipe.validation_stems), log=log)
     output_dir.mkdir(parents=True, exist_ok=True)
-    save_model(trained, output_dir / f"{recipe.name}.untested.keras")  # kept if measuring fails
-    (output_dir / f"{recipe.name}.untested.json").write_text(json.dumps(training, indent=2))
-    return measure_and_save(recipe, trained, training, output_dir, log)
+    model_path, training_path = _untested_paths(recipe, output_dir)
+    save_model(trained, model_path)  # kept if measuring fails; --recalibrate measures it then
+    training_path.write_text(json.dumps(training, indent=2))
+    return _measure_untested(recipe, trained, training, output_dir, log)
+
+
+def _untested_paths(recipe: Recipe, output_dir: Path) -> tuple[Path, Path]:
+    """Where a recipe run that trained but was not yet measured keeps its model and training record."""
+    return output_dir / f"{recipe.name}.untested.keras", output_dir / f"{recipe.name}.untested.json"
+
+
+def _measure_untested(recipe: Recipe, trained, training: dict, output_dir: Path, log) -> dict:
+    """measure_and_save, then forget the untested copy: left behind, a later --recalibrate would measure that stale
+    run again and overwrite whatever ships in output_dir since (a final model, say)."""
+    card = measure_and_save(recipe, trained, training, output_dir, log)
+    for path in _untested_paths(recipe, output_dir):
+        path.unlink(missing_ok=True)
+    return card
 
 
 def train_final(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **setting_overrides) -> dict:
@@ -423,8 +441,8 @@ def _final_binary_card(recipe: Recipe, trained, training: dict, recipe_run: dict
 
 
 def _final_instances_card(recipe: Recipe, trained, training: dict, recipe_run: dict, recipe_run_model, log) -> dict:
-    for setting in ("seed_threshold", "background_threshold", "min_size", "min_seed_size", "merge_threshold"):
-        setattr(trained.metadata, setting, getattr(recipe_run_model.metadata, setting))
+    for field_name in POST_PROCESSING_FIELDS:
+        setattr(trained.metadata, field_name, getattr(recipe_run_model.metadata, field_name))
     trained.metadata.output_offset = (0.0, 0.0)  # no annotator offset is fitted for nuclei
     stems = final_stems(recipe)
     return _final_card(
@@ -631,11 +649,12 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
     watershed baseline on the same test images, then save model + card (a boundary-class model)."""
     validation_images, validation_masks = load_instances(recipe, recipe.validation_stems)
     by_setting, by_merge = choose_post_processing(trained, validation_images, validation_masks, log)
-    best, best_background, best_size, best_seed_size = max(by_setting, key=lambda key: by_setting[key]["ap50"])
+    best_setting = max(by_setting, key=lambda key: by_setting[key]["ap50"])
     best_merge = max(by_merge, key=lambda key: by_merge[key]["ap50"])
-    trained.metadata.seed_threshold, trained.metadata.background_threshold = best, best_background
-    trained.metadata.min_size, trained.metadata.min_seed_size = best_size, best_seed_size
-    trained.metadata.merge_threshold = best_merge
+    chosen = dict(zip(POST_PROCESSING_FIELDS, (*best_setting, best_merge)))
+    for field_name, value in chosen.items():
+        setattr(trained.metadata, field_name, value)
+    best, best_background, best_size, best_seed_size = best_setting
     validation = by_merge[best_merge]
     log(f"validation ({len(recipe.validation_stems)} images) at seed {best}, background {best_background}, min size "
         f"{best_size}, min seed size {best_seed_size}, merge below {best_merge}: {_instance_summary(validation)}")
@@ -651,8 +670,7 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
                       f"boundary probability below {best_merge} merged (None: none), objects under {best_size} px "
                       "dropped; all chosen on validation (napari_unet/instances.py)"),
         "post_processing_on_validation": {
-            "seed_threshold": best, "background_threshold": best_background, "min_size": best_size,
-            "min_seed_size": best_seed_size, "merge_threshold": best_merge,
+            **chosen,
             "validation_ap50_by_seed_background_min_size_min_seed_size": {
                 " / ".join(map(str, key)): round(scores["ap50"], 4) for key, scores in by_setting.items()},
             "validation_ap50_by_merge_threshold_with_the_best_of_those": {
@@ -809,23 +827,23 @@ def recalibrate(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print) -> dic
     from napari_unet.model import load_model_file
 
     model_path, card_path = output_dir / f"{recipe.name}.keras", output_dir / f"{recipe.name}.json"
-    untested_model, untested_training = output_dir / f"{recipe.name}.untested.keras", output_dir / f"{recipe.name}.untested.json"
+    untested_model, untested_training = _untested_paths(recipe, output_dir)
     if untested_model.is_file() and untested_training.is_file():  # a run that trained but was not measured yet
-        return measure_and_save(recipe, load_model_file(untested_model), json.loads(untested_training.read_text()),
-                                output_dir, log)
+        return _measure_untested(recipe, load_model_file(untested_model), json.loads(untested_training.read_text()),
+                                 output_dir, log)
     if not model_path.is_file() or not card_path.is_file():
         raise SystemExit(f"--recalibrate needs {model_path} and {card_path} from an earlier run of this recipe")
     card = json.loads(card_path.read_text())
+    model = load_model_file(model_path)
     if card.get("final"):  # nothing to fit (its settings are its recipe run's): re-measure what the card says of it
         if recipe.targets == "boundaries":
-            card["metrics_held_out"] = held_out_instance_metrics(recipe, load_model_file(model_path), log)
+            card["metrics_held_out"] = held_out_instance_metrics(recipe, model, log)
         else:
-            card["final"]["metrics_on_slices_it_trained_on"] = final_metrics(recipe, load_model_file(model_path),
-                                                                             card["metrics_held_out"])
+            card["final"]["metrics_on_slices_it_trained_on"] = final_metrics(recipe, model, card["metrics_held_out"])
         card_path.write_text(json.dumps(card, indent=2) + "\n")
         log(f"re-measured {card_path}")
         return card
-    return measure_and_save(recipe, load_model_file(model_path), card["training"], output_dir, log)
+    return measure_and_save(recipe, model, card["training"], output_dir, log)
 
 
 def _json_safe(value) -> bool:
