@@ -110,7 +110,7 @@ def _key_values(items: list[str]) -> dict:
 def _measure_instance_candidates(recipe, averaged, training: dict, candidates, output: Path | None) -> int:
     """Each candidate measured and saved as the recipe would ship it, its card's training record saying which
     weights it holds; a table of their instance metrics."""
-    from train_shipped_models import measure_instances_and_save
+    from train_shipped_models import _measure_untested, _untested_paths
 
     from napari_unet.model import save_model
 
@@ -123,9 +123,12 @@ def _measure_instance_candidates(recipe, averaged, training: dict, candidates, o
             candidate.keras_model.set_weights(weights)
         folder = output / name.split()[0]
         folder.mkdir(parents=True, exist_ok=True)
-        save_model(candidate, folder / f"{recipe.name}.untested.keras")  # kept if measuring fails
         kept = f"{name}; the run also summed weights for the averaged candidate, which does not change training"
-        card = measure_instances_and_save(recipe, candidate, {**training, **record, "kept": kept}, folder)
+        record = {**training, **record, "kept": kept}
+        model_path, training_path = _untested_paths(recipe, folder)  # kept if measuring fails (--recalibrate)
+        save_model(candidate, model_path)
+        training_path.write_text(json.dumps(record, indent=2))
+        card = _measure_untested(recipe, candidate, record, folder, print)
         rows.append((name, card["metrics_validation"], card["metrics_held_out"]))
     print("\n| weights | validation AP@0.5 | held-out AP@0.5 (1 / 8 views) | held-out mean AP | held-out IoU |")
     print("|---|---|---|---|---|")
