@@ -1,7 +1,7 @@
 """Which weights of a recipe run to ship: the best epoch on validation, the last epoch, or the mean of the
 last N epochs (stochastic weight averaging, TrainConfig.average_last_epochs). One training run, three models.
 
-    .venv/bin/python benchmarks/weight_averaging.py membranes [--average 15] [--set KEY=VALUE ...]
+    .venv/bin/python benchmarks/weight_averaging.py membranes [--average 15] [--set KEY=VALUE ...] [--recipe-set unet.dropout=0.5]
     .venv/bin/python benchmarks/weight_averaging.py nuclei --output DIR [--average 20] [--set seed=1 ...]
 
 Trains the recipe of scripts/train_shipped_models.py on its split (its settings, plus average_last_epochs),
@@ -34,7 +34,7 @@ def main() -> int:
     parser.add_argument("--output", type=Path, help="nuclei: folder for the candidates' models and cards")
     parser.add_argument("--average", type=int, default=15, help="epochs averaged (default 15: the last quarter of 60)")
     parser.add_argument("--recipe-set", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="override Recipe fields (JSON values), e.g. core_fraction=0.5")
+                        help="override Recipe fields (JSON values), e.g. core_fraction=0.5; unet.KEY=VALUE for UNetConfig")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="override recipe settings (JSON values); augmentation.KEY=VALUE for AugmentConfig fields")
     args = parser.parse_args()
@@ -47,7 +47,11 @@ def main() -> int:
     from napari_unet.prediction import predict
     from napari_unet.training import TrainConfig, loop
 
-    recipe = dataclasses.replace(recipe_by_name(args.recipe), **_key_values(args.recipe_set))
+    recipe_fields = _key_values(args.recipe_set)
+    unet = {key.split(".", 1)[1]: recipe_fields.pop(key) for key in list(recipe_fields) if key.startswith("unet.")}
+    recipe = dataclasses.replace(recipe_by_name(args.recipe), **recipe_fields)
+    if unet:  # e.g. unet.dropout=0.5
+        recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, **unet))
     overrides = _key_values(args.set)
     augmentation = {key.split(".", 1)[1]: overrides.pop(key) for key in list(overrides) if key.startswith("augmentation.")}
     settings = {**recipe.train_settings, "average_last_epochs": args.average, **overrides}
