@@ -48,12 +48,12 @@ def main() -> int:
     from napari_unet.training import TrainConfig, loop
 
     recipe_fields = _key_values(args.recipe_set)
-    unet = {key.split(".", 1)[1]: recipe_fields.pop(key) for key in list(recipe_fields) if key.startswith("unet.")}
+    unet = _pop_prefixed(recipe_fields, "unet")
     recipe = dataclasses.replace(recipe_by_name(args.recipe), **recipe_fields)
     if unet:  # e.g. unet.dropout=0.5
         recipe = dataclasses.replace(recipe, unet=dataclasses.replace(recipe.unet, **unet))
     overrides = _key_values(args.set)
-    augmentation = {key.split(".", 1)[1]: overrides.pop(key) for key in list(overrides) if key.startswith("augmentation.")}
+    augmentation = _pop_prefixed(overrides, "augmentation")
     settings = {**recipe.train_settings, "average_last_epochs": args.average, **overrides}
     if augmentation:  # e.g. augmentation.object_brightness_probability=0.5
         settings["augmentation"] = dataclasses.replace(settings["augmentation"], **augmentation)
@@ -111,12 +111,15 @@ def _key_values(items: list[str]) -> dict:
     return {key: json.loads(value) for key, value in (item.split("=", 1) for item in items)}
 
 
+def _pop_prefixed(values: dict, prefix: str) -> dict:
+    """The PREFIX.KEY entries of `values`, removed from it, keyed by KEY (the fields of a nested dataclass)."""
+    return {key.split(".", 1)[1]: values.pop(key) for key in list(values) if key.startswith(prefix + ".")}
+
+
 def _measure_instance_candidates(recipe, averaged, training: dict, candidates, output: Path | None) -> int:
     """Each candidate measured and saved as the recipe would ship it, its card's training record saying which
     weights it holds; a table of their instance metrics."""
-    from train_shipped_models import _measure_untested, _untested_paths
-
-    from napari_unet.model import save_model
+    from train_shipped_models import keep_and_measure
 
     if output is None:
         raise SystemExit("nuclei: give --output DIR for the candidates' models and cards")
@@ -125,14 +128,8 @@ def _measure_instance_candidates(recipe, averaged, training: dict, candidates, o
         candidate = averaged.copy()
         if weights is not None:
             candidate.keras_model.set_weights(weights)
-        folder = output / name.split()[0]
-        folder.mkdir(parents=True, exist_ok=True)
         kept = f"{name}; the run also summed weights for the averaged candidate, which does not change training"
-        record = {**training, **record, "kept": kept}
-        model_path, training_path = _untested_paths(recipe, folder)  # kept if measuring fails (--recalibrate)
-        save_model(candidate, model_path)
-        training_path.write_text(json.dumps(record, indent=2))
-        card = _measure_untested(recipe, candidate, record, folder, print)
+        card = keep_and_measure(recipe, candidate, {**training, **record, "kept": kept}, output / name.split()[0])
         rows.append((name, card["metrics_validation"], card["metrics_held_out"]))
     print("\n| weights | validation AP@0.5 | held-out AP@0.5 (1 / 8 views) | held-out mean AP | held-out IoU |")
     print("|---|---|---|---|---|")

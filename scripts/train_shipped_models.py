@@ -337,15 +337,22 @@ def train_from_scratch(recipe: Recipe, images, masks, config, validation=None, l
 
 def train_recipe(recipe: Recipe, output_dir: Path = MODELS_DIR, log=print, **setting_overrides) -> dict:
     """Train from scratch on the recipe's split, then measure_and_save."""
-    from napari_unet.model import save_model
     from napari_unet.training import TrainConfig
 
     config = TrainConfig(**{**recipe.train_settings, **setting_overrides})
     trained, _, training = train_from_scratch(recipe, *load_split(recipe, recipe.train_stems), config,
                                               validation=load_split(recipe, recipe.validation_stems), log=log)
+    return keep_and_measure(recipe, trained, training, output_dir, log)
+
+
+def keep_and_measure(recipe: Recipe, trained, training: dict, output_dir: Path, log=print) -> dict:
+    """Save a freshly trained run as untested (kept if measuring fails; --recalibrate measures it then), then
+    measure_and_save it into output_dir and forget the untested copy."""
+    from napari_unet.model import save_model
+
     output_dir.mkdir(parents=True, exist_ok=True)
     model_path, training_path = _untested_paths(recipe, output_dir)
-    save_model(trained, model_path)  # kept if measuring fails; --recalibrate measures it then
+    save_model(trained, model_path)
     training_path.write_text(json.dumps(training, indent=2))
     return _measure_untested(recipe, trained, training, output_dir, log)
 
