@@ -1,0 +1,335 @@
+"""Centre votes: does a second output, each nucleus pixel's offset to its nucleus's centre, seed touching nuclei
+better than the cores of the shipped nuclei recipe? (Issue 12's "distance/centre output, then seeded watershed".)
+
+    .venv/bin/python benchmarks/centre_votes.py train --output DIR [--steps 8000] [--seed 0]
+    .venv/bin/python benchmarks/centre_votes.py measure --output DIR
+
+`train`: the nuclei recipe of scripts/train_shipped_models.py unchanged (same split, targets, border weights,
+augmentation, bfloat16, Adam with cosine decay over 8000 steps of 4 x 256²) plus a 1x1 convolution on the last
+decoder features that regresses (dy, dx) / OFFSET_SCALE from each nucleus pixel to its nucleus's centroid
+(L1, object pixels only; objects cut by the patch edge are left out, their centre is unknown). The offsets are
+computed after augmentation from the augmented instance labels, so flips, rotations, zoom and elastic
+deformation need no vector algebra. Keeps the last epoch. DIR gets `two_heads.keras` and `nuclei.keras` (the
+softmax head alone, a normal model whose post-processing the recipe's own grid can choose).
+
+`measure`: on the validation images, the recipe's own post-processing grid for the softmax head of this run
+(a paired baseline: same weights), and a grid for the votes: every foreground pixel votes for its centre; vote
+peaks become seeds ("watershed": watershed on -P(core) from the peaks; "nearest": each pixel goes to the peak
+nearest its vote; "split": the recipe's instances, each object holding two or more peaks split between them).
+The best of each on validation is then measured once on the held-out images. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "scripts"))
+
+OFFSET_SCALE = 10.0  # px per output unit: nucleus radii are 3-40 px
+OFFSET_WEIGHT = 1.0
+NEAREST_REACH = 8.0  # px: a vote farther than this from every peak joins no peak
+ID_SHIFT = 256  # instance ids ride through the augmenter above its 255 fill value
+
+
+def _sampler_class():
+    from napari_unet.masks import IGNORE_LABEL
+    from napari_unet.training.sampling import PatchSampler
+
+    class VoteSampler(PatchSampler):
+        """The recipe's patches plus each patch's centre offsets, from the instance labels augmented alongside."""
+
+        def __init__(self, pairs, instances, patch_size, **kwargs):
+            super().__init__(pairs, patch_size, **kwargs)
+            self.instances = []
+            for labels, image, offset in zip(instances, self.images, self.offsets):
+                shifted = np.where(labels > 0, labels.astype(np.float32) + ID_SHIFT, 0).astype(np.float32)
+                oy, ox = offset
+                pad = ((oy, image.shape[0] - labels.shape[0] - oy), (ox, image.shape[1] - labels.shape[1] - ox))
+                self.instances.append(np.pad(shifted, pad, mode="constant", constant_values=IGNORE_LABEL))
+
+        def sample_patch(self):
+            rng = self.rng
+            index = int(rng.choice(len(self.images), p=self.pair_probabilities))
+            use_foreground = self.foreground[index].size > 0 and rng.random() < self.foreground_fraction
+            candidates = self.foreground[index] if use_foreground else self.annotated[index]
+            centre = int(candidates[rng.integers(candidates.size)])
+            cy, cx = divmod(centre, self.shapes[index][1])
+            size, margin = self.patch_size, self.margin
+            oy, ox = self.offsets[index]
+            image = self.images[index]
+            top = min(max(cy + oy - size // 2, margin), image.shape[0] - margin - size)
+            left = min(max(cx + ox - size // 2, margin), image.shape[1] - margin - size)
+            window = (slice(top - margin, top + size + margin), slice(left - margin, left + size + margin))
+            image_patch = image[window]
+            masks = [self.masks[index][window], self.weights[index][window], self.instances[index][window]]
+            if self.augmenter is not None:
+                image_patch, masks = self.augmenter(image_patch, masks)
+            mask_patch, weight_patch, instance_patch = masks
+            weight_patch = np.where(mask_patch == IGNORE_LABEL, 0.0, weight_patch).astype(np.float32)
+            labels = np.where(mask_patch == IGNORE_LABEL, 0, mask_patch).astype(np.int32)
+            offsets, offset_weights = centre_offsets(np.rint(instance_patch).astype(np.int64))
+            return image_patch, labels, weight_patch, offsets, offset_weights
+
+    return VoteSampler
+
+
+def centre_offsets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, X, 2) offsets to each object's centroid / OFFSET_SCALE, and (Y, X) weights: 1 on the pixels of objects
+    that do not touch the patch edge (ids >= ID_SHIFT are objects)."""
+    objects = ids >= ID_SHIFT
+    offsets = np.zeros(ids.shape + (2,), dtype=np.float32)
+    weights = np.zeros(ids.shape, dtype=np.float32)
+    if not objects.any():
+        return offsets, weights
+    _, inverse = np.unique(ids[objects], return_inverse=True)
+    compact = np.zeros(ids.shape, dtype=np.int64)
+    compact[objects] = inverse + 1
+    ys, xs = np.nonzero(objects)
+    index = compact[objects]
+    counts = np.bincount(index)
+    centre_y = np.bincount(index, weights=ys) / np.maximum(counts, 1)
+    centre_x = np.bincount(index, weights=xs) / np.maximum(counts, 1)
+    edge = np.unique(np.concatenate([compact[0], compact[-1], compact[:, 0], compact[:, -1]]))
+    whole = np.ones(counts.size, dtype=bool)
+    whole[edge] = False
+    whole[0] = False
+    offsets[ys, xs, 0] = (centre_y[index] - ys) / OFFSET_SCALE
+    offsets[ys, xs, 1] = (centre_x[index] - xs) / OFFSET_SCALE
+    weights[ys, xs] = whole[index]
+    return offsets, weights
+
+
+def two_head_model(keras_model):
+    """The U-Net with a second 1x1 head on its last decoder features: (dy, dx) / OFFSET_SCALE, float32."""
+    import keras
+    from keras import layers
+
+    features = keras_model.get_layer("dec0_relu2").output
+    offsets = layers.Conv2D(2, 1, name="centre_offsets", dtype=keras_model.get_layer("dec0_conv2").dtype_policy)(features)
+    offsets = layers.Activation("linear", dtype="float32", name="centre_offsets_f32")(offsets)
+    return keras.Model(keras_model.inputs, [keras_model.outputs[0], offsets], name="unet_votes")
+
+
+def train(output: Path, steps: int, seed: int) -> None:
+    import keras
+    import tensorflow as tf
+    from train_shipped_models import load_split, recipe_by_name
+
+    from napari_unet import precision
+    from napari_unet.augment import PairAugmenter
+    from napari_unet.instances import INTERIOR
+    from napari_unet.masks import IGNORE_LABEL
+    from napari_unet.model import new_model, save_model
+    from napari_unet.training import TrainConfig
+    from napari_unet.training.inputs import prepare_pairs
+    from napari_unet.training.loop import _learning_rate
+    from napari_unet.training.losses import segmentation_loss
+    from napari_unet.training.sampling import border_weight_map
+
+    output.mkdir(parents=True, exist_ok=True)
+    recipe = recipe_by_name("nuclei")
+    config = TrainConfig(**{**recipe.train_settings, "seed": seed, "epochs": steps // 100})
+    keras.utils.set_random_seed(seed)
+    model = new_model(recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name,
+                      instances="boundary_watershed", touching_width=recipe.touching_width,
+                      core_fraction=recipe.core_fraction)
+    images, labels = load_split(recipe, recipe.train_stems)
+    pairs = prepare_pairs(model, images, labels)
+    weight_maps = [border_weight_map(p.mask, objects_are_background=False, w0=config.border_w0, sigma=config.border_sigma,
+                                     n_classes=3, object_class=INTERIOR) for p in pairs]
+    rng = np.random.default_rng(seed)
+    augmenter = PairAugmenter(config.augmentation, seed=seed, mask_fill=IGNORE_LABEL)
+    sampler = _sampler_class()(pairs, labels, config.patch_size, rng=rng, augmenter=augmenter,
+                               foreground_fraction=config.foreground_fraction, weight_maps=weight_maps)
+    trained = precision.copy_in(model, "bfloat16")
+    network = two_head_model(trained.keras_model)
+    variables = network.trainable_variables
+    optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, steps))
+    optimizer.build(variables)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32),
+                                  tf.TensorSpec((None, None, None), tf.int32),
+                                  tf.TensorSpec((None, None, None), tf.float32),
+                                  tf.TensorSpec((None, None, None, 2), tf.float32),
+                                  tf.TensorSpec((None, None, None), tf.float32)])
+    def train_step(batch, classes, weights, offsets, offset_weights):
+        with tf.GradientTape() as tape:
+            probabilities, predicted = network(batch, training=True)
+            class_loss = segmentation_loss(probabilities, classes, weights, 3, config.dice_weight)
+            error = tf.reduce_sum(tf.abs(predicted - offsets), axis=-1) * offset_weights
+            vote_loss = tf.reduce_sum(error) / tf.maximum(tf.reduce_sum(offset_weights), 1.0)
+            loss = class_loss + OFFSET_WEIGHT * vote_loss
+        gradients = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(gradients, variables))
+        return class_loss, vote_loss
+
+    started, log = time.monotonic(), []
+    for step in range(1, steps + 1):
+        batch = [np.stack(parts) for parts in zip(*(sampler.sample_patch() for _ in range(config.batch_size)))]
+        class_loss, vote_loss = train_step(*batch)
+        log.append((float(class_loss), float(vote_loss)))
+        if step % 100 == 0:
+            recent = np.mean(log[-100:], axis=0)
+            print(f"[{time.monotonic() - started:7.1f}s] step {step}/{steps} class loss {recent[0]:.4f} "
+                  f"vote loss {recent[1]:.4f}", flush=True)
+        if step % 2000 == 0 or step == steps:
+            network.save(output / "two_heads.keras")
+    trained_float = precision.copy_in(trained, "float32")
+    save_model(trained_float, output / "nuclei.keras")
+    (output / "training.json").write_text(json.dumps({"steps": steps, "seed": seed, "seconds": round(time.monotonic() - started),
+                                                      "offset_scale": OFFSET_SCALE, "offset_weight": OFFSET_WEIGHT}))
+    print(f"done in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def predict_two(network, model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, X, 3) probabilities and (Y, X, 2) offsets in px for one raw image, one pass, padded to 16."""
+    from napari_unet.training.inputs import _prepare_image
+
+    _, normalized = _prepare_image(image, "image", model)
+    height, width = normalized.shape[:2]
+    pad = ((0, -height % 16), (0, -width % 16), (0, 0))
+    probabilities, offsets = network(np.pad(normalized, pad, mode="reflect")[None], training=False)
+    return (np.asarray(probabilities[0, :height, :width], dtype=np.float32),
+            np.asarray(offsets[0, :height, :width], dtype=np.float32) * OFFSET_SCALE)
+
+
+def vote_map(probabilities, offsets, background_threshold: float, sigma: float):
+    from scipy import ndimage as ndi
+
+    foreground = probabilities[..., 0] < background_threshold
+    ys, xs = np.nonzero(foreground)
+    height, width = foreground.shape
+    vy = np.clip(np.rint(ys + offsets[ys, xs, 0]), 0, height - 1).astype(np.int64)
+    vx = np.clip(np.rint(xs + offsets[ys, xs, 1]), 0, width - 1).astype(np.int64)
+    votes = np.bincount(vy * width + vx, minlength=height * width).reshape(height, width).astype(np.float32)
+    return foreground, ndi.gaussian_filter(votes, sigma), (ys, xs, vy, vx)
+
+
+def vote_instances(probabilities, offsets, *, method: str, background_threshold: float, sigma: float,
+                   min_distance: int, min_votes: float, min_size: int, recipe_setting: dict) -> np.ndarray:
+    from scipy import ndimage as ndi
+    from scipy.spatial import cKDTree
+    from skimage.feature import peak_local_max
+    from skimage.segmentation import watershed
+
+    from napari_unet.instances import drop_small_objects, instances_from_boundary_probabilities
+
+    foreground, votes, (ys, xs, vy, vx) = vote_map(probabilities, offsets, background_threshold, sigma)
+    peaks = peak_local_max(votes, min_distance=min_distance, threshold_abs=min_votes, exclude_border=False)
+    voted = np.stack([vy, vx], axis=1)
+    if method == "split":
+        labels = instances_from_boundary_probabilities(probabilities, **recipe_setting)
+        if len(peaks) == 0:
+            return labels
+        owner = labels[peaks[:, 0], peaks[:, 1]]
+        counts = np.bincount(owner, minlength=labels.max() + 1)
+        counts[0] = 0
+        lookup = np.full(labels.shape, -1, dtype=np.int64)  # the row of each foreground pixel's vote
+        lookup[ys, xs] = np.arange(ys.size)
+        next_id = labels.max() + 1
+        for label in np.flatnonzero(counts >= 2):
+            inside = np.nonzero(labels == label)
+            rows = lookup[inside]  # pixels outside the vote mask vote for themselves
+            points = np.where(rows[:, None] >= 0, voted[np.maximum(rows, 0)], np.stack(inside, axis=1))
+            _, nearest = cKDTree(peaks[owner == label]).query(points)
+            for k in range(1, int(counts[label])):
+                labels[inside[0][nearest == k], inside[1][nearest == k]] = next_id
+                next_id += 1
+        return drop_small_objects(labels, min_size)
+    if method == "nearest":  # Panoptic-DeepLab's grouping; votes far from every peak are left to their components
+        labels = np.zeros(foreground.shape, dtype=np.int32)
+        if len(peaks):
+            distance, nearest = cKDTree(peaks).query(voted)
+            near = distance <= NEAREST_REACH
+            labels[ys[near], xs[near]] = nearest[near] + 1
+    else:
+        markers = np.zeros(foreground.shape, dtype=np.int32)
+        markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
+        labels = watershed(-probabilities[..., 1], np.where(foreground, markers, 0), mask=foreground)
+    leftover, _ = ndi.label(foreground & (labels == 0))  # foreground no seed reached keeps ids of its own
+    labels = np.where(leftover > 0, leftover + len(peaks), labels).astype(np.int32)
+    return drop_small_objects(labels, min_size)
+
+
+VOTE_GRID = dict(method=("watershed", "nearest", "split"), background_threshold=(0.1, 0.3, 0.5), sigma=(1.0, 2.0),
+                 min_distance=(3, 5, 8), min_votes=(3.0, 6.0, 12.0, 20.0), min_size=(16, 32))
+
+
+def measure(output: Path) -> None:
+    import keras
+    from train_shipped_models import _instance_summary, choose_post_processing, load_instances, pooled_scores, recipe_by_name
+
+    from napari_unet.model import load_model_file
+
+    recipe = recipe_by_name("nuclei")
+    model = load_model_file(output / "nuclei.keras")
+    network = keras.models.load_model(output / "two_heads.keras", compile=False)
+    result = {}
+    images, masks = load_instances(recipe, recipe.validation_stems)
+    by_setting, _ = choose_post_processing(model, images, masks, log=lambda *_: None)
+    best_recipe = max(by_setting, key=lambda key: by_setting[key]["ap50"])
+    recipe_setting = dict(zip(("seed_threshold", "background_threshold", "min_size", "min_seed_size"), best_recipe))
+    result["validation_recipe_post_processing"] = {"setting": recipe_setting, **_instance_summary(by_setting[best_recipe])}
+    print(json.dumps(result), flush=True)
+    outputs = [predict_two(network, model, image) for image in images]
+    scores = {}
+    for values in itertools.product(*VOTE_GRID.values()):
+        setting = dict(zip(VOTE_GRID, values))
+        if setting["method"] == "split" and setting["background_threshold"] != 0.1:
+            continue  # split's foreground is the recipe's own; the vote mask only places the votes
+        predicted = [vote_instances(p, o, recipe_setting=recipe_setting, **setting) for p, o in outputs]
+        scores[values] = _instance_summary(pooled_scores(predicted, masks))
+        print(json.dumps({"validation": setting, **scores[values]}), flush=True)
+    best_votes = max(scores, key=lambda key: scores[key]["ap50"])
+    vote_setting = dict(zip(VOTE_GRID, best_votes))
+    result["validation_votes"] = {"setting": vote_setting, **scores[best_votes]}
+    by_method = {}
+    for method in VOTE_GRID["method"]:
+        keys = [k for k in scores if k[0] == method]
+        by_method[method] = max(scores[k]["ap50"] for k in keys)
+    result["validation_votes_best_ap50_by_method"] = by_method
+
+    from napari_unet.instances import instances_from_boundary_probabilities
+
+    images, masks = load_instances(recipe, recipe.test_stems)
+    outputs = [predict_two(network, model, image) for image in images]
+    recipe_predicted = [instances_from_boundary_probabilities(p, **recipe_setting) for p, _ in outputs]
+    vote_predicted = [vote_instances(p, o, recipe_setting=recipe_setting, **vote_setting) for p, o in outputs]
+    result["held_out_recipe_post_processing"] = _instance_summary(pooled_scores(recipe_predicted, masks))
+    result["held_out_votes"] = _instance_summary(pooled_scores(vote_predicted, masks))
+    from train_shipped_models import held_out_by_kind
+
+    kinds = held_out_by_kind(recipe, masks, vote_predicted, recipe_predicted)
+    result["held_out_votes_by_kind"] = {k: {"votes": v["single_pass"]["ap50"], "recipe_post_processing":
+                                            v["otsu_watershed_baseline"]["ap50"]}
+                                        for k, v in list(kinds.items())[:2] + list(kinds["by_size"].items())}
+    text = json.dumps(result, indent=1)
+    (output / "measured.json").write_text(text)
+    print(text, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["train", "measure"])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.command == "train":
+        train(args.output, args.steps, args.seed)
+    else:
+        measure(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
