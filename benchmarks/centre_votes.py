@@ -57,19 +57,8 @@ def _sampler_class():
                 self.instances.append(np.pad(shifted, pad, mode="constant", constant_values=IGNORE_LABEL))
 
         def sample_patch(self):
-            rng = self.rng
-            index = int(rng.choice(len(self.images), p=self.pair_probabilities))
-            use_foreground = self.foreground[index].size > 0 and rng.random() < self.foreground_fraction
-            candidates = self.foreground[index] if use_foreground else self.annotated[index]
-            centre = int(candidates[rng.integers(candidates.size)])
-            cy, cx = divmod(centre, self.shapes[index][1])
-            size, margin = self.patch_size, self.margin
-            oy, ox = self.offsets[index]
-            image = self.images[index]
-            top = min(max(cy + oy - size // 2, margin), image.shape[0] - margin - size)
-            left = min(max(cx + ox - size // 2, margin), image.shape[1] - margin - size)
-            window = (slice(top - margin, top + size + margin), slice(left - margin, left + size + margin))
-            image_patch = image[window]
+            index, window = self.draw_window()
+            image_patch = self.images[index][window]
             masks = [self.masks[index][window], self.weights[index][window], self.instances[index][window]]
             if self.augmenter is not None:
                 image_patch, masks = self.augmenter(image_patch, masks)

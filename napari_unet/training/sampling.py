@@ -97,7 +97,8 @@ class PatchSampler:
         self.pair_probabilities = counts / counts.sum()
         self.shapes = [pair.mask.shape for pair in pairs]
 
-    def sample_patch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def draw_window(self) -> tuple[int, tuple[slice, slice]]:
+        """A random pair and the window (patch plus augmentation margin, padded coordinates) to cut from it."""
         rng = self.rng
         index = int(rng.choice(len(self.images), p=self.pair_probabilities))
         if self.focus[index].size > 0 and rng.random() < self.focus_fraction:
@@ -113,8 +114,11 @@ class PatchSampler:
         # top-left of the patch in padded coordinates, kept inside the (padded-to-patch) image
         top = min(max(cy + oy - size // 2, margin), image.shape[0] - margin - size)
         left = min(max(cx + ox - size // 2, margin), image.shape[1] - margin - size)
-        window = (slice(top - margin, top + size + margin), slice(left - margin, left + size + margin))
-        image_patch = image[window]
+        return index, (slice(top - margin, top + size + margin), slice(left - margin, left + size + margin))
+
+    def sample_patch(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        index, window = self.draw_window()
+        image_patch = self.images[index][window]
         mask_patch, weight_patch = self.masks[index][window], self.weights[index][window]
         if self.augmenter is not None:
             image_patch, (mask_patch, weight_patch) = self.augmenter(image_patch, [mask_patch, weight_patch])
