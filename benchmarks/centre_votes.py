@@ -297,6 +297,7 @@ def measure(output: Path) -> None:
     result["held_out_votes"] = _instance_summary(pooled_scores(vote_predicted, masks))
     from train_shipped_models import held_out_by_kind
 
+    # held_out_by_kind scores a model against a baseline; here the baseline slot holds the recipe's post-processing
     kinds = held_out_by_kind(recipe, masks, vote_predicted, recipe_predicted)
     result["held_out_votes_by_kind"] = {k: {"votes": v["single_pass"]["ap50"], "recipe_post_processing":
                                             v["otsu_watershed_baseline"]["ap50"]}
