@@ -34,41 +34,37 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
+from napari_unet.masks import IGNORE_LABEL  # noqa: E402  (after the path above)
+from napari_unet.training.sampling import PatchSampler  # noqa: E402
+
 OFFSET_SCALE = 10.0  # px per output unit: nucleus radii are 3-40 px
 OFFSET_WEIGHT = 1.0
 NEAREST_REACH = 8.0  # px: a vote farther than this from every peak joins no peak
 ID_SHIFT = 256  # instance ids ride through the augmenter above its 255 fill value
 
 
-def _sampler_class():
-    from napari_unet.masks import IGNORE_LABEL
-    from napari_unet.training.sampling import PatchSampler
+class VoteSampler(PatchSampler):
+    """The recipe's patches plus each patch's centre offsets, from the instance labels augmented alongside."""
 
-    class VoteSampler(PatchSampler):
-        """The recipe's patches plus each patch's centre offsets, from the instance labels augmented alongside."""
+    def __init__(self, pairs, instances, patch_size, **kwargs):
+        super().__init__(pairs, patch_size, **kwargs)
+        self.instances = []
+        for labels, image, (oy, ox) in zip(instances, self.images, self.offsets):
+            shifted = np.where(labels > 0, labels.astype(np.float32) + ID_SHIFT, 0).astype(np.float32)
+            pad = ((oy, image.shape[0] - labels.shape[0] - oy), (ox, image.shape[1] - labels.shape[1] - ox))
+            self.instances.append(np.pad(shifted, pad, mode="constant", constant_values=IGNORE_LABEL))
 
-        def __init__(self, pairs, instances, patch_size, **kwargs):
-            super().__init__(pairs, patch_size, **kwargs)
-            self.instances = []
-            for labels, image, offset in zip(instances, self.images, self.offsets):
-                shifted = np.where(labels > 0, labels.astype(np.float32) + ID_SHIFT, 0).astype(np.float32)
-                oy, ox = offset
-                pad = ((oy, image.shape[0] - labels.shape[0] - oy), (ox, image.shape[1] - labels.shape[1] - ox))
-                self.instances.append(np.pad(shifted, pad, mode="constant", constant_values=IGNORE_LABEL))
-
-        def sample_patch(self):
-            index, window = self.draw_window()
-            image_patch = self.images[index][window]
-            masks = [self.masks[index][window], self.weights[index][window], self.instances[index][window]]
-            if self.augmenter is not None:
-                image_patch, masks = self.augmenter(image_patch, masks)
-            mask_patch, weight_patch, instance_patch = masks
-            weight_patch = np.where(mask_patch == IGNORE_LABEL, 0.0, weight_patch).astype(np.float32)
-            labels = np.where(mask_patch == IGNORE_LABEL, 0, mask_patch).astype(np.int32)
-            offsets, offset_weights = centre_offsets(np.rint(instance_patch).astype(np.int64))
-            return image_patch, labels, weight_patch, offsets, offset_weights
-
-    return VoteSampler
+    def sample_patch(self):
+        index, window = self.draw_window()
+        image_patch = self.images[index][window]
+        masks = [self.masks[index][window], self.weights[index][window], self.instances[index][window]]
+        if self.augmenter is not None:
+            image_patch, masks = self.augmenter(image_patch, masks)
+        mask_patch, weight_patch, instance_patch = masks
+        weight_patch = np.where(mask_patch == IGNORE_LABEL, 0.0, weight_patch).astype(np.float32)
+        labels = np.where(mask_patch == IGNORE_LABEL, 0, mask_patch).astype(np.int32)
+        offsets, offset_weights = centre_offsets(np.rint(instance_patch).astype(np.int64))
+        return image_patch, labels, weight_patch, offsets, offset_weights
 
 
 def centre_offsets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -111,35 +107,29 @@ def two_head_model(keras_model):
 def train(output: Path, steps: int, seed: int) -> None:
     import keras
     import tensorflow as tf
-    from train_shipped_models import load_split, recipe_by_name
+    from train_shipped_models import load_split, recipe_by_name, recipe_model
 
     from napari_unet import precision
     from napari_unet.augment import PairAugmenter
-    from napari_unet.instances import INTERIOR
-    from napari_unet.masks import IGNORE_LABEL
-    from napari_unet.model import new_model, save_model
+    from napari_unet.model import save_model
     from napari_unet.training import TrainConfig
     from napari_unet.training.inputs import prepare_pairs
     from napari_unet.training.loop import _learning_rate
     from napari_unet.training.losses import segmentation_loss
-    from napari_unet.training.sampling import border_weight_map
+    from napari_unet.training.sampling import border_weight_maps
 
     output.mkdir(parents=True, exist_ok=True)
     recipe = recipe_by_name("nuclei")
     config = TrainConfig(**{**recipe.train_settings, "seed": seed, "epochs": steps // 100})
     keras.utils.set_random_seed(seed)
-    model = new_model(recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name,
-                      instances="boundary_watershed", touching_width=recipe.touching_width,
-                      core_fraction=recipe.core_fraction)
+    model = recipe_model(recipe)
     images, labels = load_split(recipe, recipe.train_stems)
     pairs = prepare_pairs(model, images, labels)
-    weight_maps = [border_weight_map(p.mask, objects_are_background=False, w0=config.border_w0, sigma=config.border_sigma,
-                                     n_classes=3, object_class=INTERIOR) for p in pairs]
-    rng = np.random.default_rng(seed)
     augmenter = PairAugmenter(config.augmentation, seed=seed, mask_fill=IGNORE_LABEL)
-    sampler = _sampler_class()(pairs, labels, config.patch_size, rng=rng, augmenter=augmenter,
-                               foreground_fraction=config.foreground_fraction, weight_maps=weight_maps)
-    trained = precision.copy_in(model, "bfloat16")
+    sampler = VoteSampler(pairs, labels, config.patch_size, rng=np.random.default_rng(seed), augmenter=augmenter,
+                          foreground_fraction=config.foreground_fraction,
+                          weight_maps=border_weight_maps(model, config, pairs))
+    trained = precision.copy_in(model, precision.resolve(config.precision))  # as the recipe trains
     network = two_head_model(trained.keras_model)
     variables = network.trainable_variables
     optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, steps))
@@ -255,21 +245,30 @@ VOTE_GRID = dict(method=("watershed", "nearest", "split"), background_threshold=
 
 def measure(output: Path) -> None:
     import keras
-    from train_shipped_models import _instance_summary, choose_post_processing, load_instances, pooled_scores, recipe_by_name
+    from train_shipped_models import (
+        _instance_summary,
+        choose_post_processing_on,
+        held_out_by_kind,
+        load_instances,
+        pooled_scores,
+        recipe_by_name,
+    )
 
+    from napari_unet.instances import instances_from_boundary_probabilities
     from napari_unet.model import load_model_file
 
     recipe = recipe_by_name("nuclei")
     model = load_model_file(output / "nuclei.keras")
     network = keras.models.load_model(output / "two_heads.keras", compile=False)
     result = {}
+    # One pass per image feeds both rules, so they are compared on exactly the same probabilities.
     images, masks = load_instances(recipe, recipe.validation_stems)
-    by_setting, _ = choose_post_processing(model, images, masks, log=lambda *_: None)
+    outputs = [predict_two(network, model, image) for image in images]
+    by_setting, _ = choose_post_processing_on([p for p, _ in outputs], masks, log=lambda *_: None)
     best_recipe = max(by_setting, key=lambda key: by_setting[key]["ap50"])
     recipe_setting = dict(zip(("seed_threshold", "background_threshold", "min_size", "min_seed_size"), best_recipe))
     result["validation_recipe_post_processing"] = {"setting": recipe_setting, **_instance_summary(by_setting[best_recipe])}
     print(json.dumps(result), flush=True)
-    outputs = [predict_two(network, model, image) for image in images]
     scores = {}
     for values in itertools.product(*VOTE_GRID.values()):
         setting = dict(zip(VOTE_GRID, values))
@@ -281,13 +280,8 @@ def measure(output: Path) -> None:
     best_votes = max(scores, key=lambda key: scores[key]["ap50"])
     vote_setting = dict(zip(VOTE_GRID, best_votes))
     result["validation_votes"] = {"setting": vote_setting, **scores[best_votes]}
-    by_method = {}
-    for method in VOTE_GRID["method"]:
-        keys = [k for k in scores if k[0] == method]
-        by_method[method] = max(scores[k]["ap50"] for k in keys)
-    result["validation_votes_best_ap50_by_method"] = by_method
-
-    from napari_unet.instances import instances_from_boundary_probabilities
+    result["validation_votes_best_ap50_by_method"] = {
+        method: max(score["ap50"] for key, score in scores.items() if key[0] == method) for method in VOTE_GRID["method"]}
 
     images, masks = load_instances(recipe, recipe.test_stems)
     outputs = [predict_two(network, model, image) for image in images]
@@ -295,8 +289,6 @@ def measure(output: Path) -> None:
     vote_predicted = [vote_instances(p, o, recipe_setting=recipe_setting, **vote_setting) for p, o in outputs]
     result["held_out_recipe_post_processing"] = _instance_summary(pooled_scores(recipe_predicted, masks))
     result["held_out_votes"] = _instance_summary(pooled_scores(vote_predicted, masks))
-    from train_shipped_models import held_out_by_kind
-
     # held_out_by_kind scores a model against a baseline; here the baseline slot holds the recipe's post-processing
     kinds = held_out_by_kind(recipe, masks, vote_predicted, recipe_predicted)
     result["held_out_votes_by_kind"] = {k: {"votes": v["single_pass"]["ap50"], "recipe_post_processing":

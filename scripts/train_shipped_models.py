@@ -286,21 +286,27 @@ def _rounded(scores: dict) -> dict:
     return {k: round(float(v), 4) for k, v in scores.items() if k in ("iou", "dice", "pixel_error")}
 
 
+def recipe_model(recipe: Recipe):
+    """A freshly initialised model of the recipe's architecture, output meaning and targets (seed Keras first)."""
+    from napari_unet.model import new_model
+
+    return new_model(
+        recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name,
+        instances="boundary_watershed" if recipe.targets == "boundaries" else "", touching_width=recipe.touching_width,
+        core_fraction=recipe.core_fraction,
+    )
+
+
 def train_from_scratch(recipe: Recipe, images, masks, config, validation=None, log=print):
     """A new model of the recipe's architecture, seeded, trained with `config` by the project's own finetune();
     returns (model, history, the card's training record)."""
     import keras
 
     from napari_unet import precision
-    from napari_unet.model import new_model
     from napari_unet.training import finetune
 
     keras.utils.set_random_seed(int(config.seed))
-    model = new_model(
-        recipe.unet, class_names=list(recipe.class_names), tile_size=recipe.tile_size, name=recipe.name,
-        instances="boundary_watershed" if recipe.targets == "boundaries" else "", touching_width=recipe.touching_width,
-        core_fraction=recipe.core_fraction,
-    )
+    model = recipe_model(recipe)
     started = time.monotonic()
     last_report = [0.0]
 
@@ -593,10 +599,14 @@ def choose_post_processing(trained, images, masks, log=print) -> tuple[dict[tupl
     """Validation scores of every post-processing setting (seed and background thresholds, minimum object and
     seed sizes), then of each merge threshold with the best of those (by AP@0.5, as membranes' threshold), from
     one prediction per image; returns both tables."""
-    from napari_unet.instances import instances_from_boundary_probabilities
     from napari_unet.prediction import predict
 
-    probabilities = [predict(trained, image, output="probabilities") for image in images]
+    return choose_post_processing_on([predict(trained, image, output="probabilities") for image in images], masks, log)
+
+
+def choose_post_processing_on(probabilities, masks, log=print) -> tuple[dict[tuple, dict], dict[float | None, dict]]:
+    """choose_post_processing on probabilities already predicted, (Y, X, 3) per image."""
+    from napari_unet.instances import instances_from_boundary_probabilities
 
     def scores(seed_threshold, background_threshold, min_size, min_seed_size, merge_threshold=None):
         return pooled_scores(

@@ -13,13 +13,12 @@ import numpy as np
 from napari_unet import precision
 from napari_unet.augment import PairAugmenter, resolve_for_model, symmetries_of
 from napari_unet.errors import NapariUNetError
-from napari_unet.instances import INTERIOR
 from napari_unet.masks import IGNORE_LABEL
 from napari_unet.model import SegmentationModel
 from napari_unet.training.config import TrainConfig, TrainHistory, TrainProgress
 from napari_unet.training.inputs import _check_foreground, prepare_pairs, split_pairs, split_validation
 from napari_unet.training.losses import segmentation_loss
-from napari_unet.training.sampling import PatchSampler, border_weight_map
+from napari_unet.training.sampling import PatchSampler, border_weight_maps
 from napari_unet.training.validation import _refit_output_offset, score_pairs
 
 
@@ -120,21 +119,12 @@ class _Run:
         self.step_seconds: list[float] = []
 
     def _sample_from(self, training_pairs, focus: dict | None = None) -> None:
-        config, model = self.config, self.parent
-        weight_maps = None
-        if config.border_weight:
-            from napari_unet.postprocess import objects_are_background
-
-            background_objects = objects_are_background(model.metadata.class_names)
-            object_class = INTERIOR if model.metadata.instance_method == "boundary_watershed" else None
-            weight_maps = [border_weight_map(p.mask, objects_are_background=background_objects, w0=config.border_w0,
-                                             sigma=config.border_sigma, n_classes=model.config.n_classes,
-                                             object_class=object_class)
-                           for p in training_pairs]
+        config = self.config
         self.training_pairs = training_pairs
         focus_maps = [focus.get(pair.name) for pair in training_pairs] if focus else None
         self.sampler = PatchSampler(training_pairs, self.patch_size, rng=self.rng, augmenter=self.augmenter,
-                                    foreground_fraction=config.foreground_fraction, weight_maps=weight_maps,
+                                    foreground_fraction=config.foreground_fraction,
+                                    weight_maps=border_weight_maps(self.parent, config, training_pairs),
                                     focus_maps=focus_maps)
 
     def use_pairs(self, images, masks, names=None, focus: dict | None = None) -> None:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from napari_unet.augment import PairAugmenter
+from napari_unet.instances import INTERIOR
 from napari_unet.masks import IGNORE_LABEL
 from napari_unet.training.inputs import _Pair
+
+if TYPE_CHECKING:
+    from napari_unet.model import SegmentationModel
+    from napari_unet.training.config import TrainConfig
 
 
 def border_weight_map(mask: np.ndarray, *, objects_are_background: bool, w0: float = 10.0, sigma: float = 5.0,
@@ -52,6 +59,20 @@ def border_weight_map(mask: np.ndarray, *, objects_are_background: bool, w0: flo
     weights = np.where(annotated, class_weights + border, 0.0).astype(np.float32)
     mean = weights[annotated].mean() if np.any(annotated) else 1.0
     return weights / np.float32(mean if mean > 0 else 1.0)
+
+
+def border_weight_maps(model: SegmentationModel, config: TrainConfig, pairs: list[_Pair]) -> list[np.ndarray] | None:
+    """The U-Net paper's weight map of each pair when `config.border_weight`, with the objects this model's output
+    means (membranes: the cells between; boundary-class models: the interiors, apart where objects touch)."""
+    if not config.border_weight:
+        return None
+    from napari_unet.postprocess import objects_are_background
+
+    background_objects = objects_are_background(model.metadata.class_names)
+    object_class = INTERIOR if model.metadata.instance_method == "boundary_watershed" else None
+    return [border_weight_map(p.mask, objects_are_background=background_objects, w0=config.border_w0,
+                              sigma=config.border_sigma, n_classes=model.config.n_classes, object_class=object_class)
+            for p in pairs]
 
 
 class PatchSampler:
