@@ -44,7 +44,8 @@ ID_SHIFT = 256  # instance ids ride through the augmenter above its 255 fill val
 
 
 class VoteSampler(PatchSampler):
-    """The recipe's patches plus each patch's centre offsets, from the instance labels augmented alongside."""
+    """The recipe's patches plus targets of an extra head (here each patch's centre offsets), from the instance
+    labels augmented alongside."""
 
     def __init__(self, pairs, instances, patch_size, **kwargs):
         super().__init__(pairs, patch_size, **kwargs)
@@ -63,8 +64,11 @@ class VoteSampler(PatchSampler):
         mask_patch, weight_patch, instance_patch = masks
         weight_patch = np.where(mask_patch == IGNORE_LABEL, 0.0, weight_patch).astype(np.float32)
         labels = np.where(mask_patch == IGNORE_LABEL, 0, mask_patch).astype(np.int32)
-        offsets, offset_weights = centre_offsets(np.rint(instance_patch).astype(np.int64))
-        return image_patch, labels, weight_patch, offsets, offset_weights
+        return (image_patch, labels, weight_patch, *self.instance_targets(np.rint(instance_patch).astype(np.int64)))
+
+    def instance_targets(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        """The extra head's targets from a patch's augmented ids (objects >= ID_SHIFT, IGNORE_LABEL unannotated)."""
+        return centre_offsets(ids)
 
 
 def centre_offsets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +108,26 @@ def two_head_model(keras_model):
     return keras.Model(keras_model.inputs, [keras_model.outputs[0], offsets], name="unet_votes")
 
 
+def vote_loss(outputs, targets):
+    """L1 between predicted and true centre offsets, averaged over the pixels of whole objects."""
+    import tensorflow as tf
+
+    (predicted,), (offsets, offset_weights) = outputs, targets
+    error = tf.reduce_sum(tf.abs(predicted - offsets), axis=-1) * offset_weights
+    return OFFSET_WEIGHT * tf.reduce_sum(error) / tf.maximum(tf.reduce_sum(offset_weights), 1.0)
+
+
 def train(output: Path, steps: int, seed: int) -> None:
+    train_with_head(output, steps, seed, sampler_class=VoteSampler, build_network=two_head_model, head_loss=vote_loss,
+                    target_shapes=[(None, None, None, 2), (None, None, None)], network_file="two_heads.keras",
+                    record={"offset_scale": OFFSET_SCALE, "offset_weight": OFFSET_WEIGHT})
+
+
+def train_with_head(output: Path, steps: int, seed: int, *, sampler_class, build_network, head_loss,
+                    target_shapes, network_file: str, record: dict) -> None:
+    """The nuclei recipe's training (split, targets, border weights, augmentation, precision, Adam with cosine
+    decay) with extra heads: loss = the recipe's loss + head_loss(extra outputs, the sampler's extra targets).
+    Keeps the last step: DIR/network_file (all heads) and DIR/nuclei.keras (the softmax head, a normal model)."""
     import keras
     import tensorflow as tf
     from train_shipped_models import load_split, recipe_by_name, recipe_model
@@ -126,11 +149,11 @@ def train(output: Path, steps: int, seed: int) -> None:
     images, labels = load_split(recipe, recipe.train_stems)
     pairs = prepare_pairs(model, images, labels)
     augmenter = PairAugmenter(config.augmentation, seed=seed, mask_fill=IGNORE_LABEL)
-    sampler = VoteSampler(pairs, labels, config.patch_size, rng=np.random.default_rng(seed), augmenter=augmenter,
-                          foreground_fraction=config.foreground_fraction,
-                          weight_maps=border_weight_maps(model, config, pairs))
+    sampler = sampler_class(pairs, labels, config.patch_size, rng=np.random.default_rng(seed), augmenter=augmenter,
+                            foreground_fraction=config.foreground_fraction,
+                            weight_maps=border_weight_maps(model, config, pairs))
     trained = precision.copy_in(model, precision.resolve(config.precision))  # as the recipe trains
-    network = two_head_model(trained.keras_model)
+    network = build_network(trained.keras_model)
     variables = network.trainable_variables
     optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, steps))
     optimizer.build(variables)
@@ -138,34 +161,32 @@ def train(output: Path, steps: int, seed: int) -> None:
     @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32),
                                   tf.TensorSpec((None, None, None), tf.int32),
                                   tf.TensorSpec((None, None, None), tf.float32),
-                                  tf.TensorSpec((None, None, None, 2), tf.float32),
-                                  tf.TensorSpec((None, None, None), tf.float32)])
-    def train_step(batch, classes, weights, offsets, offset_weights):
+                                  *(tf.TensorSpec(shape, tf.float32) for shape in target_shapes)])
+    def train_step(batch, classes, weights, *targets):
         with tf.GradientTape() as tape:
-            probabilities, predicted = network(batch, training=True)
+            probabilities, *head_outputs = network(batch, training=True)
             class_loss = segmentation_loss(probabilities, classes, weights, 3, config.dice_weight)
-            error = tf.reduce_sum(tf.abs(predicted - offsets), axis=-1) * offset_weights
-            vote_loss = tf.reduce_sum(error) / tf.maximum(tf.reduce_sum(offset_weights), 1.0)
-            loss = class_loss + OFFSET_WEIGHT * vote_loss
+            extra_loss = head_loss(head_outputs, targets)
+            loss = class_loss + extra_loss
         gradients = tape.gradient(loss, variables)
         optimizer.apply_gradients(zip(gradients, variables))
-        return class_loss, vote_loss
+        return class_loss, extra_loss
 
     started, log = time.monotonic(), []
     for step in range(1, steps + 1):
         batch = [np.stack(parts) for parts in zip(*(sampler.sample_patch() for _ in range(config.batch_size)))]
-        class_loss, vote_loss = train_step(*batch)
-        log.append((float(class_loss), float(vote_loss)))
+        class_loss, extra_loss = train_step(*batch)
+        log.append((float(class_loss), float(extra_loss)))
         if step % 100 == 0:
             recent = np.mean(log[-100:], axis=0)
             print(f"[{time.monotonic() - started:7.1f}s] step {step}/{steps} class loss {recent[0]:.4f} "
-                  f"vote loss {recent[1]:.4f}", flush=True)
+                  f"head loss {recent[1]:.4f}", flush=True)
         if step % 2000 == 0 or step == steps:
-            network.save(output / "two_heads.keras")
+            network.save(output / network_file)
     trained_float = precision.copy_in(trained, "float32")
     save_model(trained_float, output / "nuclei.keras")
-    (output / "training.json").write_text(json.dumps({"steps": steps, "seed": seed, "seconds": round(time.monotonic() - started),
-                                                      "offset_scale": OFFSET_SCALE, "offset_weight": OFFSET_WEIGHT}))
+    (output / "training.json").write_text(json.dumps({"steps": steps, "seed": seed,
+                                                      "seconds": round(time.monotonic() - started), **record}))
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
 
 

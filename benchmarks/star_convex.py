@@ -1,0 +1,220 @@
+"""Star-convex polygons (StarDist, Schmidt et al. 2018): do radial distances with polygon non-maximum suppression
+separate touching nuclei better than the cores of the shipped nuclei recipe? (Issue 12's last untried output.)
+
+    .venv/bin/python benchmarks/star_convex.py train --output DIR [--steps 8000] [--seed 0]
+    .venv/bin/python benchmarks/star_convex.py measure --output DIR
+
+Needs `pip install stardist` (its C++ geometry only: star distances, polygon NMS, polygons to labels; its
+TensorFlow models are not used, so its csbdeep/Keras-2 code never loads).
+
+`train`: the nuclei recipe unchanged (centre_votes.train_with_head: same split, targets, border weights,
+augmentation, precision, schedule) plus StarDist's heads on the last decoder features: a 3x3 convolution
+(STAR_FEATURES channels, as StarDist's `net_conv_after_unet`), then a sigmoid object probability (each object
+pixel's distance to the background over the object's largest) and N_RAYS radial distances to the object's edge.
+Loss as StarDist's: binary cross-entropy of the probability + the distances' L1, weighted by the true probability.
+Targets come from the instance labels augmented alongside each patch (stardist.geometry.star_dist).
+
+`measure`: on the validation images, the recipe's post-processing grid for the softmax head of the same weights
+(a paired baseline), and a grid for the star heads: "polygons" (StarDist's own: NMS of the polygons over pixels
+whose probability passes prob_thresh, rendered to labels) and "seeds" (the kept polygons' centres as watershed
+seeds on -P(core) inside the recipe's foreground, so the edges stay the softmax head's). The best of each on
+validation is then measured once on the held-out images. Prints JSON; DIR/measured.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from centre_votes import ID_SHIFT, VoteSampler, train_with_head  # noqa: E402  (beside this file)
+
+from napari_unet.masks import IGNORE_LABEL  # noqa: E402
+
+N_RAYS = 32  # StarDist's default for 2-D nuclei
+DISTANCE_SCALE = 10.0  # px per output unit
+DISTANCE_WEIGHT = 1.0  # x the L1 in DISTANCE_SCALE units = 0.1 x in px (StarDist: 0.2 x in px)
+STAR_FEATURES = 64
+
+
+class StarSampler(VoteSampler):
+    """The recipe's patches plus star-distance targets from the instance labels augmented alongside."""
+
+    def instance_targets(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        return star_targets(ids)
+
+
+def star_targets(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Y, X, N_RAYS) distances / DISTANCE_SCALE, (Y, X) object probability (StarDist's normalised distance
+    transform), (Y, X) weight of the probability loss: 0 where the patch is not annotated."""
+    from stardist.geometry import star_dist
+    from stardist.utils import edt_prob
+
+    objects = ids >= ID_SHIFT
+    labels = np.zeros(ids.shape, dtype=np.uint16)
+    if objects.any():
+        _, inverse = np.unique(ids[objects], return_inverse=True)
+        labels[objects] = inverse + 1
+    distances = star_dist(labels, N_RAYS).astype(np.float32) / DISTANCE_SCALE
+    probability = edt_prob(labels).astype(np.float32)
+    weights = (ids != IGNORE_LABEL).astype(np.float32)
+    return distances, probability, weights
+
+
+def star_network(keras_model):
+    """The U-Net with StarDist's heads beside its softmax: outputs (softmax, probability, distances), float32."""
+    import keras
+    from keras import layers
+
+    features = keras_model.get_layer("dec0_relu2").output
+    dtype = keras_model.get_layer("dec0_conv2").dtype_policy
+    hidden = layers.Conv2D(STAR_FEATURES, 3, padding="same", activation="relu", name="star_features",
+                           dtype=dtype)(features)
+    probability = layers.Conv2D(1, 1, name="star_logit", dtype=dtype)(hidden)
+    probability = layers.Activation("sigmoid", dtype="float32", name="star_probability")(probability)
+    distances = layers.Conv2D(N_RAYS, 1, name="star_distances", dtype=dtype)(hidden)
+    distances = layers.Activation("linear", dtype="float32", name="star_distances_f32")(distances)
+    return keras.Model(keras_model.inputs, [keras_model.outputs[0], probability, distances], name="unet_star")
+
+
+def star_loss(outputs, targets):
+    """StarDist's: cross-entropy of the object probability + DISTANCE_WEIGHT x the rays' mean L1 weighted by the
+    true probability (so the centre's rays count most and the background's not at all)."""
+    import tensorflow as tf
+
+    (probability, distances), (true_distances, true_probability, weights) = outputs, targets
+    predicted = tf.clip_by_value(probability[..., 0], 1e-7, 1.0 - 1e-7)
+    cross_entropy = -(true_probability * tf.math.log(predicted) + (1.0 - true_probability) * tf.math.log(1.0 - predicted))
+    probability_loss = tf.reduce_sum(cross_entropy * weights) / tf.maximum(tf.reduce_sum(weights), 1.0)
+    error = tf.reduce_mean(tf.abs(distances - true_distances), axis=-1) * true_probability
+    distance_loss = tf.reduce_sum(error) / tf.maximum(tf.reduce_sum(true_probability), 1.0)
+    return probability_loss + DISTANCE_WEIGHT * distance_loss
+
+
+def train(output: Path, steps: int, seed: int) -> None:
+    train_with_head(output, steps, seed, sampler_class=StarSampler, build_network=star_network, head_loss=star_loss,
+                    target_shapes=[(None, None, None, N_RAYS), (None, None, None), (None, None, None)],
+                    network_file="star_heads.keras",
+                    record={"n_rays": N_RAYS, "distance_scale": DISTANCE_SCALE, "distance_weight": DISTANCE_WEIGHT,
+                            "star_features": STAR_FEATURES})
+
+
+def predict_star(network, model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(Y, X, 3) softmax, (Y, X) object probability and (Y, X, N_RAYS) distances in px; one pass, padded to 16."""
+    from napari_unet.training.inputs import _prepare_image
+
+    _, normalized = _prepare_image(image, "image", model)
+    height, width = normalized.shape[:2]
+    pad = ((0, -height % 16), (0, -width % 16), (0, 0))
+    softmax, probability, distances = network(np.pad(normalized, pad, mode="reflect")[None], training=False)
+    return (np.asarray(softmax[0, :height, :width], dtype=np.float32),
+            np.asarray(probability[0, :height, :width, 0], dtype=np.float32),
+            np.maximum(np.asarray(distances[0, :height, :width], dtype=np.float32), 1e-3) * DISTANCE_SCALE)
+
+
+def star_instances(softmax, probability, distances, *, method: str, prob_thresh: float, nms_thresh: float,
+                   background_threshold: float, min_size: int) -> np.ndarray:
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+    from stardist.geometry import polygons_to_label
+    from stardist.nms import non_maximum_suppression
+
+    from napari_unet.instances import drop_small_objects
+
+    points, kept_probability, kept_distances = non_maximum_suppression(
+        distances, probability, nms_thresh=nms_thresh, prob_thresh=prob_thresh)
+    if method == "polygons":
+        labels = polygons_to_label(kept_distances, points, probability.shape, prob=kept_probability)
+        return drop_small_objects(labels.astype(np.int32), min_size)
+    foreground = softmax[..., 0] < background_threshold
+    markers = np.zeros(probability.shape, dtype=np.int32)
+    if len(points):
+        markers[points[:, 0], points[:, 1]] = np.arange(1, len(points) + 1)
+    labels = watershed(-softmax[..., 1], np.where(foreground, markers, 0), mask=foreground)
+    leftover, _ = ndi.label(foreground & (labels == 0))  # foreground no seed reached keeps ids of its own
+    labels = np.where(leftover > 0, leftover + len(points), labels).astype(np.int32)
+    return drop_small_objects(labels, min_size)
+
+
+STAR_GRID = dict(method=("polygons", "seeds"), prob_thresh=(0.3, 0.4, 0.5, 0.6, 0.7), nms_thresh=(0.2, 0.3, 0.4, 0.5),
+                 background_threshold=(0.1, 0.3), min_size=(0, 16, 32))
+
+
+def measure(output: Path) -> None:
+    import keras
+    from train_shipped_models import (
+        _instance_summary,
+        choose_post_processing_on,
+        held_out_by_kind,
+        load_instances,
+        pooled_scores,
+        recipe_by_name,
+    )
+
+    from napari_unet.instances import instances_from_boundary_probabilities
+    from napari_unet.model import load_model_file
+
+    recipe = recipe_by_name("nuclei")
+    model = load_model_file(output / "nuclei.keras")
+    network = keras.models.load_model(output / "star_heads.keras", compile=False)
+    result = {}
+    # One pass per image feeds both rules, so they are compared on exactly the same weights and probabilities.
+    images, masks = load_instances(recipe, recipe.validation_stems)
+    outputs = [predict_star(network, model, image) for image in images]
+    by_setting, _ = choose_post_processing_on([softmax for softmax, _, _ in outputs], masks, log=lambda *_: None)
+    best_recipe = max(by_setting, key=lambda key: by_setting[key]["ap50"])
+    recipe_setting = dict(zip(("seed_threshold", "background_threshold", "min_size", "min_seed_size"), best_recipe))
+    result["validation_recipe_post_processing"] = {"setting": recipe_setting, **_instance_summary(by_setting[best_recipe])}
+    print(json.dumps(result), flush=True)
+    scores = {}
+    for values in itertools.product(*STAR_GRID.values()):
+        setting = dict(zip(STAR_GRID, values))
+        if setting["method"] == "polygons" and setting["background_threshold"] != STAR_GRID["background_threshold"][0]:
+            continue  # polygons ignore the softmax's foreground
+        predicted = [star_instances(*parts, **setting) for parts in outputs]
+        scores[values] = _instance_summary(pooled_scores(predicted, masks))
+        print(json.dumps({"validation": setting, **scores[values]}), flush=True)
+    best_star = max(scores, key=lambda key: scores[key]["ap50"])
+    star_setting = dict(zip(STAR_GRID, best_star))
+    result["validation_star"] = {"setting": star_setting, **scores[best_star]}
+    result["validation_star_best_ap50_by_method"] = {
+        method: max(score["ap50"] for key, score in scores.items() if key[0] == method) for method in STAR_GRID["method"]}
+
+    images, masks = load_instances(recipe, recipe.test_stems)
+    outputs = [predict_star(network, model, image) for image in images]
+    recipe_predicted = [instances_from_boundary_probabilities(softmax, **recipe_setting) for softmax, _, _ in outputs]
+    star_predicted = [star_instances(*parts, **star_setting) for parts in outputs]
+    result["held_out_recipe_post_processing"] = _instance_summary(pooled_scores(recipe_predicted, masks))
+    result["held_out_star"] = _instance_summary(pooled_scores(star_predicted, masks))
+    # held_out_by_kind scores a model against a baseline; here the baseline slot holds the recipe's post-processing
+    kinds = held_out_by_kind(recipe, masks, star_predicted, recipe_predicted)
+    result["held_out_star_by_kind"] = {k: {"star": v["single_pass"]["ap50"], "recipe_post_processing":
+                                           v["otsu_watershed_baseline"]["ap50"]}
+                                       for k, v in list(kinds.items())[:2] + list(kinds["by_size"].items())}
+    text = json.dumps(result, indent=1)
+    (output / "measured.json").write_text(text)
+    print(text, flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["train", "measure"])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--steps", type=int, default=8000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.command == "train":
+        train(args.output, args.steps, args.seed)
+    else:
+        measure(args.output)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
