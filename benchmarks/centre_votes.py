@@ -265,6 +265,19 @@ VOTE_GRID = dict(method=("watershed", "nearest", "split"), background_threshold=
 
 
 def measure(output: Path) -> None:
+    def skip(setting: dict) -> bool:  # split's foreground is the recipe's own; the vote mask only places the votes
+        return setting["method"] == "split" and setting["background_threshold"] != 0.1
+
+    measure_heads(output, "two_heads.keras", "votes", predict_two, vote_instances, VOTE_GRID, skip)
+
+
+def measure_heads(output: Path, network_file: str, name: str, predict_parts, head_instances, grid: dict, skip) -> None:
+    """The paired comparison of an extra head against the same weights' softmax with the recipe's post-processing.
+
+    predict_parts(network, model, image) -> (softmax, *head outputs), one pass per image, feeds both rules;
+    head_instances(softmax, *head outputs, recipe_setting=..., **setting) labels one image for each setting of
+    `grid` that skip(setting) lets through. The best of each rule on validation is measured once on the held-out
+    images; DIR/measured.json."""
     import keras
     from train_shipped_models import (
         _instance_summary,
@@ -280,48 +293,49 @@ def measure(output: Path) -> None:
 
     recipe = recipe_by_name("nuclei")
     model = load_model_file(output / "nuclei.keras")
-    network = keras.models.load_model(output / "two_heads.keras", compile=False)
+    network = keras.models.load_model(output / network_file, compile=False)
     result = {}
-    # One pass per image feeds both rules, so they are compared on exactly the same probabilities.
     images, masks = load_instances(recipe, recipe.validation_stems)
-    outputs = [predict_two(network, model, image) for image in images]
-    by_setting, _ = choose_post_processing_on([p for p, _ in outputs], masks, log=lambda *_: None)
+    outputs = [predict_parts(network, model, image) for image in images]
+    by_setting, _ = choose_post_processing_on([parts[0] for parts in outputs], masks, log=lambda *_: None)
     best_recipe = max(by_setting, key=lambda key: by_setting[key]["ap50"])
     recipe_setting = dict(zip(("seed_threshold", "background_threshold", "min_size", "min_seed_size"), best_recipe))
     result["validation_recipe_post_processing"] = {"setting": recipe_setting, **_instance_summary(by_setting[best_recipe])}
     print(json.dumps(result), flush=True)
     scores = {}
-    for values in itertools.product(*VOTE_GRID.values()):
-        setting = dict(zip(VOTE_GRID, values))
-        if setting["method"] == "split" and setting["background_threshold"] != 0.1:
-            continue  # split's foreground is the recipe's own; the vote mask only places the votes
-        predicted = [vote_instances(p, o, recipe_setting=recipe_setting, **setting) for p, o in outputs]
+    for values in itertools.product(*grid.values()):
+        setting = dict(zip(grid, values))
+        if skip(setting):
+            continue
+        predicted = [head_instances(*parts, recipe_setting=recipe_setting, **setting) for parts in outputs]
         scores[values] = _instance_summary(pooled_scores(predicted, masks))
         print(json.dumps({"validation": setting, **scores[values]}), flush=True)
-    best_votes = max(scores, key=lambda key: scores[key]["ap50"])
-    vote_setting = dict(zip(VOTE_GRID, best_votes))
-    result["validation_votes"] = {"setting": vote_setting, **scores[best_votes]}
-    result["validation_votes_best_ap50_by_method"] = {
-        method: max(score["ap50"] for key, score in scores.items() if key[0] == method) for method in VOTE_GRID["method"]}
+    best_head = max(scores, key=lambda key: scores[key]["ap50"])
+    head_setting = dict(zip(grid, best_head))
+    result[f"validation_{name}"] = {"setting": head_setting, **scores[best_head]}
+    result[f"validation_{name}_best_ap50_by_method"] = {
+        method: max(score["ap50"] for key, score in scores.items() if key[0] == method) for method in grid["method"]}
 
     images, masks = load_instances(recipe, recipe.test_stems)
-    outputs = [predict_two(network, model, image) for image in images]
-    recipe_predicted = [instances_from_boundary_probabilities(p, **recipe_setting) for p, _ in outputs]
-    vote_predicted = [vote_instances(p, o, recipe_setting=recipe_setting, **vote_setting) for p, o in outputs]
+    outputs = [predict_parts(network, model, image) for image in images]
+    recipe_predicted = [instances_from_boundary_probabilities(parts[0], **recipe_setting) for parts in outputs]
+    head_predicted = [head_instances(*parts, recipe_setting=recipe_setting, **head_setting) for parts in outputs]
     result["held_out_recipe_post_processing"] = _instance_summary(pooled_scores(recipe_predicted, masks))
-    result["held_out_votes"] = _instance_summary(pooled_scores(vote_predicted, masks))
+    result[f"held_out_{name}"] = _instance_summary(pooled_scores(head_predicted, masks))
     # held_out_by_kind scores a model against a baseline; here the baseline slot holds the recipe's post-processing
-    kinds = held_out_by_kind(recipe, masks, vote_predicted, recipe_predicted)
-    result["held_out_votes_by_kind"] = {k: {"votes": v["single_pass"]["ap50"], "recipe_post_processing":
-                                            v["otsu_watershed_baseline"]["ap50"]}
-                                        for k, v in list(kinds.items())[:2] + list(kinds["by_size"].items())}
+    kinds = held_out_by_kind(recipe, masks, head_predicted, recipe_predicted)
+    groups = {**{kind: scores for kind, scores in kinds.items() if kind != "by_size"}, **kinds["by_size"]}
+    result[f"held_out_{name}_by_kind"] = {kind: {name: scores["single_pass"]["ap50"], "recipe_post_processing":
+                                                 scores["otsu_watershed_baseline"]["ap50"]}
+                                          for kind, scores in groups.items()}
     text = json.dumps(result, indent=1)
     (output / "measured.json").write_text(text)
     print(text, flush=True)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(train, measure) -> int:
+    """The command line of a head experiment: `train` and `measure` of the file run."""
+    parser = argparse.ArgumentParser(description=(sys.modules[train.__module__].__doc__ or "").splitlines()[0])
     parser.add_argument("command", choices=["train", "measure"])
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=8000)
@@ -335,4 +349,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(train, measure))

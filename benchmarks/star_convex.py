@@ -23,9 +23,6 @@ validation is then measured once on the held-out images. Prints JSON; DIR/measur
 
 from __future__ import annotations
 
-import argparse
-import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -33,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from centre_votes import ID_SHIFT, VoteSampler, train_with_head  # noqa: E402  (beside this file)
+from centre_votes import ID_SHIFT, VoteSampler, main, measure_heads, train_with_head  # noqa: E402  (beside this file)
 
 from napari_unet.masks import IGNORE_LABEL  # noqa: E402
 
@@ -41,6 +38,7 @@ N_RAYS = 32  # StarDist's default for 2-D nuclei
 DISTANCE_SCALE = 10.0  # px per output unit
 DISTANCE_WEIGHT = 1.0  # x the L1 in DISTANCE_SCALE units = 0.1 x in px (StarDist: 0.2 x in px)
 STAR_FEATURES = 64
+_KEPT: dict[tuple, tuple] = {}  # NMS results by (image's distances, prob_thresh, nms_thresh); outputs live while measured
 
 
 class StarSampler(VoteSampler):
@@ -119,7 +117,8 @@ def predict_star(network, model, image: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 
 def star_instances(softmax, probability, distances, *, method: str, prob_thresh: float, nms_thresh: float,
-                   background_threshold: float, min_size: int) -> np.ndarray:
+                   background_threshold: float, min_size: int, recipe_setting: dict | None = None) -> np.ndarray:
+    """Labels from the star heads ("polygons") or their kept centres as seeds in the softmax's foreground ("seeds")."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
     from stardist.geometry import polygons_to_label
@@ -127,8 +126,10 @@ def star_instances(softmax, probability, distances, *, method: str, prob_thresh:
 
     from napari_unet.instances import drop_small_objects
 
-    points, kept_probability, kept_distances = non_maximum_suppression(
-        distances, probability, nms_thresh=nms_thresh, prob_thresh=prob_thresh)
+    key = (id(distances), prob_thresh, nms_thresh)  # the grid's other settings reuse an image's NMS
+    if key not in _KEPT:
+        _KEPT[key] = non_maximum_suppression(distances, probability, nms_thresh=nms_thresh, prob_thresh=prob_thresh)
+    points, kept_probability, kept_distances = _KEPT[key]
     if method == "polygons":
         labels = polygons_to_label(kept_distances, points, probability.shape, prob=kept_probability)
         return drop_small_objects(labels.astype(np.int32), min_size)
@@ -147,74 +148,11 @@ STAR_GRID = dict(method=("polygons", "seeds"), prob_thresh=(0.3, 0.4, 0.5, 0.6, 
 
 
 def measure(output: Path) -> None:
-    import keras
-    from train_shipped_models import (
-        _instance_summary,
-        choose_post_processing_on,
-        held_out_by_kind,
-        load_instances,
-        pooled_scores,
-        recipe_by_name,
-    )
+    def skip(setting: dict) -> bool:  # polygons ignore the softmax's foreground
+        return setting["method"] == "polygons" and setting["background_threshold"] != STAR_GRID["background_threshold"][0]
 
-    from napari_unet.instances import instances_from_boundary_probabilities
-    from napari_unet.model import load_model_file
-
-    recipe = recipe_by_name("nuclei")
-    model = load_model_file(output / "nuclei.keras")
-    network = keras.models.load_model(output / "star_heads.keras", compile=False)
-    result = {}
-    # One pass per image feeds both rules, so they are compared on exactly the same weights and probabilities.
-    images, masks = load_instances(recipe, recipe.validation_stems)
-    outputs = [predict_star(network, model, image) for image in images]
-    by_setting, _ = choose_post_processing_on([softmax for softmax, _, _ in outputs], masks, log=lambda *_: None)
-    best_recipe = max(by_setting, key=lambda key: by_setting[key]["ap50"])
-    recipe_setting = dict(zip(("seed_threshold", "background_threshold", "min_size", "min_seed_size"), best_recipe))
-    result["validation_recipe_post_processing"] = {"setting": recipe_setting, **_instance_summary(by_setting[best_recipe])}
-    print(json.dumps(result), flush=True)
-    scores = {}
-    for values in itertools.product(*STAR_GRID.values()):
-        setting = dict(zip(STAR_GRID, values))
-        if setting["method"] == "polygons" and setting["background_threshold"] != STAR_GRID["background_threshold"][0]:
-            continue  # polygons ignore the softmax's foreground
-        predicted = [star_instances(*parts, **setting) for parts in outputs]
-        scores[values] = _instance_summary(pooled_scores(predicted, masks))
-        print(json.dumps({"validation": setting, **scores[values]}), flush=True)
-    best_star = max(scores, key=lambda key: scores[key]["ap50"])
-    star_setting = dict(zip(STAR_GRID, best_star))
-    result["validation_star"] = {"setting": star_setting, **scores[best_star]}
-    result["validation_star_best_ap50_by_method"] = {
-        method: max(score["ap50"] for key, score in scores.items() if key[0] == method) for method in STAR_GRID["method"]}
-
-    images, masks = load_instances(recipe, recipe.test_stems)
-    outputs = [predict_star(network, model, image) for image in images]
-    recipe_predicted = [instances_from_boundary_probabilities(softmax, **recipe_setting) for softmax, _, _ in outputs]
-    star_predicted = [star_instances(*parts, **star_setting) for parts in outputs]
-    result["held_out_recipe_post_processing"] = _instance_summary(pooled_scores(recipe_predicted, masks))
-    result["held_out_star"] = _instance_summary(pooled_scores(star_predicted, masks))
-    # held_out_by_kind scores a model against a baseline; here the baseline slot holds the recipe's post-processing
-    kinds = held_out_by_kind(recipe, masks, star_predicted, recipe_predicted)
-    result["held_out_star_by_kind"] = {k: {"star": v["single_pass"]["ap50"], "recipe_post_processing":
-                                           v["otsu_watershed_baseline"]["ap50"]}
-                                       for k, v in list(kinds.items())[:2] + list(kinds["by_size"].items())}
-    text = json.dumps(result, indent=1)
-    (output / "measured.json").write_text(text)
-    print(text, flush=True)
-
-
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["train", "measure"])
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=8000)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    if args.command == "train":
-        train(args.output, args.steps, args.seed)
-    else:
-        measure(args.output)
-    return 0
+    measure_heads(output, "star_heads.keras", "star", predict_star, star_instances, STAR_GRID, skip)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(train, measure))
