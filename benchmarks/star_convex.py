@@ -38,7 +38,8 @@ N_RAYS = 32  # StarDist's default for 2-D nuclei
 DISTANCE_SCALE = 10.0  # px per output unit
 DISTANCE_WEIGHT = 1.0  # x the L1 in DISTANCE_SCALE units = 0.1 x in px (StarDist: 0.2 x in px)
 STAR_FEATURES = 64
-_KEPT: dict[tuple, tuple] = {}  # NMS results by (image's distances, prob_thresh, nms_thresh); outputs live while measured
+# (distances, NMS result) by (id of an image's distances, prob_thresh, nms_thresh); holding the array keeps its id unique
+_KEPT: dict[tuple, tuple] = {}
 
 
 class StarSampler(VoteSampler):
@@ -127,9 +128,10 @@ def star_instances(softmax, probability, distances, *, method: str, prob_thresh:
     from napari_unet.instances import drop_small_objects
 
     key = (id(distances), prob_thresh, nms_thresh)  # the grid's other settings reuse an image's NMS
-    if key not in _KEPT:
-        _KEPT[key] = non_maximum_suppression(distances, probability, nms_thresh=nms_thresh, prob_thresh=prob_thresh)
-    points, kept_probability, kept_distances = _KEPT[key]
+    if key not in _KEPT or _KEPT[key][0] is not distances:
+        _KEPT[key] = distances, non_maximum_suppression(distances, probability, nms_thresh=nms_thresh,
+                                                        prob_thresh=prob_thresh)
+    points, kept_probability, kept_distances = _KEPT[key][1]
     if method == "polygons":
         labels = polygons_to_label(kept_distances, points, probability.shape, prob=kept_probability)
         return drop_small_objects(labels.astype(np.int32), min_size)
