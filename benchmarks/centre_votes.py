@@ -297,7 +297,8 @@ def measure_heads(output: Path, network_file: str, name: str, predict_parts, hea
     result = {}
     images, masks = load_instances(recipe, recipe.validation_stems)
     outputs = [predict_parts(network, model, image) for image in images]
-    by_setting, _ = choose_post_processing_on([parts[0] for parts in outputs], masks, log=lambda *_: None)
+    by_setting, _ = choose_post_processing_on([parts[0] for parts in outputs], masks, log=lambda *_: None,
+                                              merge_thresholds=())
     best_recipe = max(by_setting, key=lambda key: by_setting[key]["ap50"])
     recipe_setting = dict(zip(("seed_threshold", "background_threshold", "min_size", "min_seed_size"), best_recipe))
     result["validation_recipe_post_processing"] = {"setting": recipe_setting, **_instance_summary(by_setting[best_recipe])}

@@ -604,8 +604,10 @@ def choose_post_processing(trained, images, masks, log=print) -> tuple[dict[tupl
     return choose_post_processing_on([predict(trained, image, output="probabilities") for image in images], masks, log)
 
 
-def choose_post_processing_on(probabilities, masks, log=print) -> tuple[dict[tuple, dict], dict[float | None, dict]]:
-    """choose_post_processing on probabilities already predicted, (Y, X, 3) per image."""
+def choose_post_processing_on(probabilities, masks, log=print, merge_thresholds=MERGE_THRESHOLDS[1:]
+                              ) -> tuple[dict[tuple, dict], dict[float | None, dict]]:
+    """choose_post_processing on probabilities already predicted, (Y, X, 3) per image; merge_thresholds=() when
+    only the first table is wanted."""
     from napari_unet.instances import instances_from_boundary_probabilities
 
     def scores(seed_threshold, background_threshold, min_size, min_seed_size, merge_threshold=None):
@@ -621,7 +623,7 @@ def choose_post_processing_on(probabilities, masks, log=print) -> tuple[dict[tup
         log(f"validation, seed / background / min size / min seed size {setting}: {_instance_summary(by_setting[setting])}")
     best = max(by_setting, key=lambda key: by_setting[key]["ap50"])
     by_merge = {None: by_setting[best]}
-    for merge_threshold in MERGE_THRESHOLDS[1:]:
+    for merge_threshold in merge_thresholds:
         by_merge[merge_threshold] = scores(*best, merge_threshold)
         log(f"validation, {best} merging borders below {merge_threshold}: {_instance_summary(by_merge[merge_threshold])}")
     return by_setting, by_merge
