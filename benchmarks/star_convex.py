@@ -16,8 +16,9 @@ Targets come from the instance labels augmented alongside each patch (stardist.g
 
 `measure`: on the validation images, the recipe's post-processing grid for the softmax head of the same weights
 (a paired baseline), and a grid for the star heads: "polygons" (StarDist's own: NMS of the polygons over pixels
-whose probability passes prob_thresh, rendered to labels) and "seeds" (the kept polygons' centres as watershed
-seeds on -P(core) inside the recipe's foreground, so the edges stay the softmax head's). The best of each on
+whose probability passes prob_thresh, rendered to labels), "seeds" (the kept polygons' centres as watershed
+seeds on -P(core) inside the recipe's foreground, so the edges stay the softmax head's) and "polygon_markers" (the
+kept polygons themselves as the watershed's markers, cut to that foreground). The best of each on
 validation is then measured once on the held-out images. Prints JSON; DIR/measured.json.
 """
 
@@ -119,7 +120,8 @@ def predict_star(network, model, image: np.ndarray) -> tuple[np.ndarray, np.ndar
 
 def star_instances(softmax, probability, distances, *, method: str, prob_thresh: float, nms_thresh: float,
                    background_threshold: float, min_size: int, recipe_setting: dict | None = None) -> np.ndarray:
-    """Labels from the star heads ("polygons") or their kept centres as seeds in the softmax's foreground ("seeds")."""
+    """Labels from the star heads ("polygons"), or a watershed on -P(core) in the softmax's foreground from the kept
+    polygons' centres ("seeds") or from the polygons themselves ("polygon_markers": the softmax's edges)."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
     from stardist.geometry import polygons_to_label
@@ -136,17 +138,20 @@ def star_instances(softmax, probability, distances, *, method: str, prob_thresh:
         labels = polygons_to_label(kept_distances, points, probability.shape, prob=kept_probability)
         return drop_small_objects(labels.astype(np.int32), min_size)
     foreground = softmax[..., 0] < background_threshold
-    markers = np.zeros(probability.shape, dtype=np.int32)
-    if len(points):
-        markers[points[:, 0], points[:, 1]] = np.arange(1, len(points) + 1)
+    if method == "polygon_markers":
+        markers = polygons_to_label(kept_distances, points, probability.shape, prob=kept_probability).astype(np.int32)
+    else:
+        markers = np.zeros(probability.shape, dtype=np.int32)
+        if len(points):
+            markers[points[:, 0], points[:, 1]] = np.arange(1, len(points) + 1)
     labels = watershed(-softmax[..., 1], np.where(foreground, markers, 0), mask=foreground)
     leftover, _ = ndi.label(foreground & (labels == 0))  # foreground no seed reached keeps ids of its own
     labels = np.where(leftover > 0, leftover + len(points), labels).astype(np.int32)
     return drop_small_objects(labels, min_size)
 
 
-STAR_GRID = dict(method=("polygons", "seeds"), prob_thresh=(0.3, 0.4, 0.5, 0.6, 0.7), nms_thresh=(0.2, 0.3, 0.4, 0.5),
-                 background_threshold=(0.1, 0.3), min_size=(0, 16, 32))
+STAR_GRID = dict(method=("polygons", "seeds", "polygon_markers"), prob_thresh=(0.3, 0.4, 0.5, 0.6, 0.7),
+                 nms_thresh=(0.2, 0.3, 0.4, 0.5), background_threshold=(0.1, 0.2, 0.3), min_size=(0, 16, 32))
 
 
 def measure(output: Path) -> None:
