@@ -43,9 +43,9 @@ NEAREST_REACH = 8.0  # px: a vote farther than this from every peak joins no pea
 ID_SHIFT = 256  # instance ids ride through the augmenter above its 255 fill value
 
 
-class VoteSampler(PatchSampler):
-    """The recipe's patches plus targets of an extra head (here each patch's centre offsets), from the instance
-    labels augmented alongside."""
+class HeadSampler(PatchSampler):
+    """The recipe's patches plus the targets of an extra head, computed from the instance labels augmented alongside
+    (instance_targets)."""
 
     def __init__(self, pairs, instances, patch_size, **kwargs):
         super().__init__(pairs, patch_size, **kwargs)
@@ -68,6 +68,13 @@ class VoteSampler(PatchSampler):
 
     def instance_targets(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
         """The extra head's targets from a patch's augmented ids (objects >= ID_SHIFT, IGNORE_LABEL unannotated)."""
+        raise NotImplementedError
+
+
+class VoteSampler(HeadSampler):
+    """Each patch's centre offsets."""
+
+    def instance_targets(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
         return centre_offsets(ids)
 
 

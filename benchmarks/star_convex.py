@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from centre_votes import ID_SHIFT, VoteSampler, main, measure_heads, train_with_head  # noqa: E402  (beside this file)
+from centre_votes import ID_SHIFT, HeadSampler, main, measure_heads, train_with_head  # noqa: E402  (beside this file)
 
 from napari_unet.masks import IGNORE_LABEL  # noqa: E402
 
@@ -43,7 +43,7 @@ STAR_FEATURES = 64
 _KEPT: dict[tuple, tuple] = {}
 
 
-class StarSampler(VoteSampler):
+class StarSampler(HeadSampler):
     """The recipe's patches plus star-distance targets from the instance labels augmented alongside."""
 
     def instance_targets(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
