@@ -41,11 +41,12 @@ def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None, touch
         raise ValueError(f"boundary_targets needs a 2D label image, got shape {labels.shape}")
     if labels.dtype == bool or np.unique(labels[labels != 0]).size <= 1:
         labels, _ = ndi.label(labels != 0)
-    ring = find_boundaries(labels, mode="inner") & (labels != 0)
+    outline = find_boundaries(labels, mode="inner") & (labels != 0)
+    ring = outline.copy()
     if touching_width > 1:
         ring |= near_another_object(labels, touching_width)
     if core_fraction > 0:
-        ring |= (labels != 0) & ~object_cores(labels, core_fraction)
+        ring |= (labels != 0) & ~object_cores(labels, core_fraction, outline)
     targets = np.where(labels != 0, INTERIOR, BACKGROUND).astype(np.uint8)
     targets[ring] = BOUNDARY
     if ignore is not None:
@@ -53,14 +54,16 @@ def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None, touch
     return targets
 
 
-def object_cores(labels: np.ndarray, fraction: float) -> np.ndarray:
+def object_cores(labels: np.ndarray, fraction: float, outline: np.ndarray | None = None) -> np.ndarray:
     """bool (Y, X): each object's pixels whose depth (px to the nearest pixel not of that object) is at least
-    `fraction` of the object's largest depth."""
+    `fraction` of the object's largest depth. `outline`: the objects' inner boundary pixels, if already found."""
     from scipy import ndimage as ndi
     from skimage.segmentation import find_boundaries
 
     labels = np.asarray(labels)
-    inner = (labels != 0) & ~find_boundaries(labels, mode="inner")  # objects apart from each other
+    if outline is None:
+        outline = find_boundaries(labels, mode="inner")
+    inner = (labels != 0) & ~outline  # objects apart from each other
     depth = ndi.distance_transform_edt(inner) + (labels != 0)  # the ring is depth 1
     deepest = np.zeros(int(labels.max()) + 1)
     ids = np.unique(labels[labels != 0])
