@@ -18,7 +18,8 @@ Targets come from the instance labels augmented alongside each patch (stardist.g
 (a paired baseline), and a grid for the star heads: "polygons" (StarDist's own: NMS of the polygons over pixels
 whose probability passes prob_thresh, rendered to labels), "seeds" (the kept polygons' centres as watershed
 seeds on -P(core) inside the recipe's foreground, so the edges stay the softmax head's) and "polygon_markers" (the
-kept polygons themselves as the watershed's markers, cut to that foreground). The best of each on
+kept polygons themselves as the watershed's markers, cut to that foreground) and "split" (the recipe's own instances,
+each holding two or more kept polygon centres split between those polygons). The best of each on
 validation is then measured once on the held-out images. Prints JSON; DIR/measured.json.
 """
 
@@ -137,6 +138,8 @@ def star_instances(softmax, probability, distances, *, method: str, prob_thresh:
     if method == "polygons":
         labels = polygons_to_label(kept_distances, points, probability.shape, prob=kept_probability)
         return drop_small_objects(labels.astype(np.int32), min_size)
+    if method == "split":
+        return split_at_polygons(softmax, points, kept_probability, kept_distances, recipe_setting)
     foreground = softmax[..., 0] < background_threshold
     if method == "polygon_markers":
         markers = polygons_to_label(kept_distances, points, probability.shape, prob=kept_probability).astype(np.int32)
@@ -150,13 +153,45 @@ def star_instances(softmax, probability, distances, *, method: str, prob_thresh:
     return drop_small_objects(labels, min_size)
 
 
-STAR_GRID = dict(method=("polygons", "seeds", "polygon_markers"), prob_thresh=(0.3, 0.4, 0.5, 0.6, 0.7),
+def split_at_polygons(softmax, points, kept_probability, kept_distances, recipe_setting: dict) -> np.ndarray:
+    """The recipe's instances, each object holding two or more kept polygon centres split between those polygons by a
+    watershed on -P(core) inside it; objects with one centre or none keep the recipe's outline."""
+    from skimage.segmentation import watershed
+    from stardist.geometry import polygons_to_label
+
+    from napari_unet.instances import drop_small_objects, instances_from_boundary_probabilities
+
+    labels = instances_from_boundary_probabilities(softmax, **recipe_setting)
+    if len(points) < 2:
+        return labels
+    owner = labels[points[:, 0], points[:, 1]]
+    centres = np.bincount(owner, minlength=int(labels.max()) + 1)
+    centres[0] = 0
+    if not (centres >= 2).any():
+        return labels
+    polygons = polygons_to_label(kept_distances, points, labels.shape, prob=kept_probability)  # polygon i has id i + 1
+    next_id = int(labels.max()) + 1
+    for label in np.flatnonzero(centres >= 2):
+        inside = labels == label
+        own = np.flatnonzero(owner == label) + 1
+        markers = np.where(inside & np.isin(polygons, own), polygons, 0)
+        parts = watershed(-softmax[..., 1], markers, mask=inside)
+        for part in np.unique(parts[parts > 0])[1:]:  # the first part keeps the object's id
+            labels[parts == part] = next_id
+            next_id += 1
+    return drop_small_objects(labels, recipe_setting["min_size"])
+
+
+STAR_GRID = dict(method=("polygons", "seeds", "polygon_markers", "split"), prob_thresh=(0.3, 0.4, 0.5, 0.6, 0.7),
                  nms_thresh=(0.2, 0.3, 0.4, 0.5), background_threshold=(0.1, 0.2, 0.3), min_size=(0, 16, 32))
 
 
 def measure(output: Path) -> None:
-    def skip(setting: dict) -> bool:  # polygons ignore the softmax's foreground
-        return setting["method"] == "polygons" and setting["background_threshold"] != STAR_GRID["background_threshold"][0]
+    def skip(setting: dict) -> bool:  # polygons ignore the softmax's foreground; split uses the recipe's setting
+        first = setting["background_threshold"] == STAR_GRID["background_threshold"][0]
+        if setting["method"] == "split":
+            return not first or setting["min_size"] != STAR_GRID["min_size"][0]
+        return setting["method"] == "polygons" and not first
 
     measure_heads(output, "star_heads.keras", "star", predict_star, star_instances, STAR_GRID, skip)
 
