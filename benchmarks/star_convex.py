@@ -17,7 +17,7 @@ Targets come from the instance labels augmented alongside each patch (stardist.g
 `measure`: on the validation images, the recipe's post-processing grid for the softmax head of the same weights
 (a paired baseline), and a grid for the star heads: "polygons" (StarDist's own: NMS of the polygons over pixels
 whose probability passes prob_thresh, rendered to labels), "seeds" (the kept polygons' centres as watershed
-seeds on -P(core) inside the recipe's foreground, so the edges stay the softmax head's) and "polygon_markers" (the
+seeds on -P(core) inside the recipe's foreground, so the edges stay the softmax head's), "polygon_markers" (the
 kept polygons themselves as the watershed's markers, cut to that foreground) and "split" (the recipe's own instances,
 each holding two or more kept polygon centres split between those polygons). The best of each on
 validation is then measured once on the held-out images. Prints JSON; DIR/measured.json.
