@@ -197,16 +197,22 @@ def train_with_head(output: Path, steps: int, seed: int, *, sampler_class, build
     print(f"done in {time.monotonic() - started:.0f} s", flush=True)
 
 
-def predict_two(network, model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(Y, X, 3) probabilities and (Y, X, 2) offsets in px for one raw image, one pass, padded to 16."""
+def predict_heads(network, model, image: np.ndarray) -> list[np.ndarray]:
+    """Every output of a head network for one raw image, (Y, X, C) float32 each: one pass of the image normalised as
+    the recipe does, reflect-padded to a multiple of 16 and cropped back."""
     from napari_unet.training.inputs import _prepare_image
 
     _, normalized = _prepare_image(image, "image", model)
     height, width = normalized.shape[:2]
     pad = ((0, -height % 16), (0, -width % 16), (0, 0))
-    probabilities, offsets = network(np.pad(normalized, pad, mode="reflect")[None], training=False)
-    return (np.asarray(probabilities[0, :height, :width], dtype=np.float32),
-            np.asarray(offsets[0, :height, :width], dtype=np.float32) * OFFSET_SCALE)
+    outputs = network(np.pad(normalized, pad, mode="reflect")[None], training=False)
+    return [np.asarray(output[0, :height, :width], dtype=np.float32) for output in outputs]
+
+
+def predict_two(network, model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Y, X, 3) probabilities and (Y, X, 2) offsets in px for one raw image."""
+    probabilities, offsets = predict_heads(network, model, image)
+    return probabilities, offsets * OFFSET_SCALE
 
 
 def vote_map(probabilities, offsets, background_threshold: float, sigma: float):
@@ -226,9 +232,8 @@ def vote_instances(probabilities, offsets, *, method: str, background_threshold:
     from scipy import ndimage as ndi
     from scipy.spatial import cKDTree
     from skimage.feature import peak_local_max
-    from skimage.segmentation import watershed
 
-    from napari_unet.instances import drop_small_objects, instances_from_boundary_probabilities
+    from napari_unet.instances import drop_small_objects, instances_from_boundary_probabilities, seeded_watershed
 
     foreground, votes, (ys, xs, vy, vx) = vote_map(probabilities, offsets, background_threshold, sigma)
     peaks = peak_local_max(votes, min_distance=min_distance, threshold_abs=min_votes, exclude_border=False)
@@ -258,12 +263,12 @@ def vote_instances(probabilities, offsets, *, method: str, background_threshold:
             distance, nearest = cKDTree(peaks).query(voted)
             near = distance <= NEAREST_REACH
             labels[ys[near], xs[near]] = nearest[near] + 1
+        leftover, _ = ndi.label(foreground & (labels == 0))  # foreground no peak claimed keeps ids of its own
+        labels = np.where(leftover > 0, leftover + len(peaks), labels).astype(np.int32)
     else:
         markers = np.zeros(foreground.shape, dtype=np.int32)
         markers[peaks[:, 0], peaks[:, 1]] = np.arange(1, len(peaks) + 1)
-        labels = watershed(-probabilities[..., 1], np.where(foreground, markers, 0), mask=foreground)
-    leftover, _ = ndi.label(foreground & (labels == 0))  # foreground no seed reached keeps ids of its own
-    labels = np.where(leftover > 0, leftover + len(peaks), labels).astype(np.int32)
+        labels = seeded_watershed(probabilities[..., 1], markers, foreground)
     return drop_small_objects(labels, min_size)
 
 
@@ -287,6 +292,7 @@ def measure_heads(output: Path, network_file: str, name: str, predict_parts, hea
     images; DIR/measured.json."""
     import keras
     from train_shipped_models import (
+        POST_PROCESSING_FIELDS,
         _instance_summary,
         choose_post_processing_on,
         held_out_by_kind,
@@ -307,7 +313,7 @@ def measure_heads(output: Path, network_file: str, name: str, predict_parts, hea
     by_setting, _ = choose_post_processing_on([parts[0] for parts in outputs], masks, log=lambda *_: None,
                                               merge_thresholds=())
     best_recipe = max(by_setting, key=lambda key: by_setting[key]["ap50"])
-    recipe_setting = dict(zip(("seed_threshold", "background_threshold", "min_size", "min_seed_size"), best_recipe))
+    recipe_setting = dict(zip(POST_PROCESSING_FIELDS, best_recipe))  # the merge threshold is not chosen here
     result["validation_recipe_post_processing"] = {"setting": recipe_setting, **_instance_summary(by_setting[best_recipe])}
     print(json.dumps(result), flush=True)
     scores = {}

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from centre_votes import ID_SHIFT, HeadSampler, main, measure_heads, train_with_head  # noqa: E402  (beside this file)
+from centre_votes import ID_SHIFT, HeadSampler, main, measure_heads, predict_heads, train_with_head  # noqa: E402  (beside this file)
 
 from napari_unet.masks import IGNORE_LABEL  # noqa: E402
 
@@ -107,28 +107,19 @@ def train(output: Path, steps: int, seed: int) -> None:
 
 
 def predict_star(network, model, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(Y, X, 3) softmax, (Y, X) object probability and (Y, X, N_RAYS) distances in px; one pass, padded to 16."""
-    from napari_unet.training.inputs import _prepare_image
-
-    _, normalized = _prepare_image(image, "image", model)
-    height, width = normalized.shape[:2]
-    pad = ((0, -height % 16), (0, -width % 16), (0, 0))
-    softmax, probability, distances = network(np.pad(normalized, pad, mode="reflect")[None], training=False)
-    return (np.asarray(softmax[0, :height, :width], dtype=np.float32),
-            np.asarray(probability[0, :height, :width, 0], dtype=np.float32),
-            np.maximum(np.asarray(distances[0, :height, :width], dtype=np.float32), 1e-3) * DISTANCE_SCALE)
+    """(Y, X, 3) softmax, (Y, X) object probability and (Y, X, N_RAYS) distances in px for one raw image."""
+    softmax, probability, distances = predict_heads(network, model, image)
+    return softmax, probability[..., 0], np.maximum(distances, 1e-3) * DISTANCE_SCALE
 
 
 def star_instances(softmax, probability, distances, *, method: str, prob_thresh: float, nms_thresh: float,
                    background_threshold: float, min_size: int, recipe_setting: dict | None = None) -> np.ndarray:
     """Labels from the star heads ("polygons"), or a watershed on -P(core) in the softmax's foreground from the kept
     polygons' centres ("seeds") or from the polygons themselves ("polygon_markers": the softmax's edges)."""
-    from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
     from stardist.geometry import polygons_to_label
     from stardist.nms import non_maximum_suppression
 
-    from napari_unet.instances import drop_small_objects
+    from napari_unet.instances import drop_small_objects, seeded_watershed
 
     key = (id(distances), prob_thresh, nms_thresh)  # the grid's other settings reuse an image's NMS
     if key not in _KEPT or _KEPT[key][0] is not distances:
@@ -147,10 +138,7 @@ def star_instances(softmax, probability, distances, *, method: str, prob_thresh:
         markers = np.zeros(probability.shape, dtype=np.int32)
         if len(points):
             markers[points[:, 0], points[:, 1]] = np.arange(1, len(points) + 1)
-    labels = watershed(-softmax[..., 1], np.where(foreground, markers, 0), mask=foreground)
-    leftover, _ = ndi.label(foreground & (labels == 0))  # foreground no seed reached keeps ids of its own
-    labels = np.where(leftover > 0, leftover + len(points), labels).astype(np.int32)
-    return drop_small_objects(labels, min_size)
+    return drop_small_objects(seeded_watershed(softmax[..., 1], markers, foreground), min_size)
 
 
 def split_at_polygons(softmax, points, kept_probability, kept_distances, recipe_setting: dict) -> np.ndarray:

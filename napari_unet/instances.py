@@ -108,7 +108,7 @@ def instances_from_boundary_probabilities(
     become one (merge_weak_borders). Objects smaller than `min_size` px are dropped, ids renumbered 1..N.
     """
     from scipy import ndimage as ndi
-    from skimage.segmentation import relabel_sequential, watershed
+    from skimage.segmentation import relabel_sequential
 
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if probabilities.ndim != 3 or probabilities.shape[-1] != 3:
@@ -124,15 +124,24 @@ def instances_from_boundary_probabilities(
         small[0] = False
         markers[small[markers]] = 0
     markers, _, _ = relabel_sequential(markers)
-    n_markers = int(markers.max())
-    seeds = markers > 0
-    components, _ = ndi.label(foreground)
-    unseeded = foreground & ~np.isin(components, np.unique(components[seeds]))
-    markers[unseeded] = components[unseeded] + n_markers
-    labels = watershed(-interior, markers, mask=foreground)
+    labels = seeded_watershed(interior, markers, foreground)
     if merge_threshold is not None:
         labels = merge_weak_borders(labels, probabilities[..., BOUNDARY], merge_threshold)
     return drop_small_objects(labels, min_size)
+
+
+def seeded_watershed(interior: np.ndarray, markers: np.ndarray, foreground: np.ndarray) -> np.ndarray:
+    """int32 labels: a watershed on -interior from `markers` (ids 1..N, 0 = none; those outside `foreground` are
+    dropped) that fills `foreground`; foreground blobs no marker reaches keep one id each, above N, so a faint
+    object without a seed is kept, not lost."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    markers = np.where(foreground, markers, 0).astype(np.int32)
+    components, _ = ndi.label(foreground)
+    unseeded = foreground & ~np.isin(components, np.unique(components[markers > 0]))
+    markers[unseeded] = components[unseeded] + int(markers.max())
+    return watershed(-interior, markers, mask=foreground).astype(np.int32)
 
 
 def merge_weak_borders(labels: np.ndarray, boundary: np.ndarray, threshold: float) -> np.ndarray:
