@@ -567,12 +567,19 @@ def _instance_summary(scores: dict) -> dict:
     return {key: round(float(scores[key]), 4) for key in keys}
 
 
-def held_out_by_kind(recipe: Recipe, masks, predicted, baseline) -> dict:
-    """Held-out scores of the model's and of Otsu + watershed's instances (one per test image, in order) on images
-    of a size the training set has ("seen kinds": other images of the same experiments) and of sizes it lacks
-    ("unseen kinds": new experiments)."""
+def of_seen_kind(recipe: Recipe, stems: tuple[str, ...]) -> list[bool]:
+    """Whether each image has a size the training set has ("seen kind": other images of the same experiments) or
+    one it lacks ("unseen kind": a new experiment)."""
     sizes = image_sizes(recipe.data_dir)
     trained_sizes = {sizes[stem] for stem in recipe.train_stems}
+    return [sizes[stem] in trained_sizes for stem in stems]
+
+
+def held_out_by_kind(recipe: Recipe, masks, predicted, baseline) -> dict:
+    """Held-out scores of the model's and of Otsu + watershed's instances (one per test image, in order) on images
+    of seen and unseen kinds (of_seen_kind) and per image size."""
+    sizes = image_sizes(recipe.data_dir)
+    seen = of_seen_kind(recipe, recipe.test_stems)
 
     def scores_of(chosen: list[int]) -> dict:
         return {
@@ -586,7 +593,7 @@ def held_out_by_kind(recipe: Recipe, masks, predicted, baseline) -> dict:
 
     result = {}
     for kind, wanted in (("seen_kinds", True), ("unseen_kinds", False)):
-        chosen = [i for i, stem in enumerate(recipe.test_stems) if (sizes[stem] in trained_sizes) == wanted]
+        chosen = [i for i, is_seen in enumerate(seen) if is_seen == wanted]
         if chosen:
             result[kind] = scores_of(chosen)
     result["by_size"] = {"x".join(map(str, size)): scores_of([i for i, stem in enumerate(recipe.test_stems)
