@@ -144,7 +144,7 @@ def train_with_head(output: Path, steps: int, seed: int, *, sampler_class, build
     from napari_unet.model import save_model
     from napari_unet.training import TrainConfig
     from napari_unet.training.inputs import prepare_pairs
-    from napari_unet.training.loop import _learning_rate
+    from napari_unet.training.loop import learning_rate_schedule
     from napari_unet.training.losses import segmentation_loss
     from napari_unet.training.sampling import border_weight_maps
 
@@ -162,7 +162,7 @@ def train_with_head(output: Path, steps: int, seed: int, *, sampler_class, build
     trained = precision.copy_in(model, precision.resolve(config.precision))  # as the recipe trains
     network = build_network(trained.keras_model)
     variables = network.trainable_variables
-    optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, steps))
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(config, steps))
     optimizer.build(variables)
 
     @tf.function(input_signature=[tf.TensorSpec((None, None, None, 1), tf.float32),
@@ -200,9 +200,9 @@ def train_with_head(output: Path, steps: int, seed: int, *, sampler_class, build
 def predict_heads(network, model, image: np.ndarray) -> list[np.ndarray]:
     """Every output of a head network for one raw image, (Y, X, C) float32 each: one pass of the image normalised as
     the recipe does, reflect-padded to a multiple of 16 and cropped back."""
-    from napari_unet.training.inputs import _prepare_image
+    from napari_unet.training.inputs import prepare_image
 
-    _, normalized = _prepare_image(image, "image", model)
+    _, normalized = prepare_image(image, "image", model)
     height, width = normalized.shape[:2]
     pad = ((0, -height % 16), (0, -width % 16), (0, 0))
     outputs = network(np.pad(normalized, pad, mode="reflect")[None], training=False)

@@ -111,7 +111,7 @@ def check_mask(mask, name: str, n_classes: int = 1) -> np.ndarray:
     return mask
 
 
-def _prepare_image(image, name: str, model: SegmentationModel) -> tuple[np.ndarray, np.ndarray]:
+def prepare_image(image, name: str, model: SegmentationModel) -> tuple[np.ndarray, np.ndarray]:
     """(raw (Y, X, C), normalised float32 (Y, X, C)) with the model's percentiles, as prediction does."""
     from napari_unet.prediction import _as_planes, _check_values
 
@@ -155,7 +155,7 @@ def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair", 
         if mask.dtype.kind in "uib":  # the one mask rule (masks.py): user labels -> this model's targets
             mask = training_targets(mask, model.metadata)
         mask = check_mask(mask, name, model.config.n_classes)
-        raw, normalized = _prepare_image(image, name, model)
+        raw, normalized = prepare_image(image, name, model)
         if raw.shape[:2] != mask.shape:
             raise NapariUNetError(
                 f"the mask of {name} is {_shape_text(mask.shape)} but its image is {_shape_text(raw.shape[:2])}: "

@@ -22,7 +22,8 @@ from napari_unet.training.sampling import PatchSampler, border_weight_maps
 from napari_unet.training.validation import _refit_output_offset, score_pairs
 
 
-def _learning_rate(config: TrainConfig, total_steps: int):
+def learning_rate_schedule(config: TrainConfig, total_steps: int):
+    """Adam's learning rate over a run of total_steps (config.lr_schedule); the benchmarks' extra heads train on it too."""
     import keras
 
     if config.lr_schedule == "cosine":
@@ -106,7 +107,7 @@ class _Run:
         self.augmenter = PairAugmenter(config.augmentation, seed=config.seed, mask_fill=IGNORE_LABEL) if config.augment else None
         self._sample_from(training_pairs, focus)
         self.total_steps = config.epochs * config.steps_per_epoch
-        self.optimizer = keras.optimizers.Adam(learning_rate=_learning_rate(config, self.total_steps))
+        self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(config, self.total_steps))
         self.train_step = make_train_step(self.trained.keras_model, self.optimizer, n_classes,
                                           model.config.n_channels, config.dice_weight)
         self.history = TrainHistory(settings={**asdict(config), "patch_size": patch_size, "precision": self.precision,
