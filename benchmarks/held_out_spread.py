@@ -23,16 +23,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
-AT_HALF = 0  # IOU_THRESHOLDS[0] == 0.5
-
-
 def per_image_counts(predicted: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
     """(images, 6): TP, FP, FN of objects at IoU > 0.5, then TP, FP, FN of foreground pixels."""
     from napari_unet.metrics import as_instances, confusion_counts, instance_counts
 
     rows = []
     for labels, mask in zip(predicted, masks):
-        objects = instance_counts(as_instances(mask), labels)[AT_HALF]
+        objects = instance_counts(as_instances(mask), labels, thresholds=(0.5,))[0]
         pixels = confusion_counts(labels, mask)
         rows.append([*objects, pixels["tp"], pixels["fp"], pixels["fn"]])
     return np.asarray(rows, dtype=np.float64)
@@ -86,13 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     recipe = recipe_by_name("nuclei")
     stems = recipe.test_stems if args.split == "test" else recipe.validation_stems
     images, masks = load_instances(recipe, stems)
-    counts_by_model = {"otsu_watershed": per_image_counts([otsu_watershed(image) for image in images], masks)}
+    counts_by_model = {}  # in order: the first model is the reference of the differences
     for name in args.models:
         model = load_model(name)
         counts_by_model[name] = per_image_counts([predict(model, image, output="instances") for image in images],
                                                  masks)
-    names = [*args.models, "otsu_watershed"]  # the first model is the reference of the differences
-    counts_by_model = {name: counts_by_model[name] for name in names}
+    counts_by_model["otsu_watershed"] = per_image_counts([otsu_watershed(image) for image in images], masks)
 
     rng = np.random.default_rng(args.seed)
     seen = np.asarray(of_seen_kind(recipe, stems))
