@@ -144,6 +144,7 @@ def star_instances(softmax, probability, distances, *, method: str, prob_thresh:
 def split_at_polygons(softmax, points, kept_probability, kept_distances, recipe_setting: dict) -> np.ndarray:
     """The recipe's instances, each object holding two or more kept polygon centres split between those polygons by a
     watershed on -P(core) inside it; objects with one centre or none keep the recipe's outline."""
+    from scipy import ndimage as ndi
     from skimage.segmentation import watershed
     from stardist.geometry import polygons_to_label
 
@@ -158,14 +159,16 @@ def split_at_polygons(softmax, points, kept_probability, kept_distances, recipe_
     if not (centres >= 2).any():
         return labels
     polygons = polygons_to_label(kept_distances, points, labels.shape, prob=kept_probability)  # polygon i has id i + 1
+    boxes = ndi.find_objects(labels)  # each object is split within its own box, not the whole image
     next_id = int(labels.max()) + 1
     for label in np.flatnonzero(centres >= 2):
-        inside = labels == label
+        box = boxes[label - 1]
+        inside = labels[box] == label
         own = np.flatnonzero(owner == label) + 1
-        markers = np.where(inside & np.isin(polygons, own), polygons, 0)
-        parts = watershed(-softmax[..., 1], markers, mask=inside)
+        markers = np.where(inside & np.isin(polygons[box], own), polygons[box], 0)
+        parts = watershed(-softmax[box][..., 1], markers, mask=inside)
         for part in np.unique(parts[parts > 0])[1:]:  # the first part keeps the object's id
-            labels[parts == part] = next_id
+            labels[box][parts == part] = next_id
             next_id += 1
     return drop_small_objects(labels, recipe_setting["min_size"])
 
