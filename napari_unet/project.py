@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from napari_unet._files import atomic_write_json
 from napari_unet._version import __version__
@@ -202,30 +203,22 @@ class Project:
     # ------------------------------------------------------------------ the round
     @contextlib.contextmanager
     def _one_round_at_a_time(self):
-        """An exclusive lock file; a second round (any thread or process) is refused, a dead one's lock cleared."""
+        """An exclusive OS lock on <project>/.round.lock (filelock): a second round, from any thread or process,
+        is refused at once. The OS releases the lock when its process dies, so a round that was killed never blocks
+        the next one; the empty file it leaves is not a lock."""
         self.root.mkdir(parents=True, exist_ok=True)
-        lock = self.root / ".round.lock"
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                break
-            except FileExistsError:
-                owner = _read_pid(lock)
-                just_made = owner is None and time.time() - _mtime(lock) < 5  # its owner is writing its pid
-                if just_made or (owner is not None and _alive(owner)):
-                    raise NapariUNetError(
-                        f"a round is already running on project '{self.root}' (process {owner}): wait for it to "
-                        "finish or stop it, then start the next round"
-                    ) from None
-                lock.unlink(missing_ok=True)  # left by a process that died mid-round
-        else:
-            raise NapariUNetError(f"cannot lock project '{self.root}': remove '{lock}' if no round is running")
+        lock = FileLock(self.root / ".round.lock", timeout=0)
         try:
-            os.write(fd, str(os.getpid()).encode())
-            os.close(fd)
+            lock.acquire()
+        except Timeout:
+            raise NapariUNetError(
+                f"a round is already running on project '{self.root}' (another process or window holds "
+                f"'{lock.lock_file}'): wait for it to finish or stop it, then start the next round"
+            ) from None
+        try:
             yield
         finally:
-            lock.unlink(missing_ok=True)
+            lock.release()
 
     def _evaluation_pairs(self) -> Evaluation | None:
         pairs = self.evaluation.pairs()
@@ -497,27 +490,3 @@ def _verdict_sentence(comparison, source: str) -> str:
                 f"{high:+.3f}); the new version is active.")
     return (f"No measurable change on the {source}: IoU {b:.3f} → {a:.3f} is within the noise (95% interval "
             f"{low:+.3f} to {high:+.3f}); the new version is active. Correct more, or add evaluation pairs to tell.")
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip() or "0") or None
-    except (OSError, ValueError):
-        return None
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

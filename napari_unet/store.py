@@ -29,13 +29,13 @@ import json
 import os
 import re
 import shutil
-import threading
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from napari_unet._files import atomic_write_json, temporary_sibling, user_data_dir
 from napari_unet.errors import NapariUNetError
@@ -45,7 +45,6 @@ RECORD_FORMAT = "napari-unet-version/1"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VERSION_SUFFIX = re.compile(r"^(?P<lineage>.+)-v(?P<number>\d+)$")
 LOCK_TIMEOUT_SECONDS = 120.0
-_THREAD_LOCK = threading.RLock()  # flock is per open file, so threads of one process also need this
 
 
 def default_root() -> Path:
@@ -156,49 +155,29 @@ class ModelStore:
     # ---------------------------------------------------------------- writing
     @contextlib.contextmanager
     def _locked(self):
-        """Exclusive lock on the store across threads and processes (fcntl, else an O_EXCL lock file)."""
+        """Exclusive OS lock on `<root>/.lock` across threads and processes (filelock: flock, or msvcrt on Windows).
+
+        Each call opens the file anew, so threads of one process exclude each other too. The OS releases the
+        lock when its process dies, so a save that was killed never blocks the next one.
+        """
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _unwritable(self.root, exc) from exc
-        lock_path = self.root / ".lock"
-        with _THREAD_LOCK:
-            try:
-                import fcntl
-            except ImportError:  # Windows: a lock file created exclusively
-                fcntl = None
-            if fcntl is not None:
-                try:
-                    # closed in the finally below after the unlock; a `with` here would put the yield under `except OSError`
-                    handle = open(lock_path, "a+")  # noqa: SIM115 - held open across the yield for the lock
-                except OSError as exc:
-                    raise _unwritable(self.root, exc) from exc
-                try:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-                    yield
-                finally:
-                    fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-                    handle.close()
-                return
-            deadline = time.monotonic() + LOCK_TIMEOUT_SECONDS
-            while True:
-                try:
-                    fd = os.open(lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                    break
-                except FileExistsError:
-                    if time.monotonic() > deadline:
-                        raise NapariUNetError(
-                            f"the model folder '{self.root}' is locked by another save (lock file '{lock_path}'): "
-                            "wait for it, or delete the lock file if no napari-unet is running"
-                        ) from None
-                    time.sleep(0.05)
-                except OSError as exc:
-                    raise _unwritable(self.root, exc) from exc
-            try:
-                yield
-            finally:
-                os.close(fd)
-                lock_path.unlink(missing_ok=True)
+        lock = FileLock(self.root / ".lock", timeout=LOCK_TIMEOUT_SECONDS)
+        try:
+            lock.acquire()
+        except Timeout:  # a TimeoutError, hence an OSError: caught first
+            raise NapariUNetError(
+                f"the model folder '{self.root}' is locked by another save (lock file '{lock.lock_file}'): wait for "
+                "it to finish, or stop the other napari-unet that is saving there"
+            ) from None
+        except OSError as exc:
+            raise _unwritable(self.root, exc) from exc
+        try:
+            yield
+        finally:
+            lock.release()
 
     def _clean_temp_files(self) -> None:
         """Remove what interrupted saves left; only called under the lock, when nobody else writes.

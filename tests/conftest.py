@@ -84,3 +84,28 @@ def start_model(tmp_path) -> str:
 
     keras.utils.set_random_seed(0)
     return str(save_model(new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny"), tmp_path / "tiny.keras"))
+
+
+@pytest.fixture
+def lock_holder():
+    """hold(path): another process that takes the file lock on `path` (filelock) and keeps it until killed.
+
+    Returns its Popen once it holds the lock; kill it to play a holder that crashed. Killed at teardown.
+    """
+    import subprocess
+    import sys
+
+    holders = []
+    code = ("import sys, time; from filelock import FileLock; lock = FileLock(sys.argv[1]); lock.acquire(); "
+            "print('held', flush=True); time.sleep(600)")
+
+    def hold(path) -> subprocess.Popen:
+        process = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
+        holders.append(process)
+        assert process.stdout.readline().strip() == "held"
+        return process
+
+    yield hold
+    for process in holders:
+        process.kill()
+        process.wait()

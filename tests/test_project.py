@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 
 import numpy as np
 import pytest
 import tifffile
+from filelock import FileLock
 
 from napari_unet.cli import main
 from napari_unet.errors import NapariUNetError
@@ -109,16 +110,22 @@ def test_a_failed_round_leaves_nothing_half_written(project, monkeypatch):
     with pytest.raises(RuntimeError):
         project.round(QUICK)
     assert project.rounds() == [] and project.store.names() == []
-    assert not (project.root / ".round.lock").exists()
+    with FileLock(project.root / ".round.lock", timeout=0):  # released: nobody holds it any more
+        pass
     assert len(project.training.pairs()) == 2
 
 
-def test_two_rounds_at_once_are_refused_and_a_dead_round_lock_is_cleared(project):
-    lock = project.root / ".round.lock"
-    lock.write_text(str(os.getpid()))  # this process is "running" a round
+def test_two_rounds_at_once_are_refused_and_a_killed_rounds_lock_is_no_lock(project, lock_holder):
+    with project._one_round_at_a_time(), \
+            pytest.raises(NapariUNetError, match=r"already running on project .*wait for it to finish"):
+        project.round(QUICK)  # a second round in this process (the dock's and a script's, say)
+    holder = lock_holder(project.root / ".round.lock")  # a round in another process
     with pytest.raises(NapariUNetError, match="already running"):
         project.round(QUICK)
-    lock.write_text("999999999")  # a process that no longer exists
+    assert project.rounds() == []
+    holder.kill()  # it dies mid-round (SIGKILL: no cleanup); its lock file stays, the OS lock does not
+    holder.wait()
+    assert (project.root / ".round.lock").exists()
     assert project.round(QUICK).record["round"] == 1
 
 
@@ -172,6 +179,7 @@ def test_cli_round_and_status_print_the_contract(tmp_path, start_model, capsys, 
                                   "round without pairs", "round already running", "init twice"])
 def test_cli_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, start_model, capsys, case):
     folder, project = _files(tmp_path), str(tmp_path / "p")
+    holder = contextlib.ExitStack()
     main(["project", "init", project, "-m", start_model])
     capsys.readouterr()
     image = str(folder / "image0.tif")
@@ -188,13 +196,14 @@ def test_cli_bad_input_is_one_line_and_a_non_zero_exit(tmp_path, start_model, ca
         args, words = ["project", "round", project], "no training pairs"
     elif case == "round already running":
         main(["project", "add", project, "--image", image, "--mask", str(folder / "labels0.tif")])
-        (tmp_path / "p" / ".round.lock").write_text(str(os.getpid()))
+        holder.enter_context(FileLock(tmp_path / "p" / ".round.lock"))  # this process is running a round
         args, words = ["project", "round", project], "already running"
     else:
         args, words = ["project", "init", project, "-m", start_model], "already a project"
     capsys.readouterr()
     before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "p").rglob("*") if p.name != ".round.lock")
-    assert main(args) == 2
+    with holder:
+        assert main(args) == 2
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and words in error
     after = sorted(p.relative_to(tmp_path) for p in (tmp_path / "p").rglob("*") if p.name != ".round.lock")

@@ -149,6 +149,20 @@ def test_concurrent_saves_from_threads_get_distinct_versions(store, tiny):
     assert len(store.list_versions()) == 4
 
 
+def test_a_save_while_another_process_holds_the_store_lock_waits_then_says_so(store, tiny, lock_holder, monkeypatch):
+    import napari_unet.store as store_module
+
+    monkeypatch.setattr(store_module, "LOCK_TIMEOUT_SECONDS", 0.3)
+    store.root.mkdir(parents=True, exist_ok=True)
+    holder = lock_holder(store.root / ".lock")
+    with pytest.raises(NapariUNetError, match=r"model folder .* is locked by another save.*wait for it"):
+        store.save_version(tiny)
+    assert store.names() == []
+    holder.kill()  # the other napari-unet dies holding the lock: the OS releases it
+    holder.wait()
+    assert store.save_version(tiny)["name"] == "membranes-v1"
+
+
 SAVER = textwrap.dedent(
     """
     import sys, time
