@@ -54,8 +54,9 @@ def ranks(views_list: list[int], tile_size: int, n_nuclei: int) -> dict:
     from scipy.stats import spearmanr
 
     from napari_unet import load_model
+    from napari_unet.channels import as_planes
     from napari_unet.postprocess import semantic_labels
-    from napari_unet.prediction import _as_planes, _Plan, _plane_range, _predict_region, _ProgressCounter
+    from napari_unet.prediction import _Plan, _plane_range, _predict_region, _ProgressCounter
     from napari_unet.uncertainty import METHODS, tiles, uncertainty_map
 
     results = {}
@@ -70,7 +71,7 @@ def ranks(views_list: list[int], tile_size: int, n_nuclei: int) -> dict:
             wrong_fractions, maps = [], {method: [] for method in METHODS}
             for image, mask in pairs:
                 # The engine's blended mean and mean of squares (internals: every method from one pass).
-                plane = _as_planes(np.asarray(image), model.config.n_channels, None)
+                plane = as_planes(np.asarray(image), model.config.n_channels)
                 plan = _Plan(model, plane.shape[:2], None, None, 4, views, with_squares=True)
                 whole = ((0, plane.shape[0]), (0, plane.shape[1]))
                 blended = _predict_region(plan, plane, _plane_range(plane, model.metadata.normalization, None),

@@ -18,6 +18,7 @@ _API = {
     "UNetConfig": "napari_unet.model",
     "build_unet": "napari_unet.model",
     "new_model": "napari_unet.model",
+    "widen_input": "napari_unet.channels",
     "save_model": "napari_unet.model",
     "NapariUNetError": "napari_unet.errors",
     "export_bioimageio": "napari_unet.bioimageio",

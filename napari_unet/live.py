@@ -92,15 +92,19 @@ def touched_by(atoms, plane_shape: tuple[int, int], plane_index: tuple[int, ...]
 
 
 def _features(image: np.ndarray) -> np.ndarray:
-    """ilastik's default feature set as scikit-image offers it: intensity, edges and texture at 5 scales."""
+    """ilastik's default feature set as scikit-image offers it: intensity, edges and texture at 5 scales, of
+    every channel (colour stays colour, as ilastik computes features per channel)."""
     from skimage.feature import multiscale_basic_features
 
     from napari_unet.normalize import apply_range, percentile_range
 
     plane = np.asarray(image, dtype=np.float32)
-    plane = plane[..., None] if plane.ndim == 2 else plane.mean(axis=-1, keepdims=True)
-    plane = apply_range(plane, *percentile_range(plane))[..., 0]
-    return multiscale_basic_features(plane, intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16)
+    plane = plane[..., None] if plane.ndim == 2 else plane
+    plane = apply_range(plane, *percentile_range(plane))
+    channel_axis = -1 if plane.shape[-1] > 1 else None
+    plane = plane if channel_axis is not None else plane[..., 0]
+    return multiscale_basic_features(plane, intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16,
+                                     channel_axis=channel_axis)
 
 
 class ForestPreview:
@@ -185,6 +189,7 @@ class LiveTrainer:
         self.best_iou: float | None = None
         self._best_weights = None
         self._corrected: dict[str, np.ndarray] = {}
+        self.adaptation: dict = {}  # what adaptation.adapt found at the first corrections
 
     @property
     def model(self):
@@ -205,7 +210,12 @@ class LiveTrainer:
         data, self.evaluation = self.project.snapshot()
         self._corrected.update(corrected or {})
         if self._run is None:
-            self._run = _Run(self.parent, _resolve_config(self.parent, self.config, {}), data.images, data.train_masks,
+            # The first corrections decide how to start (a new kind of image: polarity, batch-norm statistics,
+            # learning rate; adaptation.py), as a round's do.
+            from napari_unet.adaptation import adapt
+
+            start, config, self.adaptation = adapt(self.parent, data.images, data.train_masks, self.config)
+            self._run = _Run(start, _resolve_config(start, config, {}), data.images, data.train_masks,
                              None, list(data.names), None, focus=self._corrected)
         else:
             self._run.use_pairs(data.images, data.train_masks, list(data.names), self._corrected)
@@ -253,7 +263,8 @@ class LiveTrainer:
             raise NapariUNetError("nothing to keep yet: live training has not run a step (paint a correction first)")
         tuned, history = self._run.version(self._best_weights)
         history.steps = self.total_steps
-        outcome = self.project.keep(tuned, history, parent_key=self.parent_key, config=self._run.config, log=log)
+        outcome = self.project.keep(tuned, history, parent_key=self.parent_key, config=self._run.config, log=log,
+                                    adaptation=self.adaptation)
         if outcome.record["kept"]:
             self.parent_key = outcome.record["version"]
         return outcome

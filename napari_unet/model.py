@@ -54,6 +54,9 @@ class ModelMetadata:
     config: UNetConfig = field(default_factory=UNetConfig)
     normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
     class_names: list[str] = field(default_factory=lambda: ["foreground"])
+    # What each input channel is (e.g. red, green, blue), shown by the dock; [] = the defaults for the
+    # channel count (channels.channel_names).
+    channel_names: list[str] = field(default_factory=list)
     tile_size: int = 256
     name: str = "unet"
     # The flips/rotations the model was trained to be unaffected by (see SYMMETRIES); test-time
@@ -99,6 +102,7 @@ class ModelMetadata:
             "config": asdict(self.config),
             "normalization": self.normalization.to_dict(),
             "class_names": list(self.class_names),
+            "channel_names": self.input_channel_names,
             "tile_size": int(self.tile_size),
             "name": self.name,
             "symmetries": self.symmetries,
@@ -120,6 +124,7 @@ class ModelMetadata:
             config=UNetConfig(**values.get("config", {})),
             normalization=NormalizationConfig.from_dict(values.get("normalization", {})),
             class_names=list(values.get("class_names", ["foreground"])),
+            channel_names=[str(name) for name in values.get("channel_names", [])],
             tile_size=int(values.get("tile_size", 256)),
             name=str(values.get("name", "unet")),
             symmetries=_known_symmetries(values.get("symmetries", "dihedral")),
@@ -134,6 +139,15 @@ class ModelMetadata:
             core_fraction=_valid_fraction(values.get("core_fraction", 0.0), "core_fraction"),
             info=dict(values.get("info", {})),
         )
+
+    @property
+    def input_channel_names(self) -> list[str]:
+        """One name per input channel: the stored ones when they fit the channel count, else the defaults."""
+        from napari_unet.channels import channel_names
+
+        if len(self.channel_names) == self.config.n_channels:
+            return list(self.channel_names)
+        return channel_names(self.config.n_channels)
 
     @property
     def instance_method(self) -> str:

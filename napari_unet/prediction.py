@@ -5,15 +5,16 @@ for big/dask images) -> tiles gathered with reflect padding (tiling.py) -> norma
 that one range (identical to normalising the whole plane) -> one compiled tf.function per model ->
 probabilities blended with a raised-cosine window -> cropped to exactly the input's Y x X.
 
-Layouts (channel_axis=None):
+Layouts (channel_axis=None; channels.as_planes is the rule):
   (Y, X)                      one plane
-  (Y, X, C)                   when C equals the model's channel count (> 1)
-  (Y, X, 3|4)                 colour (RGB/RGBA) into a 1-channel model: converted to grey, with a warning
+  (Y, X, C)                   C channels (colour or fluorescence), read as they are by a C-channel model;
+                              another channel count is refused with the fixes named (channels=[...] picks,
+                              channels="grey" converts, channels.widen_input gives the model C channels)
   (Z|T, Y, X), (T, Z, Y, X)   stacks, predicted plane by plane (each plane normalised on its own)
   (..., Y, X, C)              stacks of multichannel planes, same rule for the last axis.
-A 3-D array whose last axis has 3 or 4 entries is read as colour (Y, X, RGB[A]) only if Y and X are
-both at least 16 px; otherwise it is a stack. Pass channel_axis to say where channels are (e.g. 0 for
-(C, Y, X)); channel_axis always wins over the guess.
+A 3-D array whose last axis has 2 to 4 entries is read as channels (Y, X, C) only if Y and X are both at
+least 16 px; otherwise it is a stack. Pass channel_axis to say where channels are (e.g. 0 for (C, Y, X));
+channel_axis always wins over the guess.
 
 dask (or zarr via dask.array.from_zarr) input returns a lazy dask array: blocks of BLOCK_SIZE px are
 predicted on compute, each from exactly the tiles a whole-image pass would use, so blocks join without
@@ -30,9 +31,10 @@ from typing import Callable
 import numpy as np
 
 from napari_unet import tiling
+from napari_unet.channels import ChannelChoice, as_planes
 from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.model import SegmentationModel, inference_function
-from napari_unet.normalize import apply_range, percentile_range
+from napari_unet.normalize import apply_range, is_flat, percentile_range
 from napari_unet.onnx_engine import is_onnx, onnx_forward
 from napari_unet.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
 from napari_unet.precision import with_precision
@@ -155,49 +157,6 @@ def _describe(shape) -> str:
     return "×".join(str(n) for n in shape)
 
 
-def _as_planes(image, n_channels: int, channel_axis: int | None):
-    """Reorder to (*leading, Y, X, C) for the model's channel count; colour -> grey for 1-channel models."""
-    shape = tuple(image.shape)
-    if len(shape) < 2:
-        raise NapariUNetError(f"the image has shape {shape}: a 2D (Y, X) image or a stack of them is needed")
-    if channel_axis is not None:
-        if not -len(shape) <= channel_axis < len(shape):
-            raise NapariUNetError(f"channel_axis={channel_axis} does not exist in an image of shape {shape}")
-        image = np.moveaxis(image, channel_axis, -1)
-        has_channels = True
-    else:
-        last = shape[-1]
-        looks_colour = len(shape) >= 3 and last in (3, 4) and min(shape[-3:-1]) >= 16
-        has_channels = len(shape) >= 3 and ((n_channels > 1 and last == n_channels) or (n_channels == 1 and looks_colour))
-    if not has_channels:
-        if n_channels != 1:
-            raise NapariUNetError(
-                f"the model expects {n_channels} channels but the image of shape {_describe(shape)} has none "
-                f"with {n_channels} entries on its last axis: pass channel_axis= to say which axis holds channels"
-            )
-        image = image[..., None]
-    n_image_channels = image.shape[-1]
-    if n_image_channels != n_channels:
-        if n_channels == 1 and n_image_channels in (3, 4):
-            warnings.warn(
-                "colour image given to a 1-channel model: converted to greyscale (alpha ignored)", stacklevel=3
-            )
-            weights = np.array([0.2125, 0.7154, 0.0721], dtype=np.float32)  # as skimage.color.rgb2gray
-            image = (image[..., :3].astype(np.float32) * weights).sum(axis=-1)[..., None]
-        else:
-            raise NapariUNetError(
-                f"the model expects {n_channels} channel(s) but the image of shape {_describe(shape)} has "
-                f"{n_image_channels}: use a model trained for {n_image_channels} channels, or pick channels first"
-            )
-    n_leading = image.ndim - 3
-    if n_leading > 2:
-        raise NapariUNetError(
-            f"the image has shape {_describe(shape)}: at most (T, Z, Y, X) plus channels is supported; "
-            "predict one time point or one position at a time"
-        )
-    return image
-
-
 def _check_values(image) -> None:
     """Reject inputs that are not intensity images before any TensorFlow work."""
     dtype = np.dtype(image.dtype)
@@ -212,14 +171,15 @@ def _check_values(image) -> None:
         raise NapariUNetError(f"the image of shape {_describe(image.shape)} is empty: nothing to segment")
 
 
-def _model_and_planes(model, image, channel_axis: int | None):
-    """The model (a name or path is loaded) and the image checked and laid out as (*leading, Y, X, C) planes."""
+def model_and_planes(model, image, channel_axis: int | None = None, channels: ChannelChoice = None):
+    """The model (a name or path is loaded) and the image checked and laid out as (*leading, Y, X, C) planes
+    of the channels the model reads (channels.as_planes)."""
     if not isinstance(model, SegmentationModel):
         from napari_unet.registry import load_model
 
         model = load_model(model)
     _check_values(image)
-    planes = _as_planes(image, model.config.n_channels, channel_axis)
+    planes = as_planes(image, model.config.n_channels, channel_axis, channels)
     spatial_shape = tuple(planes.shape[-3:-1])
     if min(spatial_shape) < MIN_SIDE:
         raise NapariUNetError(
@@ -239,7 +199,7 @@ def _plane_range(plane, normalization, index) -> tuple[np.ndarray, np.ndarray] |
         low, high = percentile_range(plane, normalization)
     except NapariUNetError as exc:
         raise NapariUNetError(f"{exc}{where}") from None
-    if np.all(high <= low):
+    if np.all(is_flat(low, high)):
         warnings.warn(
             f"the image{where} is constant (no contrast between its percentiles): predicted as all background",
             stacklevel=4,
@@ -398,6 +358,7 @@ def predict(
     overlap: int | None = None,
     batch_size: int = 4,
     channel_axis: int | None = None,
+    channels: ChannelChoice = None,
     progress: ProgressCallback | None = None,
     cancel: CancelCheck | None = None,
     instances_of: str = "auto",
@@ -414,6 +375,8 @@ def predict(
     multi-class models) or "instances" (int32; instances_of="auto" uses the model's own method, e.g. the
     regions enclosed by membranes or a seeded watershed for a boundary-class model: postprocess.py).
     Spatial shape always equals the input's.
+    channels: which of the image's channels the model reads: None (all, as they are), "grey" (converted by
+    request) or a list of indices (channels.as_planes).
     min_size: instances smaller than this (px) are dropped (None: the model's own, else 16).
     tile_size: target tile side in px (default LARGE_TILE; tiles are at most tile_size + overlap, see
     tiling.axis_tiles);
@@ -434,7 +397,7 @@ def predict(
     if instances_of not in ("auto", "foreground", "background"):
         raise NapariUNetError(f"instances_of={instances_of!r} is not one of auto, foreground, background")
     lazy = _is_dask(image)
-    model, planes = _model_and_planes(model, image if lazy else np.asarray(image), channel_axis)
+    model, planes = model_and_planes(model, image if lazy else np.asarray(image), channel_axis, channels)
     spatial_shape = tuple(planes.shape[-3:-1])
     method = None
     if with_uncertainty:
@@ -535,13 +498,13 @@ class RegionPredictor:
     """
 
     def __init__(self, model, image, *, threshold: float = 0.5, channel_axis: int | None = None,
-                 tile_size: int | None = None, overlap: int | None = None, batch_size: int = 4,
+                 channels: ChannelChoice = None, tile_size: int | None = None, overlap: int | None = None, batch_size: int = 4,
                  test_time_augmentation: bool | int = False, precision: str | None = None):
         if not _is_dask(image) and not isinstance(image, np.ndarray):
             import dask.array as da
 
             image = da.from_array(image, chunks=image.chunks) if hasattr(image, "chunks") else np.asarray(image)
-        model, self.planes = _model_and_planes(model, image, channel_axis)
+        model, self.planes = model_and_planes(model, image, channel_axis, channels)
         self.spatial_shape = tuple(self.planes.shape[-3:-1])
         self.leading_shape = tuple(self.planes.shape[:-3])
         self.model, self.threshold = model, threshold

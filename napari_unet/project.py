@@ -37,6 +37,7 @@ from filelock import FileLock, Timeout
 
 from napari_unet._files import atomic_write_json
 from napari_unet._version import __version__
+from napari_unet.adaptation import adapt, with_channels_of
 from napari_unet.errors import NapariUNetError
 from napari_unet.evidence import compare, pooled, unit_counts
 from napari_unet.masks import IGNORE_LABEL
@@ -272,28 +273,35 @@ class Project:
                 raise NapariUNetError(f"project '{self.root}' has no model to start from: give one "
                                       f"('napari-unet project init {self.root} -m MODEL')")
             data, evaluation = self.snapshot()
-            parent = self.load_model(parent_key)
+            parent = with_channels_of(self.load_model(parent_key), data.images)
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
             before_units, _ = _score(parent, evaluation)
+            start, config, adaptation = adapt(parent, data.images, data.train_masks, config, log=log)
             log(f"fine-tuning '{parent_key}' on {len(data.names)} pair(s) …")
-            tuned, history = finetune(parent, data.images, data.train_masks, config=config, names=data.names,
+            tuned, history = finetune(start, data.images, data.train_masks, config=config, names=data.names,
                                       progress=progress, cancel=cancel)
-            return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log)
+            return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
+                                  adaptation)
 
-    def keep(self, tuned, history, *, parent_key: str, config, log: Callable[[str], None] | None = None) -> RoundOutcome:
+    def keep(self, tuned, history, *, parent_key: str, config, log: Callable[[str], None] | None = None,
+             adaptation: dict | None = None) -> RoundOutcome:
         """Make a model trained outside round() (live mode) a version, through the same scoring, guard and
-        record as a round: scored against `parent_key` on the evaluation set as the pairs are now."""
+        record as a round: scored against `parent_key` on the evaluation set as the pairs are now.
+        adaptation: what adaptation.adapt found and did before training, for the record."""
         log = log or (lambda text: None)
         with self._one_round_at_a_time():
             started = time.monotonic()
             data, evaluation = self.snapshot()
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
             before_units, _ = _score(self.load_model(parent_key), evaluation)
-            return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log)
+            return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
+                                  adaptation)
 
     def _conclude(self, parent_key: str, tuned, history, data, evaluation: "Evaluation", before_units, config,
-                  started: float, log: Callable[[str], None]) -> RoundOutcome:
+                  started: float, log: Callable[[str], None], adaptation: dict | None) -> RoundOutcome:
         """Score the new version, guard, save it (kept or marked rolled back) and write the round's record."""
+        if adaptation:
+            tuned.metadata.info["adaptation"] = adaptation
         fingerprints = [pair_fingerprint(i, m, n) for i, m, n in zip(data.images, data.train_masks, data.names)]
         log("scoring the new version …")
         after_units, after_labels = _score(tuned, evaluation)
@@ -319,6 +327,7 @@ class Project:
             "training": {"steps": history.steps, "seconds": round(history.seconds, 2),
                          "stopped_reason": history.stopped_reason, "pairs": list(data.names),
                          "settings": settings},
+            "adaptation": adaptation or {},
             "created": _now(),
         }
         atomic_write_json(self.rounds_dir / f"{number:04d}.json", record)  # last: the commit marker
@@ -398,7 +407,9 @@ class Project:
             if progress is not None:
                 progress(event)
 
-        parent = self.load_model(record["parent"])
+        parent = with_channels_of(self.load_model(record["parent"]), [c[1] for c in chosen])
+        parent, config, _ = adapt(parent, [c[1] for c in chosen], [c[2] for c in chosen], config)
+        config = replace(config, seconds=None)  # the recorded step count ends it, not the clock
         tuned, history = finetune(parent, [c[1] for c in chosen], [c[2] for c in chosen], config=config,
                                   names=[c[0] for c in chosen], progress=count, cancel=lambda: done[0] >= steps)
         recorded = self.store.load(record["version"])
@@ -450,6 +461,7 @@ def _score(model, evaluation: Evaluation, precision: str | None = None) -> tuple
     from napari_unet.prediction import predict
 
     units, labels = [], []
+    model = with_channels_of(model, evaluation.images)  # a one-channel parent or version in a colour project
     for image, truth, valid in zip(evaluation.images, evaluation.truths, evaluation.valid):
         predicted = np.asarray(predict(model, image, output="labels", precision=precision))
         labels.append(predicted)

@@ -60,6 +60,11 @@ class TrainConfig:
     # epoch (what a run without validation should keep). 0: the best epoch, as scored on validation (or by
     # training loss without any). On membranes the mean of 15 scored as the last epoch (weight_averaging.py).
     average_last_epochs: int = 0
+    # A new kind of image (the parent scores below adaptation.NEW_DOMAIN_IOU on the corrections): "auto" adapts
+    # the start and the training with the levers in adapt_levers (adaptation.py), "off" trains as configured.
+    # Used by Project.round and live mode; finetune() itself only widens the model to the images' channels.
+    adapt: str = "auto"
+    adapt_levers: tuple[str, ...] = ("polarity", "batch_norm_stats", "train_batch_norm", "learning_rate", "extend")
 
     def check(self) -> None:
         problems = []
@@ -83,6 +88,13 @@ class TrainConfig:
             problems.append(f"average_last_epochs must be in [0, epochs={self.epochs}], not {self.average_last_epochs}")
         if self.patch_size is not None and self.patch_size < 8:
             problems.append(f"patch_size must be at least 8 px, not {self.patch_size}")
+        from napari_unet.adaptation import ADAPT_MODES, LEVERS
+
+        if self.adapt not in ADAPT_MODES:
+            problems.append(f"adapt must be one of {', '.join(ADAPT_MODES)}, not {self.adapt!r}")
+        unknown = sorted(set(self.adapt_levers) - set(LEVERS))
+        if unknown:
+            problems.append(f"unknown adapt_levers {', '.join(unknown)}: choose among {', '.join(LEVERS)}")
         if problems:
             raise NapariUNetError("invalid training settings: " + "; ".join(problems))
 

@@ -113,14 +113,15 @@ def check_mask(mask, name: str, n_classes: int = 1) -> np.ndarray:
 
 def prepare_image(image, name: str, model: SegmentationModel) -> tuple[np.ndarray, np.ndarray]:
     """(raw (Y, X, C), normalised float32 (Y, X, C)) with the model's percentiles, as prediction does."""
-    from napari_unet.prediction import _as_planes, _check_values
+    from napari_unet.channels import as_planes
+    from napari_unet.prediction import _check_values
 
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1 and model.config.n_channels == 1:
         image = image[..., 0]  # (Y, X, 1): one grey channel, not a stack of 1-pixel-wide planes
     try:
         _check_values(image)
-        planes = _as_planes(image, model.config.n_channels, None)
+        planes = as_planes(image, model.config.n_channels)
     except NapariUNetError as exc:
         raise NapariUNetError(f"{name}: {exc}") from None
     if planes.ndim != 3:

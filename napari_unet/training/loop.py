@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 
 from napari_unet import precision
+from napari_unet.adaptation import with_channels_of
 from napari_unet.augment import PairAugmenter, resolve_for_model, symmetries_of
 from napari_unet.errors import NapariUNetError
 from napari_unet.masks import IGNORE_LABEL
@@ -331,6 +332,8 @@ def finetune(
 
         model = load_model(model)
     config = _resolve_config(model, config, overrides)
+    images, masks = split_pairs(images, masks)
+    model = with_channels_of(model, images)  # colour/multichannel pairs: the model reads every channel
     run = _Run(model, config, images, masks, validation, names, progress)
     stop = _train(run, cancel)
     return _finish(run, stop)

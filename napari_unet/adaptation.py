@@ -1,0 +1,193 @@
+"""Starting well on a kind of image the parent has not seen, from the evidence a round already has.
+
+A round (and Live) starts from a parent model and the user's corrections. Before training, `adapt`:
+
+1. gives the parent the images' channels (channels.widen_input), so colour and fluorescence channels are
+   learnt from instead of collapsed to grey;
+2. scores the parent on the corrections (foreground IoU on the annotated pixels). At or above
+   NEW_DOMAIN_IOU the parent already knows this kind of image and the round trains exactly as configured:
+   nothing changes on the parent's own domain;
+3. below it (a new domain), pulls the levers the config allows (TrainConfig.adapt_levers):
+   - "polarity": also try the image inverted (dark objects on a bright background, as in brightfield or
+     stained tissue, reach a fluorescence-trained parent as bright on dark);
+   - "batch_norm_stats": re-estimate the batch-norm statistics on the user's images (no labels needed;
+     Li et al. 2016, "AdaBN"), so the parent's features are centred for this domain;
+   the candidate start scoring best on the corrections wins (the parent as it is is one of them); then
+   - "train_batch_norm": batch norm is trained, not frozen with the parent's statistics;
+   - "learning_rate": NEW_DOMAIN_LEARNING_RATE instead of the fine-tuning default;
+   - "extend": training goes on while the time budget lasts (NEW_DOMAIN_SECONDS without one) and the
+     validation score still rises (early stopping), instead of stopping after the configured epochs.
+
+What was found and done is returned as a record for the round's log and the version's card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Callable
+
+import numpy as np
+
+from napari_unet.channels import image_channels, widen_input
+from napari_unet.masks import IGNORE_LABEL
+
+# Below this foreground IoU on the corrections, the parent is far from what the user wants: a new domain.
+# Measured starts (benchmarks/new_domain.py): `nuclei` on brightfield 0.0-0.1, `membranes` on fluorescence
+# nuclei ~0.1, `membranes` on its own ISBI slices and `nuclei` on held-out fluorescence images > 0.75.
+NEW_DOMAIN_IOU = 0.5
+ADAPT_MODES = ("auto", "off")
+LEVERS = ("polarity", "batch_norm_stats", "train_batch_norm", "learning_rate", "extend")
+# Probes on a new domain (grey tissue images, 120 s): batch norm trained with 1e-3 lifted the evaluation
+# pairs 0.04 -> 0.81 where frozen with 3e-4 reached 0.55.
+NEW_DOMAIN_LEARNING_RATE = 1e-3
+# The training budget of a new-domain round that was given none, and the epochs it may use (the budget or
+# early stopping ends it first).
+NEW_DOMAIN_SECONDS = 60.0
+NEW_DOMAIN_EPOCHS = 200
+NEW_DOMAIN_PATIENCE = 6
+# The corrections are scored on at most this side per image (the box around the annotated pixels).
+SCORE_SIDE = 512
+# Batch-norm statistics are averaged over this many patches of PATCH_SIDE px from the user's images.
+STAT_PATCHES = 16
+PATCH_SIDE = 256
+
+
+def has_batch_norm(model) -> bool:
+    return any(layer.__class__.__name__ == "BatchNormalization" for layer in model.keras_model.layers)
+
+
+def with_channels_of(model, images):
+    """`model` widened to the channel count of `images` (2D planes, (Y, X) or (Y, X, C)) when they have more
+    channels than it reads; the model itself otherwise."""
+    wanted = max((image_channels(image) for image in images), default=1)
+    if wanted > model.config.n_channels and model.config.n_channels == 1:
+        return widen_input(model, wanted)
+    return model
+
+
+def inverted(model):
+    """A copy of `model` that reads its input the other way round (normalize.NormalizationConfig.invert)."""
+    copy = model.copy()
+    normalization = model.metadata.normalization
+    copy.metadata = replace(copy.metadata, normalization=replace(normalization, invert=not normalization.invert))
+    return copy
+
+
+def _scored_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """At most SCORE_SIDE² px around the annotated pixels of a training mask."""
+    rows, cols = np.nonzero(mask != IGNORE_LABEL)
+    box = []
+    for where, length in ((rows, mask.shape[0]), (cols, mask.shape[1])):
+        low, high = int(where.min()), int(where.max()) + 1
+        if high - low > SCORE_SIDE:
+            centre = (low + high) // 2
+            low = max(0, min(length - SCORE_SIDE, centre - SCORE_SIDE // 2))
+            high = low + SCORE_SIDE
+        box.append(slice(low, high))
+    return box[0], box[1]
+
+
+def corrections_iou(model, images, masks, precision: str | None = None) -> float:
+    """Foreground IoU of `model`'s labels against the user's masks on their annotated pixels (masks: 0 =
+    background, IGNORE_LABEL = not annotated, other values foreground), pooled over the pairs."""
+    from napari_unet.prediction import predict
+
+    intersection = union = 0
+    for image, mask in zip(images, masks):
+        mask = np.asarray(mask)
+        if not np.any(mask != IGNORE_LABEL):
+            continue
+        rows, cols = _scored_box(mask)
+        crop = np.asarray(image)[rows, cols]
+        truth_mask = mask[rows, cols]
+        annotated = truth_mask != IGNORE_LABEL
+        predicted = np.asarray(predict(model, crop, output="labels", precision=precision)) > 0
+        truth = truth_mask > 0
+        intersection += int(np.sum(predicted & truth & annotated))
+        union += int(np.sum((predicted | truth) & annotated))
+    return intersection / union if union else 1.0
+
+
+def reestimate_batch_norm(model, images, seed: int = 0):
+    """A copy of `model` whose batch-norm statistics are those of `images` (raw 2D planes; no labels needed).
+
+    Patches are normalised as training and prediction normalise them; the statistics are the running mean
+    over STAT_PATCHES patches of every layer's batch statistics, each layer seeing the layers before it
+    already normalised with the new statistics' batch (training-mode forward passes)."""
+    from napari_unet.training.inputs import prepare_image
+
+    copy = model.copy()
+    layers = [layer for layer in copy.keras_model.layers if layer.__class__.__name__ == "BatchNormalization"]
+    if not layers:
+        return copy
+    rng = np.random.default_rng(seed)
+    multiple = model.config.size_multiple
+    planes = [prepare_image(image, f"image {i}", model)[1] for i, image in enumerate(images)]
+    patches = []
+    for index in range(STAT_PATCHES):
+        plane = planes[index % len(planes)]
+        side_y = min(PATCH_SIDE, plane.shape[0] // multiple * multiple) or multiple
+        side_x = min(PATCH_SIDE, plane.shape[1] // multiple * multiple) or multiple
+        if plane.shape[0] < side_y or plane.shape[1] < side_x:
+            continue
+        y = int(rng.integers(0, plane.shape[0] - side_y + 1))
+        x = int(rng.integers(0, plane.shape[1] - side_x + 1))
+        patches.append(plane[y:y + side_y, x:x + side_x])
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for count, patch in enumerate(patches):
+            for layer in layers:
+                layer.momentum = count / (count + 1)  # a running mean: patch k weighs 1/(k+1)
+            copy.keras_model(patch[None], training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return copy
+
+
+def adapt(parent, images, masks, config, *, log: Callable[[str], None] | None = None, precision: str | None = None):
+    """(start model, training config, record): see the module docstring.
+
+    images, masks: the corrections the round trains on (raw 2D planes and training masks). config: a
+    TrainConfig; config.adapt "off" only widens the channels."""
+    log = log or (lambda text: None)
+    start = with_channels_of(parent, images)
+    record: dict = {"new_domain": False}
+    if "widened" in start.metadata.info:
+        record["widened"] = start.metadata.info["widened"]
+    if start is not parent:
+        log(f"the images have {start.config.n_channels} channels: the model now reads all of them")
+    if config.adapt == "off":
+        return start, config, record
+    levers = set(config.adapt_levers)
+    parent_iou = corrections_iou(start, images, masks, precision)
+    record["parent_iou"] = round(parent_iou, 4)
+    if parent_iou >= NEW_DOMAIN_IOU:
+        return start, config, record
+    log(f"a new kind of image: the model scores IoU {parent_iou:.2f} on the corrections; adapting")
+    record["new_domain"] = True
+    candidates = {"as it is": (start, parent_iou)}
+    polarities = [("as it is", start)] + ([("inverted", inverted(start))] if "polarity" in levers else [])
+    for name, model in polarities:
+        if name != "as it is":
+            candidates[name] = (model, corrections_iou(model, images, masks, precision))
+        if "batch_norm_stats" in levers and has_batch_norm(model):
+            adapted = reestimate_batch_norm(model, images, seed=config.seed)
+            label = "batch-norm statistics re-estimated" if name == "as it is" else f"{name}, batch-norm statistics re-estimated"
+            candidates[label] = (adapted, corrections_iou(adapted, images, masks, precision))
+    chosen = max(candidates, key=lambda key: candidates[key][1])
+    start = candidates[chosen][0]
+    record["candidates"] = {key: round(score, 4) for key, (_, score) in candidates.items()}
+    record["start"] = chosen
+    log(f"starting from the parent {chosen} (IoU {candidates[chosen][1]:.2f} on the corrections)")
+    changes = {}
+    if "train_batch_norm" in levers and has_batch_norm(start):
+        changes["freeze_batch_norm"] = False
+    if "learning_rate" in levers:
+        changes["learning_rate"] = max(config.learning_rate, NEW_DOMAIN_LEARNING_RATE)
+    if "extend" in levers:
+        changes["epochs"] = max(config.epochs, NEW_DOMAIN_EPOCHS)
+        changes["seconds"] = config.seconds or NEW_DOMAIN_SECONDS
+        changes["early_stopping_patience"] = NEW_DOMAIN_PATIENCE
+    record["training"] = {key: value for key, value in changes.items()}
+    return start, replace(config, **changes), record
