@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import email
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -70,7 +71,21 @@ def test_sdist_carries_what_the_wheel_is_built_from(dist):
     with tarfile.open(dist["sdist"]) as sdist:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     assert {"pyproject.toml", "README.md", "napari.yaml", "napari_unet/models/membranes.keras",
-            "sample_data/em_membranes.tif"} <= names
+            "sample_data/em_membranes.tif", "mkdocs.yml", "docs/index.md", "docs/screenshot.png"} <= names
+
+
+def test_readme_is_a_front_page_whose_links_resolve():
+    """README.md: the two quick-start commands word for word, at most 300 lines, and every relative link
+    (the documentation pages under docs/, the screenshot) names a file that exists. The pages' own links are
+    checked by `mkdocs build --strict` in scripts/test.sh."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) <= 300
+    for command in ("bash scripts/quickstart.sh   # install everything, then open napari with the plugin docked",
+                    "bash scripts/test.sh         # install everything, then run the whole test suite headless"):
+        assert command in readme, command
+    targets = re.findall(r"\]\((?!https?://)([^)#\s]+)(?:#[^)]*)?\)", readme)
+    assert "docs/screenshot.png" in targets and "docs/models.md" in targets
+    assert not [target for target in targets if not (REPO_ROOT / target).is_file()]
 
 
 def test_installed_wheel_is_a_valid_napari_plugin(dist, tmp_path):
