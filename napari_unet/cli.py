@@ -13,6 +13,7 @@ import os
 import sys
 
 from napari_unet._version import __version__
+from napari_unet.channels import parse_channels
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except NapariUNetError as exc:
-        print(f"napari-unet {args.command}: error: {exc}", file=sys.stderr)
+        cause = exc.__cause__  # e.g. bioimageio.py's "needs the bioimageio extra": said the same way as below
+        line = missing_extra(cause, args.command) if isinstance(cause, ImportError) else None
+        print(line or f"napari-unet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:  # a face whose extra is not installed: one line naming the extra
+        line = missing_extra(exc, args.command)
+        if line is None:
+            raise
+        print(line, file=sys.stderr)
         return 2
     except Cancelled:
         print(f"napari-unet {args.command}: cancelled", file=sys.stderr)
@@ -54,6 +63,42 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"napari-unet {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+# The modules only an extra installs ([project.optional-dependencies] in pyproject.toml): import name → (what to
+# name, the extras that install it). onnx, tf2onnx and onnxruntime come with both: a command's own extra is named.
+OPTIONAL_MODULES = {
+    "napari": ("napari", ("gui",)), "npe2": ("npe2", ("gui",)), "magicgui": ("magicgui", ("gui",)),
+    "qtpy": ("qtpy", ("gui",)), "PyQt6": ("PyQt6", ("gui",)),
+    "onnx": ("onnx", ("gui", "bioimageio")), "tf2onnx": ("tf2onnx", ("gui", "bioimageio")),
+    "onnxruntime": ("onnxruntime", ("gui", "bioimageio")),
+    "bioimageio": ("bioimageio.core", ("bioimageio",)), "pydantic": ("pydantic", ("bioimageio",)),
+}
+COMMAND_EXTRA = {"gui": "gui", "export": "bioimageio"}
+
+
+def missing_extra(exc: ImportError, command: str) -> str | None:
+    """`napari-unet CMD needs MODULE: pip install "napari-unet-loop[EXTRA]"` when `exc` is an optional module that
+    is not installed (or qtpy finding no Qt binding); None for anything else, whose traceback should show."""
+    import importlib.util
+
+    top = (exc.name or "").partition(".")[0]
+    if not top and type(exc).__module__.partition(".")[0] == "qtpy":  # napari installed without a Qt binding
+        top = "PyQt6"
+    elif top not in OPTIONAL_MODULES:
+        return None
+    elif top in sys.modules:
+        if sys.modules[top] is not None:  # installed, failing inside: a broken install or a bug, not an extra
+            return None
+    else:
+        try:
+            if importlib.util.find_spec(top) is not None:
+                return None
+        except (ImportError, ValueError):
+            pass
+    shown, extras = OPTIONAL_MODULES[top]
+    extra = COMMAND_EXTRA[command] if COMMAND_EXTRA.get(command) in extras else extras[0]
+    return f'napari-unet {command} needs {shown}: pip install "napari-unet-loop[{extra}]"'
 
 
 # What TensorFlow prints at import before its logging is set up (so TF_CPP_MIN_LOG_LEVEL cannot stop it).
@@ -143,6 +188,7 @@ def add_predict_command(subparsers) -> None:
     kind.add_argument("--instances", action="store_true", help="write instance labels (int32) instead of 0/1 labels")
     kind.add_argument("--probabilities", action="store_true", help="write float32 probabilities instead of labels")
     _add_min_size_option(parser)
+    _add_channels_option(parser)
     _add_tta_option(parser)
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write OUTDIR/<name>_uncertainty.tif: float32, the image's shape, 0-1, higher = less "
@@ -228,7 +274,7 @@ def _run_predict_command(args) -> int:
             written[output_file] = path
     output = "instances" if args.instances else "probabilities" if args.probabilities else "labels"
     options = dict(output=output, threshold=args.threshold, test_time_augmentation=args.tta, precision=args.precision,
-                   min_size=args.min_size)
+                   min_size=args.min_size, channels=parse_channels(args.channels))
     if args.scheduler and args.uncertainty:
         raise NapariUNetError("--uncertainty is not available with --scheduler: predict the uncertainty maps without "
                               "a cluster, or drop --uncertainty")
@@ -304,6 +350,7 @@ def add_evaluate_command(subparsers) -> None:
     parser.add_argument("--masks", required=True, metavar="DIR", help="folder of masks with the same file stems")
     parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
                         help="foreground probability threshold (default 0.5)")
+    _add_channels_option(parser)
     _add_tta_option(parser)
     parser.add_argument("--instances", action="store_true",
                         help="also score objects (masks may be instance label images): ap50, map (IoU 0.50-0.95), f1_50")
@@ -336,6 +383,12 @@ def _pixel_count(text: str) -> int:
     return value
 
 
+def _add_channels_option(parser) -> None:
+    parser.add_argument("--channels", default=None, metavar="C",
+                        help="which of the images' channels the model reads: 'grey' (converted) or numbers such as "
+                             "0 or 0,2 (default: all, as they are; a mismatch with the model is refused and named)")
+
+
 def _add_tta_option(parser) -> None:
     parser.add_argument("--tta", nargs="?", type=int, const=8, default=1, choices=(2, 4, 8), metavar="VIEWS",
                         help="test-time augmentation: average VIEWS flips/rotations the model was trained for "
@@ -361,7 +414,7 @@ def _run_evaluate_command(args) -> int:
     result = evaluate(args.model, [image for image, _ in pairs], [mask for _, mask in pairs],
                       threshold=args.threshold, progress=None if args.json else report,
                       test_time_augmentation=args.tta, instances=args.instances, precision=args.precision,
-                      min_size=args.min_size)
+                      min_size=args.min_size, channels=parse_channels(args.channels))
     if args.json:
         print(json.dumps(result))
         return 0
@@ -401,11 +454,7 @@ def _run_gui_command(args) -> int:
             "no display found (DISPLAY is not set): run it on a desktop, through 'xvfb-run -a napari-unet gui' "
             "for a virtual one, or use 'napari-unet demo' for the headless loop"
         )
-    try:
-        import napari
-    except ImportError:
-        raise NapariUNetError("napari is not installed: install the plugin's GUI with "
-                              "'pip install \"napari-unet-loop[gui]\"' (the command line works without it)") from None
+    import napari  # without the gui extra: main() prints the one line naming it
 
     open_gui(images=args.images, sample=args.sample)
     napari.run()  # returns after the dock has stopped its workers (they have left TensorFlow)
