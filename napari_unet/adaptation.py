@@ -15,8 +15,9 @@ A round (and Live) starts from a parent model and the user's corrections. Before
    the candidate start scoring best on the corrections wins (the parent as it is is one of them); then
    - "train_batch_norm": batch norm is trained, not frozen with the parent's statistics;
    - "learning_rate": NEW_DOMAIN_LEARNING_RATE instead of the fine-tuning default;
-   - "extend": training goes on while the time budget lasts (NEW_DOMAIN_SECONDS without one) and the
-     validation score still rises (early stopping), instead of stopping after the configured epochs.
+   - "extend": a round given a time budget trains while the budget lasts and the validation score still
+     rises (early stopping), instead of stopping after the configured epochs; without a budget it trains
+     the configured epochs, as the user asked.
 
 What was found and done is returned as a record for the round's log and the version's card.
 """
@@ -40,10 +41,8 @@ LEVERS = ("polarity", "batch_norm_stats", "train_batch_norm", "learning_rate", "
 # Probes on a new domain (grey tissue images, 120 s): batch norm trained with 1e-3 lifted the evaluation
 # pairs 0.04 -> 0.81 where frozen with 3e-4 reached 0.55.
 NEW_DOMAIN_LEARNING_RATE = 1e-3
-# The training budget of a new-domain round that was given none, and the epochs it may use (the budget or
-# early stopping ends it first).
-NEW_DOMAIN_SECONDS = 60.0
-NEW_DOMAIN_EPOCHS = 200
+# The epochs a new-domain round with a time budget may use (the budget or early stopping ends it first).
+NEW_DOMAIN_EPOCHS = 1000
 NEW_DOMAIN_PATIENCE = 6
 # The corrections are scored on at most this side per image (the box around the annotated pixels).
 SCORE_SIDE = 512
@@ -185,9 +184,8 @@ def adapt(parent, images, masks, config, *, log: Callable[[str], None] | None = 
         changes["freeze_batch_norm"] = False
     if "learning_rate" in levers:
         changes["learning_rate"] = max(config.learning_rate, NEW_DOMAIN_LEARNING_RATE)
-    if "extend" in levers:
+    if "extend" in levers and config.seconds:
         changes["epochs"] = max(config.epochs, NEW_DOMAIN_EPOCHS)
-        changes["seconds"] = config.seconds or NEW_DOMAIN_SECONDS
         changes["early_stopping_patience"] = NEW_DOMAIN_PATIENCE
     record["training"] = {key: value for key, value in changes.items()}
     return start, replace(config, **changes), record

@@ -235,9 +235,11 @@ def model_card_markdown(model: SegmentationModel) -> str:
         str(info.pop("description", "") or "A U-Net segmentation model made with napari-unet."),
         "",
         "## Use",
-        f"- Input `{INPUT_ID}`: batch × y × x × {metadata.config.n_channels} channel(s); height and width multiples of "
+        f"- Input `{INPUT_ID}`: batch × y × x × {metadata.config.n_channels} channel(s) "
+        f"({', '.join(metadata.input_channel_names)}); height and width multiples of "
         f"{metadata.config.size_multiple}. Pre-processing: percentile normalisation per channel "
-        f"({normalization.low:g}th → 0, {normalization.high:g}th → 1).",
+        f"({normalization.low:g}th → 0, {normalization.high:g}th → 1)"
+        + (", then inverted (1 - x: dark objects on a bright background)." if normalization.invert else "."),
         f"- Output `{OUTPUT_ID}`: per-pixel probabilities of {', '.join(metadata.class_names)} "
         f"({'sigmoid' if metadata.config.n_classes == 1 else 'softmax'}).",
         "- napari-unet (the napari plugin and `napari-unet predict -m this.zip`) also applies what a package cannot "
@@ -311,12 +313,15 @@ def _describe(model: SegmentationModel, authorship: PackageAuthorship, license_i
             inputs=[bio.InputTensorDescr(
                 id=bio.TensorId(INPUT_ID),
                 axes=[bio.BatchAxis(), *space, bio.ChannelAxis(
-                    channel_names=[bio.Identifier(f"channel{i}") for i in range(metadata.config.n_channels)])],
+                    channel_names=[bio.Identifier(_identifier(name)) for name in metadata.input_channel_names])],
                 test_tensor=bio.FileDescr(source=work / "test_input.npy"),
                 sample_tensor=bio.FileDescr(source=work / "sample_input.tif"),
                 preprocessing=[bio.ScaleRangeDescr(kwargs=bio.ScaleRangeKwargs(
                     axes=[bio.AxisId("y"), bio.AxisId("x")],
-                    min_percentile=normalization.low, max_percentile=normalization.high))],
+                    min_percentile=normalization.low, max_percentile=normalization.high)),
+                    # dark objects on a bright background: the model reads the image inverted (1 - x)
+                    *([bio.ScaleLinearDescr(kwargs=bio.ScaleLinearKwargs(gain=-1.0, offset=1.0))]
+                      if normalization.invert else [])],
             )],
             outputs=[bio.OutputTensorDescr(
                 id=bio.TensorId(OUTPUT_ID),
@@ -432,12 +437,16 @@ def _normalization_of(description, path: Path) -> NormalizationConfig:
         raise ModelLoadError(f"'{path}' takes its input as {' × '.join(str(axis.id) for axis in tensor.axes)}: "
                              "napari-unet runs Keras U-Nets taking batch × y × x × channel")
     steps = [step for step in tensor.preprocessing if step.id != "ensure_dtype"]
+    invert = (len(steps) == 2 and steps[1].id == "scale_linear"
+              and float(np.ravel(steps[1].kwargs.gain)[0]) == -1.0 and float(np.ravel(steps[1].kwargs.offset)[0]) == 1.0)
+    if invert:
+        steps = steps[:1]
     if len(steps) != 1 or steps[0].id != "scale_range":
         names = ", ".join(step.id for step in steps) or "none"
         raise ModelLoadError(f"'{path}' pre-processes its input with: {names}; napari-unet applies one percentile "
-                             "normalisation (scale_range), so it cannot run this package faithfully")
+                             "normalisation (scale_range), optionally inverted, so it cannot run this package faithfully")
     kwargs = steps[0].kwargs
-    return NormalizationConfig(low=float(kwargs.min_percentile), high=float(kwargs.max_percentile))
+    return NormalizationConfig(low=float(kwargs.min_percentile), high=float(kwargs.max_percentile), invert=invert)
 
 
 def _metadata_from_description(description, model: SegmentationModel) -> ModelMetadata:

@@ -57,7 +57,7 @@ class Tally:
 
 def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None,
              test_time_augmentation: bool | int = False, instances: bool = False, precision: str | None = None,
-             min_size: int | None = None) -> dict:
+             min_size: int | None = None, channels=None) -> dict:
     """Predict each image and compare with its mask (mask > 0 is foreground; predicted label > 0 likewise).
 
     images/masks: equally long lists of 2D arrays or file paths (an (N, Y, X) array counts as N images).
@@ -71,6 +71,7 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     Masks may then be instance label images (a 0/1 mask is split into its connected components).
     precision: as for predict (None: bfloat16 where the CPU has it).
     min_size: instances smaller than this (px) are dropped (None: the model's own).
+    channels: which of the images' channels the model reads, as for predict.
     """
     from napari_unet.errors import Cancelled
     from napari_unet.prediction import predict
@@ -95,7 +96,8 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
                 f"{'×'.join(map(str, image_spatial))}: a mask must have exactly its image's Y×X shape"
             )
         labels = predict(model, image, output="instances" if instances else "labels", threshold=threshold,
-                         test_time_augmentation=test_time_augmentation, precision=precision, min_size=min_size)
+                         test_time_augmentation=test_time_augmentation, precision=precision, min_size=min_size,
+                         channels=channels)
         tally.add(labels, mask, name)
         if progress is not None:
             progress(index + 1, len(images))

@@ -247,3 +247,28 @@ def test_test_input_is_a_centre_crop_in_multiples_of_the_models_size_step():
         _test_tensors(model, np.zeros((64, 64, 3)))
     with pytest.raises(NapariUNetError, match="at least 8"):
         _test_tensors(model, np.zeros((5, 64)))
+
+
+def test_a_colour_model_that_reads_its_input_inverted_round_trips_through_a_package(tmp_path):
+    """Channel names and the inversion (scale_range, then scale_linear 1 - x) travel in the description."""
+    from dataclasses import replace
+
+    from napari_unet.channels import widen_input
+
+    model = widen_input(contrasty_tiny_model(seed=4), 3)
+    model.metadata = replace(model.metadata, normalization=NormalizationConfig(invert=True))
+    keras_path = save_model(model, tmp_path / "colour.keras")
+    package = tmp_path / "colour.zip"
+    assert main(["export", "-m", str(keras_path), "--bioimageio", str(package), "--author", "Ada Lovelace",
+                 "--license", "MIT"]) == 0
+    loaded = load_package(package)
+    assert loaded.metadata.normalization == NormalizationConfig(invert=True)
+    assert loaded.config.n_channels == 3
+    image_path = tmp_path / "colour.tif"
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(image_path, (ndi.gaussian_filter(rng.random((64, 80, 3)), (3, 3, 0)) * 255).astype(np.uint8))
+    for source, folder in ((keras_path, "from_keras"), (package, "from_package")):
+        assert main(["predict", "-m", str(source), str(image_path), "-o", str(tmp_path / folder), "--probabilities"]) == 0
+    from_keras = tifffile.imread(tmp_path / "from_keras" / "colour.tif")
+    assert from_keras.std() > 0.01
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "from_package" / "colour.tif"), from_keras, atol=1e-5)

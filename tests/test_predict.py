@@ -94,15 +94,6 @@ def test_stack_is_predicted_plane_by_plane(model):
     assert predict(model, np.stack([np.stack(planes[:2])] * 2)).shape == (2, 2, 48, 40)
 
 
-def test_rgb_into_one_channel_model_is_converted_to_grey_with_a_warning(model):
-    grey = smooth_image((64, 48), scale=255).astype(np.uint8)
-    rgb = np.stack([grey, grey, grey, np.full_like(grey, 255)], axis=-1)
-    with pytest.warns(UserWarning, match="greyscale"):
-        result = predict(model, rgb, output="probabilities")
-    assert result.shape == (64, 48)
-    np.testing.assert_allclose(result, predict(model, grey, output="probabilities"), atol=1e-3)
-
-
 def test_last_axis_of_three_is_a_stack_when_planes_are_tiny(model):
     # (10, 12, 3): Y, X would be 10 × 12 if it were colour; too small, so it is 10 planes of 12 × 3.
     assert predict(model, smooth_image((10, 12, 3))).shape == (10, 12, 3)

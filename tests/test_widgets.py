@@ -136,10 +136,18 @@ def test_instances_option_numbers_each_object(qtbot, dock, blobs_image, notifica
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
 
 
-def test_rgb_image_with_a_one_channel_model_is_predicted(qtbot, dock, blobs_image, notifications):
+def test_rgb_image_with_a_one_channel_model_is_converted_only_when_the_user_chooses(qtbot, dock, blobs_image,
+                                                                                     notifications):
     viewer, widget = dock
     viewer.add_image(np.dstack([blobs_image] * 3), name="colour", rgb=True)
-    job = wait_for(qtbot, widget.predict_tab.predict())
+    tab = widget.predict_tab
+    tab.image_combo.select("colour")
+    texts = [tab.channels_combo.itemText(i) for i in range(tab.channels_combo.count())]
+    assert "grey" in " ".join(texts) and "red only" in texts
+    job = wait_for(qtbot, tab.predict())  # nothing chosen: refused, naming the fix
+    assert job.error is not None and "convert to grey" in errors(notifications)[-1]
+    tab.channels_combo.setCurrentIndex(tab.channels_combo.findData("grey"))
+    job = wait_for(qtbot, tab.predict())
     assert job.error is None, errors(notifications)
     assert viewer.layers["colour prediction"].data.shape == blobs_image.shape
 
@@ -157,7 +165,7 @@ def test_multichannel_layer_with_a_two_channel_model(qtbot, dock, blobs_image, n
     viewer.add_image(blobs_image, name="grey")  # one channel for a two-channel model: refused in words
     widget.predict_tab.image_combo.select("grey")
     job = wait_for(qtbot, widget.predict_tab.predict())
-    assert job.error is not None and "expects 2 channels" in errors(notifications)[-1]
+    assert job.error is not None and "reads 2 channels" in errors(notifications)[-1]
 
 
 def test_cancel_stops_prediction_without_a_layer(qtbot, dock, blobs_image, notifications):
@@ -706,13 +714,6 @@ def test_live_refuses_what_it_cannot_use(qtbot, dock, blobs_image, notifications
     tab.image_combo.reset_choices()
     tab.live_check.setChecked(True)  # no prediction to correct
     assert not tab.running and "Press Predict first" in errors(notifications)[-1]
-    rgb = np.stack([blobs_image] * 3, axis=-1)
-    viewer.add_image(rgb, name="colour", rgb=True)
-    viewer.add_labels(np.zeros(blobs_image.shape, np.uint8), name="colour prediction")
-    tab.image_combo.reset_choices()
-    tab.image_combo.select("colour")
-    tab.live_check.setChecked(True)
-    assert not tab.running and "RGB image" in errors(notifications)[-1]
 
 
 def test_live_with_a_model_that_fails_to_load_says_so(qtbot, dock, blobs_image, notifications, tmp_path):

@@ -134,11 +134,6 @@ class LiveWidget(QWidget):
             show_error(f"Live: there is no prediction of '{image_layer.name}' to correct. Press Predict first "
                        f"(it makes the layer '{name}'), then switch Live on and paint in that layer.")
             return False
-        metadata = self.session.model_metadata(self.parent_key())
-        if image_layer.rgb and metadata is not None and metadata.config.n_channels == 1:
-            show_error(f"Live: '{image_layer.name}' is an RGB image but the model reads 1 channel: convert it to "
-                       "greyscale (e.g. Layers ▸ Convert ▸ split RGB, keep one channel) or use a 3-channel model.")
-            return False
         self.image_layer, self.labels_layer = image_layer, labels_layer
         self.plane_index = current_index(self.viewer, image_layer) if stack_depth(image_layer) else ()
         image_plane = np.array(layer_array(image_layer)[self.plane_index])  # a copy: the layer may change

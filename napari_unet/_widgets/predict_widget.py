@@ -44,7 +44,8 @@ TENSORFLOW, ONNX_RUNTIME = "TensorFlow", "ONNX Runtime"
 def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: float, with_probabilities: bool,
                    channel_axis, report, is_cancelled, index: tuple = (),
                    test_time_augmentation: bool | int = False, with_uncertainty: bool = False,
-                   min_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None, ThresholdCache | None, np.ndarray | None]:
+                   min_size: int | None = None,
+                   channels=None) -> tuple[np.ndarray, np.ndarray | None, ThresholdCache | None, np.ndarray | None]:
     """(labels, probabilities or None, threshold cache, uncertainty or None) for `image` — core calls
     only; runs in a worker.
 
@@ -56,7 +57,7 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     from napari_unet.prediction import predict
 
     progress = lambda done, total: report((done, total))  # noqa: E731
-    result = predict(model, image, output="probabilities", threshold=threshold, channel_axis=channel_axis,
+    result = predict(model, image, output="probabilities", threshold=threshold, channel_axis=channel_axis, channels=channels,
                      progress=progress, cancel=is_cancelled, test_time_augmentation=test_time_augmentation,
                      with_uncertainty=with_uncertainty)
     probabilities, uncertainty = result if with_uncertainty else (result, None)
@@ -73,6 +74,36 @@ def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: floa
     if n_classes > 1:  # shown as one map: the probability of "not background"
         probabilities = 1.0 - probabilities[..., 0]
     return labels, probabilities, cache, uncertainty
+
+
+def layer_channels(layer) -> int:
+    """How many channels one plane of an image layer has (colour: 3 or 4; else 1, or a (C, Y, X) guess)."""
+    from napari_unet.channels import image_channels
+
+    data = layer_array(layer)
+    if layer.rgb:
+        return int(data.shape[-1])
+    if data.ndim == 3 and data.shape[0] <= 4 and min(data.shape[1:]) >= 16:
+        return int(data.shape[0])
+    return image_channels(data) if data.ndim == 3 else 1
+
+
+def channel_choices(n_image: int, channel_names: list[str]) -> list[tuple[str, object]]:
+    """(text, channels= value) for the Channels menu: the image's channels as they are first when the model reads
+    that many, else nothing is preselected that converts: grey and single channels only by the user's choice."""
+    n_model = len(channel_names)
+    names = list(channel_names) if n_image == n_model else [f"channel {i}" for i in range(n_image)]
+    if n_image == 3 and n_model != 3:
+        names = ["red", "green", "blue"]
+    choices = []
+    if n_image == n_model:
+        choices.append((f"as they are: {', '.join(names)}", None))
+    else:
+        choices.append((f"the image has {n_image}, the model reads {n_model}: choose", None))
+    if n_model == 1 and n_image > 1:
+        choices.append(("grey (converted from all channels)", "grey"))
+        choices += [(f"{name} only", [i]) for i, name in enumerate(names)]
+    return choices
 
 
 def channel_axis_for(layer, n_model_channels: int):
@@ -134,6 +165,10 @@ class PredictWidget(QWidget):
             "test-time augmentation: predict each tile also flipped/rotated and average (the model's own "
             "symmetries only); costs that many times the time, a little more accurate"
         )
+        self.channels_combo = QComboBox()
+        self.channels_combo.setToolTip("which of the image's channels the model reads; grey conversion happens only "
+                                       "when you choose it here. A fine-tuning round on colour pairs gives the model "
+                                       "all of the image's channels")
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["current slice", "all slices"])
         self.scope_combo.setToolTip("for stacks: predict the displayed slice or every slice")
@@ -150,6 +185,7 @@ class PredictWidget(QWidget):
         form = QFormLayout()
         form.addRow("Image", self.image_combo.native)
         form.addRow("Model", model_row)
+        form.addRow("Channels", self.channels_combo)
         form.addRow("Threshold", threshold_row)
         form.addRow("Stacks", self.scope_combo)
         form.addRow("Views", self.views_combo)
@@ -175,9 +211,12 @@ class PredictWidget(QWidget):
         self.instances_check.toggled.connect(self.min_size_spin.setEnabled)
         session.model_changed.connect(self.refresh_models)
         session.model_changed.connect(self._use_the_models_defaults)
+        session.model_changed.connect(self.refresh_channels)
+        self.image_combo.changed.connect(self.refresh_channels)
         session.versions_changed.connect(self.refresh_models)
         self.refresh_models()
         self._use_the_models_defaults()
+        self.refresh_channels()
 
     def _use_the_models_defaults(self, *args) -> None:
         """A model that separates touching objects itself (e.g. `nuclei`) predicts instances by default, and
@@ -188,6 +227,20 @@ class PredictWidget(QWidget):
         self.instances_check.setChecked(metadata is not None and metadata.instance_method == "boundary_watershed")
         if metadata is not None:
             self.min_size_spin.setValue(smallest_object(metadata))
+
+    def refresh_channels(self, *args) -> None:
+        """The Channels menu for the chosen image and model (channel_choices)."""
+        layer, metadata = self.image_combo.layer(), self.session.model_metadata()
+        self.channels_combo.clear()
+        if layer is None or metadata is None:
+            self.channels_combo.addItem("as they are", None)
+            return
+        for text, value in channel_choices(layer_channels(layer), metadata.input_channel_names):
+            self.channels_combo.addItem(text, value)
+
+    def channels(self):
+        """The Channels menu's choice (channels= of predict)."""
+        return self.channels_combo.currentData()
 
     # --- model menu ---------------------------------------------------------------------------
     def refresh_models(self, *args) -> None:
@@ -239,7 +292,7 @@ class PredictWidget(QWidget):
                         with_probabilities=self.probabilities_check.isChecked(),
                         with_uncertainty=self.uncertainty_check.isChecked(),
                         test_time_augmentation=int(self.views_combo.currentData()),
-                        min_size=self.min_size_spin.value())
+                        min_size=self.min_size_spin.value(), channels=self.channels())
         session = self.session
         twin_of = session.onnx_twin_for(model_key)
 
