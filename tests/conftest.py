@@ -19,20 +19,38 @@ ISBI_DIR = SHARED_DATA / "isbi2012"
 NUCLEI_DIR = SHARED_DATA / "nuclei_dsb2018"
 
 
+def _shared_data(folder: Path, what: str) -> Path:
+    """`folder` if its images/ are there, else skip naming the first folder that is missing."""
+    for needed in (SHARED_DATA, folder, folder / "images"):
+        if not needed.is_dir():
+            pytest.skip(f"needs ../shared/data ({what}): folder {needed} is missing")
+    return folder
+
+
 @pytest.fixture
 def isbi_dir() -> Path:
     """The ISBI 2012 slices (images/NN.png, masks/NN.png); skips only where ../shared is absent."""
-    if not (ISBI_DIR / "images").is_dir():
-        pytest.skip(f"real data not found at {ISBI_DIR}")
-    return ISBI_DIR
+    return _shared_data(ISBI_DIR, "ISBI 2012 EM slices")
 
 
 @pytest.fixture
 def nuclei_dir() -> Path:
     """The DSB 2018 fluorescence nuclei (images/<id>.tif, masks/<id>.tif instance labels)."""
-    if not (NUCLEI_DIR / "images").is_dir():
-        pytest.skip(f"real data not found at {NUCLEI_DIR}")
-    return NUCLEI_DIR
+    return _shared_data(NUCLEI_DIR, "DSB 2018 nuclei")
+
+
+# Markers ([tool.pytest.ini_options] in pyproject.toml) given by the fixtures a test uses, so a new test needs no
+# decorator to be selected or deselected with -m: "gui" (napari viewer or Qt), "shared_data" (../shared/data).
+_MARKER_OF_FIXTURE = {"make_napari_viewer": "gui", "make_napari_viewer_proxy": "gui", "qtbot": "gui", "qapp": "gui",
+                      "isbi_dir": "shared_data", "nuclei_dir": "shared_data"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for marker in sorted({_MARKER_OF_FIXTURE[name] for name in getattr(item, "fixturenames", ())
+                              if name in _MARKER_OF_FIXTURE}):
+            if item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
 
 
 @pytest.fixture(autouse=True)

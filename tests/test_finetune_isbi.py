@@ -21,6 +21,8 @@ from napari_unet.io import read_image
 from napari_unet.model import UNetConfig, new_model
 from napari_unet.training import finetune
 
+pytestmark = pytest.mark.shared_data  # the ISBI 2012 slices in ../shared/data
+
 
 def _load(isbi_dir, slices, step=1):
     images = [read_image(isbi_dir / "images" / f"{i:02d}.png")[::step, ::step] for i in slices]

@@ -91,6 +91,7 @@ def test_shipped_model_metadata_matches_its_card(name):
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_membranes_model_keeps_its_held_out_accuracy(isbi_dir):
     from napari_unet.evaluation import evaluate
 
@@ -106,6 +107,7 @@ def test_membranes_model_keeps_its_held_out_accuracy(isbi_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_membranes_output_offset_fitted_on_validation_also_helps_on_held_out_slices(isbi_dir):
     from dataclasses import replace
 
@@ -124,6 +126,7 @@ def test_membranes_output_offset_fitted_on_validation_also_helps_on_held_out_sli
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 @pytest.mark.parametrize("key, views", [("with_test_time_augmentation", True), ("with_2_views", 2)])
 def test_membranes_model_with_test_time_augmentation_keeps_its_card_accuracy(isbi_dir, key, views):
     from napari_unet.evaluation import evaluate
@@ -157,6 +160,7 @@ def test_nuclei_model_separates_objects_by_its_own_method():
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_nuclei_model_keeps_its_held_out_accuracy(nuclei_dir):
     from napari_unet.evaluation import evaluate
 
@@ -172,6 +176,7 @@ def test_nuclei_model_keeps_its_held_out_accuracy(nuclei_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.shared_data
 def test_touching_nuclei_in_held_out_images_come_out_as_separate_objects(nuclei_dir):
     """Pairs of truth nuclei that touch: both found (IoU > 0.5), each by its own predicted object."""
     from napari_unet.metrics import instance_ious

@@ -102,6 +102,7 @@ def test_lazy_input_with_uncertainty_is_refused(model):
         predict(model, da.from_array(smooth_image((64, 64))), with_uncertainty=True)
 
 
+@pytest.mark.shared_data
 def test_uncertainty_is_higher_where_the_shipped_model_is_wrong(isbi_dir):
     """Held-out ISBI slice 22, not trained on by the shipped `membranes` model (its card's split)."""
     from napari_unet.io import read_image
