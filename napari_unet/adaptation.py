@@ -189,3 +189,51 @@ def adapt(parent, images, masks, config, *, log: Callable[[str], None] | None = 
         changes["early_stopping_patience"] = NEW_DOMAIN_PATIENCE
     record["training"] = {key: value for key, value in changes.items()}
     return start, replace(config, **changes), record
+
+
+def start_score(model, images, masks, precision: str | None = None) -> tuple[float, bool]:
+    """(IoU on the corrections, read inverted?) of the better of `model` as it is and `model` read inverted:
+    where a round from it would start (adapt tries both on a new kind of image)."""
+    model = with_channels_of(model, images)
+    as_it_is = corrections_iou(model, images, masks, precision)
+    if as_it_is >= NEW_DOMAIN_IOU:
+        return as_it_is, False
+    flipped = corrections_iou(inverted(model), images, masks, precision)
+    return (flipped, True) if flipped > as_it_is else (as_it_is, False)
+
+
+def mean_uncertainty(model, image, precision: str | None = None) -> float:
+    """Mean uncertainty (uncertainty.py's default map) of `model` on at most SCORE_SIDE² px of `image`'s centre."""
+    from napari_unet.prediction import predict
+
+    image = np.asarray(image)
+    top, left = (max(0, (side - SCORE_SIDE) // 2) for side in image.shape[:2])
+    crop = image[top:top + SCORE_SIDE, left:left + SCORE_SIDE]
+    model = with_channels_of(model, [crop])
+    _, uncertainty = predict(model, crop, output="labels", with_uncertainty=True, precision=precision)
+    return float(np.mean(uncertainty))
+
+
+def propose_start(candidates: dict, images, masks=None, precision: str | None = None) -> dict:
+    """Which of `candidates` ({name: SegmentationModel}) to start a project or Live from, and why in one line.
+
+    With corrections (masks): the best start_score, the evidence a round uses. Without: the lowest mean
+    uncertainty on the first image, which is only a first guess (a model can be sure and wrong on a kind
+    of image it never saw), and the line says so. Returns {"name", "reason", "scores", "by"}."""
+    if not candidates:
+        raise ValueError("no candidate models to choose from")
+    if masks:
+        scores = {name: start_score(model, images, masks, precision) for name, model in candidates.items()}
+        best = max(scores, key=lambda name: scores[name][0])
+        others = ", ".join(f"{name} {score:.2f}" for name, (score, _) in scores.items() if name != best)
+        read = " read inverted (dark objects on a bright background)" if scores[best][1] else ""
+        reason = (f"'{best}' fits your corrections best: IoU {scores[best][0]:.2f}{read} before any training"
+                  + (f" (then {others})" if others else ""))
+        return {"name": best, "reason": reason, "by": "corrections",
+                "scores": {name: round(score, 4) for name, (score, _) in scores.items()}}
+    scores = {name: mean_uncertainty(model, images[0], precision) for name, model in candidates.items()}
+    best = min(scores, key=scores.get)
+    others = ", ".join(f"{name} {score:.2f}" for name, score in scores.items() if name != best)
+    reason = (f"'{best}' is the least unsure on this image (mean uncertainty {scores[best]:.2f}"
+              + (f"; {others}" if others else "") + "): a first guess until you correct a region")
+    return {"name": best, "reason": reason, "by": "uncertainty", "scores": {k: round(v, 4) for k, v in scores.items()}}

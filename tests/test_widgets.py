@@ -864,3 +864,20 @@ def test_a_layer_frozen_with_the_imports_is_freed_once_removed(qtbot, dock):
     viewer.layers.remove(layer)
     del layer
     qtbot.waitUntil(lambda: alive() is None, timeout=10_000)
+
+
+def test_suggest_a_start_selects_the_model_that_fits_the_corrections_and_says_why(qtbot, dock, blobs_image,
+                                                                                  notifications):
+    viewer, widget = dock
+    viewer.add_image(blobs_image, name="cells")
+    mask = (blobs_image > 100).astype(np.uint8)
+    widget.session.project.add_pair(blobs_image, mask, name="cells")
+    tab = widget.finetune_tab
+    tab.image_combo.reset_choices()
+    job = wait_for(qtbot, tab.suggest_start())
+    assert job.error is None, errors(notifications)
+    proposal = tab.suggestion
+    assert proposal["by"] == "corrections" and proposal["name"] == max(proposal["scores"], key=proposal["scores"].get)
+    assert widget.session.model_key == proposal["name"]  # bright discs on dark: fluorescence nuclei fit best
+    assert proposal["name"] == "nuclei"
+    assert any("fits your corrections best" in message for _, message in notifications)

@@ -13,7 +13,16 @@ import math
 import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
-from qtpy.QtWidgets import QCheckBox, QDoubleSpinBox, QFormLayout, QLabel, QSpinBox, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QLabel,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_unet._widgets._layers import LayerChooser, current_index, layer_array, stack_depth
 from napari_unet._widgets._plot import RoundsPlot, TrainingPlot
@@ -41,6 +50,12 @@ class FinetuneWidget(QWidget):
 
         self.model_label = QLabel("")
         self.model_label.setWordWrap(True)
+        self.suggest_button = QPushButton("Suggest a start")
+        self.suggest_button.setToolTip("score every shipped model and kept version on your corrections (or, without "
+                                       "any, by their uncertainty on the Re-predict image) and choose the best; "
+                                       "pick another in the Predict tab to override")
+        self.suggest_job: Job | None = None
+        self.suggestion: dict | None = None
         self.pairs_label = QLabel("")
         self.pairs_label.setWordWrap(True)
         self.image_combo = LayerChooser(Image, "after the round, this image is predicted again with the new version")
@@ -77,6 +92,7 @@ class FinetuneWidget(QWidget):
         form.addRow("Time budget", self.seconds_spin)
         layout = QVBoxLayout(self)
         layout.addWidget(self.model_label)
+        layout.addWidget(self.suggest_button)
         layout.addWidget(self.pairs_label)
         layout.addLayout(form)
         layout.addWidget(self.augment_check)
@@ -86,6 +102,7 @@ class FinetuneWidget(QWidget):
         layout.addWidget(self.rounds_plot, 1)
         layout.addWidget(self.rounds_label)
 
+        self.suggest_button.clicked.connect(self.suggest_start)
         self.controls.start_button.clicked.connect(self.start)
         self.controls.cancel_button.clicked.connect(self.cancel)
         session.model_changed.connect(self._show_model)
@@ -104,6 +121,47 @@ class FinetuneWidget(QWidget):
     def _show_model(self, *args) -> None:
         source = "the project's active version" if self.session.project.active else "chosen in the Predict tab"
         self.model_label.setText(f"Starting model: <b>{self.parent_key() or '(none)'}</b> ({source})")
+
+    def suggest_start(self) -> Job | None:
+        """Propose the model that fits the user's images best (adaptation.propose_start) and select it."""
+        if self.suggest_job is not None and not self.suggest_job.done:
+            return None
+        session, project = self.session, self.session.project
+        keys = [key for label, key in session.model_choices() if key and "rolled back" not in label]
+        image_layer = self.image_combo.layer()
+        plane = None
+        if image_layer is not None:
+            index = current_index(self.viewer, image_layer) if stack_depth(image_layer) else ()
+            plane = np.array(layer_array(image_layer)[index])
+        if not keys or (plane is None and not project.training.pairs()):
+            show_info("Suggest a start: open an image (or add a corrected pair) and have at least one model.")
+            return None
+
+        def work(report, is_cancelled):
+            from napari_unet.adaptation import propose_start
+
+            images, masks = [], None
+            if project.training.pairs():
+                data, _ = project.snapshot()
+                images, masks = data.images, data.train_masks
+            else:
+                images = [plane]
+            return propose_start({key: session.load_model(key) for key in keys}, images, masks)
+
+        def done(proposal) -> None:
+            self.suggestion = proposal
+            if project.active:
+                show_info(f"{proposal['reason']}. The project goes on from its active version '{project.active}'; "
+                          "revert to another in the Models tab to start elsewhere.")
+            else:
+                session.select_model(proposal["name"])
+                show_info(f"{proposal['reason']}: selected it (pick another in the Predict tab to override).")
+            self.model_label.setToolTip(proposal["reason"])
+
+        self.controls.say("Scoring the models on your images …")
+        self.suggest_job = Job(work, what="Suggesting a start", on_done=done)
+        session.track(self.suggest_job)
+        return self.suggest_job.start()
 
     def _show_pairs(self, *args) -> None:
         project = self.session.project
