@@ -18,7 +18,6 @@ import os
 import sys
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -30,31 +29,42 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 TILE = 64
 
 
-def _forest_iou(image, labels, touched, eval_image, eval_truth) -> tuple[float, float]:
-    """IoU of scikit-image's random forest on multiscale features, trained on the touched pixels; its seconds."""
+def forest_features(image: np.ndarray) -> np.ndarray:
+    """(Y, X, features) of ilastik's default set as scikit-image offers it: intensity, edges, texture, sigma 1..16."""
     from skimage.feature import multiscale_basic_features
-    from skimage.future import fit_segmenter, predict_segmenter
+
+    return multiscale_basic_features(image, intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16)
+
+
+def forest_classifier():
+    """The random forest of the baseline (new_domain.py fits the same one)."""
     from sklearn.ensemble import RandomForestClassifier
 
+    return RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, random_state=0)
+
+
+def _forest_iou(image, labels, touched, eval_image, eval_truth) -> tuple[float, float]:
+    """IoU of scikit-image's random forest on multiscale features, trained on the touched pixels; its seconds."""
+    from skimage.future import fit_segmenter, predict_segmenter
+
     started = time.perf_counter()
-    features = partial(multiscale_basic_features, intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16)
     training_labels = np.where(touched, (labels > 0).astype(np.uint8) + 1, 0)  # 0 = unlabelled, 1 bg, 2 fg
-    classifier = fit_segmenter(training_labels, features(image), RandomForestClassifier(n_estimators=50, n_jobs=-1,
-                                                                                         max_depth=10, random_state=0))
-    predicted = predict_segmenter(features(eval_image), classifier) == 2
+    classifier = fit_segmenter(training_labels, forest_features(image), forest_classifier())
+    predicted = predict_segmenter(forest_features(eval_image), classifier) == 2
     seconds = time.perf_counter() - started
     truth = eval_truth > 0
     union = np.logical_or(predicted, truth).sum()
     return (float(np.logical_and(predicted, truth).sum() / union) if union else 1.0), seconds
 
 
-def run(start: str, n_tiles: int, burst_seconds: float) -> list[dict]:
+def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = None) -> list[dict]:
+    """case: (512² image, its labels with the right half 255, right-half image, right-half truth); None: _case()."""
     from bench_round import _case
 
     from napari_unet.live import LiveTrainer, live_mask
     from napari_unet.project import Project
 
-    image, corrected, eval_image, eval_truth = _case()
+    image, corrected, eval_image, eval_truth = case if case is not None else _case()
     truth_left = np.where(corrected == 255, 0, corrected)[:, :256]
     left = image[:, :256]
     root = Path(tempfile.mkdtemp(prefix="bench-live-")) / "project"
