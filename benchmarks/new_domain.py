@@ -209,7 +209,7 @@ def unet_round(start: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], test
     return _row("unet-round", len(pairs), predicted, [truth for _, truth in test], training["seconds"], predict_seconds,
                 config=label, kept=outcome.kept, steps=training["steps"], stopped=training["stopped_reason"],
                 round_seconds=outcome.record["seconds"], round_eval=outcome.record["eval"]["after"]["iou"],
-                start=start)
+                start=start, adaptation=outcome.record.get("adaptation", {}))
 
 
 def _line(row: dict) -> str:
@@ -217,6 +217,8 @@ def _line(row: dict) -> str:
     if "kept" in row:
         note += (f" ({'kept' if row['kept'] else 'ROLLED BACK'}, {row['steps']} steps, {row['stopped']}, "
                  f"round {row['round_seconds']:.0f} s)")
+    if row.get("adaptation", {}).get("new_domain"):
+        note += f" start: {row['adaptation']['start']}"
     return (f"| {row['method']} | {row['k']} | {row['ap50']:.3f} | {row['iou']:.3f} | {row['train_seconds']:.1f} | "
             f"{row['predict_seconds_per_image']:.2f} | {row['n_predicted']}/{row['n_true']} | {row['load']:.1f} | "
             f"{note.strip()} |")

@@ -237,3 +237,67 @@ def propose_start(candidates: dict, images, masks=None, precision: str | None = 
     reason = (f"'{best}' is the least unsure on this image (mean uncertainty {scores[best]:.2f}"
               + (f"; {others}" if others else "") + "): a first guess until you correct a region")
     return {"name": best, "reason": reason, "by": "uncertainty", "scores": {k: round(v, 4) for k, v in scores.items()}}
+
+
+# The seed and background thresholds of a boundary_watershed version tried on a new kind of image (None: the
+# most probable class decides). The parent's were chosen on the parent's own validation images.
+SEED_THRESHOLDS = (0.5, 0.65, 0.8)
+BACKGROUND_THRESHOLDS = (None, 0.3, 0.1)
+
+
+def scored_regions(masks, regions=None) -> list[tuple[slice, slice]]:
+    """Per instance mask, the box of its scored pixels: the whole mask, or the bounding box of `regions[i]`
+    (e.g. a held-out stripe)."""
+    boxes = []
+    for index, mask in enumerate(masks):
+        region = None if regions is None else np.asarray(regions[index])
+        if region is None or not region.any():
+            boxes.append((slice(0, mask.shape[0]), slice(0, mask.shape[1])))
+            continue
+        rows, cols = np.nonzero(region)
+        boxes.append((slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1)))
+    return boxes
+
+
+def choose_post_processing(model, images, instance_masks, regions=None, precision: str | None = None) -> dict | None:
+    """Re-choose a boundary_watershed model's seed and background thresholds on the user's instance masks (AP@0.5
+    pooled over their objects), as the shipped recipes chose them on validation images; sets them on the model.
+
+    regions: per image the pixels to score (e.g. held-out stripes; None: all). Returns {"seed_threshold",
+    "background_threshold", "ap50", "before_ap50", "n_objects"}, or None when the model has another method or the
+    masks hold no objects. The current setting is kept unless another scores higher."""
+    from napari_unet.evaluation import Tally
+    from napari_unet.postprocess import model_instances
+    from napari_unet.prediction import predict
+
+    metadata = model.metadata
+    if metadata.instance_method != "boundary_watershed":
+        return None
+    crops = []
+    for image, mask, (rows, cols) in zip(images, instance_masks, scored_regions(instance_masks, regions)):
+        truth = np.where(np.asarray(mask)[rows, cols] == IGNORE_LABEL, 0, np.asarray(mask)[rows, cols])
+        if truth.any():
+            crops.append((np.asarray(predict(model, np.asarray(image)[rows, cols], output="probabilities",
+                                             precision=precision)), truth))
+    if not crops:
+        return None
+    n_classes = model.config.n_classes
+
+    def ap50(seed, background) -> float:
+        tally = Tally(instances=True)
+        settings = replace(metadata, seed_threshold=seed, background_threshold=background)
+        for probabilities, truth in crops:
+            tally.add(model_instances(probabilities, settings, n_classes), truth)
+        return float(tally.result()["ap50"])
+
+    current = (metadata.seed_threshold, metadata.background_threshold)
+    scores = {current: ap50(*current)}
+    for seed in SEED_THRESHOLDS:
+        for background in BACKGROUND_THRESHOLDS:
+            if (seed, background) not in scores:
+                scores[(seed, background)] = ap50(seed, background)
+    best = max(scores, key=lambda key: (scores[key], key == current))
+    model.metadata = replace(metadata, seed_threshold=best[0], background_threshold=best[1])
+    return {"seed_threshold": best[0], "background_threshold": best[1], "ap50": round(scores[best], 4),
+            "before_ap50": round(scores[current], 4),
+            "n_objects": int(sum(len(np.unique(truth)) - 1 for _, truth in crops))}

@@ -169,3 +169,23 @@ def test_live_learns_from_colour_corrections(tmp_path, start_model):
     assert forest.fit(image, mask) and forest.predict(image).shape == mask.shape
     outcome = trainer.keep()
     assert project.load_model(outcome.record["version"]).config.n_channels == 3
+
+
+def test_post_processing_is_re_chosen_on_the_users_objects_and_never_for_worse(nuclei_dir):
+    from napari_unet.adaptation import choose_post_processing
+    from napari_unet.io import read_image
+    from napari_unet.registry import load_model
+
+    model = load_model("nuclei")
+    stems = sorted(path.stem for path in (nuclei_dir / "images").glob("*.tif"))[:2]
+    images = [read_image(nuclei_dir / "images" / f"{stem}.tif") for stem in stems]
+    masks = [read_image(nuclei_dir / "masks" / f"{stem}.tif") for stem in stems]
+    parent = (model.metadata.seed_threshold, model.metadata.background_threshold)
+    chosen = choose_post_processing(model, images, masks)
+    assert chosen["n_objects"] > 0 and chosen["ap50"] >= chosen["before_ap50"]
+    assert (model.metadata.seed_threshold, model.metadata.background_threshold) == (
+        chosen["seed_threshold"], chosen["background_threshold"])
+    if chosen["ap50"] == chosen["before_ap50"]:
+        assert (chosen["seed_threshold"], chosen["background_threshold"]) == parent  # ties keep the parent's
+    one_class = contrasty_tiny_model(seed=0)
+    assert choose_post_processing(one_class, images, masks) is None  # components: nothing to choose
