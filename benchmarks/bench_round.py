@@ -60,6 +60,8 @@ def _parse_overrides(items: list[str]) -> dict:
             values[key] = int(text)
         elif kind.startswith("float"):
             values[key] = float(text)
+        elif kind.startswith("tuple"):
+            values[key] = tuple(part for part in text.split(",") if part)
         else:
             values[key] = text
     return values
