@@ -57,8 +57,10 @@ def _forest_iou(image, labels, touched, eval_image, eval_truth) -> tuple[float, 
     return (float(np.logical_and(predicted, truth).sum() / union) if union else 1.0), seconds
 
 
-def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = None) -> list[dict]:
-    """case: (512² image, its labels with the right half 255, right-half image, right-half truth); None: _case()."""
+def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = None,
+        overrides: dict | None = None) -> list[dict]:
+    """case: (512² image, its labels with the right half 255, right-half image, right-half truth); None: _case().
+    overrides: TrainConfig fields for live mode (None: live mode's own defaults)."""
     from bench_round import _case
 
     from napari_unet.live import LiveTrainer, live_mask
@@ -70,7 +72,12 @@ def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = Non
     root = Path(tempfile.mkdtemp(prefix="bench-live-")) / "project"
     project = Project.init(root, start)
     project.add_pair(eval_image, eval_truth, evaluation=True, name="right-half")
-    trainer = LiveTrainer(project, start)
+    if overrides:
+        from napari_unet.training import TrainConfig
+
+        trainer = LiveTrainer(project, start, TrainConfig(validation_fraction=0.0, **overrides))
+    else:
+        trainer = LiveTrainer(project, start)
     order = [(r, c) for r in range(0, 512, TILE) for c in range(0, 256, TILE)]
     order = [order[i] for i in np.random.default_rng(0).permutation(len(order))][:n_tiles]
     touched = np.zeros(left.shape, dtype=bool)

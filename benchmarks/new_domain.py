@@ -253,7 +253,7 @@ def run(start: str, corrected: list[int], seconds: float, methods: list[str], le
     return rows
 
 
-def live(start: str, live_seconds: float, n_tiles: int) -> list[dict]:
+def live(start: str, live_seconds: float, n_tiles: int, levers: tuple[str, ...] | None = None) -> list[dict]:
     """bench_live.run on a 512² crop of the first pool image: left half corrected tile by tile, right half scored."""
     from bench_live import run as run_live
 
@@ -264,7 +264,9 @@ def live(start: str, live_seconds: float, n_tiles: int) -> list[dict]:
     corrected = truth.copy()
     corrected[:, 256:] = IGNORE_LABEL  # the user corrects the left half only
     print(f"live: {stem}[:512, :512], {n_tiles} tiles, {live_seconds / n_tiles:.2f} s of training per tile", flush=True)
-    return run_live(start, n_tiles, live_seconds / n_tiles, case=(image, corrected, image[:, 256:], truth[:, 256:]))
+    overrides = None if levers is None else {"adapt_levers": levers}
+    return run_live(start, n_tiles, live_seconds / n_tiles, case=(image, corrected, image[:, 256:], truth[:, 256:]),
+                    overrides=overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", action="store_true", help="live mode against the forest (bench_live.py)")
     parser.add_argument("--live-seconds", type=float, default=60.0, help="seconds of live training in all")
     parser.add_argument("--live-tiles", type=int, default=16, help="64² tiles the user corrects (the left half has 32)")
+    parser.add_argument("--live-levers", default=None, metavar="A,B",
+                        help="adaptation levers live mode may use (default: live mode's own)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write all rows as JSON")
     args = parser.parse_args(argv)
     if any(k < 1 or k > 16 - N_TEST for k in args.corrected):
@@ -286,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.live:
         result = {"start": args.start, "live_seconds": args.live_seconds,
-                  "live": live(args.start, args.live_seconds, args.live_tiles)}
+                  "live_levers": args.live_levers,
+                  "live": live(args.start, args.live_seconds, args.live_tiles,
+                               None if args.live_levers is None else tuple(filter(None, args.live_levers.split(","))))}
     else:
         corrected, seconds, n_test = ([1], 10.0, 2) if args.quick else (args.corrected, args.seconds, N_TEST)
         result = {"start": args.start, "seconds": seconds, "test_images": n_test,
