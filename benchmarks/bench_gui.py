@@ -65,9 +65,7 @@ def main() -> int:
         timer.stop()
         return beats
 
-    from napari_unet._widgets._tensorflow import ensure_tensorflow
-
-    ensure_tensorflow()  # the dock's background import of TensorFlow would otherwise land in the idle window
+    widget.session.worker.ready.wait(120)  # the worker process's start-up stays out of the idle window
     record(3.0)  # let the first draws settle
     idle = _stalls(record(args.seconds), period)
     project = Project.init(f"{folder}/project", "membranes")

@@ -114,11 +114,10 @@ def run_viewer(image_path: Path, region_size: int) -> dict:
     from napari_unet.lazy_labels import create_labels_store, open_zarr_image, predict_regions
     from napari_unet.registry import load_model
 
-    viewer = napari.Viewer(show=False)
-    from napari_unet._widgets._tensorflow import ensure_tensorflow
-
-    ensure_tensorflow()  # after napari's OpenGL, as the dock does
+    # This benchmark predicts in the viewer's own process (the dock uses its worker process): TensorFlow first, as
+    # Mesa's OpenGL and then TensorFlow's bundled LLVM in one process crash on Linux.
     model = load_model("nuclei")
+    viewer = napari.Viewer(show=False)
     image = open_zarr_image(image_path)
     folder = Path(tempfile.mkdtemp(prefix="bench-lazy-viewer-"))
     try:

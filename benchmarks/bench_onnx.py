@@ -40,9 +40,7 @@ if sys.argv[1] == "onnx":
     from napari_unet.onnx_engine import load_onnx_twin
     model = load_onnx_twin(shipped_model_path(sys.argv[2]))
 else:
-    from napari_unet._widgets._tensorflow import ensure_tensorflow
     from napari_unet.registry import load_model
-    ensure_tensorflow()
     model = load_model(sys.argv[2])
 loaded = time.perf_counter()
 predict(model, image, output="instances")

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from napari_unet.errors import Cancelled, NapariUNetError
 
-    # In napari, the dock imports TensorFlow after OpenGL is up (_widgets/_tensorflow.py); predict may not need it.
+    # napari's process never imports TensorFlow (the dock's worker process does); predict may not need it.
     if args.command not in ("gui", "predict"):
         _import_tensorflow_quietly()
     try:
@@ -108,8 +108,7 @@ _TENSORFLOW_IMPORT_NOISE = ("All log messages before absl::InitializeLog()", "on
 def _import_tensorflow_quietly() -> None:
     """Import TensorFlow with its start-up chatter kept off the terminal; anything else it prints is shown.
 
-    Done before any command but `gui`: there napari's OpenGL must come first and the dock imports
-    TensorFlow afterwards (importing it first crashes a shown viewer with Mesa's LLVM; _widgets/_tensorflow.py).
+    Done before any command but `gui`: napari's process never imports it (the dock's worker process does).
     """
     import tempfile
 

@@ -3,7 +3,7 @@
 Importing TensorFlow and Keras, loading a .keras and tracing its forward pass take 3-4 s on a 2-core CPU
 before the first tile is computed; ONNX Runtime imports and opens the same network in ~0.2 s, but then runs
 it 1.3-5x slower than TensorFlow (benchmarks/bench_onnx.py). So ONNX Runtime serves only where start-up
-dominates: the dock's predictions while TensorFlow has not loaded the model yet (Session.onnx_twin_for), and
+dominates: the dock's predictions while its worker process has not loaded the model yet (Session.onnx_twin_for), and
 `napari-unet predict` of a few images (registry.quick_twin). Both need the model's ONNX twin, `<name>.onnx`
 beside `<name>.keras`: the recipe script writes the shipped models' twins, and the dock writes one for each
 version a fine-tuning round keeps (write_twin). Everything else runs on TensorFlow.
@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -95,11 +93,6 @@ class OnnxNetwork:
 
 
 def _twin_session(keras_path):
-    from napari_unet._native import package_files, preload
-
-    if "onnxruntime" not in sys.modules:  # its 70 MB of libraries mapped without holding the GIL (_native.py)
-        preload(package_files("onnxruntime", "capi/libonnxruntime_providers_shared.so",
-                              "capi/onnxruntime_pybind11_state" + sysconfig.get_config_var("EXT_SUFFIX")))
     import onnxruntime
 
     path = twin_path(keras_path)

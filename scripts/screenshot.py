@@ -47,13 +47,12 @@ def main() -> int:
     if "membranes" in shipped_model_names():
         dock.session.select_model("membranes")
     else:
-        from napari_unet._widgets._tensorflow import ensure_tensorflow
-
-        ensure_tensorflow()  # after napari's OpenGL is up: see _tensorflow.py
-        from napari_unet.model import UNetConfig, new_model, save_model
+        import subprocess
 
         path = Path(os.environ["NAPARI_UNET_HOME"]) / "quick.keras"
-        save_model(new_model(UNetConfig(base_width=8), name="quick"), path)
+        subprocess.run([sys.executable, "-c", "import sys; from napari_unet.model import UNetConfig, new_model, save_model; "
+                        "save_model(new_model(UNetConfig(base_width=8), name='quick'), sys.argv[1])", str(path)],
+                       check=True)  # TensorFlow in a process of its own: napari's never imports it
         dock.session.select_model(str(path))
         print("no shipped 'membranes' model: using an untrained one", file=sys.stderr)
     dock.predict_tab.image_combo.select("em_membranes")

@@ -9,8 +9,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Load TensorFlow before any napari viewer brings up Mesa's OpenGL (and its libLLVM): in the other
-# order TF's bundled LLVM crashes on import (see napari_unet/_widgets/_tensorflow.py).
+# The tests' own process uses TensorFlow beside napari (the dock itself keeps it in its worker process). Load it
+# before any napari viewer brings up Mesa's OpenGL (and its libLLVM): in the other order, on Linux with Mesa,
+# TensorFlow's bundled LLVM binds to the system's and the import dies with a segmentation fault.
 import tensorflow  # noqa: E402,F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def isolated_model_store(tmp_path_factory, monkeypatch):
     return home
 
 
-# --- exit crash of TensorFlow + Mesa OpenGL in one process (see napari_unet/_widgets/_tensorflow.py) ---
+# --- exit crash of TensorFlow + Mesa OpenGL in one process (the tests' own; see the import above) ---
 # When TensorFlow is imported before napari's OpenGL (as the core tests do), TF's bundled LLVM and
 # Mesa's libLLVM both register LLVM options; their C++ destructors at process exit free each other's
 # memory: "free(): invalid pointer", exit code 134 after every test passed. Once the session is over,

@@ -4,9 +4,19 @@ visible region goes to the training set."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import zarr
 from scipy import ndimage as ndi
-from test_widgets import blobs_image, contrasty_dock, dock, errors, notifications, tiny_model_path, wait_for  # noqa: F401
+from test_widgets import (  # noqa: F401 (fixtures)
+    blobs_image,
+    contrasty_dock,
+    dock,
+    errors,
+    model_of,
+    notifications,
+    tiny_model_path,
+    wait_for,
+)
 
 from napari_unet._widgets._lazy_prediction import LAZY_KEY, PaintedBoxes, ViewTracker, write_region
 from napari_unet.lazy_labels import RegionLabels, open_zarr_image
@@ -33,11 +43,12 @@ def test_lazy_image_predicts_into_a_paintable_zarr_layer_and_its_visible_region_
     assert store_path.startswith(str(widget.session.project.root / "predictions"))
     from napari_unet.prediction import predict
 
-    expected = predict(widget.session.load_model(), image)
+    expected = predict(model_of(widget), image)
     assert 0.05 < expected.mean() < 0.95
     np.testing.assert_array_equal(zarr.open_array(store_path, mode="r")[:], expected)
     assert widget.predict_tab.progress_bar.value() == widget.predict_tab.progress_bar.maximum()
-    assert len(layer._undo_history) == 0  # the prediction is not an edit the user can undo
+    layer.undo()  # the prediction is not an edit the user can undo
+    np.testing.assert_array_equal(zarr.open_array(store_path, mode="r")[:], expected)
     np.testing.assert_array_equal(np.asarray(layer._slice.image.raw), expected)  # shown, not only stored
 
     layer.brush_size = 5
@@ -55,7 +66,12 @@ def test_lazy_image_predicts_into_a_paintable_zarr_layer_and_its_visible_region_
     assert stored_mask[10, 10] == 7
 
 
-def test_a_region_arriving_late_keeps_what_the_user_painted(make_napari_viewer, tmp_path):
+@pytest.mark.parametrize("private_api", [True, False], ids=["napari's brush (up to 0.9)", "public API"])
+def test_a_region_arriving_late_keeps_what_the_user_painted(make_napari_viewer, tmp_path, monkeypatch, private_api):
+    """Both ways of writing a region (_lazy_prediction.PRIVATE_PAINT_API): the user's pixels kept, nothing to undo."""
+    from napari_unet._widgets import _lazy_prediction
+
+    monkeypatch.setattr(_lazy_prediction, "PRIVATE_PAINT_API", private_api and _lazy_prediction.PRIVATE_PAINT_API)
     viewer = make_napari_viewer()
     store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(64, 64), chunks=(32, 32), dtype=np.uint8)
     layer = viewer.add_labels(store)
@@ -64,7 +80,10 @@ def test_a_region_arriving_late_keeps_what_the_user_painted(make_napari_viewer, 
     layer.paint((10, 10), 3)
     write_region(layer, RegionLabels((), ((0, 64), (0, 64)), np.ones((64, 64), np.uint8), 1, 1), painted)
     assert store[10, 10] == 3 and store[40, 40] == 1
-    assert len(layer._undo_history) == 1  # only the user's stroke
+    layer.undo()  # only the user's stroke is in the undo history, not the region
+    assert store[10, 10] == 0 and store[40, 40] == 1
+    layer.undo()
+    assert store[40, 40] == 1
 
 
 def test_the_tracked_view_follows_the_camera(make_napari_viewer, qtbot, tmp_path):

@@ -13,6 +13,7 @@ from test_widgets import (  # noqa: F401 (fixtures)
     blobs_image,
     dock,
     errors,
+    model_of,
     notifications,
     tiny_model_path,
     wait_for,
@@ -69,7 +70,7 @@ def test_uncertainty_option_adds_the_map_and_next_walks_uncorrected_tiles(qtbot,
     assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
     layer = viewer.layers["cells uncertainty"]
     assert layer.data.shape == field.shape and layer.data.dtype == np.float32
-    _, expected = predict(widget.session.load_model(), field, with_uncertainty=True)
+    _, expected = predict(model_of(widget), field, with_uncertainty=True)
     np.testing.assert_allclose(layer.data, expected, atol=1e-6)
 
     first = tab.next_tile.go()

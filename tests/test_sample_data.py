@@ -61,11 +61,6 @@ def test_missing_sample_file_names_the_file_and_the_fix():
 
 @pytest.mark.parametrize("key", sorted(SAMPLES))
 def test_open_sample_in_viewer_adds_image_and_labels(make_napari_viewer, key):
-    # Load TensorFlow before the viewer's OpenGL (Mesa's LLVM), as the plugin does, so that later
-    # tests in the same process can still use TensorFlow (see napari_unet/_widgets/_tensorflow.py).
-    from napari_unet._widgets._tensorflow import ensure_tensorflow
-
-    ensure_tensorflow()
     viewer = make_napari_viewer()
     viewer.open_sample(PLUGIN, key)
     kinds = sorted(type(layer).__name__ for layer in viewer.layers)

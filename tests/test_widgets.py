@@ -1,8 +1,9 @@
-"""The dock in a real napari viewer (under Xvfb): wiring, worker threads, notifications, shortcuts.
+"""The dock in a real napari viewer (under Xvfb): wiring, the worker process, notifications, shortcuts.
 
 Behaviour (accuracy, training) is tested on the core; here: does each button reach the core off
-the GUI thread, land its result in the right layer, and say what went wrong in words?
-Tiny data: a base_width=4 depth=2 model and 64-96 px images.
+the GUI thread (in the dock's worker process), land its result in the right layer, and say what went wrong in
+words? Tiny data: a base_width=4 depth=2 model and 64-96 px images. The tests' own process has TensorFlow
+(conftest.py) and loads models to compare with: the dock's copies live in its worker process.
 """
 
 from __future__ import annotations
@@ -25,17 +26,9 @@ _TINY_MODEL: dict = {}
 
 
 @pytest.fixture
-def tiny_model_path(make_napari_viewer, tmp_path_factory):
-    """A base_width=4 model file, built once per session.
-
-    TensorFlow is imported the way the dock does it, after napari's OpenGL is up (see
-    napari_unet/_widgets/_tensorflow.py: the other order crashes with Mesa's LLVM on Linux).
-    """
+def tiny_model_path(tmp_path_factory):
+    """A base_width=4 model file, built once per session."""
     if "path" not in _TINY_MODEL:
-        make_napari_viewer()
-        from napari_unet._widgets._tensorflow import ensure_tensorflow
-
-        ensure_tensorflow()
         path = tmp_path_factory.mktemp("models") / "tiny.keras"
         save_model(new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny"), path)
         _TINY_MODEL["path"] = str(path)
@@ -86,6 +79,11 @@ def dock(make_napari_viewer, tiny_model_path, qtbot):
     qtbot.waitUntil(lambda: all(job.done for job in widget.session.jobs), timeout=JOB_TIMEOUT_MS)
 
 
+def model_of(widget, key: str | None = None):
+    """The dock's model (default: the selected one) loaded in the test process, to compare with."""
+    return widget.session.project.load_model(key or widget.session.model_key)
+
+
 def wait_for(qtbot, job, timeout=JOB_TIMEOUT_MS):
     assert job is not None, "the widget refused to start (see notifications)"
     qtbot.waitUntil(lambda: job.done, timeout=timeout)
@@ -103,7 +101,7 @@ def test_predict_adds_a_labels_layer_named_after_the_image(qtbot, dock, blobs_im
     assert labels.data.shape == blobs_image.shape and probability.data.shape == blobs_image.shape
     from napari_unet.prediction import predict
 
-    expected = predict(widget.session.load_model(), blobs_image, output="labels", threshold=0.5)
+    expected = predict(model_of(widget), blobs_image, output="labels", threshold=0.5)
     np.testing.assert_array_equal(labels.data, expected)
     assert widget.predict_tab.progress_bar.value() == widget.predict_tab.progress_bar.maximum()
 
@@ -120,7 +118,7 @@ def test_predict_writes_only_the_displayed_slice_of_a_stack(qtbot, dock, blobs_i
     assert not labels[:2].any()
     from napari_unet.prediction import predict
 
-    np.testing.assert_array_equal(labels[2], predict(widget.session.load_model(), stack[2], output="labels"))
+    np.testing.assert_array_equal(labels[2], predict(model_of(widget), stack[2], output="labels"))
 
 
 def test_instances_option_numbers_each_object(qtbot, dock, blobs_image, notifications):
@@ -132,7 +130,7 @@ def test_instances_option_numbers_each_object(qtbot, dock, blobs_image, notifica
     assert job.error is None, errors(notifications)
     from napari_unet.prediction import predict
 
-    expected = predict(widget.session.load_model(), blobs_image, output="instances")
+    expected = predict(model_of(widget), blobs_image, output="instances")
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
 
 
@@ -285,9 +283,10 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     outcome, _ = job.result
     version = outcome.version
     assert len(store.list_versions()) == versions_before + 1 and store.has(version)
+    new_model = store.load(version)
     assert widget.session.project.rounds()[-1]["version"] == version  # the round is in the project's log
     new_layer = viewer.layers[f"cells prediction ({version})"]
-    np.testing.assert_array_equal(new_layer.data, predict(outcome.model, blobs_image, output="labels"))
+    np.testing.assert_array_equal(new_layer.data, predict(new_model, blobs_image, output="labels"))
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, corrected)  # the user's layer is kept
     assert version in widget.finetune_tab.controls.text() and outcome.reason in widget.finetune_tab.controls.text()
     assert (widget.session.model_key == version) == outcome.kept
@@ -296,7 +295,7 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     if outcome.kept:
         qtbot.waitUntil(lambda: all(job.done for job in widget.session.jobs), timeout=JOB_TIMEOUT_MS)
         assert widget.session.jobs[-1].what == f"Preparing a quick start for '{version}'"
-        assert widget.session.onnx_twin_for(version) is None  # loaded in TensorFlow already: no need
+        assert widget.session.onnx_twin_for(version) is None  # loaded in the worker process already: no need
         assert load_onnx_twin(store.root / f"{version}.keras") is not None
     else:
         assert not twin.exists()
@@ -309,7 +308,7 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     qtbot.waitUntil(exported.exists, timeout=10_000)
     from napari_unet.model import load_model_file
 
-    assert load_model_file(exported).config == outcome.model.config
+    assert load_model_file(exported).config == new_model.config
 
     models.rename_selected("my-cells")
     rename_job = wait_for(qtbot, widget.session.jobs[-1])  # the store, then the round log, are renamed
@@ -480,12 +479,12 @@ def _mask_changing_steps(probabilities, current_step=50) -> list[int]:
     return steps
 
 
-def _counting_predict(monkeypatch) -> list:
-    """Record every model run through napari_unet.prediction.predict (what the Predict tab calls)."""
-    import napari_unet.prediction as prediction
-
-    calls, original = [], prediction.predict
-    monkeypatch.setattr(prediction, "predict", lambda *args, **kwargs: (calls.append(args), original(*args, **kwargs))[1])
+def _counting_predict(monkeypatch, widget) -> list:
+    """Record every prediction the dock asks its worker process for."""
+    calls, worker = [], widget.session.worker
+    original = worker.submit
+    monkeypatch.setattr(worker, "submit", lambda task, args, listener: (
+        calls.append(task) if task.startswith("predict") else None, original(task, args, listener))[1])
     return calls
 
 
@@ -500,9 +499,9 @@ def test_threshold_slider_rethresholds_the_last_prediction_without_the_model(qtb
     job = wait_for(qtbot, tab.predict())
     assert job.error is None, errors(notifications)
     layer = viewer.layers["cells prediction"]
-    probabilities = predict(widget.session.load_model(), blobs_image, output="probabilities")
+    probabilities = predict(model_of(widget), blobs_image, output="probabilities")
     first_step, second_step = _mask_changing_steps(probabilities)[:2]
-    model_runs = _counting_predict(monkeypatch)
+    model_runs = _counting_predict(monkeypatch, widget)
 
     tab.threshold_slider.setValue(first_step)  # small map: re-thresholded on the GUI thread
     expected = (probabilities > first_step / 100).astype(np.uint8)  # the engine's comparison (semantic_labels)
@@ -538,7 +537,7 @@ def test_threshold_slider_leaves_a_corrected_prediction_alone(qtbot, contrasty_d
     corrected = layer.data.copy()
     assert not np.array_equal(corrected, predicted)
 
-    probabilities = predict(widget.session.load_model(), blobs_image, output="probabilities")
+    probabilities = predict(model_of(widget), blobs_image, output="probabilities")
     tab.threshold_slider.setValue(_mask_changing_steps(probabilities)[0])
     qtbot.waitUntil(lambda: "corrections in 'cells prediction' are kept" in tab.status_label.text(),
                     timeout=THRESHOLD_DEBOUNCE_MS + 5_000)
@@ -560,7 +559,7 @@ def test_threshold_slider_recomputes_instances_of_the_predicted_slice_only(qtbot
     tab.instances_check.setChecked(True)
     assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
     layer = viewer.layers["stack prediction"]
-    probabilities = predict(widget.session.load_model(), stack[1], output="probabilities")
+    probabilities = predict(model_of(widget), stack[1], output="probabilities")
     step = next(step for step in _mask_changing_steps(probabilities)
                 if instances_from_labels((probabilities > step / 100).astype(np.uint8)).max() > 0)
     expected = instances_from_labels((probabilities > step / 100).astype(np.uint8), objects="foreground")
@@ -582,7 +581,7 @@ def test_views_menu_averages_that_many_flipped_predictions(qtbot, contrasty_dock
     tab.views_combo.setCurrentIndex(tab.views_combo.findData(2))
     job = wait_for(qtbot, tab.predict())
     assert job.error is None, errors(notifications)
-    model = widget.session.load_model()
+    model = model_of(widget)
     two_views = predict(model, blobs_image, output="probabilities", test_time_augmentation=2)
     np.testing.assert_allclose(viewer.layers["cells probability"].data, two_views, atol=1e-6)
     assert np.abs(two_views - predict(model, blobs_image, output="probabilities")).max() > 0.01
@@ -617,7 +616,8 @@ def test_smallest_object_size_decides_which_objects_predict_keeps(qtbot, dock, n
 
 
 def test_first_predict_of_a_shipped_model_runs_on_its_onnx_twin_then_on_tensorflow(qtbot, dock, notifications):
-    """While TensorFlow has not loaded the model, Predict needs neither (onnx_engine.py): the same objects."""
+    """While the worker process has not loaded the model, Predict runs its twin in napari's process (onnx_engine.py):
+    the same objects."""
     pytest.importorskip("onnxruntime")
     from napari_unet._sample_data import load_nuclei
     from napari_unet._widgets.predict_widget import ONNX_RUNTIME, TENSORFLOW
@@ -632,8 +632,8 @@ def test_first_predict_of_a_shipped_model_runs_on_its_onnx_twin_then_on_tensorfl
     assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
     assert tab.engine == ONNX_RUNTIME and "ONNX Runtime" in tab.status_label.text()
     first = viewer.layers["cells prediction"].data.copy()
-    model = widget.session.warm_up("nuclei")  # what the dock's warm-up job does: from now on TensorFlow serves
-    same = first == predict(model, image, output="instances", precision="float32")
+    assert wait_for(qtbot, widget._warm_up()).error is None  # the dock's warm-up: from now on the worker serves
+    same = first == predict(model_of(widget, "nuclei"), image, output="instances", precision="float32")
     assert same.mean() > 0.999 and first.max() > 5
     assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
     assert tab.engine == TENSORFLOW and "ONNX Runtime" not in tab.status_label.text()
@@ -779,9 +779,8 @@ def test_the_dock_prepares_the_selected_model_in_the_background(qtbot, make_napa
     qtbot.waitUntil(lambda: any(job.what == "Preparing the model" for job in widget.session.jobs), timeout=5_000)
     warm_up = next(job for job in widget.session.jobs if job.what == "Preparing the model")
     wait_for(qtbot, warm_up)
-    assert warm_up.error is None
-    model = widget.session._models[tiny_model_path]  # loaded once, cached for the first Predict
-    assert model.__dict__.get("_forward") or model.__dict__.get("_twin")  # and its forward pass compiled
+    assert warm_up.error is None and warm_up.result == tiny_model_path  # loaded and traced in the worker process
+    assert widget.session.is_warm(tiny_model_path)
 
 
 def test_live_sends_corrections_while_the_user_keeps_painting(qtbot, dock, blobs_image, monkeypatch):
@@ -796,39 +795,32 @@ def test_live_sends_corrections_while_the_user_keeps_painting(qtbot, dock, blobs
     for step in range(12):  # a stroke every 100 ms: the 600 ms pause never comes
         labels.paint((10 + 6 * step, 20), 1)
         qtbot.wait(100)
-        if tab.shared.update is not None or widget.session.project.training.pairs():
+        if tab.updates_sent or widget.session.project.training.pairs():
             sent.append(time.monotonic() - started)
     assert sent and sent[0] < 1.2  # sent within MAX_WAIT_S of the first stroke (plus a stroke), not after painting
     tab.live_check.setChecked(False)
     wait_for(qtbot, tab.job)
 
 
-def test_jobs_that_reach_tensorflow_run_on_long_lived_python_threads(qtbot, dock):
-    """Not on Qt's pool threads, whose per-job Python thread states TensorFlow's pybind11 code outlives: napari
-    crashed in a second fine-tuning round that way (see _workers._tensorflow_executor)."""
+def test_a_job_runs_its_task_in_the_worker_process_and_local_work_on_a_thread(qtbot, dock):
+    """Tasks (everything that needs TensorFlow) run in the dock's worker process; file work stays on a thread."""
+    import os
     import threading
 
     from napari_unet._widgets._workers import Job
 
-    names = []
-    for _ in range(3):
-        job = Job(lambda report, is_cancelled: (threading.current_thread().name, threading.get_ident()),
-                  what="thread check", on_done=names.append).start()
-        wait_for(qtbot, job)
-    assert all(name.startswith("napari-unet TensorFlow") for name, _ in names)
-    assert len({ident for _, ident in names}) <= 2  # the same two threads, reused, never new ones
-    plain = Job(lambda report, is_cancelled: threading.current_thread().name, what="no TensorFlow",
-                on_done=names.append, needs_tensorflow=False).start()
-    wait_for(qtbot, plain)
-    assert not names[-1].startswith("napari-unet TensorFlow")  # file-only jobs stay on Qt's pool
+    viewer, widget = dock
+    remote = wait_for(qtbot, Job(widget.session.request("worker_tasks:process_id"), what="pid", on_done=print).start())
+    assert remote.result == widget.session.worker.pid != os.getpid()
+    local = wait_for(qtbot, Job(lambda report, is_cancelled: threading.current_thread() is threading.main_thread(),
+                                what="thread", on_done=print).start())
+    assert local.result is False
 
 
 def test_the_warm_up_gives_a_version_saved_without_a_twin_its_twin(qtbot, dock, notifications):
     """Versions saved before twins existed get one once TensorFlow has them (the next napari starts faster);
     a file opened by path never gets one in the user's folder."""
     pytest.importorskip("tf2onnx")
-    from napari_unet._widgets._workers import Job
-    from napari_unet._widgets.main_widget import _warm_up
     from napari_unet.model import load_model_file
     from napari_unet.onnx_engine import load_onnx_twin, twin_path
 
@@ -840,30 +832,10 @@ def test_the_warm_up_gives_a_version_saved_without_a_twin_its_twin(qtbot, dock, 
     assert not twin_path(keras_path).exists()
     for key in (str(opened_by_path), record["name"]):
         session.select_model(key)
-        job = session.track(Job(_warm_up(session), what="warm-up", on_done=lambda r: None).start())
-        assert wait_for(qtbot, job).error is None, errors(notifications)
+        assert wait_for(qtbot, widget._warm_up()).error is None, errors(notifications)
     assert not twin_path(opened_by_path).exists()
     assert load_onnx_twin(keras_path) is not None  # written for this .keras (its checksum matches)
-    assert session.onnx_twin_for(record["name"]) is None  # TensorFlow is warm: it serves from now on
-
-
-def test_a_layer_frozen_with_the_imports_is_freed_once_removed(qtbot, dock):
-    """The dock's imports freeze what is alive (gc.freeze, _gui_priority.py), layers included; a removed big
-    layer must still be freed, or its data would stay in memory for good."""
-    import gc
-    import weakref
-
-    from napari_unet._widgets._gui_priority import BIG_LAYER_BYTES, background_imports
-
-    viewer, _ = dock
-    layer = viewer.add_image(np.zeros(BIG_LAYER_BYTES // 4 + 1, np.float32).reshape(1, -1), name="to delete")
-    alive = weakref.ref(layer)
-    with background_imports():  # what the dock's TensorFlow import does at its end
-        pass
-    assert gc.get_freeze_count() > 0
-    viewer.layers.remove(layer)
-    del layer
-    qtbot.waitUntil(lambda: alive() is None, timeout=10_000)
+    assert session.onnx_twin_for(record["name"]) is None  # the worker process is warm: it serves from now on
 
 
 def test_suggest_a_start_selects_the_model_that_fits_the_corrections_and_says_why(qtbot, dock, blobs_image,

@@ -1,6 +1,6 @@
 """Predict tab, lazy images (zarr / OME-Zarr / dask layers): labels on disk, the visible region first.
 
-The core (lazy_labels.predict_regions) runs in a worker and reports each finished region; this module
+The core (lazy_labels.predict_regions) runs in the worker process and reports each finished region; this module
 writes it into a Labels layer backed by a zarr array (painting writes through to the store; napari-events.md)
 on the GUI thread, the one place that writes the store, so user strokes and worker results never race.
 A region never overwrites pixels the user painted before it arrived.
@@ -8,6 +8,7 @@ A region never overwrites pixels the user painted before it arrived.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -17,6 +18,21 @@ from napari_unet._widgets._layers import layer_array
 from napari_unet._widgets._session import SOURCE_KEY, prediction_layer_name
 
 LAZY_KEY = "napari_unet_lazy_store"  # layer.metadata: the zarr folder a lazy prediction writes to
+
+
+def _napari_before(major: int, minor: int) -> bool:
+    from importlib.metadata import version
+
+    parts = [int(part) for part in re.findall(r"\d+", version("napari"))[:2]]
+    return tuple(parts) < (major, minor)
+
+
+# napari's own brush writes a box with private Labels methods (_paint_region_with_mask, then
+# _partial_labels_refresh for the changed part of the display; its undo entry in _undo_history). Through them a
+# region costs what a brush stroke costs; the public path (a write to the store, then layer.refresh()) re-reads
+# the whole plane: 1.2 s at 8192² (benchmarks/bench_lazy_labels.py), so the display is refreshed less often.
+# napari warns that these go away in 0.10: used up to 0.9 only, with the public path as the fallback.
+PRIVATE_PAINT_API = _napari_before(0, 10)
 
 
 def is_lazy(layer) -> bool:
@@ -91,13 +107,12 @@ class PaintedBoxes:
 def write_region(layer, result, painted: PaintedBoxes, refresh: bool = True) -> None:
     """Store one finished region (lazy_labels.RegionLabels) in `layer` and show it; GUI thread only.
 
-    Written the way napari's brush writes a box (one slice write to the store, then only that part of
-    the display is updated): a full refresh would re-read the whole plane, and data_setitem reads and
-    writes the store pixel by pixel (9 s for a 2048² region, benchmarks/bench_lazy_labels.py). That
-    path is private napari API, so a missing piece falls back to a plain write + refresh. Pixels the
-    user painted are kept; the undo entry is dropped (not the user's edit, and one per region would
-    keep the whole image's old values in memory). refresh=False leaves the display update to a
-    DisplayRefresher.
+    Pixels the user painted are kept, and the region is no edit the user can undo. Up to napari 0.9 it is
+    written the way napari's brush writes a box (PRIVATE_PAINT_API: one slice write to the store, then only that
+    part of the display is updated; its undo entry is dropped, or one per region would keep the whole image's old
+    values in memory); else, and if those pieces are missing, a write to the store and a refresh (public API).
+    data_setitem is no alternative: it reads and writes the store pixel by pixel (9 s for a 2048² region,
+    benchmarks/bench_lazy_labels.py). refresh=False leaves the display update to a DisplayRefresher.
     """
     (y0, y1), (x0, x1) = result.region
     key = (*(slice(i, i + 1) for i in result.index), slice(y0, y1), slice(x0, x1))
@@ -107,22 +122,33 @@ def write_region(layer, result, painted: PaintedBoxes, refresh: bool = True) -> 
     if not values:
         return
     region_data = np.asarray(layer.data[key]).reshape(labels.shape)
-    history = getattr(layer, "_undo_history", None)  # private napari API (FutureWarning: gone after 0.10)
-    entries = len(history) if history is not None else 0
     with layer.events.paint.blocker():
-        try:
-            for value in values:
-                layer._paint_region_with_mask(key, (labels == value) & untouched, value, [layer.ndim - 2, layer.ndim - 1],
-                                              refresh=False, region_data=region_data)
-            if refresh:
-                layer._partial_labels_refresh()
-        except (AttributeError, TypeError):  # napari changed its private painting API
-            region_data[untouched] = labels[untouched]
-            layer.data[key] = region_data.reshape(layer.data[key].shape)
-            if refresh:
-                layer.refresh()
-    while history is not None and len(history) > entries:
-        history.pop()
+        if PRIVATE_PAINT_API and _paint_like_the_brush(layer, key, labels, values, untouched, region_data, refresh):
+            return
+        region_data[untouched] = labels[untouched]
+        layer.data[key] = region_data.reshape(layer.data[key].shape)
+        if refresh:
+            layer.refresh()
+
+
+def _paint_like_the_brush(layer, key, labels, values, untouched, region_data, refresh: bool) -> bool:
+    """The region through napari's private painting API (see PRIVATE_PAINT_API); False if it is not there."""
+    history = getattr(layer, "_undo_history", None)
+    if history is None:
+        return False
+    entries = len(history)
+    try:
+        for value in values:
+            layer._paint_region_with_mask(key, (labels == value) & untouched, value, [layer.ndim - 2, layer.ndim - 1],
+                                          refresh=False, region_data=region_data)
+        if refresh:
+            layer._partial_labels_refresh()
+    except (AttributeError, TypeError):  # napari changed its private painting API: the public path does it
+        return False
+    finally:
+        while len(history) > entries:
+            history.pop()
+    return True
 
 
 class DisplayRefresher:
@@ -153,26 +179,26 @@ class DisplayRefresher:
 
         self.timer.stop()
         started = time.perf_counter()
-        partial = getattr(self.layer, "_partial_labels_refresh", None)  # private napari API, as write_region
+        partial = getattr(self.layer, "_partial_labels_refresh", None) if PRIVATE_PAINT_API else None  # see there
         partial() if partial is not None else self.layer.refresh()
         spent_ms = (time.perf_counter() - started) * 1000
         self.timer.setInterval(max(self.MIN_INTERVAL_MS, int(4 * spent_ms)))
 
 
 class ViewTracker:
-    """The (plane, region) of `layer` on screen, kept current for a worker to read (visible-region-first).
+    """The (plane, region) of `layer` on screen, kept current for the worker process (visible-region-first).
 
     Updated on the GUI thread when the camera moves or the slice changes, shortly after the event so
-    the canvas has drawn and corner_pixels is up to date; `current` is a plain tuple, safe to read
-    from the worker thread.
+    the canvas has drawn and corner_pixels is up to date; `current` is a plain tuple, and `on_change(current)`
+    (e.g. a message to the worker process) is called when it changes.
     """
 
     DELAY_MS = 100
 
-    def __init__(self, viewer, layer, index_of: Callable[[], tuple]):
+    def __init__(self, viewer, layer, index_of: Callable[[], tuple], on_change: Callable[[tuple], None] | None = None):
         from qtpy.QtCore import QTimer
 
-        self.viewer, self.layer, self.index_of = viewer, layer, index_of
+        self.viewer, self.layer, self.index_of, self.on_change = viewer, layer, index_of, on_change
         self.current = visible_region(layer, index_of())
         self.timer = QTimer()
         self.timer.setSingleShot(True)
@@ -186,8 +212,13 @@ class ViewTracker:
         self.timer.start()
 
     def update(self) -> None:
-        if self.layer in self.viewer.layers:
-            self.current = visible_region(self.layer, self.index_of())
+        if self.layer not in self.viewer.layers:
+            return
+        current = visible_region(self.layer, self.index_of())
+        if current != self.current:
+            self.current = current
+            if self.on_change is not None:
+                self.on_change(current)
 
     def stop(self) -> None:
         self.timer.stop()

@@ -1,6 +1,7 @@
-"""State shared by the tabs of one dock: the project, the chosen model, loaded models, running jobs, settings.
+"""State shared by the tabs of one dock: the project, the chosen model, the worker process, running jobs, settings.
 
-Widgets stay thin: everything here is bookkeeping; segmentation, training and rounds live in the core.
+Widgets stay thin: everything here is bookkeeping; segmentation, training and rounds live in the core, run by the
+worker process (napari_unet/worker/) that the session starts and owns.
 """
 
 from __future__ import annotations
@@ -9,10 +10,14 @@ import threading
 import time
 from pathlib import Path
 
+from napari.utils.notifications import show_error
 from qtpy.QtCore import QObject, QSettings, Signal
 
+from napari_unet._widgets._workers import WorkerRequest
 from napari_unet.project import Project
 from napari_unet.training_set import default_training_set_dir
+from napari_unet.worker.client import WorkerClient
+from napari_unet.worker.tasks import ModelReference
 
 # Where a prediction remembers the model's raw output, for "train only where I corrected".
 PREDICTION_KEY = "napari_unet_prediction"
@@ -47,6 +52,7 @@ class Session(QObject):
     versions_changed = Signal()
     training_set_changed = Signal()  # the project's pairs or the project itself changed
     rounds_changed = Signal()
+    worker_restarted = Signal(str)  # why the worker process was lost; a new one is starting
 
     def __init__(self, viewer):
         super().__init__()
@@ -54,13 +60,15 @@ class Session(QObject):
         saved_folder = settings().value("project", "", type=str)
         self.project = Project(saved_folder or default_training_set_dir())
         self._model_key: str = self.project.active or _first_shipped_model()
-        self._models: dict[str, object] = {}
-        self._warm: set[str] = set()  # models whose TensorFlow forward pass is traced (onnx_twin_for)
+        self._warm: set[str] = set()  # models the worker process has loaded and traced (onnx_twin_for)
         self._twins: dict[Path, object] = {}  # ONNX Runtime models by .keras path (onnx_twin_for)
         self._lock = threading.Lock()
         self._twin_loading = threading.Lock()
-        self._model_loading = threading.Lock()
         self.jobs: list = []
+        # The worker process, where TensorFlow and the models live: started now, so that TensorFlow's import
+        # happens while the user looks around.
+        self.worker_restarted.connect(self._say_worker_lost)
+        self.worker = WorkerClient(on_lost=self._worker_lost).start()
 
     # --- project ------------------------------------------------------------------------------
     @property
@@ -144,30 +152,30 @@ class Session(QObject):
         if self._model_key == old:
             self._model_key = new
 
-    def load_model(self, key: str | None = None):
-        """The SegmentationModel for `key` (default: the selected one), cached. Call from a worker."""
-        from napari_unet._widgets._tensorflow import ensure_tensorflow
+    # --- the worker process --------------------------------------------------------------------
+    def model_reference(self, key: str | None = None) -> ModelReference:
+        """How the worker process finds `key` (default: the selected model): with this project's versions."""
+        return ModelReference(key if key is not None else self.model_key, str(self.project.root))
 
-        ensure_tensorflow()
-        key = key or self.model_key
-        if not key:
-            from napari_unet.errors import NapariUNetError
+    def request(self, task: str, *args) -> WorkerRequest:
+        """A task of the worker process (worker/tasks.py) for a Job to run."""
+        return WorkerRequest(self.worker, task, args)
 
-            raise NapariUNetError("no model is selected: choose one in the Predict tab (or a .keras file)")
-        with self._model_loading:  # one load at a time; the GUI thread only ever takes self._lock, briefly
-            with self._lock:
-                model = self._models.get(key)
-            if model is None:
-                model = self.project.load_model(key)
-                with self._lock:
-                    model = self._models.setdefault(key, model)
-            return model
+    def _worker_lost(self, reason: str) -> None:
+        """The worker process died or stopped answering; a new one is starting (called off the GUI thread)."""
+        with self._lock:
+            self._warm.clear()
+        self.worker_restarted.emit(reason)
+
+    def _say_worker_lost(self, reason: str) -> None:
+        show_error(f"The compute process {reason} and was restarted: your project, its pairs and versions, and your "
+                   "layers are intact, so start the interrupted task again.")
 
     def onnx_twin_for(self, key: str) -> Path | None:
-        """The .keras to predict on its ONNX twin (onnx_engine.py) while TensorFlow is not ready for `key` (its
-        forward pass traced: warm_up, mark_warm): the first Predict then needs neither TensorFlow nor Keras, and
-        waits for no trace. None once it is, for a model without a twin (the user's own versions), or without
-        ONNX Runtime. Cheap: called on the GUI thread."""
+        """The .keras to predict on its ONNX twin (onnx_engine.py) in napari's process while the worker process is
+        not ready for `key` (loaded and traced: the dock's warm-up, mark_warm): the first Predict then waits for
+        neither TensorFlow's import nor a trace. None once it is, for a model without a twin (the user's own
+        versions), or without ONNX Runtime. Cheap: called on the GUI thread."""
         from napari_unet.onnx_engine import onnx_runtime_available, twin_path
         from napari_unet.registry import resolve
 
@@ -181,7 +189,7 @@ class Session(QObject):
         except Exception:  # missing or damaged: the Keras path reports it properly
             return None
         with self._lock:
-            if path in self._twins and self._twins[path] is None:  # found stale before: straight to TensorFlow
+            if path in self._twins and self._twins[path] is None:  # found stale before: the worker process serves
                 return None
         return path if twin_path(path).is_file() else None
 
@@ -197,57 +205,17 @@ class Session(QObject):
             with self._lock:
                 return self._twins.setdefault(keras_path, model)
 
-    def warm_up(self, key: str | None = None, is_cancelled=lambda: False):
-        """Load `key` (default: the selected model) and trace its forward pass on a small image (the compiled
-        function serves any size), so that the next Predict only predicts. Call from a worker."""
-        import numpy as np
-
-        from napari_unet.prediction import predict
-
-        key = key or self.model_key
-        model = self.load_model(key)
-        if is_cancelled():  # the dock closed meanwhile
-            return model
-        n_channels = model.config.n_channels
-        noise = np.random.default_rng(0).random((64, 64) if n_channels == 1 else (64, 64, n_channels))
-        predict(model, noise.astype(np.float32), output="probabilities", cancel=is_cancelled)
-        self.mark_warm(key)
-        return model
-
-    def write_twin(self, key: str, *, only_if_missing: bool = False) -> Path | None:
-        """The ONNX twin of the project version `key` (onnx_engine.write_twin), so the next napari's first Predict
-        with it needs no TensorFlow; None for shipped models (they carry theirs), files opened by path (their
-        folders are the user's), an existing twin with `only_if_missing`, or a failure. Best effort: a version
-        without a twin simply starts on TensorFlow. Call from a worker."""
-        from napari_unet.onnx_engine import twin_path, write_twin
-
-        records = (store.record(key) for store in (self.store, self._global_store()))
-        record = next((found for found in records if found is not None), None)
-        if record is None:
-            return None
-        path = Path(record["path"])
-        if only_if_missing and twin_path(path).is_file():
-            return None
-        try:
-            return write_twin(path)
-        except Exception as exc:  # never the user's problem: log it, keep working
-            print(f"napari-unet: no ONNX twin for '{key}' ({type(exc).__name__}: {exc})")
-            return None
-
     def mark_warm(self, key: str) -> None:
-        """TensorFlow has predicted with `key`: from now on it serves (onnx_twin_for)."""
+        """The worker process has predicted with `key`: from now on it serves (onnx_twin_for)."""
         with self._lock:
             self._warm.add(key)
 
-    def remember_model(self, key: str, model) -> None:
-        """A model made in this session (a fine-tuned version, already used to predict)."""
+    def is_warm(self, key: str) -> bool:
         with self._lock:
-            self._models[key] = model
-            self._warm.add(key)
+            return key in self._warm
 
     def forget_model(self, key: str) -> None:
         with self._lock:
-            self._models.pop(key, None)
             self._warm.discard(key)
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -256,18 +224,18 @@ class Session(QObject):
         return job
 
     def close(self, wait_seconds: float = CLOSE_WAIT_SECONDS) -> None:
-        """The dock or napari closes: running work stops at its next check, its results are dropped, and
-        this waits (GUI thread) until no worker is inside TensorFlow any more.
+        """The dock or napari closes: running work stops at its next check, its results are dropped, and this
+        waits (GUI thread) until it has ended, then ends the worker process.
 
-        A fine-tuning round stops training at its next step and still scores and saves its version, so
-        closing napari mid-round keeps every pair and saved version intact; leaving the interpreter with
-        a thread inside TensorFlow would crash the process instead.
+        A fine-tuning round stops training at its next step and still scores and saves its version, so closing
+        napari mid-round keeps every pair and saved version intact.
         """
         for job in self.jobs:
             job.detach()
         deadline = time.monotonic() + wait_seconds
         for job in self.jobs:
             job.wait(max(0.0, deadline - time.monotonic()))
+        self.worker.stop(max(5.0, deadline - time.monotonic()))
 
 
 def _first_shipped_model() -> str:

@@ -1,5 +1,6 @@
-"""Worker plumbing shared by the docks: run core functions off the GUI thread, relay progress,
-cancel through a flag the core polls, and turn every failure into a notification a user can act on.
+"""Jobs of the dock: run work off the GUI thread — in the worker process (WorkerRequest: anything that needs
+TensorFlow) or on a thread of napari's process (file work, re-thresholding) — relay its progress to the GUI
+thread, cancel it through a flag the core polls, and turn every failure into a notification a user can act on.
 """
 
 from __future__ import annotations
@@ -7,26 +8,37 @@ from __future__ import annotations
 import contextlib
 import threading
 import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable
 
-from napari.qt.threading import FunctionWorker, create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
 from napari_unet.errors import Cancelled, NapariUNetError
+from napari_unet.worker.channel import RemoteError
+from napari_unet.worker.client import WorkerClient, WorkerLost
 
-
-class QuietFunctionWorker(FunctionWorker):
-    """napari's FunctionWorker without its raw-traceback notification: Job shows a worded one instead."""
-
-    def _relay_error(self, exc: Exception) -> None:  # overrides napari's relay (connected in __init__)
-        return None
+# Threads of napari's process for the dock's local work (never TensorFlow: that is the worker process's).
+LOCAL_THREADS = 4
 
 
 class _Relay(QObject):
-    """Emitted from the worker thread, delivered on the GUI thread (queued connection)."""
+    """Emitted from any thread, delivered on the GUI thread (queued connection: the relay lives there)."""
 
     progress = Signal(object)
+    returned = Signal(object)
+    errored = Signal(object)
+    finished = Signal()
+
+
+@dataclass(frozen=True)
+class WorkerRequest:
+    """A task of the worker process (worker/tasks.py) with its arguments, for a Job to run there."""
+
+    client: WorkerClient
+    task: str
+    args: tuple = ()
 
 
 def describe_error(exc: BaseException, what: str) -> str:
@@ -35,78 +47,45 @@ def describe_error(exc: BaseException, what: str) -> str:
         return f"{what}: {exc}"
     if isinstance(exc, MemoryError):
         return f"{what}: not enough memory. Try a smaller image or a smaller tile size, or close other programs."
+    name = exc.type_name if isinstance(exc, RemoteError) else type(exc).__name__
     text = str(exc).splitlines()[0] if str(exc) else ""
-    return (f"{what} failed unexpectedly ({type(exc).__name__}{': ' + text if text else ''}). "
+    return (f"{what} failed unexpectedly ({name}{': ' + text if text else ''}). "
             "Details are in the console (View ▸ Console); please report this if it repeats.")
 
 
-_tensorflow_threads = None
-_tensorflow_threads_lock = threading.Lock()
+_local_threads: ThreadPoolExecutor | None = None
+_local_threads_lock = threading.Lock()
 
 
-def _tensorflow_executor():
-    """Python threads that live as long as the process, for every job that may reach TensorFlow.
-
-    Qt's pool threads run Python with a new thread state per job. TensorFlow's pybind11 code caches the thread
-    state of the first job in a thread-local and reuses it in a later job on the same pool thread, after
-    Python has freed it: napari crashed in the second fine-tuning round (gdb: PyGraph::version_def →
-    gil_scoped_acquire → take_gil on a freed thread state; 10 of 12 runs of scripts/screenshot.py). A Python
-    thread keeps one thread state for life, so the cached one stays valid. Two threads: as many jobs as
-    Qt's pool runs at once on two cores (e.g. Live training while a prediction runs)."""
-    global _tensorflow_threads
-    with _tensorflow_threads_lock:
-        if _tensorflow_threads is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            _tensorflow_threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="napari-unet TensorFlow")
-        return _tensorflow_threads
-
-
-def on_tensorflow_thread(function, *args):
-    """`function(*args)` after importing TensorFlow the safe way (see _tensorflow.py), on one of the long-lived
-    TensorFlow threads (see _tensorflow_executor); the calling thread waits for it."""
-    from napari_unet._widgets._tensorflow import ensure_tensorflow
-
-    def run():
-        ensure_tensorflow()
-        return function(*args)
-
-    return _tensorflow_executor().submit(run).result()
-
-
-def _with_tensorflow(ended: threading.Event, function, *args):
-    """Every job may reach TensorFlow unless it says otherwise (needs_tensorflow=False)."""
-    try:
-        return on_tensorflow_thread(function, *args)
-    finally:
-        ended.set()
-
-
-def _plain(ended: threading.Event, function, *args):
-    try:
-        return function(*args)
-    finally:
-        ended.set()
+def _local_pool() -> ThreadPoolExecutor:
+    global _local_threads
+    with _local_threads_lock:
+        if _local_threads is None:
+            _local_threads = ThreadPoolExecutor(max_workers=LOCAL_THREADS, thread_name_prefix="napari-unet dock")
+        return _local_threads
 
 
 class Job:
-    """One long task: `function(report, is_cancelled)` runs in a napari thread worker.
+    """One long task: a WorkerRequest, run in the worker process, or `function(report, is_cancelled)`, run on a
+    thread of napari's process.
 
-    `report(value)` may be called from the worker thread as often as wanted (e.g. as the core's
-    progress callback); `on_progress(value)` then runs on the GUI thread. `cancel()` sets a flag
-    that `is_cancelled()` returns, which the core polls between tiles/steps. Exactly one of
-    on_done(result) / an error notification happens, then on_finished().
+    Progress (the task's job.report, or `report(value)`) reaches `on_progress(value)` on the GUI thread.
+    `cancel()` sets the flag the core polls between tiles/steps (a message to the worker process). Exactly one
+    of on_done(result) / a notification happens, then on_finished(). A job whose worker process died ends
+    without a notification of its own: the dock says it once for all of them. A quiet job never notifies.
     """
 
-    def __init__(self, function: Callable[[Callable[[Any], None], Callable[[], bool]], Any], *, what: str,
+    def __init__(self, work: WorkerRequest | Callable[[Callable[[Any], None], Callable[[], bool]], Any], *, what: str,
                  on_done: Callable[[Any], None], on_progress: Callable[[Any], None] | None = None,
                  on_finished: Callable[[], None] | None = None, on_cancelled: Callable[[], None] | None = None,
-                 needs_tensorflow: bool = True):
+                 quiet: bool = False):
         self.what = what
+        self.quiet = quiet  # failures are kept in `error`, never shown (background preparation)
+        self.work = work
         self.cancel_event = threading.Event()
-        self.ended = threading.Event()  # set by the worker thread when the function has returned or raised
+        self.ended = threading.Event()  # set (off the GUI thread) once the work has returned or raised
         self.launched = False
-        self._relay = _Relay()
+        self.job_id: int | None = None  # in the worker process
         self._on_done = on_done
         self._on_finished = on_finished
         self._on_cancelled = on_cancelled
@@ -114,35 +93,67 @@ class Job:
         self.result: Any = None
         self.done = False
         self.detached = False  # set when the dock closes: results are then dropped silently
+        self._relay = _Relay()
         if on_progress is not None:
             self._relay.progress.connect(on_progress)
-        relay = self._relay  # the worker thread holds the relay, not the widget
-        # Passing `errored` in _connect stops superqt from also re-raising the error in the event loop.
-        self.worker = create_worker(
-            _with_tensorflow if needs_tensorflow else _plain, self.ended, function, relay.progress.emit,
-            self.cancel_event.is_set, _worker_class=QuietFunctionWorker,
-            _start_thread=False,
-            _connect={"returned": self._returned, "errored": self._errored, "finished": self._finished},
-        )
+        self._relay.returned.connect(self._returned)
+        self._relay.errored.connect(self._errored)
+        self._relay.finished.connect(self._finished)
+
+    @property
+    def remote(self) -> bool:
+        return isinstance(self.work, WorkerRequest)
 
     def start(self) -> "Job":
         self.launched = True
-        self.worker.start()
+        if self.remote:
+            try:
+                self.job_id = self.work.client.submit(self.work.task, self.work.args, self)
+            except NapariUNetError as exc:  # the dock is closing
+                self.failed(exc)
+        else:
+            _local_pool().submit(self._run_here)
         return self
+
+    def _run_here(self) -> None:
+        try:
+            result = self.work(self._relay.progress.emit, self.cancel_event.is_set)
+        except BaseException as exc:  # every failure reaches the user, worded
+            self.failed(exc)
+        else:
+            self.succeeded(result)
+
+    # The listener of WorkerClient (and of _run_here): called off the GUI thread.
+    def progress(self, value: Any) -> None:
+        self._relay.progress.emit(value)
+
+    def succeeded(self, result: Any) -> None:
+        self.ended.set()
+        self._relay.returned.emit(result)
+        self._relay.finished.emit()
+
+    def failed(self, error: BaseException) -> None:
+        self.ended.set()
+        self._relay.errored.emit(error)
+        self._relay.finished.emit()
 
     def cancel(self) -> None:
         self.cancel_event.set()
+        if self.remote and self.job_id is not None:
+            self.work.client.cancel(self.job_id)
+
+    def send(self, message: Any) -> None:
+        """A message to the running task in the worker process (job.messages() there)."""
+        if self.remote and self.job_id is not None and not self.ended.is_set():
+            self.work.client.send(self.job_id, message)
 
     def detach(self) -> None:
         """The dock is going away: stop the work at the next check and drop its result."""
         self.detached = True
-        self.cancel_event.set()
+        self.cancel()
 
     def wait(self, timeout: float) -> bool:
-        """Block until the function has left its worker thread (True) or `timeout` s passed (False).
-
-        Used when napari closes: a thread still inside TensorFlow while the interpreter exits crashes it.
-        """
+        """Block until the work has ended (True) or `timeout` s passed (False)."""
         if not self.launched:
             return True  # never started: nothing runs
         return self.ended.wait(timeout)
@@ -162,14 +173,16 @@ class Job:
 
     def _errored(self, exc: BaseException) -> None:
         self.error = exc
-        if self.detached:
+        if self.detached or self.quiet or isinstance(exc, WorkerLost):
             return
         if isinstance(exc, Cancelled):
             show_info(f"{self.what}: cancelled.")
             if self._on_cancelled is not None:
                 self._on_cancelled()
             return
-        if not isinstance(exc, NapariUNetError):
+        if isinstance(exc, RemoteError):
+            print(exc.traceback_text)
+        elif not isinstance(exc, NapariUNetError):
             traceback.print_exception(type(exc), exc, exc.__traceback__)
         show_error(describe_error(exc, self.what))
 

@@ -1,4 +1,4 @@
-"""Fine-tune tab: one round of the project (project.Project.round) in a worker, and the evidence of every round.
+"""Fine-tune tab: one round of the project (project.Project.round) in the worker process, and the evidence of every round.
 
 The round itself — snapshot, fine-tune, score against the parent, guard, keep or roll back, record —
 is the core's; this tab collects settings (defaults from TrainConfig), shows training progress, the
@@ -137,17 +137,6 @@ class FinetuneWidget(QWidget):
             show_info("Suggest a start: open an image (or add a corrected pair) and have at least one model.")
             return None
 
-        def work(report, is_cancelled):
-            from napari_unet.adaptation import propose_start
-
-            images, masks = [], None
-            if project.training.pairs():
-                data, _ = project.snapshot()
-                images, masks = data.images, data.train_masks
-            else:
-                images = [plane]
-            return propose_start({key: session.load_model(key) for key in keys}, images, masks)
-
         def done(proposal) -> None:
             self.suggestion = proposal
             if project.active:
@@ -159,7 +148,8 @@ class FinetuneWidget(QWidget):
             self.model_label.setToolTip(proposal["reason"])
 
         self.controls.say("Scoring the models on your images …")
-        self.suggest_job = Job(work, what="Suggesting a start", on_done=done)
+        self.suggest_job = Job(session.request("propose_start", str(project.root), keys, plane),
+                               what="Suggesting a start", on_done=done)
         session.track(self.suggest_job)
         return self.suggest_job.start()
 
@@ -203,23 +193,13 @@ class FinetuneWidget(QWidget):
         if image_layer is not None:
             index = current_index(self.viewer, image_layer) if stack_depth(image_layer) else ()
             image_plane = np.array(layer_array(image_layer)[index])  # a copy: the user may keep editing
-
-        def work(report, is_cancelled):
-            from napari_unet._widgets.predict_widget import run_prediction
-
-            outcome = project.round(config, model=parent_key, progress=report, cancel=is_cancelled)
-            labels = None
-            if image_plane is not None:
-                report(("predicting", 0))
-                labels = run_prediction(outcome.model, image_plane, instances=False, threshold=config.threshold,
-                                        with_probabilities=False, channel_axis=-1 if image_layer.rgb else None,
-                                        report=lambda value: None, is_cancelled=lambda: False)[0]
-            return outcome, labels
+        channel_axis = -1 if image_layer is not None and image_layer.rgb else None
+        request = self.session.request("fine_tune_round", str(project.root), parent_key, config, image_plane, channel_axis)
 
         self.plot.clear(total_steps=config.epochs * config.steps_per_epoch)
         self.controls.say("Preparing (loading the model and the pairs, scoring the starting model) …")
         self.controls.running(True)
-        self.job = Job(work, what=f"Fine-tuning '{parent_key}'", on_progress=self._show_progress,
+        self.job = Job(request, what=f"Fine-tuning '{parent_key}'", on_progress=self._show_progress,
                        on_done=lambda result: self._done(image_layer, index, result),
                        on_finished=lambda: self.controls.running(False, self.job is None or self.job.error is None))
         self.session.track(self.job)
@@ -255,13 +235,13 @@ class FinetuneWidget(QWidget):
         outcome, labels = result
         self.last_outcome = outcome
         version = outcome.version
-        self.session.remember_model(version, outcome.model)
+        self.session.mark_warm(version)  # the worker process keeps the new version loaded
         self.session.versions_changed.emit()
         self.session.rounds_changed.emit()
         if outcome.kept:
             self.session.select_model(version)
-            self.session.track(Job(_write_twin(self.session, version), what=f"Preparing a quick start for '{version}'",
-                                   on_done=lambda path: None).start())
+            twin = self.session.request("write_twin", self.session.model_reference(version))
+            self.session.track(Job(twin, what=f"Preparing a quick start for '{version}'", on_done=lambda path: None).start())
         message = outcome.reason
         if labels is not None:
             if image_layer in self.viewer.layers:
@@ -277,11 +257,3 @@ class FinetuneWidget(QWidget):
         (show_info if outcome.kept else show_warning)(f"Round {outcome.record['round']} ('{version}'): {outcome.reason}")
         self._show_model()
 
-
-def _write_twin(session: Session, version: str):
-    """A job function: the new version's ONNX twin (Session.write_twin)."""
-
-    def work(report, is_cancelled):
-        return session.write_twin(version)
-
-    return work

@@ -1,19 +1,18 @@
-"""Live tab: the model learns while the user paints (live.LiveTrainer in one worker), shown in a separate layer.
+"""Live tab: the model learns while the user paints (live.LiveTrainer in the worker process), shown in a layer.
 
 GUI thread: listens to the prediction layer's `paint` events (one per finished stroke), collects the touched
-pixels, and after a pause in painting (debounced) hands a copy of the plane's labels to the worker. Nothing on
-the GUI thread waits for training. Worker: writes the plane's pair into the project, re-reads the pairs,
-trains in short bursts, predicts the visible region with the running model and reports it; the dock writes
-it into '<image> live' — the user's layer is never written. Until the U-Net scores better on the evaluation
-set than a random forest fitted on the same strokes (live.ForestPreview, ilastik's approach, a second to fit),
-the forest's prediction is shown instead, so the first strokes give a useful answer at once. Pause, Keep (a
-version through the project's guard) and Off (which keeps the best model so far, the same way) are one click
-each.
+pixels, and after a pause in painting (debounced) sends a copy of the plane's labels to the worker process.
+Nothing on the GUI thread waits for training. Worker process (worker/tasks.live): writes the plane's pair into
+the project, re-reads the pairs, trains in short bursts, predicts the visible region with the running model and
+reports it; the dock writes it into '<image> live' — the user's layer is never written. Until the U-Net scores
+better on the evaluation set than a random forest fitted on the same strokes (live.ForestPreview, ilastik's
+approach, a second to fit), the forest's prediction is shown instead, so the first strokes give a useful answer at
+once. Pause, Keep (a version through the project's guard) and Off (which keeps the best model so far, the same way)
+are one click each.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
@@ -39,32 +38,13 @@ def live_layer_name(image_name: str) -> str:
     return f"{image_name} live"
 
 
-class _Shared:
-    """What the GUI thread and the worker exchange, under one lock."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.update = None  # (labels, touched pixels, whole plane?) of the plane: the latest, replaced by newer
-        self.paused = False
-        self.keep_requested = False
-
-    def take_update(self):
-        with self.lock:
-            update, self.update = self.update, None
-            return update
-
-    def take_keep(self) -> bool:
-        with self.lock:
-            requested, self.keep_requested = self.keep_requested, False
-            return requested
-
-
 class LiveWidget(QWidget):
     def __init__(self, viewer, session: Session, parent=None):
         super().__init__(parent)
         self.viewer, self.session = viewer, session
         self.job: Job | None = None
-        self.shared = _Shared()
+        self.paused = False
+        self.updates_sent = 0  # corrections sent to the worker process since Live was switched on
         self.labels_layer = None
         self.image_layer = None
         self.plane_index: tuple[int, ...] = ()
@@ -144,12 +124,17 @@ class LiveWidget(QWidget):
         if self.plane_index:
             show_info(f"Live learns from the current plane {self.plane_index} of '{image_layer.name}' only.")
         self.touched = np.zeros(plane_shape, dtype=bool)
-        self.shared = _Shared()
+        self.paused, self.updates_sent = False, 0
         self._show_live_layer(plane_shape)
         labels_layer.events.paint.connect(self._painted)
         plane_index = self.plane_index
-        self.view = ViewTracker(self.viewer, labels_layer, lambda: plane_index)  # the Labels layer: Y, X last
-        self.job = Job(self._work(image_plane), what="Live training", on_progress=self._show_progress,
+        # The Labels layer: Y, X last. Where the user looks goes to the worker process, which predicts that region.
+        self.view = ViewTracker(self.viewer, labels_layer, lambda: plane_index,
+                                on_change=lambda visible: self.job.send(("view", visible)))
+        pair_name = f"{image_layer.name} live" + "".join(f" {i}" for i in self.plane_index)
+        request = self.session.request("live", str(self.session.project.root), self.parent_key(), image_plane,
+                                       pair_name, self.view.current, CONTEXT)
+        self.job = Job(request, what="Live training", on_progress=self._show_progress,
                        on_done=self._stopped, on_finished=self._finished)
         self.session.track(self.job)
         self.job.start()
@@ -194,83 +179,29 @@ class LiveWidget(QWidget):
             self.debounce.start()  # restarts: a burst of strokes is one update
 
     def _send_update(self) -> None:
-        """Hand copies of the plane's labels and touched pixels to the worker (which makes the training mask)."""
+        """Send copies of the plane's labels and touched pixels to the worker process (which makes the training
+        mask); a newer update there replaces one not yet trained on."""
         self.debounce.stop()
         self._pending_since = None
         whole_plane = self.whole_plane_check.isChecked()
         if not self.running or self.touched is None or not (self.touched.any() or whole_plane):
             return
         labels = np.array(layer_array(self.labels_layer)[self.plane_index])
-        with self.shared.lock:
-            self.shared.update = (labels, self.touched.copy(), whole_plane)
+        self.job.send(("update", labels, self.touched.copy(), whole_plane))
+        self.updates_sent += 1
 
     def toggle_pause(self) -> None:
-        with self.shared.lock:
-            self.shared.paused = not self.shared.paused
-            paused = self.shared.paused
-        self.pause_button.setText("Resume" if paused else "Pause")
+        self.paused = not self.paused
+        if self.running:
+            self.job.send(("pause", self.paused))
+        self.pause_button.setText("Resume" if self.paused else "Pause")
         self.status_label.setText("Live paused: corrections are still collected; press Resume to train on them."
-                                  if paused else "Live resumed.")
+                                  if self.paused else "Live resumed.")
 
     def keep(self) -> None:
         if self.running:
-            with self.shared.lock:
-                self.shared.keep_requested = True
+            self.job.send(("keep",))
             self.status_label.setText("Keeping the best live model so far (scored like a round) …")
-
-    # --- the worker -------------------------------------------------------------------------------
-    def _work(self, image_plane: np.ndarray):
-        project, parent_key, shared, view = self.session.project, self.parent_key(), self.shared, self.view
-        pair_name = f"{self.image_layer.name} live" + "".join(f" {i}" for i in self.plane_index)
-
-        def work(report, is_cancelled):
-            from napari_unet.errors import NapariUNetError
-            from napari_unet.live import BURST_SECONDS, ForestPreview, LiveTrainer, live_mask
-
-            trainer = LiveTrainer(project, parent_key)  # a model that fails to load ends Live with its message
-            has_pairs = False
-            # Until the U-Net beats it on the evaluation set, a forest fitted in a second is what the user sees.
-            preview, preview_iou, preview_labels = ForestPreview(), None, None
-
-            def interrupted() -> bool:
-                return is_cancelled() or shared.paused or shared.update is not None or shared.keep_requested
-
-            while not is_cancelled():
-                update = shared.take_update()
-                try:  # the user's input can be unusable for a while (e.g. only erased): say so, keep listening
-                    if update is not None:
-                        labels, touched, whole_plane = update
-                        mask = live_mask(labels, touched, whole_plane=whole_plane)  # a dilation: not on the GUI thread
-                        pair = project.add_pair(image_plane, mask, name=pair_name, replace=True,
-                                                corrected_pixels=int(touched.sum()), source_image=pair_name)
-                        report(("pairs", trainer.reload({pair.name: touched})))
-                        has_pairs = True
-                        if preview is not None and preview.fit(image_plane, mask):
-                            preview_iou, preview_labels = preview.score(trainer.evaluation), preview.predict(image_plane)
-                    if shared.take_keep():
-                        report(("kept", trainer.keep().record))
-                except NapariUNetError as exc:
-                    report(("message", str(exc)))
-                    has_pairs = has_pairs and trainer.total_steps > 0
-                if shared.paused or not has_pairs:
-                    time.sleep(0.1)
-                    continue
-                burst = trainer.train(BURST_SECONDS, cancel=interrupted)
-                if burst.steps == 0:  # interrupted before its first step: new corrections, Keep or Off come first
-                    continue
-                (y0, y1), (x0, x1) = view.current[1]
-                if preview is not None and preview_iou is not None and burst.iou is not None and preview_iou > burst.iou:
-                    report(("burst", burst, ((y0, y1), (x0, x1)), preview_labels[y0:y1, x0:x1], preview_iou))
-                    continue
-                preview = None if burst.iou is not None and preview_iou is not None else preview  # the U-Net won
-                top, left = max(0, y0 - CONTEXT), max(0, x0 - CONTEXT)
-                labels = trainer.predict(image_plane[top:y1 + CONTEXT, left:x1 + CONTEXT], output="labels")
-                report(("burst", burst, ((y0, y1), (x0, x1)), labels[y0 - top:y1 - top, x0 - left:x1 - left], None))
-            if trainer.total_steps:
-                return trainer.keep().record
-            return None
-
-        return work
 
     # --- results (GUI thread) ---------------------------------------------------------------------
     def _show_live_layer(self, plane_shape) -> None:

@@ -14,10 +14,8 @@ import weakref
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QApplication, QTabWidget, QVBoxLayout, QWidget
 
-from napari_unet._widgets._gui_priority import free_removed_layers
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT
 from napari_unet._widgets._session import Session
-from napari_unet._widgets._tensorflow import start_after
 from napari_unet._widgets._workers import Job
 from napari_unet._widgets.finetune_widget import FinetuneWidget
 from napari_unet._widgets.live_widget import LiveWidget
@@ -25,7 +23,10 @@ from napari_unet._widgets.models_widget import ModelsWidget
 from napari_unet._widgets.predict_widget import PREDICT_SHORTCUT, PredictWidget
 from napari_unet._widgets.training_set_widget import ADD_SHORTCUT, TrainingSetWidget
 
-TENSORFLOW_DELAY_S = 0.2  # after the dock is built: its first paint comes first (_tensorflow.start_after)
+# The worker process loads and traces the selected model this long after the dock opens: a script or test that
+# picks another model right after opening gets that one ready (TensorFlow's import, the longest part and the same
+# for every model, starts with the process).
+WARM_UP_DELAY_MS = 500
 
 
 class UNetWidget(QWidget):
@@ -34,7 +35,7 @@ class UNetWidget(QWidget):
     def __init__(self, napari_viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.session = Session(napari_viewer)
+        self.session = Session(napari_viewer)  # starts the worker process: TensorFlow loads while the user looks
         self.predict_tab = PredictWidget(napari_viewer, self.session)
         self.training_set_tab = TrainingSetWidget(napari_viewer, self.session)
         self.finetune_tab = FinetuneWidget(napari_viewer, self.session)
@@ -51,35 +52,33 @@ class UNetWidget(QWidget):
         layout.addWidget(self.tabs)
         self.setMinimumWidth(320)
         self._bind_keys()
-        # Import TensorFlow, load the selected model and compile its forward pass in the background now, so
-        # the first Predict only predicts. Tracked jobs: closing the dock waits for them to leave TensorFlow.
-        # (The model half a second later: a script or test that picks another model right after opening warms
-        # that one; TensorFlow's import, the longest part and the same for every model, starts sooner.)
-        # A model with an ONNX twin predicts without TensorFlow until then (onnx_engine.py): the twin is
-        # opened at once too. (Starting TensorFlow only after that first prediction was tried: a click 3 s
-        # after opening then waited 2.4 s instead of 0.5 s; bench_first_click.)
+        # A model with an ONNX twin predicts in napari's process until the worker process has it ready
+        # (onnx_engine.py): the twin is opened now, in a thread of napari's process.
         twin_of = self.session.onnx_twin_for(self.session.model_key)
         self.session.track(Job(_prepare(self.session, twin_of), what="Preparing the quick start",
-                               on_done=lambda result: None, needs_tensorflow=False).start())
-        start_after(TENSORFLOW_DELAY_S)  # its import waits for the dock's first paint (_tensorflow.py)
-        self.session.track(Job(_start_tensorflow, what="Starting TensorFlow", on_done=lambda result: None).start())
+                               on_done=lambda result: None).start())
         self._warm_up_timer = QTimer(self)  # owned by the dock: never fires after it is gone
         self._warm_up_timer.setSingleShot(True)
         self._warm_up_timer.timeout.connect(self._warm_up)
-        self._warm_up_timer.start(500)
-        napari_viewer.layers.events.removed.connect(free_removed_layers)
+        self._warm_up_timer.start(WARM_UP_DELAY_MS)
+        self.session.worker_restarted.connect(self._warm_up)  # a new worker process: the selected model again
         closer = _closer(self.session, napari_viewer, [self.training_set_tab.follow_new_layers])
         self.reset_choices()
         self.destroyed.connect(closer)
-        # Also when napari quits without deleting the dock first (and as a last resort at interpreter exit):
-        # a worker still inside TensorFlow then would crash the process.
+        # Also when napari quits without deleting the dock first (and as a last resort at interpreter exit): the
+        # worker process is ended once its tasks have (a round saves its version first).
         app = QApplication.instance()
         if app is not None:
             app.aboutToQuit.connect(closer)
         atexit.register(closer)
 
-    def _warm_up(self) -> None:
-        self.session.track(Job(_warm_up(self.session), what="Preparing the model", on_done=lambda result: None).start())
+    def _warm_up(self, *args) -> Job:
+        """The worker process loads the selected model and traces it (worker/tasks.warm_up). Silent: a broken
+        install or model surfaces, worded, at the first Predict."""
+        session, key = self.session, self.session.model_key
+        job = Job(session.request("warm_up", session.model_reference(key)), what="Preparing the model",
+                  on_done=lambda result: session.mark_warm(key), quiet=True)
+        return session.track(job.start())
 
     def reset_choices(self, *args) -> None:
         """napari calls this when layers are added, removed, moved or renamed: the layer choosers follow."""
@@ -112,7 +111,8 @@ class UNetWidget(QWidget):
 
 
 def _closer(session: Session, viewer, layer_listeners):
-    """On dock deletion: stop jobs (their results are dropped), unbind keys, stop listening to layers."""
+    """On dock deletion: stop jobs (their results are dropped) and the worker process, unbind keys, stop listening
+    to layers."""
 
     closed = []
 
@@ -127,51 +127,26 @@ def _closer(session: Session, viewer, layer_listeners):
         for listener in layer_listeners:
             with contextlib.suppress(Exception):
                 viewer.layers.events.inserted.disconnect(listener)
-        with contextlib.suppress(Exception):
-            viewer.layers.events.removed.disconnect(free_removed_layers)
 
     return close
-
-
-def _start_tensorflow(report, is_cancelled) -> None:
-    """A job function with nothing to do: every job imports TensorFlow before it runs (_workers.py)."""
 
 
 def _prepare(session: Session, keras_path):
     """A job function: the model's ONNX twin opened and cached (Session.load_onnx_twin) if it has one, then what
     napari's first Labels layer (the first prediction) would otherwise do on the GUI thread (imports: 0.1 s of the
-    0.3 s it took in a viewer without TensorFlow; vispy's dash patterns, computed once per process: 0.07 s)."""
+    0.3 s it took; vispy's dash patterns, computed once per process: 0.07 s)."""
 
     def work(report, is_cancelled):
-        from napari_unet._widgets._gui_priority import background_imports
+        if keras_path is not None:
+            session.load_onnx_twin(keras_path)
+        import scipy.linalg  # noqa: F401
+        import skimage.color  # noqa: F401
+        import skimage.exposure  # noqa: F401
+        import skimage.segmentation  # noqa: F401
 
-        with background_imports():
-            if keras_path is not None:
-                session.load_onnx_twin(keras_path)
-            import scipy.linalg  # noqa: F401
-            import skimage.color  # noqa: F401
-            import skimage.exposure  # noqa: F401
-            import skimage.segmentation  # noqa: F401
+        with contextlib.suppress(Exception):  # a vispy internal (its lru_cache): no harm if it moves
+            from vispy.visuals.line.dash_atlas import DashAtlas
 
-            with contextlib.suppress(Exception):  # a vispy internal (its lru_cache): no harm if it moves
-                from vispy.visuals.line.dash_atlas import DashAtlas
-
-                DashAtlas()
-
-    return work
-
-
-def _warm_up(session: Session):
-    """A job function: Session.warm_up of the selected model, yielding to the GUI thread (_gui_priority.py),
-    then its ONNX twin if a version saved before twins existed lacks one (the next napari starts faster).
-    Silent: a broken install or model surfaces, worded, at the first Predict."""
-
-    def work(report, is_cancelled):
-        from napari_unet._widgets._gui_priority import yielding_to_the_gui
-
-        with contextlib.suppress(Exception), yielding_to_the_gui():
-            session.warm_up(is_cancelled=is_cancelled)
-            if not is_cancelled():
-                session.write_twin(session.model_key, only_if_missing=True)
+            DashAtlas()
 
     return work

@@ -144,7 +144,7 @@ class ModelsWidget(QWidget):
             self.session.select_model(str(record["version"]))
             show_info(record["reason"])
 
-        job = Job(lambda report, is_cancelled: project.revert(name), what=f"Reverting to '{name}'", on_done=reverted)
+        job = Job(self.session.request("revert", str(project.root), name), what=f"Reverting to '{name}'", on_done=reverted)
         self.session.track(job)
         job.start()
 
@@ -195,9 +195,9 @@ class ModelsWidget(QWidget):
 
     def export_bioimageio_selected(self, path: str | None = None, authors: str | None = None,
                                    license: str | None = None) -> Job | None:
-        """Write the selected model as a bioimage.io package in a worker; asks for the file, authors and licence
+        """Write the selected model as a bioimage.io package in the worker process; asks for the file, authors and licence
         (the core refuses a package without them). Returns the job, or None when nothing was started."""
-        from napari_unet.bioimageio import PackageAuthorship, export_bioimageio
+        from napari_unet.bioimageio import PackageAuthorship
         from napari_unet.errors import NapariUNetError
 
         name = self.selected_name()
@@ -230,11 +230,7 @@ class ModelsWidget(QWidget):
             show_error(f"Export for bioimage.io: {exc}")
             return None
         session = self.session
-
-        def work(report, is_cancelled):
-            model = session.load_model(name)
-            return export_bioimageio(model, path, authorship, overwrite=overwrite, progress=report,
-                                  is_cancelled=is_cancelled)
+        request = session.request("export_bioimageio", session.model_reference(name), path, authorship, overwrite)
 
         def finished() -> None:
             self.cancel_button.setEnabled(False)
@@ -244,7 +240,7 @@ class ModelsWidget(QWidget):
             self.status_label.setText("")
             show_info(f"Model '{name}' saved for bioimage.io as {written} ({written.stat().st_size / 1e6:.1f} MB).")
 
-        job = Job(work, what=f"Exporting '{name}' for bioimage.io", on_done=done,
+        job = Job(request, what=f"Exporting '{name}' for bioimage.io", on_done=done,
                   on_progress=lambda stage: self.status_label.setText(f"bioimage.io export: {stage}…"),
                   on_finished=finished, on_cancelled=lambda: self.status_label.setText(""))
         self.bioimageio_job = self.session.track(job)

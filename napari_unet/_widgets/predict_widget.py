@@ -21,13 +21,12 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets import _lazy_prediction, _live_threshold
-from napari_unet._widgets._gui_priority import gui_first
 from napari_unet._widgets._layers import LayerChooser, current_index, describe_index, layer_array, stack_depth
-from napari_unet._widgets._live_threshold import ThresholdCache
+from napari_unet._widgets._live_threshold import SLIDER_THRESHOLDS, ThresholdCache
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT, NextTile
 from napari_unet._widgets._run_controls import RunControls
 from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
-from napari_unet._widgets._workers import Job, on_tensorflow_thread
+from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
 
 PREDICT_SHORTCUT = "Shift+U"
@@ -36,44 +35,16 @@ PREDICT_SHORTCUT = "Shift+U"
 TTA_CHOICES = ((1, "1 (fastest)"), (2, "2: also turned 180° (2× time)"), (4, "4: also mirrored (4× time)"),
                (8, "8: all flips and rotations (8× time)"))
 THRESHOLD_DEBOUNCE_MS = 150  # re-threshold once the slider rests, not at every step of a drag
-# What computed the last prediction (PredictWidget.engine): a model's first Predict runs on its ONNX twin while
-# TensorFlow loads (onnx_engine.py, Session.onnx_twin_for).
+# What computed the last prediction (PredictWidget.engine): a model's first Predict runs on its ONNX twin in napari's
+# process while the worker process is still loading it (onnx_engine.py, Session.onnx_twin_for).
 TENSORFLOW, ONNX_RUNTIME = "TensorFlow", "ONNX Runtime"
 
 
-def run_prediction(model, image: np.ndarray, *, instances: bool, threshold: float, with_probabilities: bool,
-                   channel_axis, report, is_cancelled, index: tuple = (),
-                   test_time_augmentation: bool | int = False, with_uncertainty: bool = False,
-                   min_size: int | None = None,
-                   channels=None) -> tuple[np.ndarray, np.ndarray | None, ThresholdCache | None, np.ndarray | None]:
-    """(labels, probabilities or None, threshold cache, uncertainty or None) for `image` — core calls
-    only; runs in a worker.
-
-    The cache lets the threshold slider re-threshold this prediction without the model; None for
-    multi-class models, whose labels are the most probable class whatever the threshold. min_size: instances
-    smaller than this (px) are dropped (None: the model's own).
-    """
-    from napari_unet.postprocess import model_instances, semantic_labels
-    from napari_unet.prediction import predict
-
-    progress = lambda done, total: report((done, total))  # noqa: E731
-    result = predict(model, image, output="probabilities", threshold=threshold, channel_axis=channel_axis, channels=channels,
-                     progress=progress, cancel=is_cancelled, test_time_augmentation=test_time_augmentation,
-                     with_uncertainty=with_uncertainty)
-    probabilities, uncertainty = result if with_uncertainty else (result, None)
-    probabilities = np.asarray(probabilities)
-    n_classes = model.config.n_classes
-    labels = semantic_labels(probabilities, threshold, n_classes, model.metadata.background_threshold)
-    method = model.metadata.instance_method if instances else None
-    if instances:
-        labels = model_instances(probabilities, model.metadata, n_classes, threshold=threshold, min_size=min_size)
-    objects = {"components": "foreground", "enclosed": "background"}.get(method)  # what the slider re-splits
-    cache = ThresholdCache.from_probabilities(probabilities, index, threshold, objects) if n_classes == 1 else None
-    if not with_probabilities:
-        return labels, None, cache, uncertainty
-    if n_classes > 1:  # shown as one map: the probability of "not background"
-        probabilities = 1.0 - probabilities[..., 0]
-    return labels, probabilities, cache, uncertainty
+def model_channels(session: Session, key: str) -> int:
+    """How many channels the model reads, from its file's metadata (no TensorFlow); 1 if unreadable (the worker
+    then reports what is wrong with the file)."""
+    metadata = session.model_metadata(key)
+    return int(metadata.config.n_channels) if metadata is not None else 1
 
 
 def layer_channels(layer) -> int:
@@ -294,36 +265,37 @@ class PredictWidget(QWidget):
                         test_time_augmentation=int(self.views_combo.currentData()),
                         min_size=self.min_size_spin.value(), channels=self.channels())
         session = self.session
+        axis = channel_axis_for(image_layer, model_channels(session, model_key))
+        plane_index = () if axis == 0 else index  # (C, Y, X) in one layer: the leading axis is channels
+        plane = np.asarray(data[plane_index]) if plane_index else data
+        settings = dict(settings, channel_axis=axis, slider_thresholds=SLIDER_THRESHOLDS)
+        reference = session.model_reference(model_key)
         twin_of = session.onnx_twin_for(model_key)
 
-        def predict_with(model, report, is_cancelled):
-            axis = channel_axis_for(image_layer, model.config.n_channels)
-            plane_index = () if axis == 0 else index  # (C, Y, X) in one layer: the leading axis is channels
-            plane = np.asarray(data[plane_index]) if plane_index else data
-            return (plane_index, *run_prediction(model, plane, channel_axis=axis, report=report, index=plane_index,
-                                                 is_cancelled=is_cancelled, **settings))
+        def on_twin(report, is_cancelled):
+            """The model's ONNX twin in napari's process while the worker process is not ready for the model."""
+            from napari_unet.worker.tasks import plane_prediction
 
-        def work(report, is_cancelled):
-            result = predict_with(session.load_model(model_key), report, is_cancelled)
-            session.mark_warm(model_key)
-            return result + (TENSORFLOW,)
-
-        def work_on_twin(report, is_cancelled):
             model = session.load_onnx_twin(twin_of)
-            if model is None:  # a stale twin (onnx_engine.py): TensorFlow serves after all
-                return on_tensorflow_thread(work, report, is_cancelled)
-            return predict_with(model, report, is_cancelled) + (ONNX_RUNTIME,)
+            if model is None:  # a stale twin (onnx_engine.py): the worker process serves after all
+                return session.worker.call("predict_plane", (reference, plane, settings), report, is_cancelled), TENSORFLOW
+            return plane_prediction(model, np.asarray(plane), settings, report, is_cancelled), ONNX_RUNTIME
+
+        def shown(result) -> None:
+            prediction, engine = result if twin_of is not None else (result, TENSORFLOW)
+            if engine == TENSORFLOW:
+                session.mark_warm(model_key)
+            self._show_result(image_layer, model_key, plane_index, prediction, settings["threshold"], engine)
 
         self.status_label.setText(f"Predicting '{image_layer.name}'{describe_index(index)} with {self.session.model_label} …")
         self._set_running(True)  # busy until the first tile reports
         what = f"Prediction of '{image_layer.name}'"
         self.job = Job(
-            work if twin_of is None else work_on_twin, what=what,
+            session.request("predict_plane", reference, plane, settings) if twin_of is None else on_twin, what=what,
             on_progress=self._show_progress,
-            on_done=lambda result: self._show_result(image_layer, model_key, result),
+            on_done=shown,
             on_finished=lambda: self._set_running(False),
             on_cancelled=lambda: self.status_label.setText("Prediction cancelled."),
-            needs_tensorflow=twin_of is None,
         )
         self.session.track(self.job)
         return self.job.start()
@@ -331,8 +303,6 @@ class PredictWidget(QWidget):
     def predict_lazy(self, image_layer, model_key: str) -> Job | None:
         """A lazy (zarr/dask) image: labels into a zarr store in the project's predictions/ folder, region by
         region, what the canvas shows first; every slice of a stack, the displayed one first."""
-        from napari_unet.lazy_labels import predict_regions
-
         folder = self.session.project.root / "predictions"
         try:
             layer = _lazy_prediction.add_lazy_labels(self.viewer, image_layer, folder, model_key)
@@ -341,17 +311,14 @@ class PredictWidget(QWidget):
             return None
         painted = _lazy_prediction.PaintedBoxes(layer)
         display = _lazy_prediction.DisplayRefresher(layer)
-        view = _lazy_prediction.ViewTracker(self.viewer, layer, lambda: current_index(self.viewer, image_layer))
+        view = _lazy_prediction.ViewTracker(self.viewer, layer, lambda: current_index(self.viewer, image_layer),
+                                            on_change=lambda visible: self.job.send(("view", visible)))
         threshold, views = self.threshold(), int(self.views_combo.currentData())
         data, session = layer_array(image_layer), self.session
-
-        def work(report, is_cancelled):
-            model = session.load_model(model_key)
-            axis = channel_axis_for(image_layer, model.config.n_channels)
-            for result in predict_regions(model, data, visible=lambda: view.current, threshold=threshold,
-                                          channel_axis=axis, cancel=is_cancelled, test_time_augmentation=views):
-                report(result)
-            return layer.metadata[_lazy_prediction.LAZY_KEY]
+        axis = channel_axis_for(image_layer, model_channels(session, model_key))
+        request = session.request("predict_regions", session.model_reference(model_key), data, view.current, threshold,
+                                  axis, views)
+        store_path = layer.metadata[_lazy_prediction.LAZY_KEY]
 
         def show_region(result) -> None:
             if layer in self.viewer.layers:
@@ -367,9 +334,9 @@ class PredictWidget(QWidget):
         self._set_running(True)
         self.live_layer = None
         self.job = Job(
-            work, what=f"Prediction of '{image_layer.name}'", on_progress=show_region,
-            on_done=lambda path: self.status_label.setText(
-                f"Prediction in '{layer.name}' (saved in {path}). Paint to correct it, then 'Add to training set' "
+            request, what=f"Prediction of '{image_layer.name}'", on_progress=show_region,
+            on_done=lambda result: self.status_label.setText(
+                f"Prediction in '{layer.name}' (saved in {store_path}). Paint to correct it, then 'Add to training set' "
                 "in the Correct tab adds the region you see."),
             on_finished=lambda: (view.stop(), display.refresh_now(), self._set_running(False)),
             on_cancelled=lambda: self.status_label.setText(f"Prediction cancelled: '{layer.name}' keeps the regions "
@@ -389,8 +356,11 @@ class PredictWidget(QWidget):
     def _show_progress(self, value) -> None:
         self.controls.progress(*value)
 
-    def _show_result(self, image_layer, model_key: str, result) -> None:
-        index, labels, probabilities, threshold_cache, uncertainty, self.engine = result
+    def _show_result(self, image_layer, model_key: str, index: tuple, prediction, threshold: float, engine: str) -> None:
+        self.engine = engine
+        labels, probabilities, uncertainty = prediction.labels, prediction.probabilities, prediction.uncertainty
+        threshold_cache = (None if prediction.ranks is None
+                           else ThresholdCache(prediction.ranks, tuple(index), threshold, prediction.objects))
         if image_layer not in self.viewer.layers:
             show_warning(f"Image '{image_layer.name}' was removed while it was being predicted: "
                          "the prediction was discarded.")
@@ -413,7 +383,7 @@ class PredictWidget(QWidget):
         else:
             _live_threshold.attach(layer, threshold_cache)
             self._threshold_note = ""
-        engine = (" (computed on ONNX Runtime while TensorFlow was still loading; later predictions use TensorFlow)"
+        engine = (" (computed on ONNX Runtime while the model was still loading; later predictions use TensorFlow)"
                   if self.engine == ONNX_RUNTIME else "")
         self.status_label.setText(f"Prediction in '{layer.name}'{engine}. Correct it with the brush/eraser, then "
                                   "'Add to training set' in the Correct tab. " + self._threshold_note)
@@ -459,7 +429,7 @@ class PredictWidget(QWidget):
         self.status_label.setText(f"Applying threshold {threshold:.2f} to '{layer.name}' …")
         self.threshold_job = Job(
             lambda report, is_cancelled: cache.labels_at(threshold), what=f"Re-thresholding '{layer.name}'",
-            on_done=lambda labels: self._write_threshold(layer, cache, threshold, labels), needs_tensorflow=False,
+            on_done=lambda labels: self._write_threshold(layer, cache, threshold, labels),
         )
         self.session.track(self.threshold_job)
         return self.threshold_job.start()
@@ -511,9 +481,8 @@ def write_prediction(viewer, image_layer, index: tuple, labels: np.ndarray, name
         layer.metadata.pop(PREDICTION_KEY, None)
         layer.data = np.zeros(full_shape, dtype=labels.dtype)
     if layer is None:
-        with gui_first():  # napari's first Labels layer: 0.2 s of Python that TensorFlow's import may not share
-            layer = viewer.add_labels(np.zeros(full_shape, dtype=labels.dtype), name=name, opacity=0.5,
-                                      **_placement(image_layer, len(full_shape)))
+        layer = viewer.add_labels(np.zeros(full_shape, dtype=labels.dtype), name=name, opacity=0.5,
+                                  **_placement(image_layer, len(full_shape)))
     _live_threshold.forget(layer)  # its cached probabilities belong to the prediction being replaced
     store_prediction(layer, index, labels)
     layer.metadata[SOURCE_KEY] = {"image": image_layer.name, "model": model_key}

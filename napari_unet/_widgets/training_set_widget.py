@@ -237,8 +237,7 @@ class TrainingSetWidget(QWidget):
         self.add_button.setEnabled(False)
         what = "evaluation pairs" if evaluation else "training set"
         self.job = Job(work, what=f"Adding '{labels_name}'{describe_index(index)} to the {what}",
-                       on_done=self._added, on_finished=lambda: self.add_button.setEnabled(True),
-                       needs_tensorflow=False)
+                       on_done=self._added, on_finished=lambda: self.add_button.setEnabled(True))
         self.session.track(self.job)
         return self.job.start()
 
@@ -277,7 +276,7 @@ class TrainingSetWidget(QWidget):
                         rows.append((pair, evaluation, None))
             return rows
 
-        self.list_job = Job(work, what="Reading the project", on_done=self._show_pairs, needs_tensorflow=False)
+        self.list_job = Job(work, what="Reading the project", on_done=self._show_pairs)
         self.session.track(self.list_job)
         return self.list_job.start()
 
