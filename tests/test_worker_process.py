@@ -124,6 +124,21 @@ def test_a_worker_that_stops_answering_is_ended_and_started_again():
         client.stop()
 
 
+def test_a_worker_that_does_not_end_a_cancelled_task_is_ended_and_started_again():
+    lost = []
+    client = WorkerClient(on_lost=lost.append, cancel_grace_seconds=3.0).start()
+    try:
+        recorder = Recorder()
+        job_id = client.submit("worker_tasks:ignore_cancel", (), recorder)
+        assert recorder.started.wait(TIMEOUT_S)
+        client.cancel(job_id)
+        assert recorder.ended.wait(TIMEOUT_S)
+        assert isinstance(recorder.error, WorkerLost) and lost == ["did not stop a cancelled task"]
+        assert client.call("worker_tasks:process_id", ()) == client.pid
+    finally:
+        client.stop()
+
+
 # ------------------------------------------------------------------------------------------------- in napari
 
 def test_killing_the_worker_mid_prediction_says_so_once_and_the_next_predict_works(  # noqa: F811

@@ -28,3 +28,10 @@ def imported(job, *names: str) -> dict:
     import sys
 
     return {name: name in sys.modules for name in names}
+
+
+def ignore_cancel(job, seconds: float = 300.0) -> str:
+    """Report once, then run on whatever the dock says (a stuck task)."""
+    job.report("started")
+    time.sleep(seconds)
+    return "done"

@@ -30,8 +30,8 @@ HEARTBEAT_SECONDS = 2.0
 # No reply to pings for this long: the worker hangs (it answers from its own thread while tasks compute, also
 # during TensorFlow's import), so it is ended and started again.
 UNRESPONSIVE_SECONDS = 60.0
-# A cancelled job that has not ended after this long is stuck: the worker is ended. A cancelled round still scores
-# and saves its version (seconds), so this is generous.
+# A cancelled job that has not ended after this long is stuck: the worker is ended (not for the tasks that go on
+# by design after a cancel: tasks.FINISH_AFTER_CANCEL).
 CANCEL_GRACE_SECONDS = 120.0
 
 
@@ -52,8 +52,15 @@ class JobListener(Protocol):
 @dataclass
 class _Job:
     listener: JobListener
+    task: str
     generation: int | None = None  # the worker its request went to (None: not sent yet)
     cancelled_at: float | None = None
+
+    def stuck(self, now: float, grace: float) -> bool:
+        """Cancelled long ago and still running, though its task stops at a cancel (tasks.FINISH_AFTER_CANCEL)."""
+        from napari_unet.worker.tasks import FINISH_AFTER_CANCEL
+
+        return self.cancelled_at is not None and now - self.cancelled_at > grace and self.task not in FINISH_AFTER_CANCEL
 
 
 class WorkerClient:
@@ -147,7 +154,7 @@ class WorkerClient:
                 raise NapariUNetError("the dock is closing: nothing new is started")
             job_id = self._next_job
             self._next_job += 1
-            self._jobs[job_id] = _Job(listener)
+            self._jobs[job_id] = _Job(listener, task)
         self._outbox.put((job_id, ("run", job_id, task, tuple(args))))
         return job_id
 
@@ -292,8 +299,7 @@ class WorkerClient:
                 else:
                     listener = None
                 silent = now - self._last_heard > self.unresponsive_seconds
-                stuck = any(job.cancelled_at is not None and now - job.cancelled_at > self.cancel_grace_seconds
-                            for job in self._jobs.values())
+                stuck = any(job.stuck(now, self.cancel_grace_seconds) for job in self._jobs.values())
                 if (silent or stuck) and self._kill_reason is None and process is not None:
                     self._kill_reason = "stopped answering" if silent else "did not stop a cancelled task"
                     listener = self._listener if self._accepting else None

@@ -313,5 +313,9 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, pair_name: 
     return None
 
 
+# Tasks that go on working after a cancel by design: a stopped round still scores and saves its version, Live off
+# keeps its best model. The dock never ends a worker for not finishing these after a cancel (only for silence).
+FINISH_AFTER_CANCEL = frozenset({"fine_tune_round", "live"})
+
 TASKS = {task.__name__: task for task in (predict_plane, predict_regions, warm_up, write_twin, fine_tune_round,
                                           propose_start, revert, export_bioimageio, live)}
