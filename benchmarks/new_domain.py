@@ -224,7 +224,8 @@ def _line(row: dict) -> str:
             f"{note.strip()} |")
 
 
-def run(start: str, corrected: list[int], seconds: float, methods: list[str], levers: bool, n_test: int) -> list[dict]:
+def run(start: str, corrected: list[int], seconds: float, methods: list[str], levers: bool, n_test: int,
+        base_overrides: dict | None = None) -> list[dict]:
     test_ids, pool_ids = split()
     test = [load(stem) for stem in test_ids[:n_test]]
     pool = [(stem, *load(stem)) for stem in pool_ids[:max(corrected)]]
@@ -248,7 +249,7 @@ def run(start: str, corrected: list[int], seconds: float, methods: list[str], le
             if method in methods:
                 report(forest.row([(image, truth) for _, image, truth in pool[:k]], balanced))
         if "unet-round" in methods:
-            for overrides in ({}, *(LEVER_ROWS if levers else ())):
+            for overrides in (base_overrides or {}, *(LEVER_ROWS if levers else ())):
                 report(unet_round(start, pool[:k], test, seconds, overrides))
     return rows
 
@@ -281,6 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", action="store_true", help="live mode against the forest (bench_live.py)")
     parser.add_argument("--live-seconds", type=float, default=60.0, help="seconds of live training in all")
     parser.add_argument("--live-tiles", type=int, default=16, help="64² tiles the user corrects (the left half has 32)")
+    parser.add_argument("--adapt-levers", default=None, metavar="A,B",
+                        help="the levers the plain unet-round row may use (default: TrainConfig's)")
     parser.add_argument("--live-levers", default=None, metavar="A,B",
                         help="adaptation levers live mode may use (default: live mode's own)")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write all rows as JSON")
@@ -296,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         corrected, seconds, n_test = ([1], 10.0, 2) if args.quick else (args.corrected, args.seconds, N_TEST)
         result = {"start": args.start, "seconds": seconds, "test_images": n_test,
-                  "rows": run(args.start, corrected, seconds, args.methods, args.levers, n_test)}
+                  "rows": run(args.start, corrected, seconds, args.methods, args.levers, n_test,
+                              None if args.adapt_levers is None else
+                              {"adapt_levers": tuple(filter(None, args.adapt_levers.split(",")))})}
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
