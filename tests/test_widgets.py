@@ -802,6 +802,27 @@ def test_live_sends_corrections_while_the_user_keeps_painting(qtbot, dock, blobs
     wait_for(qtbot, tab.job)
 
 
+def test_live_follows_a_user_who_never_stops_painting(qtbot, dock, blobs_image, monkeypatch, notifications):
+    """Corrections arrive every MAX_WAIT_S while the user paints on; each burst still trains before the next one
+    interrupts it (tasks.MIN_BURST_SECONDS), so the live layer changes during the painting, not only after it."""
+    from napari_unet._widgets import live_widget
+
+    monkeypatch.setattr(live_widget, "MAX_WAIT_S", 0.5)
+    viewer, widget, tab, labels = _live_ready(qtbot, dock, blobs_image)
+    tab.live_check.setChecked(True)
+    labels.brush_size = 4
+    deadline = time.monotonic() + JOB_TIMEOUT_MS / 1000
+    step = 0
+    while tab.last_burst is None and time.monotonic() < deadline:  # a stroke every 150 ms until the layer follows
+        labels.paint((8 + (3 * step) % 80, 10 + (7 * step) % 80), 1)
+        step += 1
+        qtbot.wait(150)
+    assert tab.last_burst is not None, errors(notifications)
+    assert tab.updates_sent >= 2  # it came while corrections kept coming
+    tab.live_check.setChecked(False)
+    wait_for(qtbot, tab.job)
+
+
 def test_a_job_runs_its_task_in_the_worker_process_and_local_work_on_a_thread(qtbot, dock):
     """Tasks (everything that needs TensorFlow) run in the dock's worker process; file work stays on a thread."""
     import os

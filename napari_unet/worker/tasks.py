@@ -18,6 +18,10 @@ import numpy as np
 
 # Models kept loaded in the worker (the most recently used): a shipped model, the project's versions in use.
 MAX_MODELS = 4
+# Live: a burst trains at least this long before newer corrections interrupt it. A user who keeps painting sends
+# corrections every MAX_WAIT_S (2 s); without a floor each one interrupted the next burst before its first step
+# (re-reading the pairs takes longer than that), and the live layer never changed while the user painted.
+MIN_BURST_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -271,9 +275,13 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, pair_name: 
     # Until the U-Net beats it on the evaluation set, a forest fitted in a second is what the user sees.
     preview, preview_iou, preview_labels = ForestPreview(), None, None
 
+    burst_started = [time.monotonic()]
+
     def interrupted() -> bool:
         state.take(job.messages())
-        return job.is_cancelled() or state.paused or state.update is not None or state.keep
+        if job.is_cancelled() or state.paused or state.keep:
+            return True
+        return state.update is not None and time.monotonic() - burst_started[0] >= MIN_BURST_SECONDS
 
     while not job.is_cancelled():
         state.take(job.messages())
@@ -297,6 +305,7 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, pair_name: 
         if state.paused or not has_pairs:
             time.sleep(0.1)
             continue
+        burst_started[0] = time.monotonic()
         burst = trainer.train(BURST_SECONDS, cancel=interrupted)
         if burst.steps == 0:  # interrupted before its first step: new corrections, Keep or Off come first
             continue
