@@ -188,6 +188,7 @@ def add_predict_command(subparsers) -> None:
     kind.add_argument("--probabilities", action="store_true", help="write float32 probabilities instead of labels")
     _add_min_size_option(parser)
     _add_channels_option(parser)
+    _add_stack_options(parser)
     _add_tta_option(parser)
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write OUTDIR/<name>_uncertainty.tif: float32, the image's shape, 0-1, higher = less "
@@ -252,6 +253,7 @@ def _run_predict_command(args) -> int:
     from napari_unet.registry import load_model, quick_twin
 
     _check_min_size(args)
+    _check_stack_options(args)
     inputs = _expand_inputs(args.inputs)
     output_dir = Path(args.output)
     try:
@@ -273,7 +275,8 @@ def _run_predict_command(args) -> int:
             written[output_file] = path
     output = "instances" if args.instances else "probabilities" if args.probabilities else "labels"
     options = dict(output=output, threshold=args.threshold, test_time_augmentation=args.tta, precision=args.precision,
-                   min_size=args.min_size, channels=parse_channels(args.channels))
+                   min_size=args.min_size, channels=parse_channels(args.channels), stack=args.stack,
+                   anisotropy=args.anisotropy)
     if args.scheduler and args.uncertainty:
         raise NapariUNetError("--uncertainty is not available with --scheduler: predict the uncertainty maps without "
                               "a cluster, or drop --uncertainty")
@@ -286,7 +289,7 @@ def _run_predict_command(args) -> int:
     progress = _TextProgress(len(inputs))
     try:
         for target, path in targets.items():
-            image = read_image(path)
+            image = _check_stack_named(args, read_image(path), path, model.config.n_channels)
             progress.start(path.name)
             result = predict(model, image, progress=progress, with_uncertainty=args.uncertainty, **options)
             if args.uncertainty:
@@ -309,7 +312,7 @@ def _predict_on_cluster(args, targets: dict, options: dict, output_dir) -> int:
     """`predict --scheduler`: the client reads and writes the files, the workers run prediction.predict."""
     from napari_unet.distributed import cluster_client, install_model, parse_scheduler, predict_on_cluster
     from napari_unet.io import read_image, write_labels
-    from napari_unet.registry import resolve
+    from napari_unet.registry import read_model_metadata, resolve
 
     choice = parse_scheduler(args.scheduler)
     model_file, _ = resolve(args.model)
@@ -323,7 +326,10 @@ def _predict_on_cluster(args, targets: dict, options: dict, output_dir) -> int:
         n_workers = len(client.scheduler_info()["workers"])
         print(f"[predict] {n_workers} dask worker(s) at {client.scheduler.address}", file=sys.stderr, flush=True)
         install_model(client, model_file)
-        images = ((target, read_image(path)) for target, path in targets.items())
+        metadata = read_model_metadata(model_file)
+        n_channels = metadata.config.n_channels if metadata else 1
+        images = ((target, _check_stack_named(args, read_image(path), path, n_channels))
+                  for target, path in targets.items())
         try:
             for target, result in predict_on_cluster(client, images, total=len(targets), progress=report, **options):
                 write_labels(target, result)
@@ -386,6 +392,43 @@ def _add_channels_option(parser) -> None:
     parser.add_argument("--channels", default=None, metavar="C",
                         help="which of the images' channels the model reads: 'grey' (converted) or numbers such as "
                              "0 or 0,2 (default: all, as they are; a mismatch with the model is refused and named)")
+
+
+def _add_stack_options(parser) -> None:
+    parser.add_argument("--stack", default=None, choices=("z", "t", "planes"),
+                        help="with --instances on a stack: what its first axis is: z (planes of a volume: one id per "
+                             "3-D object), t (frames of a time-lapse, (T, Y, X) or (T, Z, Y, X): ids kept over time) "
+                             "or planes (each plane labelled on its own); a stack with --instances needs it")
+    parser.add_argument("--link", dest="stack", action="store_const", const="t",
+                        help="the same as --stack t: objects keep their id from frame to frame")
+    parser.add_argument("--anisotropy", type=float, default=None, metavar="A",
+                        help="with --stack z (or t on volumes): the Z step divided by the XY pixel size; up to 2 the "
+                             "volume is also predicted on its XZ and YZ planes and segmented in 3-D (about 3x the "
+                             "work), above it (or unset) the planes' objects are stitched by overlap")
+
+
+def _check_stack_options(args) -> None:
+    from napari_unet.errors import NapariUNetError
+
+    if args.stack in ("z", "t") and not args.instances:
+        raise NapariUNetError(f"--stack {args.stack} gives the objects of --instances one id across planes: add "
+                              "--instances, or drop --stack")
+    if args.anisotropy is not None and args.stack not in ("z", "t"):
+        raise NapariUNetError("--anisotropy is the Z spacing of a volume: add --stack z (or --stack t for a "
+                              "time-lapse of volumes), or drop --anisotropy")
+
+
+def _check_stack_named(args, image, path, n_channels: int):
+    """`image`, unless it is a stack asked for --instances without --stack (its ids would restart in every plane)."""
+    from napari_unet.errors import NapariUNetError
+    from napari_unet.stacks import stack_depth
+
+    if args.instances and args.stack is None and stack_depth(image.shape, n_channels, parse_channels(args.channels)):
+        shape = "×".join(str(n) for n in image.shape)
+        raise NapariUNetError(f"'{path}' is a stack ({shape}): say what its first axis is with --stack z (a volume: "
+                              "3-D objects), --stack t (a time-lapse: ids kept over frames) or --stack planes "
+                              "(each plane on its own)")
+    return image
 
 
 def _add_tta_option(parser) -> None:

@@ -99,7 +99,8 @@ def instances_from_boundary_probabilities(
     background_threshold: float | None = None,
     merge_threshold: float | None = None,
 ) -> np.ndarray:
-    """int32 instances (0 = background) from (Y, X, 3) softmax output (background, interior, boundary).
+    """int32 instances (0 = background) from (Y, X, 3) softmax output (background, interior, boundary), or
+    3-D objects from (Z, Y, X, 3) output on cubic voxels (seeds and watershed in 3-D, sizes in voxels).
 
     Seeds: connected regions where P(interior) > seed_threshold (SEED_THRESHOLD). Foreground: where
     background is not the most likely class (or P(background) < background_threshold). A watershed on
@@ -111,8 +112,9 @@ def instances_from_boundary_probabilities(
     from skimage.segmentation import relabel_sequential
 
     probabilities = np.asarray(probabilities, dtype=np.float32)
-    if probabilities.ndim != 3 or probabilities.shape[-1] != 3:
-        raise ValueError(f"need (Y, X, 3) probabilities (background, interior, boundary), got {probabilities.shape}")
+    if probabilities.ndim not in (3, 4) or probabilities.shape[-1] != 3:
+        raise ValueError(f"need (Y, X, 3) or (Z, Y, X, 3) probabilities (background, interior, boundary), "
+                         f"got {probabilities.shape}")
     interior = probabilities[..., INTERIOR]
     if background_threshold is None:
         foreground = np.argmax(probabilities, axis=-1) != BACKGROUND

@@ -47,7 +47,7 @@ def instance_labels(
     split_touching: bool = True,
     min_distance: int = 7,
 ) -> np.ndarray:
-    """int32 instance ids (0 = background) of the non-zero pixels of a 2D mask.
+    """int32 instance ids (0 = background) of the non-zero pixels of a 2D mask (or a 3-D one, of cubic voxels).
 
     split_touching: separate blobs that touch with a watershed on the distance transform; seeds are
     the local maxima at least `min_distance` px apart (adjacent maxima on a ridge count as one seed).
@@ -58,8 +58,8 @@ def instance_labels(
     from skimage.segmentation import watershed
 
     foreground = np.asarray(mask) > 0
-    if foreground.ndim != 2:
-        raise ValueError(f"instance_labels needs a 2D mask, got shape {foreground.shape}")
+    if foreground.ndim not in (2, 3):
+        raise ValueError(f"instance_labels needs a 2D or 3-D mask, got shape {foreground.shape}")
     components, n_components = ndi.label(foreground)
     if n_components == 0:
         return np.zeros(foreground.shape, dtype=np.int32)
@@ -68,7 +68,7 @@ def instance_labels(
         peaks = peak_local_max(distance, min_distance=max(1, min_distance), labels=components, exclude_border=False)
         peak_mask = np.zeros(foreground.shape, dtype=bool)
         peak_mask[tuple(peaks.T)] = True
-        markers, n_markers = ndi.label(peak_mask, structure=np.ones((3, 3)))
+        markers, n_markers = ndi.label(peak_mask, structure=np.ones((3,) * foreground.ndim))
         # A component without a seed (rare: a plateau rejected by min_distance) keeps one of its own.
         seeded = np.zeros(n_components + 1, dtype=bool)
         seeded[np.unique(components[peak_mask])] = True
@@ -87,7 +87,7 @@ def instances_from_labels(
     min_size: int = MIN_OBJECT_SIZE,
     split_touching: bool | None = None,
 ) -> np.ndarray:
-    """Instances of a 2D semantic label image; objects="background" for boundary (membrane) models.
+    """Instances of a 2D (or 3-D) semantic label image; objects="background" for boundary (membrane) models.
 
     With objects="background" the regions enclosed by the boundaries are already separated by them,
     so no watershed split is applied unless asked for.
@@ -126,11 +126,13 @@ def labels_from_ranks(ranks: np.ndarray, thresholds, threshold: float) -> np.nda
     return (np.asarray(ranks) > position).astype(np.uint8)
 
 
-def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_size: int = MIN_OBJECT_SIZE) -> np.ndarray:
-    """int32 instances of every (Y, X) plane of a (..., Y, X) semantic label array (see instances_from_labels)."""
+def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_size: int = MIN_OBJECT_SIZE,
+                        spatial_dims: int = 2) -> np.ndarray:
+    """int32 instances of every (Y, X) plane of a (..., Y, X) semantic label array (see instances_from_labels);
+    spatial_dims=3: of every (Z, Y, X) volume of a (..., Z, Y, X) one, as 3-D objects."""
     labels = np.asarray(labels)
     instances = np.zeros(labels.shape, dtype=np.int32)
-    for index in np.ndindex(labels.shape[:-2]):
+    for index in np.ndindex(labels.shape[:-spatial_dims]):
         instances[index] = instances_from_labels(labels[index], objects=objects, min_size=min_size)
     return instances
 
@@ -138,14 +140,15 @@ def instances_per_plane(labels: np.ndarray, objects: str = "foreground", min_siz
 def instances_from_probabilities(probabilities: np.ndarray, method: str, *, threshold: float = 0.5,
                                  n_classes: int = 1, min_size: int = MIN_OBJECT_SIZE, seed_threshold: float | None = None,
                                  background_threshold: float | None = None,
-                                 min_seed_size: int | None = None, merge_threshold: float | None = None) -> np.ndarray:
+                                 min_seed_size: int | None = None, merge_threshold: float | None = None,
+                                 spatial_dims: int = 2) -> np.ndarray:
     """int32 instances of every plane of a model's output, by the model's own method (ModelMetadata.instances).
 
     probabilities: (..., Y, X) for one class, (..., Y, X, n_classes) otherwise. method: "components"
     (foreground blobs, touching ones split on the distance transform), "enclosed" (regions between
     predicted boundaries), "boundary_watershed" (3 classes: seeds from the interiors, instances.py).
     seed_threshold, background_threshold, min_seed_size, merge_threshold: the model's own (ModelMetadata), None for
-    the defaults (no merging).
+    the defaults (no merging). spatial_dims=3: the objects of every (Z, Y, X) volume, in 3-D (cubic voxels).
     The one place that turns output into objects: predict(), the CLI and the dock call it.
     """
     from napari_unet.instances import MIN_SEED_SIZE, SEED_THRESHOLD, instances_from_boundary_probabilities
@@ -155,7 +158,7 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
         if n_classes != 3:
             raise ValueError(f"boundary_watershed needs 3 classes (background, interior, boundary), not {n_classes}")
         instances = np.zeros(probabilities.shape[:-1], dtype=np.int32)
-        for index in np.ndindex(probabilities.shape[:-3]):
+        for index in np.ndindex(probabilities.shape[:-1 - spatial_dims]):
             instances[index] = instances_from_boundary_probabilities(
                 probabilities[index], min_size=min_size, seed_threshold=seed_threshold or SEED_THRESHOLD,
                 background_threshold=background_threshold, min_seed_size=min_seed_size or MIN_SEED_SIZE,
@@ -164,7 +167,7 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
     labels = semantic_labels(probabilities, threshold, n_classes, background_threshold)
     if method not in ("components", "enclosed"):
         raise ValueError(f"unknown instance method {method!r}")
-    return instances_per_plane(labels, "background" if method == "enclosed" else "foreground", min_size)
+    return instances_per_plane(labels, "background" if method == "enclosed" else "foreground", min_size, spatial_dims)
 
 
 def smallest_object(metadata, min_size: int | None = None) -> int:
@@ -173,11 +176,11 @@ def smallest_object(metadata, min_size: int | None = None) -> int:
 
 
 def model_instances(probabilities: np.ndarray, metadata, n_classes: int, *, threshold: float = 0.5,
-                    min_size: int | None = None) -> np.ndarray:
+                    min_size: int | None = None, spatial_dims: int = 2) -> np.ndarray:
     """Instances by a model's own method and settings (ModelMetadata: method, thresholds and sizes chosen on
-    validation). min_size: the caller's choice over the model's."""
+    validation). min_size: the caller's choice over the model's. spatial_dims=3: 3-D objects of volumes."""
     return instances_from_probabilities(
         probabilities, metadata.instance_method, threshold=threshold, n_classes=n_classes,
         min_size=smallest_object(metadata, min_size), seed_threshold=metadata.seed_threshold,
         background_threshold=metadata.background_threshold, min_seed_size=metadata.min_seed_size,
-        merge_threshold=metadata.merge_threshold)
+        merge_threshold=metadata.merge_threshold, spatial_dims=spatial_dims)

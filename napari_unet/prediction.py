@@ -10,7 +10,9 @@ Layouts (channel_axis=None; channels.as_planes is the rule):
   (Y, X, C)                   C channels (colour or fluorescence), read as they are by a C-channel model;
                               another channel count is refused with the fixes named (channels=[...] picks,
                               channels="grey" converts, channels.widen_input gives the model C channels)
-  (Z|T, Y, X), (T, Z, Y, X)   stacks, predicted plane by plane (each plane normalised on its own)
+  (Z|T, Y, X), (T, Z, Y, X)   stacks, predicted plane by plane (each plane normalised on its own); with
+                              output="instances", stack="z" or "t" gives an object one id across the planes
+                              of a volume or over time (stacks.py), else each plane is labelled on its own
   (..., Y, X, C)              stacks of multichannel planes, same rule for the last axis.
 A 3-D array whose last axis has 2 to 4 entries is read as channels (Y, X, C) only if Y and X are both at
 least 16 px; otherwise it is a stack. Pass channel_axis to say where channels are (e.g. 0 for (C, Y, X));
@@ -38,6 +40,17 @@ from napari_unet.normalize import apply_range, is_flat, percentile_range
 from napari_unet.onnx_engine import is_onnx, onnx_forward
 from napari_unet.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
 from napari_unet.precision import with_precision
+from napari_unet.stacks import (
+    check_stack,
+    isotropic_depth,
+    join_planes,
+    link_frames,
+    resample_depth,
+    side_views,
+    three_view_mean,
+    three_view_volumes,
+    volume_instances,
+)
 
 OUTPUTS = ("labels", "probabilities", "instances")
 # Target tile side (tiling.axis_tiles: the number of tiles first, then the smallest tile covering the image):
@@ -367,6 +380,8 @@ def predict(
     test_time_augmentation: bool | int = False,
     precision: str | None = None,
     with_uncertainty: bool | str = False,
+    stack: str | None = None,
+    anisotropy: float | None = None,
 ):
     """Segment `image` (numpy or dask; layouts in the module docstring) with `model`.
 
@@ -391,6 +406,14 @@ def predict(
     with_uncertainty: return (result, uncertainty), uncertainty float32 with the image's spatial shape
     (and its leading stack axes), in [0, 1], higher = less sure (numpy input only). True: the measured
     default (uncertainty.DEFAULT_METHOD); a name from uncertainty.METHODS: that map.
+    stack (output="instances" of a stack): what its leading axis is. None or "planes": unrelated planes, each
+    labelled on its own (ids restart in every plane); "z": planes of a (Z, Y, X) volume, objects get one id
+    across planes; "t": frames of a (T, Y, X) or (T, Z, Y, X) time-lapse, objects keep their id from frame to
+    frame (stacks.py).
+    anisotropy (with stack "z", or "t" on volumes): Z spacing / XY pixel size. Up to stacks.ISOTROPIC_LIMIT (2)
+    the volume is also predicted on its XZ and YZ planes (resampled to cubic voxels, ~3x the work) and the
+    three views' mean becomes 3-D objects in one seeded watershed; above it, or None (unknown), the planes'
+    objects are stitched by overlap.
     """
     if output not in OUTPUTS:
         raise NapariUNetError(f"output={output!r} is not one of {', '.join(OUTPUTS)}")
@@ -413,6 +436,13 @@ def predict(
     plan = _Plan(model, spatial_shape, tile_size, overlap, batch_size, test_time_augmentation, precision,
                  with_squares=with_squares)
     leading_shape = tuple(planes.shape[:-3])
+    check_stack(stack, output, leading_shape, anisotropy)
+    volumes = three_view_volumes(stack, leading_shape, anisotropy)
+    side_plans = ()
+    if volumes:  # the XZ and YZ planes of each volume, resampled to cubic voxels, have their own tiling
+        depth = isotropic_depth(leading_shape[-1], anisotropy)
+        side_plans = tuple(_Plan(model, (depth, side), tile_size, overlap, batch_size, test_time_augmentation,
+                                 precision) for side in (spatial_shape[1], spatial_shape[0]))
     normalization = model.metadata.normalization
     ranges = {index: _plane_range(planes[index], normalization, index) for index in np.ndindex(leading_shape)}
     if lazy:
@@ -427,26 +457,54 @@ def predict(
         return _labels_lazy(probabilities, threshold, plan.n_classes, model.metadata.background_threshold)
     whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
     tiles_per_plane = len(plan.tiles_in(whole))
-    counter = _ProgressCounter(tiles_per_plane * math.prod(leading_shape), progress, cancel)
+    # the XZ planes are as many as Y, the YZ planes as many as X
+    side_tiles = sum(len(side.tiles_in(((0, side.grid[0].length), (0, side.grid[1].length)))) * n_planes
+                     for side, n_planes in zip(side_plans, spatial_shape))
+    counter = _ProgressCounter(tiles_per_plane * math.prod(leading_shape) + side_tiles * len(volumes), progress, cancel)
     if not leading_shape:  # one plane: keep the blended buffer itself, no second full-size copy
         probabilities = _predict_region(plan, planes, ranges[()], whole, counter)
     else:
         probabilities = np.empty((*leading_shape, *spatial_shape, plan.n_outputs), dtype=np.float32)
         for index in np.ndindex(leading_shape):
             probabilities[index] = _predict_region(plan, planes[index], ranges[index], whole, counter)
-    if method is None:
-        return _finish(model, probabilities, output, threshold, instances_of, min_size)
-    from napari_unet.augment import tta_views
-    from napari_unet.uncertainty import uncertainty_map
+    uncertainty = None
+    if method is not None:
+        from napari_unet.augment import tta_views
+        from napari_unet.uncertainty import uncertainty_map
 
-    mean_of_squares = None
-    if with_squares:
-        probabilities, mean_of_squares = probabilities[..., : plan.n_classes], probabilities[..., plan.n_classes :]
-        if len(tta_views(model.metadata.symmetries, test_time_augmentation)) < 2:
-            raise NapariUNetError(f"the {method!r} uncertainty measures how test-time-augmentation views disagree: "
-                                  "predict with test_time_augmentation=2 or more (--tta), or use entropy")
-    uncertainty = uncertainty_map(probabilities, mean_of_squares, method)
-    return _finish(model, probabilities, output, threshold, instances_of, min_size), uncertainty
+        mean_of_squares = None
+        if with_squares:
+            probabilities, mean_of_squares = probabilities[..., : plan.n_classes], probabilities[..., plan.n_classes :]
+            if len(tta_views(model.metadata.symmetries, test_time_augmentation)) < 2:
+                raise NapariUNetError(f"the {method!r} uncertainty measures how test-time-augmentation views "
+                                      "disagree: predict with test_time_augmentation=2 or more (--tta), or use entropy")
+        uncertainty = uncertainty_map(probabilities, mean_of_squares, method)
+    if volumes:  # near-isotropic volumes: three views, one 3-D watershed each
+        objects = [_three_view_objects(model, planes[index], probabilities[index], side_plans, anisotropy, counter,
+                                       threshold, instances_of, min_size) for index in volumes]
+        result = objects[0] if stack == "z" else link_frames(np.stack(objects))
+    else:
+        result = _finish(model, probabilities, output, threshold, instances_of, min_size)
+        if output == "instances" and stack is not None:
+            result = join_planes(result, stack)
+    return result if method is None else (result, uncertainty)
+
+
+def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
+                        counter: _ProgressCounter, threshold: float, instances_of: str, min_size: int | None):
+    """int32 3-D objects of one raw (Z, Y, X, C) volume: its XY-plane probabilities (already predicted) averaged
+    with those of the XZ and YZ planes of the volume resampled to cubic voxels, then stacks.volume_instances."""
+    n_classes = model.config.n_classes
+    normalization = model.metadata.normalization
+    depth = isotropic_depth(volume.shape[0], anisotropy)
+    views = []
+    for side_plan, side in zip(side_plans, side_views(resample_depth(volume, depth))):  # each plane normalised alone
+        whole = ((0, side.shape[1]), (0, side.shape[2]))
+        views.append(np.stack([_predict_region(side_plan, plane, _plane_range(plane, normalization, None), whole,
+                                               counter) for plane in side]))
+    mean = three_view_mean(resample_depth(xy_probabilities[..., :n_classes], depth), *views)
+    return volume_instances(mean[..., 0] if n_classes == 1 else mean, model.metadata, n_classes, volume.shape[0],
+                            threshold=threshold, min_size=min_size, instances_of=instances_of)
 
 
 def _predict_lazy(plan: _Plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size):
