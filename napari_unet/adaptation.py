@@ -166,13 +166,14 @@ def adapt(parent, images, masks, config, *, log: Callable[[str], None] | None = 
     log(f"a new kind of image: the model scores IoU {parent_iou:.2f} on the corrections; adapting")
     record["new_domain"] = True
     candidates = {"as it is": (start, parent_iou)}
-    polarities = [("as it is", start)] + ([("inverted", inverted(start))] if "polarity" in levers else [])
-    for name, model in polarities:
-        if name != "as it is":
-            candidates[name] = (model, corrections_iou(model, images, masks, precision))
-        if "batch_norm_stats" in levers and has_batch_norm(model):
+    if "polarity" in levers:
+        flipped = inverted(start)
+        candidates["inverted"] = (flipped, corrections_iou(flipped, images, masks, precision))
+    if "batch_norm_stats" in levers and has_batch_norm(start):
+        for name, (model, _) in list(candidates.items()):
             adapted = reestimate_batch_norm(model, images, seed=config.seed)
-            label = "batch-norm statistics re-estimated" if name == "as it is" else f"{name}, batch-norm statistics re-estimated"
+            label = ("batch-norm statistics re-estimated" if name == "as it is"
+                     else f"{name}, batch-norm statistics re-estimated")
             candidates[label] = (adapted, corrections_iou(adapted, images, masks, precision))
     chosen = max(candidates, key=lambda key: candidates[key][1])
     start = candidates[chosen][0]

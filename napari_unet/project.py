@@ -344,10 +344,9 @@ class Project:
         pairs, else the training pairs whole. The held-out stripes hold too few objects to tell two thresholds
         apart (on brightfield, 66 objects chose what unseen images did not; the 295 of the whole pairs chose what
         382 objects of unseen images chose: benchmarks/new_domain.py)."""
-        if evaluation.source == "evaluation pairs":
-            loaded = [self.evaluation.load(name) for name in evaluation.names]
-        else:
-            loaded = [self.training.load(name) for name in data.names]
+        if evaluation.source != "evaluation pairs":
+            return data.images, data.masks
+        loaded = [self.evaluation.load(name) for name in evaluation.names]
         return [image for image, _ in loaded], [mask for _, mask in loaded]
 
     def revert(self, version: str) -> dict:

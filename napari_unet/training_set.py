@@ -288,6 +288,7 @@ class TrainingSet:
             train_mask = mask.copy()
             train_mask[held_out] = IGNORE_LABEL
             data.images.append(image)
+            data.masks.append(mask)
             data.train_masks.append(train_mask)
             data.truths.append((mask != 0) & (mask != IGNORE_LABEL))
             data.held_out.append(held_out)
@@ -301,16 +302,19 @@ class TrainingSet:
 
 @dataclass
 class TrainingData:
-    """The training set in memory: images, their training masks (held-out stripe = 255) and the held-out truth."""
+    """The training set in memory: images, the masks as painted, their training masks (held-out stripe = 255)
+    and the held-out truth."""
 
     names: list
     images: list = None
+    masks: list = None
     train_masks: list = None
     truths: list = None
     held_out: list = None
 
     def __post_init__(self):
         self.images = self.images or []
+        self.masks = self.masks or []
         self.train_masks = self.train_masks or []
         self.truths = self.truths or []
         self.held_out = self.held_out or []

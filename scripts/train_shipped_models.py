@@ -477,7 +477,7 @@ def _final_card(recipe: Recipe, recipe_run: dict, training: dict, stems, *, what
         **{k: v for k, v in recipe_run.items() if k not in replaced},
         "final": {
             "what": what,
-            "why": "more data for the shipped model once the recipe was fixed on the held-out split (issue 12)",
+            "why": "more data for the shipped model once the recipe was fixed on the held-out split",
             "trained_on_stems": list(stems),
             **final_fields,
             "note": note,

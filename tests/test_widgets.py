@@ -148,6 +148,10 @@ def test_rgb_image_with_a_one_channel_model_is_converted_only_when_the_user_choo
     job = wait_for(qtbot, tab.predict())
     assert job.error is None, errors(notifications)
     assert viewer.layers["colour prediction"].data.shape == blobs_image.shape
+    viewer.add_image(np.stack([blobs_image] * 3), name="three planes")  # a (Z, Y, X) stack, not colour
+    tab.image_combo.reset_choices()
+    tab.image_combo.select("three planes")
+    assert tab.channels_combo.itemText(0).startswith("as they are") and tab.channels_combo.count() == 1
 
 
 def test_multichannel_layer_with_a_two_channel_model(qtbot, dock, blobs_image, notifications, tmp_path):

@@ -23,29 +23,21 @@ from test_widgets import (  # noqa: F401 (fixtures)
     wait_for,
 )
 
-from napari_unet.worker.client import WorkerClient, WorkerLost
+from napari_unet.worker.client import Waiter, WorkerClient, WorkerLost
 
 TIMEOUT_S = 120
 
 
-class Recorder:
-    """A job listener that keeps what it heard."""
+class Recorder(Waiter):
+    """The client's listener, also keeping every progress value it heard."""
 
     def __init__(self):
-        self.progress_values, self.result, self.error = [], None, None
-        self.started, self.ended = threading.Event(), threading.Event()
+        self.progress_values, self.started = [], threading.Event()
+        super().__init__(self._heard)
 
-    def progress(self, value) -> None:
+    def _heard(self, value) -> None:
         self.progress_values.append(value)
         self.started.set()
-
-    def succeeded(self, result) -> None:
-        self.result = result
-        self.ended.set()
-
-    def failed(self, error) -> None:
-        self.error = error
-        self.ended.set()
 
 
 @pytest.fixture

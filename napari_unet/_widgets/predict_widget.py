@@ -47,25 +47,23 @@ def model_channels(session: Session, key: str) -> int:
     return int(metadata.config.n_channels) if metadata is not None else 1
 
 
-def layer_channels(layer) -> int:
-    """How many channels one plane of an image layer has (colour: 3 or 4; else 1, or a (C, Y, X) guess)."""
+def layer_channels(layer, n_model_channels: int) -> int:
+    """How many channels one plane of an image layer has, by the engine's rule (channel_axis_for, then
+    channels.image_channels), so the Channels menu says what Predict will read."""
     from napari_unet.channels import image_channels
 
     data = layer_array(layer)
-    if layer.rgb:
-        return int(data.shape[-1])
-    if data.ndim == 3 and data.shape[0] <= 4 and min(data.shape[1:]) >= 16:
-        return int(data.shape[0])
-    return image_channels(data) if data.ndim == 3 else 1
+    axis = channel_axis_for(layer, n_model_channels)
+    return int(data.shape[axis]) if axis is not None else image_channels(data)
 
 
 def channel_choices(n_image: int, channel_names: list[str]) -> list[tuple[str, object]]:
     """(text, channels= value) for the Channels menu: the image's channels as they are first when the model reads
     that many, else nothing is preselected that converts: grey and single channels only by the user's choice."""
+    from napari_unet.channels import channel_names as default_names
+
     n_model = len(channel_names)
-    names = list(channel_names) if n_image == n_model else [f"channel {i}" for i in range(n_image)]
-    if n_image == 3 and n_model != 3:
-        names = ["red", "green", "blue"]
+    names = list(channel_names) if n_image == n_model else default_names(n_image)
     choices = []
     if n_image == n_model:
         choices.append((f"as they are: {', '.join(names)}", None))
@@ -206,7 +204,8 @@ class PredictWidget(QWidget):
         if layer is None or metadata is None:
             self.channels_combo.addItem("as they are", None)
             return
-        for text, value in channel_choices(layer_channels(layer), metadata.input_channel_names):
+        model_names = metadata.input_channel_names
+        for text, value in channel_choices(layer_channels(layer, len(model_names)), model_names):
             self.channels_combo.addItem(text, value)
 
     def channels(self):

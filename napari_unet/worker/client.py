@@ -174,7 +174,7 @@ class WorkerClient:
     def call(self, task: str, args: tuple, report: Callable[[Any], None] | None = None,
              is_cancelled: Callable[[], bool] | None = None) -> Any:
         """Run `task` and wait for its result (raises its error); for threads other than the GUI thread."""
-        waiter = _Waiter(report)
+        waiter = Waiter(report)
         job_id = self.submit(task, args, waiter)
         while not waiter.ended.wait(0.1):
             if is_cancelled is not None and is_cancelled():
@@ -321,7 +321,9 @@ def _wake(listener) -> None:
         Client(listener.address).close()
 
 
-class _Waiter:
+class Waiter:
+    """A job's listener for a caller that waits: relays progress to `report`, keeps the result or the error."""
+
     def __init__(self, report):
         self.report = report
         self.ended = threading.Event()
