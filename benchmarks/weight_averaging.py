@@ -62,7 +62,7 @@ def main() -> int:
                                (recipe.train_stems, recipe.validation_stems, recipe.test_stems))
 
     kept: dict[str, list] = {}
-    end_epoch = loop._Run.end_epoch
+    end_epoch = loop.TrainingRun.end_epoch
 
     def remembering_end_epoch(run, epoch, losses, started):  # the last epoch's weights, before _finish
         end_epoch(run, epoch, losses, started)
@@ -71,7 +71,7 @@ def main() -> int:
         kept["best_epoch"], kept["best_val_iou"] = run.history.best_epoch, run.best_metrics.get("iou")
         print(f"epoch {epoch}: loss {np.mean(losses):.4f} val_iou {run.history.epochs[-1]['val_iou']:.4f}", flush=True)
 
-    loop._Run.end_epoch = remembering_end_epoch
+    loop.TrainingRun.end_epoch = remembering_end_epoch
     averaged, history, training = train_from_scratch(recipe, *train, config, validation=validation)
     print(f"best single epoch val IoU {history.best_epoch_val_iou}, average of {history.averaged_epochs}: "
           f"{history.val_iou}", flush=True)
