@@ -24,7 +24,7 @@ from napari_unet.training.validation import refit_output_offset, score_pairs
 
 
 def learning_rate_schedule(config: TrainConfig, total_steps: int):
-    """Adam's learning rate over a run of total_steps (config.lr_schedule); the benchmarks' extra heads train on it too."""
+    """Adam's learning rate over a run of total_steps (config.lr_schedule); the experiments' extra heads train on it too."""
     import keras
 
     if config.lr_schedule == "cosine":
