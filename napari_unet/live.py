@@ -13,6 +13,7 @@ changes in place, so it is predicted in its own precision, by the same thread).
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -95,6 +96,30 @@ def touched_by(atoms, plane_shape: tuple[int, int], plane_index: tuple[int, ...]
                 keep &= axis_indices == wanted
             touched[indices[-2][keep], indices[-1][keep]] = True
     return touched
+
+
+def painted_planes(atoms, n_leading: int = 1) -> set[tuple[int, ...]]:
+    """The planes (indices over the `n_leading` axes before Y, X) that a napari Labels `paint` event's atoms
+    (see touched_by) wrote into; a box spanning several planes (a 3-D brush) names each."""
+    planes: set[tuple[int, ...]] = set()
+    if n_leading < 1:
+        return planes
+    for atom in atoms:
+        if len(atom) == 4:
+            parts, mask = tuple(atom[0])[:n_leading], atom[1]
+            ranges = []
+            for axis, part in enumerate(parts):
+                if isinstance(part, slice):
+                    start = part.start or 0
+                    stop = part.stop if part.stop is not None else start + (np.shape(mask)[axis] if mask is not None else 1)
+                    ranges.append(range(start, stop))
+                else:
+                    ranges.append(range(int(part), int(part) + 1))
+            planes |= set(itertools.product(*ranges))
+        elif len(atom) == 3 and len(atom[0]) > n_leading:
+            leading = np.stack([np.asarray(axis_indices).ravel() for axis_indices in atom[0][:n_leading]], axis=1)
+            planes |= {tuple(int(i) for i in row) for row in np.unique(leading, axis=0)}
+    return planes
 
 
 def _features(image: np.ndarray) -> np.ndarray:

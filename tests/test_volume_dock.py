@@ -102,3 +102,57 @@ def test_a_stack_whose_axes_say_neither_z_nor_t_is_refused_in_one_line(qtbot, vo
     tab.image_combo.reset_choices()
     tab.image_combo.select("two volumes")
     assert tab.predict() is None and "a time-lapse (T)" in errors(notifications)[-1]
+
+
+def _predicted_volume(qtbot, viewer, widget, volume, scale):
+    viewer.add_image(volume, name="nuclei", scale=scale)
+    tab = widget.predict_tab
+    tab.instances_check.setChecked(False)
+    tab.scope_combo.setCurrentText("all slices")
+    assert wait_for(qtbot, tab.predict()).error is None
+    correct = widget.training_set_tab
+    correct.follow_new_layers()
+    correct.image_combo.select("nuclei")
+    correct.labels_combo.select("nuclei prediction")
+    return viewer.layers["nuclei prediction"], correct
+
+
+def test_corrected_planes_of_a_volume_become_pairs_with_side_views_where_voxels_are_cubic(
+        qtbot, dock, notifications):  # noqa: F811
+    from napari_unet.masks import IGNORE_LABEL
+
+    viewer, widget = dock
+    volume = balls_volume()
+    labels, correct = _predicted_volume(qtbot, viewer, widget, volume, scale=(1.0, 1.0, 1.0))
+    assert correct.add_corrected_planes() is None and "no plane" in errors(notifications)[-1]  # nothing corrected yet
+    labels.brush_size = 6
+    labels.paint((3, 24, 15), 1)  # a change
+    before = labels.data[7].copy()
+    rows, cols = np.nonzero(np.ones((4, 4), dtype=bool))
+    labels.data_setitem((np.full(16, 7), rows + 8, cols + 8), 2)  # painted, then put back as it was: the user
+    labels.data_setitem((np.full(16, 7), rows + 8, cols + 8), before[rows + 8, cols + 8])  # checked the plane
+    np.testing.assert_array_equal(labels.data[7], before)
+    job = wait_for(qtbot, correct.add_corrected_planes())
+    assert job.error is None, errors(notifications)
+    training = widget.session.project.training
+    names = training.names()
+    assert {"nuclei_z3", "nuclei_z7"} <= set(names)
+    side = [name for name in names if "_xz_" in name or "_yz_" in name]
+    assert side and all(name.startswith("nuclei_") for name in side)
+    image, mask = training.load("nuclei_z3")
+    np.testing.assert_array_equal(image, volume[3])
+    np.testing.assert_array_equal(mask > 0, labels.data[3] > 0)
+    _, side_mask = training.load(side[0])  # (Z, X) or (Z, Y): annotated on the corrected planes' rows only
+    annotated_rows = np.flatnonzero((side_mask != IGNORE_LABEL).any(axis=1))
+    assert annotated_rows.tolist() == [3, 7]
+    assert "planes 3, 7" in notifications[-1][1]
+
+
+def test_a_strongly_anisotropic_volume_gives_plane_pairs_only(qtbot, dock, notifications):  # noqa: F811
+    viewer, widget = dock
+    labels, correct = _predicted_volume(qtbot, viewer, widget, balls_volume(), scale=(3.0, 1.0, 1.0))
+    labels.brush_size = 6
+    labels.paint((2, 24, 15), 2)
+    labels.paint((5, 24, 31), 2)
+    assert wait_for(qtbot, correct.add_corrected_planes()).error is None, errors(notifications)
+    assert sorted(widget.session.project.training.names()) == ["nuclei_z2", "nuclei_z5"]

@@ -26,7 +26,7 @@ from napari_unet._widgets._layers import LayerChooser, current_index, describe_i
 from napari_unet._widgets._live_threshold import SLIDER_THRESHOLDS, ThresholdCache
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT, NextTile
 from napari_unet._widgets._run_controls import RunControls
-from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
+from napari_unet._widgets._session import PAINTED_PLANES_KEY, PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
 
@@ -590,6 +590,7 @@ def store_prediction(layer, index: tuple, labels: np.ndarray) -> None:
     else:
         data = labels
         stored = labels.copy()
+        layer.metadata.pop(PAINTED_PLANES_KEY, None)  # painted in a prediction that is replaced
     layer.data = data
     layer.metadata[PREDICTION_KEY] = stored
     layer.refresh()
