@@ -1,6 +1,6 @@
 """Live mode's core: the model keeps learning from a project's corrections in short bursts.
 
-A LiveTrainer holds one training run open (training/loop.py `_Run`: the model, its optimizer state and the
+A LiveTrainer holds one training run open (training/loop.py `TrainingRun`: the model, its optimizer state and the
 compiled step), so a burst of a few seconds costs only its steps — no model copy, no re-trace. When the
 user's corrections change, `reload()` re-reads the project's pairs (as a round would: the evaluation pairs,
 else held-out stripes that are then not trained on) and training goes on from the current weights. After each
@@ -236,7 +236,7 @@ class LiveTrainer:
 
         corrected: {pair name: bool (Y, X) map of the pixels the user changed}; half of a pair's patches are
         centred on them (the rest as usual), so a confirmed whole plane still trains mostly where it was wrong."""
-        from napari_unet.training.loop import _resolve_config, _Run
+        from napari_unet.training.loop import TrainingRun, resolve_config
 
         data, self.evaluation = self.project.snapshot()
         self._corrected.update(corrected or {})
@@ -246,7 +246,7 @@ class LiveTrainer:
             from napari_unet.adaptation import adapt
 
             start, config, self.adaptation = adapt(self.parent, data.images, data.train_masks, self.config)
-            self._run = _Run(start, _resolve_config(start, config, {}), data.images, data.train_masks,
+            self._run = TrainingRun(start, resolve_config(start, config, {}), data.images, data.train_masks,
                              None, list(data.names), None, focus=self._corrected)
         else:
             self._run.use_pairs(data.images, data.train_masks, list(data.names), self._corrected)
@@ -271,9 +271,9 @@ class LiveTrainer:
         iou = dice = None
         if self.evaluation is not None and self.evaluation.images:
             from napari_unet.evidence import pooled
-            from napari_unet.project import _score
+            from napari_unet.project import score_evaluation
 
-            units, _ = _score(self.model, self.evaluation, precision=self.precision)
+            units, _ = score_evaluation(self.model, self.evaluation, precision=self.precision)
             scores = pooled(units)
             iou, dice = scores["iou"], scores["dice"]
             if self.best_iou is None or iou > self.best_iou:
