@@ -1,6 +1,6 @@
 """Live mode's core: the model keeps learning from a project's corrections in short bursts.
 
-A LiveTrainer holds one training run open (training/loop.py `_Run`: the model, its optimizer state and the
+A LiveTrainer holds one training run open (training/loop.py `TrainingRun`: the model, its optimizer state and the
 compiled step), so a burst of a few seconds costs only its steps — no model copy, no re-trace. When the
 user's corrections change, `reload()` re-reads the project's pairs (as a round would: the evaluation pairs,
 else held-out stripes that are then not trained on) and training goes on from the current weights. After each
@@ -13,6 +13,7 @@ changes in place, so it is predicted in its own precision, by the same thread).
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -95,6 +96,30 @@ def touched_by(atoms, plane_shape: tuple[int, int], plane_index: tuple[int, ...]
                 keep &= axis_indices == wanted
             touched[indices[-2][keep], indices[-1][keep]] = True
     return touched
+
+
+def painted_planes(atoms, n_leading: int = 1) -> set[tuple[int, ...]]:
+    """The planes (indices over the `n_leading` axes before Y, X) that a napari Labels `paint` event's atoms
+    (see touched_by) wrote into; a box spanning several planes (a 3-D brush) names each."""
+    planes: set[tuple[int, ...]] = set()
+    if n_leading < 1:
+        return planes
+    for atom in atoms:
+        if len(atom) == 4:
+            parts, mask = tuple(atom[0])[:n_leading], atom[1]
+            ranges = []
+            for axis, part in enumerate(parts):
+                if isinstance(part, slice):
+                    start = part.start or 0
+                    stop = part.stop if part.stop is not None else start + (np.shape(mask)[axis] if mask is not None else 1)
+                    ranges.append(range(start, stop))
+                else:
+                    ranges.append(range(int(part), int(part) + 1))
+            planes |= set(itertools.product(*ranges))
+        elif len(atom) == 3 and len(atom[0]) > n_leading:
+            leading = np.stack([np.asarray(axis_indices).ravel() for axis_indices in atom[0][:n_leading]], axis=1)
+            planes |= {tuple(int(i) for i in row) for row in np.unique(leading, axis=0)}
+    return planes
 
 
 def _features(image: np.ndarray) -> np.ndarray:
@@ -220,7 +245,7 @@ class LiveTrainer:
 
         corrected: {pair name: bool (Y, X) map of the pixels the user changed}; half of a pair's patches are
         centred on them (the rest as usual), so a confirmed whole plane still trains mostly where it was wrong."""
-        from napari_unet.training.loop import _resolve_config, _Run
+        from napari_unet.training.loop import TrainingRun, resolve_config
 
         data, self.evaluation = self.project.snapshot()
         self._corrected.update(corrected or {})
@@ -231,7 +256,7 @@ class LiveTrainer:
 
             start, config, self.adaptation = adapt(self.parent, data.images, data.train_masks, self.config)
             start = self.project.with_project_classes(start, seed=config.seed)
-            self._run = _Run(start, _resolve_config(start, config, {}), data.images, data.train_masks,
+            self._run = TrainingRun(start, resolve_config(start, config, {}), data.images, data.train_masks,
                              None, list(data.names), None, focus=self._corrected)
         else:
             self._run.use_pairs(data.images, data.train_masks, list(data.names), self._corrected)
@@ -256,9 +281,9 @@ class LiveTrainer:
         iou = dice = None
         if self.evaluation is not None and self.evaluation.images:
             from napari_unet.evidence import pooled
-            from napari_unet.project import _score
+            from napari_unet.project import score_evaluation
 
-            units, _ = _score(self.model, self.evaluation, precision=self.precision)
+            units, _ = score_evaluation(self.model, self.evaluation, precision=self.precision)
             scores = pooled(units)
             iou, dice = scores["iou"], scores["dice"]
             if self.best_iou is None or iou > self.best_iou:

@@ -337,7 +337,7 @@ class Project:
             data, evaluation = self.snapshot()
             parent = with_channels_of(self.load_model(parent_key), data.images)
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
-            before_units, _ = _score(parent, evaluation)
+            before_units, _ = score_evaluation(parent, evaluation)
             start, config, adaptation = adapt(parent, data.images, data.train_masks, config, log=log)
             start = self.with_project_classes(start, seed=config.seed)
             if "new_output_layer" in start.metadata.info and "fine_tuned_from" not in start.metadata.info:
@@ -359,7 +359,7 @@ class Project:
             started = time.monotonic()
             data, evaluation = self.snapshot()
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
-            before_units, _ = _score(self.load_model(parent_key), evaluation)
+            before_units, _ = score_evaluation(self.load_model(parent_key), evaluation)
             return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
                                   adaptation)
 
@@ -375,7 +375,7 @@ class Project:
             tuned.metadata.info["adaptation"] = adaptation
         fingerprints = [pair_fingerprint(i, m, n) for i, m, n in zip(data.images, data.train_masks, data.names)]
         log("scoring the new version …")
-        after_units, after_labels = _score(tuned, evaluation)
+        after_units, after_labels = score_evaluation(tuned, evaluation)
         comparison = compare(before_units, after_units)
         failure = _guard(tuned, after_labels, evaluation, comparison)
         number = _next_number(self.rounds())
@@ -436,8 +436,8 @@ class Project:
             if active is None:
                 raise NapariUNetError(f"project '{self.root}' has no active model to revert from: run a round first")
             _, evaluation = self.snapshot()
-            before_units, _ = _score(self.load_model(active), evaluation)
-            after_units, _ = _score(self.load_model(version), evaluation)
+            before_units, _ = score_evaluation(self.load_model(active), evaluation)
+            after_units, _ = score_evaluation(self.load_model(version), evaluation)
             comparison = compare(before_units, after_units)
             number = _next_number(rounds)
             record = {"format": ROUND_FORMAT, "round": number, "kind": "revert", "parent": active, "version": version,
@@ -498,7 +498,7 @@ class Project:
         tuned, history = finetune(parent, [c[1] for c in chosen], [c[2] for c in chosen], config=config,
                                   names=[c[0] for c in chosen], progress=count, cancel=lambda: done[0] >= steps)
         recorded = self.store.load(record["version"])
-        units, _ = _score(tuned, evaluation)
+        units, _ = score_evaluation(tuned, evaluation)
         weights_difference = max(float(np.max(np.abs(a - b))) for a, b in
                                  zip(tuned.keras_model.get_weights(), recorded.keras_model.get_weights()))
         after = _rounded(pooled(units))
@@ -549,7 +549,7 @@ def _config_from_settings(config_type, settings: dict):
     return config_type(**known)
 
 
-def _score(model, evaluation: Evaluation, precision: str | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+def score_evaluation(model, evaluation: Evaluation, precision: str | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per-tile counts of `model` on the evaluation pixels (per class with several), and its labels per image."""
     from napari_unet.prediction import predict
 

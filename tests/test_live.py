@@ -112,7 +112,7 @@ def test_the_forest_preview_learns_from_touched_pixels_and_scores_on_the_evaluat
 
 
 def test_patches_are_centred_on_corrected_pixels_more_often():
-    from napari_unet.training.inputs import _Pair
+    from napari_unet.training.inputs import PreparedPair
     from napari_unet.training.sampling import PatchSampler
 
     size = 256
@@ -120,7 +120,7 @@ def test_patches_are_centred_on_corrected_pixels_more_often():
     image[200:210, 200:210] = 1.0  # the corrected pixels are the only bright ones
     mask = np.zeros((size, size), np.uint8)
     mask[100:150, 100:150] = 1
-    pair = _Pair("plane", image, image, mask)
+    pair = PreparedPair("plane", image, image, mask)
     corrected = image[..., 0] > 0
 
     def share_with_corrections(focus_maps):

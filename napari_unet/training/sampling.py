@@ -9,7 +9,7 @@ import numpy as np
 from napari_unet.augment import PairAugmenter
 from napari_unet.instances import INTERIOR
 from napari_unet.masks import IGNORE_LABEL
-from napari_unet.training.inputs import _Pair
+from napari_unet.training.inputs import PreparedPair
 
 if TYPE_CHECKING:
     from napari_unet.model import SegmentationModel
@@ -76,7 +76,7 @@ def class_weight_map(mask: np.ndarray, n_classes: int) -> np.ndarray:
     return weights / np.float32(mean if mean > 0 else 1.0)
 
 
-def border_weight_maps(model: SegmentationModel, config: TrainConfig, pairs: list[_Pair]) -> list[np.ndarray] | None:
+def border_weight_maps(model: SegmentationModel, config: TrainConfig, pairs: list[PreparedPair]) -> list[np.ndarray] | None:
     """The U-Net paper's weight map of each pair when `config.border_weight`, with the objects this model's output
     means (membranes: the cells between; boundary-class models: the interiors, apart where objects touch); without
     it, class-balance weights for a model of several classes, else None (every annotated pixel counts 1)."""
@@ -103,7 +103,7 @@ class PatchSampler:
     `focus_fraction` of a pair's patches is centred on its focus pixels first (live mode: the corrected ones).
     """
 
-    def __init__(self, pairs: list[_Pair], patch_size: int, *, rng: np.random.Generator,
+    def __init__(self, pairs: list[PreparedPair], patch_size: int, *, rng: np.random.Generator,
                  augmenter: PairAugmenter | None = None, foreground_fraction: float = 0.5,
                  weight_maps: list[np.ndarray] | None = None, focus_maps: list[np.ndarray | None] | None = None,
                  focus_fraction: float = 0.5, balance_classes: bool = False):
