@@ -169,6 +169,11 @@ class Project:
         listed = self._settings().get("classes") or [{"name": "foreground"}]
         return [SegmentationClass.from_dict(values) for values in listed]
 
+    @property
+    def declares_classes(self) -> bool:
+        """Whether project.json lists classes (else the project has the one default class)."""
+        return bool(self._settings().get("classes"))
+
     def set_classes(self, classes: list[SegmentationClass]) -> list[SegmentationClass]:
         """Declare the project's classes. Once pairs exist, classes may only be added after the existing ones (and
         their colours or object flags changed), so no painted label changes meaning."""
@@ -237,6 +242,7 @@ class Project:
 
     def status(self) -> dict:
         return {"project": str(self.root), "start_model": self.start_model, "active": self.active,
+                "classes": [c.to_dict() for c in self.classes],
                 "training_pairs": len(self.training.pairs()), "evaluation_pairs": len(self.evaluation.pairs()),
                 "rounds": [public_record(record) for record in self.rounds()]}
 

@@ -82,10 +82,32 @@ def test_a_three_class_round_gets_a_new_output_layer_and_learns_every_class(thre
     assert result["iou"] == pytest.approx(np.mean([c["iou"] for c in result["classes"].values()]))
     assert "ap50" in result["classes"]["disc"] and "ap50" not in result["classes"]["hole"]
     assert result["classes"]["disc"]["iou"] == pytest.approx(classes["disc"]["after"]["iou"], abs=0.02)
+    _cli_evaluate_prints_every_class(model, image, truth, tmp_path)
 
     # The next round starts from the version as it is: no second new head, the card says fine-tuned only.
     second = three_class_project.round(TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64)).model
     assert "New output layer" not in second.metadata.info["description"]
+
+
+def _cli_evaluate_prints_every_class(model, image, truth, tmp_path):
+    import contextlib
+    import io
+
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.model import save_model
+
+    for folder, array in (("images", image), ("masks", truth)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "blobs.tif", array)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["evaluate", "-m", str(save_model(model, tmp_path / "three.keras")), "--images",
+                     str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--instances"]) == 0
+    rows = {line.split()[0]: line.split() for line in printed.getvalue().splitlines() if line.strip()}
+    assert {"disc", "square", "hole"} <= set(rows)
+    assert len(rows["disc"]) == 6 and len(rows["hole"]) == 3  # IoU, Dice, ap50/map/f1_50 only for object classes
 
 
 def test_a_label_beyond_the_projects_classes_is_refused_in_one_line(three_class_project):
@@ -130,3 +152,31 @@ def test_bad_class_lists_are_one_clear_line(text, objects, message):
 def test_parsed_classes_keep_order_colours_and_object_flags():
     parsed = parse_classes("nucleus:#ff0000, cytoplasm", objects="nucleus")
     assert parsed == [SegmentationClass("nucleus", "#ff0000", True), SegmentationClass("cytoplasm", "", False)]
+
+
+def test_cli_declares_classes_refuses_labels_beyond_them_and_adds_one(tmp_path, start_model, capsys):
+    import json
+
+    import tifffile
+
+    from napari_unet.cli import main
+
+    root = str(tmp_path / "project")
+    assert main(["project", "init", root, "-m", start_model, "--classes", "nucleus:#ff0000,cytoplasm",
+                 "--regions", "cytoplasm"]) == 0
+    assert "1 nucleus, 2 cytoplasm" in capsys.readouterr().out
+    image, labels = _three_classes(0)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    assert main(["project", "add", root, "--image", str(tmp_path / "image.tif"),
+                 "--mask", str(tmp_path / "labels.tif")]) != 0
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "value(s) 3" in error and "--add NAME" in error
+    assert main(["project", "classes", root, "--add", "vacuole"]) == 0
+    assert main(["project", "add", root, "--image", str(tmp_path / "image.tif"),
+                 "--mask", str(tmp_path / "labels.tif")]) == 0
+    capsys.readouterr()
+    assert main(["project", "classes", root, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == [
+        {"name": "nucleus", "colour": "#ff0000", "objects": True}, {"name": "cytoplasm", "colour": "", "objects": False},
+        {"name": "vacuole", "colour": "", "objects": True}]
