@@ -34,12 +34,16 @@ class RoundEvaluation:
     units: int = 0  # how many tiles the paired bootstrap resampled
     delta_iou_interval: tuple[float, float] | None = None
     verdict: str = ""
+    # Several classes: {class name: {"before", "after", "delta_iou_interval", "verdict"}}; empty for one class.
+    classes: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         values = {"before": dict(self.before), "after": dict(self.after), "source": self.source, "units": self.units,
                   "delta_iou_interval": None if self.delta_iou_interval is None else list(self.delta_iou_interval),
                   "verdict": self.verdict}
+        if self.classes:
+            values["classes"] = self.classes
         return {**values, **self.extra}
 
     @classmethod
