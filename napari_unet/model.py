@@ -234,6 +234,21 @@ class ModelMetadata:
 
         return "enclosed" if objects_are_background(self.class_names) else "components"
 
+    @property
+    def classes(self) -> list[str]:
+        """The classes a user paints and gets back (label values 1, 2 …): a "classes" model's outputs after
+        background; one name for any other model (its foreground, whatever its outputs are for)."""
+        if self.instance_method == "classes":
+            return list(self.class_names[1:])
+        if self.instance_method == "boundary_watershed" and len(self.class_names) > 1:
+            return [self.class_names[1]]
+        return [(self.class_names or ["foreground"])[0]]
+
+    @property
+    def object_class_values(self) -> list[int]:
+        """Label values (1..n) of the classes whose objects are separated into instances ("classes" models)."""
+        return [index for index, name in enumerate(self.classes, start=1) if name in self.object_classes]
+
 
 @dataclass
 class SegmentationModel:
