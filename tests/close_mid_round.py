@@ -1,4 +1,4 @@
-"""Run as a script by test_widgets.py: `napari-unet gui`, start a round, close napari mid-training.
+"""Run as a script by test_finetune_tab.py: `napari-unet gui`, start a round, close napari mid-training.
 
 argv: a project folder with a training pair and a start model (made by the test). Goes through the
 CLI's own start-up (the order in which napari's OpenGL and TensorFlow are loaded matters on Linux),

@@ -9,10 +9,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# The tests' own process uses TensorFlow beside napari (the dock itself keeps it in its worker process). Load it
-# before any napari viewer brings up Mesa's OpenGL (and its libLLVM): in the other order, on Linux with Mesa,
-# TensorFlow's bundled LLVM binds to the system's and the import dies with a segmentation fault.
-import tensorflow  # noqa: E402,F401
+# The dock's fixtures (a viewer with the dock, notifications, tiny images and model) for the GUI tests; the module
+# imports neither Qt nor napari nor TensorFlow until a fixture is used.
+pytest_plugins = ("dock_fixtures",)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -52,6 +51,18 @@ def pytest_collection_modifyitems(config, items):
                               if name in _MARKER_OF_FIXTURE}):
             if item.get_closest_marker(marker) is None:
                 item.add_marker(marker)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    """Before the first test of a run that opens napari viewers, import TensorFlow.
+
+    The tests' own process uses TensorFlow beside napari (the dock itself keeps it in its worker process). It must
+    be loaded before any viewer brings up Mesa's OpenGL (and its libLLVM): in the other order, on Linux with Mesa,
+    TensorFlow's bundled LLVM binds to the system's and the import dies with a segmentation fault. Collecting, and
+    runs without a viewer, leave it to the tests that need it."""
+    if not session.config.option.collectonly and any(item.get_closest_marker("gui") for item in session.items):
+        import tensorflow  # noqa: F401
 
 
 @pytest.fixture(autouse=True)

@@ -6,17 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import zarr
+from dock_fixtures import errors, model_of, wait_for
 from scipy import ndimage as ndi
-from test_widgets import (  # noqa: F401 (fixtures)
-    blobs_image,
-    contrasty_dock,
-    dock,
-    errors,
-    model_of,
-    notifications,
-    tiny_model_path,
-    wait_for,
-)
 
 from napari_unet._widgets._lazy_prediction import LAZY_KEY, PaintedBoxes, ViewTracker, write_region
 from napari_unet.lazy_labels import RegionLabels, open_zarr_image
@@ -31,7 +22,7 @@ def lazy_image(folder, shape=(300, 260)):
 
 
 def test_lazy_image_predicts_into_a_paintable_zarr_layer_and_its_visible_region_is_added(
-        qtbot, contrasty_dock, notifications, tmp_path):  # noqa: F811
+        qtbot, contrasty_dock, notifications, tmp_path):
     viewer, widget = contrasty_dock
     image, lazy = lazy_image(tmp_path)
     viewer.add_image(lazy, name="big")

@@ -8,16 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from dock_fixtures import errors, model_of, wait_for
 from qtpy.QtCore import Qt
-from test_widgets import (  # noqa: F401 (fixtures)
-    blobs_image,
-    dock,
-    errors,
-    model_of,
-    notifications,
-    tiny_model_path,
-    wait_for,
-)
 
 from napari_unet.model import UNetConfig, save_model
 from napari_unet.uncertainty import NEXT_TILE_SIZE, next_tile
@@ -35,7 +27,7 @@ def field():
 
 
 @pytest.fixture
-def uncertain_dock(dock, tmp_path):  # noqa: F811
+def uncertain_dock(dock, tmp_path):
     """The dock with a tiny model whose probabilities spread, so tiles differ in uncertainty."""
     from tiny_models import contrasty_tiny_model
 
@@ -61,7 +53,7 @@ def _assert_camera_on(viewer, tile) -> None:
 
 
 def test_uncertainty_option_adds_the_map_and_next_walks_uncorrected_tiles(qtbot, uncertain_dock, field,
-                                                                            notifications):  # noqa: F811
+                                                                            notifications):
     from napari_unet.prediction import predict
 
     viewer, widget = uncertain_dock
@@ -90,7 +82,7 @@ def test_uncertainty_option_adds_the_map_and_next_walks_uncorrected_tiles(qtbot,
     _assert_camera_on(viewer, second)
 
 
-def test_tiles_already_in_the_training_set_count_as_corrected(qtbot, uncertain_dock, field, notifications):  # noqa: F811
+def test_tiles_already_in_the_training_set_count_as_corrected(qtbot, uncertain_dock, field, notifications):
     viewer, widget = uncertain_dock
     viewer.add_image(field, name="cells")
     assert wait_for(qtbot, widget.predict_tab.predict()).error is None, errors(notifications)
@@ -99,7 +91,7 @@ def test_tiles_already_in_the_training_set_count_as_corrected(qtbot, uncertain_d
     assert "every tile of 'cells prediction' is corrected" in notifications[-1][1]
 
 
-def test_next_without_a_prediction_says_what_to_do(qtbot, uncertain_dock, field, notifications):  # noqa: F811
+def test_next_without_a_prediction_says_what_to_do(qtbot, uncertain_dock, field, notifications):
     viewer, widget = uncertain_dock
     viewer.add_image(field, name="cells")
     assert widget.predict_tab.next_tile.go() is None
@@ -107,7 +99,7 @@ def test_next_without_a_prediction_says_what_to_do(qtbot, uncertain_dock, field,
     assert "next tile" not in [layer.name for layer in viewer.layers]
 
 
-def test_next_ranks_the_displayed_slice_of_a_stack(qtbot, uncertain_dock, field, notifications):  # noqa: F811
+def test_next_ranks_the_displayed_slice_of_a_stack(qtbot, uncertain_dock, field, notifications):
     viewer, widget = uncertain_dock
     viewer.add_image(np.stack([field[::-1], field]), name="stack")
     viewer.dims.set_current_step(0, 1)

@@ -6,15 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_widgets import (  # noqa: F401 (fixtures)
-    blobs_image,
-    dock,
-    errors,
-    model_of,
-    notifications,
-    tiny_model_path,
-    wait_for,
-)
+from dock_fixtures import errors, model_of, wait_for
 
 from napari_unet.model import UNetConfig, save_model
 from napari_unet.prediction import predict
@@ -31,7 +23,7 @@ def balls_volume(depth: int = 12, side: int = 48) -> np.ndarray:
 
 
 @pytest.fixture
-def volume_dock(dock, tmp_path):  # noqa: F811
+def volume_dock(dock, tmp_path):
     """The dock with a tiny model whose probabilities spread over (0, 1), so objects differ with the method."""
     from tiny_models import contrasty_tiny_model
 
@@ -45,7 +37,7 @@ def volume_dock(dock, tmp_path):  # noqa: F811
     return viewer, widget, tab
 
 
-def test_a_volume_named_z_becomes_3d_objects_with_the_z_step_of_its_scale(qtbot, volume_dock, notifications):  # noqa: F811
+def test_a_volume_named_z_becomes_3d_objects_with_the_z_step_of_its_scale(qtbot, volume_dock, notifications):
     viewer, widget, tab = volume_dock
     volume = balls_volume()
     model = model_of(widget)
@@ -68,7 +60,7 @@ def test_a_volume_named_z_becomes_3d_objects_with_the_z_step_of_its_scale(qtbot,
     assert "stitched" in tab.status_label.text()
 
 
-def test_a_time_lapse_named_t_keeps_ids_from_frame_to_frame(qtbot, volume_dock, blobs_image, notifications):  # noqa: F811
+def test_a_time_lapse_named_t_keeps_ids_from_frame_to_frame(qtbot, volume_dock, blobs_image, notifications):
     viewer, widget, tab = volume_dock
     movie = np.stack([np.roll(blobs_image, 2 * t, axis=1) for t in range(4)])
     linked = predict(model_of(widget), movie, output="instances", stack="t")
@@ -83,7 +75,7 @@ def test_a_time_lapse_named_t_keeps_ids_from_frame_to_frame(qtbot, volume_dock, 
     assert "frame to frame" in tab.status_label.text()
 
 
-def test_a_stack_whose_axes_say_neither_z_nor_t_is_refused_in_one_line(qtbot, volume_dock, notifications):  # noqa: F811
+def test_a_stack_whose_axes_say_neither_z_nor_t_is_refused_in_one_line(qtbot, volume_dock, notifications):
     viewer, widget, tab = volume_dock
     volume = balls_volume()
     viewer.add_image(volume, name="stack")  # napari's default axis names: -3, -2, -1
@@ -118,7 +110,7 @@ def _predicted_volume(qtbot, viewer, widget, volume, scale):
 
 
 def test_corrected_planes_of_a_volume_become_pairs_with_side_views_where_voxels_are_cubic(
-        qtbot, dock, notifications):  # noqa: F811
+        qtbot, dock, notifications):
     from napari_unet.masks import IGNORE_LABEL
 
     viewer, widget = dock
@@ -148,7 +140,7 @@ def test_corrected_planes_of_a_volume_become_pairs_with_side_views_where_voxels_
     assert "planes 3, 7" in notifications[-1][1]
 
 
-def test_a_strongly_anisotropic_volume_gives_plane_pairs_only(qtbot, dock, notifications):  # noqa: F811
+def test_a_strongly_anisotropic_volume_gives_plane_pairs_only(qtbot, dock, notifications):
     viewer, widget = dock
     labels, correct = _predicted_volume(qtbot, viewer, widget, balls_volume(), scale=(3.0, 1.0, 1.0))
     labels.brush_size = 6

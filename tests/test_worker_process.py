@@ -13,15 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_widgets import (  # noqa: F401 (fixtures)
-    JOB_TIMEOUT_MS,
-    blobs_image,
-    dock,
-    errors,
-    notifications,
-    tiny_model_path,
-    wait_for,
-)
+from dock_fixtures import JOB_TIMEOUT_MS, errors, wait_for
 
 from napari_unet.worker.client import Waiter, WorkerClient, WorkerLost
 
@@ -133,8 +125,8 @@ def test_a_worker_that_does_not_end_a_cancelled_task_is_ended_and_started_again(
 
 # ------------------------------------------------------------------------------------------------- in napari
 
-def test_killing_the_worker_mid_prediction_says_so_once_and_the_next_predict_works(  # noqa: F811
-        qtbot, dock, blobs_image, notifications):  # noqa: F811
+def test_killing_the_worker_mid_prediction_says_so_once_and_the_next_predict_works(
+        qtbot, dock, blobs_image, notifications):
     viewer, widget = dock
     viewer.add_image(np.stack([blobs_image] * 40), name="long stack")
     widget.predict_tab.scope_combo.setCurrentText("all slices")
@@ -158,7 +150,7 @@ def test_killing_the_worker_mid_prediction_says_so_once_and_the_next_predict_wor
     assert len(errors(notifications)) == 1
 
 
-def test_after_a_predict_and_a_round_through_the_buttons_napari_has_no_tensorflow(tiny_model_path, tmp_path):  # noqa: F811
+def test_after_a_predict_and_a_round_through_the_buttons_napari_has_no_tensorflow(tiny_model_path, tmp_path):
     """The tests' own process has TensorFlow (conftest.py): the check runs in a fresh pytest without it."""
     script = Path(__file__).with_name("napari_process_checks.py")
     env = {**os.environ, "NAPARI_UNET_HOME": str(tmp_path / "home"), "NAPARI_UNET_TEST_MODEL": tiny_model_path}
