@@ -169,14 +169,10 @@ class Project:
         listed = self._settings().get("classes") or [{"name": "foreground"}]
         return [SegmentationClass.from_dict(values) for values in listed]
 
-    @property
-    def declares_classes(self) -> bool:
-        """Whether project.json lists classes (else the project has the one default class)."""
-        return bool(self._settings().get("classes"))
-
     def set_classes(self, classes: list[SegmentationClass]) -> list[SegmentationClass]:
         """Declare the project's classes. Once pairs exist, classes may only be added after the existing ones (and
-        their colours or object flags changed), so no painted label changes meaning."""
+        their colours or object flags changed), so no painted label changes meaning; every stored pair must hold
+        only the new classes' values (a pair painted for one class may hold instance ids)."""
         check_classes(classes)
         current = self.classes
         painted = bool(self.training.pairs() or self.evaluation.pairs())
@@ -188,6 +184,10 @@ class Project:
         if not self.settings_path.exists():
             raise NapariUNetError(f"'{self.root}' has no project.json: create it with "
                                   f"'napari-unet project init {self.root} -m MODEL --classes …'")
+        for folder in (self.training, self.evaluation):  # pairs painted for one class may hold instance ids
+            for pair in folder.pairs():
+                check_label_values(folder.load(pair.name)[1], classes, pair.name,
+                                   fix="repaint that pair with class values, or remove it first")
         with self._one_round_at_a_time():
             atomic_write_json(self.settings_path, {**self._settings(), "classes": [c.to_dict() for c in classes]})
         return self.classes
