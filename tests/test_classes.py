@@ -127,6 +127,10 @@ def test_one_class_projects_take_any_label_as_before(tmp_path, start_model):
     assert [c.name for c in project.classes] == ["foreground"]
     image, labels = _three_classes(0)
     project.add_pair(image, labels * 7)  # instance-like ids: all foreground
+    with pytest.raises(NapariUNetError, match="value\\(s\\) 7, 14, 21 but the project has 2 classes") as error:
+        project.set_classes(parse_classes("disc,square"))  # those ids would become classes 7, 14, 21
+    assert "\n" not in str(error.value) and "remove it first" in str(error.value)
+    assert len(project.classes) == 1
 
 
 def test_classes_can_be_added_after_painted_ones_but_not_reordered(three_class_project):
