@@ -77,6 +77,11 @@ def test_a_three_class_round_gets_a_new_output_layer_and_learns_every_class(thre
     assert np.all(instances[labels == 3] == 0)  # holes are regions, not objects
     assert len(np.unique(instances[labels == 1])) - 1 >= 2  # the three discs are separate objects
 
+    # Uncertainty (and so Next) reads all classes: the pixels given a wrong class are the less certain ones.
+    same_labels, uncertainty = predict(model, image, with_uncertainty=True)
+    wrong = same_labels != truth
+    assert wrong.any() and uncertainty[wrong].mean() > 2 * uncertainty[~wrong].mean()
+
     result = evaluate(model, [image], [truth], instances=True)
     assert list(result["classes"]) == ["disc", "square", "hole"]
     assert result["iou"] == pytest.approx(np.mean([c["iou"] for c in result["classes"].values()]))
