@@ -189,3 +189,23 @@ def test_cli_declares_classes_refuses_labels_beyond_them_and_adds_one(tmp_path, 
     assert json.loads(capsys.readouterr().out)["classes"] == [
         {"name": "nucleus", "colour": "#ff0000", "objects": True}, {"name": "cytoplasm", "colour": "", "objects": False},
         {"name": "vacuole", "colour": "", "objects": True}]
+
+
+def test_live_trains_the_new_output_layer_and_the_forest_preview_learns_every_class(three_class_project):
+    from napari_unet.live import ForestPreview, LiveTrainer
+
+    trainer = LiveTrainer(three_class_project, three_class_project.active)
+    assert trainer.reload() == 3
+    burst = trainer.train(seconds=0.5)
+    assert trainer.model.config.n_classes == 4 and trainer.model.metadata.classes == ["disc", "square", "hole"]
+    assert burst.steps >= 1 and burst.iou is not None  # the mean IoU of the classes on the evaluation pair
+    assert len(trainer.evaluation.class_names) == 3
+
+    image, mask = _three_classes(0)
+    forest = ForestPreview(multi_class=True)
+    assert forest.fit(image, mask)
+    predicted = forest.predict(_three_classes(9)[0])
+    assert set(np.unique(predicted).tolist()) == {0, 1, 2, 3}
+    assert forest.score(trainer.evaluation) > 0.6
+    one_class = ForestPreview()
+    assert one_class.fit(image, mask) and set(np.unique(one_class.predict(image)).tolist()) <= {0, 1}
