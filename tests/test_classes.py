@@ -209,3 +209,19 @@ def test_live_trains_the_new_output_layer_and_the_forest_preview_learns_every_cl
     assert forest.score(trainer.evaluation) > 0.6
     one_class = ForestPreview()
     assert one_class.fit(image, mask) and set(np.unique(one_class.predict(image)).tolist()) <= {0, 1}
+
+
+def test_adding_a_class_keeps_what_the_head_learned_for_the_others():
+    from tiny_models import contrasty_tiny_model
+
+    from napari_unet.model import with_classes
+
+    two = with_classes(contrasty_tiny_model(seed=1), ["nucleus", "cytoplasm"], ["nucleus"])
+    three = with_classes(two, ["nucleus", "cytoplasm", "vesicle"], ["nucleus", "vesicle"], seed=5)
+    old_kernel, old_bias = two.keras_model.get_layer("probabilities").get_weights()
+    kernel, bias = three.keras_model.get_layer("probabilities").get_weights()
+    assert kernel.shape[-1] == 4 and np.array_equal(kernel[..., :3], old_kernel) and np.array_equal(bias[:3], old_bias)
+    assert "outputs for background, nucleus, cytoplasm kept" in three.metadata.info["new_output_layer"]["note"]
+    assert np.array_equal(two.keras_model.get_layer("enc0_conv1").get_weights()[0],
+                          three.keras_model.get_layer("enc0_conv1").get_weights()[0])
+    assert with_classes(three, ["nucleus", "cytoplasm", "vesicle"], ["nucleus", "vesicle"]) is three
