@@ -311,6 +311,17 @@ class Project:
                 evaluation = Evaluation("held-out stripes", list(data.names), data.images, data.truths, data.held_out)
         return data, evaluation
 
+    def masks_for(self, model, masks: list[np.ndarray]) -> list[np.ndarray]:
+        """The training masks as `model` would draw them, for adaptation.adapt to judge how well it starts: with
+        several classes and a model without them, only the class it finds (its class's name, else the first) is
+        foreground; the other classes are background to it."""
+        classes = [c.name for c in self.classes]
+        if len(classes) < 2 or model.metadata.instance_method == "classes":
+            return masks
+        known = model.metadata.classes[0]
+        value = classes.index(known) + 1 if known in classes else 1
+        return [np.where(mask == IGNORE_LABEL, IGNORE_LABEL, mask == value).astype(np.uint8) for mask in masks]
+
     def with_project_classes(self, model, seed: int = 0):
         """`model` ready to learn the project's classes: as it is for one class or when it has them, else with a
         new output layer for them (its encoder and decoder kept)."""
@@ -344,7 +355,8 @@ class Project:
             parent = with_channels_of(self.load_model(parent_key), data.images)
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
             before_units, _ = score_evaluation(parent, evaluation)
-            start, config, adaptation = adapt(parent, data.images, data.train_masks, config, log=log)
+            start, config, adaptation = adapt(parent, data.images, self.masks_for(parent, data.train_masks), config,
+                                              log=log)
             start = self.with_project_classes(start, seed=config.seed)
             if "new_output_layer" in start.metadata.info and "fine_tuned_from" not in start.metadata.info:
                 log(f"'{parent_key}' has no output for the classes {describe(self.classes)}: a new output layer "
@@ -498,7 +510,7 @@ class Project:
                 progress(event)
 
         parent = with_channels_of(self.load_model(record["parent"]), [c[1] for c in chosen])
-        parent, config, _ = adapt(parent, [c[1] for c in chosen], [c[2] for c in chosen], config)
+        parent, config, _ = adapt(parent, [c[1] for c in chosen], self.masks_for(parent, [c[2] for c in chosen]), config)
         parent = self.with_project_classes(parent, seed=config.seed)
         config = replace(config, seconds=None)  # the recorded step count ends it, not the clock
         tuned, history = finetune(parent, [c[1] for c in chosen], [c[2] for c in chosen], config=config,

@@ -225,3 +225,14 @@ def test_adding_a_class_keeps_what_the_head_learned_for_the_others():
     assert np.array_equal(two.keras_model.get_layer("enc0_conv1").get_weights()[0],
                           three.keras_model.get_layer("enc0_conv1").get_weights()[0])
     assert with_classes(three, ["nucleus", "cytoplasm", "vesicle"], ["nucleus", "vesicle"]) is three
+
+
+def test_a_start_model_is_judged_on_the_class_it_knows(three_class_project, start_model):
+    """adaptation.adapt scores the start model on the corrections: only its own class is foreground to it."""
+    parent = three_class_project.load_model(start_model)
+    _, labels = _three_classes(0)
+    labels[:3] = 255
+    (seen,) = three_class_project.masks_for(parent, [labels])
+    assert np.array_equal(seen, np.where(labels == 255, 255, labels == 1))
+    headed = three_class_project.with_project_classes(parent)
+    assert three_class_project.masks_for(headed, [labels])[0] is labels
