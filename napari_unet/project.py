@@ -19,8 +19,8 @@ new version on the evaluation pairs (or, without any, on the held-out stripes of
 - The active version is the version of the last kept round (else the start model): derived from the
   round records, so there is no second copy of it to get out of step after a crash.
 - Several classes: label value k is class k; the first round from a model without the project's classes gives
-  it a new output layer (model.with_classes); the rule and the guard work on the classes' mean IoU and on each
-  class (a class measurably worse rolls the round back).
+  it a new output layer (model.with_classes); the rule and the guard work on the classes' mean IoU and, between
+  versions that both have the classes, on each class (a class measurably worse rolls the round back).
 - Lineage: every version's record holds its parent, the content hashes of the exact pairs it trained
   on, settings, seed and package version; `retrain(n)` repeats round n and says how close it came.
 """
@@ -625,7 +625,10 @@ def _guard(model, labels: list[np.ndarray], evaluation: Evaluation, comparison) 
         return (f"Rolled back: the new version scores lower {where} ({mean} {comparison.before['iou']:.3f} → "
                 f"{comparison.after['iou']:.3f}, beyond the noise: 95% interval {low:+.3f} to {high:+.3f}); "
                 "the previous model stays active.")
-    for name, scores in zip(evaluation.class_names, comparison.per_class):
+    # Per class only between models that both have the classes: the round that gives a model a new output layer
+    # is judged on the mean, since its parent could not segment the other classes at all.
+    new_output_layer = "new_output_layer" in model.metadata.info
+    for name, scores in zip(evaluation.class_names, [] if new_output_layer else comparison.per_class):
         if scores["verdict"] == "hurt":
             low, high = scores["interval"]
             return (f"Rolled back: the new version scores lower on class '{name}' {where} (IoU "

@@ -236,3 +236,31 @@ def test_a_start_model_is_judged_on_the_class_it_knows(three_class_project, star
     assert np.array_equal(seen, np.where(labels == 255, 255, labels == 1))
     headed = three_class_project.with_project_classes(parent)
     assert three_class_project.masks_for(headed, [labels])[0] is labels
+
+
+def test_a_class_measurably_worse_rolls_back_a_later_round_but_not_the_one_adding_the_classes():
+    from napari_unet.evidence import class_unit_counts, compare
+    from napari_unet.model import UNetConfig, new_model
+    from napari_unet.project import Evaluation, _guard
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((256, 256), np.uint8)
+    truth[:, :100], truth[:, 100:200] = 1, 2
+    before = truth.copy()
+    after = truth.copy()
+    after[rng.random(truth.shape) < 0.3 * (truth == 1)] = 0  # class 1 loses 30 % of its pixels everywhere
+    evaluation = Evaluation("evaluation pairs", ["a"], [truth], [truth], [np.ones(truth.shape, bool)],
+                            class_names=["nucleus", "rim"])
+    comparison = compare(class_unit_counts(before, truth, None, 2), class_unit_counts(after, truth, None, 2))
+    assert comparison.per_class[0]["verdict"] == "hurt" and comparison.per_class[1]["verdict"] != "hurt"
+    later = new_model(UNetConfig(base_width=2, depth=1, n_classes=3))
+    assert "on class 'nucleus'" in _guard(later, [after], evaluation, _better_mean(comparison))
+    later.metadata.info["new_output_layer"] = {"classes": ["nucleus", "rim"]}
+    assert _guard(later, [after], evaluation, _better_mean(comparison)) is None
+
+
+def _better_mean(comparison):
+    """The same per-class evidence with a mean that got better: only the per-class rule can object."""
+    from dataclasses import replace
+
+    return replace(comparison, verdict="helped", interval=(0.01, 0.02))
