@@ -14,7 +14,7 @@ from napari_unet.errors import NapariUNetError
 from napari_unet.metrics import instance_counts, instance_scores
 from napari_unet.model import ModelMetadata, UNetConfig
 from napari_unet.postprocess import instances_per_plane
-from napari_unet.prediction import predict
+from napari_unet.prediction import predict, predict_stack_into
 from napari_unet.stacks import (
     anisotropy_from_scale,
     link_frames,
@@ -154,6 +154,28 @@ def test_predict_stitches_a_volume_and_links_a_time_lapse(model):
     linked = predict(model, time_lapse, output="instances", stack="t")
     frames = predict(model, time_lapse, output="instances")
     np.testing.assert_array_equal(linked, link_frames(np.stack([stitch_planes(frame) for frame in frames])))
+
+
+def test_a_stack_predicted_into_a_zarr_array_plane_by_plane_equals_the_whole_stack(model, tmp_path):
+    """predict_stack_into reads one plane at a time from a zarr image and writes into a zarr array: the same objects
+    as predict() on the whole stack in memory, stitched over Z or linked over time."""
+    import zarr
+
+    volume = np.concatenate([blob_volume(), blob_volume()[::-1]])
+    image = zarr.open_array(str(tmp_path / "image.zarr"), mode="w", shape=volume.shape, chunks=(1, 32, 32),
+                            dtype=volume.dtype)
+    image[:] = volume
+    for stack in ("z", "t"):
+        out = zarr.open_array(str(tmp_path / f"{stack}.zarr"), mode="w", shape=volume.shape, chunks=(1, 32, 32),
+                              dtype=np.int32)
+        steps = []
+        predict_stack_into(model, image, out, stack=stack, progress=lambda done, total: steps.append((done, total)))
+        expected = predict(model, volume, output="instances", stack=stack)
+        assert expected.max() >= 2
+        np.testing.assert_array_equal(out[:], expected)
+        assert steps[-1][0] == steps[-1][1] == volume.shape[0] * (2 if stack == "z" else 1)
+    with pytest.raises(NapariUNetError, match="the output array is"):
+        predict_stack_into(model, image, np.zeros((3, 32, 32), np.int32))
 
 
 def test_anisotropy_decides_between_stitching_and_three_views(model):
