@@ -169,7 +169,7 @@ def test_a_stack_predicted_into_a_zarr_array_plane_by_plane_equals_the_whole_sta
         out = zarr.open_array(str(tmp_path / f"{stack}.zarr"), mode="w", shape=volume.shape, chunks=(1, 32, 32),
                               dtype=np.int32)
         steps = []
-        predict_stack_into(model, image, out, stack=stack, progress=lambda done, total: steps.append((done, total)))
+        predict_stack_into(model, image, out, stack=stack, progress=lambda done, total, steps=steps: steps.append((done, total)))
         expected = predict(model, volume, output="instances", stack=stack)
         assert expected.max() >= 2
         np.testing.assert_array_equal(out[:], expected)
