@@ -140,11 +140,13 @@ def _features(image: np.ndarray) -> np.ndarray:
 
 class ForestPreview:
     """An instant preview while the U-Net is still learning a new domain: ilastik's pixel classifier (a random
-    forest on multiscale features) fitted on the touched pixels in about a second. Foreground/background only.
+    forest on multiscale features) fitted on the touched pixels in about a second: background and one class, or
+    background and each of a project's classes (the painted label values, multi_class=True).
     Live mode shows it instead of the U-Net's prediction only while it scores better on the evaluation set."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, multi_class: bool = False):
         self.seed = seed
+        self.multi_class = multi_class
         self.classifier = None
         self._cache: dict[str, np.ndarray] = {}
 
@@ -165,7 +167,11 @@ class ForestPreview:
 
         annotated = np.flatnonzero(mask.ravel() != IGNORE_LABEL)
         targets = mask.ravel()[annotated] > 0
-        if targets.all() or not targets.any():
+        if self.multi_class:
+            targets = mask.ravel()[annotated].astype(np.uint8)
+            if np.unique(targets).size < 2:
+                return False
+        elif targets.all() or not targets.any():
             return False
         rng = np.random.default_rng(self.seed)
         if annotated.size > PREVIEW_PIXELS:
@@ -177,16 +183,19 @@ class ForestPreview:
         return True
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """0/1 labels of a whole image (its features are cached by content)."""
+        """0/1 labels (class ids with multi_class) of a whole image (its features are cached by content)."""
         features = self.features(image)
         return self.classifier.predict(features.reshape(-1, features.shape[-1])).reshape(features.shape[:2]).astype(np.uint8)
 
     def score(self, evaluation) -> float | None:
-        from napari_unet.evidence import pooled, unit_counts
+        """IoU on the evaluation set (several classes: their mean IoU), as rounds score the U-Net."""
+        from napari_unet.evidence import class_unit_counts, pooled, unit_counts
 
         if self.classifier is None or evaluation is None or not evaluation.images:
             return None
-        units = [unit_counts(self.predict(image), truth, valid)
+        n_classes = len(evaluation.class_names)
+        units = [class_unit_counts(self.predict(image), truth, valid, n_classes) if n_classes else
+                 unit_counts(self.predict(image), truth, valid)
                  for image, truth, valid in zip(evaluation.images, evaluation.truths, evaluation.valid)]
         return pooled(np.concatenate(units))["iou"]
 
@@ -246,6 +255,7 @@ class LiveTrainer:
             from napari_unet.adaptation import adapt
 
             start, config, self.adaptation = adapt(self.parent, data.images, data.train_masks, self.config)
+            start = self.project.with_project_classes(start, seed=config.seed)
             self._run = TrainingRun(start, resolve_config(start, config, {}), data.images, data.train_masks,
                              None, list(data.names), None, focus=self._corrected)
         else:

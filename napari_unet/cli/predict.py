@@ -232,5 +232,10 @@ def run_evaluate_command(args) -> int:
     print(f"{'image':<24} {'IoU':>7} {'Dice':>7} {'pixel error':>12}" + "".join(f" {key:>7}" for key in objects))
     for row in [*result["per_image"], {**result, "name": f"all {result['n_images']} (pooled)"}]:
         print(f"{row['name']:<24} {row['iou']:7.4f} {row['dice']:7.4f} {row['pixel_error']:12.4f}"
-              + "".join(f" {row[key]:7.4f}" for key in objects))
+              + "".join(f" {row[key]:7.4f}" if key in row else f" {'':>7}" for key in objects))
+    if "classes" in result:  # several classes: the pooled row above is their mean
+        print(f"{'class':<24} {'IoU':>7} {'Dice':>7} {'':>12}" + "".join(f" {key:>7}" for key in objects))
+        for name, scores in result["classes"].items():
+            print(f"{name:<24} {scores['iou']:7.4f} {scores['dice']:7.4f} {'':>12}"
+                  + "".join(f" {scores[key]:7.4f}" if key in scores else f" {'':>7}" for key in objects))
     return 0

@@ -120,12 +120,23 @@ def add_project_command(subparsers) -> None:
     init = commands.add_parser("init", help="a new project starting from MODEL")
     init.add_argument("dir", metavar="DIR")
     add_model_option(init)
+    add_class_options(init)
     init.set_defaults(func=run_project_init)
+    classes = commands.add_parser("classes", help="show the project's classes, or add classes after them",
+                                  description="Label value k is class k (0 background, 255 not annotated).")
+    classes.add_argument("dir", metavar="DIR")
+    classes.add_argument("--add", default=None, metavar="NAMES",
+                         help="classes to add after the existing ones, e.g. 'membrane' or 'membrane:#ffff00'")
+    classes.add_argument("--regions", default=None, metavar="NAMES",
+                         help="of the added classes, those that are regions, not objects to separate (e.g. cytoplasm)")
+    add_json_option(classes, "print the classes as one JSON object")
+    classes.set_defaults(func=run_project_classes)
     add = commands.add_parser("add", help="add a training pair, or an evaluation pair with --eval")
     add.add_argument("dir", metavar="DIR")
     add.add_argument("--image", required=True, metavar="IMG")
     add.add_argument("--mask", required=True, metavar="MASK",
-                     help="0 = background, other values = objects (ids or 1), 255 = not annotated; for --eval: > 0 is foreground")
+                     help="0 = background, other values = objects (ids or 1), 255 = not annotated; for --eval: > 0 is "
+                          "foreground. With several classes: value k = class k")
     add.add_argument("--eval", action="store_true", help="an evaluation pair: scored every round, never trained on")
     add.add_argument("--name", default=None, metavar="NAME", help="pair name (default: the image's file stem)")
     add.set_defaults(func=run_project_add)
@@ -148,11 +159,57 @@ def add_project_command(subparsers) -> None:
     retrain.set_defaults(func=run_project_retrain)
 
 
+def add_class_options(parser) -> None:
+    parser.add_argument("--classes", default=None, metavar="NAMES",
+                        help="what you paint, in label-value order: e.g. 'nucleus,cytoplasm' (label 1 nucleus, 2 "
+                             "cytoplasm), colours optional ('nucleus:#ff0000'); default: one class, any label > 0")
+    parser.add_argument("--regions", default=None, metavar="NAMES",
+                        help="classes that are regions, not objects to separate into instances (e.g. cytoplasm)")
+
+
+def _parsed_classes(names: str, regions: str | None, existing: list | None = None):
+    """The classes named on the command line, all objects but the --regions ones."""
+    from napari_unet.classes import SegmentationClass, parse_classes
+    from napari_unet.errors import NapariUNetError
+
+    classes = parse_classes(names)
+    region_names = {part.strip() for part in (regions or "").split(",") if part.strip()}
+    unknown = region_names - {c.name for c in classes}
+    if unknown:
+        raise NapariUNetError(f"--regions names {', '.join(sorted(unknown))}, which --classes/--add does not: "
+                              "name classes given with them")
+    return [SegmentationClass(c.name, c.colour, c.name not in region_names) for c in classes]
+
+
 def run_project_init(args) -> int:
+    from napari_unet.classes import describe
+    from napari_unet.errors import NapariUNetError
     from napari_unet.project import Project
 
-    project = Project.init(args.dir, args.model)
-    print(f"project '{project.root}' starts from '{args.model}'")
+    if args.regions and not args.classes:
+        raise NapariUNetError("--regions names some of the --classes: give --classes too")
+    classes = _parsed_classes(args.classes, args.regions) if args.classes else None
+    project = Project.init(args.dir, args.model, classes=classes)
+    print(f"project '{project.root}' starts from '{args.model}'"
+          + (f"; classes: {describe(project.classes)}" if classes else ""))
+    return 0
+
+
+def run_project_classes(args) -> int:
+    import json
+
+    from napari_unet.project import Project
+
+    project = Project.open(args.dir)
+    classes = project.classes
+    if args.add:
+        declared = classes if project.declares_classes else []
+        classes = project.set_classes([*declared, *_parsed_classes(args.add, args.regions)])
+    if args.json:
+        print(json.dumps({"classes": [c.to_dict() for c in classes]}))
+        return 0
+    for value, c in enumerate(classes, start=1):
+        print(f"{value:>3}  {c.name}" + (f"  {c.colour}" if c.colour else "") + ("" if c.objects else "  (region)"))
     return 0
 
 
@@ -202,9 +259,13 @@ def run_project_round(args) -> int:
 def round_line(record: dict) -> str:
     before, after = record["eval"]["before"], record["eval"]["after"]
     state = "kept" if record["kept"] else "ROLLED BACK"
-    return (f"round {record['round']}: {record['parent']} -> {record['version']} ({state}); IoU {before['iou']:.4f} -> "
+    classes = record["eval"].get("classes", {})
+    mean = "mean IoU" if classes else "IoU"
+    per_class = "".join(f"\n  {name}: IoU {c['before']['iou']:.4f} -> {c['after']['iou']:.4f} ({c['verdict']})"
+                        for name, c in classes.items())
+    return (f"round {record['round']}: {record['parent']} -> {record['version']} ({state}); {mean} {before['iou']:.4f} -> "
             f"{after['iou']:.4f}, Dice {before['dice']:.4f} -> {after['dice']:.4f}; {record['seconds']:.0f} s"
-            f"\n  {record['reason']}")
+            f"{per_class}\n  {record['reason']}")
 
 
 def run_project_status(args) -> int:
@@ -218,6 +279,8 @@ def run_project_status(args) -> int:
         return 0
     print(f"project {status['project']}: {status['training_pairs']} training pair(s), "
           f"{status['evaluation_pairs']} evaluation pair(s); started from {status['start_model']}")
+    if len(status["classes"]) > 1:
+        print("classes: " + ", ".join(f"{value} {c['name']}" for value, c in enumerate(status["classes"], start=1)))
     print(f"active version: {status['active']}")
     for record in status["rounds"]:
         print(round_line(record))

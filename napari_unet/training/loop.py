@@ -128,7 +128,8 @@ class TrainingRun:
         self.sampler = PatchSampler(training_pairs, self.patch_size, rng=self.rng, augmenter=self.augmenter,
                                     foreground_fraction=config.foreground_fraction,
                                     weight_maps=border_weight_maps(self.parent, config, training_pairs),
-                                    focus_maps=focus_maps)
+                                    focus_maps=focus_maps,
+                                    balance_classes=self.parent.metadata.instance_method == "classes")
 
     def use_pairs(self, images, masks, names=None, focus: dict | None = None) -> None:
         """Train on these pairs from the next step on; the model, its optimizer state and the compiled step
@@ -297,11 +298,20 @@ def _describe_version(run: TrainingRun) -> None:
         trained.metadata.instances = method
         trained.metadata.class_names = ["boundary" if method == "enclosed" else "object"]
     what = "boundaries between objects" if trained.metadata.instance_method == "enclosed" else "objects"
-    trained.metadata.info = {
-        "description": (f"Fine-tuned from '{parent.source or parent.name}' on {run.history.settings['n_training_pairs']} "
-                        f"pair(s); output: {', '.join(trained.metadata.class_names)} ({what})."),
-        "fine_tuned_from": parent.source or parent.name,
-    }
+    if trained.metadata.instance_method == "classes":
+        what = (f"classes; objects separated for {', '.join(trained.metadata.object_classes)}"
+                if trained.metadata.object_classes else "classes")
+    description = (f"Fine-tuned from '{parent.source or parent.name}' on {run.history.settings['n_training_pairs']} "
+                   f"pair(s); output: {', '.join(trained.metadata.class_names)} ({what}).")
+    # with_classes gave the parent a new head for this run (a re-headed model is no version yet): the card says so
+    new_head = None if "fine_tuned_from" in parent.metadata.info else parent.metadata.info.get("new_output_layer")
+    info = {"description": description, "fine_tuned_from": parent.source or parent.name}
+    if new_head:
+        info["description"] = (f"New output layer for {len(new_head['classes'])} classes "
+                               f"({', '.join(new_head['classes'])}) on the encoder and decoder of '{new_head['from']}' "
+                               f"(which had {', '.join(new_head['parent_classes'])}). " + description)
+        info["new_output_layer"] = new_head
+    trained.metadata.info = info
 
 
 def finetune(

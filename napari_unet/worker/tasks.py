@@ -298,7 +298,7 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, co
     trainer = LiveTrainer(project, parent_key)  # a model that fails to load ends Live with its message
     has_pairs = False
     # Until the U-Net beats it on the evaluation set, a forest fitted in a second is what the user sees.
-    preview, preview_iou, preview_labels = ForestPreview(), None, None
+    preview, preview_iou, preview_labels = ForestPreview(multi_class=len(project.classes) > 1), None, None
 
     burst_started = [time.monotonic()]
 
