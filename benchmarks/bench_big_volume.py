@@ -97,7 +97,12 @@ def predict(path: str, planes: int, as_json: bool) -> None:
     model_rss = current_rss_gb()
     load_before = os.getloadavg()
     started = time.perf_counter()
-    predict_stack_into(model, slab, out, stack="z")
+
+    def show(done: int, total: int) -> None:  # a line per plane, so a long run can be read while it goes
+        print(f"  {done}/{total} steps, {time.perf_counter() - started:.0f} s, peak RSS {peak_rss_gb():.2f} GB, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+    predict_stack_into(model, slab, out, stack="z", progress=show)
     seconds = time.perf_counter() - started
     load_after = os.getloadavg()
     n_objects = int(max(int(np.asarray(out[z]).max()) for z in range(planes)))
