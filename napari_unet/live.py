@@ -306,6 +306,6 @@ class LiveTrainer:
         history.steps = self.total_steps
         outcome = self.project.keep(tuned, history, parent_key=self.parent_key, config=self._run.config, log=log,
                                     adaptation=self.adaptation)
-        if outcome.record["kept"]:
-            self.parent_key = outcome.record["version"]
+        if outcome.record.kept:
+            self.parent_key = outcome.record.version
         return outcome

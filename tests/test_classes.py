@@ -61,13 +61,13 @@ def test_a_three_class_round_gets_a_new_output_layer_and_learns_every_class(thre
     assert model.config.n_classes == 4 and model.metadata.class_names == ["background", "disc", "square", "hole"]
     assert model.metadata.instance_method == "classes" and model.metadata.object_classes == ["disc", "square"]
     assert "New output layer for 3 classes" in model.metadata.info["description"]
-    classes = record["eval"]["classes"]
+    classes = record.eval.classes
     assert list(classes) == ["disc", "square", "hole"]
     # Chance for a class covering a few % of the pixels is an IoU of a few %; every class must be far above it.
     assert all(scores["after"]["iou"] > 0.5 for scores in classes.values()), classes
-    assert record["kept"] and record["eval"]["after"]["iou"] == pytest.approx(
+    assert record.kept and record.eval.after["iou"] == pytest.approx(
         np.mean([c["after"]["iou"] for c in classes.values()]), abs=1e-3)
-    assert "square" in record["reason"]
+    assert "square" in record.reason
 
     image, truth = _three_classes(9)
     labels = predict(model, image, output="labels")

@@ -25,6 +25,7 @@ from napari_unet._widgets._layers import LayerChooser, current_index, layer_arra
 from napari_unet._widgets._lazy_prediction import ViewTracker
 from napari_unet._widgets._session import Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
+from napari_unet.records import RoundRecord
 
 # A burst of strokes is one update: the pair is written this long after the last stroke, or — while the user
 # keeps painting — at the latest this long after the first stroke not yet sent.
@@ -257,13 +258,13 @@ class LiveWidget(QWidget):
                          "until the U-Net scores better.")
             self.status_label.setText(text)
 
-    def _announce(self, record) -> None:
-        show_info(f"Live: {record['reason']}")
-        self.status_label.setText(record["reason"])
+    def _announce(self, record: RoundRecord) -> None:
+        show_info(f"Live: {record.reason}")
+        self.status_label.setText(record.reason)
         self.session.versions_changed.emit()
         self.session.rounds_changed.emit()
-        if record["kept"]:
-            self.session.select_model(record["version"])
+        if record.kept:
+            self.session.select_model(record.version)
 
     def _stopped(self, record) -> None:
         if record is not None:
