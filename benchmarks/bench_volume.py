@@ -123,8 +123,8 @@ def after_correcting(image, truth, n_planes: int, anisotropy: float, side_views:
                               (f"three views (anisotropy {anisotropy:g})", dict(stack="z", anisotropy=anisotropy))):
             rows[f"{name}, after correcting planes {', '.join(map(str, planes))}"] = dict(
                 score(tuned, options), pairs=len(pairs), round_seconds=round(seconds, 1),
-                kept=bool(outcome.record["kept"]), reason=str(outcome.record["reason"]),
-                adaptation=str(outcome.record.get("adaptation")))
+                kept=bool(outcome.record.kept), reason=str(outcome.record.reason),
+                adaptation=str(outcome.record.adaptation))
     return rows
 
 
