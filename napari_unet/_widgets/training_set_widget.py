@@ -39,7 +39,7 @@ from napari_unet._widgets._session import PAINTED_PLANES_KEY, PREDICTION_KEY, Se
 from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
 from napari_unet.masks import IGNORE_LABEL
-from napari_unet.training_set import changed_pixels, restrict_to_corrections, thumbnail
+from napari_unet.training_set import changed_pixels, pair_file_name, restrict_to_corrections, thumbnail
 
 ADD_SHORTCUT = "Shift+T"
 HELP_TEXT = (
@@ -303,14 +303,21 @@ class TrainingSetWidget(QWidget):
         image_name, labels_name = image_layer.name, labels_layer.name
 
         def work(report, is_cancelled):
+            # A plane added before is updated (same name), and one already in the other set stays there only: an
+            # evaluation plane must never be trained on.
+            other_set = set((project.training if evaluation else project.evaluation).names())
             added = []
             for pair in volume_pairs(image, labels, planes, anisotropy):
+                name = pair_file_name(f"{image_name}_{pair.suffix}")
+                if name in other_set:
+                    continue
                 mask, sparse = pair.mask, bool(np.any(pair.mask == IGNORE_LABEL))
                 if pair.view == "xy" and only_corrected and prediction is not None:
                     mask, sparse = build_training_pair(pair.image, labels[pair.position], prediction[pair.position],
                                                        True, margin)
-                added.append(project.add_pair(pair.image, mask, evaluation=evaluation, name=f"{image_name}_{pair.suffix}",
-                                              source_image=image_name, source_labels=labels_name, sparse=sparse))
+                project.add_pair(pair.image, mask, evaluation=evaluation, name=name, replace=True,
+                                 source_image=image_name, source_labels=labels_name, sparse=sparse)
+                added.append(pair)
             return added, evaluation
 
         self.add_planes_button.setEnabled(False)
@@ -323,11 +330,15 @@ class TrainingSetWidget(QWidget):
 
     def _planes_added(self, image_name: str, planes: list[int], result) -> None:
         pairs, evaluation = result
-        n_side = len(pairs) - len(planes)
+        added = [pair.position for pair in pairs if pair.view == "xy"]
+        n_side = len(pairs) - len(added)
         side = f" and {n_side} of its XZ/YZ views" if n_side else ""
         kind = "evaluation pairs (never trained on)" if evaluation else "the training set"
-        show_info(f"Added planes {', '.join(map(str, planes))} of '{image_name}'{side} to {kind}. "
-                  f"Saved in {self.session.project.root}.")
+        kept_apart = sorted(set(planes) - set(added))
+        apart = (f" Planes {', '.join(map(str, kept_apart))} are already "
+                 f"{'training' if evaluation else 'evaluation'} pairs and stay so." if kept_apart else "")
+        show_info(f"Added planes {', '.join(map(str, added)) or 'none'} of '{image_name}'{side} to {kind}. "
+                  f"Saved in {self.session.project.root}.{apart}")
         self.session.training_set_changed.emit()
         self.refresh_list()
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -270,14 +270,16 @@ class _LiveState:
     and where the user looks."""
 
     visible: tuple
-    update: tuple | None = None
+    updates: dict = field(default_factory=dict)  # pair name -> (labels, touched, whole_plane, image plane)
     paused: bool = False
     keep: bool = False
 
     def take(self, messages: list) -> None:
         for kind, *values in messages:
             if kind == "update":
-                self.update = tuple(values)
+                *update, pair_name = values
+                self.updates.pop(pair_name, None)  # re-inserted last: the plane painted last is the one shown
+                self.updates[pair_name] = tuple(update)
             elif kind == "pause":
                 self.paused = bool(values[0])
             elif kind == "keep":
@@ -286,11 +288,13 @@ class _LiveState:
                 self.visible = values[0]
 
 
-def live(job, project_root: str, parent_key: str, image: np.ndarray, pair_name: str, visible, context: int):
-    """Live mode (live.LiveTrainer) until cancelled: each ("update", labels, touched, whole_plane) message becomes
-    the plane's pair; training runs in bursts, each reported with the labels of the visible region (context px
-    around it predicted too) — the forest preview's while it scores better than the U-Net. ("keep",) makes the
-    best model so far a version; ("pause", bool). Returns the record of the Keep on the way out (None: no step)."""
+def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, context: int):
+    """Live mode (live.LiveTrainer) until cancelled: each ("update", labels, touched, whole_plane, image, pair_name)
+    message becomes that plane's pair (a stack: one pair per painted plane; the plane painted last is the one
+    predicted; `image` is the plane shown before any update). Training runs in bursts, each reported with the labels
+    of the visible region (context px around it predicted too) — the forest preview's while it scores better than
+    the U-Net. ("keep",) makes the best model so far a version; ("pause", bool). Returns the record of the Keep on
+    the way out (None: no step)."""
     from napari_unet.errors import NapariUNetError
     from napari_unet.live import BURST_SECONDS, ForestPreview, LiveTrainer, live_mask
     from napari_unet.project import Project
@@ -308,18 +312,20 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, pair_name: 
         state.take(job.messages())
         if job.is_cancelled() or state.paused or state.keep:
             return True
-        return state.update is not None and time.monotonic() - burst_started[0] >= MIN_BURST_SECONDS
+        return bool(state.updates) and time.monotonic() - burst_started[0] >= MIN_BURST_SECONDS
 
     while not job.is_cancelled():
         state.take(job.messages())
-        update, state.update = state.update, None
+        updates, state.updates = state.updates, {}
         try:  # the user's input can be unusable for a while (e.g. only erased): say so, keep listening
-            if update is not None:
-                labels, touched, whole_plane = update
+            corrected = {}
+            for pair_name, (labels, touched, whole_plane, image) in updates.items():
                 mask = live_mask(labels, touched, whole_plane=whole_plane)
                 pair = project.add_pair(image, mask, name=pair_name, replace=True,
                                         corrected_pixels=int(touched.sum()), source_image=pair_name)
-                job.report(("pairs", trainer.reload({pair.name: touched})))
+                corrected[pair.name] = touched
+            if corrected:
+                job.report(("pairs", trainer.reload(corrected)))
                 has_pairs = True
                 if preview is not None and preview.fit(image, mask):
                     preview_iou, preview_labels = preview.score(trainer.evaluation), preview.predict(image)
