@@ -135,12 +135,12 @@ def run(start: str, overrides: dict) -> dict:
         "score new version + guard + save": finished - at["scoring the new version"],
     }
     total = finished - started
-    evaluation = record["eval"]
-    return {"start": start, "overrides": overrides, "total_seconds": round(total, 1), "steps": record["training"]["steps"],
+    evaluation = record.eval
+    return {"start": start, "overrides": overrides, "total_seconds": round(total, 1), "steps": record.training.steps,
             "median_step_seconds": round(float(np.median(step_times)), 3) if step_times.size else None,
             "phases": {k: round(v, 2) for k, v in phases.items()},
-            "iou_before": round(evaluation["before"]["iou"], 3), "iou_after": round(evaluation["after"]["iou"], 3),
-            "verdict": evaluation["verdict"], "kept": record["kept"], "load": os.getloadavg()[0]}
+            "iou_before": round(evaluation.before["iou"], 3), "iou_after": round(evaluation.after["iou"], 3),
+            "verdict": evaluation.verdict, "kept": record.kept, "load": os.getloadavg()[0]}
 
 
 def main() -> int:

@@ -192,10 +192,10 @@ def _scripted_rounds(start: str, seconds: float, tiles_per_round: int, tile_size
                              "iou_active": rows[-1]["iou_active"] if rows else None})
                 print(f"{strategy:6s} {seed} round {number}: {n_corrected} corrected px, no round: {refused}", flush=True)
                 continue
-            after = record["eval"]["after"]["iou"] if record["kept"] else record["eval"]["before"]["iou"]
+            after = record.eval.after["iou"] if record.kept else record.eval.before["iou"]
             row = {"round": number, "corrected_pixels": n_corrected,
-                   "iou_before": round(record["eval"]["before"]["iou"], 4),
-                   "iou_after": round(record["eval"]["after"]["iou"], 4), "kept": record["kept"],
+                   "iou_before": round(record.eval.before["iou"], 4),
+                   "iou_after": round(record.eval.after["iou"], 4), "kept": record.kept,
                    "iou_active": round(after, 4), "wall_seconds": round(time.monotonic() - started, 1)}
             rows.append(row)
             print(f"{strategy:6s} {seed} round {number}: {row['corrected_pixels']} corrected px, IoU "

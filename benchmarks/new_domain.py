@@ -205,11 +205,11 @@ def unet_round(start: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], test
         predicted, predict_seconds = _predict_all(project.load_model(project.active), [image for image, _ in test])
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    training = outcome.record["training"]
-    return _row("unet-round", len(pairs), predicted, [truth for _, truth in test], training["seconds"], predict_seconds,
-                config=label, kept=outcome.kept, steps=training["steps"], stopped=training["stopped_reason"],
-                round_seconds=outcome.record["seconds"], round_eval=outcome.record["eval"]["after"]["iou"],
-                start=start, adaptation=outcome.record.get("adaptation", {}))
+    training = outcome.record.training
+    return _row("unet-round", len(pairs), predicted, [truth for _, truth in test], training.seconds, predict_seconds,
+                config=label, kept=outcome.kept, steps=training.steps, stopped=training.stopped_reason,
+                round_seconds=outcome.record.seconds, round_eval=outcome.record.eval.after["iou"],
+                start=start, adaptation=outcome.record.adaptation or {})
 
 
 def _line(row: dict) -> str:

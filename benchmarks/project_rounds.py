@@ -89,11 +89,11 @@ def run(case_name: str, start: str, out: Path | None, learning_rate: float | Non
             "rounds": rows, "active_at_end": project.active, "project": str(root)}
 
 
-def _row(record: dict) -> dict:
-    return {"round": record["round"], "version": record["version"], "kept": record["kept"],
-            "before": record["eval"]["before"], "after": record["eval"]["after"],
-            "interval": record["eval"]["delta_iou_interval"], "verdict": record["eval"]["verdict"],
-            "reason": record["reason"], "steps": record["training"]["steps"]}
+def _row(record) -> dict:
+    return {"round": record.round, "version": record.version, "kept": record.kept,
+            "before": record.eval.before, "after": record.eval.after,
+            "interval": record.eval.delta_iou_interval, "verdict": record.eval.verdict,
+            "reason": record.reason, "steps": record.training.steps}
 
 
 def _line(row: dict) -> str:
