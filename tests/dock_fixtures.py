@@ -74,6 +74,20 @@ def dock(make_napari_viewer, tiny_model_path, qtbot):
     qtbot.waitUntil(lambda: all(job.done for job in widget.session.jobs), timeout=JOB_TIMEOUT_MS)
 
 
+@pytest.fixture
+def contrasty_dock(dock, tmp_path):
+    """The dock with a tiny model whose probabilities spread around 0.5, so slider steps change masks."""
+    from tiny_models import contrasty_tiny_model
+
+    from napari_unet.model import UNetConfig, save_model
+
+    viewer, widget = dock
+    path = tmp_path / "contrasty.keras"
+    save_model(contrasty_tiny_model(UNetConfig(base_width=4, depth=2), seed=0), path)
+    widget.session.select_model(str(path))
+    return viewer, widget
+
+
 def model_of(widget, key: str | None = None):
     """The dock's model (default: the selected one) loaded in the test process, to compare with."""
     return widget.session.project.load_model(key or widget.session.model_key)

@@ -105,7 +105,7 @@ def test_live_with_a_model_that_fails_to_load_says_so(qtbot, dock, blobs_image, 
     assert not tab.live_check.isChecked()
 
 
-def test_live_on_a_stack_learns_from_the_current_plane_only(qtbot, dock, blobs_image, notifications):
+def test_live_on_a_stack_learns_from_the_plane_being_painted(qtbot, dock, blobs_image, notifications):
     viewer, widget = dock
     stack = np.stack([blobs_image, np.roll(blobs_image, 20, axis=1)])
     viewer.add_image(stack, name="stack")
@@ -117,14 +117,20 @@ def test_live_on_a_stack_learns_from_the_current_plane_only(qtbot, dock, blobs_i
     tab.image_combo.select("stack")
     tab.live_check.setChecked(True)
     assert tab.running and tab.plane_index == (1,)
-    assert any("current plane (1,)" in message for _, message in notifications)
+    assert any("the plane you paint" in message for _, message in notifications)
     labels = viewer.layers["stack prediction"]
     labels.brush_size = 8
     labels.paint((1, 30, 30), 1)
-    labels.paint((0, 60, 60), 1)  # another plane: not this plane's correction
-    qtbot.waitUntil(lambda: len(widget.session.project.training.pairs()) == 1, timeout=JOB_TIMEOUT_MS)
-    _, mask = widget.session.project.training.load(widget.session.project.training.pairs()[0].name)
-    assert mask[30, 30] == 1 and mask[60, 60] == 255
+    labels.paint((0, 60, 60), 1)  # another plane: Live follows it, and that plane is a pair of its own
+    assert tab.plane_index == (0,)
+    training = widget.session.project.training
+    qtbot.waitUntil(lambda: sorted(training.names()) == ["stack_live_0", "stack_live_1"], timeout=JOB_TIMEOUT_MS)
+    image_1, mask_1 = training.load("stack_live_1")
+    image_0, mask_0 = training.load("stack_live_0")
+    np.testing.assert_array_equal(image_1, stack[1])
+    np.testing.assert_array_equal(image_0, stack[0])
+    assert mask_1[30, 30] == 1 and mask_1[60, 60] == 255  # each plane's pair holds that plane's strokes only
+    assert mask_0[60, 60] == 1 and mask_0[30, 30] == 255
     tab.live_check.setChecked(False)
     wait_for(qtbot, tab.job)
 

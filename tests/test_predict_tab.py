@@ -144,16 +144,8 @@ def test_bad_input_is_reported_in_words(qtbot, dock, blobs_image, notifications,
     assert "Prediction of 'cells'" in errors(notifications)[-1]
 
 
-@pytest.fixture
-def contrasty_dock(dock, tmp_path):
-    """The dock with a tiny model whose probabilities spread around 0.5, so slider steps change masks."""
-    from tiny_models import contrasty_tiny_model
-
-    viewer, widget = dock
-    path = tmp_path / "contrasty.keras"
-    save_model(contrasty_tiny_model(UNetConfig(base_width=4, depth=2), seed=0), path)
-    widget.session.select_model(str(path))
-    return viewer, widget
+# --- live threshold: the slider re-thresholds the last prediction from its cached probabilities (the model:
+# contrasty_dock in dock_fixtures.py) ---
 
 
 def _mask_changing_steps(probabilities, current_step=50) -> list[int]:
