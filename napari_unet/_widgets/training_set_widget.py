@@ -298,14 +298,22 @@ class TrainingSetWidget(QWidget):
         image_name, labels_name = image_layer.name, labels_layer.name
 
         def work(report, is_cancelled):
-            # A plane added before is updated (same name), and one already in the other set stays there only: an
-            # evaluation plane must never be trained on.
-            other_set = set((project.training if evaluation else project.evaluation).names())
+            # A plane added before is updated (same name); one already in the other set stays there only, and its
+            # labels are not in this set's side views either: an evaluation plane is never trained on. The side
+            # views of this volume are replaced (they run through other rows when other planes are corrected).
+            this_set, other_set = ((project.evaluation, project.training) if evaluation
+                                   else (project.training, project.evaluation))
+            taken = set(other_set.names())
+            own_planes = [z for z in planes if pair_file_name(f"{image_name}_z{z}") not in taken]
+            if not own_planes:
+                return [], evaluation
+            side_prefixes = tuple(pair_file_name(f"{image_name}_{view}") + "_" for view in ("xz", "yz"))
+            for name in this_set.names():
+                if name.startswith(side_prefixes):
+                    this_set.remove(name)
             added = []
-            for pair in volume_pairs(image, labels, planes, anisotropy):
+            for pair in volume_pairs(image, labels, own_planes, anisotropy):
                 name = pair_file_name(f"{image_name}_{pair.suffix}")
-                if name in other_set:
-                    continue
                 mask, sparse = pair.mask, bool(np.any(pair.mask == IGNORE_LABEL))
                 if pair.view == "xy" and only_corrected and prediction is not None:
                     mask, sparse = build_training_pair(pair.image, labels[pair.position], prediction[pair.position],
