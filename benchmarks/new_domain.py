@@ -275,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", default="nuclei", help="the shipped model the loop starts from (nuclei, membranes)")
     parser.add_argument("--corrected", type=int, nargs="+", default=[1, 2, 4, 8], metavar="K",
                         help="numbers of corrected pool images (the first K of the pool)")
-    parser.add_argument("--seconds", type=float, default=120.0, help="training budget of a round")
+    parser.add_argument("--seconds", type=float, default=120.0,
+                        help="training budget of a round (0: none, the configured epochs)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--levers", action="store_true", help="extra unet-round rows, one per TrainConfig variation")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 test images, k = 1, 10-s round")
@@ -286,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the levers the plain unet-round row may use (default: TrainConfig's)")
     parser.add_argument("--live-levers", default=None, metavar="A,B",
                         help="adaptation levers live mode may use (default: live mode's own)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig setting of the plain unet-round row (repeatable), e.g. --set epochs=16: "
+                             "with --seconds 0 (no time budget) rounds compare at equal steps whatever the load")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write all rows as JSON")
     args = parser.parse_args(argv)
     if any(k < 1 or k > 16 - N_TEST for k in args.corrected):
@@ -297,11 +301,12 @@ def main(argv: list[str] | None = None) -> int:
                   "live": live(args.start, args.live_seconds, args.live_tiles,
                                None if args.live_levers is None else tuple(filter(None, args.live_levers.split(","))))}
     else:
-        corrected, seconds, n_test = ([1], 10.0, 2) if args.quick else (args.corrected, args.seconds, N_TEST)
-        result = {"start": args.start, "seconds": seconds, "test_images": n_test,
-                  "rows": run(args.start, corrected, seconds, args.methods, args.levers, n_test,
-                              None if args.adapt_levers is None else
-                              {"adapt_levers": tuple(filter(None, args.adapt_levers.split(",")))})}
+        corrected, seconds, n_test = ([1], 10.0, 2) if args.quick else (args.corrected, args.seconds or None, N_TEST)
+        overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.settings)}
+        if args.adapt_levers is not None:
+            overrides["adapt_levers"] = tuple(filter(None, args.adapt_levers.split(",")))
+        result = {"start": args.start, "seconds": seconds, "test_images": n_test, "settings": args.settings,
+                  "rows": run(args.start, corrected, seconds, args.methods, args.levers, n_test, overrides)}
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

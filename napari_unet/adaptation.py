@@ -17,7 +17,9 @@ A round (and Live) starts from a parent model and the user's corrections. Before
    - "learning_rate": NEW_DOMAIN_LEARNING_RATE instead of the fine-tuning default;
    - "extend": a round given a time budget trains while the budget lasts and the validation score still
      rises (early stopping), instead of stopping after the configured epochs; without a budget it trains
-     the configured epochs, as the user asked.
+     the configured epochs, as the user asked;
+   - "sample_errors" (not a default; measured in docs/new-kinds-of-image.md): half of the training patches
+     are centred where the chosen start is wrong on the corrections (error_focus), the rest as usual.
 
 What was found and done is returned as a record for the round's log and the version's card.
 """
@@ -37,7 +39,7 @@ from napari_unet.masks import IGNORE_LABEL
 # nuclei ~0.1, `membranes` on its own ISBI slices and `nuclei` on held-out fluorescence images > 0.75.
 NEW_DOMAIN_IOU = 0.5
 ADAPT_MODES = ("auto", "off")
-LEVERS = ("polarity", "batch_norm_stats", "train_batch_norm", "learning_rate", "extend")
+LEVERS = ("polarity", "batch_norm_stats", "train_batch_norm", "learning_rate", "extend", "sample_errors")
 # Probes on a new domain (grey tissue images, 120 s): batch norm trained with 1e-3 lifted the evaluation
 # pairs 0.04 -> 0.81 where frozen with 3e-4 reached 0.55.
 NEW_DOMAIN_LEARNING_RATE = 1e-3
@@ -190,6 +192,25 @@ def adapt(parent, images, masks, config, *, log: Callable[[str], None] | None = 
         changes["early_stopping_patience"] = NEW_DOMAIN_PATIENCE
     record["training"] = {key: value for key, value in changes.items()}
     return start, replace(config, **changes), record
+
+
+def error_focus(model, images, masks, names, config, record: dict, precision: str | None = None) -> dict | None:
+    """The "sample_errors" lever on a new domain (record from adapt): {pair name: bool (Y, X) map of the annotated
+    pixels where `model`'s foreground disagrees with the mask}, where training patches are centred more often
+    (PatchSampler's focus maps); the wrong share of annotated pixels goes into the record. None otherwise."""
+    from napari_unet.prediction import predict
+
+    if not record.get("new_domain") or "sample_errors" not in config.adapt_levers:
+        return None
+    focus, wrong, annotated_total = {}, 0, 0
+    for name, image, mask in zip(names, images, masks):
+        mask = np.asarray(mask)
+        annotated = mask != IGNORE_LABEL
+        predicted = np.asarray(predict(model, np.asarray(image), output="labels", precision=precision)) > 0
+        focus[name] = annotated & (predicted != (mask > 0))
+        wrong, annotated_total = wrong + int(focus[name].sum()), annotated_total + int(annotated.sum())
+    record.setdefault("training", {})["sample_errors"] = round(wrong / max(1, annotated_total), 4)
+    return focus
 
 
 def start_score(model, images, masks, precision: str | None = None) -> tuple[float, bool]:

@@ -37,7 +37,7 @@ from filelock import FileLock, Timeout
 
 from napari_unet._files import atomic_write_json
 from napari_unet._version import __version__
-from napari_unet.adaptation import adapt, choose_post_processing, with_channels_of
+from napari_unet.adaptation import adapt, choose_post_processing, error_focus, with_channels_of
 from napari_unet.errors import NapariUNetError
 from napari_unet.evidence import compare, pooled, unit_counts
 from napari_unet.masks import IGNORE_LABEL
@@ -277,9 +277,10 @@ class Project:
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
             before_units, _ = _score(parent, evaluation)
             start, config, adaptation = adapt(parent, data.images, data.train_masks, config, log=log)
+            focus = error_focus(start, data.images, data.train_masks, data.names, config, adaptation)
             log(f"fine-tuning '{parent_key}' on {len(data.names)} pair(s) …")
             tuned, history = finetune(start, data.images, data.train_masks, config=config, names=data.names,
-                                      progress=progress, cancel=cancel)
+                                      progress=progress, cancel=cancel, focus=focus)
             return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
                                   adaptation)
 
