@@ -52,7 +52,7 @@ class AugmentConfig:
     # to the patch's background level. Why: fields where nuclei differ several-fold in brightness; on the
     # nuclei validation images, 25 % of the nuclei the shipped model missed are under half their image's
     # median brightness, against 1 % of those it found. Measured, not adopted for `nuclei` (p 0.5): it found
-    # no more dim nuclei (benchmarks/dim_nuclei.py) and scored validation AP@0.5 0.859, held-out 0.820 (README).
+    # no more dim nuclei (experiments/dim_nuclei.py) and scored validation AP@0.5 0.859, held-out 0.820 (README).
     object_brightness_probability: float = 0.0
     object_brightness: tuple[float, float] = (0.25, 1.5)
 

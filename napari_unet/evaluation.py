@@ -1,5 +1,6 @@
 """Score a model on images with ground-truth masks: IoU, Dice and pixel error pooled over all pixels, and
-with instances=True the object metrics of the DSB 2018 / StarDist (ap50, map, f1_50) pooled over all objects."""
+with instances=True the object metrics of the DSB 2018 / StarDist (ap50, map, f1_50) pooled over all objects.
+A model with several classes (ModelMetadata.classes) is scored per class on class-id masks, and on the mean."""
 
 from __future__ import annotations
 
@@ -55,6 +56,62 @@ class Tally:
         return {**pooled, "n_images": len(self.per_image), "per_image": self.per_image}
 
 
+class ClassTally:
+    """Per-class scores of class-id predictions against class-id masks (value k = class k, 255 not scored): IoU and
+    Dice per class pooled over all pixels and their mean; with instances, AP per object class and their mean."""
+
+    def __init__(self, class_names: list[str], object_values: list[int], instances: bool = False,
+                 min_size: int = 16):
+        self.class_names, self.object_values, self.instances = list(class_names), list(object_values), instances
+        self.min_size = min_size
+        self.pixels = [{"tp": 0, "fp": 0, "fn": 0, "tn": 0} for _ in class_names]
+        self.wrong, self.total = 0, 0
+        self.objects = {value: np.zeros((len(IOU_THRESHOLDS), 3), dtype=np.int64) for value in self.object_values}
+        self.per_image: list[dict] = []
+
+    def add(self, predicted: np.ndarray, mask: np.ndarray, name: str = "") -> dict:
+        """predicted: class ids (0 background, 1..n); mask: the truth as painted (255: not scored)."""
+        from napari_unet.masks import IGNORE_LABEL
+        from napari_unet.postprocess import instances_from_labels
+
+        predicted, mask = np.asarray(predicted), np.asarray(mask)
+        valid = mask != IGNORE_LABEL
+        classes, objects = {}, {}
+        for value, class_name in enumerate(self.class_names, start=1):
+            counts = confusion_counts(predicted == value, mask == value, valid)
+            for key, count in counts.items():
+                self.pixels[value - 1][key] += count
+            classes[class_name] = scores_from_counts(counts)
+            if self.instances and value in self.object_values:
+                found = instances_from_labels(np.where(valid, predicted == value, False), min_size=self.min_size)
+                image_counts = instance_counts(as_instances(mask == value), found)
+                self.objects[value] += image_counts
+                objects[class_name] = instance_scores(image_counts)
+        wrong, total = int(np.count_nonzero((predicted != mask) & valid)), int(np.count_nonzero(valid))
+        self.wrong, self.total = self.wrong + wrong, self.total + total
+        row = {"name": name, "index": len(self.per_image), **_means(classes, objects),
+               "pixel_error": wrong / total if total else 0.0,
+               "classes": {key: {**classes[key], **objects.get(key, {})} for key in classes}}
+        self.per_image.append(row)
+        return row
+
+    def result(self) -> dict:
+        classes = {name: scores_from_counts(counts) for name, counts in zip(self.class_names, self.pixels)}
+        objects = {self.class_names[value - 1]: instance_scores(counts) for value, counts in self.objects.items()}
+        return {**_means(classes, objects), "pixel_error": self.wrong / self.total if self.total else 0.0,
+                "classes": {key: {**classes[key], **objects.get(key, {})} for key in classes},
+                "n_images": len(self.per_image), "per_image": self.per_image}
+
+
+def _means(classes: dict, objects: dict) -> dict:
+    """The mean over classes of IoU and Dice, and over object classes of the object metrics."""
+    means = {key: float(np.mean([c[key] for c in classes.values()])) for key in ("iou", "dice")}
+    for key in ("ap50", "map", "f1_50"):
+        if objects:
+            means[key] = float(np.mean([o[key] for o in objects.values()]))
+    return means
+
+
 def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, cancel=None,
              test_time_augmentation: bool | int = False, instances: bool = False, precision: str | None = None,
              min_size: int | None = None, channels=None) -> dict:
@@ -69,6 +126,9 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     instances: also predict objects (the model's own method) and add "ap50", "map" (mean over IoU
     0.50…0.95), "f1_50", "n_true", "n_predicted", pooled over all objects of all images, and per image.
     Masks may then be instance label images (a 0/1 mask is split into its connected components).
+    A model with several classes: masks hold class ids (value k = its class k, 255 = not scored); the result's
+    "iou" and "dice" are the means over classes, "classes" holds each class's {"iou", "dice"} (and, with
+    instances, "ap50", "map", "f1_50" … of the object classes, whose mean is the result's "ap50" …).
     precision: as for predict (None: bfloat16 where the CPU has it).
     min_size: instances smaller than this (px) are dropped (None: the model's own).
     channels: which of the images' channels the model reads, as for predict.
@@ -83,7 +143,17 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
         raise NapariUNetError(f"{len(images)} images but {len(masks)} masks: give one mask per image")
     if not images:
         raise NapariUNetError("no images to evaluate: give at least one image with its mask")
-    tally = Tally(instances)
+    metadata = model.metadata
+    several = metadata.instance_method == "classes"
+    if several:
+        from napari_unet.classes import SegmentationClass, check_label_values
+        from napari_unet.postprocess import smallest_object
+
+        declared = [SegmentationClass(name) for name in metadata.classes]
+        tally = ClassTally(metadata.classes, metadata.object_class_values, instances,
+                           smallest_object(metadata, min_size))
+    else:
+        tally = Tally(instances)
     for index, (image_item, mask_item) in enumerate(zip(images, masks)):
         if cancel is not None and cancel():
             raise Cancelled("evaluation cancelled")
@@ -95,7 +165,10 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
                 f"mask '{mask_name}' is {'×'.join(map(str, mask.shape))} but its image '{name}' is "
                 f"{'×'.join(map(str, image_spatial))}: a mask must have exactly its image's Y×X shape"
             )
-        labels = predict(model, image, output="instances" if instances else "labels", threshold=threshold,
+        if several:
+            check_label_values(mask, declared, mask_name)
+        labels = predict(model, image, output="instances" if instances and not several else "labels",
+                         threshold=threshold,
                          test_time_augmentation=test_time_augmentation, precision=precision, min_size=min_size,
                          channels=channels)
         tally.add(labels, mask, name)

@@ -18,7 +18,7 @@ MIN_OBJECT_SIZE = 16  # px; smaller objects are dropped (a model's metadata.min_
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 # How a model's output becomes instances; stored in the model's metadata (ModelMetadata.instances).
-INSTANCE_METHODS = ("components", "enclosed", "boundary_watershed")
+INSTANCE_METHODS = ("components", "enclosed", "boundary_watershed", "classes")
 
 
 def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None, touching_width: int = 1,

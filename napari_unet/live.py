@@ -1,6 +1,6 @@
 """Live mode's core: the model keeps learning from a project's corrections in short bursts.
 
-A LiveTrainer holds one training run open (training/loop.py `_Run`: the model, its optimizer state and the
+A LiveTrainer holds one training run open (training/loop.py `TrainingRun`: the model, its optimizer state and the
 compiled step), so a burst of a few seconds costs only its steps — no model copy, no re-trace. When the
 user's corrections change, `reload()` re-reads the project's pairs (as a round would: the evaluation pairs,
 else held-out stripes that are then not trained on) and training goes on from the current weights. After each
@@ -13,6 +13,7 @@ changes in place, so it is predicted in its own precision, by the same thread).
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -97,6 +98,30 @@ def touched_by(atoms, plane_shape: tuple[int, int], plane_index: tuple[int, ...]
     return touched
 
 
+def painted_planes(atoms, n_leading: int = 1) -> set[tuple[int, ...]]:
+    """The planes (indices over the `n_leading` axes before Y, X) that a napari Labels `paint` event's atoms
+    (see touched_by) wrote into; a box spanning several planes (a 3-D brush) names each."""
+    planes: set[tuple[int, ...]] = set()
+    if n_leading < 1:
+        return planes
+    for atom in atoms:
+        if len(atom) == 4:
+            parts, mask = tuple(atom[0])[:n_leading], atom[1]
+            ranges = []
+            for axis, part in enumerate(parts):
+                if isinstance(part, slice):
+                    start = part.start or 0
+                    stop = part.stop if part.stop is not None else start + (np.shape(mask)[axis] if mask is not None else 1)
+                    ranges.append(range(start, stop))
+                else:
+                    ranges.append(range(int(part), int(part) + 1))
+            planes |= set(itertools.product(*ranges))
+        elif len(atom) == 3 and len(atom[0]) > n_leading:
+            leading = np.stack([np.asarray(axis_indices).ravel() for axis_indices in atom[0][:n_leading]], axis=1)
+            planes |= {tuple(int(i) for i in row) for row in np.unique(leading, axis=0)}
+    return planes
+
+
 def _features(image: np.ndarray) -> np.ndarray:
     """ilastik's default feature set as scikit-image offers it: intensity, edges and texture at 5 scales, of
     every channel (colour stays colour, as ilastik computes features per channel)."""
@@ -115,11 +140,13 @@ def _features(image: np.ndarray) -> np.ndarray:
 
 class ForestPreview:
     """An instant preview while the U-Net is still learning a new domain: ilastik's pixel classifier (a random
-    forest on multiscale features) fitted on the touched pixels in about a second. Foreground/background only.
+    forest on multiscale features) fitted on the touched pixels in about a second: background and one class, or
+    background and each of a project's classes (the painted label values, multi_class=True).
     Live mode shows it instead of the U-Net's prediction only while it scores better on the evaluation set."""
 
-    def __init__(self, seed: int = 0):
+    def __init__(self, seed: int = 0, multi_class: bool = False):
         self.seed = seed
+        self.multi_class = multi_class
         self.classifier = None
         self._cache: dict[str, np.ndarray] = {}
 
@@ -140,7 +167,11 @@ class ForestPreview:
 
         annotated = np.flatnonzero(mask.ravel() != IGNORE_LABEL)
         targets = mask.ravel()[annotated] > 0
-        if targets.all() or not targets.any():
+        if self.multi_class:
+            targets = mask.ravel()[annotated].astype(np.uint8)
+            if np.unique(targets).size < 2:
+                return False
+        elif targets.all() or not targets.any():
             return False
         rng = np.random.default_rng(self.seed)
         if annotated.size > PREVIEW_PIXELS:
@@ -152,16 +183,19 @@ class ForestPreview:
         return True
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """0/1 labels of a whole image (its features are cached by content)."""
+        """0/1 labels (class ids with multi_class) of a whole image (its features are cached by content)."""
         features = self.features(image)
         return self.classifier.predict(features.reshape(-1, features.shape[-1])).reshape(features.shape[:2]).astype(np.uint8)
 
     def score(self, evaluation) -> float | None:
-        from napari_unet.evidence import pooled, unit_counts
+        """IoU on the evaluation set (several classes: their mean IoU), as rounds score the U-Net."""
+        from napari_unet.evidence import class_unit_counts, pooled, unit_counts
 
         if self.classifier is None or evaluation is None or not evaluation.images:
             return None
-        units = [unit_counts(self.predict(image), truth, valid)
+        n_classes = len(evaluation.class_names)
+        units = [class_unit_counts(self.predict(image), truth, valid, n_classes) if n_classes else
+                 unit_counts(self.predict(image), truth, valid)
                  for image, truth, valid in zip(evaluation.images, evaluation.truths, evaluation.valid)]
         return pooled(np.concatenate(units))["iou"]
 
@@ -211,7 +245,7 @@ class LiveTrainer:
 
         corrected: {pair name: bool (Y, X) map of the pixels the user changed}; half of a pair's patches are
         centred on them (the rest as usual), so a confirmed whole plane still trains mostly where it was wrong."""
-        from napari_unet.training.loop import _resolve_config, _Run
+        from napari_unet.training.loop import TrainingRun, resolve_config
 
         data, self.evaluation = self.project.snapshot()
         self._corrected.update(corrected or {})
@@ -221,7 +255,8 @@ class LiveTrainer:
             from napari_unet.adaptation import adapt
 
             start, config, self.adaptation = adapt(self.parent, data.images, data.train_masks, self.config)
-            self._run = _Run(start, _resolve_config(start, config, {}), data.images, data.train_masks,
+            start = self.project.with_project_classes(start, seed=config.seed)
+            self._run = TrainingRun(start, resolve_config(start, config, {}), data.images, data.train_masks,
                              None, list(data.names), None, focus=self._corrected)
         else:
             self._run.use_pairs(data.images, data.train_masks, list(data.names), self._corrected)
@@ -246,9 +281,9 @@ class LiveTrainer:
         iou = dice = None
         if self.evaluation is not None and self.evaluation.images:
             from napari_unet.evidence import pooled
-            from napari_unet.project import _score
+            from napari_unet.project import score_evaluation
 
-            units, _ = _score(self.model, self.evaluation, precision=self.precision)
+            units, _ = score_evaluation(self.model, self.evaluation, precision=self.precision)
             scores = pooled(units)
             iou, dice = scores["iou"], scores["dice"]
             if self.best_iou is None or iou > self.best_iou:

@@ -69,7 +69,8 @@ class ModelMetadata:
     output_offset: tuple[float, float] = (0.0, 0.0)
     # How the output becomes instances (instances.INSTANCE_METHODS): "components" (foreground blobs,
     # touching ones split on the distance transform), "enclosed" (a boundary model: the regions between
-    # boundaries), "boundary_watershed" (3 classes background/interior/boundary: seeded watershed).
+    # boundaries), "boundary_watershed" (3 classes background/interior/boundary: seeded watershed), "classes"
+    # (background and several classes painted as label values 1..n; object_classes are split into instances).
     # "" = decide from the class names, as files without the field were meant.
     instances: str = ""
     # boundary_watershed: how sure of "interior" a seed must be (chosen on validation images by the recipe;
@@ -93,6 +94,9 @@ class ModelMetadata:
     # boundary_watershed: > 0: the interior class is only each object's core, its pixels at least this fraction of
     # the object's largest depth from its edge (instances.object_cores); 0: all but the boundary ring.
     core_fraction: float = 0.0
+    # instances "classes" (a softmax head: background, then one output per class): the names of the classes whose
+    # connected regions are objects to separate into instances; the other classes are regions (e.g. cytoplasm).
+    object_classes: list[str] = field(default_factory=list)
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict)
 
@@ -115,6 +119,7 @@ class ModelMetadata:
             "merge_threshold": self.merge_threshold,
             "touching_width": int(self.touching_width),
             "core_fraction": float(self.core_fraction),
+            "object_classes": list(self.object_classes),
             "info": self.info,
         }
 
@@ -137,6 +142,7 @@ class ModelMetadata:
             merge_threshold=_valid_probability(values.get("merge_threshold"), "merge_threshold"),
             touching_width=_valid_pixel_count(values.get("touching_width", 1), "touching_width") or 1,
             core_fraction=_valid_fraction(values.get("core_fraction", 0.0), "core_fraction"),
+            object_classes=[str(name) for name in values.get("object_classes", [])],
             info=dict(values.get("info", {})),
         )
 
@@ -157,6 +163,21 @@ class ModelMetadata:
         from napari_unet.postprocess import objects_are_background
 
         return "enclosed" if objects_are_background(self.class_names) else "components"
+
+    @property
+    def classes(self) -> list[str]:
+        """The classes a user paints and gets back (label values 1, 2 …): a "classes" model's outputs after
+        background; one name for any other model (its foreground, whatever its outputs are for)."""
+        if self.instance_method == "classes":
+            return list(self.class_names[1:])
+        if self.instance_method == "boundary_watershed" and len(self.class_names) > 1:
+            return [self.class_names[1]]
+        return [(self.class_names or ["foreground"])[0]]
+
+    @property
+    def object_class_values(self) -> list[int]:
+        """Label values (1..n) of the classes whose objects are separated into instances ("classes" models)."""
+        return [index for index, name in enumerate(self.classes, start=1) if name in self.object_classes]
 
 
 def _valid_probability(value, name: str) -> float | None:
@@ -298,6 +319,44 @@ def new_model(config: UNetConfig = UNetConfig(), **metadata) -> SegmentationMode
     )
     meta = ModelMetadata(config=config, **metadata)
     return SegmentationModel(build_unet(config), meta)
+
+
+def with_classes(model: SegmentationModel, class_names: list[str], object_classes: list[str],
+                 seed: int = 0) -> SegmentationModel:
+    """`model` with a softmax head for these classes (after background), keeping its encoder and decoder.
+
+    A model that already has exactly these classes is returned as it is. Otherwise its last layer is replaced
+    by a new, freshly initialised 1x1 convolution with len(class_names) + 1 outputs, and its metadata (and so
+    the card of the version trained from it) records that. Only models built by build_unet can be re-headed.
+    seed: the new layer's initial weights (so a repeated round starts from the same ones)."""
+    import keras
+
+    from napari_unet.errors import NapariUNetError
+
+    metadata = model.metadata
+    if metadata.instance_method == "classes" and metadata.classes == list(class_names):
+        if list(metadata.object_classes) == list(object_classes):
+            return model
+        return SegmentationModel(model.keras_model, replace(metadata, object_classes=list(object_classes),
+                                                            info=dict(metadata.info)), model.source)
+    config = replace(model.config, n_classes=len(class_names) + 1)
+    keras.utils.set_random_seed(seed)
+    keras_model = build_unet(config)
+    old_names = [layer.name for layer in model.keras_model.layers]
+    if old_names != [layer.name for layer in keras_model.layers]:
+        raise NapariUNetError(f"model '{model.source or model.name}' is not a napari-unet U-Net, so its output layer "
+                              "cannot be replaced for new classes: start the project from a napari-unet model")
+    for layer in keras_model.layers:
+        if layer.name != "probabilities":
+            layer.set_weights(model.keras_model.get_layer(layer.name).get_weights())
+    parent = model.source or model.name
+    info = {"new_output_layer": {  # a new model: nothing of the parent's card applies to it
+        "from": parent, "parent_classes": metadata.classes, "classes": list(class_names),
+        "note": f"new output layer for {len(class_names)} classes; encoder and decoder kept from '{parent}'"}}
+    new_metadata = replace(metadata, config=config, class_names=["background", *class_names], instances="classes",
+                           object_classes=list(object_classes), seed_threshold=None, background_threshold=None,
+                           merge_threshold=None, min_seed_size=None, output_offset=(0.0, 0.0), info=info)
+    return SegmentationModel(keras_model, new_metadata, model.source)
 
 
 def unet_flops(config: UNetConfig, height: int, width: int) -> float:

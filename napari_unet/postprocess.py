@@ -141,12 +141,14 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
                                  n_classes: int = 1, min_size: int = MIN_OBJECT_SIZE, seed_threshold: float | None = None,
                                  background_threshold: float | None = None,
                                  min_seed_size: int | None = None, merge_threshold: float | None = None,
-                                 spatial_dims: int = 2) -> np.ndarray:
+                                 spatial_dims: int = 2, object_classes: tuple[int, ...] = ()) -> np.ndarray:
     """int32 instances of every plane of a model's output, by the model's own method (ModelMetadata.instances).
 
     probabilities: (..., Y, X) for one class, (..., Y, X, n_classes) otherwise. method: "components"
     (foreground blobs, touching ones split on the distance transform), "enclosed" (regions between
-    predicted boundaries), "boundary_watershed" (3 classes: seeds from the interiors, instances.py).
+    predicted boundaries), "boundary_watershed" (3 classes: seeds from the interiors, instances.py), "classes"
+    (several classes: the objects of each class in `object_classes`, label values, split like "components"; ids
+    are unique over all classes).
     seed_threshold, background_threshold, min_seed_size, merge_threshold: the model's own (ModelMetadata), None for
     the defaults (no merging). spatial_dims=3: the objects of every (Z, Y, X) volume, in 3-D (cubic voxels).
     The one place that turns output into objects: predict(), the CLI and the dock call it.
@@ -165,9 +167,26 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
                 merge_threshold=merge_threshold)
         return instances
     labels = semantic_labels(probabilities, threshold, n_classes, background_threshold)
+    if method == "classes":
+        return class_instances(labels, object_classes, min_size, spatial_dims)
     if method not in ("components", "enclosed"):
         raise ValueError(f"unknown instance method {method!r}")
     return instances_per_plane(labels, "background" if method == "enclosed" else "foreground", min_size, spatial_dims)
+
+
+def class_instances(labels: np.ndarray, object_classes, min_size: int = MIN_OBJECT_SIZE,
+                    spatial_dims: int = 2) -> np.ndarray:
+    """int32 instances of the object classes of a (..., Y, X) class-id label array: each class's regions split
+    into objects as "components" does, ids numbered on over the classes so no two objects share one."""
+    labels = np.asarray(labels)
+    instances = np.zeros(labels.shape, dtype=np.int32)
+    for index in np.ndindex(labels.shape[:-spatial_dims]):
+        plane, offset = instances[index], 0
+        for value in object_classes:
+            objects = instances_from_labels(labels[index] == value, min_size=min_size)
+            plane[objects > 0] = objects[objects > 0] + offset
+            offset += int(objects.max()) if objects.size else 0
+    return instances
 
 
 def smallest_object(metadata, min_size: int | None = None) -> int:
@@ -183,4 +202,5 @@ def model_instances(probabilities: np.ndarray, metadata, n_classes: int, *, thre
         probabilities, metadata.instance_method, threshold=threshold, n_classes=n_classes,
         min_size=smallest_object(metadata, min_size), seed_threshold=metadata.seed_threshold,
         background_threshold=metadata.background_threshold, min_seed_size=metadata.min_seed_size,
-        merge_threshold=metadata.merge_threshold, spatial_dims=spatial_dims)
+        merge_threshold=metadata.merge_threshold, spatial_dims=spatial_dims,
+        object_classes=tuple(metadata.object_class_values))

@@ -170,7 +170,7 @@ def _describe(shape) -> str:
     return "×".join(str(n) for n in shape)
 
 
-def _check_values(image) -> None:
+def check_image_values(image) -> None:
     """Reject inputs that are not intensity images before any TensorFlow work."""
     dtype = np.dtype(image.dtype)
     if dtype == np.dtype(bool):
@@ -191,7 +191,7 @@ def model_and_planes(model, image, channel_axis: int | None = None, channels: Ch
         from napari_unet.registry import load_model
 
         model = load_model(model)
-    _check_values(image)
+    check_image_values(image)
     planes = as_planes(image, model.config.n_channels, channel_axis, channels)
     spatial_shape = tuple(planes.shape[-3:-1])
     if min(spatial_shape) < MIN_SIDE:

@@ -1,6 +1,7 @@
 """The loop, once: a project folder with training pairs, evaluation pairs, model versions and rounds.
 
-    <project>/project.json              which model the project started from
+    <project>/project.json              which model the project started from, and its classes (classes.py;
+                                        none listed: one class, any label > 0)
     <project>/images, masks, pairs/     training pairs (training_set.py; an old training-set folder is a
                                         project with no rounds)
     <project>/evaluation/images, masks, pairs/   evaluation pairs: scored every round, never trained on
@@ -17,6 +18,9 @@ new version on the evaluation pairs (or, without any, on the held-out stripes of
   active; the failed version stays in models/, marked, for inspection.
 - The active version is the version of the last kept round (else the start model): derived from the
   round records, so there is no second copy of it to get out of step after a crash.
+- Several classes: label value k is class k; the first round from a model without the project's classes gives
+  it a new output layer (model.with_classes); the rule and the guard work on the classes' mean IoU and on each
+  class (a class measurably worse rolls the round back).
 - Lineage: every version's record holds its parent, the content hashes of the exact pairs it trained
   on, settings, seed and package version; `retrain(n)` repeats round n and says how close it came.
 """
@@ -38,8 +42,9 @@ from filelock import FileLock, Timeout
 from napari_unet._files import atomic_write_json
 from napari_unet._version import __version__
 from napari_unet.adaptation import adapt, choose_post_processing, error_focus, with_channels_of
+from napari_unet.classes import SegmentationClass, check_classes, check_label_values, class_truth, describe
 from napari_unet.errors import NapariUNetError
-from napari_unet.evidence import compare, pooled, unit_counts
+from napari_unet.evidence import class_unit_counts, compare, pooled, unit_counts
 from napari_unet.masks import IGNORE_LABEL
 from napari_unet.store import ModelStore, array_sha1, pair_fingerprint
 from napari_unet.training_set import HELD_OUT_FRACTION, TrainingSet
@@ -64,6 +69,8 @@ class Evaluation:
     truths: list[np.ndarray]
     valid: list[np.ndarray]
     fingerprints: list[dict] = field(default_factory=list)
+    # Several classes: their names (truths then hold class ids 0..n); [] for one class (truths are bool).
+    class_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -97,9 +104,10 @@ class Project:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def init(cls, root: str | os.PathLike, model: str) -> "Project":
+    def init(cls, root: str | os.PathLike, model: str, classes: list[SegmentationClass] | None = None) -> "Project":
         """Make `root` a project starting from `model` (a shipped name, stored version or .keras path).
 
+        classes: what the user paints (label value k = classes[k - 1]); None: one class, any label > 0.
         An existing training-set folder keeps its pairs; an existing project is refused.
         """
         from napari_unet.registry import load_model
@@ -110,12 +118,17 @@ class Project:
                                   "use it as it is, or choose another folder")
         if project.root.exists() and not project.root.is_dir():
             raise NapariUNetError(f"'{project.root}' is a file: a project is a folder, choose another path")
+        if classes is not None:
+            check_classes(classes)
         load_model(model)  # fail now, not at the first round
         if Path(str(model)).suffix == ".keras":
             model = str(Path(model).resolve())
+        settings = {"format": PROJECT_FORMAT, "start_model": str(model), "created": _now(),
+                    "package_version": __version__}
+        if classes is not None:
+            settings["classes"] = [c.to_dict() for c in classes]
         try:
-            atomic_write_json(project.settings_path, {"format": PROJECT_FORMAT, "start_model": str(model),
-                                                      "created": _now(), "package_version": __version__})
+            atomic_write_json(project.settings_path, settings)
         except OSError as exc:
             raise NapariUNetError(f"cannot create project '{project.root}': {exc.strerror or exc}") from exc
         return project
@@ -150,6 +163,35 @@ class Project:
     def start_model(self) -> str | None:
         return self._settings().get("start_model")
 
+    @property
+    def classes(self) -> list[SegmentationClass]:
+        """The classes the user paints, label value k = classes[k - 1]; a project that lists none has one."""
+        listed = self._settings().get("classes") or [{"name": "foreground"}]
+        return [SegmentationClass.from_dict(values) for values in listed]
+
+    @property
+    def declares_classes(self) -> bool:
+        """Whether project.json lists classes (else the project has the one default class)."""
+        return bool(self._settings().get("classes"))
+
+    def set_classes(self, classes: list[SegmentationClass]) -> list[SegmentationClass]:
+        """Declare the project's classes. Once pairs exist, classes may only be added after the existing ones (and
+        their colours or object flags changed), so no painted label changes meaning."""
+        check_classes(classes)
+        current = self.classes
+        painted = bool(self.training.pairs() or self.evaluation.pairs())
+        if painted and len(current) > 1 and [c.name for c in classes[:len(current)]] != [c.name for c in current]:
+            raise NapariUNetError(
+                f"project '{self.root}' has pairs painted with its classes ({describe(current)}): keep them in this "
+                "order and add new classes after them, or start a new project"
+            )
+        if not self.settings_path.exists():
+            raise NapariUNetError(f"'{self.root}' has no project.json: create it with "
+                                  f"'napari-unet project init {self.root} -m MODEL --classes …'")
+        with self._one_round_at_a_time():
+            atomic_write_json(self.settings_path, {**self._settings(), "classes": [c.to_dict() for c in classes]})
+        return self.classes
+
     # ------------------------------------------------------------------ pairs
     def add_pair(self, image: np.ndarray, mask: np.ndarray, *, evaluation: bool = False, name: str = "pair",
                  source_image: str = "", source_labels: str = "", sparse: bool = False,
@@ -157,7 +199,9 @@ class Project:
         """Store a training pair, or an evaluation pair (never trained on; > 0 is foreground).
 
         replace: update the pair called `name` (live mode: one pair per plane); corrected_pixels: how many pixels
-        the user changed, recorded with the pair."""
+        the user changed, recorded with the pair. Several classes: a label value beyond them is refused."""
+        check_label_values(mask, self.classes, source_labels or name,
+                           fix=f"declare one more class ('napari-unet project classes {self.root} --add NAME')")
         if evaluation:
             mask = np.asarray(mask)
             if np.shape(image)[:2] == mask.shape and not np.any((mask > 0) & (mask != IGNORE_LABEL)):
@@ -198,6 +242,7 @@ class Project:
 
     def status(self) -> dict:
         return {"project": str(self.root), "start_model": self.start_model, "active": self.active,
+                "classes": [c.to_dict() for c in self.classes],
                 "training_pairs": len(self.training.pairs()), "evaluation_pairs": len(self.evaluation.pairs()),
                 "rounds": [public_record(record) for record in self.rounds()]}
 
@@ -225,14 +270,20 @@ class Project:
         pairs = self.evaluation.pairs()
         if not pairs:
             return None
+        classes = self.classes
         images, truths, valid, fingerprints = [], [], [], []
         for pair in pairs:
             image, mask = self.evaluation.load(pair.name)
             images.append(image)
-            truths.append(mask > 0)
-            valid.append(np.ones(mask.shape, dtype=bool))
+            if len(classes) > 1:  # class ids; 255 (not annotated) does not count
+                truths.append(class_truth(mask, len(classes)))
+                valid.append(mask != IGNORE_LABEL)
+            else:
+                truths.append(mask > 0)
+                valid.append(np.ones(mask.shape, dtype=bool))
             fingerprints.append(pair_fingerprint(image, mask, pair.name))
-        return Evaluation("evaluation pairs", [p.name for p in pairs], images, truths, valid, fingerprints)
+        return Evaluation("evaluation pairs", [p.name for p in pairs], images, truths, valid, fingerprints,
+                          [c.name for c in classes] if len(classes) > 1 else [])
 
     def snapshot(self, held_out_stripes: bool | None = None):
         """(training data, evaluation) read once: the training pairs as they are now, and what the round is
@@ -250,8 +301,25 @@ class Project:
             raise NapariUNetError(f"project '{self.root}' has no evaluation pairs any more: add them again first")
         data = self.training.split(0.0 if evaluation else HELD_OUT_FRACTION)
         if evaluation is None:
-            evaluation = Evaluation("held-out stripes", list(data.names), data.images, data.truths, data.held_out)
+            classes = self.classes
+            if len(classes) > 1:
+                evaluation = Evaluation("held-out stripes", list(data.names), data.images,
+                                        [class_truth(mask, len(classes)) for mask in data.masks],
+                                        [region & (mask != IGNORE_LABEL) for region, mask in zip(data.held_out, data.masks)],
+                                        class_names=[c.name for c in classes])
+            else:
+                evaluation = Evaluation("held-out stripes", list(data.names), data.images, data.truths, data.held_out)
         return data, evaluation
+
+    def with_project_classes(self, model, seed: int = 0):
+        """`model` ready to learn the project's classes: as it is for one class or when it has them, else with a
+        new output layer for them (its encoder and decoder kept)."""
+        from napari_unet.model import with_classes
+
+        classes = self.classes
+        if len(classes) < 2:
+            return model
+        return with_classes(model, [c.name for c in classes], [c.name for c in classes if c.objects], seed=seed)
 
     def round(self, config=None, *, model: str | None = None, progress: Callable | None = None,
               cancel: Callable[[], bool] | None = None, log: Callable[[str], None] | None = None) -> RoundOutcome:
@@ -275,9 +343,13 @@ class Project:
             data, evaluation = self.snapshot()
             parent = with_channels_of(self.load_model(parent_key), data.images)
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
-            before_units, _ = _score(parent, evaluation)
+            before_units, _ = score_evaluation(parent, evaluation)
             start, config, adaptation = adapt(parent, data.images, data.train_masks, config, log=log)
             focus = error_focus(start, data.images, data.train_masks, data.names, config, adaptation)
+            start = self.with_project_classes(start, seed=config.seed)
+            if "new_output_layer" in start.metadata.info and "fine_tuned_from" not in start.metadata.info:
+                log(f"'{parent_key}' has no output for the classes {describe(self.classes)}: a new output layer "
+                    "learns them on its encoder and decoder")
             log(f"fine-tuning '{parent_key}' on {len(data.names)} pair(s) …")
             tuned, history = finetune(start, data.images, data.train_masks, config=config, names=data.names,
                                       progress=progress, cancel=cancel, focus=focus)
@@ -294,7 +366,7 @@ class Project:
             started = time.monotonic()
             data, evaluation = self.snapshot()
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
-            before_units, _ = _score(self.load_model(parent_key), evaluation)
+            before_units, _ = score_evaluation(self.load_model(parent_key), evaluation)
             return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
                                   adaptation)
 
@@ -310,18 +382,21 @@ class Project:
             tuned.metadata.info["adaptation"] = adaptation
         fingerprints = [pair_fingerprint(i, m, n) for i, m, n in zip(data.images, data.train_masks, data.names)]
         log("scoring the new version …")
-        after_units, after_labels = _score(tuned, evaluation)
+        after_units, after_labels = score_evaluation(tuned, evaluation)
         comparison = compare(before_units, after_units)
         failure = _guard(tuned, after_labels, evaluation, comparison)
         number = _next_number(self.rounds())
         kept = failure is None
-        reason = failure or _verdict_sentence(comparison, evaluation.source)
+        reason = failure or _verdict_sentence(comparison, evaluation)
         settings = history.settings  # as finetune resolved them (patch size, augmentation for the model)
         version = self.store.save_version(
             tuned, history, parent=Path(parent_key).stem if parent_key.endswith(".keras") else parent_key,
             training_pairs=fingerprints, settings=settings,
             metrics={"eval_iou": comparison.after["iou"], "eval_dice": comparison.after["dice"],
-                     "eval_pixel_error": comparison.after["pixel_error"]},
+                     "eval_pixel_error": comparison.after["pixel_error"],
+                     **({"eval_iou_per_class": {name: c["after"]["iou"] for name, c in
+                                                zip(evaluation.class_names, comparison.per_class)}}
+                        if comparison.per_class else {})},
             extra={"project_round": number, "kept": kept, "failed_reason": failure, "seed": config.seed,
                    "package_version": __version__, "evaluation_source": evaluation.source,
                    "evaluation_pairs": evaluation.fingerprints},
@@ -368,8 +443,8 @@ class Project:
             if active is None:
                 raise NapariUNetError(f"project '{self.root}' has no active model to revert from: run a round first")
             _, evaluation = self.snapshot()
-            before_units, _ = _score(self.load_model(active), evaluation)
-            after_units, _ = _score(self.load_model(version), evaluation)
+            before_units, _ = score_evaluation(self.load_model(active), evaluation)
+            after_units, _ = score_evaluation(self.load_model(version), evaluation)
             comparison = compare(before_units, after_units)
             number = _next_number(rounds)
             record = {"format": ROUND_FORMAT, "round": number, "kind": "revert", "parent": active, "version": version,
@@ -425,11 +500,12 @@ class Project:
 
         parent = with_channels_of(self.load_model(record["parent"]), [c[1] for c in chosen])
         parent, config, _ = adapt(parent, [c[1] for c in chosen], [c[2] for c in chosen], config)
+        parent = self.with_project_classes(parent, seed=config.seed)
         config = replace(config, seconds=None)  # the recorded step count ends it, not the clock
         tuned, history = finetune(parent, [c[1] for c in chosen], [c[2] for c in chosen], config=config,
                                   names=[c[0] for c in chosen], progress=count, cancel=lambda: done[0] >= steps)
         recorded = self.store.load(record["version"])
-        units, _ = _score(tuned, evaluation)
+        units, _ = score_evaluation(tuned, evaluation)
         weights_difference = max(float(np.max(np.abs(a - b))) for a, b in
                                  zip(tuned.keras_model.get_weights(), recorded.keras_model.get_weights()))
         after = _rounded(pooled(units))
@@ -457,10 +533,18 @@ def _next_number(rounds: list[dict]) -> int:
 
 
 def _eval_record(comparison, evaluation: Evaluation, verdict: str | None = None) -> dict:
-    """What a log record says about the evaluation: scores before and after, the evidence, the verdict."""
-    return {"before": _rounded(comparison.before), "after": _rounded(comparison.after), "source": evaluation.source,
-            "units": comparison.units, "delta_iou_interval": [round(v, 4) for v in comparison.interval],
-            "verdict": verdict or comparison.verdict}
+    """What a log record says about the evaluation: scores before and after, the evidence, the verdict (and, with
+    several classes, the same per class)."""
+    record = {"before": _rounded(comparison.before), "after": _rounded(comparison.after), "source": evaluation.source,
+              "units": comparison.units, "delta_iou_interval": [round(v, 4) for v in comparison.interval],
+              "verdict": verdict or comparison.verdict}
+    if comparison.per_class:
+        record["classes"] = {name: {"before": {k: round(float(v), 4) for k, v in c["before"].items()},
+                                    "after": {k: round(float(v), 4) for k, v in c["after"].items()},
+                                    "delta_iou_interval": [round(float(v), 4) for v in c["interval"]],
+                                    "verdict": c["verdict"]}
+                             for name, c in zip(evaluation.class_names, comparison.per_class)}
+    return record
 
 
 def _config_from_settings(config_type, settings: dict):
@@ -472,17 +556,39 @@ def _config_from_settings(config_type, settings: dict):
     return config_type(**known)
 
 
-def _score(model, evaluation: Evaluation, precision: str | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Per-tile counts of `model` on the evaluation pixels, and its labels per image."""
+def score_evaluation(model, evaluation: Evaluation, precision: str | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Per-tile counts of `model` on the evaluation pixels (per class with several), and its labels per image."""
     from napari_unet.prediction import predict
 
     units, labels = [], []
+    n_classes = len(evaluation.class_names)
     model = with_channels_of(model, evaluation.images)  # a one-channel parent or version in a colour project
     for image, truth, valid in zip(evaluation.images, evaluation.truths, evaluation.valid):
         predicted = np.asarray(predict(model, image, output="labels", precision=precision))
+        if n_classes:
+            predicted = labels_as_classes(predicted, model.metadata, evaluation.class_names)
+            units.append(class_unit_counts(predicted, truth, valid, n_classes))
+        else:
+            units.append(unit_counts(predicted, truth, valid))
         labels.append(predicted)
-        units.append(unit_counts(predicted, truth, valid))
-    return np.concatenate(units) if units else np.zeros((0, 4), dtype=np.int64), labels
+    if not units:
+        return np.zeros((0, n_classes + 1, 4) if n_classes else (0, 4), dtype=np.int64), labels
+    return np.concatenate(units), labels
+
+
+def labels_as_classes(labels: np.ndarray, metadata, class_names: list[str]) -> np.ndarray:
+    """A model's predicted labels as the project's class ids: its classes matched by name; a model with one class
+    (a start model) counts its foreground as a class of that name, else as the first class."""
+    model_classes = metadata.classes
+    if metadata.instance_method != "classes":
+        value = class_names.index(model_classes[0]) + 1 if model_classes[0] in class_names else 1
+        return np.where(labels > 0, value, 0).astype(np.uint8)
+    if model_classes == list(class_names):
+        return labels.astype(np.uint8, copy=False)
+    lookup = np.zeros(max(256, len(model_classes) + 1), dtype=np.uint8)
+    for value, name in enumerate(model_classes, start=1):
+        lookup[value] = class_names.index(name) + 1 if name in class_names else 0
+    return lookup[labels]
 
 
 def _guard(model, labels: list[np.ndarray], evaluation: Evaluation, comparison) -> str | None:
@@ -502,19 +608,31 @@ def _guard(model, labels: list[np.ndarray], evaluation: Evaluation, comparison) 
     n_classes = model.config.n_classes
     if n_classes > 2 and len(np.unique(predicted)) == 1:
         return f"Rolled back: the new version predicts a single class everywhere {where}; the previous model stays active."
+    mean = "mean IoU of the classes" if comparison.per_class else "IoU"
     if comparison.verdict == "hurt":
         low, high = comparison.interval
-        return (f"Rolled back: the new version scores lower {where} (IoU {comparison.before['iou']:.3f} → "
+        return (f"Rolled back: the new version scores lower {where} ({mean} {comparison.before['iou']:.3f} → "
                 f"{comparison.after['iou']:.3f}, beyond the noise: 95% interval {low:+.3f} to {high:+.3f}); "
                 "the previous model stays active.")
+    for name, scores in zip(evaluation.class_names, comparison.per_class):
+        if scores["verdict"] == "hurt":
+            low, high = scores["interval"]
+            return (f"Rolled back: the new version scores lower on class '{name}' {where} (IoU "
+                    f"{scores['before']['iou']:.3f} → {scores['after']['iou']:.3f}, beyond the noise: 95% interval "
+                    f"{low:+.3f} to {high:+.3f}); the previous model stays active.")
     return None
 
 
-def _verdict_sentence(comparison, source: str) -> str:
+def _verdict_sentence(comparison, evaluation: Evaluation) -> str:
     b, a = comparison.before["iou"], comparison.after["iou"]
     low, high = comparison.interval
+    source = evaluation.source
+    mean = "mean IoU" if comparison.per_class else "IoU"
+    per_class = "".join(f"; {name} {c['before']['iou']:.3f} → {c['after']['iou']:.3f}"
+                        for name, c in zip(evaluation.class_names, comparison.per_class))
     if comparison.verdict == "helped":
-        return (f"Fine-tuning helped on the {source}: IoU {b:.3f} → {a:.3f} (95% interval of the gain {low:+.3f} to "
-                f"{high:+.3f}); the new version is active.")
-    return (f"No measurable change on the {source}: IoU {b:.3f} → {a:.3f} is within the noise (95% interval "
-            f"{low:+.3f} to {high:+.3f}); the new version is active. Correct more, or add evaluation pairs to tell.")
+        return (f"Fine-tuning helped on the {source}: {mean} {b:.3f} → {a:.3f} (95% interval of the gain {low:+.3f} to "
+                f"{high:+.3f}{per_class}); the new version is active.")
+    return (f"No measurable change on the {source}: {mean} {b:.3f} → {a:.3f} is within the noise (95% interval "
+            f"{low:+.3f} to {high:+.3f}{per_class}); the new version is active. Correct more, or add evaluation pairs "
+            "to tell.")

@@ -287,3 +287,21 @@ def stack_depth(shape: tuple, n_channels: int, channels=None) -> int | None:
     except NapariUNetError:
         return None
     return planes.ndim - 3
+
+
+# Axis names (as a reader or the user gives them to a napari layer) that say what a stack axis is.
+TIME_AXIS_NAMES = frozenset({"t", "time", "frame", "frames"})
+DEPTH_AXIS_NAMES = frozenset({"z", "depth", "plane", "planes", "slice", "slices"})
+
+
+def stack_kind_from_axis_names(names, n_stack_axes: int) -> str | None:
+    """The stack kind ("z" or "t") that the names of an image's stack axes (those before Y, X) say, or None when
+    they do not say (napari's default names '-3', '-2', …): (Z, Y, X) -> "z"; (T, Y, X) and (T, Z, Y, X) -> "t"."""
+    names = [str(name).strip().lower() for name in tuple(names)[:n_stack_axes]]
+    if len(names) != n_stack_axes or not names:
+        return None
+    if n_stack_axes == 1:
+        return "t" if names[0] in TIME_AXIS_NAMES else "z" if names[0] in DEPTH_AXIS_NAMES else None
+    if n_stack_axes == 2 and names[0] in TIME_AXIS_NAMES and names[1] in DEPTH_AXIS_NAMES:
+        return "t"
+    return None

@@ -146,6 +146,21 @@ def _shape(array: np.ndarray) -> str:
     return "×".join(str(n) for n in np.shape(array))
 
 
+def check_pair_shapes(image: np.ndarray, mask: np.ndarray, *, image_name: str, labels_name: str,
+                      fix: str = "choose the Labels layer that belongs to this image") -> None:
+    """NapariUNetError unless `image` is 2D (optionally with channels) and `mask` 2D with its height and width;
+    `fix` is the remedy the message ends with (the dock's default names the layer to choose)."""
+    if image.ndim not in (2, 3) or mask.ndim != 2:
+        raise NapariUNetError(
+            f"a training pair is one 2D image (optionally with channels) and a 2D mask, got image "
+            f"{_shape(image)} and mask {_shape(mask)}: for a stack, add the current slice"
+        )
+    if image.shape[:2] != mask.shape:
+        raise NapariUNetError(
+            f"labels '{labels_name}' are {_shape(mask)} but image '{image_name}' is {_shape(image)}: {fix}"
+        )
+
+
 class TrainingSet:
     """A folder of corrected image/mask pairs (see the module docstring for the layout)."""
 
@@ -183,16 +198,7 @@ class TrainingSet:
         """
         image = np.asarray(image)
         mask = np.asarray(mask)
-        if image.ndim not in (2, 3) or mask.ndim != 2:
-            raise NapariUNetError(
-                f"a training pair is one 2D image (optionally with channels) and a 2D mask, got image "
-                f"{_shape(image)} and mask {_shape(mask)}: for a stack, add the current slice"
-            )
-        if image.shape[:2] != mask.shape:
-            raise NapariUNetError(
-                f"labels '{source_labels or name}' are {_shape(mask)} but image '{source_image or name}' is "
-                f"{_shape(image)}: choose the Labels layer that belongs to this image"
-            )
+        check_pair_shapes(image, mask, image_name=source_image or name, labels_name=source_labels or name)
         if mask.dtype.kind not in "uib" or (mask.dtype.kind == "i" and mask.size and mask.min() < 0):
             raise NapariUNetError(
                 f"labels '{source_labels or name}' hold {mask.dtype} values: a mask holds labels (0 = background, "

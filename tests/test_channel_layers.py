@@ -4,8 +4,6 @@ channels when the user says so (Predict tab, Channel layers), in Predict, the tr
 from __future__ import annotations
 
 import numpy as np
-
-from napari_unet.model import UNetConfig, new_model, save_model
 from test_widgets import (  # noqa: F401 (fixtures)
     blobs_image,
     dock,
@@ -16,9 +14,11 @@ from test_widgets import (  # noqa: F401 (fixtures)
     wait_for,
 )
 
+from napari_unet.model import UNetConfig, new_model, save_model
 
-def _open_two_channels(viewer, widget, blobs_image) -> None:
-    viewer.add_image(np.stack([blobs_image, 255 - blobs_image]), channel_axis=0, name=["nuclei", "membrane"])
+
+def _open_two_channels(viewer, widget, image) -> None:
+    viewer.add_image(np.stack([image, 255 - image]), channel_axis=0, name=["nuclei", "membrane"])
     widget.reset_choices()  # what napari does when layers are added
     widget.predict_tab.image_combo.select("nuclei")
 
@@ -30,7 +30,7 @@ def _choose(combo, text_start: str) -> None:
     combo.activated.emit(index)  # what a user's pick emits
 
 
-def test_channel_layers_are_read_as_one_image_only_when_chosen(qtbot, dock, blobs_image, notifications):
+def test_channel_layers_are_read_as_one_image_only_when_chosen(qtbot, dock, blobs_image, notifications):  # noqa: F811
     viewer, widget = dock
     tab = widget.predict_tab
     _open_two_channels(viewer, widget, blobs_image)
@@ -66,7 +66,7 @@ def test_channel_layers_are_read_as_one_image_only_when_chosen(qtbot, dock, blob
     assert tab.channels_combo.count() == 1 and tab.channels_combo.itemText(0).startswith("as they are")
 
 
-def test_channel_layers_with_a_two_channel_model(qtbot, dock, blobs_image, notifications, tmp_path):
+def test_channel_layers_with_a_two_channel_model(qtbot, dock, blobs_image, notifications, tmp_path):  # noqa: F811
     viewer, widget = dock
     path = tmp_path / "two_channels.keras"
     save_model(new_model(UNetConfig(n_channels=2, base_width=4, depth=2), tile_size=64), path)

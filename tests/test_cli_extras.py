@@ -74,7 +74,7 @@ def test_main_re_raises_an_import_error_it_cannot_name(monkeypatch):
     def broken(args):
         raise ModuleNotFoundError("No module named 'nope'", name="nope")
 
-    monkeypatch.setattr(cli, "_run_models_command", broken)
+    monkeypatch.setattr(cli.models, "run_models_command", broken)
     with pytest.raises(ModuleNotFoundError, match="nope"):
         cli.main(["models"])
 

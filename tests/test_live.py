@@ -112,7 +112,7 @@ def test_the_forest_preview_learns_from_touched_pixels_and_scores_on_the_evaluat
 
 
 def test_patches_are_centred_on_corrected_pixels_more_often():
-    from napari_unet.training.inputs import _Pair
+    from napari_unet.training.inputs import PreparedPair
     from napari_unet.training.sampling import PatchSampler
 
     size = 256
@@ -120,7 +120,7 @@ def test_patches_are_centred_on_corrected_pixels_more_often():
     image[200:210, 200:210] = 1.0  # the corrected pixels are the only bright ones
     mask = np.zeros((size, size), np.uint8)
     mask[100:150, 100:150] = 1
-    pair = _Pair("plane", image, image, mask)
+    pair = PreparedPair("plane", image, image, mask)
     corrected = image[..., 0] > 0
 
     def share_with_corrections(focus_maps):
@@ -136,12 +136,12 @@ def test_corrected_pixels_reach_the_sampler_by_the_callers_pair_names():
     """Live and a new-domain round key their focus maps by the project's pair names; a pair cut for a validation
     strip gets the same cut of its map."""
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.training.loop import _Run
+    from napari_unet.training.loop import TrainingRun
 
     image, labels = _discs(3, size=96)
     focus = np.zeros(labels.shape, bool)
     focus[:, :12] = True  # the corrected pixels: a band on the left
-    run = _Run(new_model(UNetConfig(base_width=4, depth=2), tile_size=64), TrainConfig(patch_size=32),
+    run = TrainingRun(new_model(UNetConfig(base_width=4, depth=2), tile_size=64), TrainConfig(patch_size=32),
                [image], [labels], None, ["plane"], None, focus={"plane": focus})
     (pair,) = run.training_pairs
     assert pair.mask.shape != labels.shape  # one pair: a validation strip was cut off

@@ -21,6 +21,9 @@ from napari_unet.worker.tasks import ModelReference
 
 # Where a prediction remembers the model's raw output, for "train only where I corrected".
 PREDICTION_KEY = "napari_unet_prediction"
+# The planes of a stack's Labels layer the user painted since it was predicted (a set of plane indices): a plane
+# painted back to what was predicted was still checked, so it is a correction too.
+PAINTED_PLANES_KEY = "napari_unet_painted_planes"
 # Which image and model a prediction layer came from.
 SOURCE_KEY = "napari_unet_source"
 # Widget settings that survive napari restarts (QSettings: the platform's own settings store).

@@ -9,6 +9,7 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -35,7 +36,7 @@ from napari_unet._widgets._layers import (
 from napari_unet._widgets._live_threshold import SLIDER_THRESHOLDS, ThresholdCache
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT, NextTile
 from napari_unet._widgets._run_controls import RunControls
-from napari_unet._widgets._session import PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
+from napari_unet._widgets._session import PAINTED_PLANES_KEY, PREDICTION_KEY, SOURCE_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
 
@@ -44,6 +45,10 @@ PREDICT_SHORTCUT = "Shift+U"
 # membranes card, held-out pixel error: 1 view 0.0719, 2 views 0.0691, 8 views 0.0684.
 TTA_CHOICES = ((1, "1 (fastest)"), (2, "2: also turned 180° (2× time)"), (4, "4: also mirrored (4× time)"),
                (8, "8: all flips and rotations (8× time)"))
+# What the leading axis of a stack is, for 'separate objects' on all slices (stacks.STACK_KINDS; "names": the layer's
+# axis names say it).
+STACK_CHOICES = (("as the layer's axis names say (z or t)", "names"), ("a volume (Z): 3-D objects", "z"),
+                 ("a time-lapse (T): ids kept over time", "t"), ("unrelated planes", "planes"))
 THRESHOLD_DEBOUNCE_MS = 150  # re-threshold once the slider rests, not at every step of a drag
 # What computed the last prediction (PredictWidget.engine): a model's first Predict runs on its ONNX twin in napari's
 # process while the worker process is still loading it (onnx_engine.py, Session.onnx_twin_for).
@@ -167,6 +172,19 @@ class PredictWidget(QWidget):
         self.scope_combo = QComboBox()
         self.scope_combo.addItems(["current slice", "all slices"])
         self.scope_combo.setToolTip("for stacks: predict the displayed slice or every slice")
+        self.stack_combo = QComboBox()
+        for text, kind in STACK_CHOICES:
+            self.stack_combo.addItem(text, kind)
+        self.stack_combo.setToolTip("with 'separate objects' on all slices: a volume's objects get one id across "
+                                    "planes, a time-lapse's objects keep their id from frame to frame")
+        self.anisotropy_spin = QDoubleSpinBox()
+        self.anisotropy_spin.setRange(0.05, 100.0)
+        self.anisotropy_spin.setDecimals(2)
+        self.anisotropy_spin.setSingleStep(0.1)
+        self.anisotropy_spin.setValue(1.0)
+        self.anisotropy_spin.setToolTip("Z step / XY pixel size of a volume, read from the layer's scale when the image "
+                                        "is chosen; change it if the scale is not set. Up to 2 the volume is also seen "
+                                        "from its XZ and YZ planes (about 3x the time); above, planes are stitched")
         self.controls = RunControls(f"Predict  [{PREDICT_SHORTCUT}]", "Cancel")
         self.predict_button, self.cancel_button = self.controls.start_button, self.controls.cancel_button
         self.progress_bar, self.status_label = self.controls.progress_bar, self.controls.status_label
@@ -184,6 +202,8 @@ class PredictWidget(QWidget):
         form.addRow("Channels", self.channels_combo)
         form.addRow("Threshold", threshold_row)
         form.addRow("Stacks", self.scope_combo)
+        form.addRow("Stack is", self.stack_combo)
+        form.addRow("Z step / pixel", self.anisotropy_spin)
         form.addRow("Views", self.views_combo)
         form.addRow("Smallest object", self.min_size_spin)
         layout = QVBoxLayout(self)
@@ -209,11 +229,51 @@ class PredictWidget(QWidget):
         session.model_changed.connect(self._use_the_models_defaults)
         session.model_changed.connect(self.refresh_channels)
         self.image_combo.changed.connect(self.refresh_channel_layers)
+        self.image_combo.changed.connect(self.refresh_anisotropy)
         self.layers_combo.activated.connect(self._channel_layers_chosen)
         session.versions_changed.connect(self.refresh_models)
         self.refresh_models()
         self._use_the_models_defaults()
         self.refresh_channel_layers()
+        self.refresh_anisotropy()
+
+    def refresh_anisotropy(self, *args) -> None:
+        """The Z step / pixel box from the chosen image's scale (stacks.anisotropy_from_scale); the user may
+        change it afterwards. Disabled for an image without a Z axis."""
+        from napari_unet.stacks import anisotropy_from_scale
+
+        layer = self.image_combo.layer()
+        anisotropy = anisotropy_from_scale(layer.scale) if layer is not None and stack_depth(layer) else None
+        self.anisotropy_spin.setEnabled(anisotropy is not None)
+        if anisotropy is not None:
+            self.anisotropy_spin.setValue(anisotropy)
+
+    def stack_settings(self, image_layer, leading_shape: tuple) -> dict | None:
+        """predict's stack= and anisotropy= for 'separate objects' on every slice of a stack with `leading_shape`
+        stack axes ({} for unrelated planes); None after telling the user in one line what to choose."""
+        from napari_unet.stacks import stack_kind_from_axis_names
+
+        kind = self.stack_combo.currentData()
+        shape = "×".join(str(n) for n in leading_shape)
+        if kind == "names":
+            names = tuple(getattr(image_layer, "axis_labels", ()))[: len(leading_shape)]
+            kind = stack_kind_from_axis_names(names, len(leading_shape))
+            if kind is None:
+                show_error(f"Predict: the stack axes of '{image_layer.name}' ({shape}, named {', '.join(names)}) do not "
+                           "say Z or T: choose in 'Stack is' a volume (Z), a time-lapse (T) or unrelated planes.")
+                return None
+        if kind == "planes":
+            return {}
+        if kind == "z" and len(leading_shape) != 1:
+            show_error(f"Predict: '{image_layer.name}' has {len(leading_shape)} stack axes ({shape}) and a volume has one "
+                       "(Z): choose 'a time-lapse (T)' in 'Stack is' for a (T, Z, Y, X) time-lapse of volumes.")
+            return None
+        if len(leading_shape) > 2:
+            show_error(f"Predict: '{image_layer.name}' has {len(leading_shape)} stack axes ({shape}): objects get ids "
+                       "across a (Z, Y, X) volume or a (T, Y, X) or (T, Z, Y, X) time-lapse; choose 'unrelated planes'.")
+            return None
+        has_depth = kind == "z" or len(leading_shape) == 2
+        return {"stack": kind, "anisotropy": self.anisotropy_spin.value() if has_depth else None}
 
     def _use_the_models_defaults(self, *args) -> None:
         """A model that separates touching objects itself (e.g. `nuclei`) predicts instances by default, and
@@ -324,7 +384,13 @@ class PredictWidget(QWidget):
             axis = channel_axis_for(image_layer, model_channels(session, model_key))
             plane_index = () if axis == 0 else index  # (C, Y, X) in one layer: the leading axis is channels
         plane = image_data(self.viewer, image_layer, plane_index)
-        settings = dict(settings, channel_axis=axis, slider_thresholds=SLIDER_THRESHOLDS)
+        stack = {}
+        if settings["instances"] and all_slices and depth and axis != 0:
+            stack = self.stack_settings(image_layer, tuple(layer_array(image_layer).shape[:depth]))
+            if stack is None:
+                return None
+        settings = dict(settings, channel_axis=axis, slider_thresholds=SLIDER_THRESHOLDS, **stack)
+        note = describe_stack(stack)
         reference = session.model_reference(model_key)
         twin_of = session.onnx_twin_for(model_key)
 
@@ -341,7 +407,7 @@ class PredictWidget(QWidget):
             prediction, engine = result if twin_of is not None else (result, TENSORFLOW)
             if engine == TENSORFLOW:
                 session.mark_warm(model_key)
-            self._show_result(image_layer, model_key, plane_index, prediction, settings["threshold"], engine)
+            self._show_result(image_layer, model_key, plane_index, prediction, settings["threshold"], engine, note)
 
         self.status_label.setText(f"Predicting '{image_layer.name}'{describe_index(index)} with {self.session.model_label} …")
         self._set_running(True)  # busy until the first tile reports
@@ -417,7 +483,8 @@ class PredictWidget(QWidget):
     def _show_progress(self, value) -> None:
         self.controls.progress(*value)
 
-    def _show_result(self, image_layer, model_key: str, index: tuple, prediction, threshold: float, engine: str) -> None:
+    def _show_result(self, image_layer, model_key: str, index: tuple, prediction, threshold: float, engine: str,
+                     stack_note: str = "") -> None:
         self.engine = engine
         labels, probabilities, uncertainty = prediction.labels, prediction.probabilities, prediction.uncertainty
         threshold_cache = (None if prediction.ranks is None
@@ -439,7 +506,8 @@ class PredictWidget(QWidget):
             self.next_tile.forget()
         self.live_layer = layer
         if threshold_cache is None:
-            self._threshold_note = ("This model has several classes: each pixel takes its most probable class, "
+            self._threshold_note = (f"{stack_note}: a new threshold applies at the next Predict." if stack_note else
+                                    "This model has several classes: each pixel takes its most probable class, "
                                     "so the threshold does not change its prediction.")
         else:
             _live_threshold.attach(layer, threshold_cache)
@@ -512,6 +580,20 @@ class PredictWidget(QWidget):
                                   f"to it. Press Predict to get threshold {threshold:.2f} in a new layer.")
 
 
+def describe_stack(stack: dict) -> str:
+    """What a stack prediction made, in words ("" for plane-by-plane labels)."""
+    from napari_unet.stacks import uses_three_views
+
+    kind, anisotropy = stack.get("stack"), stack.get("anisotropy")
+    if kind is None:
+        return ""
+    how = ""
+    if anisotropy is not None:
+        how = (f", seen from three views at Z step / pixel {anisotropy:g}" if uses_three_views(anisotropy)
+               else f", planes stitched (Z step / pixel {anisotropy:g})")
+    return ("3-D objects, one id across planes" if kind == "z" else "ids kept from frame to frame") + how
+
+
 def _belongs_to_user(layer, index: tuple = ()) -> bool:
     """Must `layer` be left alone? Yes if napari-unet did not make it, or the user painted in it (in
     plane `index`, or anywhere) since napari-unet wrote it. The one rule every overwrite checks."""
@@ -570,6 +652,7 @@ def store_prediction(layer, index: tuple, labels: np.ndarray) -> None:
     else:
         data = labels
         stored = labels.copy()
+        layer.metadata.pop(PAINTED_PLANES_KEY, None)  # painted in a prediction that is replaced
     layer.data = data
     layer.metadata[PREDICTION_KEY] = stored
     layer.refresh()

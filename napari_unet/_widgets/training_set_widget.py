@@ -3,6 +3,8 @@ project; list and remove pairs."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
@@ -29,9 +31,11 @@ from napari_unet._widgets._layers import (
     current_index,
     describe_index,
     image_data,
+    layer_array,
+    stack_depth,
 )
 from napari_unet._widgets._lazy_prediction import is_lazy, visible_region
-from napari_unet._widgets._session import PREDICTION_KEY, Session, prediction_layer_name
+from napari_unet._widgets._session import PAINTED_PLANES_KEY, PREDICTION_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
 from napari_unet.masks import IGNORE_LABEL
@@ -104,6 +108,10 @@ class TrainingSetWidget(QWidget):
         self.ignore_button = QPushButton(f"Paint 'not sure' ({IGNORE_LABEL})")
         self.ignore_button.setToolTip("selects the brush with label 255 in the Labels layer")
         self.add_button = QPushButton(f"Add to training set  [{ADD_SHORTCUT}]")
+        self.add_planes_button = QPushButton("Add corrected planes of the volume")
+        self.add_planes_button.setToolTip(
+            "a (Z, Y, X) volume: every plane you painted or whose labels differ from the prediction becomes a pair; "
+            "where the Z step is at most twice the pixel size (the layer's scale), its XZ and YZ views too")
         self.pair_list = QListWidget()
         self.pair_list.setIconSize(QSize(48, 48))
         self.pair_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
@@ -130,6 +138,7 @@ class TrainingSetWidget(QWidget):
         layout.addLayout(tools_row)
         layout.addWidget(self.evaluation_check)
         layout.addWidget(self.add_button)
+        layout.addWidget(self.add_planes_button)
         layout.addWidget(self.count_label)
         layout.addWidget(self.pair_list, 1)
         layout.addWidget(self.remove_button)
@@ -140,13 +149,24 @@ class TrainingSetWidget(QWidget):
         self.ignore_button.clicked.connect(self.paint_ignore)
         self.changes_button.clicked.connect(self.show_changes)
         self.add_button.clicked.connect(self.add_current)
+        self.add_planes_button.clicked.connect(self.add_corrected_planes)
         self.remove_button.clicked.connect(self.remove_selected)
         self._pick_matching_labels(self.image_combo.currentText())
         viewer.layers.events.inserted.connect(self.follow_new_layers)
+        for layer in viewer.layers:
+            self.watch_painting(layer)
         self.refresh_list()
+
+    def watch_painting(self, layer) -> None:
+        """Remember which planes of a stack's Labels layer the user paints (PAINTED_PLANES_KEY)."""
+        if isinstance(layer, Labels) and layer.ndim == 3 and PAINTED_PLANES_KEY not in layer.metadata:
+            layer.metadata[PAINTED_PLANES_KEY] = set()
+            layer.events.paint.connect(partial(_note_painted_planes, layer))
 
     def follow_new_layers(self, event=None) -> None:
         """A new layer (e.g. a prediction): offer it, and pick the labels that belong to the chosen image."""
+        if event is not None:
+            self.watch_painting(event.value)
         self.image_combo.reset_choices()
         self.labels_combo.reset_choices()
         self._pick_matching_labels(self.image_combo.currentText())
@@ -241,6 +261,72 @@ class TrainingSetWidget(QWidget):
         self.session.track(self.job)
         return self.job.start()
 
+    def add_corrected_planes(self) -> Job | None:
+        """A (Z, Y, X) volume's corrected planes (painted, or differing from the prediction) as pairs, with XZ and YZ
+        views where the voxels are near-isotropic (volume_pairs.py); copies taken now, stored in a worker."""
+        from napari_unet.stacks import anisotropy_from_scale
+        from napari_unet.volume_pairs import corrected_planes, volume_pairs
+
+        image_layer, labels_layer = self.image_combo.layer(), self.labels_combo.layer()
+        if image_layer is None or labels_layer is None:
+            show_error("Add corrected planes: choose the volume in 'Image' and its corrected Labels layer in 'Labels' "
+                       "(press Predict on the volume to make one).")
+            return None
+        try:
+            check_same_plane_shape(image_layer, labels_layer)
+        except NapariUNetError as exc:
+            show_error(f"Add corrected planes: {exc}")
+            return None
+        if stack_depth(image_layer) != 1 or is_lazy(image_layer) or is_lazy(labels_layer):
+            show_error(f"Add corrected planes: '{image_layer.name}' is not a (Z, Y, X) volume held in memory: add the "
+                       "displayed plane with 'Add to training set' instead.")
+            return None
+        labels = np.array(labels_layer.data)
+        stored = labels_layer.metadata.get(PREDICTION_KEY)
+        prediction = np.asarray(stored) if stored is not None and stored.shape == labels.shape else None
+        painted = [index[0] for index in labels_layer.metadata.get(PAINTED_PLANES_KEY, ())]
+        planes = corrected_planes(labels, prediction, painted)
+        if not planes:
+            show_error(f"Add corrected planes: no plane of '{labels_layer.name}' was painted or differs from the "
+                       "prediction: correct the planes that are wrong, then add them.")
+            return None
+        image = np.array(layer_array(image_layer))
+        evaluation = self.evaluation_check.isChecked()
+        # evaluation pairs are whole planes: side views are annotated on the corrected rows only
+        anisotropy = None if evaluation else anisotropy_from_scale(image_layer.scale)
+        only_corrected = self.only_corrected_check.isChecked() and not evaluation
+        margin, project = self.margin_spin.value(), self.session.project
+        image_name, labels_name = image_layer.name, labels_layer.name
+
+        def work(report, is_cancelled):
+            added = []
+            for pair in volume_pairs(image, labels, planes, anisotropy):
+                mask, sparse = pair.mask, bool(np.any(pair.mask == IGNORE_LABEL))
+                if pair.view == "xy" and only_corrected and prediction is not None:
+                    mask, sparse = build_training_pair(pair.image, labels[pair.position], prediction[pair.position],
+                                                       True, margin)
+                added.append(project.add_pair(pair.image, mask, evaluation=evaluation, name=f"{image_name}_{pair.suffix}",
+                                              source_image=image_name, source_labels=labels_name, sparse=sparse))
+            return added, evaluation
+
+        self.add_planes_button.setEnabled(False)
+        what = "evaluation pairs" if evaluation else "training set"
+        self.job = Job(work, what=f"Adding the corrected planes of '{labels_name}' to the {what}",
+                       on_done=partial(self._planes_added, image_name, planes),
+                       on_finished=lambda: self.add_planes_button.setEnabled(True))
+        self.session.track(self.job)
+        return self.job.start()
+
+    def _planes_added(self, image_name: str, planes: list[int], result) -> None:
+        pairs, evaluation = result
+        n_side = len(pairs) - len(planes)
+        side = f" and {n_side} of its XZ/YZ views" if n_side else ""
+        kind = "evaluation pairs (never trained on)" if evaluation else "the training set"
+        show_info(f"Added planes {', '.join(map(str, planes))} of '{image_name}'{side} to {kind}. "
+                  f"Saved in {self.session.project.root}.")
+        self.session.training_set_changed.emit()
+        self.refresh_list()
+
     def _added(self, result) -> None:
         pair, evaluation = result
         percent = 100 * pair.foreground_pixels / max(pair.annotated_pixels, 1)
@@ -293,3 +379,10 @@ class TrainingSetWidget(QWidget):
             self.pair_list.addItem(item)
         n_evaluation = sum(1 for _, evaluation, _ in rows if evaluation)
         self.count_label.setText(f"{len(rows) - n_evaluation} training pair(s), {n_evaluation} evaluation pair(s)")
+
+
+def _note_painted_planes(layer, event) -> None:
+    """A paint event of a stack's Labels layer: its planes join the layer's painted planes."""
+    from napari_unet.live import painted_planes
+
+    layer.metadata.setdefault(PAINTED_PLANES_KEY, set()).update(painted_planes(event.value, layer.ndim - 2))

@@ -58,7 +58,7 @@ class TrainConfig:
     # Stochastic weight averaging (Izmailov et al. 2018) over epochs: > 0 keeps the mean of the weights at the
     # end of each of the last N epochs instead of the best-scoring epoch, when all epochs ran; 1 = the last
     # epoch (what a run without validation should keep). 0: the best epoch, as scored on validation (or by
-    # training loss without any). On membranes the mean of 15 scored as the last epoch (weight_averaging.py).
+    # training loss without any). On membranes the mean of 15 scored as the last epoch (experiments/weight_averaging.py).
     average_last_epochs: int = 0
     # A new kind of image (the parent scores below adaptation.NEW_DOMAIN_IOU on the corrections): "auto" adapts
     # the start and the training with the levers in adapt_levers (adaptation.py), "off" trains as configured.

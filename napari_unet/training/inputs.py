@@ -18,7 +18,7 @@ MASK_FIX = "use 0 = background, 1 = foreground, 255 = not annotated; e.g. mask =
 
 
 @dataclass
-class _Pair:
+class PreparedPair:
     """One training or validation pair, ready to use."""
 
     name: str
@@ -116,13 +116,13 @@ def check_mask(mask, name: str, n_classes: int = 1) -> np.ndarray:
 def prepare_image(image, name: str, model: SegmentationModel) -> tuple[np.ndarray, np.ndarray]:
     """(raw (Y, X, C), normalised float32 (Y, X, C)) with the model's percentiles, as prediction does."""
     from napari_unet.channels import as_planes
-    from napari_unet.prediction import _check_values
+    from napari_unet.prediction import check_image_values
 
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1 and model.config.n_channels == 1:
         image = image[..., 0]  # (Y, X, 1): one grey channel, not a stack of 1-pixel-wide planes
     try:
-        _check_values(image)
+        check_image_values(image)
         planes = as_planes(image, model.config.n_channels)
     except NapariUNetError as exc:
         raise NapariUNetError(f"{name}: {exc}") from None
@@ -137,7 +137,7 @@ def prepare_image(image, name: str, model: SegmentationModel) -> tuple[np.ndarra
     return planes, apply_range(planes, low, high).astype(np.float32)
 
 
-def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair", names=None) -> list[_Pair]:
+def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair", names=None) -> list[PreparedPair]:
     """Validated, normalised pairs; errors name the pair (`names`, file name or index) and the fix."""
     images, masks = split_pairs(images, masks)
     names = list(names) if names is not None else None
@@ -164,11 +164,11 @@ def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair", 
                 f"the mask of {name} is {_shape_text(mask.shape)} but its image is {_shape_text(raw.shape[:2])}: "
                 "a mask must have exactly its image's Y×X shape"
             )
-        pairs.append(_Pair(name, raw, normalized, mask, key=None if names is None else str(names[index])))
+        pairs.append(PreparedPair(name, raw, normalized, mask, key=None if names is None else str(names[index])))
     return pairs
 
 
-def _check_foreground(pairs: list[_Pair], n_classes: int) -> None:
+def check_foreground(pairs: list[PreparedPair], n_classes: int) -> None:
     """Refuse training without any foreground; warn about pairs that are all one class."""
     total_foreground = 0
     hint = ""
@@ -190,7 +190,8 @@ def _check_foreground(pairs: list[_Pair], n_classes: int) -> None:
         )
 
 
-def split_validation(pairs: list[_Pair], fraction: float, rng: np.random.Generator) -> tuple[list[_Pair], list[_Pair]]:
+def split_validation(pairs: list[PreparedPair], fraction: float,
+                     rng: np.random.Generator) -> tuple[list[PreparedPair], list[PreparedPair]]:
     """(training, validation): whole pairs when fraction * n >= 1, else a strip of every pair.
 
     A strip is the last `fraction` of the longer axis; the training part is cropped so the strip's
@@ -216,9 +217,9 @@ def split_validation(pairs: list[_Pair], fraction: float, rng: np.random.Generat
         cut = length - max(1, int(round(fraction * length)))
         keep, strip = (slice(None, cut), slice(cut, None))
         part = lambda array, s, axis=axis: array[s] if axis == 0 else array[:, s]  # noqa: E731
-        train_part = _Pair(pair.name, part(pair.raw_image, keep), part(pair.image, keep), part(pair.mask, keep),
-                           key=pair.key, window=(keep, slice(None)) if axis == 0 else (slice(None), keep))
-        strip_part = _Pair(f"{pair.name} (validation strip)", part(pair.raw_image, strip), part(pair.image, strip),
+        train_part = PreparedPair(pair.name, part(pair.raw_image, keep), part(pair.image, keep), part(pair.mask, keep),
+                                  key=pair.key, window=(keep, slice(None)) if axis == 0 else (slice(None), keep))
+        strip_part = PreparedPair(f"{pair.name} (validation strip)", part(pair.raw_image, strip), part(pair.image, strip),
                            part(pair.mask, strip))
         if cut < 8 or train_part.n_annotated == 0 or strip_part.n_annotated == 0:
             training.append(pair)

@@ -17,14 +17,14 @@ from napari_unet.errors import NapariUNetError
 from napari_unet.masks import IGNORE_LABEL
 from napari_unet.model import SegmentationModel
 from napari_unet.training.config import TrainConfig, TrainHistory, TrainProgress
-from napari_unet.training.inputs import _check_foreground, prepare_pairs, split_pairs, split_validation
+from napari_unet.training.inputs import check_foreground, prepare_pairs, split_pairs, split_validation
 from napari_unet.training.losses import segmentation_loss
 from napari_unet.training.sampling import PatchSampler, border_weight_maps
-from napari_unet.training.validation import _refit_output_offset, score_pairs
+from napari_unet.training.validation import refit_output_offset, score_pairs
 
 
 def learning_rate_schedule(config: TrainConfig, total_steps: int):
-    """Adam's learning rate over a run of total_steps (config.lr_schedule); the benchmarks' extra heads train on it too."""
+    """Adam's learning rate over a run of total_steps (config.lr_schedule); the experiments' extra heads train on it too."""
     import keras
 
     if config.lr_schedule == "cosine":
@@ -63,7 +63,8 @@ def make_train_step(keras_model, optimizer, n_classes: int, n_channels: int, dic
 
 
 
-def _resolve_config(model: SegmentationModel, config: TrainConfig | None, overrides: dict) -> TrainConfig:
+def resolve_config(model: SegmentationModel, config: TrainConfig | None, overrides: dict) -> TrainConfig:
+    """`config` (default TrainConfig()) with `overrides` applied, checked, and the model's symmetries resolved."""
     config = config or TrainConfig()
     if overrides:
         unknown = set(overrides) - set(TrainConfig.__dataclass_fields__)
@@ -75,7 +76,7 @@ def _resolve_config(model: SegmentationModel, config: TrainConfig | None, overri
     return replace(config, augmentation=resolve_for_model(config.augmentation, model.metadata.symmetries))
 
 
-class _Run:
+class TrainingRun:
     """One training run's state: what prepare() built, what the loop changes, what finish() records."""
 
     def __init__(self, model: SegmentationModel, config: TrainConfig, images, masks, validation, names, progress,
@@ -88,7 +89,7 @@ class _Run:
         patch_size = int(config.patch_size or model.metadata.tile_size or 256)
         patch_size = max(multiple, int(math.ceil(patch_size / multiple)) * multiple)
         pairs = prepare_pairs(model, images, masks, names=names)
-        _check_foreground(pairs, n_classes)
+        check_foreground(pairs, n_classes)
         rng = np.random.default_rng(config.seed)
         if validation is not None:
             validation_images, validation_masks = validation if isinstance(validation, tuple) else split_pairs(validation)
@@ -129,14 +130,15 @@ class _Run:
         self.sampler = PatchSampler(training_pairs, self.patch_size, rng=self.rng, augmenter=self.augmenter,
                                     foreground_fraction=config.foreground_fraction,
                                     weight_maps=border_weight_maps(self.parent, config, training_pairs),
-                                    focus_maps=focus_maps)
+                                    focus_maps=focus_maps,
+                                    balance_classes=self.parent.metadata.instance_method == "classes")
 
     def use_pairs(self, images, masks, names=None, focus: dict | None = None) -> None:
         """Train on these pairs from the next step on; the model, its optimizer state and the compiled step
         stay (live mode: the corrections change while training runs, and a re-trace would cost seconds).
         focus: {pair name: bool (Y, X) map} of pixels to centre patches on more often (the corrected ones)."""
         pairs = prepare_pairs(self.parent, images, masks, names=names)
-        _check_foreground(pairs, self.parent.config.n_classes)
+        check_foreground(pairs, self.parent.config.n_classes)
         self._sample_from(pairs, focus)
         self.history.settings["n_training_pairs"] = len(pairs)
 
@@ -203,7 +205,7 @@ class _Run:
                   learning_rate=record["learning_rate"], eta_seconds=self.eta())
 
 
-def _train(run: _Run, cancel: Callable[[], bool] | None) -> str:
+def _train(run: TrainingRun, cancel: Callable[[], bool] | None) -> str:
     """The loop: steps and epochs until done, cancelled, out of time, non-finite or stopped early; returns why."""
     config, deadline = run.config, None
     for epoch in range(1, config.epochs + 1):
@@ -234,7 +236,7 @@ def _train(run: _Run, cancel: Callable[[], bool] | None) -> str:
     return "completed"
 
 
-def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
+def _finish(run: TrainingRun, stop: str) -> tuple[SegmentationModel, TrainHistory]:
     """Best weights, the re-fitted output offset, and what the model records about its training."""
     history, config = run.history, run.config
     if run.best_weights is not None:
@@ -253,7 +255,7 @@ def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
     history.final_loss = history.epochs[-1]["loss"] if history.epochs else None
     history.val_iou, history.val_dice = run.best_metrics.get("iou"), run.best_metrics.get("dice")
     if run.validation_pairs:  # also after Stop: the model kept is calibrated too
-        _refit_output_offset(trained, run.validation_pairs, config.threshold, history, run.precision)
+        refit_output_offset(trained, run.validation_pairs, config.threshold, history, run.precision)
     history.seconds = time.monotonic() - run.started
     _describe_version(run)
     trained.metadata.info["training"] = {
@@ -274,7 +276,7 @@ def _finish(run: _Run, stop: str) -> tuple[SegmentationModel, TrainHistory]:
     return trained, history
 
 
-def _keep_average(run: _Run) -> None:
+def _keep_average(run: TrainingRun) -> None:
     """Set the mean of the last epochs' weights (batch-norm statistics averaged alike), scored on validation."""
     run.trained.keras_model.set_weights([np.asarray(total / run.averaged_epochs, dtype=total.dtype)
                                          for total in run.weight_sum])
@@ -285,7 +287,7 @@ def _keep_average(run: _Run) -> None:
     run.history.best_epoch = None
 
 
-def _describe_version(run: _Run) -> None:
+def _describe_version(run: TrainingRun) -> None:
     """The new version's own card: what its objects are (one-class models: from the training masks or the
     user's choice), a description of this version, no metrics or description copied from the parent."""
     from napari_unet.instances import objects_in_masks
@@ -298,11 +300,20 @@ def _describe_version(run: _Run) -> None:
         trained.metadata.instances = method
         trained.metadata.class_names = ["boundary" if method == "enclosed" else "object"]
     what = "boundaries between objects" if trained.metadata.instance_method == "enclosed" else "objects"
-    trained.metadata.info = {
-        "description": (f"Fine-tuned from '{parent.source or parent.name}' on {run.history.settings['n_training_pairs']} "
-                        f"pair(s); output: {', '.join(trained.metadata.class_names)} ({what})."),
-        "fine_tuned_from": parent.source or parent.name,
-    }
+    if trained.metadata.instance_method == "classes":
+        what = (f"classes; objects separated for {', '.join(trained.metadata.object_classes)}"
+                if trained.metadata.object_classes else "classes")
+    description = (f"Fine-tuned from '{parent.source or parent.name}' on {run.history.settings['n_training_pairs']} "
+                   f"pair(s); output: {', '.join(trained.metadata.class_names)} ({what}).")
+    # with_classes gave the parent a new head for this run (a re-headed model is no version yet): the card says so
+    new_head = None if "fine_tuned_from" in parent.metadata.info else parent.metadata.info.get("new_output_layer")
+    info = {"description": description, "fine_tuned_from": parent.source or parent.name}
+    if new_head:
+        info["description"] = (f"New output layer for {len(new_head['classes'])} classes "
+                               f"({', '.join(new_head['classes'])}) on the encoder and decoder of '{new_head['from']}' "
+                               f"(which had {', '.join(new_head['parent_classes'])}). " + description)
+        info["new_output_layer"] = new_head
+    trained.metadata.info = info
 
 
 def finetune(
@@ -335,9 +346,9 @@ def finetune(
         from napari_unet.registry import load_model
 
         model = load_model(model)
-    config = _resolve_config(model, config, overrides)
+    config = resolve_config(model, config, overrides)
     images, masks = split_pairs(images, masks)
     model = with_channels_of(model, images)  # colour/multichannel pairs: the model reads every channel
-    run = _Run(model, config, images, masks, validation, names, progress, focus)
+    run = TrainingRun(model, config, images, masks, validation, names, progress, focus)
     stop = _train(run, cancel)
     return _finish(run, stop)

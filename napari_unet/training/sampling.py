@@ -9,7 +9,7 @@ import numpy as np
 from napari_unet.augment import PairAugmenter
 from napari_unet.instances import INTERIOR
 from napari_unet.masks import IGNORE_LABEL
-from napari_unet.training.inputs import _Pair
+from napari_unet.training.inputs import PreparedPair
 
 if TYPE_CHECKING:
     from napari_unet.model import SegmentationModel
@@ -29,12 +29,7 @@ def border_weight_map(mask: np.ndarray, *, objects_are_background: bool, w0: flo
     from scipy import ndimage
 
     annotated = mask != IGNORE_LABEL
-    class_weights = np.zeros(mask.shape, dtype=np.float32)
-    n_annotated = max(1, int(np.count_nonzero(annotated)))
-    present = [k for k in range(max(2, n_classes)) if np.any(annotated & (mask == k))]
-    for k in present:
-        selected = annotated & (mask == k)
-        class_weights[selected] = n_annotated / (len(present) * np.count_nonzero(selected))
+    class_weights = _class_weights(mask, annotated, n_classes)
     if object_class is not None:
         objects = annotated & (mask == object_class)
     else:
@@ -61,10 +56,33 @@ def border_weight_map(mask: np.ndarray, *, objects_are_background: bool, w0: flo
     return weights / np.float32(mean if mean > 0 else 1.0)
 
 
-def border_weight_maps(model: SegmentationModel, config: TrainConfig, pairs: list[_Pair]) -> list[np.ndarray] | None:
+def _class_weights(mask: np.ndarray, annotated: np.ndarray, n_classes: int) -> np.ndarray:
+    """w_c: each class present gets the same total weight (inverse frequency over annotated pixels)."""
+    class_weights = np.zeros(mask.shape, dtype=np.float32)
+    n_annotated = max(1, int(np.count_nonzero(annotated)))
+    present = [k for k in range(max(2, n_classes)) if np.any(annotated & (mask == k))]
+    for k in present:
+        selected = annotated & (mask == k)
+        class_weights[selected] = n_annotated / (len(present) * np.count_nonzero(selected))
+    return class_weights
+
+
+def class_weight_map(mask: np.ndarray, n_classes: int) -> np.ndarray:
+    """w_c alone, normalised to mean 1 over annotated pixels (0 on IGNORE_LABEL): several classes train with it, so
+    a class painted on few pixels counts as much as background."""
+    annotated = mask != IGNORE_LABEL
+    weights = _class_weights(mask, annotated, n_classes)
+    mean = weights[annotated].mean() if np.any(annotated) else 1.0
+    return weights / np.float32(mean if mean > 0 else 1.0)
+
+
+def border_weight_maps(model: SegmentationModel, config: TrainConfig, pairs: list[PreparedPair]) -> list[np.ndarray] | None:
     """The U-Net paper's weight map of each pair when `config.border_weight`, with the objects this model's output
-    means (membranes: the cells between; boundary-class models: the interiors, apart where objects touch)."""
+    means (membranes: the cells between; boundary-class models: the interiors, apart where objects touch); without
+    it, class-balance weights for a model of several classes, else None (every annotated pixel counts 1)."""
     if not config.border_weight:
+        if model.metadata.instance_method == "classes":
+            return [class_weight_map(p.mask, model.config.n_classes) for p in pairs]
         return None
     from napari_unet.postprocess import objects_are_background
 
@@ -85,17 +103,17 @@ class PatchSampler:
     `focus_fraction` of a pair's patches is centred on its focus pixels first (live mode: the corrected ones).
     """
 
-    def __init__(self, pairs: list[_Pair], patch_size: int, *, rng: np.random.Generator,
+    def __init__(self, pairs: list[PreparedPair], patch_size: int, *, rng: np.random.Generator,
                  augmenter: PairAugmenter | None = None, foreground_fraction: float = 0.5,
                  weight_maps: list[np.ndarray] | None = None, focus_maps: list[np.ndarray | None] | None = None,
-                 focus_fraction: float = 0.5):
+                 focus_fraction: float = 0.5, balance_classes: bool = False):
         self.patch_size = patch_size
         self.rng = rng
         self.augmenter = augmenter
         self.foreground_fraction = foreground_fraction
         self.margin = augmenter.margin if augmenter is not None else 0
         self.images, self.masks, self.weights, self.offsets = [], [], [], []
-        self.foreground, self.annotated = [], []
+        self.foreground, self.annotated, self.by_class = [], [], []
         for index, pair in enumerate(pairs):
             height, width = pair.mask.shape
             extra_y, extra_x = max(0, patch_size - height), max(0, patch_size - width)
@@ -109,6 +127,11 @@ class PatchSampler:
             annotated = pair.mask != IGNORE_LABEL
             self.annotated.append(np.flatnonzero(annotated).astype(np.int64))
             self.foreground.append(np.flatnonzero(annotated & (pair.mask > 0)).astype(np.int64))
+            # Several classes: foreground patches are centred on a class drawn uniformly first, so a rare class is
+            # seen as often as a common one.
+            self.by_class.append([found for value in (np.unique(pair.mask[annotated & (pair.mask > 0)])
+                                                      if balance_classes else [])
+                                  if (found := np.flatnonzero(pair.mask == value).astype(np.int64)).size])
         # Pixels to centre patches on more often (live mode: what the user corrected), annotated ones only.
         self.focus_fraction = focus_fraction
         self.focus = [np.zeros(0, dtype=np.int64) if f is None else
@@ -127,6 +150,8 @@ class PatchSampler:
         else:
             use_foreground = self.foreground[index].size > 0 and rng.random() < self.foreground_fraction
             candidates = self.foreground[index] if use_foreground else self.annotated[index]
+            if use_foreground and len(self.by_class[index]) > 1:
+                candidates = self.by_class[index][int(rng.integers(len(self.by_class[index])))]
         centre = int(candidates[rng.integers(candidates.size)])
         cy, cx = divmod(centre, self.shapes[index][1])
         size, margin = self.patch_size, self.margin

@@ -7,7 +7,7 @@ import numpy as np
 from napari_unet.masks import IGNORE_LABEL
 from napari_unet.model import SegmentationModel
 from napari_unet.training.config import TrainHistory
-from napari_unet.training.inputs import _Pair
+from napari_unet.training.inputs import PreparedPair
 
 
 def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray, precision: str | None = None) -> np.ndarray:
@@ -20,7 +20,7 @@ def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray, pr
     return predict_probabilities(model, raw_image, precision=precision)
 
 
-def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float = 0.5,
+def score_pairs(model: SegmentationModel, pairs: list[PreparedPair], threshold: float = 0.5,
                 probability_maps: list[np.ndarray] | None = None, precision: str | None = None) -> dict[str, float]:
     """Pooled IoU/Dice/pixel error over annotated pixels (mean over foreground classes for n > 1).
 
@@ -55,7 +55,7 @@ def score_pairs(model: SegmentationModel, pairs: list[_Pair], threshold: float =
     }
 
 
-def _refit_output_offset(trained: SegmentationModel, pairs: list[_Pair], threshold: float, history: TrainHistory,
+def refit_output_offset(trained: SegmentationModel, pairs: list[PreparedPair], threshold: float, history: TrainHistory,
                          precision: str | None = None) -> None:
     """Fit the output offset on the validation pairs: the annotations just trained on decide it, not
     the parent's (a shipped model's data-set offset would be wrong on the user's masks)."""

@@ -101,12 +101,16 @@ class PlanePrediction:
 
 def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancelled) -> PlanePrediction:
     """What the Predict tab shows for `image`; settings: instances, threshold, with_probabilities, channel_axis,
-    test_time_augmentation, with_uncertainty, min_size (None: the model's own), channels, slider_thresholds."""
+    test_time_augmentation, with_uncertainty, min_size (None: the model's own), channels, slider_thresholds; with
+    instances, stack ("z", "t": stack_prediction) and anisotropy."""
     from napari_unet.postprocess import model_instances, semantic_labels, threshold_ranks
     from napari_unet.prediction import predict
 
     threshold = settings["threshold"]
     with_uncertainty = settings.get("with_uncertainty", False)
+    stack = settings.get("stack")
+    if stack in ("z", "t") and settings.get("instances", False):
+        return stack_prediction(model, image, settings, report, is_cancelled)
     result = predict(model, image, output="probabilities", threshold=threshold, channel_axis=settings.get("channel_axis"),
                      channels=settings.get("channels"), progress=lambda done, total: report((done, total)),
                      cancel=is_cancelled, test_time_augmentation=settings.get("test_time_augmentation", False),
@@ -127,6 +131,23 @@ def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancel
     if settings.get("with_probabilities"):
         shown = 1.0 - probabilities[..., 0] if n_classes > 1 else probabilities  # one map: "not background"
     return PlanePrediction(labels, shown, ranks, objects, uncertainty)
+
+
+def stack_prediction(model, image: np.ndarray, settings: dict, report, is_cancelled) -> PlanePrediction:
+    """Objects with one id across the planes of a volume (settings["stack"] "z") or from frame to frame ("t"), with
+    the volume's settings["anisotropy"] (stacks.py); no probability map and no slider ranks: the objects come from
+    the whole stack at once (the three views' mean or stitching), so a new threshold needs a new Predict."""
+    from napari_unet.prediction import predict
+
+    with_uncertainty = settings.get("with_uncertainty", False)
+    result = predict(model, image, output="instances", threshold=settings["threshold"],
+                     channel_axis=settings.get("channel_axis"), channels=settings.get("channels"),
+                     progress=lambda done, total: report((done, total)), cancel=is_cancelled,
+                     test_time_augmentation=settings.get("test_time_augmentation", False),
+                     with_uncertainty=with_uncertainty, min_size=settings.get("min_size"),
+                     stack=settings["stack"], anisotropy=settings.get("anisotropy"))
+    labels, uncertainty = result if with_uncertainty else (result, None)
+    return PlanePrediction(labels, None, None, None, uncertainty)
 
 
 def predict_plane(job, model: ModelReference, image: np.ndarray, settings: dict) -> PlanePrediction:
@@ -273,7 +294,7 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, pair_name: 
     trainer = LiveTrainer(project, parent_key)  # a model that fails to load ends Live with its message
     has_pairs = False
     # Until the U-Net beats it on the evaluation set, a forest fitted in a second is what the user sees.
-    preview, preview_iou, preview_labels = ForestPreview(), None, None
+    preview, preview_iou, preview_labels = ForestPreview(multi_class=len(project.classes) > 1), None, None
 
     burst_started = [time.monotonic()]
 

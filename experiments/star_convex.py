@@ -1,8 +1,8 @@
 """Star-convex polygons (StarDist, Schmidt et al. 2018): do radial distances with polygon non-maximum suppression
-separate touching nuclei better than the cores of the shipped nuclei recipe? (Issue 12's last untried output.)
+separate touching nuclei better than the cores of the shipped nuclei recipe?
 
-    .venv/bin/python benchmarks/star_convex.py train --output DIR [--steps 8000] [--seed 0]
-    .venv/bin/python benchmarks/star_convex.py measure --output DIR
+    .venv/bin/python experiments/star_convex.py train --output DIR [--steps 8000] [--seed 0]
+    .venv/bin/python experiments/star_convex.py measure --output DIR
 
 Needs `pip install stardist` (its C++ geometry only: star distances, polygon NMS, polygons to labels; its
 TensorFlow models are not used, so its csbdeep/Keras-2 code never loads).
@@ -25,16 +25,12 @@ validation is then measured once on the held-out images. Prints JSON; DIR/measur
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
+from centre_votes import ID_SHIFT, HeadSampler, main, measure_heads, predict_heads, train_with_head  # (beside this file)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from centre_votes import ID_SHIFT, HeadSampler, main, measure_heads, predict_heads, train_with_head  # noqa: E402  (beside this file)
-
-from napari_unet.masks import IGNORE_LABEL  # noqa: E402
+from napari_unet.masks import IGNORE_LABEL
 
 N_RAYS = 32  # StarDist's default for 2-D nuclei
 DISTANCE_SCALE = 10.0  # px per output unit

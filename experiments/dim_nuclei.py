@@ -1,7 +1,7 @@
 """Which nuclei a model misses, by brightness: the share of truth nuclei found (matched at IoU > 0.5), per bin of
 mean intensity relative to the median nucleus of the same image.
 
-    .venv/bin/python benchmarks/dim_nuclei.py [MODEL ...] [--held-out]
+    .venv/bin/python experiments/dim_nuclei.py [MODEL ...] [--held-out]
 
 MODEL: a shipped name or a .keras path (default: nuclei). Validation images of the nuclei recipe by default
 (they choose things; --held-out only reports). Each model turns its output into instances by its own rule
@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 BINS = (0.0, 0.5, 0.75, np.inf)  # mean intensity / the image's median nucleus
 
@@ -49,10 +43,9 @@ def main() -> int:
     parser.add_argument("--held-out", action="store_true", help="the recipe's held-out images instead of validation")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from train_shipped_models import load_instances, recipe_by_name
-
     from napari_unet.prediction import predict
     from napari_unet.registry import load_model
+    from napari_unet.training.recipes import load_instances, recipe_by_name
 
     recipe = recipe_by_name("nuclei")
     images, truths = load_instances(recipe, recipe.test_stems if args.held_out else recipe.validation_stems)

@@ -1,10 +1,11 @@
 """Which weights of a recipe run to ship: the best epoch on validation, the last epoch, or the mean of the
 last N epochs (stochastic weight averaging, TrainConfig.average_last_epochs). One training run, three models.
 
-    .venv/bin/python benchmarks/weight_averaging.py membranes [--average 15] [--set KEY=VALUE ...] [--recipe-set unet.dropout=0.5]
-    .venv/bin/python benchmarks/weight_averaging.py nuclei --output DIR [--average 20] [--set seed=1 ...]
+    .venv/bin/python experiments/weight_averaging.py membranes [--average 15] [--set KEY=VALUE ...]
+        [--recipe-set unet.dropout=0.5]
+    .venv/bin/python experiments/weight_averaging.py nuclei --output DIR [--average 20] [--set seed=1 ...]
 
-Trains the recipe of scripts/train_shipped_models.py on its split (its settings, plus average_last_epochs),
+Trains the recipe of napari_unet/training/recipes.py on its split (its settings, plus average_last_epochs),
 keeps the weights of every epoch's end that matter, fits each model's output offset on the validation images
 as the recipe does, and prints validation and held-out pixel error / IoU at threshold 0.5 for each (1 view).
 The three models share one trajectory, so the comparison is free of the run-to-run spread between seeds.
@@ -20,12 +21,7 @@ import argparse
 import dataclasses
 import json
 import os
-import sys
 from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 
 def main() -> int:
@@ -40,12 +36,12 @@ def main() -> int:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
-    from train_shipped_models import load_split, recipe_by_name, train_from_scratch
 
     from napari_unet.calibration import fit_output_offset
     from napari_unet.evaluation import evaluate
     from napari_unet.prediction import predict
     from napari_unet.training import TrainConfig, loop
+    from napari_unet.training.recipes import load_split, recipe_by_name, train_from_scratch
 
     recipe_fields = _key_values(args.recipe_set)
     unet = _pop_prefixed(recipe_fields, "unet")
@@ -62,7 +58,7 @@ def main() -> int:
                                (recipe.train_stems, recipe.validation_stems, recipe.test_stems))
 
     kept: dict[str, list] = {}
-    end_epoch = loop._Run.end_epoch
+    end_epoch = loop.TrainingRun.end_epoch
 
     def remembering_end_epoch(run, epoch, losses, started):  # the last epoch's weights, before _finish
         end_epoch(run, epoch, losses, started)
@@ -71,7 +67,7 @@ def main() -> int:
         kept["best_epoch"], kept["best_val_iou"] = run.history.best_epoch, run.best_metrics.get("iou")
         print(f"epoch {epoch}: loss {np.mean(losses):.4f} val_iou {run.history.epochs[-1]['val_iou']:.4f}", flush=True)
 
-    loop._Run.end_epoch = remembering_end_epoch
+    loop.TrainingRun.end_epoch = remembering_end_epoch
     averaged, history, training = train_from_scratch(recipe, *train, config, validation=validation)
     print(f"best single epoch val IoU {history.best_epoch_val_iou}, average of {history.averaged_epochs}: "
           f"{history.val_iou}", flush=True)
@@ -119,7 +115,7 @@ def _pop_prefixed(values: dict, prefix: str) -> dict:
 def _measure_instance_candidates(recipe, averaged, training: dict, candidates, output: Path | None) -> int:
     """Each candidate measured and saved as the recipe would ship it, its card's training record saying which
     weights it holds; a table of their instance metrics."""
-    from train_shipped_models import keep_and_measure
+    from napari_unet.training.recipes import keep_and_measure
 
     if output is None:
         raise SystemExit("nuclei: give --output DIR for the candidates' models and cards")

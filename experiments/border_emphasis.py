@@ -1,6 +1,6 @@
 """How much the U-Net paper's border weights stress the lines where two nuclei touch, per target rule.
 
-    .venv/bin/python benchmarks/border_emphasis.py [--every 10] [--rule CORE_FRACTION,W0,SIGMA ...]
+    .venv/bin/python experiments/border_emphasis.py [--every 10] [--rule CORE_FRACTION,W0,SIGMA ...]
 
 The weights are normalised to mean 1 over each image (training/sampling.border_weight_map) and computed
 between the "interior" regions of the targets, so the target rule changes them: core targets put the seeds
@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 DEFAULT_RULES = ("0,10,5", "0.5,10,5", "0.5,10,10", "0.5,60,7")  # core fraction, w0, sigma
 
@@ -27,9 +23,8 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=10, help="use every N-th training image (default 10)")
     parser.add_argument("--rule", nargs="*", default=list(DEFAULT_RULES), metavar="CORE_FRACTION,W0,SIGMA")
     args = parser.parse_args()
-    from train_shipped_models import load_split, recipe_by_name
-
     from napari_unet.instances import INTERIOR, boundary_targets, near_another_object
+    from napari_unet.training.recipes import load_split, recipe_by_name
     from napari_unet.training.sampling import border_weight_map
 
     recipe = recipe_by_name("nuclei")

@@ -1,27 +1,22 @@
 """How precisely do the held-out nuclei images measure a model, and is one model's lead over another real?
 
-    .venv/bin/python benchmarks/held_out_spread.py [MODEL ...] [--split test|validation] [--resamples 4000]
+    .venv/bin/python experiments/held_out_spread.py [MODEL ...] [--split test|validation] [--resamples 4000]
 
 MODEL: a shipped model's name or a .keras file (default: nuclei). Each model predicts instances on the recipe's
 held-out test images (or its validation images) once, with its own post-processing; Otsu + watershed is scored on
 the same images. A bootstrap over images (resampled with replacement, the same draws for every model, so pairs
 stay paired) gives each model's pooled AP@0.5 and foreground IoU a 95 % interval, overall and for seen and unseen
 kinds of images, and, for every model after the first, the interval of its difference from the first and the share
-of draws in which it is ahead. Issue 12's verdicts ("within the spread") rest on these intervals. Prints JSON.
+of draws in which it is ahead. The models' verdicts ("within the spread") rest on these intervals. Prints JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
 
 def per_image_counts(predicted: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
     """(images, 6): TP, FP, FN of objects at IoU > 0.5, then TP, FP, FN of foreground pixels."""
@@ -75,10 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from train_shipped_models import load_instances, of_seen_kind, otsu_watershed, recipe_by_name
-
     from napari_unet.prediction import predict
     from napari_unet.registry import load_model
+    from napari_unet.training.recipes import load_instances, of_seen_kind, otsu_watershed, recipe_by_name
 
     recipe = recipe_by_name("nuclei")
     stems = recipe.test_stems if args.split == "test" else recipe.validation_stems

@@ -1,10 +1,10 @@
 """Centre votes: does a second output, each nucleus pixel's offset to its nucleus's centre, seed touching nuclei
-better than the cores of the shipped nuclei recipe? (Issue 12's "distance/centre output, then seeded watershed".)
+better than the cores of the shipped nuclei recipe?
 
-    .venv/bin/python benchmarks/centre_votes.py train --output DIR [--steps 8000] [--seed 0]
-    .venv/bin/python benchmarks/centre_votes.py measure --output DIR
+    .venv/bin/python experiments/centre_votes.py train --output DIR [--steps 8000] [--seed 0]
+    .venv/bin/python experiments/centre_votes.py measure --output DIR
 
-`train`: the nuclei recipe of scripts/train_shipped_models.py unchanged (same split, targets, border weights,
+`train`: the nuclei recipe of napari_unet/training/recipes.py unchanged (same split, targets, border weights,
 augmentation, bfloat16, Adam with cosine decay over 8000 steps of 4 x 256²) plus a 1x1 convolution on the last
 decoder features that regresses (dy, dx) / OFFSET_SCALE from each nucleus pixel to its nucleus's centroid
 (L1, object pixels only; objects cut by the patch edge are left out, their centre is unknown). The offsets are
@@ -30,12 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "scripts"))
-
-from napari_unet.masks import IGNORE_LABEL  # noqa: E402  (after the path above)
-from napari_unet.training.sampling import PatchSampler  # noqa: E402
+from napari_unet.masks import IGNORE_LABEL
+from napari_unet.training.sampling import PatchSampler
 
 OFFSET_SCALE = 10.0  # px per output unit: nucleus radii are 3-40 px
 OFFSET_WEIGHT = 1.0
@@ -137,7 +133,6 @@ def train_with_head(output: Path, steps: int, seed: int, *, sampler_class, build
     Keeps the last step: DIR/network_file (all heads) and DIR/nuclei.keras (the softmax head, a normal model)."""
     import keras
     import tensorflow as tf
-    from train_shipped_models import load_split, recipe_by_name, recipe_model
 
     from napari_unet import precision
     from napari_unet.augment import PairAugmenter
@@ -146,6 +141,7 @@ def train_with_head(output: Path, steps: int, seed: int, *, sampler_class, build
     from napari_unet.training.inputs import prepare_pairs
     from napari_unet.training.loop import learning_rate_schedule
     from napari_unet.training.losses import segmentation_loss
+    from napari_unet.training.recipes import load_split, recipe_by_name, recipe_model
     from napari_unet.training.sampling import border_weight_maps
 
     output.mkdir(parents=True, exist_ok=True)
@@ -291,18 +287,18 @@ def measure_heads(output: Path, network_file: str, name: str, predict_parts, hea
     `grid` that skip(setting) lets through. The best of each rule on validation is measured once on the held-out
     images; DIR/measured.json."""
     import keras
-    from train_shipped_models import (
+
+    from napari_unet.instances import instances_from_boundary_probabilities
+    from napari_unet.model import load_model_file
+    from napari_unet.training.recipes import (
         POST_PROCESSING_FIELDS,
-        _instance_summary,
         choose_post_processing_on,
         held_out_by_kind,
+        instance_summary,
         load_instances,
         pooled_scores,
         recipe_by_name,
     )
-
-    from napari_unet.instances import instances_from_boundary_probabilities
-    from napari_unet.model import load_model_file
 
     recipe = recipe_by_name("nuclei")
     model = load_model_file(output / "nuclei.keras")
@@ -314,7 +310,7 @@ def measure_heads(output: Path, network_file: str, name: str, predict_parts, hea
                                               merge_thresholds=())
     best_recipe = max(by_setting, key=lambda key: by_setting[key]["ap50"])
     recipe_setting = dict(zip(POST_PROCESSING_FIELDS, best_recipe))  # the merge threshold is not chosen here
-    result["validation_recipe_post_processing"] = {"setting": recipe_setting, **_instance_summary(by_setting[best_recipe])}
+    result["validation_recipe_post_processing"] = {"setting": recipe_setting, **instance_summary(by_setting[best_recipe])}
     print(json.dumps(result), flush=True)
     scores = {}
     for values in itertools.product(*grid.values()):
@@ -322,7 +318,7 @@ def measure_heads(output: Path, network_file: str, name: str, predict_parts, hea
         if skip(setting):
             continue
         predicted = [head_instances(*parts, recipe_setting=recipe_setting, **setting) for parts in outputs]
-        scores[values] = _instance_summary(pooled_scores(predicted, masks))
+        scores[values] = instance_summary(pooled_scores(predicted, masks))
         print(json.dumps({"validation": setting, **scores[values]}), flush=True)
     best_head = max(scores, key=lambda key: scores[key]["ap50"])
     head_setting = dict(zip(grid, best_head))
@@ -334,8 +330,8 @@ def measure_heads(output: Path, network_file: str, name: str, predict_parts, hea
     outputs = [predict_parts(network, model, image) for image in images]
     recipe_predicted = [instances_from_boundary_probabilities(parts[0], **recipe_setting) for parts in outputs]
     head_predicted = [head_instances(*parts, recipe_setting=recipe_setting, **head_setting) for parts in outputs]
-    result["held_out_recipe_post_processing"] = _instance_summary(pooled_scores(recipe_predicted, masks))
-    result[f"held_out_{name}"] = _instance_summary(pooled_scores(head_predicted, masks))
+    result["held_out_recipe_post_processing"] = instance_summary(pooled_scores(recipe_predicted, masks))
+    result[f"held_out_{name}"] = instance_summary(pooled_scores(head_predicted, masks))
     # held_out_by_kind scores a model against a baseline; here the baseline slot holds the recipe's post-processing
     kinds = held_out_by_kind(recipe, masks, head_predicted, recipe_predicted)
     groups = {**{kind: scores for kind, scores in kinds.items() if kind != "by_size"}, **kinds["by_size"]}

@@ -1,0 +1,182 @@
+"""Several classes: a project's classes, the new output layer, per-class rounds, evaluation and prediction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet.classes import SegmentationClass, parse_classes
+from napari_unet.errors import NapariUNetError
+from napari_unet.project import Project
+from napari_unet.training import TrainConfig
+
+CLASSES = [SegmentationClass("disc"), SegmentationClass("square"), SegmentationClass("hole", objects=False)]
+# Enough for a base-width-8 model to tell three kinds of blob apart (about 10 s).
+QUICK = TrainConfig(epochs=4, steps_per_epoch=40, batch_size=2, patch_size=64, learning_rate=5e-3)
+
+
+def _three_classes(seed: int, size: int = 128):
+    """Noise with bright discs (1), mid-grey squares (2) and dark discs (3); labels are the class ids."""
+    rng = np.random.default_rng(seed)
+    image = rng.normal(60, 4, (size, size))
+    labels = np.zeros((size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    for number in range(9):
+        value = number % 3 + 1
+        cy, cx = rng.integers(10, size - 10, 2)
+        shape = (np.maximum(abs(yy - cy), abs(xx - cx)) < 7) if value == 2 else ((yy - cy) ** 2 + (xx - cx) ** 2 < 56)
+        shape &= labels == 0
+        image[shape] += {1: 90, 2: 45, 3: -45}[value]
+        labels[shape] = value
+    return image.astype(np.float32), labels
+
+
+@pytest.fixture
+def wider_start_model(tmp_path) -> str:
+    """A base-width-8 random one-class model: a base width of 4 learns three classes too slowly for a test."""
+    import keras
+
+    from napari_unet.model import UNetConfig, new_model, save_model
+
+    keras.utils.set_random_seed(0)
+    return str(save_model(new_model(UNetConfig(base_width=8, depth=2), tile_size=64, name="small"),
+                          tmp_path / "small.keras"))
+
+
+@pytest.fixture
+def three_class_project(tmp_path, wider_start_model):
+    project = Project.init(tmp_path / "project", wider_start_model, classes=CLASSES)
+    for seed in (0, 1, 2):
+        project.add_pair(*_three_classes(seed))
+    project.add_pair(*_three_classes(9), evaluation=True)
+    return project
+
+
+def test_a_three_class_round_gets_a_new_output_layer_and_learns_every_class(three_class_project, tmp_path):
+    from napari_unet.evaluation import evaluate
+    from napari_unet.prediction import predict
+
+    outcome = three_class_project.round(QUICK)
+    record, model = outcome.record, outcome.model
+    assert model.config.n_classes == 4 and model.metadata.class_names == ["background", "disc", "square", "hole"]
+    assert model.metadata.instance_method == "classes" and model.metadata.object_classes == ["disc", "square"]
+    assert "New output layer for 3 classes" in model.metadata.info["description"]
+    classes = record["eval"]["classes"]
+    assert list(classes) == ["disc", "square", "hole"]
+    # Chance for a class covering a few % of the pixels is an IoU of a few %; every class must be far above it.
+    assert all(scores["after"]["iou"] > 0.5 for scores in classes.values()), classes
+    assert record["kept"] and record["eval"]["after"]["iou"] == pytest.approx(
+        np.mean([c["after"]["iou"] for c in classes.values()]), abs=1e-3)
+    assert "square" in record["reason"]
+
+    image, truth = _three_classes(9)
+    labels = predict(model, image, output="labels")
+    assert set(np.unique(labels)) <= {0, 1, 2, 3} and {1, 2, 3} <= set(np.unique(labels).tolist())
+    assert predict(model, image, output="probabilities").shape == (*image.shape, 4)
+    instances = predict(model, image, output="instances")
+    assert np.all(instances[labels == 3] == 0)  # holes are regions, not objects
+    assert len(np.unique(instances[labels == 1])) - 1 >= 2  # the three discs are separate objects
+
+    result = evaluate(model, [image], [truth], instances=True)
+    assert list(result["classes"]) == ["disc", "square", "hole"]
+    assert result["iou"] == pytest.approx(np.mean([c["iou"] for c in result["classes"].values()]))
+    assert "ap50" in result["classes"]["disc"] and "ap50" not in result["classes"]["hole"]
+    assert result["classes"]["disc"]["iou"] == pytest.approx(classes["disc"]["after"]["iou"], abs=0.02)
+    _cli_evaluate_prints_every_class(model, image, truth, tmp_path)
+
+    # The next round starts from the version as it is: no second new head, the card says fine-tuned only.
+    second = three_class_project.round(TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64)).model
+    assert "New output layer" not in second.metadata.info["description"]
+
+
+def _cli_evaluate_prints_every_class(model, image, truth, tmp_path):
+    import contextlib
+    import io
+
+    import tifffile
+
+    from napari_unet.cli import main
+    from napari_unet.model import save_model
+
+    for folder, array in (("images", image), ("masks", truth)):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / "blobs.tif", array)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["evaluate", "-m", str(save_model(model, tmp_path / "three.keras")), "--images",
+                     str(tmp_path / "images"), "--masks", str(tmp_path / "masks"), "--instances"]) == 0
+    rows = {line.split()[0]: line.split() for line in printed.getvalue().splitlines() if line.strip()}
+    assert {"disc", "square", "hole"} <= set(rows)
+    assert len(rows["disc"]) == 6 and len(rows["hole"]) == 3  # IoU, Dice, ap50/map/f1_50 only for object classes
+
+
+def test_a_label_beyond_the_projects_classes_is_refused_in_one_line(three_class_project):
+    image, labels = _three_classes(3)
+    labels[:4, :4] = 4
+    with pytest.raises(NapariUNetError) as error:
+        three_class_project.add_pair(image, labels, name="cells_04")
+    message = str(error.value)
+    assert "\n" not in message and "'cells_04'" in message and "value(s) 4" in message
+    assert "1 disc, 2 square, 3 hole" in message and "project classes" in message and "--add" in message
+    labels[:4, :4] = 255  # "not annotated" is always allowed
+    three_class_project.add_pair(image, labels, name="cells_04")
+
+
+def test_one_class_projects_take_any_label_as_before(tmp_path, start_model):
+    project = Project.init(tmp_path / "one", start_model)
+    assert [c.name for c in project.classes] == ["foreground"]
+    image, labels = _three_classes(0)
+    project.add_pair(image, labels * 7)  # instance-like ids: all foreground
+
+
+def test_classes_can_be_added_after_painted_ones_but_not_reordered(three_class_project):
+    more = [*CLASSES, SegmentationClass("ring", "#ff8800")]
+    assert [c.name for c in three_class_project.set_classes(more)] == ["disc", "square", "hole", "ring"]
+    with pytest.raises(NapariUNetError, match="add new classes after them"):
+        three_class_project.set_classes([CLASSES[1], CLASSES[0]])
+
+
+@pytest.mark.parametrize("text, objects, message", [
+    ("nucleus,nucleus", None, "given twice"),
+    ("background,cell", None, "label 0 is background"),
+    ("nucleus:red", None, "#rrggbb"),
+    ("nucleus,cytoplasm", "membrane", "not among the classes"),
+    (" , ", None, "no class names"),
+])
+def test_bad_class_lists_are_one_clear_line(text, objects, message):
+    with pytest.raises(NapariUNetError, match=message) as error:
+        parse_classes(text, objects)
+    assert "\n" not in str(error.value)
+
+
+def test_parsed_classes_keep_order_colours_and_object_flags():
+    parsed = parse_classes("nucleus:#ff0000, cytoplasm", objects="nucleus")
+    assert parsed == [SegmentationClass("nucleus", "#ff0000", True), SegmentationClass("cytoplasm", "", False)]
+
+
+def test_cli_declares_classes_refuses_labels_beyond_them_and_adds_one(tmp_path, start_model, capsys):
+    import json
+
+    import tifffile
+
+    from napari_unet.cli import main
+
+    root = str(tmp_path / "project")
+    assert main(["project", "init", root, "-m", start_model, "--classes", "nucleus:#ff0000,cytoplasm",
+                 "--regions", "cytoplasm"]) == 0
+    assert "1 nucleus, 2 cytoplasm" in capsys.readouterr().out
+    image, labels = _three_classes(0)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    tifffile.imwrite(tmp_path / "labels.tif", labels)
+    assert main(["project", "add", root, "--image", str(tmp_path / "image.tif"),
+                 "--mask", str(tmp_path / "labels.tif")]) != 0
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "value(s) 3" in error and "--add NAME" in error
+    assert main(["project", "classes", root, "--add", "vacuole"]) == 0
+    assert main(["project", "add", root, "--image", str(tmp_path / "image.tif"),
+                 "--mask", str(tmp_path / "labels.tif")]) == 0
+    capsys.readouterr()
+    assert main(["project", "classes", root, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == [
+        {"name": "nucleus", "colour": "#ff0000", "objects": True}, {"name": "cytoplasm", "colour": "", "objects": False},
+        {"name": "vacuole", "colour": "", "objects": True}]
