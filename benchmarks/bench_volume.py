@@ -44,6 +44,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--anisotropy", type=float, default=2.0,
                         help="Z step / XY pixel size for the three-view run (default 2, the nuclei's extents)")
+    parser.add_argument("--corrected-planes", type=int, default=0, metavar="N",
+                        help="also correct N planes (the true mask's, evenly spaced; with XZ/YZ views at anisotropy "
+                             "<= 2: volume_pairs.py), run one fine-tuning round, and score the round's model")
+    parser.add_argument("--side-views", type=int, default=4, metavar="K",
+                        help="with --corrected-planes: XZ and YZ pairs per direction (volume_pairs.SIDE_VIEWS; 0: none)")
+    parser.add_argument("--adapt", default="auto", choices=("auto", "off"),
+                        help="with --corrected-planes: TrainConfig.adapt for the round (new-domain adaptation)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -63,23 +70,62 @@ def main() -> None:
         "stitched": dict(stack="z"),
         f"three views (anisotropy {args.anisotropy:g})": dict(stack="z", anisotropy=args.anisotropy),
     }
-    rows = {}
-    for name, options in runs.items():
+    def score(model, options: dict) -> dict:
         started = time.perf_counter()
         objects = predict(model, image, output="instances", precision="float32", **options)
         seconds = time.perf_counter() - started
         scores = instance_scores(instance_counts(truth, objects))
-        rows[name] = {"ap50": round(scores["ap50"], 3), "map": round(scores["map"], 3),
-                      "n_predicted": int(len(set(objects[objects > 0].tolist()))), "n_true": scores["n_true"],
-                      "pixel_iou": round(pooled_scores([(objects, truth)])["iou"], 3), "seconds": round(seconds, 1)}
+        return {"ap50": round(scores["ap50"], 3), "map": round(scores["map"], 3),
+                "n_predicted": int(len(set(objects[objects > 0].tolist()))), "n_true": scores["n_true"],
+                "pixel_iou": round(pooled_scores([(objects, truth)])["iou"], 3), "seconds": round(seconds, 1)}
+
+    rows = {name: score(model, options) for name, options in runs.items()}
+    if args.corrected_planes:
+        rows.update(after_correcting(image, truth, args.corrected_planes, args.anisotropy, args.side_views, args.adapt, score))
     if args.json:
         print(json.dumps({"volume": list(image.shape), "runs": rows}))
         return
-    print(f"stardist test_image_nuclei_3d {'×'.join(map(str, image.shape))}, {rows[name]['n_true']} nuclei, "
+    print(f"stardist test_image_nuclei_3d {'×'.join(map(str, image.shape))}, {next(iter(rows.values()))['n_true']} nuclei, "
           "model nuclei (float32)")
     for name, row in rows.items():
+        if "round_seconds" in row:
+            print(f"  one round on {row['pairs']} pairs, {row['round_seconds']:.0f} s, kept: {row['kept']} "
+                  f"({row['reason']}); adaptation: {row['adaptation']}")
         print(f"  {name:<28} AP@0.5 {row['ap50']:.3f}  mAP {row['map']:.3f}  ids {row['n_predicted']:>3}  "
               f"pixel IoU {row['pixel_iou']:.2f}  {row['seconds']:.1f} s")
+
+
+def after_correcting(image, truth, n_planes: int, anisotropy: float, side_views: int, adapt: str, score) -> dict:
+    """Correct `n_planes` planes (the true mask's planes stand for the user's corrections), add them as a volume's
+    pairs (volume_pairs: XY planes, and XZ/YZ views at anisotropy <= 2) to a new project started from `nuclei`, run
+    one round with the default settings, and score the round's model (kept or not) both ways."""
+    import tempfile
+
+    import numpy as np
+
+    from napari_unet.project import Project
+    from napari_unet.volume_pairs import volume_pairs
+
+    planes = [int(round(z)) for z in np.linspace(0, image.shape[0] - 1, n_planes + 2)[1:-1]]
+    with tempfile.TemporaryDirectory() as folder:
+        project = Project.init(folder, "nuclei")
+        pairs = volume_pairs(image, truth, planes, anisotropy, side_views)
+        for pair in pairs:
+            project.add_pair(pair.image, pair.mask, name=f"img3d_{pair.suffix}")
+        started = time.perf_counter()
+        from napari_unet.training import TrainConfig
+
+        outcome = project.round(TrainConfig(adapt=adapt))
+        seconds = time.perf_counter() - started
+        tuned = outcome.model
+        rows = {}
+        for name, options in (("stitched", dict(stack="z")),
+                              (f"three views (anisotropy {anisotropy:g})", dict(stack="z", anisotropy=anisotropy))):
+            rows[f"{name}, after correcting planes {', '.join(map(str, planes))}"] = dict(
+                score(tuned, options), pairs=len(pairs), round_seconds=round(seconds, 1),
+                kept=bool(outcome.record.kept), reason=str(outcome.record.reason),
+                adaptation=str(outcome.record.adaptation))
+    return rows
 
 
 if __name__ == "__main__":

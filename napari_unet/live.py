@@ -254,7 +254,8 @@ class LiveTrainer:
             # learning rate; adaptation.py), as a round's do.
             from napari_unet.adaptation import adapt
 
-            start, config, self.adaptation = adapt(self.parent, data.images, data.train_masks, self.config)
+            start, config, self.adaptation = adapt(self.parent, data.images,
+                                                   self.project.masks_for(self.parent, data.train_masks), self.config)
             start = self.project.with_project_classes(start, seed=config.seed)
             self._run = TrainingRun(start, resolve_config(start, config, {}), data.images, data.train_masks,
                              None, list(data.names), None, focus=self._corrected)
@@ -306,6 +307,6 @@ class LiveTrainer:
         history.steps = self.total_steps
         outcome = self.project.keep(tuned, history, parent_key=self.parent_key, config=self._run.config, log=log,
                                     adaptation=self.adaptation)
-        if outcome.record["kept"]:
-            self.parent_key = outcome.record["version"]
+        if outcome.record.kept:
+            self.parent_key = outcome.record.version
         return outcome

@@ -11,8 +11,9 @@ import json
 import os
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any, Callable
 
 from napari_unet._files import atomic_write
 from napari_unet.errors import ModelLoadError
@@ -20,6 +21,7 @@ from napari_unet.normalize import NormalizationConfig
 
 # Name of the JSON entry that napari-unet adds to a .keras zip; Keras ignores unknown entries.
 METADATA_ENTRY = "napari_unet.json"
+METADATA_FORMAT = "napari-unet/1"
 UPSAMPLING_MODES = ("transpose", "bilinear")
 
 
@@ -45,139 +47,6 @@ class UNetConfig:
     def size_multiple(self) -> int:
         """Input height and width must be multiples of this (one halving per pooling level)."""
         return 2**self.depth
-
-
-@dataclass
-class ModelMetadata:
-    """What prediction needs besides the weights; saved inside the .keras file."""
-
-    config: UNetConfig = field(default_factory=UNetConfig)
-    normalization: NormalizationConfig = field(default_factory=NormalizationConfig)
-    class_names: list[str] = field(default_factory=lambda: ["foreground"])
-    # What each input channel is (e.g. red, green, blue), shown by the dock; [] = the defaults for the
-    # channel count (channels.channel_names).
-    channel_names: list[str] = field(default_factory=list)
-    tile_size: int = 256
-    name: str = "unet"
-    # The flips/rotations the model was trained to be unaffected by (see SYMMETRIES); test-time
-    # augmentation averages exactly these. Files without the field were trained with all 8.
-    symmetries: str = "dihedral"
-    # (dy, dx) in px, each within [-1, 1]: prediction moves the probability map by this after
-    # test-time augmentation, because some annotators draw consistently off the structure (the ISBI
-    # masks sit ~0.5 px above the membranes) and a model trained with rotations cannot learn that.
-    # Fitted on validation data by calibration.fit_output_offset; (0, 0) for files without it.
-    output_offset: tuple[float, float] = (0.0, 0.0)
-    # How the output becomes instances (instances.INSTANCE_METHODS): "components" (foreground blobs,
-    # touching ones split on the distance transform), "enclosed" (a boundary model: the regions between
-    # boundaries), "boundary_watershed" (3 classes background/interior/boundary: seeded watershed), "classes"
-    # (background and several classes painted as label values 1..n; object_classes are split into instances).
-    # "" = decide from the class names, as files without the field were meant.
-    instances: str = ""
-    # boundary_watershed: how sure of "interior" a seed must be (chosen on validation images by the recipe;
-    # None: instances.SEED_THRESHOLD).
-    seed_threshold: float | None = None
-    # Multi-class models: a pixel belongs to an object when P(background) is below this (chosen on validation
-    # images by the recipe); None: when background is not the most probable class.
-    background_threshold: float | None = None
-    # Instances: objects smaller than min_size px are dropped, and boundary_watershed seeds smaller than
-    # min_seed_size px are noise (both chosen on validation images by the recipe; None: the defaults,
-    # postprocess.MIN_OBJECT_SIZE and instances.MIN_SEED_SIZE).
-    min_size: int | None = None
-    min_seed_size: int | None = None
-    # boundary_watershed: touching objects whose shared border's mean boundary probability is below this are one
-    # object (instances.merge_weak_borders; chosen on validation by the recipe; None: no merging).
-    merge_threshold: float | None = None
-    # boundary_watershed: the px of boundary each of two touching objects gets in the training targets (1: the
-    # objects' outer rings; instances.boundary_targets). Stored so that fine-tuning derives the targets the
-    # model was trained on.
-    touching_width: int = 1
-    # boundary_watershed: > 0: the interior class is only each object's core, its pixels at least this fraction of
-    # the object's largest depth from its edge (instances.object_cores); 0: all but the boundary ring.
-    core_fraction: float = 0.0
-    # instances "classes" (a softmax head: background, then one output per class): the names of the classes whose
-    # connected regions are objects to separate into instances; the other classes are regions (e.g. cytoplasm).
-    object_classes: list[str] = field(default_factory=list)
-    # Free-form provenance: training data, metrics, parent version; shown in model lists.
-    info: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {
-            "format": "napari-unet/1",
-            "config": asdict(self.config),
-            "normalization": self.normalization.to_dict(),
-            "class_names": list(self.class_names),
-            "channel_names": self.input_channel_names,
-            "tile_size": int(self.tile_size),
-            "name": self.name,
-            "symmetries": self.symmetries,
-            "output_offset": [float(v) for v in self.output_offset],
-            "instances": self.instance_method,
-            "seed_threshold": self.seed_threshold,
-            "background_threshold": self.background_threshold,
-            "min_size": self.min_size,
-            "min_seed_size": self.min_seed_size,
-            "merge_threshold": self.merge_threshold,
-            "touching_width": int(self.touching_width),
-            "core_fraction": float(self.core_fraction),
-            "object_classes": list(self.object_classes),
-            "info": self.info,
-        }
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "ModelMetadata":
-        return cls(
-            config=UNetConfig(**values.get("config", {})),
-            normalization=NormalizationConfig.from_dict(values.get("normalization", {})),
-            class_names=list(values.get("class_names", ["foreground"])),
-            channel_names=[str(name) for name in values.get("channel_names", [])],
-            tile_size=int(values.get("tile_size", 256)),
-            name=str(values.get("name", "unet")),
-            symmetries=_known_symmetries(values.get("symmetries", "dihedral")),
-            output_offset=_valid_offset(values.get("output_offset", (0.0, 0.0))),
-            instances=_known_instance_method(values.get("instances", "")),
-            seed_threshold=_valid_probability(values.get("seed_threshold"), "seed_threshold"),
-            background_threshold=_valid_probability(values.get("background_threshold"), "background_threshold"),
-            min_size=_valid_pixel_count(values.get("min_size"), "min_size"),
-            min_seed_size=_valid_pixel_count(values.get("min_seed_size"), "min_seed_size"),
-            merge_threshold=_valid_probability(values.get("merge_threshold"), "merge_threshold"),
-            touching_width=_valid_pixel_count(values.get("touching_width", 1), "touching_width") or 1,
-            core_fraction=_valid_fraction(values.get("core_fraction", 0.0), "core_fraction"),
-            object_classes=[str(name) for name in values.get("object_classes", [])],
-            info=dict(values.get("info", {})),
-        )
-
-    @property
-    def input_channel_names(self) -> list[str]:
-        """One name per input channel: the stored ones when they fit the channel count, else the defaults."""
-        from napari_unet.channels import channel_names
-
-        if len(self.channel_names) == self.config.n_channels:
-            return list(self.channel_names)
-        return channel_names(self.config.n_channels)
-
-    @property
-    def instance_method(self) -> str:
-        """The stored method, else the one the class names imply (boundary names: the enclosed regions)."""
-        if self.instances:
-            return self.instances
-        from napari_unet.postprocess import objects_are_background
-
-        return "enclosed" if objects_are_background(self.class_names) else "components"
-
-    @property
-    def classes(self) -> list[str]:
-        """The classes a user paints and gets back (label values 1, 2 …): a "classes" model's outputs after
-        background; one name for any other model (its foreground, whatever its outputs are for)."""
-        if self.instance_method == "classes":
-            return list(self.class_names[1:])
-        if self.instance_method == "boundary_watershed" and len(self.class_names) > 1:
-            return [self.class_names[1]]
-        return [(self.class_names or ["foreground"])[0]]
-
-    @property
-    def object_class_values(self) -> list[int]:
-        """Label values (1..n) of the classes whose objects are separated into instances ("classes" models)."""
-        return [index for index, name in enumerate(self.classes, start=1) if name in self.object_classes]
 
 
 def _valid_probability(value, name: str) -> float | None:
@@ -212,7 +81,8 @@ def _valid_fraction(value, name: str) -> float:
     return 0.0
 
 
-def _known_instance_method(name) -> str:
+def _known_instance_method(name, field_name: str) -> str:
+    """An instance method this version knows, else "" (decide from the class names)."""
     from napari_unet.instances import INSTANCE_METHODS
 
     if not name or name in INSTANCE_METHODS:
@@ -221,7 +91,7 @@ def _known_instance_method(name) -> str:
     return ""
 
 
-def _known_symmetries(name) -> str:
+def _known_symmetries(name, field_name: str) -> str:
     """A symmetries name this version knows; anything else (e.g. from a newer version) means "none"."""
     from napari_unet.augment import SYMMETRIES
 
@@ -231,16 +101,153 @@ def _known_symmetries(name) -> str:
     return "none"
 
 
-def _valid_offset(values) -> tuple[float, float]:
+def _valid_offset(values, field_name: str) -> tuple[float, float]:
     """(dy, dx) within [-1, 1] px; anything else (a damaged or foreign file) means no offset."""
     try:
         dy, dx = (float(v) for v in values)
     except (TypeError, ValueError):
         dy = dx = float("nan")
     if not (abs(dy) <= 1.0 and abs(dx) <= 1.0):
-        warnings.warn(f"ignoring output_offset {values!r}: it must be two numbers within [-1, 1] px", stacklevel=2)
+        warnings.warn(f"ignoring {field_name} {values!r}: it must be two numbers within [-1, 1] px", stacklevel=2)
         return (0.0, 0.0)
     return (dy, dx)
+
+
+@dataclass(frozen=True)
+class _FieldJson:
+    """How one ModelMetadata field is read from and written to the JSON in the .keras file.
+
+    from_json(value, field name): the field's value, or None for "use the default" (a damaged value, after a
+    warning naming the field); to_json(value): what is written (None: as it is); written: the attribute written
+    instead of the field (a property that fills in a default)."""
+
+    from_json: Callable[[Any, str], Any]
+    to_json: Callable[[Any], Any] | None = None
+    written: str | None = None
+
+
+def _json(from_json: Callable[[Any, str], Any], to_json: Callable[[Any], Any] | None = None,
+          written: str | None = None) -> dict:
+    """Field metadata for ModelMetadata (see _FieldJson)."""
+    return {"json": _FieldJson(from_json, to_json, written)}
+
+
+def _plain(convert: Callable[[Any], Any]) -> Callable[[Any, str], Any]:
+    """A from_json that converts the stored value and needs no name for its messages."""
+    return lambda value, name: convert(value)
+
+
+@dataclass
+class ModelMetadata:
+    """What prediction needs besides the weights; saved inside the .keras file."""
+
+    config: UNetConfig = field(default_factory=UNetConfig, metadata=_json(_plain(lambda v: UNetConfig(**v)), asdict))
+    normalization: NormalizationConfig = field(
+        default_factory=NormalizationConfig,
+        metadata=_json(_plain(NormalizationConfig.from_dict), NormalizationConfig.to_dict))
+    class_names: list[str] = field(default_factory=lambda: ["foreground"], metadata=_json(_plain(list), list))
+    # What each input channel is (e.g. red, green, blue), shown by the dock; [] = the defaults for the
+    # channel count (channels.channel_names).
+    channel_names: list[str] = field(default_factory=list, metadata=_json(_plain(lambda v: [str(name) for name in v]),
+                                                                          written="input_channel_names"))
+    tile_size: int = field(default=256, metadata=_json(_plain(int), int))
+    name: str = field(default="unet", metadata=_json(_plain(str)))
+    # The flips/rotations the model was trained to be unaffected by (see SYMMETRIES); test-time
+    # augmentation averages exactly these. Files without the field were trained with all 8.
+    symmetries: str = field(default="dihedral", metadata=_json(_known_symmetries))
+    # (dy, dx) in px, each within [-1, 1]: prediction moves the probability map by this after
+    # test-time augmentation, because some annotators draw consistently off the structure (the ISBI
+    # masks sit ~0.5 px above the membranes) and a model trained with rotations cannot learn that.
+    # Fitted on validation data by calibration.fit_output_offset; (0, 0) for files without it.
+    output_offset: tuple[float, float] = field(default=(0.0, 0.0),
+                                               metadata=_json(_valid_offset, lambda v: [float(x) for x in v]))
+    # How the output becomes instances (instances.INSTANCE_METHODS): "components" (foreground blobs,
+    # touching ones split on the distance transform), "enclosed" (a boundary model: the regions between
+    # boundaries), "boundary_watershed" (3 classes background/interior/boundary: seeded watershed), "classes"
+    # (background and several classes painted as label values 1..n; object_classes are split into instances).
+    # "" = decide from the class names, as files without the field were meant.
+    instances: str = field(default="", metadata=_json(_known_instance_method, written="instance_method"))
+    # boundary_watershed: how sure of "interior" a seed must be (chosen on validation images by the recipe;
+    # None: instances.SEED_THRESHOLD).
+    seed_threshold: float | None = field(default=None, metadata=_json(_valid_probability))
+    # Multi-class models: a pixel belongs to an object when P(background) is below this (chosen on validation
+    # images by the recipe); None: when background is not the most probable class.
+    background_threshold: float | None = field(default=None, metadata=_json(_valid_probability))
+    # Instances: objects smaller than min_size px are dropped, and boundary_watershed seeds smaller than
+    # min_seed_size px are noise (both chosen on validation images by the recipe; None: the defaults,
+    # postprocess.MIN_OBJECT_SIZE and instances.MIN_SEED_SIZE).
+    min_size: int | None = field(default=None, metadata=_json(_valid_pixel_count))
+    min_seed_size: int | None = field(default=None, metadata=_json(_valid_pixel_count))
+    # boundary_watershed: touching objects whose shared border's mean boundary probability is below this are one
+    # object (instances.merge_weak_borders; chosen on validation by the recipe; None: no merging).
+    merge_threshold: float | None = field(default=None, metadata=_json(_valid_probability))
+    # boundary_watershed: the px of boundary each of two touching objects gets in the training targets (1: the
+    # objects' outer rings; instances.boundary_targets). Stored so that fine-tuning derives the targets the
+    # model was trained on.
+    touching_width: int = field(default=1, metadata=_json(_valid_pixel_count, int))
+    # boundary_watershed: > 0: the interior class is only each object's core, its pixels at least this fraction of
+    # the object's largest depth from its edge (instances.object_cores); 0: all but the boundary ring.
+    core_fraction: float = field(default=0.0, metadata=_json(_valid_fraction, float))
+    # instances "classes" (a softmax head: background, then one output per class): the names of the classes whose
+    # connected regions are objects to separate into instances; the other classes are regions (e.g. cytoplasm).
+    object_classes: list[str] = field(default_factory=list,
+                                      metadata=_json(_plain(lambda v: [str(name) for name in v]), list))
+    # Free-form provenance: training data, metrics, parent version; shown in model lists.
+    info: dict = field(default_factory=dict, metadata=_json(_plain(dict)))
+
+    def to_dict(self) -> dict:
+        """The JSON stored in the .keras file: every field, as its metadata's `to_json` writes it."""
+        values = {"format": METADATA_FORMAT}
+        for spec in fields(self):
+            io = spec.metadata["json"]
+            value = getattr(self, io.written or spec.name)
+            values[spec.name] = io.to_json(value) if io.to_json else value
+        return values
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ModelMetadata":
+        """Read the stored JSON: a missing field takes its default, and so does a damaged one (with a warning,
+        from its `from_json`), so a file from an older or newer version still loads."""
+        known = {}
+        for spec in fields(cls):
+            if spec.name in values:
+                value = spec.metadata["json"].from_json(values[spec.name], spec.name)
+                if value is not None or spec.default is None:
+                    known[spec.name] = value
+        return cls(**known)
+
+    @property
+    def input_channel_names(self) -> list[str]:
+        """One name per input channel: the stored ones when they fit the channel count, else the defaults."""
+        from napari_unet.channels import channel_names
+
+        if len(self.channel_names) == self.config.n_channels:
+            return list(self.channel_names)
+        return channel_names(self.config.n_channels)
+
+    @property
+    def instance_method(self) -> str:
+        """The stored method, else the one the class names imply (boundary names: the enclosed regions)."""
+        if self.instances:
+            return self.instances
+        from napari_unet.postprocess import objects_are_background
+
+        return "enclosed" if objects_are_background(self.class_names) else "components"
+
+    @property
+    def classes(self) -> list[str]:
+        """The classes a user paints and gets back (label values 1, 2 …): a "classes" model's outputs after
+        background; one name for any other model (its foreground, whatever its outputs are for)."""
+        if self.instance_method == "classes":
+            return list(self.class_names[1:])
+        if self.instance_method == "boundary_watershed" and len(self.class_names) > 1:
+            return [self.class_names[1]]
+        return [(self.class_names or ["foreground"])[0]]
+
+    @property
+    def object_class_values(self) -> list[int]:
+        """Label values (1..n) of the classes whose objects are separated into instances ("classes" models)."""
+        return [index for index, name in enumerate(self.classes, start=1) if name in self.object_classes]
 
 
 @dataclass
@@ -326,8 +333,10 @@ def with_classes(model: SegmentationModel, class_names: list[str], object_classe
     """`model` with a softmax head for these classes (after background), keeping its encoder and decoder.
 
     A model that already has exactly these classes is returned as it is. Otherwise its last layer is replaced
-    by a new, freshly initialised 1x1 convolution with len(class_names) + 1 outputs, and its metadata (and so
-    the card of the version trained from it) records that. Only models built by build_unet can be re-headed.
+    by a new 1x1 convolution with len(class_names) + 1 outputs, freshly initialised except, for a model of several
+    classes, the outputs of the classes it had (background and the classes of the same name: a class added later
+    does not make the model forget the others); its metadata (and so the card of the version trained from it)
+    records that. Only models built by build_unet can be re-headed.
     seed: the new layer's initial weights (so a repeated round starts from the same ones)."""
     import keras
 
@@ -349,10 +358,21 @@ def with_classes(model: SegmentationModel, class_names: list[str], object_classe
     for layer in keras_model.layers:
         if layer.name != "probabilities":
             layer.set_weights(model.keras_model.get_layer(layer.name).get_weights())
+    kept = []
+    if metadata.instance_method == "classes":  # a class added to a model of several: the known outputs stay learned
+        kernel, bias = keras_model.get_layer("probabilities").get_weights()
+        old_kernel, old_bias = model.keras_model.get_layer("probabilities").get_weights()
+        old_index = {name: index for index, name in enumerate(metadata.class_names)}
+        for index, name in enumerate(["background", *class_names]):
+            if name in old_index:
+                kernel[..., index], bias[index] = old_kernel[..., old_index[name]], old_bias[old_index[name]]
+                kept.append(name)
+        keras_model.get_layer("probabilities").set_weights([kernel, bias])
     parent = model.source or model.name
     info = {"new_output_layer": {  # a new model: nothing of the parent's card applies to it
         "from": parent, "parent_classes": metadata.classes, "classes": list(class_names),
-        "note": f"new output layer for {len(class_names)} classes; encoder and decoder kept from '{parent}'"}}
+        "note": f"new output layer for {len(class_names)} classes; encoder and decoder kept from '{parent}'"
+                + (f"; its outputs for {', '.join(kept)} kept" if kept else "")}}
     new_metadata = replace(metadata, config=config, class_names=["background", *class_names], instances="classes",
                            object_classes=list(object_classes), seed_threshold=None, background_threshold=None,
                            merge_threshold=None, min_seed_size=None, output_offset=(0.0, 0.0), info=info)

@@ -41,15 +41,20 @@ from napari_unet.onnx_engine import is_onnx, onnx_forward
 from napari_unet.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
 from napari_unet.precision import with_precision
 from napari_unet.stacks import (
+    STITCH_THRESHOLD,
     check_stack,
     isotropic_depth,
     join_planes,
+    joined_ids,
+    link_frame,
     link_frames,
+    overlap_ious,
     resample_depth,
     side_views,
     three_view_mean,
     three_view_volumes,
     volume_instances,
+    within_int32,
 )
 
 OUTPUTS = ("labels", "probabilities", "instances")
@@ -488,6 +493,74 @@ def predict(
         if output == "instances" and stack is not None:
             result = join_planes(result, stack)
     return result if method is None else (result, uncertainty)
+
+
+def predict_stack_into(model, image, out, *, stack: str = "z", threshold: float = 0.5, channel_axis: int | None = None,
+                       channels: ChannelChoice = None, progress: ProgressCallback | None = None,
+                       cancel: CancelCheck | None = None, instances_of: str = "auto", min_size: int | None = None,
+                       test_time_augmentation: bool | int = False, precision: str | None = None) -> None:
+    """Objects of a (Z, Y, X) volume or (T, Y, X) time-lapse too large for memory, written into `out` plane by plane.
+
+    image: any array that reads one plane at a time (zarr, dask, numpy), layouts as in predict(); out: a writable
+    int32 array of the image's (N, Y, X) shape, e.g. a zarr array (chunked one plane deep). Each plane is predicted
+    with predict(..., output="instances"); stack "z" stitches it to the plane before (stacks.stitch_planes' rule:
+    IoU >= STITCH_THRESHOLD) and relabels `out` in a second pass, stack "t" links it to the frame before
+    (stacks.link_frame). What `out` then holds equals predict(image, output="instances", stack=stack) without
+    anisotropy. Memory: two planes and one id per object, whatever the depth (three views need the whole volume:
+    predict() them on a region that fits). progress(done, total) counts planes (and the relabelling pass)."""
+    if stack not in ("z", "t"):
+        raise NapariUNetError(f"stack={stack!r}: predicting into an array joins the planes of a volume ('z') or the "
+                              "frames of a time-lapse ('t')")
+    if not _is_dask(image) and not isinstance(image, np.ndarray):  # zarr and the like: read plane by plane
+        import dask.array as da
+
+        image = da.from_array(image, chunks=image.chunks) if hasattr(image, "chunks") else np.asarray(image)
+    model, planes = model_and_planes(model, image, channel_axis, channels)
+    leading_shape = tuple(planes.shape[:-3])
+    if len(leading_shape) != 1:
+        raise NapariUNetError(f"predicting into an array takes a (Z, Y, X) or (T, Y, X) stack, got "
+                              f"{'×'.join(map(str, planes.shape[:-1]))} planes: predict each volume of a (T, Z, Y, X) "
+                              "stack into its own array")
+    if tuple(out.shape) != tuple(planes.shape[:-1]):
+        raise NapariUNetError(f"the output array is {'×'.join(map(str, out.shape))} but the image's planes are "
+                              f"{'×'.join(map(str, planes.shape[:-1]))}: make it that shape (int32)")
+    n_planes = leading_shape[0]
+    total = n_planes * (2 if stack == "z" else 1)
+
+    def report(done: int) -> None:
+        if cancel is not None and cancel():
+            raise Cancelled("prediction cancelled")
+        if progress is not None:
+            progress(done, total)
+
+    previous, next_id = None, 1
+    sources, targets, present = [], [], [np.zeros(1, dtype=bool)]
+    for index in range(n_planes):
+        report(index)
+        plane = predict(model, np.asarray(planes[index]), output="instances", threshold=threshold, channel_axis=-1,
+                        instances_of=instances_of, min_size=min_size, test_time_augmentation=test_time_augmentation,
+                        precision=precision).astype(np.int64)
+        if stack == "t":
+            plane, next_id = link_frame(previous, plane, next_id)
+        else:  # ids unique over the stack; pairs of overlapping objects of neighbouring planes noted for joining
+            highest = int(plane.max(initial=0))
+            plane = np.where(plane != 0, plane + (next_id - 1), 0)
+            seen = np.zeros(highest, dtype=bool)
+            seen[np.unique(plane[plane != 0]) - next_id] = True
+            present.append(seen)
+            next_id += highest
+            if previous is not None:
+                lower_ids, upper_ids, ious = overlap_ious(previous, plane)
+                sources.append(lower_ids[ious >= STITCH_THRESHOLD])
+                targets.append(upper_ids[ious >= STITCH_THRESHOLD])
+        out[index] = within_int32(plane)
+        previous = plane
+    if stack == "z":
+        table = within_int32(joined_ids(np.concatenate(present), sources, targets))
+        for index in range(n_planes):
+            report(n_planes + index)
+            out[index] = table[np.asarray(out[index])]
+    report(total)
 
 
 def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,

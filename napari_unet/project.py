@@ -19,8 +19,8 @@ new version on the evaluation pairs (or, without any, on the held-out stripes of
 - The active version is the version of the last kept round (else the start model): derived from the
   round records, so there is no second copy of it to get out of step after a crash.
 - Several classes: label value k is class k; the first round from a model without the project's classes gives
-  it a new output layer (model.with_classes); the rule and the guard work on the classes' mean IoU and on each
-  class (a class measurably worse rolls the round back).
+  it a new output layer (model.with_classes); the rule and the guard work on the classes' mean IoU and, between
+  versions that both have the classes, on each class (a class measurably worse rolls the round back).
 - Lineage: every version's record holds its parent, the content hashes of the exact pairs it trained
   on, settings, seed and package version; `retrain(n)` repeats round n and says how close it came.
 """
@@ -46,11 +46,11 @@ from napari_unet.classes import SegmentationClass, check_classes, check_label_va
 from napari_unet.errors import NapariUNetError
 from napari_unet.evidence import class_unit_counts, compare, pooled, unit_counts
 from napari_unet.masks import IGNORE_LABEL
+from napari_unet.records import ROUND_FORMAT, RoundEvaluation, RoundRecord, RoundTraining
 from napari_unet.store import ModelStore, array_sha1, pair_fingerprint
 from napari_unet.training_set import HELD_OUT_FRACTION, TrainingSet
 
 PROJECT_FORMAT = "napari-unet-project/1"
-ROUND_FORMAT = "napari-unet-round/1"
 # Share of evaluation pixels predicted as foreground above which a version "predicts everything".
 ALL_FOREGROUND = 0.98
 
@@ -77,20 +77,20 @@ class Evaluation:
 class RoundOutcome:
     """A finished round: its record (what the log, the CLI's --json and the dock show) and the new model."""
 
-    record: dict
+    record: RoundRecord
     model: object  # SegmentationModel of the new version (kept or not)
 
     @property
     def kept(self) -> bool:
-        return bool(self.record["kept"])
+        return self.record.kept
 
     @property
     def reason(self) -> str:
-        return str(self.record["reason"])
+        return self.record.reason
 
     @property
     def version(self) -> str:
-        return str(self.record["version"])
+        return self.record.version
 
 
 class Project:
@@ -169,14 +169,10 @@ class Project:
         listed = self._settings().get("classes") or [{"name": "foreground"}]
         return [SegmentationClass.from_dict(values) for values in listed]
 
-    @property
-    def declares_classes(self) -> bool:
-        """Whether project.json lists classes (else the project has the one default class)."""
-        return bool(self._settings().get("classes"))
-
     def set_classes(self, classes: list[SegmentationClass]) -> list[SegmentationClass]:
         """Declare the project's classes. Once pairs exist, classes may only be added after the existing ones (and
-        their colours or object flags changed), so no painted label changes meaning."""
+        their colours or object flags changed), so no painted label changes meaning; every stored pair must hold
+        only the new classes' values (a pair painted for one class may hold instance ids)."""
         check_classes(classes)
         current = self.classes
         painted = bool(self.training.pairs() or self.evaluation.pairs())
@@ -188,6 +184,10 @@ class Project:
         if not self.settings_path.exists():
             raise NapariUNetError(f"'{self.root}' has no project.json: create it with "
                                   f"'napari-unet project init {self.root} -m MODEL --classes …'")
+        for folder in (self.training, self.evaluation):  # pairs painted for one class may hold instance ids
+            for pair in folder.pairs():
+                check_label_values(folder.load(pair.name)[1], classes, pair.name,
+                                   fix="repaint that pair with class values, or remove it first")
         with self._one_round_at_a_time():
             atomic_write_json(self.settings_path, {**self._settings(), "classes": [c.to_dict() for c in classes]})
         return self.classes
@@ -214,24 +214,24 @@ class Project:
                           sparse=sparse and not evaluation, corrected_pixels=corrected_pixels, replace=replace)
 
     # ------------------------------------------------------------------ rounds and versions
-    def rounds(self) -> list[dict]:
+    def rounds(self) -> list[RoundRecord]:
         """Records of all finished rounds, oldest first."""
         if not self.rounds_dir.is_dir():
             return []
         records = []
         for path in sorted(self.rounds_dir.glob("[0-9]*.json")):
-            with contextlib.suppress(OSError, ValueError):
-                record = json.loads(path.read_text())
-                if record.get("format") == ROUND_FORMAT:
-                    records.append(record)
-        return sorted(records, key=lambda r: r["round"])
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                values = json.loads(path.read_text())
+                if isinstance(values, dict) and values.get("format") == ROUND_FORMAT:
+                    records.append(RoundRecord.from_json(values))
+        return sorted(records, key=lambda r: r.round)
 
     @property
     def active(self) -> str | None:
         """The version of the last kept round, else the start model."""
         for record in reversed(self.rounds()):
-            if record["kept"] and (self.store.has(record["version"]) or record["version"] == self.start_model):
-                return record["version"]
+            if record.kept and (self.store.has(record.version) or record.version == self.start_model):
+                return record.version
         return self.start_model
 
     def load_model(self, key: str):
@@ -244,7 +244,7 @@ class Project:
         return {"project": str(self.root), "start_model": self.start_model, "active": self.active,
                 "classes": [c.to_dict() for c in self.classes],
                 "training_pairs": len(self.training.pairs()), "evaluation_pairs": len(self.evaluation.pairs()),
-                "rounds": [public_record(record) for record in self.rounds()]}
+                "rounds": [record.public_json() for record in self.rounds()]}
 
     # ------------------------------------------------------------------ the round
     @contextlib.contextmanager
@@ -311,6 +311,17 @@ class Project:
                 evaluation = Evaluation("held-out stripes", list(data.names), data.images, data.truths, data.held_out)
         return data, evaluation
 
+    def masks_for(self, model, masks: list[np.ndarray]) -> list[np.ndarray]:
+        """The training masks as `model` would draw them, for adaptation.adapt to judge how well it starts: with
+        several classes and a model without them, only the class it finds (its class's name, else the first) is
+        foreground; the other classes are background to it."""
+        classes = [c.name for c in self.classes]
+        if len(classes) < 2 or model.metadata.instance_method == "classes":
+            return masks
+        known = model.metadata.classes[0]
+        value = classes.index(known) + 1 if known in classes else 1
+        return [np.where(mask == IGNORE_LABEL, IGNORE_LABEL, mask == value).astype(np.uint8) for mask in masks]
+
     def with_project_classes(self, model, seed: int = 0):
         """`model` ready to learn the project's classes: as it is for one class or when it has them, else with a
         new output layer for them (its encoder and decoder kept)."""
@@ -344,8 +355,9 @@ class Project:
             parent = with_channels_of(self.load_model(parent_key), data.images)
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
             before_units, _ = score_evaluation(parent, evaluation)
-            start, config, adaptation = adapt(parent, data.images, data.train_masks, config, log=log)
-            focus = error_focus(start, data.images, data.train_masks, data.names, config, adaptation)
+            corrections = self.masks_for(parent, data.train_masks)
+            start, config, adaptation = adapt(parent, data.images, corrections, config, log=log)
+            focus = error_focus(start, data.images, corrections, data.names, config, adaptation)
             start = self.with_project_classes(start, seed=config.seed)
             if "new_output_layer" in start.metadata.info and "fine_tuned_from" not in start.metadata.info:
                 log(f"'{parent_key}' has no output for the classes {describe(self.classes)}: a new output layer "
@@ -401,17 +413,15 @@ class Project:
                    "package_version": __version__, "evaluation_source": evaluation.source,
                    "evaluation_pairs": evaluation.fingerprints},
         )["name"]
-        record = {
-            "format": ROUND_FORMAT, "round": number, "parent": parent_key, "version": version, "kept": kept,
-            "reason": reason, "eval": _eval_record(comparison, evaluation, "rolled back" if failure else None),
-            "seconds": round(time.monotonic() - started, 2),
-            "training": {"steps": history.steps, "seconds": round(history.seconds, 2),
-                         "stopped_reason": history.stopped_reason, "pairs": list(data.names),
-                         "settings": settings},
-            "adaptation": adaptation or {},
-            "created": _now(),
-        }
-        atomic_write_json(self.rounds_dir / f"{number:04d}.json", record)  # last: the commit marker
+        record = RoundRecord(
+            round=number, parent=parent_key, version=version, kept=kept, reason=reason,
+            eval=_eval_record(comparison, evaluation, "rolled back" if failure else None),
+            seconds=round(time.monotonic() - started, 2),
+            training=RoundTraining(steps=history.steps, seconds=round(history.seconds, 2),
+                                   stopped_reason=history.stopped_reason, pairs=tuple(data.names), settings=settings),
+            adaptation=adaptation or {}, created=_now(),
+        )
+        atomic_write_json(self.rounds_dir / f"{number:04d}.json", record.to_json())  # last: the commit marker
         log(reason)
         return RoundOutcome(record, tuned)
 
@@ -425,13 +435,13 @@ class Project:
         loaded = [self.evaluation.load(name) for name in evaluation.names]
         return [image for image, _ in loaded], [mask for _, mask in loaded]
 
-    def revert(self, version: str) -> dict:
+    def revert(self, version: str) -> RoundRecord:
         """Make an earlier version (or the start model) active again, as a record in the log.
 
         Nothing is deleted; the record's eval compares the active version with `version` on the same
         evaluation set, so the log shows what the user gave up or regained.
         """
-        known = {r["version"] for r in self.rounds()} | {self.start_model}
+        known = {r.version for r in self.rounds()} | {self.start_model}
         if version not in known:
             raise NapariUNetError(f"'{version}' was not made in project '{self.root}' and is not its start model: "
                                   f"choose one of {', '.join(sorted(v for v in known if v))}")
@@ -439,7 +449,7 @@ class Project:
             rounds = self.rounds()
             # A project opened from an old folder has no start model: before any kept round, the model its
             # first round started from is what is in use.
-            active = self.active or (rounds[0]["parent"] if rounds else None)
+            active = self.active or (rounds[0].parent if rounds else None)
             if active is None:
                 raise NapariUNetError(f"project '{self.root}' has no active model to revert from: run a round first")
             _, evaluation = self.snapshot()
@@ -447,10 +457,10 @@ class Project:
             after_units, _ = score_evaluation(self.load_model(version), evaluation)
             comparison = compare(before_units, after_units)
             number = _next_number(rounds)
-            record = {"format": ROUND_FORMAT, "round": number, "kind": "revert", "parent": active, "version": version,
-                      "kept": True, "reason": f"Reverted to '{version}' by the user; it is active again.",
-                      "eval": _eval_record(comparison, evaluation), "seconds": 0.0, "created": _now()}
-            atomic_write_json(self.rounds_dir / f"{number:04d}.json", record)
+            record = RoundRecord(round=number, kind="revert", parent=active, version=version, kept=True,
+                                 reason=f"Reverted to '{version}' by the user; it is active again.",
+                                 eval=_eval_record(comparison, evaluation), seconds=0.0, created=_now())
+            atomic_write_json(self.rounds_dir / f"{number:04d}.json", record.to_json())
             return record
 
     def rename_version(self, old: str, new: str) -> dict:
@@ -470,13 +480,13 @@ class Project:
         report how close the new result comes to the recorded version."""
         from napari_unet.training import TrainConfig, finetune
 
-        record = next((r for r in self.rounds() if r["round"] == number), None)
+        record = next((r for r in self.rounds() if r.round == number), None)
         if record is None:
             raise NapariUNetError(f"project '{self.root}' has no round {number}: "
-                                  f"rounds are {[r['round'] for r in self.rounds()] or 'none yet'}")
-        if record.get("kind") == "revert":
+                                  f"rounds are {[r.round for r in self.rounds()] or 'none yet'}")
+        if record.is_revert:
             raise NapariUNetError(f"round {number} of project '{self.root}' is a revert, not training: nothing to repeat")
-        version_record = self.store.record(record["version"]) or {}
+        version_record = self.store.record(record.version) or {}
         data, evaluation = self.snapshot(version_record.get("evaluation_source") == "held-out stripes")
         available = {(array_sha1(image), array_sha1(mask)): (name, image, mask)
                      for name, image, mask in zip(data.names, data.images, data.train_masks)}
@@ -489,8 +499,8 @@ class Project:
                     "(removed or changed): the round cannot be repeated exactly"
                 )
             chosen.append(available[key])
-        config = replace(_config_from_settings(TrainConfig, record["training"]["settings"]), seconds=None)
-        steps = int(record["training"]["steps"])
+        config = replace(_config_from_settings(TrainConfig, record.training.settings), seconds=None)
+        steps = int(record.training.steps)
         done = [0]
 
         def count(event) -> None:
@@ -498,53 +508,46 @@ class Project:
             if progress is not None:
                 progress(event)
 
-        parent = with_channels_of(self.load_model(record["parent"]), [c[1] for c in chosen])
-        parent, config, _ = adapt(parent, [c[1] for c in chosen], [c[2] for c in chosen], config)
+        parent = with_channels_of(self.load_model(record.parent), [c[1] for c in chosen])
+        parent, config, _ = adapt(parent, [c[1] for c in chosen], self.masks_for(parent, [c[2] for c in chosen]), config)
         parent = self.with_project_classes(parent, seed=config.seed)
         config = replace(config, seconds=None)  # the recorded step count ends it, not the clock
         tuned, history = finetune(parent, [c[1] for c in chosen], [c[2] for c in chosen], config=config,
                                   names=[c[0] for c in chosen], progress=count, cancel=lambda: done[0] >= steps)
-        recorded = self.store.load(record["version"])
+        recorded = self.store.load(record.version)
         units, _ = score_evaluation(tuned, evaluation)
         weights_difference = max(float(np.max(np.abs(a - b))) for a, b in
                                  zip(tuned.keras_model.get_weights(), recorded.keras_model.get_weights()))
         after = _rounded(pooled(units))
-        return {"round": number, "version": record["version"], "steps": history.steps, "recorded_steps": steps,
-                "eval_recorded": record["eval"]["after"], "eval_retrained": after,
-                "iou_difference": round(after["iou"] - record["eval"]["after"]["iou"], 4),
+        return {"round": number, "version": record.version, "steps": history.steps, "recorded_steps": steps,
+                "eval_recorded": record.eval.after, "eval_retrained": after,
+                "iou_difference": round(after["iou"] - record.eval.after["iou"], 4),
                 "max_weight_difference": weights_difference}
 
 
 # ---------------------------------------------------------------------- helpers
 
 
-def public_record(record: dict) -> dict:
-    """The round record as the CLI contract names it."""
-    keys = ("round", "parent", "version", "kept", "reason", "eval", "seconds")
-    return {key: record[key] for key in keys}
-
-
 def _rounded(scores: dict) -> dict:
     return {key: round(float(scores[key]), 4) for key in ("iou", "dice", "pixel_error")}
 
 
-def _next_number(rounds: list[dict]) -> int:
-    return rounds[-1]["round"] + 1 if rounds else 1
+def _next_number(rounds: list[RoundRecord]) -> int:
+    return rounds[-1].round + 1 if rounds else 1
 
 
-def _eval_record(comparison, evaluation: Evaluation, verdict: str | None = None) -> dict:
+def _eval_record(comparison, evaluation: Evaluation, verdict: str | None = None) -> RoundEvaluation:
     """What a log record says about the evaluation: scores before and after, the evidence, the verdict (and, with
     several classes, the same per class)."""
-    record = {"before": _rounded(comparison.before), "after": _rounded(comparison.after), "source": evaluation.source,
-              "units": comparison.units, "delta_iou_interval": [round(v, 4) for v in comparison.interval],
-              "verdict": verdict or comparison.verdict}
-    if comparison.per_class:
-        record["classes"] = {name: {"before": {k: round(float(v), 4) for k, v in c["before"].items()},
-                                    "after": {k: round(float(v), 4) for k, v in c["after"].items()},
-                                    "delta_iou_interval": [round(float(v), 4) for v in c["interval"]],
-                                    "verdict": c["verdict"]}
-                             for name, c in zip(evaluation.class_names, comparison.per_class)}
-    return record
+    classes = {name: {"before": {k: round(float(v), 4) for k, v in c["before"].items()},
+                      "after": {k: round(float(v), 4) for k, v in c["after"].items()},
+                      "delta_iou_interval": [round(float(v), 4) for v in c["interval"]],
+                      "verdict": c["verdict"]}
+               for name, c in zip(evaluation.class_names, comparison.per_class or ())}
+    return RoundEvaluation(before=_rounded(comparison.before), after=_rounded(comparison.after),
+                           source=evaluation.source, units=comparison.units,
+                           delta_iou_interval=tuple(round(v, 4) for v in comparison.interval),
+                           verdict=verdict or comparison.verdict, classes=classes)
 
 
 def _config_from_settings(config_type, settings: dict):
@@ -614,7 +617,10 @@ def _guard(model, labels: list[np.ndarray], evaluation: Evaluation, comparison) 
         return (f"Rolled back: the new version scores lower {where} ({mean} {comparison.before['iou']:.3f} → "
                 f"{comparison.after['iou']:.3f}, beyond the noise: 95% interval {low:+.3f} to {high:+.3f}); "
                 "the previous model stays active.")
-    for name, scores in zip(evaluation.class_names, comparison.per_class):
+    # Per class only between models that both have the classes: the round that gives a model a new output layer
+    # is judged on the mean, since its parent could not segment the other classes at all.
+    new_output_layer = "new_output_layer" in model.metadata.info
+    for name, scores in zip(evaluation.class_names, [] if new_output_layer else comparison.per_class):
         if scores["verdict"] == "hurt":
             low, high = scores["interval"]
             return (f"Rolled back: the new version scores lower on class '{name}' {where} (IoU "

@@ -8,6 +8,7 @@ from pathlib import Path
 from napari_unet.bioimageio import load_package, read_package_metadata
 from napari_unet.errors import ModelLoadError
 from napari_unet.model import ModelMetadata, SegmentationModel, load_model_file, read_metadata
+from napari_unet.records import ModelEntry
 from napari_unet.shipped import shipped_model_names, shipped_model_path
 from napari_unet.store import ModelStore
 
@@ -73,28 +74,24 @@ def read_model_metadata(path: str | os.PathLike) -> ModelMetadata | None:
     return read_package_metadata(path) if Path(path).suffix == ".zip" else read_metadata(path)
 
 
-def list_models(*stores: ModelStore) -> list[dict]:
-    """Every model a user can pick, in one listing: shipped models, then each store's versions (newest first).
-
-    Each entry: name, kind ("shipped" or "version"), description, metrics (held-out or evaluation scores),
-    parent, created, path, kept (False for a version a project's guard rolled back).
-    """
+def list_models(*stores: ModelStore) -> list[ModelEntry]:
+    """Every model a user can pick, in one listing: shipped models, then each store's versions (newest first)."""
     entries = []
     for name in shipped_model_names():
         metadata = read_metadata(shipped_model_path(name))
         info = metadata.info if metadata is not None else {}
         held_out = info.get("metrics_held_out", {})
-        entries.append({"name": name, "kind": "shipped", "description": info.get("description", ""),
-                        "metrics": held_out.get("at_threshold_0.5", held_out), "parent": None, "created": "",
-                        "path": str(shipped_model_path(name)), "kept": True})
-    seen = {entry["name"] for entry in entries}
+        entries.append(ModelEntry(name=name, kind="shipped", path=str(shipped_model_path(name)),
+                                  description=info.get("description", ""),
+                                  metrics=held_out.get("at_threshold_0.5", held_out)))
+    seen = {entry.name for entry in entries}
     for store in stores or (ModelStore(),):
         for record in store.list_versions():
             if record["name"] in seen:
                 continue
             seen.add(record["name"])
-            entries.append({"name": record["name"], "kind": "version", "description": "",
-                            "metrics": record.get("metrics") or {}, "parent": record.get("parent"),
-                            "created": record.get("created", ""), "path": record["path"],
-                            "kept": record.get("kept", True) is not False, "store": str(store.root)})
+            entries.append(ModelEntry(name=record["name"], kind="version", path=record["path"],
+                                      metrics=record.get("metrics") or {}, parent=record.get("parent"),
+                                      created=record.get("created", ""), kept=record.get("kept", True) is not False,
+                                      store=str(store.root)))
     return entries

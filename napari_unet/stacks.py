@@ -85,16 +85,23 @@ def link_frames(instances: np.ndarray, threshold: float = LINK_THRESHOLD) -> np.
     linked = np.zeros(instances.shape, dtype=np.int64)
     next_id = 1
     for index, frame in enumerate(instances):
-        ids = np.unique(frame[frame != 0])
-        new_ids = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.int64)
-        if index:
-            for previous_id, current_id in one_to_one_matches(linked[index - 1], frame, threshold):
-                new_ids[current_id] = previous_id
-        unmatched = ids[new_ids[ids] == 0]
-        new_ids[unmatched] = np.arange(next_id, next_id + unmatched.size)
-        next_id += unmatched.size
-        linked[index] = new_ids[frame]
-    return _as_int32(linked)
+        linked[index], next_id = link_frame(linked[index - 1] if index else None, frame, next_id, threshold)
+    return within_int32(linked)
+
+
+def link_frame(previous: np.ndarray | None, frame: np.ndarray, next_id: int,
+               threshold: float = LINK_THRESHOLD) -> tuple[np.ndarray, int]:
+    """(frame's objects with the ids of the `previous` linked frame's objects they match, the next unused id):
+    one step of link_frames, so a time-lapse too large for memory is linked frame by frame."""
+    frame = np.asarray(frame)
+    ids = np.unique(frame[frame != 0])
+    new_ids = np.zeros(int(ids.max()) + 1 if ids.size else 1, dtype=np.int64)
+    if previous is not None:
+        for previous_id, current_id in one_to_one_matches(previous, frame, threshold):
+            new_ids[current_id] = previous_id
+    unmatched = ids[new_ids[ids] == 0]
+    new_ids[unmatched] = np.arange(next_id, next_id + unmatched.size)
+    return new_ids[frame], next_id + int(unmatched.size)
 
 
 def stitch_planes(instances: np.ndarray, threshold: float = STITCH_THRESHOLD) -> np.ndarray:
@@ -104,10 +111,6 @@ def stitch_planes(instances: np.ndarray, threshold: float = STITCH_THRESHOLD) ->
     joined objects are the connected components of that graph (scipy.sparse.csgraph): an object cut in two in
     one plane stays one object, because both halves overlap it in the planes around.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from skimage.segmentation import relabel_sequential
-
     instances = np.asarray(instances)
     if instances.ndim != 3:
         raise NapariUNetError(f"stitching needs a (Z, Y, X) stack of instances, got shape {instances.shape}")
@@ -121,18 +124,34 @@ def stitch_planes(instances: np.ndarray, threshold: float = STITCH_THRESHOLD) ->
         joined = ious >= threshold
         sources.append(lower_ids[joined])
         targets.append(upper_ids[joined])
-    n_ids = int(highest.sum()) + 1
-    sources = np.concatenate(sources or [np.zeros(0, np.int64)]).astype(np.int64)
-    targets = np.concatenate(targets or [np.zeros(0, np.int64)]).astype(np.int64)
+    present = np.zeros(int(highest.sum()) + 1, dtype=bool)
+    present[np.unique(unique)] = True
+    return within_int32(joined_ids(present, sources, targets)[unique])
+
+
+def joined_ids(present: np.ndarray, sources: list, targets: list) -> np.ndarray:
+    """The new id of every id 0..n-1 once each (source, target) pair is one object: the connected components of that
+    graph (scipy.sparse.csgraph), numbered 1.. in the order of the component labels (as relabel_sequential does);
+    0 stays 0. A table, so a stack too large for memory is relabelled plane by plane.
+
+    present: bool (n,), which ids occur (an absent id takes no number); sources, targets: lists of int arrays of
+    joined ids."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n_ids = int(present.size)
+    sources = np.concatenate([np.zeros(0, np.int64), *sources]).astype(np.int64)
+    targets = np.concatenate([np.zeros(0, np.int64), *targets]).astype(np.int64)
     graph = coo_matrix((np.ones(sources.size), (sources, targets)), shape=(n_ids, n_ids))
     _, component = connected_components(graph, directed=False)
-    component = component + 1  # component ids from 1; the background's own component is removed below
-    component[0] = 0
-    stitched, _, _ = relabel_sequential(component[unique])
-    return _as_int32(stitched)
+    ids = np.flatnonzero(present[1:]) + 1
+    table = np.zeros(n_ids, dtype=np.int64)
+    table[ids] = np.unique(component[ids], return_inverse=True)[1].ravel() + 1
+    return table
 
 
-def _as_int32(labels: np.ndarray) -> np.ndarray:
+def within_int32(labels: np.ndarray) -> np.ndarray:
+    """Object ids as int32 (napari's and the files' label type), refused in one line if they do not fit."""
     if labels.size and int(labels.max()) > np.iinfo(np.int32).max:
         raise NapariUNetError("more than 2**31 objects: split the stack and label its parts one at a time")
     return labels.astype(np.int32, copy=False)

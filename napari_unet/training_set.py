@@ -112,7 +112,7 @@ def thumbnail(image: np.ndarray, size: int = 64) -> np.ndarray:
     return np.ascontiguousarray((scaled * 255).astype(np.uint8))
 
 
-def _safe_name(base: str) -> str:
+def pair_file_name(base: str) -> str:
     """A file-safe pair name: 'cells 03' → 'cells_03'."""
     return _NAME_PATTERN.sub("_", base).strip("._") or "pair"
 
@@ -181,7 +181,7 @@ class TrainingSet:
 
     def unique_name(self, base: str) -> str:
         """A file-safe name from `base` ('cells 03' → 'cells_03'), suffixed _2, _3 … if taken."""
-        stem = _safe_name(base)
+        stem = pair_file_name(base)
         name, counter = stem, 2
         while (self.records_dir / f"{name}.json").exists() or (self.images_dir / f"{name}.tif").exists():
             name, counter = f"{stem}_{counter}", counter + 1
@@ -213,7 +213,7 @@ class TrainingSet:
             )
         for folder in (self.images_dir, self.masks_dir, self.records_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        name = _safe_name(name) if replace else self.unique_name(name)
+        name = pair_file_name(name) if replace else self.unique_name(name)
         pair = TrainingPair(
             name=name,
             image_path=self.images_dir / f"{name}.tif",

@@ -144,8 +144,8 @@ def test_a_round_on_multichannel_pairs_makes_a_version_that_reads_every_channel(
     project.add_pair(*_discs(7, colour=n_channels), evaluation=True, name="check")
     outcome = project.round(QUICK)
     assert outcome.model.config.n_channels == n_channels
-    assert outcome.record["adaptation"]["widened"]["to_channels"] == n_channels
-    version = project.load_model(outcome.record["version"])  # as saved: channels, names and card survive
+    assert outcome.record.adaptation["widened"]["to_channels"] == n_channels
+    version = project.load_model(outcome.record.version)  # as saved: channels, names and card survive
     assert version.config.n_channels == n_channels
     assert version.metadata.info["adaptation"]["widened"]["from_channels"] == 1
     image, _ = _discs(11, colour=n_channels)
@@ -202,7 +202,7 @@ def test_live_learns_from_colour_corrections(tmp_path, start_model):
     forest = ForestPreview()
     assert forest.fit(image, mask) and forest.predict(image).shape == mask.shape
     outcome = trainer.keep()
-    assert project.load_model(outcome.record["version"]).config.n_channels == 3
+    assert project.load_model(outcome.record.version).config.n_channels == 3
 
 
 def test_post_processing_is_re_chosen_on_the_users_objects_and_never_for_worse(nuclei_dir):

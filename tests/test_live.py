@@ -74,11 +74,11 @@ def test_bursts_train_from_the_corrections_and_keep_goes_through_the_guard(proje
     trainer.train(seconds=0.5)
     outcome = trainer.keep()
     record = outcome.record
-    assert record["parent"] == start_model and record["training"]["steps"] == trainer.total_steps
-    assert record["eval"]["source"] == "evaluation pairs"
-    assert record["kept"] == (record["eval"]["verdict"] != "hurt")
-    if record["kept"]:
-        assert project.active == record["version"] == trainer.parent_key
+    assert record.parent == start_model and record.training.steps == trainer.total_steps
+    assert record.eval.source == "evaluation pairs"
+    assert record.kept == (record.eval.verdict != "hurt")
+    if record.kept:
+        assert project.active == record.version == trainer.parent_key
     assert outcome.model.metadata.info["training"]["stopped_reason"] == "live"
 
 

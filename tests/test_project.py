@@ -47,12 +47,12 @@ def project(tmp_path, start_model):
 def test_a_round_that_helps_is_kept_with_its_lineage(project, start_model):
     outcome = project.round(QUICK)
     record = outcome.record
-    assert record["round"] == 1 and record["parent"] == start_model and record["kept"]
-    assert record["eval"]["source"] == "evaluation pairs"
-    assert record["eval"]["after"]["iou"] > record["eval"]["before"]["iou"]
-    assert record["eval"]["verdict"] == "helped" and "helped" in record["reason"]
-    assert project.active == record["version"] == outcome.version
-    lineage = project.store.record(record["version"])
+    assert record.round == 1 and record.parent == start_model and record.kept
+    assert record.eval.source == "evaluation pairs"
+    assert record.eval.after["iou"] > record.eval.before["iou"]
+    assert record.eval.verdict == "helped" and "helped" in record.reason
+    assert project.active == record.version == outcome.version
+    lineage = project.store.record(record.version)
     assert lineage["parent"] == "tiny" and lineage["seed"] == QUICK.seed and lineage["package_version"]
     stored = [project.training.load(name) for name in project.training.names()]
     assert [(p["image_sha1"], p["mask_sha1"]) for p in lineage["training_pairs"]] == \
@@ -78,7 +78,7 @@ def test_without_evaluation_pairs_the_held_out_stripes_are_scored_and_not_traine
     project = Project.init(tmp_path / "p", start_model)
     project.add_pair(*_discs(0))
     outcome = project.round(QUICK)
-    assert outcome.record["eval"]["source"] == "held-out stripes"
+    assert outcome.record.eval.source == "held-out stripes"
     pairs = project.store.record(outcome.version)["training_pairs"]
     _, stored_mask = project.training.load(project.training.names()[0])
     assert pairs[0]["mask_sha1"] != array_sha1(stored_mask)  # trained on the mask with its stripe set to 255
@@ -95,9 +95,9 @@ def test_a_time_budget_ends_training_and_the_round_still_finishes(project):
     from dataclasses import replace
 
     outcome = project.round(replace(QUICK, epochs=1000, seconds=1.0))
-    training = outcome.record["training"]
-    assert training["stopped_reason"] == "time budget" and 0 < training["steps"] < 1000 * QUICK.steps_per_epoch
-    assert outcome.record["eval"]["after"] is not None
+    training = outcome.record.training
+    assert training.stopped_reason == "time budget" and 0 < training.steps < 1000 * QUICK.steps_per_epoch
+    assert outcome.record.eval.after is not None
 
 
 def test_a_failed_round_leaves_nothing_half_written(project, monkeypatch):
@@ -126,7 +126,7 @@ def test_two_rounds_at_once_are_refused_and_a_killed_rounds_lock_is_no_lock(proj
     holder.kill()  # it dies mid-round (SIGKILL: no cleanup); its lock file stays, the OS lock does not
     holder.wait()
     assert (project.root / ".round.lock").exists()
-    assert project.round(QUICK).record["round"] == 1
+    assert project.round(QUICK).record.round == 1
 
 
 def test_an_old_training_set_folder_opens_as_a_project_with_no_rounds(tmp_path, start_model):
@@ -137,7 +137,7 @@ def test_an_old_training_set_folder_opens_as_a_project_with_no_rounds(tmp_path, 
     assert project.rounds() == [] and project.active is None and project.training.names() == ["cells"]
     with pytest.raises(NapariUNetError, match="no model to start from"):
         project.round(QUICK)
-    assert project.round(QUICK, model=start_model).record["parent"] == start_model
+    assert project.round(QUICK, model=start_model).record.parent == start_model
 
 
 # ---------------------------------------------------------------------- command line
@@ -226,7 +226,7 @@ def test_a_boundary_class_model_fine_tunes_on_instance_labels_and_keeps_its_meth
 
     outcome = project.round(replace(QUICK, steps_per_epoch=30, learning_rate=3e-3))  # three classes learn slower
     assert outcome.model.metadata.instance_method == "boundary_watershed" and outcome.kept
-    assert outcome.record["eval"]["after"]["iou"] > outcome.record["eval"]["before"]["iou"]
+    assert outcome.record.eval.after["iou"] > outcome.record.eval.before["iou"]
     stored = project.store.load(outcome.version)
     assert stored.config.n_classes == 3 and stored.metadata.instance_method == "boundary_watershed"
 
@@ -243,4 +243,4 @@ def test_revert_in_an_old_folder_after_a_rolled_back_first_round(tmp_path, start
     failed = project.round(QUICK, model=start_model)
     assert not failed.kept and project.active is None
     record = project.revert(failed.version)
-    assert record["kind"] == "revert" and record["parent"] == start_model and project.active == failed.version
+    assert record.kind == "revert" and record.parent == start_model and project.active == failed.version

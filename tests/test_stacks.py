@@ -14,7 +14,7 @@ from napari_unet.errors import NapariUNetError
 from napari_unet.metrics import instance_counts, instance_scores
 from napari_unet.model import ModelMetadata, UNetConfig
 from napari_unet.postprocess import instances_per_plane
-from napari_unet.prediction import predict
+from napari_unet.prediction import predict, predict_stack_into
 from napari_unet.stacks import (
     anisotropy_from_scale,
     link_frames,
@@ -156,6 +156,28 @@ def test_predict_stitches_a_volume_and_links_a_time_lapse(model):
     np.testing.assert_array_equal(linked, link_frames(np.stack([stitch_planes(frame) for frame in frames])))
 
 
+def test_a_stack_predicted_into_a_zarr_array_plane_by_plane_equals_the_whole_stack(model, tmp_path):
+    """predict_stack_into reads one plane at a time from a zarr image and writes into a zarr array: the same objects
+    as predict() on the whole stack in memory, stitched over Z or linked over time."""
+    import zarr
+
+    volume = np.concatenate([blob_volume(), blob_volume()[::-1]])
+    image = zarr.open_array(str(tmp_path / "image.zarr"), mode="w", shape=volume.shape, chunks=(1, 32, 32),
+                            dtype=volume.dtype)
+    image[:] = volume
+    for stack in ("z", "t"):
+        out = zarr.open_array(str(tmp_path / f"{stack}.zarr"), mode="w", shape=volume.shape, chunks=(1, 32, 32),
+                              dtype=np.int32)
+        steps = []
+        predict_stack_into(model, image, out, stack=stack, progress=lambda done, total, steps=steps: steps.append((done, total)))
+        expected = predict(model, volume, output="instances", stack=stack)
+        assert expected.max() >= 2
+        np.testing.assert_array_equal(out[:], expected)
+        assert steps[-1][0] == steps[-1][1] == volume.shape[0] * (2 if stack == "z" else 1)
+    with pytest.raises(NapariUNetError, match="the output array is"):
+        predict_stack_into(model, image, np.zeros((3, 32, 32), np.int32))
+
+
 def test_anisotropy_decides_between_stitching_and_three_views(model):
     """Above ISOTROPIC_LIMIT (or unknown) the planes are stitched, and only the XY planes are predicted; a
     near-isotropic volume is also predicted on its XZ and YZ planes and segmented in 3-D."""
@@ -256,3 +278,49 @@ def test_cli_needs_the_stack_kind_for_instances_of_a_stack(model, tmp_path, caps
         assert main(["predict", "-m", model_path, str(image), "-o", str(tmp_path / "bad"), *extra]) == 2
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and ("add --instances" in lines[0] or "add --stack z" in lines[0])
+
+
+def test_axis_names_say_volume_or_time_lapse_or_nothing():
+    from napari_unet.stacks import stack_kind_from_axis_names
+
+    assert stack_kind_from_axis_names(("z", "y", "x"), 1) == "z"
+    assert stack_kind_from_axis_names(("T", "y", "x"), 1) == "t"
+    assert stack_kind_from_axis_names(("t", "z", "y", "x"), 2) == "t"
+    for ambiguous, n in ((("-3", "-2", "-1"), 1), (("z", "t", "y", "x"), 2), (("c", "y", "x"), 1), ((), 1)):
+        assert stack_kind_from_axis_names(ambiguous, n) is None
+
+
+def test_corrected_planes_of_a_volume_become_plane_pairs_and_side_views_where_near_isotropic():
+    from napari_unet.masks import IGNORE_LABEL
+    from napari_unet.volume_pairs import corrected_planes, volume_pairs
+
+    truth = two_touching_balls()
+    image = (truth > 0).astype(np.float32) * 200 + 10
+    prediction = truth.copy()
+    prediction[12] = 0  # the user fixed plane 12 ...
+    assert corrected_planes(truth, prediction, painted=[8]) == [8, 12]  # ... and painted plane 8
+    pairs = volume_pairs(image, truth, [8, 12], anisotropy=1.0)
+    xy = [pair for pair in pairs if pair.view == "xy"]
+    assert [pair.position for pair in xy] == [8, 12]
+    np.testing.assert_array_equal(xy[1].mask > 0, truth[12] > 0)
+    sides = [pair for pair in pairs if pair.view != "xy"]
+    assert {pair.view for pair in sides} == {"xz", "yz"} and len(sides) <= 8
+    for pair in sides:  # annotated on the corrected planes' rows only, objects where the volume has them
+        assert pair.image.shape == pair.mask.shape == (truth.shape[0], truth.shape[2 if pair.view == "xz" else 1])
+        assert np.flatnonzero((pair.mask != IGNORE_LABEL).any(axis=1)).tolist() == [8, 12]
+        cut = np.take(truth, pair.position, axis=1 if pair.view == "xz" else 2)
+        np.testing.assert_array_equal(pair.mask[[8, 12]] > 0, cut[[8, 12]] > 0)
+    assert all(pair.view == "xy" for pair in volume_pairs(image, truth, [8, 12], anisotropy=3.0))
+    with pytest.raises(NapariUNetError, match="no corrected plane"):
+        volume_pairs(image, truth, [])
+
+
+def test_painted_planes_reads_which_planes_a_stroke_wrote():
+    from napari_unet.live import painted_planes
+
+    brush = [((5, slice(2, 9), slice(3, 10)), None, 0, 1)]
+    brush_3d = [((slice(1, 4), slice(2, 9), slice(3, 10)), np.ones((3, 7, 7), bool), 0, 1)]
+    setitem = [((np.array([2, 2, 6]), np.array([1, 2, 3]), np.array([1, 2, 3])), 0, 1)]
+    assert painted_planes(brush) == {(5,)}
+    assert painted_planes(brush_3d) == {(1,), (2,), (3,)}
+    assert painted_planes(setitem) == {(2,), (6,)}

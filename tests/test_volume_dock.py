@@ -126,7 +126,7 @@ def test_corrected_planes_of_a_volume_become_pairs_with_side_views_where_voxels_
     labels, correct = _predicted_volume(qtbot, viewer, widget, volume, scale=(1.0, 1.0, 1.0))
     assert correct.add_corrected_planes() is None and "no plane" in errors(notifications)[-1]  # nothing corrected yet
     labels.brush_size = 6
-    labels.paint((3, 24, 15), 1)  # a change
+    labels.paint((3, 24, 15), 2)  # a change (predicted labels are 0 and 1)
     before = labels.data[7].copy()
     rows, cols = np.nonzero(np.ones((4, 4), dtype=bool))
     labels.data_setitem((np.full(16, 7), rows + 8, cols + 8), 2)  # painted, then put back as it was: the user
@@ -146,6 +146,15 @@ def test_corrected_planes_of_a_volume_become_pairs_with_side_views_where_voxels_
     annotated_rows = np.flatnonzero((side_mask != IGNORE_LABEL).any(axis=1))
     assert annotated_rows.tolist() == [3, 7]
     assert "planes 3, 7" in notifications[-1][1]
+    # A plane for evaluation only: a whole plane, never trained on, even when the training planes are added again.
+    labels.paint((5, 24, 31), 2)
+    correct.evaluation_check.setChecked(True)
+    assert wait_for(qtbot, correct.add_corrected_planes()).error is None, errors(notifications)
+    assert widget.session.project.evaluation.names() == ["nuclei_z5"]  # z3, z7 are training pairs already
+    correct.evaluation_check.setChecked(False)
+    assert wait_for(qtbot, correct.add_corrected_planes()).error is None, errors(notifications)
+    assert sorted(training.names()) == sorted(names)  # z3, z7 and the views updated in place, z5 left out
+    assert "Planes 5 are already evaluation pairs" in notifications[-1][1]
 
 
 def test_a_strongly_anisotropic_volume_gives_plane_pairs_only(qtbot, dock, notifications):  # noqa: F811

@@ -288,7 +288,7 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     version = outcome.version
     assert len(store.list_versions()) == versions_before + 1 and store.has(version)
     new_model = store.load(version)
-    assert widget.session.project.rounds()[-1]["version"] == version  # the round is in the project's log
+    assert widget.session.project.rounds()[-1].version == version  # the round is in the project's log
     new_layer = viewer.layers[f"cells prediction ({version})"]
     np.testing.assert_array_equal(new_layer.data, predict(new_model, blobs_image, output="labels"))
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, corrected)  # the user's layer is kept
@@ -319,7 +319,7 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     assert rename_job.what == f"Renaming '{version}'" and rename_job.error is None
     assert store.has("my-cells") and not store.has(version)
     assert (store.root / "my-cells.onnx").exists() == outcome.kept and not twin.exists()  # the twin follows
-    assert widget.session.project.rounds()[-1]["version"] == "my-cells"
+    assert widget.session.project.rounds()[-1].version == "my-cells"
     qtbot.waitUntil(lambda: "my-cells" in [models.table.item(r, 0).text() for r in range(models.table.rowCount())],
                     timeout=10_000)
     names = [models.table.item(row, 0).text() for row in range(models.table.rowCount())]
@@ -328,7 +328,7 @@ def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notification
     revert_job = wait_for(qtbot, widget.session.jobs[-1])
     assert revert_job.what == "Reverting to 'my-cells'" and revert_job.error is None
     assert widget.session.model_key == "my-cells" == widget.session.project.active
-    assert widget.session.project.rounds()[-1]["kind"] == "revert"
+    assert widget.session.project.rounds()[-1].kind == "revert"
 
 
 def test_a_pair_for_evaluation_only_is_scored_every_round_and_never_trained_on(qtbot, dock, blobs_image, notifications):
@@ -346,9 +346,9 @@ def test_a_pair_for_evaluation_only_is_scored_every_round_and_never_trained_on(q
         job = wait_for(qtbot, widget.finetune_tab.start())
         assert job.error is None, errors(notifications)
     rounds = project.rounds()
-    assert [r["eval"]["source"] for r in rounds] == ["evaluation pairs"] * 2
+    assert [r.eval.source for r in rounds] == ["evaluation pairs"] * 2
     assert len(widget.finetune_tab.rounds_plot.points) == 3  # before round 1, after 1, after 2
-    trained_on = project.store.record(rounds[-1]["version"])["training_pairs"]
+    trained_on = project.store.record(rounds[-1].version)["training_pairs"]
     assert [p["name"] for p in trained_on] == project.training.names()
 
 
@@ -696,8 +696,8 @@ def test_live_trains_from_strokes_into_its_own_layer_and_keeps_through_the_guard
     tab.keep()
     qtbot.waitUntil(lambda: tab.last_record is not None, timeout=JOB_TIMEOUT_MS)
     rounds = widget.session.project.rounds()
-    assert rounds[-1]["version"] == tab.last_record["version"]
-    assert rounds[-1]["eval"]["source"] == "evaluation pairs"
+    assert rounds[-1].version == tab.last_record.version
+    assert rounds[-1].eval.source == "evaluation pairs"
     # Off: stops, keeps the best so far the same way, no thread left
     kept_rounds = len(rounds)
     tab.live_check.setChecked(False)
@@ -731,7 +731,7 @@ def test_live_with_a_model_that_fails_to_load_says_so(qtbot, dock, blobs_image, 
     assert not tab.live_check.isChecked()
 
 
-def test_live_on_a_stack_learns_from_the_current_plane_only(qtbot, dock, blobs_image, notifications):
+def test_live_on_a_stack_learns_from_the_plane_being_painted(qtbot, dock, blobs_image, notifications):
     viewer, widget = dock
     stack = np.stack([blobs_image, np.roll(blobs_image, 20, axis=1)])
     viewer.add_image(stack, name="stack")
@@ -743,14 +743,20 @@ def test_live_on_a_stack_learns_from_the_current_plane_only(qtbot, dock, blobs_i
     tab.image_combo.select("stack")
     tab.live_check.setChecked(True)
     assert tab.running and tab.plane_index == (1,)
-    assert any("current plane (1,)" in message for _, message in notifications)
+    assert any("the plane you paint" in message for _, message in notifications)
     labels = viewer.layers["stack prediction"]
     labels.brush_size = 8
     labels.paint((1, 30, 30), 1)
-    labels.paint((0, 60, 60), 1)  # another plane: not this plane's correction
-    qtbot.waitUntil(lambda: len(widget.session.project.training.pairs()) == 1, timeout=JOB_TIMEOUT_MS)
-    _, mask = widget.session.project.training.load(widget.session.project.training.pairs()[0].name)
-    assert mask[30, 30] == 1 and mask[60, 60] == 255
+    labels.paint((0, 60, 60), 1)  # another plane: Live follows it, and that plane is a pair of its own
+    assert tab.plane_index == (0,)
+    training = widget.session.project.training
+    qtbot.waitUntil(lambda: sorted(training.names()) == ["stack_live_0", "stack_live_1"], timeout=JOB_TIMEOUT_MS)
+    image_1, mask_1 = training.load("stack_live_1")
+    image_0, mask_0 = training.load("stack_live_0")
+    np.testing.assert_array_equal(image_1, stack[1])
+    np.testing.assert_array_equal(image_0, stack[0])
+    assert mask_1[30, 30] == 1 and mask_1[60, 60] == 255  # each plane's pair holds that plane's strokes only
+    assert mask_0[60, 60] == 1 and mask_0[30, 30] == 255
     tab.live_check.setChecked(False)
     wait_for(qtbot, tab.job)
 
@@ -772,7 +778,7 @@ def test_closing_the_viewer_with_live_on_stops_it_and_leaves_complete_files(qtbo
         image, mask = project.training.load(pair.name)
         assert image.shape[:2] == mask.shape
     for record in project.rounds():  # the Keep on the way out is either complete or absent
-        assert project.store.has(record["version"])
+        assert project.store.has(record.version)
     assert not errors(notifications)
 
 

@@ -6,6 +6,8 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
+from napari_unet.records import RoundRecord
+
 LOSS_COLOUR = QColor(255, 140, 60)
 IOU_COLOUR = QColor(80, 200, 255)
 
@@ -96,14 +98,14 @@ class RoundsPlot(QWidget):
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
         self.points: list[tuple[int, float, float, bool]] = []  # (round, iou, dice, kept)
 
-    def set_rounds(self, rounds: list[dict]) -> None:
+    def set_rounds(self, rounds: list[RoundRecord]) -> None:
         self.points = []
         if rounds:
-            first = rounds[0]["eval"]["before"]
+            first = rounds[0].eval.before
             self.points.append((0, first["iou"], first["dice"], True))
         for record in rounds:
-            after = record["eval"]["after"]
-            self.points.append((int(record["round"]), after["iou"], after["dice"], bool(record["kept"])))
+            after = record.eval.after
+            self.points.append((record.round, after["iou"], after["dice"], record.kept))
         self.update()
 
     def paintEvent(self, event) -> None:  # noqa: N802 (Qt name)

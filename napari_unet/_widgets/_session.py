@@ -107,14 +107,14 @@ class Session(QObject):
 
         choices = []
         for entry in list_models(self.store, self._global_store()):
-            if entry["kind"] == "shipped":
-                choices.append((f"{entry['name']} (shipped)", entry["name"]))
+            if entry.is_shipped:
+                choices.append((f"{entry.name} (shipped)", entry.name))
                 continue
-            metrics = entry["metrics"]
+            metrics = entry.metrics
             iou = metrics.get("eval_iou", metrics.get("held_out_iou", metrics.get("val_iou")))
-            state = "rolled back" if not entry["kept"] else "fine-tuned"
-            label = f"{entry['name']} ({state}{f', IoU {iou:.2f}' if isinstance(iou, (int, float)) else ''})"
-            choices.append((label, entry["name"]))
+            state = "rolled back" if not entry.kept else "fine-tuned"
+            label = f"{entry.name} ({state}{f', IoU {iou:.2f}' if isinstance(iou, (int, float)) else ''})"
+            choices.append((label, entry.name))
         if self.model_key and self.model_key not in {key for _, key in choices}:
             choices.append((Path(self.model_key).name, self.model_key))
         return choices

@@ -162,7 +162,7 @@ class FinetuneWidget(QWidget):
     def _show_rounds(self, *args) -> None:
         rounds = self.session.project.rounds()
         self.rounds_plot.set_rounds(rounds)
-        self.rounds_label.setText(rounds[-1]["reason"] if rounds else "")
+        self.rounds_label.setText(rounds[-1].reason if rounds else "")
 
     def config(self):
         from dataclasses import replace
@@ -253,7 +253,7 @@ class FinetuneWidget(QWidget):
             else:
                 show_warning(f"Image '{image_layer.name}' was removed during fine-tuning: no new prediction shown "
                              f"(version '{version}' is saved).")
-        self.controls.say(f"Round {outcome.record['round']}: saved as <b>{version}</b>. {message}")
-        (show_info if outcome.kept else show_warning)(f"Round {outcome.record['round']} ('{version}'): {outcome.reason}")
+        self.controls.say(f"Round {outcome.record.round}: saved as <b>{version}</b>. {message}")
+        (show_info if outcome.kept else show_warning)(f"Round {outcome.record.round} ('{version}'): {outcome.reason}")
         self._show_model()
 

@@ -25,6 +25,7 @@ from napari_unet._widgets._layers import LayerChooser, current_index, image_data
 from napari_unet._widgets._lazy_prediction import ViewTracker
 from napari_unet._widgets._session import Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
+from napari_unet.records import RoundRecord
 
 # A burst of strokes is one update: the pair is written this long after the last stroke, or — while the user
 # keeps painting — at the latest this long after the first stroke not yet sent.
@@ -47,7 +48,8 @@ class LiveWidget(QWidget):
         self.updates_sent = 0  # corrections sent to the worker process since Live was switched on
         self.labels_layer = None
         self.image_layer = None
-        self.plane_index: tuple[int, ...] = ()
+        self.plane_index: tuple[int, ...] = ()  # the plane of a stack being painted (and learned from)
+        self.image_plane: np.ndarray | None = None  # a copy of the image's plane_index plane
         self.touched: np.ndarray | None = None
         self.last_burst = None
         self.last_record = None
@@ -122,18 +124,18 @@ class LiveWidget(QWidget):
             show_error(f"Live: '{labels_layer.name}' does not match '{image_layer.name}' in Y×X: predict again.")
             return False
         if self.plane_index:
-            show_info(f"Live learns from the current plane {self.plane_index} of '{image_layer.name}' only.")
+            show_info(f"Live learns from the plane you paint in '{image_layer.name}' (now plane {self.plane_index}); "
+                      "each painted plane becomes a pair of its own.")
         self.touched = np.zeros(plane_shape, dtype=bool)
         self.paused, self.updates_sent = False, 0
         self._show_live_layer(plane_shape)
         labels_layer.events.paint.connect(self._painted)
-        plane_index = self.plane_index
+        self.image_plane = image_plane
         # The Labels layer: Y, X last. Where the user looks goes to the worker process, which predicts that region.
-        self.view = ViewTracker(self.viewer, labels_layer, lambda: plane_index,
+        self.view = ViewTracker(self.viewer, labels_layer, lambda: self.plane_index,
                                 on_change=lambda visible: self.job.send(("view", visible)))
-        pair_name = f"{image_layer.name} live" + "".join(f" {i}" for i in self.plane_index)
         request = self.session.request("live", str(self.session.project.root), self.parent_key(), image_plane,
-                                       pair_name, self.view.current, CONTEXT)
+                                       self.view.current, CONTEXT)
         self.job = Job(request, what="Live training", on_progress=self._show_progress,
                        on_done=self._stopped, on_finished=self._finished)
         self.session.track(self.job)
@@ -152,6 +154,10 @@ class LiveWidget(QWidget):
             self.job.cancel()
             self.status_label.setText("Stopping: keeping the best live model so far (scored like a round) …")
 
+    def pair_name(self) -> str:
+        """The project pair of the plane being painted (one pair per plane, updated as the user paints)."""
+        return f"{self.image_layer.name} live" + "".join(f" {i}" for i in self.plane_index)
+
     def parent_key(self) -> str:
         return self.session.project.active or self.session.model_key
 
@@ -165,10 +171,13 @@ class LiveWidget(QWidget):
 
     # --- painting (GUI thread, cheap) -------------------------------------------------------------
     def _painted(self, event) -> None:
-        from napari_unet.live import touched_by
+        from napari_unet.live import painted_planes, touched_by
 
         if self.touched is None:
             return
+        planes = painted_planes(event.value, len(self.plane_index))
+        if self.plane_index and planes and self.plane_index not in planes:
+            self._follow_plane(min(planes))
         self.touched |= touched_by(event.value, self.touched.shape, self.plane_index)
         now = time.monotonic()
         if self._pending_since is None:
@@ -177,6 +186,16 @@ class LiveWidget(QWidget):
             self._send_update()
         else:
             self.debounce.start()  # restarts: a burst of strokes is one update
+
+    def _follow_plane(self, plane_index: tuple[int, ...]) -> None:
+        """The user paints another plane of the stack: send what the last plane has, then learn from this one."""
+        self._send_update()
+        self.plane_index = plane_index
+        self.image_plane = np.array(layer_array(self.image_layer)[plane_index])
+        self.touched = np.zeros(self.touched.shape, dtype=bool)
+        if self.view is not None:
+            self.job.send(("view", self.view.current))
+        self.status_label.setText(f"Live: learning from plane {plane_index} of '{self.image_layer.name}' too.")
 
     def _send_update(self) -> None:
         """Send copies of the plane's labels and touched pixels to the worker process (which makes the training
@@ -187,7 +206,7 @@ class LiveWidget(QWidget):
         if not self.running or self.touched is None or not (self.touched.any() or whole_plane):
             return
         labels = np.array(layer_array(self.labels_layer)[self.plane_index])
-        self.job.send(("update", labels, self.touched.copy(), whole_plane))
+        self.job.send(("update", labels, self.touched.copy(), whole_plane, self.image_plane, self.pair_name()))
         self.updates_sent += 1
 
     def toggle_pause(self) -> None:
@@ -239,13 +258,13 @@ class LiveWidget(QWidget):
                          "until the U-Net scores better.")
             self.status_label.setText(text)
 
-    def _announce(self, record) -> None:
-        show_info(f"Live: {record['reason']}")
-        self.status_label.setText(record["reason"])
+    def _announce(self, record: RoundRecord) -> None:
+        show_info(f"Live: {record.reason}")
+        self.status_label.setText(record.reason)
         self.session.versions_changed.emit()
         self.session.rounds_changed.emit()
-        if record["kept"]:
-            self.session.select_model(record["version"])
+        if record.kept:
+            self.session.select_model(record.version)
 
     def _stopped(self, record) -> None:
         if record is not None:

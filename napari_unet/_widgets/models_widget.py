@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_unet._widgets._session import Session
 from napari_unet._widgets._workers import Job
+from napari_unet.records import RoundRecord
 
 COLUMNS = ("model", "from", "created", "evaluation IoU", "steps")
 
@@ -139,10 +140,10 @@ class ModelsWidget(QWidget):
             self.session.select_model(name)
             return
 
-        def reverted(record) -> None:
+        def reverted(record: RoundRecord) -> None:
             self.session.rounds_changed.emit()
-            self.session.select_model(str(record["version"]))
-            show_info(record["reason"])
+            self.session.select_model(record.version)
+            show_info(record.reason)
 
         job = Job(self.session.request("revert", str(project.root), name), what=f"Reverting to '{name}'", on_done=reverted)
         self.session.track(job)

@@ -496,7 +496,11 @@ class PredictWidget(QWidget):
             return
         layer = write_prediction(self.viewer, image_layer, index, labels, prediction_layer_name(image_layer.name),
                                  model_key)
-        if probabilities is not None:
+        if probabilities is not None and prediction.class_names:  # several classes: a map per class
+            for channel, class_name in enumerate(prediction.class_names):
+                write_map(self.viewer, image_layer, index, probabilities[..., channel],
+                          f"{image_layer.name} probability {class_name}", colormap="magma")
+        elif probabilities is not None:
             write_probabilities(self.viewer, image_layer, index, probabilities)
         if uncertainty is not None:
             uncertainty_layer = write_map(self.viewer, image_layer, index, uncertainty, f"{image_layer.name} uncertainty",

@@ -25,6 +25,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet._widgets._class_list import ClassList
 from napari_unet._widgets._layers import (
     LayerChooser,
     check_same_plane_shape,
@@ -39,11 +40,11 @@ from napari_unet._widgets._session import PAINTED_PLANES_KEY, PREDICTION_KEY, Se
 from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
 from napari_unet.masks import IGNORE_LABEL
-from napari_unet.training_set import changed_pixels, restrict_to_corrections, thumbnail
+from napari_unet.training_set import changed_pixels, pair_file_name, restrict_to_corrections, thumbnail
 
 ADD_SHORTCUT = "Shift+T"
 HELP_TEXT = (
-    "Correct the prediction with napari's brush (paint label 1) and eraser (label 0). "
+    "Correct the prediction with napari's brush (choose a class below: its label value) and eraser (label 0). "
     f"Paint label {IGNORE_LABEL} where you are not sure: those pixels are left out of training. "
     "'Train only where I corrected' keeps just the pixels near your changes. Pairs added 'for evaluation "
     "only' are never trained on: every round is scored on them."
@@ -116,6 +117,7 @@ class TrainingSetWidget(QWidget):
         self.pair_list.setIconSize(QSize(48, 48))
         self.pair_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
         self.remove_button = QPushButton("Remove selected")
+        self.class_list = ClassList(lambda: self.session.project, self.labels_combo.layer, viewer)
         self.count_label = QLabel("")
 
         folder_row = QHBoxLayout()
@@ -131,6 +133,7 @@ class TrainingSetWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(help_label)
         layout.addLayout(form)
+        layout.addWidget(self.class_list)
         layout.addLayout(margin_row)
         tools_row = QHBoxLayout()
         tools_row.addWidget(self.ignore_button)
@@ -144,6 +147,7 @@ class TrainingSetWidget(QWidget):
         layout.addWidget(self.remove_button)
 
         self.image_combo.changed.connect(lambda layer: self._pick_matching_labels(self.image_combo.currentText()))
+        self.labels_combo.changed.connect(lambda layer: self.class_list.refresh())
         self.folder_button.clicked.connect(self.choose_folder)
         self.folder_edit.editingFinished.connect(lambda: self.set_folder(self.folder_edit.text()))
         self.ignore_button.clicked.connect(self.paint_ignore)
@@ -184,6 +188,7 @@ class TrainingSetWidget(QWidget):
         if folder:
             self.session.set_project(folder)
             self.folder_edit.setText(str(self.session.project.root))
+            self.class_list.refresh()
             self.refresh_list()
 
     # --- actions ------------------------------------------------------------------------------
@@ -299,14 +304,21 @@ class TrainingSetWidget(QWidget):
         image_name, labels_name = image_layer.name, labels_layer.name
 
         def work(report, is_cancelled):
+            # A plane added before is updated (same name), and one already in the other set stays there only: an
+            # evaluation plane must never be trained on.
+            other_set = set((project.training if evaluation else project.evaluation).names())
             added = []
             for pair in volume_pairs(image, labels, planes, anisotropy):
+                name = pair_file_name(f"{image_name}_{pair.suffix}")
+                if name in other_set:
+                    continue
                 mask, sparse = pair.mask, bool(np.any(pair.mask == IGNORE_LABEL))
                 if pair.view == "xy" and only_corrected and prediction is not None:
                     mask, sparse = build_training_pair(pair.image, labels[pair.position], prediction[pair.position],
                                                        True, margin)
-                added.append(project.add_pair(pair.image, mask, evaluation=evaluation, name=f"{image_name}_{pair.suffix}",
-                                              source_image=image_name, source_labels=labels_name, sparse=sparse))
+                project.add_pair(pair.image, mask, evaluation=evaluation, name=name, replace=True,
+                                 source_image=image_name, source_labels=labels_name, sparse=sparse)
+                added.append(pair)
             return added, evaluation
 
         self.add_planes_button.setEnabled(False)
@@ -319,11 +331,15 @@ class TrainingSetWidget(QWidget):
 
     def _planes_added(self, image_name: str, planes: list[int], result) -> None:
         pairs, evaluation = result
-        n_side = len(pairs) - len(planes)
+        added = [pair.position for pair in pairs if pair.view == "xy"]
+        n_side = len(pairs) - len(added)
         side = f" and {n_side} of its XZ/YZ views" if n_side else ""
         kind = "evaluation pairs (never trained on)" if evaluation else "the training set"
-        show_info(f"Added planes {', '.join(map(str, planes))} of '{image_name}'{side} to {kind}. "
-                  f"Saved in {self.session.project.root}.")
+        kept_apart = sorted(set(planes) - set(added))
+        apart = (f" Planes {', '.join(map(str, kept_apart))} are already "
+                 f"{'training' if evaluation else 'evaluation'} pairs and stay so." if kept_apart else "")
+        show_info(f"Added planes {', '.join(map(str, added)) or 'none'} of '{image_name}'{side} to {kind}. "
+                  f"Saved in {self.session.project.root}.{apart}")
         self.session.training_set_changed.emit()
         self.refresh_list()
 

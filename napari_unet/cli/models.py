@@ -21,9 +21,10 @@ def run_models_command(args) -> int:
 
     store = ModelStore()
     entries = list_models(store)
-    shipped = [{key: e[key] for key in ("name", "path", "description", "metrics")} for e in entries if e["kind"] == "shipped"]
-    versions = [{key: e[key] for key in ("name", "parent", "created", "metrics", "path")}
-                for e in entries if e["kind"] == "version"]
+    shipped = [{"name": e.name, "path": e.path, "description": e.description, "metrics": e.metrics}
+               for e in entries if e.is_shipped]
+    versions = [{"name": e.name, "parent": e.parent, "created": e.created, "metrics": e.metrics, "path": e.path}
+                for e in entries if not e.is_shipped]
     if args.json:
         print(json.dumps({"shipped": shipped, "versions": versions, "store": str(store.root)}))
         return 0

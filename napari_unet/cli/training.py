@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 from napari_unet.cli.options import (
     add_json_option,
@@ -11,6 +12,9 @@ from napari_unet.cli.options import (
     train_default,
     training_report,
 )
+
+if TYPE_CHECKING:
+    from napari_unet.records import RoundRecord
 
 
 def add_finetune_command(subparsers) -> None:
@@ -203,8 +207,7 @@ def run_project_classes(args) -> int:
     project = Project.open(args.dir)
     classes = project.classes
     if args.add:
-        declared = classes if project.declares_classes else []
-        classes = project.set_classes([*declared, *_parsed_classes(args.add, args.regions)])
+        classes = project.set_classes([*classes, *_parsed_classes(args.add, args.regions)])
     if args.json:
         print(json.dumps({"classes": [c.to_dict() for c in classes]}))
         return 0
@@ -246,26 +249,23 @@ def run_project_round(args) -> int:
     config = replace(config, **overrides)
     log = (lambda text: None) if args.json else (lambda text: print(f"[round] {text}", file=sys.stderr, flush=True))
     outcome = project.round(config, progress=None if args.json else training_report("round"), log=log)
-    from napari_unet.project import public_record
-
-    record = public_record(outcome.record)
     if args.json:
-        print(json.dumps(record))
+        print(json.dumps(outcome.record.public_json()))
     else:
-        print(round_line(record))
+        print(round_line(outcome.record))
     return 0
 
 
-def round_line(record: dict) -> str:
-    before, after = record["eval"]["before"], record["eval"]["after"]
-    state = "kept" if record["kept"] else "ROLLED BACK"
-    classes = record["eval"].get("classes", {})
+def round_line(record: RoundRecord) -> str:
+    before, after = record.eval.before, record.eval.after
+    state = "kept" if record.kept else "ROLLED BACK"
+    classes = record.eval.classes
     mean = "mean IoU" if classes else "IoU"
     per_class = "".join(f"\n  {name}: IoU {c['before']['iou']:.4f} -> {c['after']['iou']:.4f} ({c['verdict']})"
                         for name, c in classes.items())
-    return (f"round {record['round']}: {record['parent']} -> {record['version']} ({state}); {mean} {before['iou']:.4f} -> "
-            f"{after['iou']:.4f}, Dice {before['dice']:.4f} -> {after['dice']:.4f}; {record['seconds']:.0f} s"
-            f"{per_class}\n  {record['reason']}")
+    return (f"round {record.round}: {record.parent} -> {record.version} ({state}); {mean} {before['iou']:.4f} -> "
+            f"{after['iou']:.4f}, Dice {before['dice']:.4f} -> {after['dice']:.4f}; {record.seconds:.0f} s"
+            f"{per_class}\n  {record.reason}")
 
 
 def run_project_status(args) -> int:
@@ -273,7 +273,8 @@ def run_project_status(args) -> int:
 
     from napari_unet.project import Project
 
-    status = Project.open(args.dir).status()
+    project = Project.open(args.dir)
+    status = project.status()
     if args.json:
         print(json.dumps(status))
         return 0
@@ -282,7 +283,7 @@ def run_project_status(args) -> int:
     if len(status["classes"]) > 1:
         print("classes: " + ", ".join(f"{value} {c['name']}" for value, c in enumerate(status["classes"], start=1)))
     print(f"active version: {status['active']}")
-    for record in status["rounds"]:
+    for record in project.rounds():
         print(round_line(record))
     return 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -89,14 +89,16 @@ class ModelCache:
 # ------------------------------------------------------------------------------------------------ predict
 @dataclass
 class PlanePrediction:
-    """One Predict's result: labels, the probability map if asked, the slider's ranks (postprocess.threshold_ranks;
-    None for multi-class models), which objects the slider re-splits, the uncertainty map if asked."""
+    """One Predict's result: labels, the probability map if asked (several classes: (Y, X, n) one map per class, named
+    by class_names), the slider's ranks (postprocess.threshold_ranks; None for multi-class models), which objects the
+    slider re-splits, the uncertainty map if asked."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     ranks: np.ndarray | None
     objects: str | None
     uncertainty: np.ndarray | None
+    class_names: tuple[str, ...] = ()
 
 
 def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancelled) -> PlanePrediction:
@@ -127,10 +129,14 @@ def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancel
     objects = {"components": "foreground", "enclosed": "background"}.get(method)  # what the slider re-splits
     slider = settings.get("slider_thresholds")
     ranks = threshold_ranks(probabilities, slider) if n_classes == 1 and slider else None
-    shown = None
+    shown, class_names = None, ()
+    several = model.metadata.instance_method == "classes"
     if settings.get("with_probabilities"):
-        shown = 1.0 - probabilities[..., 0] if n_classes > 1 else probabilities  # one map: "not background"
-    return PlanePrediction(labels, shown, ranks, objects, uncertainty)
+        if several:  # one map per class
+            shown, class_names = probabilities[..., 1:], tuple(model.metadata.classes)
+        else:
+            shown = 1.0 - probabilities[..., 0] if n_classes > 1 else probabilities  # one map: "not background"
+    return PlanePrediction(labels, shown, ranks, objects, uncertainty, class_names)
 
 
 def stack_prediction(model, image: np.ndarray, settings: dict, report, is_cancelled) -> PlanePrediction:
@@ -264,14 +270,16 @@ class _LiveState:
     and where the user looks."""
 
     visible: tuple
-    update: tuple | None = None
+    updates: dict = field(default_factory=dict)  # pair name -> (labels, touched, whole_plane, image plane)
     paused: bool = False
     keep: bool = False
 
     def take(self, messages: list) -> None:
         for kind, *values in messages:
             if kind == "update":
-                self.update = tuple(values)
+                *update, pair_name = values
+                self.updates.pop(pair_name, None)  # re-inserted last: the plane painted last is the one shown
+                self.updates[pair_name] = tuple(update)
             elif kind == "pause":
                 self.paused = bool(values[0])
             elif kind == "keep":
@@ -280,11 +288,13 @@ class _LiveState:
                 self.visible = values[0]
 
 
-def live(job, project_root: str, parent_key: str, image: np.ndarray, pair_name: str, visible, context: int):
-    """Live mode (live.LiveTrainer) until cancelled: each ("update", labels, touched, whole_plane) message becomes
-    the plane's pair; training runs in bursts, each reported with the labels of the visible region (context px
-    around it predicted too) — the forest preview's while it scores better than the U-Net. ("keep",) makes the
-    best model so far a version; ("pause", bool). Returns the record of the Keep on the way out (None: no step)."""
+def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, context: int):
+    """Live mode (live.LiveTrainer) until cancelled: each ("update", labels, touched, whole_plane, image, pair_name)
+    message becomes that plane's pair (a stack: one pair per painted plane; the plane painted last is the one
+    predicted; `image` is the plane shown before any update). Training runs in bursts, each reported with the labels
+    of the visible region (context px around it predicted too) — the forest preview's while it scores better than
+    the U-Net. ("keep",) makes the best model so far a version; ("pause", bool). Returns the record of the Keep on
+    the way out (None: no step)."""
     from napari_unet.errors import NapariUNetError
     from napari_unet.live import BURST_SECONDS, ForestPreview, LiveTrainer, live_mask
     from napari_unet.project import Project
@@ -302,18 +312,20 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, pair_name: 
         state.take(job.messages())
         if job.is_cancelled() or state.paused or state.keep:
             return True
-        return state.update is not None and time.monotonic() - burst_started[0] >= MIN_BURST_SECONDS
+        return bool(state.updates) and time.monotonic() - burst_started[0] >= MIN_BURST_SECONDS
 
     while not job.is_cancelled():
         state.take(job.messages())
-        update, state.update = state.update, None
+        updates, state.updates = state.updates, {}
         try:  # the user's input can be unusable for a while (e.g. only erased): say so, keep listening
-            if update is not None:
-                labels, touched, whole_plane = update
+            corrected = {}
+            for pair_name, (labels, touched, whole_plane, image) in updates.items():
                 mask = live_mask(labels, touched, whole_plane=whole_plane)
                 pair = project.add_pair(image, mask, name=pair_name, replace=True,
                                         corrected_pixels=int(touched.sum()), source_image=pair_name)
-                job.report(("pairs", trainer.reload({pair.name: touched})))
+                corrected[pair.name] = touched
+            if corrected:
+                job.report(("pairs", trainer.reload(corrected)))
                 has_pairs = True
                 if preview is not None and preview.fit(image, mask):
                     preview_iou, preview_labels = preview.score(trainer.evaluation), preview.predict(image)
