@@ -222,6 +222,16 @@ def _write_cover(test_input: np.ndarray, test_output: np.ndarray, path: Path) ->
     iio.imwrite(path, (np.concatenate([image, probabilities], axis=1) * 255).astype(np.uint8))
 
 
+def classes_sentence(metadata: ModelMetadata) -> str:
+    """For a model of several classes: what each output channel after background is, and which are objects."""
+    if metadata.instance_method != "classes":
+        return ""
+    objects = [name for name in metadata.classes if name in metadata.object_classes]
+    return (f"Classes: {', '.join(f'{value} {name}' for value, name in enumerate(metadata.classes, start=1))} "
+            f"(label values; output channel 0 is background)"
+            + (f"; objects separated for {', '.join(objects)}." if objects else "."))
+
+
 def model_card_markdown(model: SegmentationModel) -> str:
     """The package's documentation: what the model segments, its input and output, how it was made and scored."""
     from napari_unet._version import __version__
@@ -234,6 +244,7 @@ def model_card_markdown(model: SegmentationModel) -> str:
         "",
         str(info.pop("description", "") or "A U-Net segmentation model made with napari-unet."),
         "",
+        *([classes_sentence(metadata), ""] if classes_sentence(metadata) else []),
         "## Use",
         f"- Input `{INPUT_ID}`: batch × y × x × {metadata.config.n_channels} channel(s) "
         f"({', '.join(metadata.input_channel_names)}); height and width multiples of "
@@ -301,8 +312,10 @@ def _describe(model: SegmentationModel, authorship: PackageAuthorship, license_i
     try:
         return bio.ModelDescr(
             name=_package_name(metadata.name),
-            description=(authorship.description or str(metadata.info.get("description", ""))
-                         or f"U-Net segmentation of {', '.join(metadata.class_names)} (napari-unet)")[:1024],
+            description=" ".join(part for part in (
+                authorship.description or str(metadata.info.get("description", ""))
+                or f"U-Net segmentation of {', '.join(metadata.class_names)} (napari-unet)",
+                classes_sentence(metadata)) if part)[:1024],
             authors=[bio.Author(name=name.strip()) for name in authorship.authors if name.strip()],
             license=license_id,
             cite=[bio.CiteEntry(text=UNET_CITATION, doi=bio.Doi(UNET_DOI))],

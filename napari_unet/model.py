@@ -333,8 +333,10 @@ def with_classes(model: SegmentationModel, class_names: list[str], object_classe
     """`model` with a softmax head for these classes (after background), keeping its encoder and decoder.
 
     A model that already has exactly these classes is returned as it is. Otherwise its last layer is replaced
-    by a new, freshly initialised 1x1 convolution with len(class_names) + 1 outputs, and its metadata (and so
-    the card of the version trained from it) records that. Only models built by build_unet can be re-headed.
+    by a new 1x1 convolution with len(class_names) + 1 outputs, freshly initialised except, for a model of several
+    classes, the outputs of the classes it had (background and the classes of the same name: a class added later
+    does not make the model forget the others); its metadata (and so the card of the version trained from it)
+    records that. Only models built by build_unet can be re-headed.
     seed: the new layer's initial weights (so a repeated round starts from the same ones)."""
     import keras
 
@@ -356,10 +358,21 @@ def with_classes(model: SegmentationModel, class_names: list[str], object_classe
     for layer in keras_model.layers:
         if layer.name != "probabilities":
             layer.set_weights(model.keras_model.get_layer(layer.name).get_weights())
+    kept = []
+    if metadata.instance_method == "classes":  # a class added to a model of several: the known outputs stay learned
+        kernel, bias = keras_model.get_layer("probabilities").get_weights()
+        old_kernel, old_bias = model.keras_model.get_layer("probabilities").get_weights()
+        old_index = {name: index for index, name in enumerate(metadata.class_names)}
+        for index, name in enumerate(["background", *class_names]):
+            if name in old_index:
+                kernel[..., index], bias[index] = old_kernel[..., old_index[name]], old_bias[old_index[name]]
+                kept.append(name)
+        keras_model.get_layer("probabilities").set_weights([kernel, bias])
     parent = model.source or model.name
     info = {"new_output_layer": {  # a new model: nothing of the parent's card applies to it
         "from": parent, "parent_classes": metadata.classes, "classes": list(class_names),
-        "note": f"new output layer for {len(class_names)} classes; encoder and decoder kept from '{parent}'"}}
+        "note": f"new output layer for {len(class_names)} classes; encoder and decoder kept from '{parent}'"
+                + (f"; its outputs for {', '.join(kept)} kept" if kept else "")}}
     new_metadata = replace(metadata, config=config, class_names=["background", *class_names], instances="classes",
                            object_classes=list(object_classes), seed_threshold=None, background_threshold=None,
                            merge_threshold=None, min_seed_size=None, output_offset=(0.0, 0.0), info=info)

@@ -19,8 +19,8 @@ new version on the evaluation pairs (or, without any, on the held-out stripes of
 - The active version is the version of the last kept round (else the start model): derived from the
   round records, so there is no second copy of it to get out of step after a crash.
 - Several classes: label value k is class k; the first round from a model without the project's classes gives
-  it a new output layer (model.with_classes); the rule and the guard work on the classes' mean IoU and on each
-  class (a class measurably worse rolls the round back).
+  it a new output layer (model.with_classes); the rule and the guard work on the classes' mean IoU and, between
+  versions that both have the classes, on each class (a class measurably worse rolls the round back).
 - Lineage: every version's record holds its parent, the content hashes of the exact pairs it trained
   on, settings, seed and package version; `retrain(n)` repeats round n and says how close it came.
 """
@@ -41,7 +41,7 @@ from filelock import FileLock, Timeout
 
 from napari_unet._files import atomic_write_json
 from napari_unet._version import __version__
-from napari_unet.adaptation import adapt, choose_post_processing, with_channels_of
+from napari_unet.adaptation import adapt, choose_post_processing, error_focus, with_channels_of
 from napari_unet.classes import SegmentationClass, check_classes, check_label_values, class_truth, describe
 from napari_unet.errors import NapariUNetError
 from napari_unet.evidence import class_unit_counts, compare, pooled, unit_counts
@@ -169,14 +169,10 @@ class Project:
         listed = self._settings().get("classes") or [{"name": "foreground"}]
         return [SegmentationClass.from_dict(values) for values in listed]
 
-    @property
-    def declares_classes(self) -> bool:
-        """Whether project.json lists classes (else the project has the one default class)."""
-        return bool(self._settings().get("classes"))
-
     def set_classes(self, classes: list[SegmentationClass]) -> list[SegmentationClass]:
         """Declare the project's classes. Once pairs exist, classes may only be added after the existing ones (and
-        their colours or object flags changed), so no painted label changes meaning."""
+        their colours or object flags changed), so no painted label changes meaning; every stored pair must hold
+        only the new classes' values (a pair painted for one class may hold instance ids)."""
         check_classes(classes)
         current = self.classes
         painted = bool(self.training.pairs() or self.evaluation.pairs())
@@ -188,6 +184,10 @@ class Project:
         if not self.settings_path.exists():
             raise NapariUNetError(f"'{self.root}' has no project.json: create it with "
                                   f"'napari-unet project init {self.root} -m MODEL --classes …'")
+        for folder in (self.training, self.evaluation):  # pairs painted for one class may hold instance ids
+            for pair in folder.pairs():
+                check_label_values(folder.load(pair.name)[1], classes, pair.name,
+                                   fix="repaint that pair with class values, or remove it first")
         with self._one_round_at_a_time():
             atomic_write_json(self.settings_path, {**self._settings(), "classes": [c.to_dict() for c in classes]})
         return self.classes
@@ -311,6 +311,17 @@ class Project:
                 evaluation = Evaluation("held-out stripes", list(data.names), data.images, data.truths, data.held_out)
         return data, evaluation
 
+    def masks_for(self, model, masks: list[np.ndarray]) -> list[np.ndarray]:
+        """The training masks as `model` would draw them, for adaptation.adapt to judge how well it starts: with
+        several classes and a model without them, only the class it finds (its class's name, else the first) is
+        foreground; the other classes are background to it."""
+        classes = [c.name for c in self.classes]
+        if len(classes) < 2 or model.metadata.instance_method == "classes":
+            return masks
+        known = model.metadata.classes[0]
+        value = classes.index(known) + 1 if known in classes else 1
+        return [np.where(mask == IGNORE_LABEL, IGNORE_LABEL, mask == value).astype(np.uint8) for mask in masks]
+
     def with_project_classes(self, model, seed: int = 0):
         """`model` ready to learn the project's classes: as it is for one class or when it has them, else with a
         new output layer for them (its encoder and decoder kept)."""
@@ -344,14 +355,16 @@ class Project:
             parent = with_channels_of(self.load_model(parent_key), data.images)
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
             before_units, _ = score_evaluation(parent, evaluation)
-            start, config, adaptation = adapt(parent, data.images, data.train_masks, config, log=log)
+            corrections = self.masks_for(parent, data.train_masks)
+            start, config, adaptation = adapt(parent, data.images, corrections, config, log=log)
+            focus = error_focus(start, data.images, corrections, data.names, config, adaptation)
             start = self.with_project_classes(start, seed=config.seed)
             if "new_output_layer" in start.metadata.info and "fine_tuned_from" not in start.metadata.info:
                 log(f"'{parent_key}' has no output for the classes {describe(self.classes)}: a new output layer "
                     "learns them on its encoder and decoder")
             log(f"fine-tuning '{parent_key}' on {len(data.names)} pair(s) …")
             tuned, history = finetune(start, data.images, data.train_masks, config=config, names=data.names,
-                                      progress=progress, cancel=cancel)
+                                      progress=progress, cancel=cancel, focus=focus)
             return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
                                   adaptation)
 
@@ -496,7 +509,7 @@ class Project:
                 progress(event)
 
         parent = with_channels_of(self.load_model(record.parent), [c[1] for c in chosen])
-        parent, config, _ = adapt(parent, [c[1] for c in chosen], [c[2] for c in chosen], config)
+        parent, config, _ = adapt(parent, [c[1] for c in chosen], self.masks_for(parent, [c[2] for c in chosen]), config)
         parent = self.with_project_classes(parent, seed=config.seed)
         config = replace(config, seconds=None)  # the recorded step count ends it, not the clock
         tuned, history = finetune(parent, [c[1] for c in chosen], [c[2] for c in chosen], config=config,
@@ -604,7 +617,10 @@ def _guard(model, labels: list[np.ndarray], evaluation: Evaluation, comparison) 
         return (f"Rolled back: the new version scores lower {where} ({mean} {comparison.before['iou']:.3f} → "
                 f"{comparison.after['iou']:.3f}, beyond the noise: 95% interval {low:+.3f} to {high:+.3f}); "
                 "the previous model stays active.")
-    for name, scores in zip(evaluation.class_names, comparison.per_class):
+    # Per class only between models that both have the classes: the round that gives a model a new output layer
+    # is judged on the mean, since its parent could not segment the other classes at all.
+    new_output_layer = "new_output_layer" in model.metadata.info
+    for name, scores in zip(evaluation.class_names, [] if new_output_layer else comparison.per_class):
         if scores["verdict"] == "hurt":
             low, high = scores["interval"]
             return (f"Rolled back: the new version scores lower on class '{name}' {where} (IoU "

@@ -272,3 +272,21 @@ def test_a_colour_model_that_reads_its_input_inverted_round_trips_through_a_pack
     from_keras = tifffile.imread(tmp_path / "from_keras" / "colour.tif")
     assert from_keras.std() > 0.01
     np.testing.assert_allclose(tifffile.imread(tmp_path / "from_package" / "colour.tif"), from_keras, atol=1e-5)
+
+
+def test_a_model_of_several_classes_names_them_in_the_package(tmp_path):
+    from napari_unet.model import with_classes
+
+    model = with_classes(contrasty_tiny_model(seed=3), ["nucleus", "cytoplasm"], ["nucleus"])
+    package = tmp_path / "two.zip"
+    export_bioimageio(model, package, PackageAuthorship(authors=["Ada Lovelace"], license="MIT",
+                                                        description="two-class test model"))
+    with zipfile.ZipFile(package) as archive:
+        description = yaml.safe_load(archive.read("rdf.yaml"))
+        readme = archive.read("README.md").decode()
+    sentence = "Classes: 1 nucleus, 2 cytoplasm (label values; output channel 0 is background); objects separated for nucleus."
+    assert description["description"].startswith("two-class test model") and sentence in description["description"]
+    assert sentence in readme
+    assert description["outputs"][0]["axes"][-1]["channel_names"] == ["background", "nucleus", "cytoplasm"]
+    loaded = load_package(package)
+    assert loaded.metadata.classes == ["nucleus", "cytoplasm"] and loaded.metadata.object_classes == ["nucleus"]

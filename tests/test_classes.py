@@ -77,6 +77,11 @@ def test_a_three_class_round_gets_a_new_output_layer_and_learns_every_class(thre
     assert np.all(instances[labels == 3] == 0)  # holes are regions, not objects
     assert len(np.unique(instances[labels == 1])) - 1 >= 2  # the three discs are separate objects
 
+    # Uncertainty (and so Next) reads all classes: the pixels given a wrong class are the less certain ones.
+    same_labels, uncertainty = predict(model, image, with_uncertainty=True)
+    wrong = same_labels != truth
+    assert wrong.any() and uncertainty[wrong].mean() > 2 * uncertainty[~wrong].mean()
+
     result = evaluate(model, [image], [truth], instances=True)
     assert list(result["classes"]) == ["disc", "square", "hole"]
     assert result["iou"] == pytest.approx(np.mean([c["iou"] for c in result["classes"].values()]))
@@ -127,6 +132,10 @@ def test_one_class_projects_take_any_label_as_before(tmp_path, start_model):
     assert [c.name for c in project.classes] == ["foreground"]
     image, labels = _three_classes(0)
     project.add_pair(image, labels * 7)  # instance-like ids: all foreground
+    with pytest.raises(NapariUNetError, match="value\\(s\\) 7, 14, 21 but the project has 2 classes") as error:
+        project.set_classes(parse_classes("disc,square"))  # those ids would become classes 7, 14, 21
+    assert "\n" not in str(error.value) and "remove it first" in str(error.value)
+    assert len(project.classes) == 1
 
 
 def test_classes_can_be_added_after_painted_ones_but_not_reordered(three_class_project):
@@ -180,3 +189,78 @@ def test_cli_declares_classes_refuses_labels_beyond_them_and_adds_one(tmp_path, 
     assert json.loads(capsys.readouterr().out)["classes"] == [
         {"name": "nucleus", "colour": "#ff0000", "objects": True}, {"name": "cytoplasm", "colour": "", "objects": False},
         {"name": "vacuole", "colour": "", "objects": True}]
+
+
+def test_live_trains_the_new_output_layer_and_the_forest_preview_learns_every_class(three_class_project):
+    from napari_unet.live import ForestPreview, LiveTrainer
+
+    trainer = LiveTrainer(three_class_project, three_class_project.active)
+    assert trainer.reload() == 3
+    burst = trainer.train(seconds=0.5)
+    assert trainer.model.config.n_classes == 4 and trainer.model.metadata.classes == ["disc", "square", "hole"]
+    assert burst.steps >= 1 and burst.iou is not None  # the mean IoU of the classes on the evaluation pair
+    assert len(trainer.evaluation.class_names) == 3
+
+    image, mask = _three_classes(0)
+    forest = ForestPreview(multi_class=True)
+    assert forest.fit(image, mask)
+    predicted = forest.predict(_three_classes(9)[0])
+    assert set(np.unique(predicted).tolist()) == {0, 1, 2, 3}
+    assert forest.score(trainer.evaluation) > 0.6
+    one_class = ForestPreview()
+    assert one_class.fit(image, mask) and set(np.unique(one_class.predict(image)).tolist()) <= {0, 1}
+
+
+def test_adding_a_class_keeps_what_the_head_learned_for_the_others():
+    from tiny_models import contrasty_tiny_model
+
+    from napari_unet.model import with_classes
+
+    two = with_classes(contrasty_tiny_model(seed=1), ["nucleus", "cytoplasm"], ["nucleus"])
+    three = with_classes(two, ["nucleus", "cytoplasm", "vesicle"], ["nucleus", "vesicle"], seed=5)
+    old_kernel, old_bias = two.keras_model.get_layer("probabilities").get_weights()
+    kernel, bias = three.keras_model.get_layer("probabilities").get_weights()
+    assert kernel.shape[-1] == 4 and np.array_equal(kernel[..., :3], old_kernel) and np.array_equal(bias[:3], old_bias)
+    assert "outputs for background, nucleus, cytoplasm kept" in three.metadata.info["new_output_layer"]["note"]
+    assert np.array_equal(two.keras_model.get_layer("enc0_conv1").get_weights()[0],
+                          three.keras_model.get_layer("enc0_conv1").get_weights()[0])
+    assert with_classes(three, ["nucleus", "cytoplasm", "vesicle"], ["nucleus", "vesicle"]) is three
+
+
+def test_a_start_model_is_judged_on_the_class_it_knows(three_class_project, start_model):
+    """adaptation.adapt scores the start model on the corrections: only its own class is foreground to it."""
+    parent = three_class_project.load_model(start_model)
+    _, labels = _three_classes(0)
+    labels[:3] = 255
+    (seen,) = three_class_project.masks_for(parent, [labels])
+    assert np.array_equal(seen, np.where(labels == 255, 255, labels == 1))
+    headed = three_class_project.with_project_classes(parent)
+    assert three_class_project.masks_for(headed, [labels])[0] is labels
+
+
+def test_a_class_measurably_worse_rolls_back_a_later_round_but_not_the_one_adding_the_classes():
+    from napari_unet.evidence import class_unit_counts, compare
+    from napari_unet.model import UNetConfig, new_model
+    from napari_unet.project import Evaluation, _guard
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros((256, 256), np.uint8)
+    truth[:, :100], truth[:, 100:200] = 1, 2
+    before = truth.copy()
+    after = truth.copy()
+    after[rng.random(truth.shape) < 0.3 * (truth == 1)] = 0  # class 1 loses 30 % of its pixels everywhere
+    evaluation = Evaluation("evaluation pairs", ["a"], [truth], [truth], [np.ones(truth.shape, bool)],
+                            class_names=["nucleus", "rim"])
+    comparison = compare(class_unit_counts(before, truth, None, 2), class_unit_counts(after, truth, None, 2))
+    assert comparison.per_class[0]["verdict"] == "hurt" and comparison.per_class[1]["verdict"] != "hurt"
+    later = new_model(UNetConfig(base_width=2, depth=1, n_classes=3))
+    assert "on class 'nucleus'" in _guard(later, [after], evaluation, _better_mean(comparison))
+    later.metadata.info["new_output_layer"] = {"classes": ["nucleus", "rim"]}
+    assert _guard(later, [after], evaluation, _better_mean(comparison)) is None
+
+
+def _better_mean(comparison):
+    """The same per-class evidence with a mean that got better: only the per-class rule can object."""
+    from dataclasses import replace
+
+    return replace(comparison, verdict="helped", interval=(0.01, 0.02))

@@ -25,11 +25,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_unet._widgets._class_list import ClassList
 from napari_unet._widgets._layers import (
     LayerChooser,
     check_same_plane_shape,
     current_index,
     describe_index,
+    image_data,
     layer_array,
     stack_depth,
 )
@@ -42,7 +44,7 @@ from napari_unet.training_set import changed_pixels, pair_file_name, restrict_to
 
 ADD_SHORTCUT = "Shift+T"
 HELP_TEXT = (
-    "Correct the prediction with napari's brush (paint label 1) and eraser (label 0). "
+    "Correct the prediction with napari's brush (choose a class below: its label value) and eraser (label 0). "
     f"Paint label {IGNORE_LABEL} where you are not sure: those pixels are left out of training. "
     "'Train only where I corrected' keeps just the pixels near your changes. Pairs added 'for evaluation "
     "only' are never trained on: every round is scored on them."
@@ -115,6 +117,7 @@ class TrainingSetWidget(QWidget):
         self.pair_list.setIconSize(QSize(48, 48))
         self.pair_list.setSelectionMode(QListWidget.SelectionMode.ExtendedSelection)
         self.remove_button = QPushButton("Remove selected")
+        self.class_list = ClassList(lambda: self.session.project, self.labels_combo.layer, viewer)
         self.count_label = QLabel("")
 
         folder_row = QHBoxLayout()
@@ -130,6 +133,7 @@ class TrainingSetWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(help_label)
         layout.addLayout(form)
+        layout.addWidget(self.class_list)
         layout.addLayout(margin_row)
         tools_row = QHBoxLayout()
         tools_row.addWidget(self.ignore_button)
@@ -143,6 +147,7 @@ class TrainingSetWidget(QWidget):
         layout.addWidget(self.remove_button)
 
         self.image_combo.changed.connect(lambda layer: self._pick_matching_labels(self.image_combo.currentText()))
+        self.labels_combo.changed.connect(lambda layer: self.class_list.refresh())
         self.folder_button.clicked.connect(self.choose_folder)
         self.folder_edit.editingFinished.connect(lambda: self.set_folder(self.folder_edit.text()))
         self.ignore_button.clicked.connect(self.paint_ignore)
@@ -183,6 +188,7 @@ class TrainingSetWidget(QWidget):
         if folder:
             self.session.set_project(folder)
             self.folder_edit.setText(str(self.session.project.root))
+            self.class_list.refresh()
             self.refresh_list()
 
     # --- actions ------------------------------------------------------------------------------
@@ -234,7 +240,7 @@ class TrainingSetWidget(QWidget):
         if is_lazy(image_layer) or is_lazy(labels_layer):  # larger than memory: the region on screen only
             _, ((y0, y1), (x0, x1)) = visible_region(labels_layer, index)
             region = (slice(y0, y1), slice(x0, x1))
-        image_plane = np.array(layer_array(image_layer)[index + region])
+        image_plane = image_data(self.viewer, image_layer, index, region)  # with its channel layers
         labels_plane = np.array(labels_layer.data[index + region])
         stored = labels_layer.metadata.get(PREDICTION_KEY)
         prediction_plane = (np.array(stored[index + region]) if stored is not None and stored.shape == labels_layer.data.shape

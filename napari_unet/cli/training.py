@@ -207,8 +207,7 @@ def run_project_classes(args) -> int:
     project = Project.open(args.dir)
     classes = project.classes
     if args.add:
-        declared = classes if project.declares_classes else []
-        classes = project.set_classes([*declared, *_parsed_classes(args.add, args.regions)])
+        classes = project.set_classes([*classes, *_parsed_classes(args.add, args.regions)])
     if args.json:
         print(json.dumps({"classes": [c.to_dict() for c in classes]}))
         return 0

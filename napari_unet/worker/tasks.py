@@ -89,14 +89,16 @@ class ModelCache:
 # ------------------------------------------------------------------------------------------------ predict
 @dataclass
 class PlanePrediction:
-    """One Predict's result: labels, the probability map if asked, the slider's ranks (postprocess.threshold_ranks;
-    None for multi-class models), which objects the slider re-splits, the uncertainty map if asked."""
+    """One Predict's result: labels, the probability map if asked (several classes: (Y, X, n) one map per class, named
+    by class_names), the slider's ranks (postprocess.threshold_ranks; None for multi-class models), which objects the
+    slider re-splits, the uncertainty map if asked."""
 
     labels: np.ndarray
     probabilities: np.ndarray | None
     ranks: np.ndarray | None
     objects: str | None
     uncertainty: np.ndarray | None
+    class_names: tuple[str, ...] = ()
 
 
 def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancelled) -> PlanePrediction:
@@ -127,10 +129,14 @@ def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancel
     objects = {"components": "foreground", "enclosed": "background"}.get(method)  # what the slider re-splits
     slider = settings.get("slider_thresholds")
     ranks = threshold_ranks(probabilities, slider) if n_classes == 1 and slider else None
-    shown = None
+    shown, class_names = None, ()
+    several = model.metadata.instance_method == "classes"
     if settings.get("with_probabilities"):
-        shown = 1.0 - probabilities[..., 0] if n_classes > 1 else probabilities  # one map: "not background"
-    return PlanePrediction(labels, shown, ranks, objects, uncertainty)
+        if several:  # one map per class
+            shown, class_names = probabilities[..., 1:], tuple(model.metadata.classes)
+        else:
+            shown = 1.0 - probabilities[..., 0] if n_classes > 1 else probabilities  # one map: "not background"
+    return PlanePrediction(labels, shown, ranks, objects, uncertainty, class_names)
 
 
 def stack_prediction(model, image: np.ndarray, settings: dict, report, is_cancelled) -> PlanePrediction:

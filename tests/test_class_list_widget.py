@@ -1,0 +1,46 @@
+"""The Correct tab's class list in a real viewer: names, napari's label colours, the brush's label value."""
+
+from __future__ import annotations
+
+import numpy as np
+from qtpy.QtCore import Qt
+
+from napari_unet._widgets.launch import PLUGIN
+from napari_unet.classes import SegmentationClass
+from napari_unet.project import Project
+
+
+def test_choosing_a_class_sets_the_brush_label_and_shows_napari_colours(make_napari_viewer, qtbot, tmp_path,
+                                                                         start_model):
+    project = Project.init(tmp_path / "project", start_model, classes=[
+        SegmentationClass("nucleus"), SegmentationClass("cytoplasm", objects=False),
+        SegmentationClass("membrane", "#ffff00")])
+    viewer = make_napari_viewer()
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
+    dock._warm_up_timer.stop()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="cells")
+    labels = viewer.add_labels(np.zeros((32, 32), np.uint8), name="cells labels")
+    tab = dock.training_set_tab
+    tab.set_folder(str(project.root))
+    tab.labels_combo.select("cells labels")
+    class_list = tab.class_list
+    rows = [class_list.list.item(row) for row in range(class_list.list.count())]
+    assert [row.text() for row in rows] == ["1  nucleus", "2  cytoplasm  (region)", "3  membrane"]
+    # The swatch is the colour the layer paints the label in: napari's own for 2, the declared one for 3.
+    swatches = [row.icon().pixmap(14, 14).toImage().pixelColor(7, 7) for row in rows]
+    napari_colour = labels.get_color(2)
+    assert abs(swatches[1].redF() - napari_colour[0]) < 0.01 and abs(swatches[1].greenF() - napari_colour[1]) < 0.01
+    assert swatches[2].name() == "#ffff00" and np.allclose(labels.get_color(3)[:3], (1, 1, 0))
+
+    viewer.layers.selection.active = viewer.layers["cells"]
+    rect = class_list.list.visualItemRect(rows[1])
+    qtbot.mouseClick(class_list.list.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert labels.selected_label == 2 and labels.mode == "paint" and viewer.layers.selection.active is labels
+
+    class_list.new_class_edit.setText("vacuole")
+    class_list.add_button.click()
+    assert [c.name for c in project.classes][-1] == "vacuole" and class_list.list.count() == 4
+    qtbot.mouseClick(class_list.list.viewport(), Qt.MouseButton.LeftButton,
+                     pos=class_list.list.visualItemRect(class_list.list.item(3)).center())
+    assert labels.selected_label == 4
+    qtbot.waitUntil(lambda: all(job.done for job in dock.session.jobs), timeout=60_000)
