@@ -191,7 +191,7 @@ class LiveWidget(QWidget):
         """The user paints another plane of the stack: send what the last plane has, then learn from this one."""
         self._send_update()
         self.plane_index = plane_index
-        self.image_plane = np.array(layer_array(self.image_layer)[plane_index])
+        self.image_plane = image_data(self.viewer, self.image_layer, plane_index)
         self.touched = np.zeros(self.touched.shape, dtype=bool)
         if self.view is not None:
             self.job.send(("view", self.view.current))
