@@ -31,6 +31,7 @@ from napari_unet._widgets._layers import (
     check_same_plane_shape,
     current_index,
     describe_index,
+    image_data,
     layer_array,
     stack_depth,
 )
@@ -239,7 +240,7 @@ class TrainingSetWidget(QWidget):
         if is_lazy(image_layer) or is_lazy(labels_layer):  # larger than memory: the region on screen only
             _, ((y0, y1), (x0, x1)) = visible_region(labels_layer, index)
             region = (slice(y0, y1), slice(x0, x1))
-        image_plane = np.array(layer_array(image_layer)[index + region])
+        image_plane = image_data(self.viewer, image_layer, index, region)  # with its channel layers
         labels_plane = np.array(labels_layer.data[index + region])
         stored = labels_layer.metadata.get(PREDICTION_KEY)
         prediction_plane = (np.array(stored[index + region]) if stored is not None and stored.shape == labels_layer.data.shape
