@@ -66,7 +66,7 @@ def run(start: str, ring: int, seconds: float | None) -> dict:
                       instances=True)
     return {"start": start, "ring_px": ring, "train": train_stems, "evaluation_fields": eval_stems,
             "round_seconds": round(round_seconds, 1), "kept": outcome.kept, "reason": outcome.reason,
-            "round_eval": outcome.record["eval"],
+            "round_eval": outcome.record.eval.to_json(),
             "evaluate": {"mean_iou": round(scores["iou"], 4), "mean_dice": round(scores["dice"], 4),
                          "classes": {name: {key: round(float(value), 4) for key, value in values.items()}
                                      for name, values in scores["classes"].items()}}}
