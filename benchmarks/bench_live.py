@@ -1,6 +1,6 @@
 """Live mode against ilastik's approach: evaluation IoU as a scripted user corrects more and more, in one run.
 
-    .venv/bin/python benchmarks/bench_live.py [--start membranes] [--tiles 16] [--burst 3]
+    .venv/bin/python benchmarks/bench_live.py [--start membranes] [--tiles 16] [--burst 3] [--no-focus]
 
 The image of bench_round.py (a 512² DSB 2018 nuclei crop): the user corrects the left half one 64² tile at a
 time (its ground truth stands for the strokes; only touched tiles count, as in the dock); the right half is the
@@ -58,9 +58,11 @@ def _forest_iou(image, labels, touched, eval_image, eval_truth) -> tuple[float, 
 
 
 def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = None,
-        overrides: dict | None = None) -> list[dict]:
+        overrides: dict | None = None, focus: bool = True) -> list[dict]:
     """case: (512² image, its labels with the right half 255, right-half image, right-half truth); None: _case().
-    overrides: TrainConfig fields for live mode (None: live mode's own defaults)."""
+    overrides: TrainConfig fields for live mode (None: live mode's own defaults). focus: tell live mode which
+    pixels the user changed (touched pixels where the truth differs from the start's prediction), as the dock
+    does, so half of the patches are centred on them; False: every annotated pixel alike."""
     from bench_round import _case
 
     from napari_unet.live import LiveTrainer, live_mask
@@ -81,6 +83,10 @@ def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = Non
     order = [(r, c) for r in range(0, 512, TILE) for c in range(0, 256, TILE)]
     order = [order[i] for i in np.random.default_rng(0).permutation(len(order))][:n_tiles]
     touched = np.zeros(left.shape, dtype=bool)
+    if focus:
+        from napari_unet.prediction import predict
+
+        wrong = (np.asarray(predict(project.load_model(start), left, output="labels")) > 0) != (truth_left > 0)
     rows = []
     first_stroke = time.perf_counter()
     for number, (r, c) in enumerate(order, start=1):
@@ -89,7 +95,7 @@ def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = Non
             continue  # nothing to learn from yet (a user would not start with an empty corner either)
         project.add_pair(left, live_mask(truth_left, touched, margin=0), name="live", replace=True,
                          corrected_pixels=int(touched.sum()))
-        trainer.reload()
+        trainer.reload({"live": touched & wrong} if focus else None)
         burst = trainer.train(burst_seconds)
         live_at = time.perf_counter() - first_stroke
         forest_iou, forest_seconds = _forest_iou(left, truth_left, touched, eval_image, eval_truth)
@@ -107,8 +113,10 @@ def main() -> int:
     parser.add_argument("--start", default="membranes")
     parser.add_argument("--tiles", type=int, default=16, help="tiles of 64² the user corrects (the left half has 32)")
     parser.add_argument("--burst", type=float, default=3.0, help="seconds of training after each tile")
+    parser.add_argument("--no-focus", action="store_true",
+                        help="do not tell live mode which pixels were corrected (the dock always does)")
     args = parser.parse_args()
-    print(json.dumps(run(args.start, args.tiles, args.burst)))
+    print(json.dumps(run(args.start, args.tiles, args.burst, focus=not args.no_focus)))
     return 0
 
 

@@ -254,7 +254,8 @@ def run(start: str, corrected: list[int], seconds: float, methods: list[str], le
     return rows
 
 
-def live(start: str, live_seconds: float, n_tiles: int, levers: tuple[str, ...] | None = None) -> list[dict]:
+def live(start: str, live_seconds: float, n_tiles: int, levers: tuple[str, ...] | None = None,
+         focus: bool = True) -> list[dict]:
     """bench_live.run on a 512² crop of the first pool image: left half corrected tile by tile, right half scored."""
     from bench_live import run as run_live
 
@@ -267,7 +268,7 @@ def live(start: str, live_seconds: float, n_tiles: int, levers: tuple[str, ...] 
     print(f"live: {stem}[:512, :512], {n_tiles} tiles, {live_seconds / n_tiles:.2f} s of training per tile", flush=True)
     overrides = None if levers is None else {"adapt_levers": levers}
     return run_live(start, n_tiles, live_seconds / n_tiles, case=(image, corrected, image[:, 256:], truth[:, 256:]),
-                    overrides=overrides)
+                    overrides=overrides, focus=focus)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start", default="nuclei", help="the shipped model the loop starts from (nuclei, membranes)")
     parser.add_argument("--corrected", type=int, nargs="+", default=[1, 2, 4, 8], metavar="K",
                         help="numbers of corrected pool images (the first K of the pool)")
-    parser.add_argument("--seconds", type=float, default=120.0, help="training budget of a round")
+    parser.add_argument("--seconds", type=float, default=120.0,
+                        help="training budget of a round (0: none, the configured epochs)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--levers", action="store_true", help="extra unet-round rows, one per TrainConfig variation")
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 test images, k = 1, 10-s round")
@@ -284,8 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-tiles", type=int, default=16, help="64² tiles the user corrects (the left half has 32)")
     parser.add_argument("--adapt-levers", default=None, metavar="A,B",
                         help="the levers the plain unet-round row may use (default: TrainConfig's)")
+    parser.add_argument("--live-no-focus", action="store_true",
+                        help="live mode is not told which pixels were corrected (the dock always tells it)")
     parser.add_argument("--live-levers", default=None, metavar="A,B",
                         help="adaptation levers live mode may use (default: live mode's own)")
+    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a TrainConfig setting of the plain unet-round row (repeatable), e.g. --set epochs=16: "
+                             "with --seconds 0 (no time budget) rounds compare at equal steps whatever the load")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="write all rows as JSON")
     args = parser.parse_args(argv)
     if any(k < 1 or k > 16 - N_TEST for k in args.corrected):
@@ -295,13 +302,15 @@ def main(argv: list[str] | None = None) -> int:
         result = {"start": args.start, "live_seconds": args.live_seconds,
                   "live_levers": args.live_levers,
                   "live": live(args.start, args.live_seconds, args.live_tiles,
-                               None if args.live_levers is None else tuple(filter(None, args.live_levers.split(","))))}
+                               None if args.live_levers is None else tuple(filter(None, args.live_levers.split(","))),
+                               focus=not args.live_no_focus)}
     else:
-        corrected, seconds, n_test = ([1], 10.0, 2) if args.quick else (args.corrected, args.seconds, N_TEST)
-        result = {"start": args.start, "seconds": seconds, "test_images": n_test,
-                  "rows": run(args.start, corrected, seconds, args.methods, args.levers, n_test,
-                              None if args.adapt_levers is None else
-                              {"adapt_levers": tuple(filter(None, args.adapt_levers.split(",")))})}
+        corrected, seconds, n_test = ([1], 10.0, 2) if args.quick else (args.corrected, args.seconds or None, N_TEST)
+        overrides = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.settings)}
+        if args.adapt_levers is not None:
+            overrides["adapt_levers"] = tuple(filter(None, args.adapt_levers.split(",")))
+        result = {"start": args.start, "seconds": seconds, "test_images": n_test, "settings": args.settings,
+                  "rows": run(args.start, corrected, seconds, args.methods, args.levers, n_test, overrides)}
     if args.json is not None:
         args.json.write_text(json.dumps(result, indent=1))
     return 0

@@ -10,6 +10,10 @@ A round (and Live) starts from a parent model and the user's corrections. Before
 3. below it (a new domain), pulls the levers the config allows (TrainConfig.adapt_levers):
    - "polarity": also try the image inverted (dark objects on a bright background, as in brightfield or
      stained tissue, reach a fluorescence-trained parent as bright on dark);
+   - "channel_mix": for an image of 2-4 channels read by a parent widened from one channel, also start from
+     the parent reading the mix of channels that best separates the corrected objects from the background
+     (fitted_channel_mix: a ridge least-squares fit on the annotated pixels), as colour deconvolution isolates
+     the haematoxylin stain of nuclei, instead of the channels' mean;
    - "batch_norm_stats": re-estimate the batch-norm statistics on the user's images (no labels needed;
      Li et al. 2016, "AdaBN"), so the parent's features are centred for this domain;
    the candidate start scoring best on the corrections wins (the parent as it is is one of them); then
@@ -17,7 +21,9 @@ A round (and Live) starts from a parent model and the user's corrections. Before
    - "learning_rate": NEW_DOMAIN_LEARNING_RATE instead of the fine-tuning default;
    - "extend": a round given a time budget trains while the budget lasts and the validation score still
      rises (early stopping), instead of stopping after the configured epochs; without a budget it trains
-     the configured epochs, as the user asked.
+     the configured epochs, as the user asked;
+   - "sample_errors" (not a default; measured in docs/new-kinds-of-image.md): half of the training patches
+     are centred where the chosen start is wrong on the corrections (error_focus), the rest as usual.
 
 What was found and done is returned as a record for the round's log and the version's card.
 """
@@ -37,7 +43,7 @@ from napari_unet.masks import IGNORE_LABEL
 # nuclei ~0.1, `membranes` on its own ISBI slices and `nuclei` on held-out fluorescence images > 0.75.
 NEW_DOMAIN_IOU = 0.5
 ADAPT_MODES = ("auto", "off")
-LEVERS = ("polarity", "batch_norm_stats", "train_batch_norm", "learning_rate", "extend")
+LEVERS = ("polarity", "channel_mix", "batch_norm_stats", "train_batch_norm", "learning_rate", "extend", "sample_errors")
 # Probes on a new domain (grey tissue images, 120 s): batch norm trained with 1e-3 lifted the evaluation
 # pairs 0.04 -> 0.81 where frozen with 3e-4 reached 0.55.
 NEW_DOMAIN_LEARNING_RATE = 1e-3
@@ -165,10 +171,7 @@ def adapt(parent, images, masks, config, *, log: Callable[[str], None] | None = 
         return start, config, record
     log(f"a new kind of image: the model scores IoU {parent_iou:.2f} on the corrections; adapting")
     record["new_domain"] = True
-    candidates = {"as it is": (start, parent_iou)}
-    if "polarity" in levers:
-        flipped = inverted(start)
-        candidates["inverted"] = (flipped, corrections_iou(flipped, images, masks, precision))
+    candidates = start_candidates(start, parent_iou, images, masks, levers, seed=config.seed, precision=precision)
     if "batch_norm_stats" in levers and has_batch_norm(start):
         for name, (model, _) in list(candidates.items()):
             adapted = reestimate_batch_norm(model, images, seed=config.seed)
@@ -179,6 +182,8 @@ def adapt(parent, images, masks, config, *, log: Callable[[str], None] | None = 
     start = candidates[chosen][0]
     record["candidates"] = {key: round(score, 4) for key, (_, score) in candidates.items()}
     record["start"] = chosen
+    if "widened" in start.metadata.info:
+        record["widened"] = start.metadata.info["widened"]
     log(f"starting from the parent {chosen} (IoU {candidates[chosen][1]:.2f} on the corrections)")
     changes = {}
     if "train_batch_norm" in levers and has_batch_norm(start):
@@ -192,15 +197,98 @@ def adapt(parent, images, masks, config, *, log: Callable[[str], None] | None = 
     return start, replace(config, **changes), record
 
 
-def start_score(model, images, masks, precision: str | None = None) -> tuple[float, bool]:
-    """(IoU on the corrections, read inverted?) of the better of `model` as it is and `model` read inverted:
-    where a round from it would start (adapt tries both on a new kind of image)."""
+def error_focus(model, images, masks, names, config, record: dict, precision: str | None = None) -> dict | None:
+    """The "sample_errors" lever on a new domain (record from adapt): {pair name: bool (Y, X) map of the annotated
+    pixels where `model`'s foreground disagrees with the mask}, where training patches are centred more often
+    (PatchSampler's focus maps); the wrong share of annotated pixels goes into the record. None otherwise."""
+    from napari_unet.prediction import predict
+
+    if not record.get("new_domain") or "sample_errors" not in config.adapt_levers:
+        return None
+    focus, wrong, annotated_total = {}, 0, 0
+    for name, image, mask in zip(names, images, masks):
+        mask = np.asarray(mask)
+        annotated = mask != IGNORE_LABEL
+        predicted = np.asarray(predict(model, np.asarray(image), output="labels", precision=precision)) > 0
+        focus[name] = annotated & (predicted != (mask > 0))
+        wrong, annotated_total = wrong + int(focus[name].sum()), annotated_total + int(annotated.sum())
+    record.setdefault("training", {})["sample_errors"] = round(wrong / max(1, annotated_total), 4)
+    return focus
+
+
+# Pixels fitted_channel_mix samples from the annotated pixels in all; the ridge term relative to the mean of
+# the normal matrix's diagonal keeps weights of nearly collinear channels (a colour image's) small.
+MIX_PIXELS = 200_000
+MIX_RIDGE = 1e-2
+
+
+def fitted_channel_mix(model, images, masks, seed: int = 0) -> np.ndarray | None:
+    """Per-channel weights w such that the image's channels, normalised as `model` normalises them (its
+    polarity included), mixed as sum_c w_c x_c are about 1 on the corrected objects and 0 on the background:
+    a ridge least-squares fit on the annotated pixels, scaled so the objects' mean is 1. None when the
+    corrections hold only one class or the fit cannot make objects brighter than the background."""
+    from napari_unet.training.inputs import prepare_image
+
+    rng = np.random.default_rng(seed)
+    values, targets = [], []
+    for index, (image, mask) in enumerate(zip(images, masks)):
+        mask = np.asarray(mask)
+        annotated = mask != IGNORE_LABEL
+        if not annotated.any():
+            continue
+        normalized = prepare_image(image, f"image {index}", model)[1]
+        pixels, labels = normalized[annotated], mask[annotated] > 0
+        take = rng.choice(len(pixels), min(len(pixels), MIX_PIXELS // max(1, len(images))), replace=False)
+        values.append(pixels[take].astype(np.float64))
+        targets.append(labels[take].astype(np.float64))
+    if not values:
+        return None
+    matrix, target = np.concatenate(values), np.concatenate(targets)
+    if target.min() == target.max():
+        return None
+    normal = matrix.T @ matrix
+    ridge = MIX_RIDGE * np.trace(normal) / len(normal)
+    weights = np.linalg.solve(normal + ridge * np.eye(len(normal)), matrix.T @ target)
+    objects = float(np.mean(matrix[target > 0] @ weights))
+    background = float(np.mean(matrix[target == 0] @ weights))
+    if not objects > background or objects <= 0:
+        return None
+    return weights / objects
+
+
+def start_candidates(start, start_iou: float, images, masks, levers, seed: int = 0,
+                     precision: str | None = None) -> dict:
+    """{name: (model, IoU on the corrections)}: `start` as it is, and by the levers "polarity" (read inverted)
+    and "channel_mix" (a parent widened from one channel reading the channels mixed as fitted_channel_mix
+    finds, as it is and inverted)."""
+    candidates = {"as it is": (start, start_iou)}
+    if "polarity" in levers:
+        flipped = inverted(start)
+        candidates["inverted"] = (flipped, corrections_iou(flipped, images, masks, precision))
+    widened = start.metadata.info.get("widened") or {}
+    if "channel_mix" in levers and start.config.n_channels > 1 and widened.get("from_channels") == 1:
+        for name, (base, _) in list(candidates.items()):
+            weights = fitted_channel_mix(base, images, masks, seed=seed)
+            if weights is None:
+                continue
+            mixed = widen_input(base, start.config.n_channels, channel_weights=weights)
+            mixed.metadata.info["widened"] = {**widened, "channel_weights": [round(float(w), 4) for w in weights],
+                                              "mix": "fitted on the corrections (adaptation.fitted_channel_mix)"}
+            label = "channels mixed as the corrections separate them" + ("" if name == "as it is" else f", {name}")
+            candidates[label] = (mixed, corrections_iou(mixed, images, masks, precision))
+    return candidates
+
+
+def start_score(model, images, masks, precision: str | None = None) -> tuple[float, str]:
+    """(IoU on the corrections, how) of the best start a round from `model` could take on a new kind of image
+    (start_candidates: as it is, read inverted, channels mixed); how is "as it is" or the candidate's name."""
     model = with_channels_of(model, images)
     as_it_is = corrections_iou(model, images, masks, precision)
     if as_it_is >= NEW_DOMAIN_IOU:
-        return as_it_is, False
-    flipped = corrections_iou(inverted(model), images, masks, precision)
-    return (flipped, True) if flipped > as_it_is else (as_it_is, False)
+        return as_it_is, "as it is"
+    candidates = start_candidates(model, as_it_is, images, masks, ("polarity", "channel_mix"), precision=precision)
+    best = max(candidates, key=lambda name: candidates[name][1])
+    return candidates[best][1], best
 
 
 def mean_uncertainty(model, image, precision: str | None = None) -> float:
@@ -227,7 +315,8 @@ def propose_start(candidates: dict, images, masks=None, precision: str | None = 
         scores = {name: start_score(model, images, masks, precision) for name, model in candidates.items()}
         best = max(scores, key=lambda name: scores[name][0])
         others = ", ".join(f"{name} {score:.2f}" for name, (score, _) in scores.items() if name != best)
-        read = " read inverted (dark objects on a bright background)" if scores[best][1] else ""
+        how = scores[best][1]
+        read = {"as it is": "", "inverted": " read inverted (dark objects on a bright background)"}.get(how, f" ({how})")
         reason = (f"'{best}' fits your corrections best: IoU {scores[best][0]:.2f}{read} before any training"
                   + (f" (then {others})" if others else ""))
         return {"name": best, "reason": reason, "by": "corrections",

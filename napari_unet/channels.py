@@ -151,11 +151,16 @@ def select_channels(image, channels: ChannelChoice, shape=None):
     return image[..., indices]
 
 
-def widen_input(model, n_channels: int, names: Sequence[str] | None = None):
+def widen_input(model, n_channels: int, names: Sequence[str] | None = None,
+                channel_weights: Sequence[float] | None = None):
     """A copy of `model` (a SegmentationModel) that reads `n_channels` channels; see the module docstring.
 
     The same grey plane in every channel gives the old model's output (to float rounding). The copy's card
-    records what was widened; its metadata lists the channel names (default: channel_names)."""
+    records what was widened; its metadata lists the channel names (default: channel_names).
+    channel_weights: how much each new channel contributes (default 1/n each; summing to 1, equal channels still
+    give the old output), e.g. a mix of the channels that separates the objects (adaptation.fitted_channel_mix),
+    as colour deconvolution picks a stain; with as many channels as the model reads already, the first
+    convolution's channels are re-weighed so."""
     from dataclasses import replace
 
     from napari_unet.model import SegmentationModel, build_unet
@@ -163,8 +168,12 @@ def widen_input(model, n_channels: int, names: Sequence[str] | None = None):
     old = model.config.n_channels
     if n_channels < 1:
         raise NapariUNetError(f"a model reads at least 1 channel, not {n_channels}")
-    if n_channels == old:
+    weights_given = channel_weights is not None
+    if n_channels == old and not weights_given:
         return model.copy()
+    channel_weights = np.asarray(channel_weights if weights_given else [1.0 / n_channels] * n_channels, np.float64)
+    if channel_weights.shape != (n_channels,) or not np.all(np.isfinite(channel_weights)):
+        raise NapariUNetError(f"channel_weights needs {n_channels} finite numbers, not {channel_weights.tolist()}")
     config = replace(model.config, n_channels=int(n_channels))
     widened = build_unet(config)
     source = {layer.name: layer for layer in model.keras_model.layers}
@@ -175,15 +184,17 @@ def widen_input(model, n_channels: int, names: Sequence[str] | None = None):
             kernel, *rest = weights
             # Every new channel reads what the old channels read on average: a grey plane repeated gives the
             # old pre-activation (sum over the new channels of kernel_mean / n = kernel summed over old / old).
-            mean_kernel = kernel.mean(axis=2, keepdims=True) * (old / n_channels)
-            weights = [np.repeat(mean_kernel, n_channels, axis=2).astype(kernel.dtype), *rest]
+            summed = kernel.mean(axis=2, keepdims=True) * old
+            weights = [(summed * channel_weights.reshape(1, 1, -1, 1)).astype(kernel.dtype), *rest]
         if weights:
             layer.set_weights(weights)
     metadata = replace(model.metadata, config=config, channel_names=list(names or channel_names(n_channels)),
                        info=dict(model.metadata.info))
     metadata.info["widened"] = {"from_channels": old, "to_channels": int(n_channels),
-                                "rule": "first convolution's kernel averaged over its input channels and "
-                                        f"divided by {n_channels}/{old}: equal channels give the old output"}
+                                "rule": "first convolution's kernel summed over its input channels, then each new "
+                                        "channel given its weight of it: weights summing to 1 give equal channels "
+                                        "the old output",
+                                "channel_weights": [round(float(w), 4) for w in channel_weights]}
     return SegmentationModel(widened, metadata, model.source)
 
 

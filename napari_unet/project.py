@@ -41,7 +41,7 @@ from filelock import FileLock, Timeout
 
 from napari_unet._files import atomic_write_json
 from napari_unet._version import __version__
-from napari_unet.adaptation import adapt, choose_post_processing, with_channels_of
+from napari_unet.adaptation import adapt, choose_post_processing, error_focus, with_channels_of
 from napari_unet.classes import SegmentationClass, check_classes, check_label_values, class_truth, describe
 from napari_unet.errors import NapariUNetError
 from napari_unet.evidence import class_unit_counts, compare, pooled, unit_counts
@@ -355,15 +355,16 @@ class Project:
             parent = with_channels_of(self.load_model(parent_key), data.images)
             log(f"scoring '{parent_key}' on the {evaluation.source} …")
             before_units, _ = score_evaluation(parent, evaluation)
-            start, config, adaptation = adapt(parent, data.images, self.masks_for(parent, data.train_masks), config,
-                                              log=log)
+            corrections = self.masks_for(parent, data.train_masks)
+            start, config, adaptation = adapt(parent, data.images, corrections, config, log=log)
+            focus = error_focus(start, data.images, corrections, data.names, config, adaptation)
             start = self.with_project_classes(start, seed=config.seed)
             if "new_output_layer" in start.metadata.info and "fine_tuned_from" not in start.metadata.info:
                 log(f"'{parent_key}' has no output for the classes {describe(self.classes)}: a new output layer "
                     "learns them on its encoder and decoder")
             log(f"fine-tuning '{parent_key}' on {len(data.names)} pair(s) …")
             tuned, history = finetune(start, data.images, data.train_masks, config=config, names=data.names,
-                                      progress=progress, cancel=cancel)
+                                      progress=progress, cancel=cancel, focus=focus)
             return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
                                   adaptation)
 

@@ -73,6 +73,40 @@ def test_widened_first_convolution_leaves_a_grey_images_output_unchanged(bn_mode
     assert len(widened.metadata.input_channel_names) == n_channels
 
 
+def test_channel_weights_summing_to_one_leave_a_grey_images_output_unchanged(bn_model):
+    grey, _ = _discs(0)
+    mixed = widen_input(bn_model, 3, channel_weights=[1.5, -0.2, -0.3])
+    np.testing.assert_allclose(predict(mixed, np.stack([grey] * 3, axis=-1), **FLOAT32),
+                               predict(bn_model, grey, **FLOAT32), atol=1e-5)
+    assert mixed.metadata.info["widened"]["channel_weights"] == [1.5, -0.2, -0.3]
+    with pytest.raises(NapariUNetError, match="3 finite numbers"):
+        widen_input(bn_model, 3, channel_weights=[1.0, np.nan, 0.0])
+
+
+def _stained(seed: int, size: int = 96):
+    """An H&E-like colour image (skimage.color.hed2rgb): haematoxylin-stained discs (the objects, mask) and as many
+    eosin-stained discs elsewhere, which a mean of the channels also shows dark."""
+    from skimage.color import hed2rgb
+
+    _, nuclei = _discs(seed, size)
+    _, eosin = _discs(seed + 100, size)
+    eosin[nuclei > 0] = 0
+    rng = np.random.default_rng(seed)
+    rgb = hed2rgb(np.stack([nuclei, eosin, np.zeros_like(nuclei)], axis=-1).astype(float))
+    return (np.clip(rgb + rng.normal(0, 0.01, rgb.shape), 0, 1) * 255).astype(np.float32), nuclei
+
+
+def test_stained_colour_starts_from_the_channel_mix_that_separates_the_corrections(bright_disc_model):
+    stained = [_stained(seed) for seed in (3, 4)]
+    start, _, record = adapt(bright_disc_model, [p[0] for p in stained], [p[1] for p in stained], TrainConfig())
+    scores = record["candidates"]
+    assert record["new_domain"] and "channels mixed" in record["start"]
+    assert scores[record["start"]] > scores["inverted"] + 0.2  # the mean of the channels also shows the eosin
+    assert start.config.n_channels == 3 and record["widened"]["mix"].startswith("fitted on the corrections")
+    weights = record["widened"]["channel_weights"]
+    assert len(weights) == 3 and np.ptp(weights) > 0.5 and max(abs(w) for w in weights) < 20  # not the mean; bounded
+
+
 def test_a_channel_count_mismatch_names_the_fixes_and_grey_is_converted_only_on_request(bn_model):
     rgb, _ = _discs(0, colour=3)
     with pytest.raises(NapariUNetError) as error:

@@ -130,3 +130,21 @@ def test_patches_are_centred_on_corrected_pixels_more_often():
 
     without, with_focus = share_with_corrections(None), share_with_corrections([corrected])
     assert without < 0.05 and 0.4 < with_focus < 0.7  # half the patches (focus_fraction 0.5), not all
+
+
+def test_corrected_pixels_reach_the_sampler_by_the_callers_pair_names():
+    """Live and a new-domain round key their focus maps by the project's pair names; a pair cut for a validation
+    strip gets the same cut of its map."""
+    from napari_unet.model import UNetConfig, new_model
+    from napari_unet.training.loop import TrainingRun
+
+    image, labels = _discs(3, size=96)
+    focus = np.zeros(labels.shape, bool)
+    focus[:, :12] = True  # the corrected pixels: a band on the left
+    run = TrainingRun(new_model(UNetConfig(base_width=4, depth=2), tile_size=64), TrainConfig(patch_size=32),
+               [image], [labels], None, ["plane"], None, focus={"plane": focus})
+    (pair,) = run.training_pairs
+    assert pair.mask.shape != labels.shape  # one pair: a validation strip was cut off
+    expected = np.flatnonzero(focus[pair.window] & (pair.mask != IGNORE_LABEL))
+    assert expected.size > 0
+    np.testing.assert_array_equal(run.sampler.focus[0], expected)

@@ -146,6 +146,8 @@ def test_corrected_planes_of_a_volume_become_pairs_with_side_views_where_voxels_
     correct.evaluation_check.setChecked(False)
     assert wait_for(qtbot, correct.add_corrected_planes()).error is None, errors(notifications)
     assert sorted(training.names()) == sorted(names)  # z3, z7 and the views updated in place, z5 left out
+    for name in side:  # plane 5's labels are in no training side view either
+        assert not (training.load(name)[1][5] != IGNORE_LABEL).any()
     assert "Planes 5 are already evaluation pairs" in notifications[-1][1]
 
 

@@ -77,3 +77,54 @@ def check_same_plane_shape(image_layer, labels_layer) -> None:
             f"'{image_layer.name}' is {'×'.join(map(str, image_shape))}: choose the Labels layer that was "
             "predicted for (or painted on) this image"
         )
+
+
+# An image layer's channels kept as separate layers (napari's channel_axis splits a multichannel image into one
+# layer per channel): the names of the layers, in channel order, that the dock reads as one image's channels.
+CHANNEL_LAYERS_KEY = "napari_unet_channel_layers"
+MAX_CHANNEL_LAYERS = 4  # the most channels one image may have (channels.MAX_GUESSED_CHANNELS)
+
+
+def channel_partners(viewer, layer) -> list:
+    """Image layers that can be `layer`'s channels: same data shape, grey, not the dock's own outputs (probability
+    and uncertainty maps), in the viewer's order; `layer` first. At most MAX_CHANNEL_LAYERS."""
+    from napari.layers import Image
+
+    from napari_unet._widgets._session import SOURCE_KEY
+
+    shape = np.shape(layer_array(layer))
+
+    def fits(other) -> bool:
+        return (isinstance(other, Image) and other is not layer and not other.rgb and SOURCE_KEY not in other.metadata
+                and np.shape(layer_array(other)) == shape)
+
+    return [layer, *[other for other in viewer.layers if fits(other)]][:MAX_CHANNEL_LAYERS]
+
+
+def channel_layers(viewer, layer) -> list:
+    """The layers the dock reads as `layer`'s channels (set_channel_layers), `layer` first; [layer] when none are
+    set or one of them is gone or changed shape."""
+    names = layer.metadata.get(CHANNEL_LAYERS_KEY) or []
+    by_name = {other.name: other for other in viewer.layers}
+    group = [by_name.get(name) for name in names]
+    shape = np.shape(layer_array(layer))
+    if len(group) < 2 or any(other is None or np.shape(layer_array(other)) != shape for other in group):
+        return [layer]
+    return group
+
+
+def set_channel_layers(layer, layers: list) -> None:
+    """Read `layers` (`layer` first) as the channels of `layer`'s image from now on; [layer] alone undoes it."""
+    if len(layers) > 1:
+        layer.metadata[CHANNEL_LAYERS_KEY] = [other.name for other in layers]
+    else:
+        layer.metadata.pop(CHANNEL_LAYERS_KEY, None)
+
+
+def image_data(viewer, layer, index: tuple = (), region: tuple = ()) -> np.ndarray:
+    """A copy of `layer`'s image at `index` (+ `region`), with its channel layers (channel_layers) stacked on a
+    last axis: (..., Y, X, C). One layer: its own data as it is. A copy: the user may keep editing."""
+    group = channel_layers(viewer, layer)
+    if len(group) == 1:
+        return np.array(layer_array(layer)[index + region])
+    return np.stack([np.asarray(layer_array(other)[index + region]) for other in group], axis=-1)

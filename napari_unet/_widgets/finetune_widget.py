@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 from napari.layers import Image
 from napari.utils.notifications import show_info, show_warning
 from qtpy.QtWidgets import (
@@ -24,7 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet._widgets._layers import LayerChooser, current_index, layer_array, stack_depth
+from napari_unet._widgets._layers import LayerChooser, channel_layers, current_index, image_data, stack_depth
 from napari_unet._widgets._plot import RoundsPlot, TrainingPlot
 from napari_unet._widgets._run_controls import RunControls
 from napari_unet._widgets._session import Session, prediction_layer_name, settings
@@ -132,7 +131,7 @@ class FinetuneWidget(QWidget):
         plane = None
         if image_layer is not None:
             index = current_index(self.viewer, image_layer) if stack_depth(image_layer) else ()
-            plane = np.array(layer_array(image_layer)[index])
+            plane = image_data(self.viewer, image_layer, index)
         if not keys or (plane is None and not project.training.pairs()):
             show_info("Suggest a start: open an image (or add a corrected pair) and have at least one model.")
             return None
@@ -192,8 +191,9 @@ class FinetuneWidget(QWidget):
         image_plane, index = None, ()
         if image_layer is not None:
             index = current_index(self.viewer, image_layer) if stack_depth(image_layer) else ()
-            image_plane = np.array(layer_array(image_layer)[index])  # a copy: the user may keep editing
-        channel_axis = -1 if image_layer is not None and image_layer.rgb else None
+            image_plane = image_data(self.viewer, image_layer, index)  # a copy, with its channel layers
+        channel_axis = (-1 if image_layer is not None and (image_layer.rgb or len(channel_layers(self.viewer, image_layer)) > 1)
+                        else None)
         request = self.session.request("fine_tune_round", str(project.root), parent_key, config, image_plane, channel_axis)
 
         self.plot.clear(total_steps=config.epochs * config.steps_per_epoch)

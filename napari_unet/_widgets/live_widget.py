@@ -21,7 +21,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from napari_unet._widgets._layers import LayerChooser, current_index, layer_array, stack_depth
+from napari_unet._widgets._layers import LayerChooser, current_index, image_data, layer_array, stack_depth
 from napari_unet._widgets._lazy_prediction import ViewTracker
 from napari_unet._widgets._session import Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
@@ -118,7 +118,7 @@ class LiveWidget(QWidget):
             return False
         self.image_layer, self.labels_layer = image_layer, labels_layer
         self.plane_index = current_index(self.viewer, image_layer) if stack_depth(image_layer) else ()
-        image_plane = np.array(layer_array(image_layer)[self.plane_index])  # a copy: the layer may change
+        image_plane = image_data(self.viewer, image_layer, self.plane_index)  # a copy, with its channel layers
         plane_shape = image_plane.shape[:2]
         if np.shape(layer_array(labels_layer))[-2:] != plane_shape:
             show_error(f"Live: '{labels_layer.name}' does not match '{image_layer.name}' in Y×X: predict again.")
@@ -191,7 +191,7 @@ class LiveWidget(QWidget):
         """The user paints another plane of the stack: send what the last plane has, then learn from this one."""
         self._send_update()
         self.plane_index = plane_index
-        self.image_plane = np.array(layer_array(self.image_layer)[plane_index])
+        self.image_plane = image_data(self.viewer, self.image_layer, plane_index)
         self.touched = np.zeros(self.touched.shape, dtype=bool)
         if self.view is not None:
             self.job.send(("view", self.view.current))

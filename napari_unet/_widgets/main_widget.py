@@ -85,6 +85,7 @@ class UNetWidget(QWidget):
         for chooser in (self.predict_tab.image_combo, self.training_set_tab.image_combo,
                         self.training_set_tab.labels_combo, self.finetune_tab.image_combo, self.live_tab.image_combo):
             chooser.reset_choices()
+        self.predict_tab.refresh_channel_layers()  # a new layer may be one of the image's channels
 
     def _bind_keys(self) -> None:
         """Bind through a weak reference: the viewer must not keep a closed dock alive."""

@@ -22,7 +22,17 @@ from qtpy.QtWidgets import (
 )
 
 from napari_unet._widgets import _lazy_prediction, _live_threshold
-from napari_unet._widgets._layers import LayerChooser, current_index, describe_index, layer_array, stack_depth
+from napari_unet._widgets._layers import (
+    LayerChooser,
+    channel_layers,
+    channel_partners,
+    current_index,
+    describe_index,
+    image_data,
+    layer_array,
+    set_channel_layers,
+    stack_depth,
+)
 from napari_unet._widgets._live_threshold import SLIDER_THRESHOLDS, ThresholdCache
 from napari_unet._widgets._next_tile import NEXT_SHORTCUT, NextTile
 from napari_unet._widgets._run_controls import RunControls
@@ -62,13 +72,15 @@ def layer_channels(layer, n_model_channels: int) -> int:
     return int(data.shape[axis]) if axis is not None else image_channels(data)
 
 
-def channel_choices(n_image: int, channel_names: list[str]) -> list[tuple[str, object]]:
+def channel_choices(n_image: int, channel_names: list[str], image_names: list[str] | None = None
+                    ) -> list[tuple[str, object]]:
     """(text, channels= value) for the Channels menu: the image's channels as they are first when the model reads
-    that many, else nothing is preselected that converts: grey and single channels only by the user's choice."""
+    that many, else nothing is preselected that converts: grey and single channels only by the user's choice.
+    image_names: what the image calls its channels (its channel layers' names), else the model's or defaults."""
     from napari_unet.channels import channel_names as default_names
 
     n_model = len(channel_names)
-    names = list(channel_names) if n_image == n_model else default_names(n_image)
+    names = list(image_names or (channel_names if n_image == n_model else default_names(n_image)))
     choices = []
     if n_image == n_model:
         choices.append((f"as they are: {', '.join(names)}", None))
@@ -78,6 +90,17 @@ def channel_choices(n_image: int, channel_names: list[str]) -> list[tuple[str, o
         choices.append(("grey (converted from all channels)", "grey"))
         choices += [(f"{name} only", [i]) for i, name in enumerate(names)]
     return choices
+
+
+def channel_layers_choices(partners: list) -> list[tuple[str, list]]:
+    """(text, layers) for the Channel layers menu from channel_partners (the image's layer first): the layer alone,
+    with each other layer, and with all of them."""
+    if len(partners) < 2:
+        return [("this layer only", partners)]
+    layer, others = partners[0], partners[1:]
+    groups = [[layer, other] for other in others] + ([partners] if len(others) > 1 else [])
+    return [("this layer only", [layer])] + [
+        (f"{len(group)} layers as channels: {', '.join(other.name for other in group)}", group) for group in groups]
 
 
 def channel_axis_for(layer, n_model_channels: int):
@@ -139,6 +162,9 @@ class PredictWidget(QWidget):
             "test-time augmentation: predict each tile also flipped/rotated and average (the model's own "
             "symmetries only); costs that many times the time, a little more accurate"
         )
+        self.layers_combo, self.layers_label = QComboBox(), QLabel("Channel layers")
+        self.layers_combo.setToolTip("an image whose channels napari opened as separate layers (channel_axis): read "
+                                     "these layers as one image's channels, in this order")
         self.channels_combo = QComboBox()
         self.channels_combo.setToolTip("which of the image's channels the model reads; grey conversion happens only "
                                        "when you choose it here. A fine-tuning round on colour pairs gives the model "
@@ -172,6 +198,7 @@ class PredictWidget(QWidget):
         form = QFormLayout()
         form.addRow("Image", self.image_combo.native)
         form.addRow("Model", model_row)
+        form.addRow(self.layers_label, self.layers_combo)
         form.addRow("Channels", self.channels_combo)
         form.addRow("Threshold", threshold_row)
         form.addRow("Stacks", self.scope_combo)
@@ -201,12 +228,13 @@ class PredictWidget(QWidget):
         session.model_changed.connect(self.refresh_models)
         session.model_changed.connect(self._use_the_models_defaults)
         session.model_changed.connect(self.refresh_channels)
-        self.image_combo.changed.connect(self.refresh_channels)
+        self.image_combo.changed.connect(self.refresh_channel_layers)
         self.image_combo.changed.connect(self.refresh_anisotropy)
+        self.layers_combo.activated.connect(self._channel_layers_chosen)
         session.versions_changed.connect(self.refresh_models)
         self.refresh_models()
         self._use_the_models_defaults()
-        self.refresh_channels()
+        self.refresh_channel_layers()
         self.refresh_anisotropy()
 
     def refresh_anisotropy(self, *args) -> None:
@@ -257,15 +285,42 @@ class PredictWidget(QWidget):
         if metadata is not None:
             self.min_size_spin.setValue(smallest_object(metadata))
 
+    def refresh_channel_layers(self, *args) -> None:
+        """The Channel layers menu: shown when other grey layers of the image's shape could be its channels
+        (channel_layers_choices); the layer's current grouping preselected. Then the Channels menu."""
+        layer = self.image_combo.layer()
+        self.layers_combo.clear()
+        choices = channel_layers_choices(channel_partners(self.viewer, layer)) if layer is not None else []
+        current = [other.name for other in channel_layers(self.viewer, layer)] if layer is not None else []
+        for text, group in choices:
+            self.layers_combo.addItem(text, group)
+            if [other.name for other in group] == current:
+                self.layers_combo.setCurrentIndex(self.layers_combo.count() - 1)
+        visible = len(choices) > 1
+        self.layers_combo.setVisible(visible)
+        self.layers_label.setVisible(visible)
+        if not visible and layer is not None:
+            set_channel_layers(layer, [layer])
+        self.refresh_channels()
+
+    def _channel_layers_chosen(self, index: int) -> None:
+        layer, group = self.image_combo.layer(), self.layers_combo.itemData(index)
+        if layer is not None and group:
+            set_channel_layers(layer, group)
+        self.refresh_channels()
+
     def refresh_channels(self, *args) -> None:
-        """The Channels menu for the chosen image and model (channel_choices)."""
+        """The Channels menu for the chosen image (with its channel layers) and model (channel_choices)."""
         layer, metadata = self.image_combo.layer(), self.session.model_metadata()
         self.channels_combo.clear()
         if layer is None or metadata is None:
             self.channels_combo.addItem("as they are", None)
             return
         model_names = metadata.input_channel_names
-        for text, value in channel_choices(layer_channels(layer, len(model_names)), model_names):
+        group = channel_layers(self.viewer, layer)
+        n_image = len(group) if len(group) > 1 else layer_channels(layer, len(model_names))
+        names = [other.name for other in group] if len(group) > 1 else None
+        for text, value in channel_choices(n_image, model_names, names):
             self.channels_combo.addItem(text, value)
 
     def channels(self):
@@ -314,7 +369,6 @@ class PredictWidget(QWidget):
             return None
         if _lazy_prediction.is_lazy(image_layer):
             return self.predict_lazy(image_layer, model_key)
-        data = layer_array(image_layer)
         depth = stack_depth(image_layer)
         all_slices = self.scope_combo.currentText() == "all slices"
         index = () if (depth == 0 or all_slices) else current_index(self.viewer, image_layer)
@@ -324,12 +378,15 @@ class PredictWidget(QWidget):
                         test_time_augmentation=int(self.views_combo.currentData()),
                         min_size=self.min_size_spin.value(), channels=self.channels())
         session = self.session
-        axis = channel_axis_for(image_layer, model_channels(session, model_key))
-        plane_index = () if axis == 0 else index  # (C, Y, X) in one layer: the leading axis is channels
-        plane = np.asarray(data[plane_index]) if plane_index else data
+        if len(channel_layers(self.viewer, image_layer)) > 1:  # one layer per channel, stacked on a last axis
+            axis, plane_index = -1, index
+        else:
+            axis = channel_axis_for(image_layer, model_channels(session, model_key))
+            plane_index = () if axis == 0 else index  # (C, Y, X) in one layer: the leading axis is channels
+        plane = image_data(self.viewer, image_layer, plane_index)
         stack = {}
         if settings["instances"] and all_slices and depth and axis != 0:
-            stack = self.stack_settings(image_layer, tuple(data.shape[:depth]))
+            stack = self.stack_settings(image_layer, tuple(layer_array(image_layer).shape[:depth]))
             if stack is None:
                 return None
         settings = dict(settings, channel_axis=axis, slider_thresholds=SLIDER_THRESHOLDS, **stack)
@@ -369,6 +426,11 @@ class PredictWidget(QWidget):
         """A lazy (zarr/dask) image: labels into a zarr store in the project's predictions/ folder, region by
         region, what the canvas shows first; every slice of a stack, the displayed one first."""
         folder = self.session.project.root / "predictions"
+        if len(channel_layers(self.viewer, image_layer)) > 1:
+            show_error(f"Predict: '{image_layer.name}' is larger than memory, and its channel layers cannot be read "
+                       "together: choose 'this layer only' under Channel layers, or save the channels as one "
+                       "(Y, X, C) zarr and open that.")
+            return None
         try:
             layer = _lazy_prediction.add_lazy_labels(self.viewer, image_layer, folder, model_key)
         except NapariUNetError as exc:
@@ -618,6 +680,7 @@ def write_map(viewer, image_layer, index: tuple, values: np.ndarray, name: str, 
         existing.data[index] = values
     else:
         existing.data = values
+    existing.metadata[SOURCE_KEY] = {"image": image_layer.name, "map": name}  # never read as a channel layer
     existing.refresh()
     return existing
 

@@ -31,6 +31,7 @@ from napari_unet._widgets._layers import (
     check_same_plane_shape,
     current_index,
     describe_index,
+    image_data,
     layer_array,
     stack_depth,
 )
@@ -239,7 +240,7 @@ class TrainingSetWidget(QWidget):
         if is_lazy(image_layer) or is_lazy(labels_layer):  # larger than memory: the region on screen only
             _, ((y0, y1), (x0, x1)) = visible_region(labels_layer, index)
             region = (slice(y0, y1), slice(x0, x1))
-        image_plane = np.array(layer_array(image_layer)[index + region])
+        image_plane = image_data(self.viewer, image_layer, index, region)  # with its channel layers
         labels_plane = np.array(labels_layer.data[index + region])
         stored = labels_layer.metadata.get(PREDICTION_KEY)
         prediction_plane = (np.array(stored[index + region]) if stored is not None and stored.shape == labels_layer.data.shape
@@ -303,14 +304,22 @@ class TrainingSetWidget(QWidget):
         image_name, labels_name = image_layer.name, labels_layer.name
 
         def work(report, is_cancelled):
-            # A plane added before is updated (same name), and one already in the other set stays there only: an
-            # evaluation plane must never be trained on.
-            other_set = set((project.training if evaluation else project.evaluation).names())
+            # A plane added before is updated (same name); one already in the other set stays there only, and its
+            # labels are not in this set's side views either: an evaluation plane is never trained on. The side
+            # views of this volume are replaced (they run through other rows when other planes are corrected).
+            this_set, other_set = ((project.evaluation, project.training) if evaluation
+                                   else (project.training, project.evaluation))
+            taken = set(other_set.names())
+            own_planes = [z for z in planes if pair_file_name(f"{image_name}_z{z}") not in taken]
+            if not own_planes:
+                return [], evaluation
+            side_prefixes = tuple(pair_file_name(f"{image_name}_{view}") + "_" for view in ("xz", "yz"))
+            for name in this_set.names():
+                if name.startswith(side_prefixes):
+                    this_set.remove(name)
             added = []
-            for pair in volume_pairs(image, labels, planes, anisotropy):
+            for pair in volume_pairs(image, labels, own_planes, anisotropy):
                 name = pair_file_name(f"{image_name}_{pair.suffix}")
-                if name in other_set:
-                    continue
                 mask, sparse = pair.mask, bool(np.any(pair.mask == IGNORE_LABEL))
                 if pair.view == "xy" and only_corrected and prediction is not None:
                     mask, sparse = build_training_pair(pair.image, labels[pair.position], prediction[pair.position],

@@ -25,6 +25,8 @@ class PreparedPair:
     raw_image: np.ndarray  # (Y, X, C) as given, for validation through the prediction engine
     image: np.ndarray  # (Y, X, C) float32 normalised
     mask: np.ndarray  # (Y, X) uint8 with IGNORE_LABEL
+    key: str | None = None  # the caller's name for the pair (finetune's names): what focus maps are keyed by
+    window: tuple[slice, slice] = (slice(None), slice(None))  # where this part lies in the caller's pair
 
     @property
     def n_annotated(self) -> int:
@@ -162,7 +164,7 @@ def prepare_pairs(model: SegmentationModel, images, masks, label: str = "pair", 
                 f"the mask of {name} is {_shape_text(mask.shape)} but its image is {_shape_text(raw.shape[:2])}: "
                 "a mask must have exactly its image's Y×X shape"
             )
-        pairs.append(PreparedPair(name, raw, normalized, mask))
+        pairs.append(PreparedPair(name, raw, normalized, mask, key=None if names is None else str(names[index])))
     return pairs
 
 
@@ -215,7 +217,8 @@ def split_validation(pairs: list[PreparedPair], fraction: float,
         cut = length - max(1, int(round(fraction * length)))
         keep, strip = (slice(None, cut), slice(cut, None))
         part = lambda array, s, axis=axis: array[s] if axis == 0 else array[:, s]  # noqa: E731
-        train_part = PreparedPair(pair.name, part(pair.raw_image, keep), part(pair.image, keep), part(pair.mask, keep))
+        train_part = PreparedPair(pair.name, part(pair.raw_image, keep), part(pair.image, keep), part(pair.mask, keep),
+                                  key=pair.key, window=(keep, slice(None)) if axis == 0 else (slice(None), keep))
         strip_part = PreparedPair(f"{pair.name} (validation strip)", part(pair.raw_image, strip), part(pair.image, strip),
                            part(pair.mask, strip))
         if cut < 8 or train_part.n_annotated == 0 or strip_part.n_annotated == 0:

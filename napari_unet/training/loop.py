@@ -124,7 +124,9 @@ class TrainingRun:
     def _sample_from(self, training_pairs, focus: dict | None = None) -> None:
         config = self.config
         self.training_pairs = training_pairs
-        focus_maps = [focus.get(pair.name) for pair in training_pairs] if focus else None
+        # Keyed by the caller's pair names; a pair cut for a validation strip gets the same cut of its map.
+        focus_maps = ([np.asarray(focus[pair.key])[pair.window] if pair.key in focus else None for pair in training_pairs]
+                      if focus else None)
         self.sampler = PatchSampler(training_pairs, self.patch_size, rng=self.rng, augmenter=self.augmenter,
                                     foreground_fraction=config.foreground_fraction,
                                     weight_maps=border_weight_maps(self.parent, config, training_pairs),
@@ -324,6 +326,7 @@ def finetune(
     progress: Callable[[TrainProgress], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     names: list[str] | None = None,
+    focus: dict | None = None,
     **overrides,
 ) -> tuple[SegmentationModel, TrainHistory]:
     """Train a copy of `model` on image/mask pairs; returns (new model, TrainHistory).
@@ -335,7 +338,8 @@ def finetune(
     of the data is held out (see split_validation). The returned model has the best weights (by
     validation IoU, else by training loss). Settings come from `config` and/or keyword overrides,
     e.g. finetune(model, images, masks, epochs=10, learning_rate=1e-3). names: optional pair names
-    (e.g. file names) used in messages instead of "pair <index>".
+    (e.g. file names) used in messages instead of "pair <index>". focus: {pair name: bool (Y, X) map} of
+    pixels to centre half of that pair's patches on (e.g. where the start is wrong; needs names).
     Raises NapariUNetError for unusable input (message names the pair and the fix).
     """
     if not isinstance(model, SegmentationModel):
@@ -345,6 +349,6 @@ def finetune(
     config = resolve_config(model, config, overrides)
     images, masks = split_pairs(images, masks)
     model = with_channels_of(model, images)  # colour/multichannel pairs: the model reads every channel
-    run = TrainingRun(model, config, images, masks, validation, names, progress)
+    run = TrainingRun(model, config, images, masks, validation, names, progress, focus)
     stop = _train(run, cancel)
     return _finish(run, stop)
