@@ -4,15 +4,7 @@ channels when the user says so (Predict tab, Channel layers), in Predict, the tr
 from __future__ import annotations
 
 import numpy as np
-from test_widgets import (  # noqa: F401 (fixtures)
-    blobs_image,
-    dock,
-    errors,
-    model_of,
-    notifications,
-    tiny_model_path,
-    wait_for,
-)
+from dock_fixtures import errors, model_of, wait_for
 
 from napari_unet.model import UNetConfig, new_model, save_model
 
@@ -30,7 +22,7 @@ def _choose(combo, text_start: str) -> None:
     combo.activated.emit(index)  # what a user's pick emits
 
 
-def test_channel_layers_are_read_as_one_image_only_when_chosen(qtbot, dock, blobs_image, notifications):  # noqa: F811
+def test_channel_layers_are_read_as_one_image_only_when_chosen(qtbot, dock, blobs_image, notifications):
     viewer, widget = dock
     tab = widget.predict_tab
     _open_two_channels(viewer, widget, blobs_image)
@@ -66,7 +58,7 @@ def test_channel_layers_are_read_as_one_image_only_when_chosen(qtbot, dock, blob
     assert tab.channels_combo.count() == 1 and tab.channels_combo.itemText(0).startswith("as they are")
 
 
-def test_channel_layers_with_a_two_channel_model(qtbot, dock, blobs_image, notifications, tmp_path):  # noqa: F811
+def test_channel_layers_with_a_two_channel_model(qtbot, dock, blobs_image, notifications, tmp_path):
     viewer, widget = dock
     path = tmp_path / "two_channels.keras"
     save_model(new_model(UNetConfig(n_channels=2, base_width=4, depth=2), tile_size=64), path)
