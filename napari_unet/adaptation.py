@@ -10,7 +10,8 @@ A round (and Live) starts from a parent model and the user's corrections. Before
 3. below it (a new domain), pulls the levers the config allows (TrainConfig.adapt_levers):
    - "polarity": also try the image inverted (dark objects on a bright background, as in brightfield or
      stained tissue, reach a fluorescence-trained parent as bright on dark);
-   - "channel_mix": for an image of 2-4 channels read by a parent widened from one channel, also start from
+   - "channel_mix" (not a default; measured in docs/new-kinds-of-image.md): for an image of 2-4 channels read
+     by a parent widened from one channel, also start from
      the parent reading the mix of channels that best separates the corrected objects from the background
      (fitted_channel_mix: a ridge least-squares fit on the annotated pixels), as colour deconvolution isolates
      the haematoxylin stain of nuclei, instead of the channels' mean;
@@ -286,7 +287,10 @@ def start_score(model, images, masks, precision: str | None = None) -> tuple[flo
     as_it_is = corrections_iou(model, images, masks, precision)
     if as_it_is >= NEW_DOMAIN_IOU:
         return as_it_is, "as it is"
-    candidates = start_candidates(model, as_it_is, images, masks, ("polarity", "channel_mix"), precision=precision)
+    from napari_unet.training.config import TrainConfig
+
+    levers = {"polarity", "channel_mix"} & set(TrainConfig().adapt_levers)  # the start levers a default round pulls
+    candidates = start_candidates(model, as_it_is, images, masks, levers, precision=precision)
     best = max(candidates, key=lambda name: candidates[name][1])
     return candidates[best][1], best
 

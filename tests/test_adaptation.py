@@ -98,7 +98,9 @@ def _stained(seed: int, size: int = 96):
 
 def test_stained_colour_starts_from_the_channel_mix_that_separates_the_corrections(bright_disc_model):
     stained = [_stained(seed) for seed in (3, 4)]
-    start, _, record = adapt(bright_disc_model, [p[0] for p in stained], [p[1] for p in stained], TrainConfig())
+    levers = (*TrainConfig().adapt_levers, "channel_mix")
+    start, _, record = adapt(bright_disc_model, [p[0] for p in stained], [p[1] for p in stained],
+                             TrainConfig(adapt_levers=levers))
     scores = record["candidates"]
     assert record["new_domain"] and "channels mixed" in record["start"]
     assert scores[record["start"]] > scores["inverted"] + 0.2  # the mean of the channels also shows the eosin

@@ -64,8 +64,7 @@ class TrainConfig:
     # the start and the training with the levers in adapt_levers (adaptation.py), "off" trains as configured.
     # Used by Project.round and live mode; finetune() itself only widens the model to the images' channels.
     adapt: str = "auto"
-    adapt_levers: tuple[str, ...] = ("polarity", "channel_mix", "batch_norm_stats", "train_batch_norm", "learning_rate",
-                                     "extend")
+    adapt_levers: tuple[str, ...] = ("polarity", "batch_norm_stats", "train_batch_norm", "learning_rate", "extend")
 
     def check(self) -> None:
         problems = []
