@@ -50,7 +50,11 @@ class LiveWidget(QWidget):
         self.image_layer = None
         self.plane_index: tuple[int, ...] = ()  # the plane of a stack being painted (and learned from)
         self.image_plane: np.ndarray | None = None  # a copy of the image's plane_index plane
-        self.touched: np.ndarray | None = None
+        self.touched: np.ndarray | None = None  # the touched pixels of plane_index (one of touched_planes)
+        # {plane: touched pixels} of every plane painted since Live was switched on, and the planes whose new
+        # strokes are not sent yet: a stroke's event may come after the user moved on to another plane.
+        self.touched_planes: dict[tuple[int, ...], np.ndarray] = {}
+        self.unsent_planes: set[tuple[int, ...]] = set()
         self.last_burst = None
         self.last_record = None
         self.live_layer = None
@@ -85,6 +89,12 @@ class LiveWidget(QWidget):
         self.debounce.setSingleShot(True)
         self.debounce.setInterval(DEBOUNCE_MS)
         self.debounce.timeout.connect(self._send_update)
+        # napari emits a stroke's paint event before it writes the stroke into the layer: what is sent at once is
+        # sent from the event loop's next turn, when the layer holds it.
+        self.send_soon = QTimer(self)
+        self.send_soon.setSingleShot(True)
+        self.send_soon.setInterval(0)
+        self.send_soon.timeout.connect(self._send_update)
         self.live_check.toggled.connect(self._toggled)
         self.pause_button.clicked.connect(self.toggle_pause)
         self.keep_button.clicked.connect(self.keep)
@@ -127,6 +137,7 @@ class LiveWidget(QWidget):
             show_info(f"Live learns from the plane you paint in '{image_layer.name}' (now plane {self.plane_index}); "
                       "each painted plane becomes a pair of its own.")
         self.touched = np.zeros(plane_shape, dtype=bool)
+        self.touched_planes, self.unsent_planes = {self.plane_index: self.touched}, set()
         self.paused, self.updates_sent = False, 0
         self._show_live_layer(plane_shape)
         labels_layer.events.paint.connect(self._painted)
@@ -154,15 +165,18 @@ class LiveWidget(QWidget):
             self.job.cancel()
             self.status_label.setText("Stopping: keeping the best live model so far (scored like a round) …")
 
-    def pair_name(self) -> str:
-        """The project pair of the plane being painted (one pair per plane, updated as the user paints)."""
-        return f"{self.image_layer.name} live" + "".join(f" {i}" for i in self.plane_index)
+    def pair_name(self, plane_index: tuple[int, ...] | None = None) -> str:
+        """The project pair of a painted plane (default: the one being painted; one pair per plane, updated as the
+        user paints)."""
+        plane_index = self.plane_index if plane_index is None else plane_index
+        return f"{self.image_layer.name} live" + "".join(f" {i}" for i in plane_index)
 
     def parent_key(self) -> str:
         return self.session.project.active or self.session.model_key
 
     def _disconnect(self) -> None:
         self.debounce.stop()
+        self.send_soon.stop()
         if self.view is None:
             return
         self.view.stop()
@@ -175,39 +189,53 @@ class LiveWidget(QWidget):
 
         if self.touched is None:
             return
-        planes = painted_planes(event.value, len(self.plane_index))
-        if self.plane_index and planes and self.plane_index not in planes:
+        planes = painted_planes(event.value, len(self.plane_index)) if self.plane_index else {()}
+        for plane in planes:  # each plane's strokes count for that plane's pair, whichever plane Live follows now
+            touched = self.touched_planes.setdefault(plane, np.zeros(self.touched.shape, dtype=bool))
+            touched |= touched_by(event.value, touched.shape, plane)
+            self.unsent_planes.add(plane)
+        followed = bool(self.plane_index and planes and self.plane_index not in planes)
+        if followed:
             self._follow_plane(min(planes))
-        self.touched |= touched_by(event.value, self.touched.shape, self.plane_index)
         now = time.monotonic()
         if self._pending_since is None:
             self._pending_since = now
-        if now - self._pending_since >= MAX_WAIT_S:  # painting without a pause: send what there is now
-            self._send_update()
+        if followed or now - self._pending_since >= MAX_WAIT_S:  # another plane, or painting without a pause
+            self.send_soon.start()
         else:
             self.debounce.start()  # restarts: a burst of strokes is one update
 
     def _follow_plane(self, plane_index: tuple[int, ...]) -> None:
-        """The user paints another plane of the stack: send what the last plane has, then learn from this one."""
-        self._send_update()
+        """The user paints another plane of the stack: learn from this one too (the last plane's strokes are sent
+        with it, _send_update)."""
         self.plane_index = plane_index
         self.image_plane = image_data(self.viewer, self.image_layer, plane_index)
-        self.touched = np.zeros(self.touched.shape, dtype=bool)
+        self.touched = self.touched_planes.setdefault(plane_index, np.zeros(self.touched.shape, dtype=bool))
         if self.view is not None:
             self.job.send(("view", self.view.current))
         self.status_label.setText(f"Live: learning from plane {plane_index} of '{self.image_layer.name}' too.")
 
     def _send_update(self) -> None:
-        """Send copies of the plane's labels and touched pixels to the worker process (which makes the training
-        mask); a newer update there replaces one not yet trained on."""
+        """Send copies of the labels and touched pixels of every plane with unsent strokes, the plane being painted
+        last, to the worker process (which makes the training masks); a newer update of a plane replaces one not
+        yet trained on."""
         self.debounce.stop()
+        self.send_soon.stop()
         self._pending_since = None
         whole_plane = self.whole_plane_check.isChecked()
-        if not self.running or self.touched is None or not (self.touched.any() or whole_plane):
+        if not self.running or self.touched is None:
             return
-        labels = np.array(layer_array(self.labels_layer)[self.plane_index])
-        self.job.send(("update", labels, self.touched.copy(), whole_plane, self.image_plane, self.pair_name()))
-        self.updates_sent += 1
+        others = sorted(plane for plane in self.unsent_planes if plane != self.plane_index)
+        self.unsent_planes.clear()
+        for plane in [*others, self.plane_index]:
+            touched = self.touched_planes.get(plane)
+            current = plane == self.plane_index
+            if touched is None or not (touched.any() or (whole_plane and current)):
+                continue
+            labels = np.array(layer_array(self.labels_layer)[plane])
+            image = self.image_plane if current else image_data(self.viewer, self.image_layer, plane)
+            self.job.send(("update", labels, touched.copy(), whole_plane and current, image, self.pair_name(plane)))
+            self.updates_sent += 1
 
     def toggle_pause(self) -> None:
         self.paused = not self.paused
