@@ -2,10 +2,10 @@
 
     .venv/bin/python benchmarks/bench_round.py [--start membranes] [--set seconds=45 --set learning_rate=1e-3 ...]
 
-The case of issue 14: a 512² crop of a DSB 2018 nuclei image (never trained on by the shipped models'
+The cross-domain case: a 512² crop of a DSB 2018 nuclei image (never trained on by the shipped models'
 recipes), its left half corrected (the ground truth stands for the user's labels, the right half is
 "not annotated", 255), its right half the evaluation pair. One Project.round with TrainConfig's
-defaults (or the --set overrides), from the `membranes` model as in the issue (a new domain).
+defaults (or the --set overrides), from the `membranes` model (a new domain).
 Phases come from the round's own log and progress callbacks; the patch sampler is timed by wrapping it.
 Prints a table (seconds per phase, share of the round) and the IoU on the uncorrected half before/after.
 """
