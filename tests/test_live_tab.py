@@ -119,6 +119,7 @@ def test_live_on_a_stack_learns_from_the_plane_being_painted(qtbot, dock, blobs_
     assert tab.running and tab.plane_index == (1,)
     assert any("the plane you paint" in message for _, message in notifications)
     labels = viewer.layers["stack prediction"]
+    labels.data = np.zeros_like(labels.data)  # a stroke that changes no pixel has no paint event: start from nothing
     labels.brush_size = 8
     labels.paint((1, 30, 30), 1)
     labels.paint((0, 60, 60), 1)  # another plane: Live follows it, and that plane is a pair of its own
