@@ -121,6 +121,11 @@ def set_channel_layers(layer, layers: list) -> None:
         layer.metadata.pop(CHANNEL_LAYERS_KEY, None)
 
 
+def channels_last(viewer, layer) -> bool:
+    """Does image_data give `layer`'s planes with channels on a last axis (an RGB layer, or channel layers)?"""
+    return bool(layer.rgb) or len(channel_layers(viewer, layer)) > 1
+
+
 def image_data(viewer, layer, index: tuple = (), region: tuple = ()) -> np.ndarray:
     """A copy of `layer`'s image at `index` (+ `region`), with its channel layers (channel_layers) stacked on a
     last axis: (..., Y, X, C). One layer: its own data as it is. A copy: the user may keep editing."""

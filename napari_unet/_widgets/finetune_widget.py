@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_unet._widgets._layers import LayerChooser, channel_layers, current_index, image_data, stack_depth
+from napari_unet._widgets._layers import LayerChooser, channels_last, current_index, image_data, stack_depth
 from napari_unet._widgets._plot import RoundsPlot, TrainingPlot
 from napari_unet._widgets._run_controls import RunControls
 from napari_unet._widgets._session import Session, prediction_layer_name, settings
@@ -192,8 +192,7 @@ class FinetuneWidget(QWidget):
         if image_layer is not None:
             index = current_index(self.viewer, image_layer) if stack_depth(image_layer) else ()
             image_plane = image_data(self.viewer, image_layer, index)  # a copy, with its channel layers
-        channel_axis = (-1 if image_layer is not None and (image_layer.rgb or len(channel_layers(self.viewer, image_layer)) > 1)
-                        else None)
+        channel_axis = -1 if image_layer is not None and channels_last(self.viewer, image_layer) else None
         request = self.session.request("fine_tune_round", str(project.root), parent_key, config, image_plane, channel_axis)
 
         self.plot.clear(total_steps=config.epochs * config.steps_per_epoch)
