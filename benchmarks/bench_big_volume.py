@@ -5,7 +5,7 @@
 
 `make` writes a synthetic volume of nuclei (ellipsoids on a jittered grid, twice as wide as deep, blurred, with
 noise) into a zarr array chunked one plane deep, plane by plane (the volume is never in memory). `predict` runs
-napari_unet.prediction.predict_stack_into with the shipped `nuclei` model on the first --planes planes (a dask view
+napari_unet.inference.prediction.predict_stack_into with the shipped `nuclei` model on the first --planes planes (a dask view
 of the zarr, read one plane at a time) into an int32 zarr array (chunks 1 x 512 x 512): each plane's objects,
 stitched to the plane before, then one relabelling pass. It prints the time, the planes per second, the process's
 peak resident memory (getrusage) and its resident memory once the model was loaded, and the load (os.getloadavg),
@@ -83,7 +83,7 @@ def predict(path: str, planes: int, as_json: bool) -> None:
     import zarr
 
     from napari_unet import load_model
-    from napari_unet.prediction import predict_stack_into
+    from napari_unet.inference.prediction import predict_stack_into
 
     image = da.from_zarr(path)
     depth = image.shape[0]

@@ -35,7 +35,7 @@ def peak_mb() -> float:
 
 def warm_up(model, shapes) -> None:
     """One prediction per image shape: TF/oneDNN prepare kernels per new shape, once per process."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     rng = np.random.default_rng(0)
     for shape in shapes:
@@ -43,21 +43,21 @@ def warm_up(model, shapes) -> None:
 
 
 def warm_up_worker(shapes, dask_worker=None) -> None:
-    from napari_unet.distributed import PLUGIN_NAME
+    from napari_unet.inference.distributed import PLUGIN_NAME
 
     warm_up(dask_worker.plugins[PLUGIN_NAME].model, shapes)
 
 
 def run_mode(mode: str, n_images: int, model_name: str) -> dict:
-    from napari_unet.io import list_images, read_image, write_labels
-    from napari_unet.registry import load_model, resolve
+    from napari_unet.storage.io import list_images, read_image, write_labels
+    from napari_unet.storage.registry import load_model, resolve
 
     paths = list_images(DATA)[:n_images]
     shapes = sorted({read_image(path).shape for path in paths})
     out = Path(tempfile.mkdtemp(prefix="bench-distributed-"))
     started = time.perf_counter()
     if mode == "plain":
-        from napari_unet.prediction import predict
+        from napari_unet.inference.prediction import predict
 
         model = load_model(model_name)
         warm_up(model, shapes)
@@ -67,7 +67,7 @@ def run_mode(mode: str, n_images: int, model_name: str) -> dict:
         done = time.perf_counter()
         memory = peak_mb()
     else:
-        from napari_unet.distributed import cluster_client, install_model, parse_scheduler, predict_on_cluster
+        from napari_unet.inference.distributed import cluster_client, install_model, parse_scheduler, predict_on_cluster
 
         with cluster_client(parse_scheduler(mode), timeout=60) as client:
             install_model(client, resolve(model_name)[0])

@@ -45,9 +45,9 @@ def one_case(wait: float, sample: str, onnx: bool = True) -> dict:
     from napari_unet._widgets.launch import DOCK_NAME, PLUGIN
 
     if not onnx:  # the A/B baseline: every prediction waits for the worker process
-        import napari_unet.onnx_engine
+        import napari_unet.inference.onnx_engine
 
-        napari_unet.onnx_engine.onnx_runtime_available = lambda: False
+        napari_unet.inference.onnx_engine.onnx_runtime_available = lambda: False
     image, _ = load_em_membranes() if sample == "em_membranes" else load_nuclei(sample)
     viewer = napari.Viewer(show=True)
     viewer.add_image(image, name=sample)

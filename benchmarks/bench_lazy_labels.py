@@ -63,8 +63,8 @@ def visible_region(size: int):
 def run_baseline(image_path: Path) -> dict:
     import zarr
 
-    from napari_unet.prediction import predict
-    from napari_unet.registry import load_model
+    from napari_unet.inference.prediction import predict
+    from napari_unet.storage.registry import load_model
 
     model = load_model("nuclei")
     crop = zarr.open_array(str(image_path), mode="r")[:2048, :2048]
@@ -76,8 +76,8 @@ def run_baseline(image_path: Path) -> dict:
 
 
 def run_lazy(image_path: Path, seconds: float, region_size: int) -> dict:
-    from napari_unet.lazy_labels import create_labels_store, open_zarr_image, predict_regions
-    from napari_unet.registry import load_model
+    from napari_unet.inference.lazy_labels import create_labels_store, open_zarr_image, predict_regions
+    from napari_unet.storage.registry import load_model
 
     model = load_model("nuclei")
     image = open_zarr_image(image_path)
@@ -111,8 +111,8 @@ def run_viewer(image_path: Path, region_size: int) -> dict:
     import napari
 
     from napari_unet._widgets._lazy_prediction import PaintedBoxes, write_region
-    from napari_unet.lazy_labels import create_labels_store, open_zarr_image, predict_regions
-    from napari_unet.registry import load_model
+    from napari_unet.inference.lazy_labels import create_labels_store, open_zarr_image, predict_regions
+    from napari_unet.storage.registry import load_model
 
     # This benchmark predicts in the viewer's own process (the dock uses its worker process): TensorFlow first, as
     # Mesa's OpenGL and then TensorFlow's bundled LLVM in one process crash on Linux.
@@ -154,7 +154,7 @@ def main() -> None:
     parser.add_argument("--viewer", action="store_true", help="also measure the napari Labels layer")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part, print JSON
     args = parser.parse_args()
-    from napari_unet.lazy_labels import REGION_SIZE
+    from napari_unet.inference.lazy_labels import REGION_SIZE
 
     region_size = args.region or REGION_SIZE
     image_path = Path(args.image)

@@ -65,8 +65,8 @@ def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = Non
     does, so half of the patches are centred on them; False: every annotated pixel alike."""
     from bench_round import _case
 
-    from napari_unet.live import LiveTrainer, live_mask
     from napari_unet.project import Project
+    from napari_unet.training.live import LiveTrainer, live_mask
 
     image, corrected, eval_image, eval_truth = case if case is not None else _case()
     truth_left = np.where(corrected == 255, 0, corrected)[:, :256]
@@ -84,7 +84,7 @@ def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = Non
     order = [order[i] for i in np.random.default_rng(0).permutation(len(order))][:n_tiles]
     touched = np.zeros(left.shape, dtype=bool)
     if focus:
-        from napari_unet.prediction import predict
+        from napari_unet.inference.prediction import predict
 
         wrong = (np.asarray(predict(project.load_model(start), left, output="labels")) > 0) != (truth_left > 0)
     rows = []

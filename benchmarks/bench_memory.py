@@ -39,8 +39,8 @@ def smooth_uint8(height: int, width: int, seed: int = 0):
 def run_case(case: str, size: int, width: int, workdir: str) -> dict:
     import numpy as np
 
+    from napari_unet.inference.prediction import predict
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.prediction import predict
 
     model = new_model(UNetConfig(base_width=width))
     predict(model, smooth_uint8(64, 64))  # trace the forward function before measuring the fixed cost

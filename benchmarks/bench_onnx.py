@@ -33,14 +33,14 @@ _STARTUP = """
 import sys, time
 started = time.perf_counter()
 from napari_unet._sample_data import load_em_membranes, load_nuclei
-from napari_unet.prediction import predict
-from napari_unet.shipped import shipped_model_path
+from napari_unet.inference.prediction import predict
+from napari_unet.storage.shipped import shipped_model_path
 image = load_em_membranes()[0] if sys.argv[2] == "membranes" else load_nuclei("nuclei")[0]
 if sys.argv[1] == "onnx":
-    from napari_unet.onnx_engine import load_onnx_twin
+    from napari_unet.inference.onnx_engine import load_onnx_twin
     model = load_onnx_twin(shipped_model_path(sys.argv[2]))
 else:
-    from napari_unet.registry import load_model
+    from napari_unet.storage.registry import load_model
     model = load_model(sys.argv[2])
 loaded = time.perf_counter()
 predict(model, image, output="instances")
@@ -82,10 +82,10 @@ def main() -> int:
     import tensorflow as tf
     import tf2onnx
 
+    from napari_unet.inference.precision import cpu_features, with_precision
+    from napari_unet.inference.prediction import forward_function
     from napari_unet.model import unet_flops
-    from napari_unet.precision import cpu_features, with_precision
-    from napari_unet.prediction import forward_function
-    from napari_unet.registry import load_model
+    from napari_unet.storage.registry import load_model
 
     model = load_model(args.model)
     n_channels = model.config.n_channels

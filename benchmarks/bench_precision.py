@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_precision.py [--model nuclei] [--size 1024] [--repeats 5]
     .venv/bin/python benchmarks/bench_precision.py --accuracy
 
-Prints the CPU's bfloat16 features (napari_unet.precision.cpu_features), tf.matmul 2048³ in both
+Prints the CPU's bfloat16 features (napari_unet.inference.precision.cpu_features), tf.matmul 2048³ in both
 precisions, then for the model: forward (the engine's compiled function) on one SIZE² tile and a
 training step (TrainConfig's batch and patch size, frozen batch norm: the finetune step) in float32
 and under the mixed_bfloat16 policy, all in one run, as ratios: the fastest of --repeats interleaved calls
@@ -51,10 +51,10 @@ def matmul_rates(repeats: int) -> dict:
 def model_rates(name: str, size: int, repeats: int) -> dict:
     import keras
 
+    from napari_unet.inference.precision import with_precision
+    from napari_unet.inference.prediction import forward_function
     from napari_unet.model import unet_flops
-    from napari_unet.precision import with_precision
-    from napari_unet.prediction import forward_function
-    from napari_unet.registry import load_model
+    from napari_unet.storage.registry import load_model
     from napari_unet.training import TrainConfig
     from napari_unet.training.loop import make_train_step
 
@@ -90,10 +90,10 @@ def model_rates(name: str, size: int, repeats: int) -> dict:
 def accuracy() -> None:
     import json
 
-    from napari_unet.evaluation import evaluate
-    from napari_unet.io import read_image
-    from napari_unet.registry import load_model
-    from napari_unet.shipped import SHIPPED_MODELS_DIR
+    from napari_unet.scoring.evaluation import evaluate
+    from napari_unet.storage.io import read_image
+    from napari_unet.storage.registry import load_model
+    from napari_unet.storage.shipped import SHIPPED_MODELS_DIR
 
     data = REPO_ROOT.parent / "shared" / "data"
     card = json.loads((SHIPPED_MODELS_DIR / "membranes.json").read_text())
@@ -129,7 +129,7 @@ def main() -> int:
     if args.accuracy:
         accuracy()
         return 0
-    from napari_unet.precision import cpu_features
+    from napari_unet.inference.precision import cpu_features
 
     print(f"CPU bfloat16 features: {cpu_features()}; load {os.getloadavg()[0]:.1f}")
     rates = matmul_rates(args.repeats)

@@ -50,7 +50,7 @@ def matmul_rate(n: int = 4096, repeats: int = 5) -> float:
 
 def naive_predict(model, image: np.ndarray) -> np.ndarray:
     """What a plain Keras script does: normalise, reflect-pad to the size multiple, model.predict, crop."""
-    from napari_unet.normalize import normalize
+    from napari_unet.inference.normalize import normalize
 
     multiple = model.config.size_multiple
     height, width = image.shape
@@ -60,8 +60,8 @@ def naive_predict(model, image: np.ndarray) -> np.ndarray:
 
 def engine_flops(model, shape) -> tuple[float, int, int]:
     """FLOPs the engine actually computes (all tiles, padded), the tile count and tile side."""
+    from napari_unet.inference.prediction import _Plan
     from napari_unet.model import unet_flops
-    from napari_unet.prediction import _Plan
 
     plan = _Plan(model, shape, None, None, 4)
     rows, cols = plan.grid
@@ -71,7 +71,7 @@ def engine_flops(model, shape) -> tuple[float, int, int]:
 
 def keras_graph_twin(model):
     """The same model whose engine calls the Keras graph as built (no model.inference_function)."""
-    from napari_unet import prediction
+    from napari_unet.inference import prediction
     from napari_unet.model import SegmentationModel
 
     twin = SegmentationModel(model.keras_model, model.metadata, model.source)
@@ -86,7 +86,7 @@ def keras_graph_twin(model):
 
 def predict_warm(model) -> None:
     """Trace the engine's tf.functions (float32 and bfloat16) before timing."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     for warm in (64, 96):
         for precision in ("float32", "bfloat16"):
@@ -112,13 +112,13 @@ def main() -> None:
     parser.add_argument("--skip-naive-above", type=int, default=4096, help="no naive run above this side")
     args = parser.parse_args()
 
+    from napari_unet.inference.prediction import predict
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.prediction import predict
 
     peak = matmul_rate()
     print(f"tf.matmul 4096³: {peak:.0f} GFLOP/s   load average {os.getloadavg()[0]:.2f}")
     if args.model:
-        from napari_unet.registry import load_model
+        from napari_unet.storage.registry import load_model
 
         model = load_model(args.model)
     else:

@@ -30,8 +30,8 @@ IMAGE_ID = "4596961c789d3b41"  # 520×696, 133 nuclei (also the `nuclei` sample;
 
 
 def _case():
-    from napari_unet.io import read_image
-    from napari_unet.masks import labels_from_ground_truth
+    from napari_unet.labels.masks import labels_from_ground_truth
+    from napari_unet.storage.io import read_image
 
     folder = SHARED_DATA / "nuclei_dsb2018"
     image = read_image(folder / "images" / f"{IMAGE_ID}.tif")[:512, :512]

@@ -94,7 +94,7 @@ def matched_ids(truth_frame, predicted_frame) -> dict[int, int]:
     """Each true object's predicted id, where one predicted object covers it with IoU > 0.5."""
     import numpy as np
 
-    from napari_unet.metrics import instance_ious
+    from napari_unet.scoring.metrics import instance_ious
 
     truth_ids = np.unique(truth_frame[truth_frame > 0])
     predicted_ids = np.unique(predicted_frame[predicted_frame > 0])
@@ -139,7 +139,7 @@ def main() -> None:
     import numpy as np
 
     from napari_unet import load_model, predict
-    from napari_unet.stacks import link_frames
+    from napari_unet.labels.stacks import link_frames
 
     truth, images = blob_sequence(args.frames, args.objects, args.speed, args.seed)
     rng = np.random.default_rng(args.seed + 1)

@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 
 def _load(slices, step=1):
-    from napari_unet.io import read_image
+    from napari_unet.storage.io import read_image
 
     images = [read_image(ISBI / "images" / f"{i:02d}.png")[::step, ::step] for i in slices]
     masks = [read_image(ISBI / "masks" / f"{i:02d}.png")[::step, ::step] for i in slices]
@@ -47,9 +47,9 @@ def _load_average() -> str:
 def throughput(width: int, steps: int) -> None:
     import keras
 
-    from napari_unet.augment import PairAugmenter
     from napari_unet.model import UNetConfig, new_model
     from napari_unet.training import PatchSampler, make_train_step, prepare_pairs
+    from napari_unet.training.augment import PairAugmenter
 
     keras.utils.set_random_seed(0)
     batch, patch = 4, 256
@@ -132,8 +132,8 @@ def default_finetune(width: int) -> None:
 def hitl() -> None:
     import keras
 
-    from napari_unet.evaluation import evaluate
     from napari_unet.model import UNetConfig, new_model
+    from napari_unet.scoring.evaluation import evaluate
     from napari_unet.training import finetune
 
     keras.utils.set_random_seed(0)

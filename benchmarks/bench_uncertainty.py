@@ -7,7 +7,7 @@
 ranks: on held-out images (ISBI slices 20-24 with the shipped `membranes` model; the shipped `nuclei`
 model's held-out test images, evenly picked), split into tiles, the Spearman rank correlation between a
 tile's mean uncertainty and its fraction of wrong pixels (labels > 0 vs mask > 0), for every
-uncertainty method (napari_unet.uncertainty.METHODS) and number of test-time-augmentation views.
+uncertainty method (napari_unet.inference.uncertainty.METHODS) and number of test-time-augmentation views.
 
 rounds: a scripted user on nuclei_dsb2018 (images: see _pool_and_evaluation) corrects `--tiles` tiles
 per round, either the *Next* tiles (most uncertain, not yet corrected, over all images) or random
@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 def _held_out(name: str, n_nuclei: int) -> tuple[str, list[tuple[np.ndarray, np.ndarray]]]:
     """(model name, [(image, mask)]) of the shipped model's held-out images (as its model card lists them)."""
-    from napari_unet.io import read_image
+    from napari_unet.storage.io import read_image
 
     if name == "isbi":
         folder, model, stems = SHARED_DATA / "isbi2012", "membranes", [f"{n:02d}" for n in range(20, 25)]
@@ -54,10 +54,10 @@ def ranks(views_list: list[int], tile_size: int, n_nuclei: int) -> dict:
     from scipy.stats import spearmanr
 
     from napari_unet import load_model
-    from napari_unet.channels import as_planes
-    from napari_unet.postprocess import semantic_labels
-    from napari_unet.prediction import _Plan, _plane_range, _predict_region, _ProgressCounter
-    from napari_unet.uncertainty import METHODS, tiles, uncertainty_map
+    from napari_unet.inference.channels import as_planes
+    from napari_unet.inference.prediction import _Plan, _plane_range, _predict_region, _ProgressCounter
+    from napari_unet.inference.uncertainty import METHODS, tiles, uncertainty_map
+    from napari_unet.labels.postprocess import semantic_labels
 
     results = {}
     print("| data | views | method | tiles | Spearman rho | wrong px in top 10% tiles / all tiles | seconds |")
@@ -102,7 +102,7 @@ def ranks(views_list: list[int], tile_size: int, n_nuclei: int) -> dict:
 
 
 def _truth_mask(mask: np.ndarray, corrected: np.ndarray) -> np.ndarray:
-    from napari_unet.masks import IGNORE_LABEL, labels_from_ground_truth
+    from napari_unet.labels.masks import IGNORE_LABEL, labels_from_ground_truth
 
     labels = labels_from_ground_truth(mask).astype(np.int32)
     return np.where(corrected, labels, IGNORE_LABEL).astype(labels.dtype if labels.max() < 255 else np.int32)
@@ -136,11 +136,11 @@ def _scripted_rounds(start: str, seconds: float, tiles_per_round: int, tile_size
                      n_rounds: int = 3) -> dict:
     from napari_unet import predict
     from napari_unet.errors import NapariUNetError
-    from napari_unet.io import find_pairs, read_image
-    from napari_unet.masks import labels_from_ground_truth
+    from napari_unet.inference.uncertainty import next_tile, tiles
+    from napari_unet.labels.masks import labels_from_ground_truth
     from napari_unet.project import Project
+    from napari_unet.storage.io import find_pairs, read_image
     from napari_unet.training import TrainConfig
-    from napari_unet.uncertainty import next_tile, tiles
 
     folder = SHARED_DATA / "nuclei_dsb2018"
     files = {image.stem: (image, mask) for image, mask in find_pairs(folder / "images", folder / "masks")}

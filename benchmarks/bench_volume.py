@@ -13,7 +13,7 @@ napari_unet.predict(..., output="instances"):
   seeded watershed (stacks.volume_instances).
 
 Scores are 3-D: AP@0.5 = TP / (TP + FP + FN) with objects matched at IoU > 0.5 over whole volumes, its mean over
-IoU 0.5-0.95, and the pixel IoU of the foreground (napari_unet.metrics). Nothing is copied into the repository.
+IoU 0.5-0.95, and the pixel IoU of the foreground (napari_unet.scoring.metrics). Nothing is copied into the repository.
 
 Measured (`.venv/bin/python benchmarks/bench_volume.py`, shared 2-CPU machine, stardist 0.9.2):
 
@@ -60,7 +60,7 @@ def main() -> None:
         raise SystemExit("needs the stardist package for its test volume: .venv/bin/pip install stardist") from None
 
     from napari_unet import load_model, predict
-    from napari_unet.metrics import instance_counts, instance_scores, pooled_scores
+    from napari_unet.scoring.metrics import instance_counts, instance_scores, pooled_scores
 
     image, truth = test_image_nuclei_3d(return_mask=True)
     model = load_model("nuclei")
@@ -104,7 +104,7 @@ def after_correcting(image, truth, n_planes: int, anisotropy: float, side_views:
     import numpy as np
 
     from napari_unet.project import Project
-    from napari_unet.volume_pairs import volume_pairs
+    from napari_unet.training.volume_pairs import volume_pairs
 
     planes = [int(round(z)) for z in np.linspace(0, image.shape[0] - 1, n_planes + 2)[1:-1]]
     with tempfile.TemporaryDirectory() as folder:

@@ -76,22 +76,22 @@ def split() -> tuple[list[str], list[str]]:
 
 def load(stem: str) -> tuple[np.ndarray, np.ndarray]:
     """The image and its instance labels as a user's labels (an id of 255 would otherwise read "not annotated")."""
-    from napari_unet.io import read_image
-    from napari_unet.masks import labels_from_ground_truth
+    from napari_unet.labels.masks import labels_from_ground_truth
+    from napari_unet.storage.io import read_image
 
     return read_image(DATA / "images" / f"{stem}.tif"), labels_from_ground_truth(read_image(DATA / "masks" / f"{stem}.tif"))
 
 
 def objects_of(foreground: np.ndarray) -> np.ndarray:
     """Instance labels of a foreground mask by the distance-transform watershed both baselines share."""
-    from napari_unet.postprocess import instance_labels
+    from napari_unet.labels.postprocess import instance_labels
 
     return instance_labels(foreground, min_size=MIN_SIZE, min_distance=MIN_DISTANCE)
 
 
 def scores(predicted: list[np.ndarray], truths: list[np.ndarray]) -> dict:
     """Pooled AP@0.5 and foreground IoU, as evaluate(instances=True) computes them."""
-    from napari_unet.evaluation import Tally
+    from napari_unet.scoring.evaluation import Tally
 
     tally = Tally(instances=True)
     for labels, truth in zip(predicted, truths):
@@ -110,7 +110,7 @@ def _row(method: str, k: int, predicted: list[np.ndarray], truths: list[np.ndarr
 
 def _predict_all(model, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
     """Instances of every image (whole 1024² images, the model's own post-processing) and the seconds it took."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     started = time.perf_counter()
     labels = [np.asarray(predict(model, image, output="instances")) for image in images]
@@ -130,7 +130,7 @@ def classical(test: list[tuple[np.ndarray, np.ndarray]]) -> dict:
 
 
 def zero_shot(start: str, test: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    from napari_unet.registry import load_model
+    from napari_unet.storage.registry import load_model
 
     predicted, seconds = _predict_all(load_model(start), [image for image, _ in test])
     return _row("zero-shot", 0, predicted, [truth for _, truth in test], 0.0, seconds, start=start)
@@ -259,7 +259,7 @@ def live(start: str, live_seconds: float, n_tiles: int, levers: tuple[str, ...] 
     """bench_live.run on a 512² crop of the first pool image: left half corrected tile by tile, right half scored."""
     from bench_live import run as run_live
 
-    from napari_unet.masks import IGNORE_LABEL
+    from napari_unet.labels.masks import IGNORE_LABEL
 
     stem = split()[1][0]
     image, truth = (array[:512, :512] for array in load(stem))

@@ -36,7 +36,7 @@ CASES = {
 
 
 def _stems(folder: Path, size) -> list[str]:
-    from napari_unet.io import read_image
+    from napari_unet.storage.io import read_image
 
     stems = sorted(p.stem for p in (folder / "images").iterdir())
     if size is None:
@@ -46,9 +46,9 @@ def _stems(folder: Path, size) -> list[str]:
 
 def run(case_name: str, start: str, out: Path | None, learning_rate: float | None = None,
         overrides: dict | None = None) -> dict:
-    from napari_unet.io import find_pairs, read_image
-    from napari_unet.masks import labels_from_ground_truth
+    from napari_unet.labels.masks import labels_from_ground_truth
     from napari_unet.project import Project
+    from napari_unet.storage.io import find_pairs, read_image
     from napari_unet.training import TrainConfig
 
     case = CASES[case_name]

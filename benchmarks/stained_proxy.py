@@ -56,8 +56,8 @@ def stained(image: np.ndarray, labels: np.ndarray, seed: int) -> np.ndarray:
 
 def cases(n_corrected: int) -> tuple[list, list]:
     """(corrected [(stem, rgb, labels)], test [(rgb, labels, haematoxylin plane)]) from the nuclei test split."""
-    from napari_unet.io import read_image
-    from napari_unet.masks import labels_from_ground_truth
+    from napari_unet.labels.masks import labels_from_ground_truth
+    from napari_unet.storage.io import read_image
     from napari_unet.training.recipes import NUCLEI_DIR, image_sizes, nuclei_split
 
     sizes = image_sizes(NUCLEI_DIR)
@@ -75,8 +75,8 @@ def cases(n_corrected: int) -> tuple[list, list]:
 def main(argv: list[str] | None = None) -> int:
     from new_domain import _row, unet_round
 
-    from napari_unet.prediction import predict
-    from napari_unet.registry import load_model
+    from napari_unet.inference.prediction import predict
+    from napari_unet.storage.registry import load_model
     from napari_unet.training import TrainConfig
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

@@ -39,10 +39,10 @@ def two_class_mask(instances: np.ndarray, ring: int) -> np.ndarray:
 
 
 def run(start: str, ring: int, seconds: float | None) -> dict:
-    from napari_unet.classes import SegmentationClass
-    from napari_unet.evaluation import evaluate
-    from napari_unet.io import find_pairs, read_image
+    from napari_unet.labels.classes import SegmentationClass
     from napari_unet.project import Project
+    from napari_unet.scoring.evaluation import evaluate
+    from napari_unet.storage.io import find_pairs, read_image
     from napari_unet.training import TrainConfig
 
     folder = SHARED_DATA / "nuclei_dsb2018"

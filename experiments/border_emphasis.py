@@ -23,7 +23,7 @@ def main() -> int:
     parser.add_argument("--every", type=int, default=10, help="use every N-th training image (default 10)")
     parser.add_argument("--rule", nargs="*", default=list(DEFAULT_RULES), metavar="CORE_FRACTION,W0,SIGMA")
     args = parser.parse_args()
-    from napari_unet.instances import INTERIOR, boundary_targets, near_another_object
+    from napari_unet.labels.instances import INTERIOR, boundary_targets, near_another_object
     from napari_unet.training.recipes import load_split, recipe_by_name
     from napari_unet.training.sampling import border_weight_map
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.training.sampling import PatchSampler
 
 OFFSET_SCALE = 10.0  # px per output unit: nucleus radii are 3-40 px
@@ -134,10 +134,10 @@ def train_with_head(output: Path, steps: int, seed: int, *, sampler_class, build
     import keras
     import tensorflow as tf
 
-    from napari_unet import precision
-    from napari_unet.augment import PairAugmenter
+    from napari_unet.inference import precision
     from napari_unet.model import save_model
     from napari_unet.training import TrainConfig
+    from napari_unet.training.augment import PairAugmenter
     from napari_unet.training.inputs import prepare_pairs
     from napari_unet.training.loop import learning_rate_schedule
     from napari_unet.training.losses import segmentation_loss
@@ -229,7 +229,7 @@ def vote_instances(probabilities, offsets, *, method: str, background_threshold:
     from scipy.spatial import cKDTree
     from skimage.feature import peak_local_max
 
-    from napari_unet.instances import drop_small_objects, instances_from_boundary_probabilities, seeded_watershed
+    from napari_unet.labels.instances import drop_small_objects, instances_from_boundary_probabilities, seeded_watershed
 
     foreground, votes, (ys, xs, vy, vx) = vote_map(probabilities, offsets, background_threshold, sigma)
     peaks = peak_local_max(votes, min_distance=min_distance, threshold_abs=min_votes, exclude_border=False)
@@ -288,7 +288,7 @@ def measure_heads(output: Path, network_file: str, name: str, predict_parts, hea
     images; DIR/measured.json."""
     import keras
 
-    from napari_unet.instances import instances_from_boundary_probabilities
+    from napari_unet.labels.instances import instances_from_boundary_probabilities
     from napari_unet.model import load_model_file
     from napari_unet.training.recipes import (
         POST_PROCESSING_FIELDS,

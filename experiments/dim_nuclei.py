@@ -23,7 +23,7 @@ def found_by_brightness(image: np.ndarray, truth: np.ndarray, predicted: np.ndar
     """(relative brightness, found at IoU > 0.5) for every truth nucleus of one image."""
     from scipy import ndimage as ndi
 
-    from napari_unet.metrics import instance_ious
+    from napari_unet.scoring.metrics import instance_ious
 
     plane = np.asarray(image, dtype=np.float64)
     plane = plane.mean(axis=-1) if plane.ndim == 3 else plane
@@ -43,8 +43,8 @@ def main() -> int:
     parser.add_argument("--held-out", action="store_true", help="the recipe's held-out images instead of validation")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from napari_unet.prediction import predict
-    from napari_unet.registry import load_model
+    from napari_unet.inference.prediction import predict
+    from napari_unet.storage.registry import load_model
     from napari_unet.training.recipes import load_instances, recipe_by_name
 
     recipe = recipe_by_name("nuclei")

@@ -20,7 +20,7 @@ import numpy as np
 
 def per_image_counts(predicted: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray:
     """(images, 6): TP, FP, FN of objects at IoU > 0.5, then TP, FP, FN of foreground pixels."""
-    from napari_unet.metrics import as_instances, confusion_counts, instance_counts
+    from napari_unet.scoring.metrics import as_instances, confusion_counts, instance_counts
 
     rows = []
     for labels, mask in zip(predicted, masks):
@@ -70,8 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from napari_unet.prediction import predict
-    from napari_unet.registry import load_model
+    from napari_unet.inference.prediction import predict
+    from napari_unet.storage.registry import load_model
     from napari_unet.training.recipes import load_instances, of_seen_kind, otsu_watershed, recipe_by_name
 
     recipe = recipe_by_name("nuclei")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 from centre_votes import ID_SHIFT, HeadSampler, main, measure_heads, predict_heads, train_with_head  # (beside this file)
 
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL
 
 N_RAYS = 32  # StarDist's default for 2-D nuclei
 DISTANCE_SCALE = 10.0  # px per output unit
@@ -115,7 +115,7 @@ def star_instances(softmax, probability, distances, *, method: str, prob_thresh:
     from stardist.geometry import polygons_to_label
     from stardist.nms import non_maximum_suppression
 
-    from napari_unet.instances import drop_small_objects, seeded_watershed
+    from napari_unet.labels.instances import drop_small_objects, seeded_watershed
 
     key = (id(distances), prob_thresh, nms_thresh)  # the grid's other settings reuse an image's NMS
     if key not in _KEPT or _KEPT[key][0] is not distances:
@@ -144,7 +144,7 @@ def split_at_polygons(softmax, points, kept_probability, kept_distances, recipe_
     from skimage.segmentation import watershed
     from stardist.geometry import polygons_to_label
 
-    from napari_unet.instances import drop_small_objects, instances_from_boundary_probabilities
+    from napari_unet.labels.instances import drop_small_objects, instances_from_boundary_probabilities
 
     labels = instances_from_boundary_probabilities(softmax, **recipe_setting)
     if len(points) < 2:

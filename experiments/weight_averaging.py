@@ -37,9 +37,9 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from napari_unet.calibration import fit_output_offset
-    from napari_unet.evaluation import evaluate
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.labels.calibration import fit_output_offset
+    from napari_unet.scoring.evaluation import evaluate
     from napari_unet.training import TrainConfig, loop
     from napari_unet.training.recipes import load_split, recipe_by_name, train_from_scratch
 

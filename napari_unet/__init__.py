@@ -7,22 +7,22 @@ do not pay for importing TensorFlow.
 from napari_unet._version import __version__
 
 _API = {
-    "load_model": "napari_unet.registry",
-    "predict": "napari_unet.prediction",
-    "evaluate": "napari_unet.evaluation",
+    "load_model": "napari_unet.storage.registry",
+    "predict": "napari_unet.inference.prediction",
+    "evaluate": "napari_unet.scoring.evaluation",
     "finetune": "napari_unet.training",
     "TrainConfig": "napari_unet.training",
     "IGNORE_LABEL": "napari_unet.training",
-    "ModelStore": "napari_unet.store",
+    "ModelStore": "napari_unet.storage.store",
     "Project": "napari_unet.project",
     "UNetConfig": "napari_unet.model",
     "build_unet": "napari_unet.model",
     "new_model": "napari_unet.model",
-    "widen_input": "napari_unet.channels",
+    "widen_input": "napari_unet.inference.channels",
     "save_model": "napari_unet.model",
     "NapariUNetError": "napari_unet.errors",
-    "export_bioimageio": "napari_unet.bioimageio",
-    "PackageAuthorship": "napari_unet.bioimageio",
+    "export_bioimageio": "napari_unet.storage.bioimageio",
+    "PackageAuthorship": "napari_unet.storage.bioimageio",
 }
 
 __all__ = ["__version__", *_API]

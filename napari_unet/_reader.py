@@ -35,7 +35,7 @@ def read_pair_folder(path) -> list[tuple]:
     """Each image/mask pair (matched by file stem) as an Image layer and a Labels layer named after it."""
     import numpy as np
 
-    from napari_unet.io import find_pairs, read_image
+    from napari_unet.storage.io import find_pairs, read_image
 
     folder = _pair_folder(path)
     if folder is None:

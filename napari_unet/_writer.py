@@ -9,7 +9,7 @@ def write_labels_tif(path: str, data, attributes: dict) -> list[str]:
     """Save one Labels layer; a path without .tif/.tiff gets '.tif' appended."""
     import numpy as np
 
-    from napari_unet.io import write_labels
+    from napari_unet.storage.io import write_labels
 
     target = Path(path)
     if target.suffix.lower() not in (".tif", ".tiff"):

@@ -16,7 +16,7 @@ from typing import Callable
 import numpy as np
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL, labels_from_ground_truth
+from napari_unet.labels.masks import IGNORE_LABEL, labels_from_ground_truth
 
 DEFAULT_SECONDS = 60.0
 
@@ -91,7 +91,7 @@ def half_split_case(image: np.ndarray, labels: np.ndarray, description: str) -> 
 def folder_case(data_dir: str | Path) -> DemoCase:
     """A folder with images/ and masks/ (matched by stem): the first images are the corrections,
     the last ⌊n/2⌋ are held out; a single pair is split into halves like the sample."""
-    from napari_unet.io import find_pairs, read_image
+    from napari_unet.storage.io import find_pairs, read_image
 
     data_dir = Path(data_dir)
     if not (data_dir / "images").is_dir() or not (data_dir / "masks").is_dir():
@@ -161,7 +161,7 @@ def run_demo(
     from dataclasses import replace
 
     from napari_unet.project import Project
-    from napari_unet.registry import load_model
+    from napari_unet.storage.registry import load_model
     from napari_unet.training import TrainConfig
 
     log = log or (lambda text: None)

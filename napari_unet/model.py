@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from napari_unet._files import atomic_write
 from napari_unet.errors import ModelLoadError
-from napari_unet.normalize import NormalizationConfig
+from napari_unet.inference.normalize import NormalizationConfig
+from napari_unet.storage.files import atomic_write
 
 # Name of the JSON entry that napari-unet adds to a .keras zip; Keras ignores unknown entries.
 METADATA_ENTRY = "napari_unet.json"
@@ -83,7 +83,7 @@ def _valid_fraction(value, name: str) -> float:
 
 def _known_instance_method(name, field_name: str) -> str:
     """An instance method this version knows, else "" (decide from the class names)."""
-    from napari_unet.instances import INSTANCE_METHODS
+    from napari_unet.labels.instances import INSTANCE_METHODS
 
     if not name or name in INSTANCE_METHODS:
         return str(name or "")
@@ -93,7 +93,7 @@ def _known_instance_method(name, field_name: str) -> str:
 
 def _known_symmetries(name, field_name: str) -> str:
     """A symmetries name this version knows; anything else (e.g. from a newer version) means "none"."""
-    from napari_unet.augment import SYMMETRIES
+    from napari_unet.training.augment import SYMMETRIES
 
     if name in SYMMETRIES:
         return str(name)
@@ -219,7 +219,7 @@ class ModelMetadata:
     @property
     def input_channel_names(self) -> list[str]:
         """One name per input channel: the stored ones when they fit the channel count, else the defaults."""
-        from napari_unet.channels import channel_names
+        from napari_unet.inference.channels import channel_names
 
         if len(self.channel_names) == self.config.n_channels:
             return list(self.channel_names)
@@ -230,7 +230,7 @@ class ModelMetadata:
         """The stored method, else the one the class names imply (boundary names: the enclosed regions)."""
         if self.instances:
             return self.instances
-        from napari_unet.postprocess import objects_are_background
+        from napari_unet.labels.postprocess import objects_are_background
 
         return "enclosed" if objects_are_background(self.class_names) else "components"
 

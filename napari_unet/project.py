@@ -39,16 +39,16 @@ from typing import Callable
 import numpy as np
 from filelock import FileLock, Timeout
 
-from napari_unet._files import atomic_write_json
 from napari_unet._version import __version__
-from napari_unet.adaptation import adapt, choose_post_processing, error_focus, with_channels_of
-from napari_unet.classes import SegmentationClass, check_classes, check_label_values, class_truth, describe
 from napari_unet.errors import NapariUNetError
-from napari_unet.evidence import class_unit_counts, compare, pooled, unit_counts
-from napari_unet.masks import IGNORE_LABEL
-from napari_unet.records import ROUND_FORMAT, RoundEvaluation, RoundRecord, RoundTraining
-from napari_unet.store import ModelStore, array_sha1, pair_fingerprint
-from napari_unet.training_set import HELD_OUT_FRACTION, TrainingSet
+from napari_unet.labels.classes import SegmentationClass, check_classes, check_label_values, class_truth, describe
+from napari_unet.labels.masks import IGNORE_LABEL
+from napari_unet.scoring.evidence import class_unit_counts, compare, pooled, unit_counts
+from napari_unet.storage.files import atomic_write_json
+from napari_unet.storage.records import ROUND_FORMAT, RoundEvaluation, RoundRecord, RoundTraining
+from napari_unet.storage.store import ModelStore, array_sha1, pair_fingerprint
+from napari_unet.training.adaptation import adapt, choose_post_processing, error_focus, with_channels_of
+from napari_unet.training.training_set import HELD_OUT_FRACTION, TrainingSet
 
 PROJECT_FORMAT = "napari-unet-project/1"
 # Share of evaluation pixels predicted as foreground above which a version "predicts everything".
@@ -110,7 +110,7 @@ class Project:
         classes: what the user paints (label value k = classes[k - 1]); None: one class, any label > 0.
         An existing training-set folder keeps its pairs; an existing project is refused.
         """
-        from napari_unet.registry import load_model
+        from napari_unet.storage.registry import load_model
 
         project = cls(root)
         if project.settings_path.exists():
@@ -236,7 +236,7 @@ class Project:
 
     def load_model(self, key: str):
         """A version made in this project, a shipped model, a version in the user's store, or a .keras path."""
-        from napari_unet.registry import load_model
+        from napari_unet.storage.registry import load_model
 
         return load_model(key, self.store, ModelStore())
 
@@ -551,7 +551,7 @@ def _eval_record(comparison, evaluation: Evaluation, verdict: str | None = None)
 
 
 def _config_from_settings(config_type, settings: dict):
-    from napari_unet.augment import AugmentConfig
+    from napari_unet.training.augment import AugmentConfig
 
     known = {key: value for key, value in settings.items() if key in config_type.__dataclass_fields__}
     if isinstance(known.get("augmentation"), dict):
@@ -561,7 +561,7 @@ def _config_from_settings(config_type, settings: dict):
 
 def score_evaluation(model, evaluation: Evaluation, precision: str | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Per-tile counts of `model` on the evaluation pixels (per class with several), and its labels per image."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     units, labels = [], []
     n_classes = len(evaluation.class_names)

@@ -34,7 +34,7 @@ def main() -> int:
     from qtpy.QtWidgets import QApplication, QDockWidget
 
     from napari_unet._widgets.launch import open_gui
-    from napari_unet.shipped import shipped_model_names
+    from napari_unet.storage.shipped import shipped_model_names
 
     viewer, dock = open_gui(show=True)
     window = viewer.window._qt_window  # noqa: SLF001 (sizing the real window)
@@ -71,7 +71,7 @@ def main() -> int:
     if not args.predict_only:
         # A user's work, simulated: the left half corrected (the sample's ground truth), the right half
         # painted "not annotated" (255) because it was not checked.
-        from napari_unet.masks import IGNORE_LABEL
+        from napari_unet.labels.masks import IGNORE_LABEL
 
         prediction = viewer.layers["em_membranes prediction"]
         truth = viewer.layers["em_membranes ground truth"].data

@@ -71,7 +71,7 @@ def float32_between_processes(request, monkeypatch):
     bfloat16 two processes need not round alike (seen: 1 pixel in 9216 flipped, probabilities 1e-3 apart,
     only in the full suite); in float32 they agree. The worker inherits this environment variable."""
     if request.node.get_closest_marker("gui") is not None:
-        from napari_unet.precision import ENVIRONMENT_VARIABLE
+        from napari_unet.inference.precision import ENVIRONMENT_VARIABLE
 
         monkeypatch.setenv(ENVIRONMENT_VARIABLE, "float32")
 

@@ -9,14 +9,14 @@ import pytest
 import tifffile
 from tiny_models import contrasty_tiny_model
 
-from napari_unet.adaptation import NEW_DOMAIN_IOU, adapt, reestimate_batch_norm
-from napari_unet.channels import widen_input
 from napari_unet.cli import main
 from napari_unet.errors import NapariUNetError
+from napari_unet.inference.channels import widen_input
+from napari_unet.inference.prediction import predict
 from napari_unet.model import UNetConfig, save_model
-from napari_unet.prediction import predict
 from napari_unet.project import Project
 from napari_unet.training import TrainConfig, finetune
+from napari_unet.training.adaptation import NEW_DOMAIN_IOU, adapt, reestimate_batch_norm
 
 QUICK = TrainConfig(epochs=2, steps_per_epoch=15, batch_size=2, patch_size=64, learning_rate=1e-2)
 FLOAT32 = dict(output="probabilities", precision="float32")
@@ -189,7 +189,7 @@ def test_batch_norm_statistics_re_estimated_on_the_parents_own_images_change_its
 
 
 def test_live_learns_from_colour_corrections(tmp_path, start_model):
-    from napari_unet.live import ForestPreview, LiveTrainer
+    from napari_unet.training.live import ForestPreview, LiveTrainer
 
     project = Project.init(tmp_path / "project", start_model)
     image, mask = _discs(0, colour=3)
@@ -208,9 +208,9 @@ def test_live_learns_from_colour_corrections(tmp_path, start_model):
 
 
 def test_post_processing_is_re_chosen_on_the_users_objects_and_never_for_worse(nuclei_dir):
-    from napari_unet.adaptation import choose_post_processing
-    from napari_unet.io import read_image
-    from napari_unet.registry import load_model
+    from napari_unet.storage.io import read_image
+    from napari_unet.storage.registry import load_model
+    from napari_unet.training.adaptation import choose_post_processing
 
     model = load_model("nuclei")
     stems = sorted(path.stem for path in (nuclei_dir / "images").glob("*.tif"))[:2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.augment import SYMMETRIES, AugmentConfig, PairAugmenter, resolve_for_model, symmetries_of
+from napari_unet.training.augment import SYMMETRIES, AugmentConfig, PairAugmenter, resolve_for_model, symmetries_of
 
 IGNORE = 255
 

@@ -12,11 +12,11 @@ import yaml
 from scipy import ndimage as ndi
 from tiny_models import contrasty_tiny_model
 
-from napari_unet.bioimageio import ONNX_OPSET, UNET_DOI, PackageAuthorship, export_bioimageio, load_package
 from napari_unet.cli import main
 from napari_unet.errors import NapariUNetError
+from napari_unet.inference.normalize import NormalizationConfig
 from napari_unet.model import save_model
-from napari_unet.normalize import NormalizationConfig
+from napari_unet.storage.bioimageio import ONNX_OPSET, UNET_DOI, PackageAuthorship, export_bioimageio, load_package
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +118,7 @@ def test_package_without_keras_weights_is_refused_in_one_line(exported, image_pa
 
 def test_metadata_of_a_package_is_read_without_loading_it(exported):
     from napari_unet.model import read_metadata
-    from napari_unet.registry import read_model_metadata
+    from napari_unet.storage.registry import read_model_metadata
 
     assert read_model_metadata(exported[1]) == read_metadata(exported[0])
     assert read_model_metadata(exported[1]).info["description"] == "tiny test model"
@@ -200,7 +200,7 @@ def test_dock_exports_the_selected_version_for_bioimageio(make_napari_viewer, qt
     assert not models.cancel_button.isEnabled()
 
     # The package, chosen as a model file (what File… does), predicts like the version it came from.
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     image = (ndi.gaussian_filter(np.random.default_rng(1).random((64, 80)), 2) * 255).astype(np.uint8)
     viewer.add_image(image, name="cells")
@@ -236,7 +236,7 @@ def test_keras_package_not_made_by_napari_unet_takes_channels_classes_and_step_f
 
 
 def test_test_input_is_a_centre_crop_in_multiples_of_the_models_size_step():
-    from napari_unet.bioimageio import _test_tensors
+    from napari_unet.storage.bioimageio import _test_tensors
 
     model = contrasty_tiny_model(seed=5)  # depth 3: sides in multiples of 8
     image = np.arange(100 * 300, dtype=np.float32).reshape(100, 300)
@@ -253,7 +253,7 @@ def test_a_colour_model_that_reads_its_input_inverted_round_trips_through_a_pack
     """Channel names and the inversion (scale_range, then scale_linear 1 - x) travel in the description."""
     from dataclasses import replace
 
-    from napari_unet.channels import widen_input
+    from napari_unet.inference.channels import widen_input
 
     model = widen_input(contrasty_tiny_model(seed=4), 3)
     model.metadata = replace(model.metadata, normalization=NormalizationConfig(invert=True))

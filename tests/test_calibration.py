@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_unet.calibration import IGNORE_LABEL, fit_output_offset, shift_probabilities
+from napari_unet.labels.calibration import IGNORE_LABEL, fit_output_offset, shift_probabilities
 
 
 def smooth_field(shape=(96, 112), seed=0) -> np.ndarray:
@@ -70,7 +70,7 @@ def test_prediction_moves_its_output_by_the_models_offset_after_test_time_augmen
 
     from tiny_models import contrasty_tiny_model
 
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     model = contrasty_tiny_model(seed=1)
     image = (smooth_field((96, 80), seed=7) * 3000).astype(np.uint16)

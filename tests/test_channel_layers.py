@@ -41,7 +41,7 @@ def test_channel_layers_are_read_as_one_image_only_when_chosen(qtbot, dock, blob
     _choose(tab.channels_combo, "membrane only")
     job = wait_for(qtbot, tab.predict())
     assert job.error is None, errors(notifications)
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     expected = predict(model_of(widget), 255 - blobs_image, output="labels")  # the tiny model's default: no instances
     np.testing.assert_array_equal(viewer.layers["nuclei prediction"].data, expected)
@@ -69,7 +69,7 @@ def test_channel_layers_with_a_two_channel_model(qtbot, dock, blobs_image, notif
     assert tab.channels_combo.itemText(0) == "as they are: nuclei, membrane"
     job = wait_for(qtbot, tab.predict())
     assert job.error is None, errors(notifications)
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     both = np.stack([blobs_image, 255 - blobs_image], axis=-1)
     np.testing.assert_array_equal(viewer.layers["nuclei prediction"].data,

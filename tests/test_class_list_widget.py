@@ -6,7 +6,7 @@ import numpy as np
 from qtpy.QtCore import Qt
 
 from napari_unet._widgets.launch import PLUGIN
-from napari_unet.classes import SegmentationClass
+from napari_unet.labels.classes import SegmentationClass
 from napari_unet.project import Project
 
 

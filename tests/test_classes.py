@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.classes import SegmentationClass, parse_classes
 from napari_unet.errors import NapariUNetError
+from napari_unet.labels.classes import SegmentationClass, parse_classes
 from napari_unet.project import Project
 from napari_unet.training import TrainConfig
 
@@ -53,8 +53,8 @@ def three_class_project(tmp_path, wider_start_model):
 
 
 def test_a_three_class_round_gets_a_new_output_layer_and_learns_every_class(three_class_project, tmp_path):
-    from napari_unet.evaluation import evaluate
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.scoring.evaluation import evaluate
 
     outcome = three_class_project.round(QUICK)
     record, model = outcome.record, outcome.model
@@ -192,7 +192,7 @@ def test_cli_declares_classes_refuses_labels_beyond_them_and_adds_one(tmp_path, 
 
 
 def test_live_trains_the_new_output_layer_and_the_forest_preview_learns_every_class(three_class_project):
-    from napari_unet.live import ForestPreview, LiveTrainer
+    from napari_unet.training.live import ForestPreview, LiveTrainer
 
     trainer = LiveTrainer(three_class_project, three_class_project.active)
     assert trainer.reload() == 3
@@ -239,9 +239,9 @@ def test_a_start_model_is_judged_on_the_class_it_knows(three_class_project, star
 
 
 def test_a_class_measurably_worse_rolls_back_a_later_round_but_not_the_one_adding_the_classes():
-    from napari_unet.evidence import class_unit_counts, compare
     from napari_unet.model import UNetConfig, new_model
     from napari_unet.project import Evaluation, _guard
+    from napari_unet.scoring.evidence import class_unit_counts, compare
 
     rng = np.random.default_rng(0)
     truth = np.zeros((256, 256), np.uint8)

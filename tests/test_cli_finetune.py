@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet import shipped as shipped_module
 from napari_unet.cli import main
 from napari_unet.model import UNetConfig, load_model_file, new_model, save_model
-from napari_unet.store import ModelStore
+from napari_unet.storage import shipped as shipped_module
+from napari_unet.storage.store import ModelStore
 
 
 @pytest.fixture

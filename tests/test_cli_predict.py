@@ -127,7 +127,7 @@ def test_tta_flag_reaches_the_engine(model_path, image_dir, tmp_path):
 
 def test_tta_views_count_reaches_the_engine_and_a_bad_count_is_refused(model_path, image_dir, tmp_path, capsys):
     from napari_unet import load_model, predict
-    from napari_unet.io import read_image
+    from napari_unet.storage.io import read_image
 
     assert main(["predict", "-m", model_path, str(image_dir / "a.tif"), "-o", str(tmp_path / "two"), "--probabilities",
                  "--tta", "2"]) == 0
@@ -144,8 +144,8 @@ def test_a_small_job_with_a_shipped_model_runs_on_its_onnx_twin(tmp_path, capsys
     a bigger job, or bfloat16 asked for, runs on TensorFlow."""
     pytest.importorskip("onnxruntime")
     from napari_unet._sample_data import load_nuclei
-    from napari_unet.prediction import predict
-    from napari_unet.registry import QUICK_START_IMAGES, load_model
+    from napari_unet.inference.prediction import predict
+    from napari_unet.storage.registry import QUICK_START_IMAGES, load_model
 
     image = load_nuclei("nuclei_sparse")[0]
     folder = tmp_path / "images"
@@ -167,8 +167,8 @@ def test_min_size_decides_which_small_objects_the_instances_keep(tmp_path, capsy
     """--min-size overrides the model's own minimum object size (e.g. 32 px for nuclei) in predict and evaluate;
     without --instances, or with a size that is no pixel count, it is refused in one line before anything runs."""
     from napari_unet._sample_data import load_nuclei
-    from napari_unet.prediction import predict
-    from napari_unet.registry import load_model
+    from napari_unet.inference.prediction import predict
+    from napari_unet.storage.registry import load_model
 
     image, mask = load_nuclei("nuclei_sparse")
     folder, masks = tmp_path / "images", tmp_path / "masks"

@@ -11,7 +11,8 @@ import tifffile
 from scipy import ndimage as ndi
 
 from napari_unet.cli import main
-from napari_unet.distributed import (
+from napari_unet.errors import NapariUNetError
+from napari_unet.inference.distributed import (
     SchedulerChoice,
     cluster_client,
     install_model,
@@ -19,7 +20,6 @@ from napari_unet.distributed import (
     predict_on_cluster,
     worker_threads,
 )
-from napari_unet.errors import NapariUNetError
 from napari_unet.model import save_model
 from tests.tiny_models import contrasty_tiny_model
 

@@ -83,8 +83,8 @@ def test_the_warm_up_gives_a_version_saved_without_a_twin_its_twin(qtbot, dock, 
     """Versions saved before twins existed get one once TensorFlow has them (the next napari starts faster);
     a file opened by path never gets one in the user's folder."""
     pytest.importorskip("tf2onnx")
+    from napari_unet.inference.onnx_engine import load_onnx_twin, twin_path
     from napari_unet.model import load_model_file
-    from napari_unet.onnx_engine import load_onnx_twin, twin_path
 
     viewer, widget = dock
     session = widget.session

@@ -9,8 +9,8 @@ from scipy import ndimage as ndi
 from tiny_models import contrasty_tiny_model
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.evaluation import evaluate
-from napari_unet.prediction import predict
+from napari_unet.inference.prediction import predict
+from napari_unet.scoring.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_unequal_numbers_of_images_and_masks_are_refused(model, images):
 
 def test_public_api_evaluate_is_callable_even_after_importing_the_submodule(model, images):
     import napari_unet
-    import napari_unet.evaluation  # binds napari_unet.evaluation, not napari_unet.evaluate
+    import napari_unet.scoring.evaluation  # binds napari_unet.scoring.evaluation, not napari_unet.evaluate
 
     masks = [predict(model, image) for image in images]
     assert napari_unet.evaluate(model, images, masks)["iou"] == 1.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.evidence import compare, pooled, unit_counts
+from napari_unet.scoring.evidence import compare, pooled, unit_counts
 
 
 def _truth_and_prediction(seed=0, size=256, wrong=0.1):

@@ -16,9 +16,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.evaluation import evaluate
-from napari_unet.io import read_image
 from napari_unet.model import UNetConfig, new_model
+from napari_unet.scoring.evaluation import evaluate
+from napari_unet.storage.io import read_image
 from napari_unet.training import finetune
 
 pytestmark = pytest.mark.shared_data  # the ISBI 2012 slices in ../shared/data

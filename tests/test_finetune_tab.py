@@ -40,8 +40,8 @@ def test_fine_tune_with_an_empty_training_set_says_what_to_do(qtbot, dock, notif
 
 def test_predict_correct_finetune_predict(qtbot, dock, blobs_image, notifications, tmp_path):
     pytest.importorskip("napari_unet.training")
-    from napari_unet.onnx_engine import load_onnx_twin
-    from napari_unet.prediction import predict
+    from napari_unet.inference.onnx_engine import load_onnx_twin
+    from napari_unet.inference.prediction import predict
 
     viewer, widget = dock
     add_corrected_pair(qtbot, viewer, widget, blobs_image)

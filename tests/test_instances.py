@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.instances import BOUNDARY, INTERIOR, boundary_targets, instances_from_boundary_probabilities
-from napari_unet.masks import IGNORE_LABEL, training_targets
-from napari_unet.metrics import as_instances, instance_counts, instance_scores
+from napari_unet.labels.instances import BOUNDARY, INTERIOR, boundary_targets, instances_from_boundary_probabilities
+from napari_unet.labels.masks import IGNORE_LABEL, training_targets
+from napari_unet.labels.postprocess import instances_from_probabilities
 from napari_unet.model import ModelMetadata, UNetConfig
-from napari_unet.postprocess import instances_from_probabilities
+from napari_unet.scoring.metrics import as_instances, instance_counts, instance_scores
 
 
 def _touching_discs(size=64):
@@ -151,8 +151,8 @@ def test_a_binary_truth_mask_is_split_into_components():
 
 
 def test_evaluate_reports_object_metrics_per_image_and_pooled():
-    from napari_unet.evaluation import evaluate
     from napari_unet.model import UNetConfig, new_model
+    from napari_unet.scoring.evaluation import evaluate
 
     model = new_model(UNetConfig(base_width=4, depth=2), tile_size=64)
     labels = _touching_discs()
@@ -164,7 +164,7 @@ def test_evaluate_reports_object_metrics_per_image_and_pooled():
 
 def test_a_background_threshold_widens_the_object_mask_of_labels_and_instances():
     """A model's own background threshold (chosen on validation) decides which pixels belong to objects."""
-    from napari_unet.postprocess import semantic_labels
+    from napari_unet.labels.postprocess import semantic_labels
 
     probabilities = np.zeros((4, 4, 3), np.float32)
     probabilities[...] = (0.6, 0.3, 0.1)  # background most likely everywhere …
@@ -178,7 +178,7 @@ def test_a_background_threshold_widens_the_object_mask_of_labels_and_instances()
 
 
 def test_ground_truth_files_read_as_user_labels():
-    from napari_unet.masks import labels_from_ground_truth
+    from napari_unet.labels.masks import labels_from_ground_truth
 
     binary_0_255 = np.array([[0, 255], [255, 0]], np.uint8)
     assert labels_from_ground_truth(binary_0_255).tolist() == [[0, 1], [1, 0]]  # 255 meant foreground here

@@ -8,7 +8,7 @@ import zarr
 from scipy import ndimage as ndi
 
 from napari_unet.errors import Cancelled, NapariUNetError
-from napari_unet.lazy_labels import (
+from napari_unet.inference.lazy_labels import (
     create_labels_store,
     fill_labels,
     labels_store_path,
@@ -17,7 +17,7 @@ from napari_unet.lazy_labels import (
     predict_regions,
     work_regions,
 )
-from napari_unet.prediction import predict
+from napari_unet.inference.prediction import predict
 from tests.tiny_models import contrasty_tiny_model
 
 

@@ -10,7 +10,7 @@ from dock_fixtures import errors, model_of, wait_for
 from scipy import ndimage as ndi
 
 from napari_unet._widgets._lazy_prediction import LAZY_KEY, PaintedBoxes, ViewTracker, write_region
-from napari_unet.lazy_labels import RegionLabels, open_zarr_image
+from napari_unet.inference.lazy_labels import RegionLabels, open_zarr_image
 
 
 def lazy_image(folder, shape=(300, 260)):
@@ -32,7 +32,7 @@ def test_lazy_image_predicts_into_a_paintable_zarr_layer_and_its_visible_region_
     assert isinstance(layer.data, zarr.Array)
     store_path = layer.metadata[LAZY_KEY]
     assert store_path.startswith(str(widget.session.project.root / "predictions"))
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     expected = predict(model_of(widget), image)
     assert 0.05 < expected.mean() < 0.95

@@ -7,10 +7,10 @@ import pytest
 from test_project import _discs
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.live import LiveTrainer, live_mask, touched_by
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.project import Project
 from napari_unet.training import TrainConfig
+from napari_unet.training.live import LiveTrainer, live_mask, touched_by
 
 LIVE = TrainConfig(batch_size=2, patch_size=64, learning_rate=1e-2, validation_fraction=0.0)
 
@@ -94,7 +94,7 @@ def test_live_without_corrections_says_what_to_do(project, start_model):
 
 
 def test_the_forest_preview_learns_from_touched_pixels_and_scores_on_the_evaluation_set(project):
-    from napari_unet.live import ForestPreview
+    from napari_unet.training.live import ForestPreview
 
     image, labels = _discs(0)
     touched = np.zeros(labels.shape, bool)

@@ -249,8 +249,8 @@ def test_instance_method_and_seed_threshold_travel_with_the_model(tmp_path):
 
 def test_minimum_sizes_travel_with_the_model_and_decide_its_instances(tmp_path):
     """The recipe's minimum object and seed sizes are in the file; predict's instances use them."""
+    from napari_unet.labels.postprocess import model_instances
     from napari_unet.model import ModelMetadata, load_model_file
-    from napari_unet.postprocess import model_instances
 
     model = new_model(UNetConfig(base_width=4, depth=2, n_classes=3), instances="boundary_watershed",
                       class_names=["background", "nucleus", "boundary"])

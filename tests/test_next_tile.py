@@ -11,8 +11,8 @@ import pytest
 from dock_fixtures import errors, model_of, wait_for
 from qtpy.QtCore import Qt
 
+from napari_unet.inference.uncertainty import NEXT_TILE_SIZE, next_tile
 from napari_unet.model import UNetConfig, save_model
-from napari_unet.uncertainty import NEXT_TILE_SIZE, next_tile
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def _assert_camera_on(viewer, tile) -> None:
 
 def test_uncertainty_option_adds_the_map_and_next_walks_uncorrected_tiles(qtbot, uncertain_dock, field,
                                                                             notifications):
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     viewer, widget = uncertain_dock
     tab = widget.predict_tab

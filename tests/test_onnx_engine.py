@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from napari_unet._sample_data import load_em_membranes, load_nuclei
-from napari_unet.onnx_engine import is_onnx, load_onnx_twin, twin_path
-from napari_unet.prediction import predict
-from napari_unet.registry import load_model
-from napari_unet.shipped import shipped_model_names, shipped_model_path
+from napari_unet.inference.onnx_engine import is_onnx, load_onnx_twin, twin_path
+from napari_unet.inference.prediction import predict
+from napari_unet.storage.registry import load_model
+from napari_unet.storage.shipped import shipped_model_names, shipped_model_path
 
 pytest.importorskip("onnxruntime")
 
@@ -54,9 +54,9 @@ def test_predicting_on_a_twin_imports_no_tensorflow():
     code = (
         "import sys\n"
         "from napari_unet._sample_data import load_nuclei\n"
-        "from napari_unet.onnx_engine import load_onnx_twin\n"
-        "from napari_unet.prediction import predict\n"
-        "from napari_unet.shipped import shipped_model_path\n"
+        "from napari_unet.inference.onnx_engine import load_onnx_twin\n"
+        "from napari_unet.inference.prediction import predict\n"
+        "from napari_unet.storage.shipped import shipped_model_path\n"
         "labels = predict(load_onnx_twin(shipped_model_path('nuclei')), load_nuclei('nuclei_sparse')[0], output='instances')\n"
         "print(int(labels.max()), 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
     )
@@ -68,9 +68,9 @@ def test_predicting_on_a_twin_imports_no_tensorflow():
 
 def test_a_saved_version_gets_a_twin_that_follows_renames_and_deletions(tmp_path):
     pytest.importorskip("tf2onnx")
+    from napari_unet.inference.onnx_engine import write_twin
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.onnx_engine import write_twin
-    from napari_unet.store import ModelStore
+    from napari_unet.storage.store import ModelStore
 
     store = ModelStore(tmp_path / "models")
     model = new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.postprocess import instance_labels, instances_from_labels, objects_are_background, semantic_labels
+from napari_unet.labels.postprocess import instance_labels, instances_from_labels, objects_are_background, semantic_labels
 
 
 def disks(centres, radius, shape=(80, 120)) -> np.ndarray:
@@ -70,7 +70,7 @@ def test_unknown_objects_kind_is_refused():
 
 
 def test_threshold_ranks_rethreshold_exactly_on_their_grid():
-    from napari_unet.postprocess import labels_from_ranks, threshold_ranks
+    from napari_unet.labels.postprocess import labels_from_ranks, threshold_ranks
 
     grid = [step / 100 for step in range(1, 100)]
     on_the_grid = np.array(grid, np.float32)  # pixels exactly at, just above and just below each threshold
@@ -86,7 +86,7 @@ def test_threshold_ranks_rethreshold_exactly_on_their_grid():
 
 
 def test_instances_per_plane_numbers_each_plane_on_its_own():
-    from napari_unet.postprocess import instances_per_plane
+    from napari_unet.labels.postprocess import instances_per_plane
 
     planes = np.stack([disks([(40, 30)], 10), disks([(20, 20), (60, 90)], 10), np.zeros((80, 120), bool)])
     instances = instances_per_plane(planes.astype(np.uint8))

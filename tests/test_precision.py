@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from tiny_models import contrasty_tiny_model
 
-from napari_unet import precision
 from napari_unet.errors import NapariUNetError
+from napari_unet.inference import precision
+from napari_unet.inference.prediction import predict
 from napari_unet.model import UNetConfig, load_model_file, save_model
-from napari_unet.prediction import predict
 
 
 def _image(size: int = 96) -> np.ndarray:

@@ -10,8 +10,8 @@ from scipy import ndimage as ndi
 from tiny_models import contrasty_tiny_model
 
 from napari_unet.errors import Cancelled, NapariUNetError
+from napari_unet.inference.prediction import forward_function, predict
 from napari_unet.model import UNetConfig, save_model
-from napari_unet.prediction import forward_function, predict
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +261,8 @@ def test_unknown_output_kind_is_refused(model):
 def test_instances_of_a_membrane_model_are_the_enclosed_regions(model):
     from dataclasses import replace
 
+    from napari_unet.labels.postprocess import instances_from_labels
     from napari_unet.model import SegmentationModel
-    from napari_unet.postprocess import instances_from_labels
 
     membrane_model = SegmentationModel(model.keras_model, replace(model.metadata, class_names=["membrane"]))
     image = smooth_image((96, 96))
@@ -276,7 +276,7 @@ def test_instances_of_a_membrane_model_are_the_enclosed_regions(model):
 
 def test_public_api_predict_is_callable_even_after_importing_the_submodule(model):
     import napari_unet
-    import napari_unet.prediction  # binds napari_unet.prediction, not napari_unet.predict
+    import napari_unet.inference.prediction  # binds napari_unet.inference.prediction, not napari_unet.predict
 
     image = smooth_image((40, 40))
     np.testing.assert_array_equal(napari_unet.predict(model, image), predict(model, image))

@@ -30,7 +30,7 @@ def test_predict_adds_a_labels_layer_named_after_the_image(qtbot, dock, blobs_im
     labels = viewer.layers["cells prediction"]
     probability = viewer.layers["cells probability"]
     assert labels.data.shape == blobs_image.shape and probability.data.shape == blobs_image.shape
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     expected = predict(model_of(widget), blobs_image, output="labels", threshold=0.5)
     np.testing.assert_array_equal(labels.data, expected)
@@ -47,7 +47,7 @@ def test_predict_writes_only_the_displayed_slice_of_a_stack(qtbot, dock, blobs_i
     labels = viewer.layers["stack prediction"].data
     assert labels.shape == stack.shape
     assert not labels[:2].any()
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     np.testing.assert_array_equal(labels[2], predict(model_of(widget), stack[2], output="labels"))
 
@@ -59,7 +59,7 @@ def test_instances_option_numbers_each_object(qtbot, dock, blobs_image, notifica
     widget.predict_tab.probabilities_check.setChecked(True)  # the path that thresholds in the widget's worker
     job = wait_for(qtbot, widget.predict_tab.predict())
     assert job.error is None, errors(notifications)
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     expected = predict(model_of(widget), blobs_image, output="instances")
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
@@ -169,7 +169,7 @@ def _counting_predict(monkeypatch, widget) -> list:
 def test_threshold_slider_rethresholds_the_last_prediction_without_the_model(qtbot, contrasty_dock, blobs_image,
                                                                              notifications, monkeypatch):
     from napari_unet._widgets import _live_threshold
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     viewer, widget = contrasty_dock
     tab = widget.predict_tab
@@ -203,7 +203,7 @@ def test_threshold_slider_rethresholds_the_last_prediction_without_the_model(qtb
 def test_threshold_slider_leaves_a_corrected_prediction_alone(qtbot, contrasty_dock, blobs_image, notifications):
     from napari_unet._widgets._session import PREDICTION_KEY
     from napari_unet._widgets.predict_widget import THRESHOLD_DEBOUNCE_MS
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     viewer, widget = contrasty_dock
     tab = widget.predict_tab
@@ -226,8 +226,8 @@ def test_threshold_slider_leaves_a_corrected_prediction_alone(qtbot, contrasty_d
 
 def test_threshold_slider_recomputes_instances_of_the_predicted_slice_only(qtbot, contrasty_dock, blobs_image,
                                                                           notifications):
-    from napari_unet.postprocess import instances_from_labels
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.labels.postprocess import instances_from_labels
 
     viewer, widget = contrasty_dock
     tab = widget.predict_tab
@@ -249,7 +249,7 @@ def test_threshold_slider_recomputes_instances_of_the_predicted_slice_only(qtbot
 
 
 def test_views_menu_averages_that_many_flipped_predictions(qtbot, contrasty_dock, blobs_image, notifications):
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     viewer, widget = contrasty_dock
     tab = widget.predict_tab
@@ -299,7 +299,7 @@ def test_first_predict_of_a_shipped_model_runs_on_its_onnx_twin_then_on_tensorfl
     pytest.importorskip("onnxruntime")
     from napari_unet._sample_data import load_nuclei
     from napari_unet._widgets.predict_widget import ONNX_RUNTIME, TENSORFLOW
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     viewer, widget = dock
     image = load_nuclei("nuclei_sparse")[0]

@@ -14,7 +14,7 @@ from napari_unet.cli import main
 from napari_unet.errors import NapariUNetError
 from napari_unet.model import UNetConfig, new_model, save_model
 from napari_unet.project import Project
-from napari_unet.store import array_sha1
+from napari_unet.storage.store import array_sha1
 from napari_unet.training import TrainConfig
 
 # Enough for a base-width-4 model to learn bright discs on a dark background (about 2 s).
@@ -130,7 +130,7 @@ def test_two_rounds_at_once_are_refused_and_a_killed_rounds_lock_is_no_lock(proj
 
 
 def test_an_old_training_set_folder_opens_as_a_project_with_no_rounds(tmp_path, start_model):
-    from napari_unet.training_set import TrainingSet
+    from napari_unet.training.training_set import TrainingSet
 
     TrainingSet(tmp_path / "old").add(*_discs(0), name="cells")
     project = Project.open(tmp_path / "old")
@@ -233,7 +233,7 @@ def test_a_boundary_class_model_fine_tunes_on_instance_labels_and_keeps_its_meth
 
 def test_revert_in_an_old_folder_after_a_rolled_back_first_round(tmp_path, start_model, monkeypatch):
     """No start model and no kept round: the revert compares against the model the first round started from."""
-    from napari_unet.training_set import TrainingSet
+    from napari_unet.training.training_set import TrainingSet
 
     TrainingSet(tmp_path / "old").add(*_discs(0), name="cells")
     project = Project.open(tmp_path / "old")

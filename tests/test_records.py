@@ -7,7 +7,7 @@ import json
 import pytest
 
 from napari_unet.project import Project
-from napari_unet.records import ModelEntry, RoundEvaluation, RoundRecord, RoundTraining
+from napari_unet.storage.records import ModelEntry, RoundEvaluation, RoundRecord, RoundTraining
 
 EVAL = {"before": {"iou": 0.5, "dice": 0.6667, "pixel_error": 0.1}, "after": {"iou": 0.7, "dice": 0.8235,
         "pixel_error": 0.05}, "source": "evaluation pairs", "units": 12, "delta_iou_interval": [0.1, 0.3],

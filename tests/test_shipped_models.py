@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_unet.registry import load_model
-from napari_unet.shipped import SHIPPED_MODELS_DIR, shipped_model_names
+from napari_unet.storage.registry import load_model
+from napari_unet.storage.shipped import SHIPPED_MODELS_DIR, shipped_model_names
 
 MAX_MODEL_BYTES = 10 * 1024 * 1024
 # A re-measurement may differ from the card by nondeterminism only (threads, oneDNN kernels: ~1e-4);
@@ -40,7 +40,7 @@ def _expected(card: dict) -> dict:
 
 def _held_out_slices(isbi_dir, card: dict) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The card's test ISBI images and 0/1 masks, read from ../shared/data."""
-    from napari_unet.io import read_image
+    from napari_unet.storage.io import read_image
 
     stems = card["metrics_held_out"]["images"]
     images = [read_image(isbi_dir / "images" / f"{s}.png") for s in stems]
@@ -93,7 +93,7 @@ def test_shipped_model_metadata_matches_its_card(name):
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_membranes_model_keeps_its_held_out_accuracy(isbi_dir):
-    from napari_unet.evaluation import evaluate
+    from napari_unet.scoring.evaluation import evaluate
 
     card = _card("membranes")
     images, masks = _held_out_slices(isbi_dir, card)
@@ -111,7 +111,7 @@ def test_membranes_model_keeps_its_held_out_accuracy(isbi_dir):
 def test_membranes_output_offset_fitted_on_validation_also_helps_on_held_out_slices(isbi_dir):
     from dataclasses import replace
 
-    from napari_unet.evaluation import evaluate
+    from napari_unet.scoring.evaluation import evaluate
 
     card = _card("membranes")
     images, masks = _held_out_slices(isbi_dir, card)
@@ -129,7 +129,7 @@ def test_membranes_output_offset_fitted_on_validation_also_helps_on_held_out_sli
 @pytest.mark.shared_data
 @pytest.mark.parametrize("key, views", [("with_test_time_augmentation", True), ("with_2_views", 2)])
 def test_membranes_model_with_test_time_augmentation_keeps_its_card_accuracy(isbi_dir, key, views):
-    from napari_unet.evaluation import evaluate
+    from napari_unet.scoring.evaluation import evaluate
 
     card = _card("membranes")
     expected = _expected(card).get(key)
@@ -147,7 +147,7 @@ def test_membranes_model_with_test_time_augmentation_keeps_its_card_accuracy(isb
 
 
 def _held_out_nuclei(nuclei_dir, card: dict, stems=None):
-    from napari_unet.io import read_image
+    from napari_unet.storage.io import read_image
 
     stems = stems or card["data"]["split"]["test_held_out"]
     return ([read_image(nuclei_dir / "images" / f"{s}.tif") for s in stems],
@@ -162,7 +162,7 @@ def test_nuclei_model_separates_objects_by_its_own_method():
 @pytest.mark.slow
 @pytest.mark.shared_data
 def test_nuclei_model_keeps_its_held_out_accuracy(nuclei_dir):
-    from napari_unet.evaluation import evaluate
+    from napari_unet.scoring.evaluation import evaluate
 
     card = _card("nuclei")
     images, masks = _held_out_nuclei(nuclei_dir, card)
@@ -179,8 +179,8 @@ def test_nuclei_model_keeps_its_held_out_accuracy(nuclei_dir):
 @pytest.mark.shared_data
 def test_touching_nuclei_in_held_out_images_come_out_as_separate_objects(nuclei_dir):
     """Pairs of truth nuclei that touch: both found (IoU > 0.5), each by its own predicted object."""
-    from napari_unet.metrics import instance_ious
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.scoring.metrics import instance_ious
 
     card = _card("nuclei")
     model = load_model("nuclei")

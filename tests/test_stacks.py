@@ -11,11 +11,9 @@ from tiny_models import contrasty_tiny_model
 
 from napari_unet.cli import main
 from napari_unet.errors import NapariUNetError
-from napari_unet.metrics import instance_counts, instance_scores
-from napari_unet.model import ModelMetadata, UNetConfig
-from napari_unet.postprocess import instances_per_plane
-from napari_unet.prediction import predict, predict_stack_into
-from napari_unet.stacks import (
+from napari_unet.inference.prediction import predict, predict_stack_into
+from napari_unet.labels.postprocess import instances_per_plane
+from napari_unet.labels.stacks import (
     anisotropy_from_scale,
     link_frames,
     stack_depth,
@@ -23,6 +21,8 @@ from napari_unet.stacks import (
     uses_three_views,
     volume_instances,
 )
+from napari_unet.model import ModelMetadata, UNetConfig
+from napari_unet.scoring.metrics import instance_counts, instance_scores
 
 
 def ball(shape, centre, radius) -> np.ndarray:
@@ -281,7 +281,7 @@ def test_cli_needs_the_stack_kind_for_instances_of_a_stack(model, tmp_path, caps
 
 
 def test_axis_names_say_volume_or_time_lapse_or_nothing():
-    from napari_unet.stacks import stack_kind_from_axis_names
+    from napari_unet.labels.stacks import stack_kind_from_axis_names
 
     assert stack_kind_from_axis_names(("z", "y", "x"), 1) == "z"
     assert stack_kind_from_axis_names(("T", "y", "x"), 1) == "t"
@@ -291,8 +291,8 @@ def test_axis_names_say_volume_or_time_lapse_or_nothing():
 
 
 def test_corrected_planes_of_a_volume_become_plane_pairs_and_side_views_where_near_isotropic():
-    from napari_unet.masks import IGNORE_LABEL
-    from napari_unet.volume_pairs import corrected_planes, volume_pairs
+    from napari_unet.labels.masks import IGNORE_LABEL
+    from napari_unet.training.volume_pairs import corrected_planes, volume_pairs
 
     truth = two_touching_balls()
     image = (truth > 0).astype(np.float32) * 200 + 10
@@ -316,7 +316,7 @@ def test_corrected_planes_of_a_volume_become_plane_pairs_and_side_views_where_ne
 
 
 def test_painted_planes_reads_which_planes_a_stroke_wrote():
-    from napari_unet.live import painted_planes
+    from napari_unet.training.live import painted_planes
 
     brush = [((5, slice(2, 9), slice(3, 10)), None, 0, 1)]
     brush_3d = [((slice(1, 4), slice(2, 9), slice(3, 10)), np.ones((3, 7, 7), bool), 0, 1)]

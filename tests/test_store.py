@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unet import registry
-from napari_unet import shipped as shipped_module
 from napari_unet.errors import NapariUNetError
 from napari_unet.model import UNetConfig, new_model, save_model
-from napari_unet.store import ModelStore, array_sha1, pair_fingerprint
+from napari_unet.storage import registry
+from napari_unet.storage import shipped as shipped_module
+from napari_unet.storage.store import ModelStore, array_sha1, pair_fingerprint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,7 +150,7 @@ def test_concurrent_saves_from_threads_get_distinct_versions(store, tiny):
 
 
 def test_a_save_while_another_process_holds_the_store_lock_waits_then_says_so(store, tiny, lock_holder, monkeypatch):
-    import napari_unet.store as store_module
+    import napari_unet.storage.store as store_module
 
     monkeypatch.setattr(store_module, "LOCK_TIMEOUT_SECONDS", 0.3)
     store.root.mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ SAVER = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {repo!r})
     from napari_unet.model import UNetConfig, new_model
-    from napari_unet.store import ModelStore
+    from napari_unet.storage.store import ModelStore
     model = new_model(UNetConfig(base_width=4, depth=2), name="membranes")
     store = ModelStore()
     mode = sys.argv[1]
@@ -177,7 +177,7 @@ SAVER = textwrap.dedent(
         print(" ".join(names), flush=True)
         sys.exit(0)
     store.save_version(model)  # membranes-v1, complete
-    import zipfile, napari_unet.store as store_module
+    import zipfile, napari_unet.storage.store as store_module
     def hang(*args, **kwargs):
         print("saving", flush=True)
         time.sleep(120)

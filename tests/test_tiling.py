@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.tiling import axis_tiles, blending_window, default_overlap, reflect_indices, tiles_overlapping
+from napari_unet.inference.tiling import axis_tiles, blending_window, default_overlap, reflect_indices, tiles_overlapping
 
 
 @pytest.mark.parametrize("length", [5, 63, 64, 65, 200, 1000, 2048, 5001])

@@ -303,7 +303,7 @@ def test_settings_are_checked(tiny_model):
 def test_finetuning_keeps_the_models_symmetries_unless_told_otherwise(tiny_model):
     from dataclasses import replace
 
-    from napari_unet.augment import AugmentConfig
+    from napari_unet.training.augment import AugmentConfig
 
     image, mask = _pair()
     mirror_model = tiny_model.copy()
@@ -323,8 +323,8 @@ def test_finetuning_refits_the_output_offset_to_the_annotations_it_was_given():
 
     from tiny_models import contrasty_tiny_model
 
-    from napari_unet.calibration import shift_probabilities
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.labels.calibration import shift_probabilities
 
     parent = contrasty_tiny_model(UNetConfig(base_width=4, depth=2), seed=3)
     parent.metadata = replace(parent.metadata, output_offset=(0.75, -1.0))
@@ -386,7 +386,7 @@ def test_averaging_more_epochs_than_run_is_refused(tiny_model):
 def test_a_boundary_model_trains_on_the_touching_band_it_was_made_with():
     """Fine-tuning derives the parent's targets: a model trained with a wider touching band or core-only
     interiors keeps them."""
-    from napari_unet.instances import boundary_targets
+    from napari_unet.labels.instances import boundary_targets
     from napari_unet.training import prepare_pairs
 
     labels = np.zeros((32, 32), np.int32)

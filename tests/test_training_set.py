@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.io import find_pairs
-from napari_unet.masks import IGNORE_LABEL, to_training_mask
-from napari_unet.training_set import TrainingSet, changed_pixels, held_out_region, restrict_to_corrections, thumbnail
+from napari_unet.labels.masks import IGNORE_LABEL, to_training_mask
+from napari_unet.storage.io import find_pairs
+from napari_unet.training.training_set import TrainingSet, changed_pixels, held_out_region, restrict_to_corrections, thumbnail
 
 
 @pytest.fixture

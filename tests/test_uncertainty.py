@@ -1,4 +1,4 @@
-"""Uncertainty maps (napari_unet/uncertainty.py, predict(with_uncertainty=True)) and the tile to correct next."""
+"""Uncertainty maps (napari_unet/inference/uncertainty.py, predict(with_uncertainty=True)) and the tile to correct next."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from tiny_models import contrasty_tiny_model
 
 from napari_unet.cli import main
 from napari_unet.errors import NapariUNetError
+from napari_unet.inference.prediction import predict
+from napari_unet.inference.uncertainty import disagreement, entropy, next_tile, tiles, uncertainty_map
 from napari_unet.model import UNetConfig, save_model
-from napari_unet.prediction import predict
-from napari_unet.uncertainty import disagreement, entropy, next_tile, tiles, uncertainty_map
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +105,7 @@ def test_lazy_input_with_uncertainty_is_refused(model):
 @pytest.mark.shared_data
 def test_uncertainty_is_higher_where_the_shipped_model_is_wrong(isbi_dir):
     """Held-out ISBI slice 22, not trained on by the shipped `membranes` model (its card's split)."""
-    from napari_unet.io import read_image
+    from napari_unet.storage.io import read_image
 
     image = read_image(isbi_dir / "images" / "22.png")[:256, :256]
     truth = read_image(isbi_dir / "masks" / "22.png")[:256, :256] > 0

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from dock_fixtures import errors, model_of, wait_for
 
+from napari_unet.inference.prediction import predict
 from napari_unet.model import UNetConfig, save_model
-from napari_unet.prediction import predict
 
 
 def balls_volume(depth: int = 12, side: int = 48) -> np.ndarray:
@@ -111,7 +111,7 @@ def _predicted_volume(qtbot, viewer, widget, volume, scale):
 
 def test_corrected_planes_of_a_volume_become_pairs_with_side_views_where_voxels_are_cubic(
         qtbot, dock, notifications):
-    from napari_unet.masks import IGNORE_LABEL
+    from napari_unet.labels.masks import IGNORE_LABEL
 
     viewer, widget = dock
     volume = balls_volume()

@@ -11,8 +11,8 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget
 
-from napari_unet.classes import SegmentationClass, parse_classes
 from napari_unet.errors import NapariUNetError
+from napari_unet.labels.classes import SegmentationClass, parse_classes
 
 
 def class_colours(classes: list[SegmentationClass], layer: Labels | None) -> list[np.ndarray]:

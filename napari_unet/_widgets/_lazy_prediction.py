@@ -57,7 +57,7 @@ def visible_region(layer, index: tuple = ()) -> tuple[tuple, tuple[tuple[int, in
 
 def add_lazy_labels(viewer, image_layer, folder: Path, model_key: str):
     """A new Labels layer '<image> prediction' backed by a new zarr store in `folder` (never a user's file)."""
-    from napari_unet.lazy_labels import create_labels_store, labels_store_path
+    from napari_unet.inference.lazy_labels import create_labels_store, labels_store_path
 
     name = prediction_layer_name(image_layer.name)
     taken = {layer.name for layer in viewer.layers}

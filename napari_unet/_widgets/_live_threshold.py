@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_unet.postprocess import instances_per_plane, labels_from_ranks, threshold_ranks
+from napari_unet.labels.postprocess import instances_per_plane, labels_from_ranks, threshold_ranks
 
 # The Predict tab's slider steps (0.01 … 0.99): the grid the cached ranks are exact for.
 SLIDER_THRESHOLDS = tuple(step / 100 for step in range(1, 100))

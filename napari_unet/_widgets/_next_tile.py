@@ -16,9 +16,9 @@ from napari.utils.notifications import show_info
 
 from napari_unet._widgets._layers import current_index
 from napari_unet._widgets._session import PREDICTION_KEY
-from napari_unet.live import touched_by
-from napari_unet.masks import IGNORE_LABEL
-from napari_unet.uncertainty import NEXT_TILE_SIZE, next_tile
+from napari_unet.inference.uncertainty import NEXT_TILE_SIZE, next_tile
+from napari_unet.labels.masks import IGNORE_LABEL
+from napari_unet.training.live import touched_by
 
 NEXT_SHORTCUT = "Shift+N"
 HIGHLIGHT_NAME = "next tile"

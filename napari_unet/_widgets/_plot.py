@@ -6,7 +6,7 @@ from qtpy.QtCore import QPointF, QRectF, Qt
 from qtpy.QtGui import QColor, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
-from napari_unet.records import RoundRecord
+from napari_unet.storage.records import RoundRecord
 
 LOSS_COLOUR = QColor(255, 140, 60)
 IOU_COLOUR = QColor(80, 200, 255)

@@ -15,7 +15,7 @@ from qtpy.QtCore import QObject, QSettings, Signal
 
 from napari_unet._widgets._workers import WorkerRequest
 from napari_unet.project import Project
-from napari_unet.training_set import default_training_set_dir
+from napari_unet.training.training_set import default_training_set_dir
 from napari_unet.worker.client import WorkerClient
 from napari_unet.worker.tasks import ModelReference
 
@@ -42,7 +42,7 @@ def settings() -> QSettings:
     import os
 
     if os.environ.get("NAPARI_UNET_HOME"):
-        from napari_unet._files import user_data_dir
+        from napari_unet.storage.files import user_data_dir
 
         return QSettings(str(user_data_dir() / "dock-settings.ini"), QSettings.Format.IniFormat)
     return QSettings(SETTINGS_ORGANISATION, SETTINGS_APPLICATION)
@@ -103,7 +103,7 @@ class Session(QObject):
 
     def model_choices(self) -> list[tuple[str, str]]:
         """(label, key) for the model menu: shipped models, then this project's versions and stored ones."""
-        from napari_unet.registry import list_models
+        from napari_unet.storage.registry import list_models
 
         choices = []
         for entry in list_models(self.store, self._global_store()):
@@ -125,7 +125,7 @@ class Session(QObject):
 
     @staticmethod
     def _global_store():
-        from napari_unet.store import ModelStore
+        from napari_unet.storage.store import ModelStore
 
         return ModelStore()
 
@@ -142,7 +142,7 @@ class Session(QObject):
 
     def model_metadata(self, key: str | None = None):
         """The chosen model's metadata, read from its file without loading the network (None if unreadable)."""
-        from napari_unet.registry import read_model_metadata, resolve
+        from napari_unet.storage.registry import read_model_metadata, resolve
 
         try:
             return read_model_metadata(resolve(key or self.model_key, self.store, self._global_store())[0])
@@ -179,8 +179,8 @@ class Session(QObject):
         not ready for `key` (loaded and traced: the dock's warm-up, mark_warm): the first Predict then waits for
         neither TensorFlow's import nor a trace. None once it is, for a model without a twin (the user's own
         versions), or without ONNX Runtime. Cheap: called on the GUI thread."""
-        from napari_unet.onnx_engine import onnx_runtime_available, twin_path
-        from napari_unet.registry import resolve
+        from napari_unet.inference.onnx_engine import onnx_runtime_available, twin_path
+        from napari_unet.storage.registry import resolve
 
         with self._lock:
             if key in self._warm:
@@ -198,7 +198,7 @@ class Session(QObject):
 
     def load_onnx_twin(self, keras_path: Path):
         """The model of `keras_path` on ONNX Runtime (cached), or None if its twin is stale. Call from a worker."""
-        from napari_unet.onnx_engine import load_onnx_twin
+        from napari_unet.inference.onnx_engine import load_onnx_twin
 
         with self._twin_loading:  # the dock's opening job and a Predict clicked at once open it once
             with self._lock:
@@ -243,7 +243,7 @@ class Session(QObject):
 
 def _first_shipped_model() -> str:
     """The model a new user starts with: 'membranes' (the first shipped model), else none."""
-    from napari_unet.shipped import shipped_model_names
+    from napari_unet.storage.shipped import shipped_model_names
 
     names = shipped_model_names()
     return "membranes" if "membranes" in names else (names[0] if names else "")

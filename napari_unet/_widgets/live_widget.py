@@ -25,7 +25,7 @@ from napari_unet._widgets._layers import LayerChooser, current_index, image_data
 from napari_unet._widgets._lazy_prediction import ViewTracker
 from napari_unet._widgets._session import Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
-from napari_unet.records import RoundRecord
+from napari_unet.storage.records import RoundRecord
 
 # A burst of strokes is one update: the pair is written this long after the last stroke, or — while the user
 # keeps painting — at the latest this long after the first stroke not yet sent.
@@ -185,7 +185,7 @@ class LiveWidget(QWidget):
 
     # --- painting (GUI thread, cheap) -------------------------------------------------------------
     def _painted(self, event) -> None:
-        from napari_unet.live import painted_planes, touched_by
+        from napari_unet.training.live import painted_planes, touched_by
 
         if self.touched is None:
             return

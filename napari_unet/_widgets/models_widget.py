@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_unet._widgets._session import Session
 from napari_unet._widgets._workers import Job
-from napari_unet.records import RoundRecord
+from napari_unet.storage.records import RoundRecord
 
 COLUMNS = ("model", "from", "created", "evaluation IoU", "steps")
 
@@ -95,7 +95,7 @@ class ModelsWidget(QWidget):
         self.refresh()
 
     def refresh(self, *args) -> None:
-        from napari_unet.shipped import shipped_model_names
+        from napari_unet.storage.shipped import shipped_model_names
 
         rows = [(name, "shipped", "", "", "") for name in shipped_model_names()]
         try:
@@ -122,7 +122,7 @@ class ModelsWidget(QWidget):
         return self.table.item(rows[0].row(), 0).text()
 
     def _is_shipped(self, name: str) -> bool:
-        from napari_unet.shipped import shipped_model_names
+        from napari_unet.storage.shipped import shipped_model_names
 
         return name in shipped_model_names()
 
@@ -187,7 +187,7 @@ class ModelsWidget(QWidget):
         if self._is_shipped(name):
             import shutil
 
-            from napari_unet.shipped import shipped_model_path
+            from napari_unet.storage.shipped import shipped_model_path
 
             work = lambda store: shutil.copyfile(shipped_model_path(name), path)  # noqa: E731
         else:
@@ -198,8 +198,8 @@ class ModelsWidget(QWidget):
                                    license: str | None = None) -> Job | None:
         """Write the selected model as a bioimage.io package in the worker process; asks for the file, authors and licence
         (the core refuses a package without them). Returns the job, or None when nothing was started."""
-        from napari_unet.bioimageio import PackageAuthorship
         from napari_unet.errors import NapariUNetError
+        from napari_unet.storage.bioimageio import PackageAuthorship
 
         name = self.selected_name()
         if not name:

@@ -65,7 +65,7 @@ def model_channels(session: Session, key: str) -> int:
 def layer_channels(layer, n_model_channels: int) -> int:
     """How many channels one plane of an image layer has, by the engine's rule (channel_axis_for, then
     channels.image_channels), so the Channels menu says what Predict will read."""
-    from napari_unet.channels import image_channels
+    from napari_unet.inference.channels import image_channels
 
     data = layer_array(layer)
     axis = channel_axis_for(layer, n_model_channels)
@@ -77,7 +77,7 @@ def channel_choices(n_image: int, channel_names: list[str], image_names: list[st
     """(text, channels= value) for the Channels menu: the image's channels as they are first when the model reads
     that many, else nothing is preselected that converts: grey and single channels only by the user's choice.
     image_names: what the image calls its channels (its channel layers' names), else the model's or defaults."""
-    from napari_unet.channels import channel_names as default_names
+    from napari_unet.inference.channels import channel_names as default_names
 
     n_model = len(channel_names)
     names = list(image_names or (channel_names if n_image == n_model else default_names(n_image)))
@@ -240,7 +240,7 @@ class PredictWidget(QWidget):
     def refresh_anisotropy(self, *args) -> None:
         """The Z step / pixel box from the chosen image's scale (stacks.anisotropy_from_scale); the user may
         change it afterwards. Disabled for an image without a Z axis."""
-        from napari_unet.stacks import anisotropy_from_scale
+        from napari_unet.labels.stacks import anisotropy_from_scale
 
         layer = self.image_combo.layer()
         anisotropy = anisotropy_from_scale(layer.scale) if layer is not None and stack_depth(layer) else None
@@ -251,7 +251,7 @@ class PredictWidget(QWidget):
     def stack_settings(self, image_layer, leading_shape: tuple) -> dict | None:
         """predict's stack= and anisotropy= for 'separate objects' on every slice of a stack with `leading_shape`
         stack axes ({} for unrelated planes); None after telling the user in one line what to choose."""
-        from napari_unet.stacks import stack_kind_from_axis_names
+        from napari_unet.labels.stacks import stack_kind_from_axis_names
 
         kind = self.stack_combo.currentData()
         shape = "×".join(str(n) for n in leading_shape)
@@ -278,7 +278,7 @@ class PredictWidget(QWidget):
     def _use_the_models_defaults(self, *args) -> None:
         """A model that separates touching objects itself (e.g. `nuclei`) predicts instances by default, and
         each model brings its own smallest object size."""
-        from napari_unet.postprocess import smallest_object
+        from napari_unet.labels.postprocess import smallest_object
 
         metadata = self.session.model_metadata()
         self.instances_check.setChecked(metadata is not None and metadata.instance_method == "boundary_watershed")
@@ -586,7 +586,7 @@ class PredictWidget(QWidget):
 
 def describe_stack(stack: dict) -> str:
     """What a stack prediction made, in words ("" for plane-by-plane labels)."""
-    from napari_unet.stacks import uses_three_views
+    from napari_unet.labels.stacks import uses_three_views
 
     kind, anisotropy = stack.get("stack"), stack.get("anisotropy")
     if kind is None:

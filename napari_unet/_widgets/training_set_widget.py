@@ -39,8 +39,8 @@ from napari_unet._widgets._lazy_prediction import is_lazy, visible_region
 from napari_unet._widgets._session import PAINTED_PLANES_KEY, PREDICTION_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL
-from napari_unet.training_set import changed_pixels, pair_file_name, restrict_to_corrections, thumbnail
+from napari_unet.labels.masks import IGNORE_LABEL
+from napari_unet.training.training_set import changed_pixels, pair_file_name, restrict_to_corrections, thumbnail
 
 ADD_SHORTCUT = "Shift+T"
 HELP_TEXT = (
@@ -269,8 +269,8 @@ class TrainingSetWidget(QWidget):
     def add_corrected_planes(self) -> Job | None:
         """A (Z, Y, X) volume's corrected planes (painted, or differing from the prediction) as pairs, with XZ and YZ
         views where the voxels are near-isotropic (volume_pairs.py); copies taken now, stored in a worker."""
-        from napari_unet.stacks import anisotropy_from_scale
-        from napari_unet.volume_pairs import corrected_planes, volume_pairs
+        from napari_unet.labels.stacks import anisotropy_from_scale
+        from napari_unet.training.volume_pairs import corrected_planes, volume_pairs
 
         image_layer, labels_layer = self.image_combo.layer(), self.labels_combo.layer()
         if image_layer is None or labels_layer is None:
@@ -407,6 +407,6 @@ class TrainingSetWidget(QWidget):
 
 def _note_painted_planes(layer, event) -> None:
     """A paint event of a stack's Labels layer: its planes join the layer's painted planes."""
-    from napari_unet.live import painted_planes
+    from napari_unet.training.live import painted_planes
 
     layer.metadata.setdefault(PAINTED_PLANES_KEY, set()).update(painted_planes(event.value, layer.ndim - 2))

@@ -16,8 +16,8 @@ def add_models_command(subparsers) -> None:
 def run_models_command(args) -> int:
     import json
 
-    from napari_unet.registry import list_models
-    from napari_unet.store import ModelStore
+    from napari_unet.storage.registry import list_models
+    from napari_unet.storage.store import ModelStore
 
     store = ModelStore()
     entries = list_models(store)
@@ -73,9 +73,9 @@ def run_export_command(args) -> int:
     import time
     from pathlib import Path
 
-    from napari_unet.bioimageio import PackageAuthorship, export_bioimageio
-    from napari_unet.io import read_image
-    from napari_unet.registry import load_model
+    from napari_unet.storage.bioimageio import PackageAuthorship, export_bioimageio
+    from napari_unet.storage.io import read_image
+    from napari_unet.storage.registry import load_model
 
     authorship = PackageAuthorship(authors=args.author, license=args.license, description=args.description)
     authorship.check()  # before loading anything: a missing author or licence is known at once

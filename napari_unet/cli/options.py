@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_unet.channels import parse_channels
+from napari_unet.inference.channels import parse_channels
 
 MODEL_HELP = "shipped/stored model name or .keras path"
 JSON_HELP = "print one JSON object instead of a table"
@@ -78,7 +78,7 @@ def check_stack_options(args) -> None:
 def check_stack_named(args, image, path, n_channels: int):
     """`image`, unless it is a stack asked for --instances without --stack (its ids would restart in every plane)."""
     from napari_unet.errors import NapariUNetError
-    from napari_unet.stacks import stack_depth
+    from napari_unet.labels.stacks import stack_depth
 
     if args.instances and args.stack is None and stack_depth(image.shape, n_channels, parse_channels(args.channels)):
         shape = "×".join(str(n) for n in image.shape)

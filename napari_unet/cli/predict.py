@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from napari_unet.channels import parse_channels
 from napari_unet.cli.options import (
     add_channels_option,
     add_json_option,
@@ -17,6 +16,7 @@ from napari_unet.cli.options import (
     check_stack_options,
 )
 from napari_unet.cli.startup import import_tensorflow_quietly
+from napari_unet.inference.channels import parse_channels
 
 
 def add_predict_command(subparsers) -> None:
@@ -56,7 +56,7 @@ def expand_inputs(inputs: list[str]) -> list:
     from pathlib import Path
 
     from napari_unet.errors import NapariUNetError
-    from napari_unet.io import list_images
+    from napari_unet.storage.io import list_images
 
     paths = []
     for text in inputs:
@@ -97,10 +97,10 @@ def run_predict_command(args) -> int:
     from pathlib import Path
 
     from napari_unet.errors import NapariUNetError
-    from napari_unet.io import read_image, write_labels
-    from napari_unet.onnx_engine import is_onnx
-    from napari_unet.prediction import predict
-    from napari_unet.registry import load_model, quick_twin
+    from napari_unet.inference.onnx_engine import is_onnx
+    from napari_unet.inference.prediction import predict
+    from napari_unet.storage.io import read_image, write_labels
+    from napari_unet.storage.registry import load_model, quick_twin
 
     check_min_size(args)
     check_stack_options(args)
@@ -160,9 +160,9 @@ def uncertainty_target(target):
 
 def run_predict_on_cluster(args, targets: dict, options: dict, output_dir) -> int:
     """`predict --scheduler`: the client reads and writes the files, the workers run prediction.predict."""
-    from napari_unet.distributed import cluster_client, install_model, parse_scheduler, predict_on_cluster
-    from napari_unet.io import read_image, write_labels
-    from napari_unet.registry import read_model_metadata, resolve
+    from napari_unet.inference.distributed import cluster_client, install_model, parse_scheduler, predict_on_cluster
+    from napari_unet.storage.io import read_image, write_labels
+    from napari_unet.storage.registry import read_model_metadata, resolve
 
     choice = parse_scheduler(args.scheduler)
     model_file, _ = resolve(args.model)
@@ -214,8 +214,8 @@ def add_evaluate_command(subparsers) -> None:
 def run_evaluate_command(args) -> int:
     import json
 
-    from napari_unet.evaluation import evaluate
-    from napari_unet.io import find_pairs
+    from napari_unet.scoring.evaluation import evaluate
+    from napari_unet.storage.io import find_pairs
 
     check_min_size(args)
     pairs = find_pairs(args.images, args.masks)

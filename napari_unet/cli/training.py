@@ -14,7 +14,7 @@ from napari_unet.cli.options import (
 )
 
 if TYPE_CHECKING:
-    from napari_unet.records import RoundRecord
+    from napari_unet.storage.records import RoundRecord
 
 
 def add_finetune_command(subparsers) -> None:
@@ -49,7 +49,7 @@ def run_finetune_command(args) -> int:
     from pathlib import Path
 
     from napari_unet.errors import NapariUNetError
-    from napari_unet.io import find_pairs, read_image
+    from napari_unet.storage.io import find_pairs, read_image
 
     output = Path(args.output)
     if output.suffix != ".keras":
@@ -66,7 +66,7 @@ def run_finetune_command(args) -> int:
     masks = [read_image(mask_path) for _, mask_path in pairs]
     names = [image_path.name for image_path, _ in pairs]
 
-    from napari_unet.registry import load_model
+    from napari_unet.storage.registry import load_model
     from napari_unet.training import finetune
 
     model = load_model(args.model)
@@ -79,7 +79,7 @@ def run_finetune_command(args) -> int:
     tuned, history = finetune(model, images, masks, names=names, progress=report, **overrides)
 
     from napari_unet.model import save_model
-    from napari_unet.store import ModelStore, pair_fingerprint
+    from napari_unet.storage.store import ModelStore, pair_fingerprint
 
     save_model(tuned, output)
     version = None
@@ -173,8 +173,8 @@ def add_class_options(parser) -> None:
 
 def _parsed_classes(names: str, regions: str | None, existing: list | None = None):
     """The classes named on the command line, all objects but the --regions ones."""
-    from napari_unet.classes import SegmentationClass, parse_classes
     from napari_unet.errors import NapariUNetError
+    from napari_unet.labels.classes import SegmentationClass, parse_classes
 
     classes = parse_classes(names)
     region_names = {part.strip() for part in (regions or "").split(",") if part.strip()}
@@ -186,8 +186,8 @@ def _parsed_classes(names: str, regions: str | None, existing: list | None = Non
 
 
 def run_project_init(args) -> int:
-    from napari_unet.classes import describe
     from napari_unet.errors import NapariUNetError
+    from napari_unet.labels.classes import describe
     from napari_unet.project import Project
 
     if args.regions and not args.classes:
@@ -219,9 +219,9 @@ def run_project_classes(args) -> int:
 def run_project_add(args) -> int:
     from pathlib import Path
 
-    from napari_unet.io import read_image
     from napari_unet.project import Project
-    from napari_unet.training_set import check_pair_shapes
+    from napari_unet.storage.io import read_image
+    from napari_unet.training.training_set import check_pair_shapes
 
     project = Project.open(args.dir)
     image, mask = read_image(args.image), read_image(args.mask)

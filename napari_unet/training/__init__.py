@@ -17,7 +17,7 @@ and restores the best weights so far, or the starting ones (history.stopped_reas
 TrainConfig.seconds bounds training in time (stopped_reason = "time budget"); validation still runs.
 """
 
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.training.config import LR_SCHEDULES, TrainConfig, TrainHistory, TrainProgress
 from napari_unet.training.inputs import check_mask, prepare_pairs, split_pairs, split_validation
 from napari_unet.training.loop import finetune, make_train_step

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from napari_unet.augment import AugmentConfig
 from napari_unet.errors import NapariUNetError
+from napari_unet.training.augment import AugmentConfig
 
 LR_SCHEDULES = ("constant", "cosine", "step")
 
@@ -88,7 +88,7 @@ class TrainConfig:
             problems.append(f"average_last_epochs must be in [0, epochs={self.epochs}], not {self.average_last_epochs}")
         if self.patch_size is not None and self.patch_size < 8:
             problems.append(f"patch_size must be at least 8 px, not {self.patch_size}")
-        from napari_unet.adaptation import ADAPT_MODES, LEVERS
+        from napari_unet.training.adaptation import ADAPT_MODES, LEVERS
 
         if self.adapt not in ADAPT_MODES:
             problems.append(f"adapt must be one of {', '.join(ADAPT_MODES)}, not {self.adapt!r}")

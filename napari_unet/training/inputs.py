@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL, training_targets
+from napari_unet.inference.normalize import apply_range, percentile_range
+from napari_unet.labels.masks import IGNORE_LABEL, training_targets
 from napari_unet.model import SegmentationModel
-from napari_unet.normalize import apply_range, percentile_range
 
 MASK_FIX = "use 0 = background, 1 = foreground, 255 = not annotated; e.g. mask = (labels > 0)"
 
@@ -50,7 +50,7 @@ def _as_list(items, what: str) -> list:
 
 def _load(item, default_name: str) -> tuple[np.ndarray, str]:
     if isinstance(item, (str, os.PathLike)):
-        from napari_unet.io import read_image
+        from napari_unet.storage.io import read_image
 
         return read_image(item), os.path.basename(os.fspath(item))
     return np.asarray(item), default_name
@@ -115,8 +115,8 @@ def check_mask(mask, name: str, n_classes: int = 1) -> np.ndarray:
 
 def prepare_image(image, name: str, model: SegmentationModel) -> tuple[np.ndarray, np.ndarray]:
     """(raw (Y, X, C), normalised float32 (Y, X, C)) with the model's percentiles, as prediction does."""
-    from napari_unet.channels import as_planes
-    from napari_unet.prediction import check_image_values
+    from napari_unet.inference.channels import as_planes
+    from napari_unet.inference.prediction import check_image_values
 
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1 and model.config.n_channels == 1:

@@ -10,12 +10,12 @@ from typing import Callable
 
 import numpy as np
 
-from napari_unet import precision
-from napari_unet.adaptation import with_channels_of
-from napari_unet.augment import PairAugmenter, resolve_for_model, symmetries_of
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.inference import precision
+from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.model import SegmentationModel
+from napari_unet.training.adaptation import with_channels_of
+from napari_unet.training.augment import PairAugmenter, resolve_for_model, symmetries_of
 from napari_unet.training.config import TrainConfig, TrainHistory, TrainProgress
 from napari_unet.training.inputs import check_foreground, prepare_pairs, split_pairs, split_validation
 from napari_unet.training.losses import segmentation_loss
@@ -290,7 +290,7 @@ def _keep_average(run: TrainingRun) -> None:
 def _describe_version(run: TrainingRun) -> None:
     """The new version's own card: what its objects are (one-class models: from the training masks or the
     user's choice), a description of this version, no metrics or description copied from the parent."""
-    from napari_unet.instances import objects_in_masks
+    from napari_unet.labels.instances import objects_in_masks
 
     trained, parent = run.trained, run.parent
     if parent.config.n_classes == 1:
@@ -343,7 +343,7 @@ def finetune(
     Raises NapariUNetError for unusable input (message names the pair and the fix).
     """
     if not isinstance(model, SegmentationModel):
-        from napari_unet.registry import load_model
+        from napari_unet.storage.registry import load_model
 
         model = load_model(model)
     config = resolve_config(model, config, overrides)

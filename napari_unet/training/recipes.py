@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet.augment import AugmentConfig
 from napari_unet.model import UNetConfig
+from napari_unet.training.augment import AugmentConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # the source checkout: napari_unet/training/recipes.py
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -74,7 +74,7 @@ class Recipe:
     tile_size: int = 256
     extra_info: dict = field(default_factory=dict)
     # "binary": mask > 0 is the one class; "boundaries": instance labels -> background/interior/boundary
-    # (napari_unet.instances), and the model's metadata says to split instances by seeded watershed.
+    # (napari_unet.labels.instances), and the model's metadata says to split instances by seeded watershed.
     targets: str = "binary"
     touching_width: int = 1  # "boundaries": ModelMetadata.touching_width
     core_fraction: float = 0.0  # "boundaries": ModelMetadata.core_fraction
@@ -246,7 +246,7 @@ def recipe_by_name(name: str) -> Recipe:
 
 def load_split(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Images and masks of the given stems (masks: values > 0 are foreground for one class)."""
-    from napari_unet.io import find_pairs, read_image
+    from napari_unet.storage.io import find_pairs, read_image
 
     pairs = {image.stem: (image, mask) for image, mask in find_pairs(recipe.data_dir / "images", recipe.data_dir / "masks")}
     missing = [s for s in stems if s not in pairs]
@@ -258,7 +258,7 @@ def load_split(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndarray]
         images.append(read_image(image_path))
         mask = read_image(mask_path)
         if recipe.targets == "boundaries":  # instance ids; finetune derives the boundary targets (masks.py)
-            from napari_unet.masks import labels_from_ground_truth
+            from napari_unet.labels.masks import labels_from_ground_truth
 
             masks.append(labels_from_ground_truth(mask))
         else:
@@ -268,7 +268,7 @@ def load_split(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndarray]
 
 def load_instances(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Images and their instance label images as stored (for instance metrics)."""
-    from napari_unet.io import read_image
+    from napari_unet.storage.io import read_image
 
     return ([read_image(recipe.data_dir / "images" / f"{s}.tif") for s in stems],
             [read_image(recipe.data_dir / "masks" / f"{s}.tif") for s in stems])
@@ -277,8 +277,8 @@ def load_instances(recipe: Recipe, stems: tuple[str, ...]) -> tuple[list[np.ndar
 def scores_by_threshold(model, images, masks, thresholds=THRESHOLDS,
                         test_time_augmentation: bool | int = False) -> dict[float, dict]:
     """Pooled IoU/Dice/pixel error at each threshold, from one probability map per image."""
-    from napari_unet.metrics import pooled_scores
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.scoring.metrics import pooled_scores
 
     probabilities = [predict(model, image, output="probabilities", test_time_augmentation=test_time_augmentation)
                      for image in images]
@@ -305,7 +305,7 @@ def train_from_scratch(recipe: Recipe, images, masks, config, validation=None, l
     returns (model, history, the card's training record)."""
     import keras
 
-    from napari_unet import precision
+    from napari_unet.inference import precision
     from napari_unet.training import finetune
 
     keras.utils.set_random_seed(int(config.seed))
@@ -511,7 +511,7 @@ def write_onnx_twins(names: list[str], output_dir: Path = MODELS_DIR, log=print)
 
 
 def _write_twin(keras_path: Path) -> Path:
-    from napari_unet.onnx_engine import write_twin
+    from napari_unet.inference.onnx_engine import write_twin
 
     twin = write_twin(keras_path)
     if twin is None:
@@ -530,7 +530,7 @@ def _kept_epoch(history, config) -> str:
 def final_metrics(recipe: Recipe, trained, held_out: dict) -> dict:
     """A final model's scores on the recipe's test slices (which it trained on), as the held-out run was scored:
     1 view at 0.5, 2 and 8 views at their thresholds, and without the output offset (what the tests re-check)."""
-    from napari_unet.evaluation import evaluate
+    from napari_unet.scoring.evaluation import evaluate
 
     slices = load_split(recipe, recipe.test_stems)
     metrics = {"images": list(recipe.test_stems), "at_threshold_0.5": _rounded(evaluate(trained, *slices, threshold=0.5))}
@@ -549,7 +549,7 @@ def otsu_watershed(image: np.ndarray) -> np.ndarray:
     """The classical baseline a user would otherwise pick: Otsu threshold, then a distance-transform watershed."""
     from skimage.filters import threshold_otsu
 
-    from napari_unet.postprocess import instance_labels
+    from napari_unet.labels.postprocess import instance_labels
 
     image = np.asarray(image, dtype=np.float32)
     return instance_labels(image > threshold_otsu(image))
@@ -557,7 +557,7 @@ def otsu_watershed(image: np.ndarray) -> np.ndarray:
 
 def pooled_scores(predicted, masks) -> dict:
     """Pooled pixel and object scores of predicted instance images against truth masks (evaluation.Tally)."""
-    from napari_unet.evaluation import Tally
+    from napari_unet.scoring.evaluation import Tally
 
     tally = Tally(instances=True)
     for labels, mask in zip(predicted, masks):
@@ -610,7 +610,7 @@ def choose_post_processing(trained, images, masks, log=print) -> tuple[dict[tupl
     """Validation scores of every post-processing setting (seed and background thresholds, minimum object and
     seed sizes), then of each merge threshold with the best of those (by AP@0.5, as membranes' threshold), from
     one prediction per image; returns both tables."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     return choose_post_processing_on([predict(trained, image, output="probabilities") for image in images], masks, log)
 
@@ -619,7 +619,7 @@ def choose_post_processing_on(probabilities, masks, log=print, merge_thresholds=
                               ) -> tuple[dict[tuple, dict], dict[float | None, dict]]:
     """choose_post_processing on probabilities already predicted, (Y, X, 3) per image; merge_thresholds=() when
     only the first table is wanted."""
-    from napari_unet.instances import instances_from_boundary_probabilities
+    from napari_unet.labels.instances import instances_from_boundary_probabilities
 
     def scores(seed_threshold, background_threshold, min_size, min_seed_size, merge_threshold=None):
         return pooled_scores(
@@ -642,14 +642,14 @@ def choose_post_processing_on(probabilities, masks, log=print, merge_thresholds=
 
 TARGETS_RULE = ("background / interior / boundary from the instance masks: each object's outer 1-px ring is boundary, "
                 "and so are its pixels within touching_width px of another object and, with core_fraction > 0, "
-                "its pixels less deep than that fraction of its largest depth from the edge (napari_unet/instances.py)")
+                "its pixels less deep than that fraction of its largest depth from the edge (napari_unet/labels/instances.py)")
 
 
 def held_out_instance_metrics(recipe: Recipe, trained, log=print) -> dict:
     """The card's metrics_held_out of a boundary-class model: object and pixel scores on the held-out test images
     (1 and 8 views), by kind, and the Otsu + watershed baseline on the same images."""
-    from napari_unet.evaluation import evaluate
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.scoring.evaluation import evaluate
 
     test_images, test_masks = load_instances(recipe, recipe.test_stems)
     predicted = [predict(trained, image, output="instances") for image in test_images]  # once, for all and by kind
@@ -670,7 +670,7 @@ def held_out_instance_metrics(recipe: Recipe, trained, log=print) -> dict:
         "by_kind": by_kind,
         "definitions": ("ap50 = TP/(TP+FP+FN), objects matched at IoU > 0.5 (DSB 2018, StarDist); map = mean "
                         "over IoU 0.50..0.95; pooled over all objects of all images; iou = foreground pixels"),
-        "measured_with": "napari_unet.evaluation.evaluate(..., instances=True)",
+        "measured_with": "napari_unet.scoring.evaluation.evaluate(..., instances=True)",
     }
 
 
@@ -698,7 +698,7 @@ def measure_instances_and_save(recipe: Recipe, trained, training: dict, output_d
                       f"> {best}, watershed on it over the pixels with background probability < {best_background} "
                       f"(None: not most likely background), touching objects whose shared border has a mean "
                       f"boundary probability below {best_merge} merged (None: none), objects under {best_size} px "
-                      "dropped; all chosen on validation (napari_unet/instances.py)"),
+                      "dropped; all chosen on validation (napari_unet/labels/instances.py)"),
         "post_processing_on_validation": {
             **chosen,
             "validation_ap50_by_seed_background_min_size_min_seed_size": {
@@ -755,10 +755,10 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
     """
     if recipe.targets == "boundaries":
         return measure_instances_and_save(recipe, trained, training, output_dir, log)
-    from napari_unet.augment import tta_views
-    from napari_unet.calibration import fit_output_offset
-    from napari_unet.evaluation import evaluate
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.labels.calibration import fit_output_offset
+    from napari_unet.scoring.evaluation import evaluate
+    from napari_unet.training.augment import tta_views
 
     val_images, val_masks = load_split(recipe, recipe.validation_stems)
     test_images, test_masks = load_split(recipe, recipe.test_stems)
@@ -809,7 +809,7 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
         "output_offset": {
             "dy_dx": list(offset_fit.offset),
             "why": "the annotations sit this far (px) from where the model, trained with rotations, puts the "
-                   "structure; prediction moves its output by it (napari_unet/calibration.py)",
+                   "structure; prediction moves its output by it (napari_unet/labels/calibration.py)",
             "validation_pixel_error_without": round(offset_fit.pixel_error_at_zero, 4),
             "validation_pixel_error_with": round(offset_fit.pixel_error, 4),
         },
@@ -828,7 +828,8 @@ def measure_and_save(recipe: Recipe, trained, training: dict, output_dir: Path =
                                             **_rounded(test_tta)},
             "with_2_views": {"threshold": best_threshold_two, **_rounded(test_two)},
             "without_output_offset_at_threshold_0.5": _rounded(test_unmoved),
-            "measured_with": "napari_unet.evaluation.evaluate (tiled predict, pooled pixel counts); pixel_error = 1 - accuracy",
+            "measured_with": ("napari_unet.scoring.evaluation.evaluate (tiled predict, pooled pixel counts); "
+                              "pixel_error = 1 - accuracy"),
         },
         "reference": ("U-Net paper (Ronneberger et al. 2015): pixel error 0.0611 on the ISBI challenge's hidden test "
                       "stack (different split and metric)"),

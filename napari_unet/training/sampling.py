@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_unet.augment import PairAugmenter
-from napari_unet.instances import INTERIOR
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.labels.instances import INTERIOR
+from napari_unet.labels.masks import IGNORE_LABEL
+from napari_unet.training.augment import PairAugmenter
 from napari_unet.training.inputs import PreparedPair
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def border_weight_maps(model: SegmentationModel, config: TrainConfig, pairs: lis
         if model.metadata.instance_method == "classes":
             return [class_weight_map(p.mask, model.config.n_classes) for p in pairs]
         return None
-    from napari_unet.postprocess import objects_are_background
+    from napari_unet.labels.postprocess import objects_are_background
 
     background_objects = objects_are_background(model.metadata.class_names)
     object_class = INTERIOR if model.metadata.instance_method == "boundary_watershed" else None

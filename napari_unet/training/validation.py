@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.model import SegmentationModel
 from napari_unet.training.config import TrainHistory
 from napari_unet.training.inputs import PreparedPair
@@ -15,7 +15,7 @@ def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray, pr
 
     precision: the training's own (a model whose weights change in place must be predicted in the precision
     it computes in: precision.with_precision)."""
-    from napari_unet.prediction import predict_probabilities
+    from napari_unet.inference.prediction import predict_probabilities
 
     return predict_probabilities(model, raw_image, precision=precision)
 
@@ -30,7 +30,7 @@ def score_pairs(model: SegmentationModel, pairs: list[PreparedPair], threshold: 
     classes = [1] if n_classes == 1 else list(range(1, n_classes))
     counts = {k: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for k in classes}
     wrong = total = 0
-    from napari_unet.metrics import confusion_counts, scores_from_counts
+    from napari_unet.scoring.metrics import confusion_counts, scores_from_counts
 
     for index, pair in enumerate(pairs):
         if probability_maps is not None:
@@ -59,7 +59,7 @@ def refit_output_offset(trained: SegmentationModel, pairs: list[PreparedPair], t
                          precision: str | None = None) -> None:
     """Fit the output offset on the validation pairs: the annotations just trained on decide it, not
     the parent's (a shipped model's data-set offset would be wrong on the user's masks)."""
-    from napari_unet.calibration import fit_output_offset, shift_probabilities
+    from napari_unet.labels.calibration import fit_output_offset, shift_probabilities
 
     trained.metadata.output_offset = (0.0, 0.0)
     maps = [validation_probabilities(trained, pair.raw_image, precision) for pair in pairs]

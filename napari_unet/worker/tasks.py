@@ -33,7 +33,7 @@ class ModelReference:
     project_root: str | None = None
 
     def stores(self) -> tuple:
-        from napari_unet.store import ModelStore
+        from napari_unet.storage.store import ModelStore
 
         user_store = ModelStore()
         return (ModelStore(Path(self.project_root) / "models"), user_store) if self.project_root else (user_store,)
@@ -49,7 +49,7 @@ class ModelCache:
 
     @staticmethod
     def _file_key(reference: ModelReference) -> tuple:
-        from napari_unet.registry import resolve
+        from napari_unet.storage.registry import resolve
 
         path, _ = resolve(reference.key, *reference.stores())
         try:
@@ -59,7 +59,7 @@ class ModelCache:
 
     def get(self, reference: ModelReference):
         """The SegmentationModel `reference` names, loaded once."""
-        from napari_unet.registry import load_model
+        from napari_unet.storage.registry import load_model
 
         if not reference.key:
             from napari_unet.errors import NapariUNetError
@@ -105,8 +105,8 @@ def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancel
     """What the Predict tab shows for `image`; settings: instances, threshold, with_probabilities, channel_axis,
     test_time_augmentation, with_uncertainty, min_size (None: the model's own), channels, slider_thresholds; with
     instances, stack ("z", "t": stack_prediction) and anisotropy."""
-    from napari_unet.postprocess import model_instances, semantic_labels, threshold_ranks
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.labels.postprocess import model_instances, semantic_labels, threshold_ranks
 
     threshold = settings["threshold"]
     with_uncertainty = settings.get("with_uncertainty", False)
@@ -143,7 +143,7 @@ def stack_prediction(model, image: np.ndarray, settings: dict, report, is_cancel
     """Objects with one id across the planes of a volume (settings["stack"] "z") or from frame to frame ("t"), with
     the volume's settings["anisotropy"] (stacks.py); no probability map and no slider ranks: the objects come from
     the whole stack at once (the three views' mean or stitching), so a new threshold needs a new Predict."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     with_uncertainty = settings.get("with_uncertainty", False)
     result = predict(model, image, output="instances", threshold=settings["threshold"],
@@ -164,7 +164,7 @@ def predict_regions(job, model: ModelReference, image, visible, threshold: float
                     test_time_augmentation: int) -> None:
     """A lazy image, region by region, the visible one first: each finished region is a progress value
     (lazy_labels.RegionLabels); ("view", visible) messages move the work to where the user now looks."""
-    from napari_unet.lazy_labels import predict_regions as regions_of
+    from napari_unet.inference.lazy_labels import predict_regions as regions_of
 
     seen = [visible]
 
@@ -182,7 +182,7 @@ def predict_regions(job, model: ModelReference, image, visible, threshold: float
 def warm_up(job, model: ModelReference, write_missing_twin: bool = True) -> str:
     """Load the model and trace its forward pass on a small image (the traced function serves any size), so the
     next Predict only predicts; then give a project version saved without an ONNX twin its twin."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     loaded = job.models.get(model)
     if job.is_cancelled():
@@ -199,8 +199,8 @@ def write_twin(job, model: ModelReference, only_if_missing: bool = False) -> str
     """The ONNX twin of a stored version (onnx_engine.write_twin), so the next napari's first Predict with it needs
     no worker; None for shipped models (they carry theirs), files opened by path (their folders are the user's),
     an existing twin with `only_if_missing`, or a failure. Best effort: a version without a twin starts slower."""
-    from napari_unet.onnx_engine import twin_path
-    from napari_unet.onnx_engine import write_twin as write
+    from napari_unet.inference.onnx_engine import twin_path
+    from napari_unet.inference.onnx_engine import write_twin as write
 
     records = (store.record(model.key) for store in model.stores())
     record = next((found for found in records if found is not None), None)
@@ -236,8 +236,8 @@ def fine_tune_round(job, project_root: str, parent_key: str, config, image: np.n
 
 def propose_start(job, project_root: str, keys: list[str], image: np.ndarray | None) -> dict:
     """adaptation.propose_start over `keys`: on the project's corrections, else on `image`."""
-    from napari_unet.adaptation import propose_start as propose
     from napari_unet.project import Project
+    from napari_unet.training.adaptation import propose_start as propose
 
     project = Project(project_root)
     masks = None
@@ -257,7 +257,7 @@ def revert(job, project_root: str, version: str) -> dict:
 
 
 def export_bioimageio(job, model: ModelReference, path: str, authorship, overwrite: bool) -> Path:
-    from napari_unet.bioimageio import export_bioimageio as export
+    from napari_unet.storage.bioimageio import export_bioimageio as export
 
     return export(job.models.get(model), path, authorship, overwrite=overwrite, progress=job.report,
                   is_cancelled=job.is_cancelled)
@@ -296,8 +296,8 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, co
     the U-Net. ("keep",) makes the best model so far a version; ("pause", bool). Returns the record of the Keep on
     the way out (None: no step)."""
     from napari_unet.errors import NapariUNetError
-    from napari_unet.live import BURST_SECONDS, ForestPreview, LiveTrainer, live_mask
     from napari_unet.project import Project
+    from napari_unet.training.live import BURST_SECONDS, ForestPreview, LiveTrainer, live_mask
 
     project = Project(project_root)
     state = _LiveState(visible)

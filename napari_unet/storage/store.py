@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
-from napari_unet._files import atomic_write_json, temporary_sibling, user_data_dir
 from napari_unet.errors import NapariUNetError
-from napari_unet.shipped import shipped_model_names, shipped_model_path
+from napari_unet.storage.files import atomic_write_json, temporary_sibling, user_data_dir
+from napari_unet.storage.shipped import shipped_model_names, shipped_model_path
 
 RECORD_FORMAT = "napari-unet-version/1"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL
 
 # Annotated = the pixels the user touched, grown by this margin (px): the labels right next to a stroke were
 # looked at too, and a patch centred on a thin stroke still sees both sides of the edge it fixed.
@@ -127,7 +127,7 @@ def _features(image: np.ndarray) -> np.ndarray:
     every channel (colour stays colour, as ilastik computes features per channel)."""
     from skimage.feature import multiscale_basic_features
 
-    from napari_unet.normalize import apply_range, percentile_range
+    from napari_unet.inference.normalize import apply_range, percentile_range
 
     plane = np.asarray(image, dtype=np.float32)
     plane = plane[..., None] if plane.ndim == 2 else plane
@@ -152,7 +152,7 @@ class ForestPreview:
 
     def features(self, image: np.ndarray) -> np.ndarray:
         """Cached by content: every reload reads the evaluation images anew, and their features do not change."""
-        from napari_unet.store import array_sha1
+        from napari_unet.storage.store import array_sha1
 
         key = array_sha1(image)
         if key not in self._cache:
@@ -189,7 +189,7 @@ class ForestPreview:
 
     def score(self, evaluation) -> float | None:
         """IoU on the evaluation set (several classes: their mean IoU), as rounds score the U-Net."""
-        from napari_unet.evidence import class_unit_counts, pooled, unit_counts
+        from napari_unet.scoring.evidence import class_unit_counts, pooled, unit_counts
 
         if self.classifier is None or evaluation is None or not evaluation.images:
             return None
@@ -252,7 +252,7 @@ class LiveTrainer:
         if self._run is None:
             # The first corrections decide how to start (a new kind of image: polarity, batch-norm statistics,
             # learning rate; adaptation.py), as a round's do.
-            from napari_unet.adaptation import adapt
+            from napari_unet.training.adaptation import adapt
 
             start, config, self.adaptation = adapt(self.parent, data.images,
                                                    self.project.masks_for(self.parent, data.train_masks), self.config)
@@ -281,8 +281,8 @@ class LiveTrainer:
         self.total_steps += len(losses)
         iou = dice = None
         if self.evaluation is not None and self.evaluation.images:
-            from napari_unet.evidence import pooled
             from napari_unet.project import score_evaluation
+            from napari_unet.scoring.evidence import pooled
 
             units, _ = score_evaluation(self.model, self.evaluation, precision=self.precision)
             scores = pooled(units)
@@ -294,7 +294,7 @@ class LiveTrainer:
 
     def predict(self, image: np.ndarray, **options) -> np.ndarray:
         """Labels of `image` (a region of the current plane) by the running model."""
-        from napari_unet.prediction import predict
+        from napari_unet.inference.prediction import predict
 
         return predict(self.model, image, precision=self.precision, **options)
 

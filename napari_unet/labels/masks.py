@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_unet.instances import boundary_targets
+from napari_unet.labels.instances import boundary_targets
 
 if TYPE_CHECKING:
     from napari_unet.model import ModelMetadata

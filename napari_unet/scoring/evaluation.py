@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.metrics import (
+from napari_unet.scoring.metrics import (
     IOU_THRESHOLDS,
     as_instances,
     confusion_counts,
@@ -23,7 +23,7 @@ from napari_unet.metrics import (
 def _load(item, kind: str, index: int) -> tuple[np.ndarray, str]:
     """An array and a name for messages: the file stem for paths, '<kind> <index>' for arrays."""
     if isinstance(item, (str, os.PathLike)):
-        from napari_unet.io import read_image
+        from napari_unet.storage.io import read_image
 
         return read_image(item), Path(item).stem
     return np.asarray(item), f"{kind} {index}"
@@ -71,8 +71,8 @@ class ClassTally:
 
     def add(self, predicted: np.ndarray, mask: np.ndarray, name: str = "") -> dict:
         """predicted: class ids (0 background, 1..n); mask: the truth as painted (255: not scored)."""
-        from napari_unet.masks import IGNORE_LABEL
-        from napari_unet.postprocess import instances_from_labels
+        from napari_unet.labels.masks import IGNORE_LABEL
+        from napari_unet.labels.postprocess import instances_from_labels
 
         predicted, mask = np.asarray(predicted), np.asarray(mask)
         valid = mask != IGNORE_LABEL
@@ -134,8 +134,8 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     channels: which of the images' channels the model reads, as for predict.
     """
     from napari_unet.errors import Cancelled
-    from napari_unet.prediction import predict
-    from napari_unet.registry import load_model
+    from napari_unet.inference.prediction import predict
+    from napari_unet.storage.registry import load_model
 
     model = load_model(model)
     images, masks = list(images), list(masks)
@@ -146,8 +146,8 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     metadata = model.metadata
     several = metadata.instance_method == "classes"
     if several:
-        from napari_unet.classes import SegmentationClass, check_label_values
-        from napari_unet.postprocess import smallest_object
+        from napari_unet.labels.classes import SegmentationClass, check_label_values
+        from napari_unet.labels.postprocess import smallest_object
 
         declared = [SegmentationClass(name) for name in metadata.classes]
         tally = ClassTally(metadata.classes, metadata.object_class_values, instances,

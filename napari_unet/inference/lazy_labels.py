@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.errors import Cancelled, NapariUNetError
-from napari_unet.prediction import RegionPredictor
+from napari_unet.inference.prediction import RegionPredictor
 
 LABELS_CHUNK = 1024
 # A region costs its own tiles plus one row/column of neighbours (a tile crossing the border is computed

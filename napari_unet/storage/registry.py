@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from napari_unet.bioimageio import load_package, read_package_metadata
 from napari_unet.errors import ModelLoadError
 from napari_unet.model import ModelMetadata, SegmentationModel, load_model_file, read_metadata
-from napari_unet.records import ModelEntry
-from napari_unet.shipped import shipped_model_names, shipped_model_path
-from napari_unet.store import ModelStore
+from napari_unet.storage.bioimageio import load_package, read_package_metadata
+from napari_unet.storage.records import ModelEntry
+from napari_unet.storage.shipped import shipped_model_names, shipped_model_path
+from napari_unet.storage.store import ModelStore
 
 # The files a model can come in: napari-unet's .keras, and a bioimage.io package holding a Keras U-Net.
 MODEL_FILE_SUFFIXES = (".keras", ".zip")
@@ -60,7 +60,7 @@ def quick_twin(name_or_path: str | os.PathLike, n_images: int, precision: str | 
     float32 or the default precision, and the model has a current twin; else None (use load_model)."""
     if n_images > QUICK_START_IMAGES or precision not in (None, "auto", "float32"):
         return None
-    from napari_unet.onnx_engine import load_onnx_twin
+    from napari_unet.inference.onnx_engine import load_onnx_twin
 
     path, source = resolve(name_or_path, *stores)
     twin = load_onnx_twin(path) if path.suffix == ".keras" else None

@@ -32,15 +32,14 @@ from typing import Callable
 
 import numpy as np
 
-from napari_unet import tiling
-from napari_unet.channels import ChannelChoice, as_planes
 from napari_unet.errors import Cancelled, NapariUNetError
-from napari_unet.model import SegmentationModel, inference_function
-from napari_unet.normalize import apply_range, is_flat, percentile_range
-from napari_unet.onnx_engine import is_onnx, onnx_forward
-from napari_unet.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
-from napari_unet.precision import with_precision
-from napari_unet.stacks import (
+from napari_unet.inference import tiling
+from napari_unet.inference.channels import ChannelChoice, as_planes
+from napari_unet.inference.normalize import apply_range, is_flat, percentile_range
+from napari_unet.inference.onnx_engine import is_onnx, onnx_forward
+from napari_unet.inference.precision import with_precision
+from napari_unet.labels.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
+from napari_unet.labels.stacks import (
     STITCH_THRESHOLD,
     check_stack,
     isotropic_depth,
@@ -56,6 +55,7 @@ from napari_unet.stacks import (
     volume_instances,
     within_int32,
 )
+from napari_unet.model import SegmentationModel, inference_function
 
 OUTPUTS = ("labels", "probabilities", "instances")
 # Target tile side (tiling.axis_tiles: the number of tiles first, then the smallest tile covering the image):
@@ -93,7 +93,7 @@ def forward_function(model: SegmentationModel, test_time_augmentation: bool | in
     """
     import tensorflow as tf
 
-    from napari_unet.augment import tta_views
+    from napari_unet.training.augment import tta_views
 
     keras_model = model.keras_model
     try:
@@ -193,7 +193,7 @@ def model_and_planes(model, image, channel_axis: int | None = None, channels: Ch
     """The model (a name or path is loaded) and the image checked and laid out as (*leading, Y, X, C) planes
     of the channels the model reads (channels.as_planes)."""
     if not isinstance(model, SegmentationModel):
-        from napari_unet.registry import load_model
+        from napari_unet.storage.registry import load_model
 
         model = load_model(model)
     check_image_values(image)
@@ -429,7 +429,7 @@ def predict(
     spatial_shape = tuple(planes.shape[-3:-1])
     method = None
     if with_uncertainty:
-        from napari_unet.uncertainty import DEFAULT_METHOD, METHODS
+        from napari_unet.inference.uncertainty import DEFAULT_METHOD, METHODS
 
         method = DEFAULT_METHOD if with_uncertainty is True else with_uncertainty
         if method not in METHODS:
@@ -454,7 +454,7 @@ def predict(
         if output == "instances":
             raise NapariUNetError(
                 "instances are not available for lazy (dask) images: predict labels, then compute "
-                "instances on a region that fits in memory (napari_unet.postprocess.instances_from_labels)"
+                "instances on a region that fits in memory (napari_unet.labels.postprocess.instances_from_labels)"
             )
         probabilities = _predict_lazy(plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size)
         if output == "probabilities":
@@ -474,8 +474,8 @@ def predict(
             probabilities[index] = _predict_region(plan, planes[index], ranges[index], whole, counter)
     uncertainty = None
     if method is not None:
-        from napari_unet.augment import tta_views
-        from napari_unet.uncertainty import uncertainty_map
+        from napari_unet.inference.uncertainty import uncertainty_map
+        from napari_unet.training.augment import tta_views
 
         mean_of_squares = None
         if with_squares:

@@ -24,9 +24,9 @@ from typing import Callable
 import numpy as np
 
 from napari_unet.errors import ModelLoadError, NapariUNetError
+from napari_unet.inference.normalize import NormalizationConfig
+from napari_unet.inference.onnx_engine import ONNX_OPSET
 from napari_unet.model import ModelMetadata, SegmentationModel, UNetConfig
-from napari_unet.normalize import NormalizationConfig
-from napari_unet.onnx_engine import ONNX_OPSET
 
 UNET_CITATION = ("Ronneberger O., Fischer P., Brox T. (2015). U-Net: Convolutional Networks for Biomedical Image "
                  "Segmentation. MICCAI 2015, LNCS 9351, pp. 234-241.")
@@ -136,7 +136,7 @@ def _write_keras(model: SegmentationModel, work: Path) -> Path:
 
 
 def _write_onnx(model: SegmentationModel, work: Path) -> Path:
-    from napari_unet.onnx_engine import export_onnx
+    from napari_unet.inference.onnx_engine import export_onnx
 
     return export_onnx(model, work / "weights.onnx", input_name=INPUT_ID)
 
@@ -161,7 +161,7 @@ def _write_saved_model(model: SegmentationModel, work: Path) -> Path:
 def default_test_image(model: SegmentationModel) -> np.ndarray:
     """The shipped EM sample for one-channel models (nuclei sample for a model whose name says nuclei), smooth noise
     for more channels: what the package's test input is made from when the user gives none."""
-    from napari_unet.io import read_image
+    from napari_unet.storage.io import read_image
 
     n_channels = model.config.n_channels
     if n_channels == 1:
@@ -180,7 +180,7 @@ def _test_tensors(model: SegmentationModel, image: np.ndarray | None) -> tuple[n
     """(input, output) as (1, Y, X, C) float32: a centre crop of `image` whose sides are multiples of 2**depth, and
     what the network gives for it after the package's pre-processing (percentiles over the crop, as bioimage.io
     computes them)."""
-    from napari_unet.normalize import normalize
+    from napari_unet.inference.normalize import normalize
 
     image = default_test_image(model) if image is None else np.asarray(image)
     if image.ndim == 2:

@@ -139,7 +139,7 @@ def _predict_on_worker(image: np.ndarray, options: dict) -> np.ndarray:
     """Run on a worker: prediction.predict with the worker's model (the one prediction engine)."""
     from distributed import get_worker
 
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     model = get_worker().plugins[PLUGIN_NAME].model
     return predict(model, image, **options)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet._files import atomic_write_tiff
 from napari_unet.errors import NapariUNetError
+from napari_unet.storage.files import atomic_write_tiff
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
 

@@ -69,8 +69,8 @@ def write_twin(keras_path: str | os.PathLike) -> Path | None:
     a half-written twin would only be refused, but it would cost a failed session each time."""
     if importlib.util.find_spec("tf2onnx") is None:
         return None
-    from napari_unet._files import atomic_write
     from napari_unet.model import load_model_file
+    from napari_unet.storage.files import atomic_write
 
     model = load_model_file(keras_path)  # the saved float32 network, whatever precision trained it
     return atomic_write(twin_path(keras_path), lambda name: export_onnx(model, name, source=keras_path), ".onnx")
@@ -128,8 +128,8 @@ def is_onnx(model: SegmentationModel) -> bool:
 
 def onnx_forward(model: SegmentationModel, test_time_augmentation: bool | int = False, with_squares: bool = False):
     """numpy twin of prediction.forward_function for a model on ONNX Runtime (always float32)."""
-    from napari_unet.augment import tta_views
-    from napari_unet.calibration import shift_probabilities
+    from napari_unet.labels.calibration import shift_probabilities
+    from napari_unet.training.augment import tta_views
 
     network = model.keras_model
     try:

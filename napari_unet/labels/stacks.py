@@ -214,7 +214,7 @@ def volume_instances(probabilities: np.ndarray, metadata, n_classes: int, depth:
     """
     from skimage.segmentation import relabel_sequential
 
-    from napari_unet.postprocess import instances_from_labels, model_instances, semantic_labels, smallest_object
+    from napari_unet.labels.postprocess import instances_from_labels, model_instances, semantic_labels, smallest_object
 
     if instances_of == "auto":
         objects = model_instances(probabilities, metadata, n_classes, threshold=threshold, min_size=min_size,
@@ -295,7 +295,7 @@ def stack_depth(shape: tuple, n_channels: int, channels=None) -> int | None:
     Read off a small zero stand-in with the same last axis and its Y, X capped at MIN_COLOUR_SIDE, which are
     all the layout rule looks at, so a huge image is neither read nor copied.
     """
-    from napari_unet.channels import MIN_COLOUR_SIDE, as_planes
+    from napari_unet.inference.channels import MIN_COLOUR_SIDE, as_planes
 
     shape = tuple(int(n) for n in shape)
     if len(shape) < 3:

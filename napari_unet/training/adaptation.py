@@ -36,8 +36,8 @@ from typing import Callable
 
 import numpy as np
 
-from napari_unet.channels import image_channels, widen_input
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.inference.channels import image_channels, widen_input
+from napari_unet.labels.masks import IGNORE_LABEL
 
 # Below this foreground IoU on the corrections, the parent is far from what the user wants: a new domain.
 # Measured starts (benchmarks/new_domain.py): `nuclei` on brightfield 0.0-0.1, `membranes` on fluorescence
@@ -96,7 +96,7 @@ def _scored_box(mask: np.ndarray) -> tuple[slice, slice]:
 def corrections_iou(model, images, masks, precision: str | None = None) -> float:
     """Foreground IoU of `model`'s labels against the user's masks on their annotated pixels (masks: 0 =
     background, IGNORE_LABEL = not annotated, other values foreground), pooled over the pairs."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     intersection = union = 0
     for image, mask in zip(images, masks):
@@ -202,7 +202,7 @@ def error_focus(model, images, masks, names, config, record: dict, precision: st
     """The "sample_errors" lever on a new domain (record from adapt): {pair name: bool (Y, X) map of the annotated
     pixels where `model`'s foreground disagrees with the mask}, where training patches are centred more often
     (PatchSampler's focus maps); the wrong share of annotated pixels goes into the record. None otherwise."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     if not record.get("new_domain") or "sample_errors" not in config.adapt_levers:
         return None
@@ -297,7 +297,7 @@ def start_score(model, images, masks, precision: str | None = None) -> tuple[flo
 
 def mean_uncertainty(model, image, precision: str | None = None) -> float:
     """Mean uncertainty (uncertainty.py's default map) of `model` on at most SCORE_SIDE² px of `image`'s centre."""
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
 
     image = np.asarray(image)
     top, left = (max(0, (side - SCORE_SIDE) // 2) for side in image.shape[:2])
@@ -360,9 +360,9 @@ def choose_post_processing(model, images, instance_masks, regions=None, precisio
     regions: per image the pixels to score (e.g. held-out stripes; None: all). Returns {"seed_threshold",
     "background_threshold", "ap50", "before_ap50", "n_objects"}, or None when the model has another method or the
     masks hold no objects. The current setting is kept unless another scores higher."""
-    from napari_unet.evaluation import Tally
-    from napari_unet.postprocess import model_instances
-    from napari_unet.prediction import predict
+    from napari_unet.inference.prediction import predict
+    from napari_unet.labels.postprocess import model_instances
+    from napari_unet.scoring.evaluation import Tally
 
     metadata = model.metadata
     if metadata.instance_method != "boundary_watershed":

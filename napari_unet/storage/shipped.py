@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
+SHIPPED_MODELS_DIR = Path(__file__).parents[1] / "models"  # napari_unet/models
 
 
 def shipped_model_names() -> list[str]:

@@ -24,7 +24,7 @@ OFFSET_STEP = 0.25
 # An offset is kept only if it has fewer wrong pixels than every smaller one by more than this
 # fraction (and by more than 3 sqrt(count), the noise of a count).
 TOLERANCE = 0.01
-from napari_unet.masks import IGNORE_LABEL  # noqa: E402  (the one definition)
+from napari_unet.labels.masks import IGNORE_LABEL  # noqa: E402  (the one definition)
 
 
 def shift_probabilities(probabilities: np.ndarray, offset) -> np.ndarray:

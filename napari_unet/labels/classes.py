@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL
 
 MAX_CLASSES = 254  # values 1..254; 255 means "not annotated"
 _COLOUR = re.compile(r"^#[0-9a-fA-F]{6}$")

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_unet._files import atomic_write_json, atomic_write_tiff, user_data_dir
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL
+from napari_unet.storage.files import atomic_write_json, atomic_write_tiff, user_data_dir
 
 # Fraction of each pair's annotated columns (the right-hand stripe) kept out of training and used
 # to compare models before/after fine-tuning. Fixed per pair, so rounds are comparable.

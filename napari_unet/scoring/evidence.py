@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from napari_unet.metrics import scores_from_counts
+from napari_unet.scoring.metrics import scores_from_counts
 
 TILE = 64
 RESAMPLES = 2000

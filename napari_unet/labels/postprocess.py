@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.instances import MIN_OBJECT_SIZE, drop_small_objects
+from napari_unet.labels.instances import MIN_OBJECT_SIZE, drop_small_objects
 
 # Class names whose foreground is a boundary between objects rather than the objects themselves.
 BOUNDARY_CLASS_WORDS = ("membrane", "boundar", "contour", "edge")
@@ -153,7 +153,7 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
     the defaults (no merging). spatial_dims=3: the objects of every (Z, Y, X) volume, in 3-D (cubic voxels).
     The one place that turns output into objects: predict(), the CLI and the dock call it.
     """
-    from napari_unet.instances import MIN_SEED_SIZE, SEED_THRESHOLD, instances_from_boundary_probabilities
+    from napari_unet.labels.instances import MIN_SEED_SIZE, SEED_THRESHOLD, instances_from_boundary_probabilities
 
     probabilities = np.asarray(probabilities)
     if method == "boundary_watershed":

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.masks import IGNORE_LABEL
-from napari_unet.stacks import isotropic_depth, resample_depth, uses_three_views
+from napari_unet.labels.masks import IGNORE_LABEL
+from napari_unet.labels.stacks import isotropic_depth, resample_depth, uses_three_views
 
 # XZ planes (and YZ planes) taken as pairs from one corrected volume: each shows the model the side views it
 # predicts from, and a few suffice; every Y row would repeat the same corrected rows hundreds of times.
