@@ -90,7 +90,7 @@ def run_lazy(image_path: Path, seconds: float, region_size: int) -> dict:
     try:
         for result in predict_regions(model, image, visible=lambda: visible, region_size=region_size):
             labels[result.key] = result.labels
-            pixels += result.labels.size
+            pixels += result.labels.size if result.mask is None else int(result.mask.sum())
             elapsed = time.perf_counter() - started
             if first is None:
                 first = {"first_s": elapsed, "first_region": result.region}

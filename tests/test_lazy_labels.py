@@ -9,6 +9,8 @@ from scipy import ndimage as ndi
 
 from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.inference.lazy_labels import (
+    RegionLabels,
+    chunk_pieces,
     create_labels_store,
     fill_labels,
     labels_store_path,
@@ -17,7 +19,7 @@ from napari_unet.inference.lazy_labels import (
     predict_regions,
     work_regions,
 )
-from napari_unet.inference.prediction import predict
+from napari_unet.inference.prediction import RegionPredictor, predict
 from tests.tiny_models import contrasty_tiny_model
 
 
@@ -44,14 +46,68 @@ def test_regions_into_zarr_equal_the_whole_image_prediction(model, tmp_path):
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")[:], expected)
 
 
-def test_the_visible_region_comes_first_and_progress_counts_tiles(model):
+def test_the_visible_region_comes_first_every_pixel_once_and_every_tile_once(model):
     image = smooth_image((256, 256))
-    visible = ((), ((150, 200), (10, 60)))  # inside the region that starts at (128, 0)
+    visible = ((), ((60, 200), (10, 60)))  # across the regions that start at (0, 0) and (128, 0)
     results = list(predict_regions(model, image, region_size=128, visible=lambda: visible, tile_size=64))
-    assert results[0].region == ((128, 256), (0, 128))
+    returned = [np.zeros(image.shape, dtype=bool) for _ in results]
+    for result, pixels in zip(results, returned):
+        (y0, y1), (x0, x1) = result.region
+        pixels[y0:y1, x0:x1] = True if result.mask is None else result.mask
+    assert returned[0][60:200, 10:60].all()  # the view, whole, in the first result
+    assert (returned[0] | returned[1])[128:256, 0:128].all()  # then the region nearest its centre
+    assert (np.sum(returned, axis=0) == 1).all()
     assert [r.tiles_done for r in results] == sorted(r.tiles_done for r in results)
-    assert results[-1].tiles_done == results[-1].tiles_total
-    assert {r.region for r in results} == {region for _, region in work_regions((), (256, 256), 128)}
+    rows, cols = RegionPredictor(model, image, tile_size=64).plan.grid
+    assert results[-1].tiles_done == results[-1].tiles_total == len(rows.starts) * len(cols.starts)
+
+
+def test_regions_in_any_order_equal_the_whole_image_prediction(model):
+    """Each tile is computed once: what a region's tiles leave unfinished is kept for later regions."""
+    image = smooth_image((300, 260), seed=2)
+    predictor = RegionPredictor(model, image, tile_size=64)
+    labels = np.full(image.shape, 255, dtype=np.uint8)
+    regions = [region for _, region in work_regions((), image.shape, 100)]
+    for region in np.random.default_rng(1).permutation(len(regions)):
+        finished = predictor.finish((), regions[region])
+        if finished is not None:
+            (y0, y1), (x0, x1) = finished.region
+            target = labels[y0:y1, x0:x1]
+            written = np.ones(target.shape, dtype=bool) if finished.mask is None else finished.mask
+            assert (target[written] == 255).all()  # never returned twice
+            target[written] = finished.labels[written]
+    np.testing.assert_array_equal(labels, predict(model, image, tile_size=64))
+    assert predictor.tiles_done == predictor.tiles_total
+    assert predictor.kept_bytes == 0  # nothing kept once all is done
+
+
+def test_a_stack_with_a_constant_plane_fills_like_the_whole_stack_prediction(model, tmp_path):
+    stack = np.stack([smooth_image((150, 140), seed=5), np.full((150, 140), 7, np.uint16), smooth_image((150, 140))])
+    labels = create_labels_store(tmp_path / "labels.zarr", stack.shape, chunk=64)
+    with pytest.warns(UserWarning, match="constant"):
+        fill_labels(labels, predict_regions(model, stack, region_size=64, tile_size=64,
+                                            visible=lambda: ((2,), ((0, 10), (0, 10)))))
+        expected = predict(model, stack, tile_size=64)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "labels.zarr"), mode="r")[:], expected)
+    assert not expected[1].any() and expected[0].any()
+
+
+def test_a_result_cut_along_the_chunks_writes_the_same_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    labels = rng.integers(1, 4, (70, 90)).astype(np.uint8)
+    mask = np.zeros((70, 90), dtype=bool)
+    mask[:, :40] = True  # the chunks of columns 64-95 get nothing
+    result = RegionLabels((), ((10, 80), (5, 95)), labels, 1, 1, mask)
+    pieces = chunk_pieces(result, (32, 32))
+    assert all(y0 // 32 == (y1 - 1) // 32 and x0 // 32 == (x1 - 1) // 32 for (y0, y1), (x0, x1) in
+               (piece.region for piece in pieces))
+    assert len(pieces) == 3 * 2  # rows 10-31, 32-63, 64-79; columns 5-31, 32-44 (45-95: nothing to write)
+    whole = create_labels_store(tmp_path / "whole.zarr", (96, 96), chunk=32)
+    cut = create_labels_store(tmp_path / "cut.zarr", (96, 96), chunk=32)
+    fill_labels(whole, iter([result]))
+    fill_labels(cut, iter(pieces))
+    np.testing.assert_array_equal(cut[:], whole[:])
+    assert whole[10:80, 5:45].all() and not whole[:, 45:].any()
 
 
 def test_next_region_prefers_the_visible_plane_then_distance():

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.inference.tiling import axis_tiles, blending_window, default_overlap, reflect_indices, tiles_overlapping
+from napari_unet.inference.tiling import (
+    axis_segments,
+    axis_tiles,
+    blending_window,
+    default_overlap,
+    reflect_indices,
+    tiles_overlapping,
+)
 
 
 @pytest.mark.parametrize("length", [5, 63, 64, 65, 200, 1000, 2048, 5001])
@@ -79,3 +86,16 @@ def test_tiles_overlapping_a_range():
     for index, start in enumerate(tiles.starts):
         touches = start < 140 and start + tiles.size > 100
         assert (index in chosen) == touches
+
+
+@pytest.mark.parametrize("length,target,overlap", [(300, 64, 16), (2048, 1024, 32), (50, 64, 16), (1000, 100, 40)])
+def test_segments_cut_the_axis_where_the_covering_tiles_change(length, target, overlap):
+    axis = axis_tiles(length, target, overlap, 16)
+    segments = axis_segments(axis)
+    assert segments[0][0] == 0 and segments[-1][1] == length
+    assert all(high == next_low for (_, high, _), (next_low, _, _) in zip(segments, segments[1:]))
+    for low, high, covering in segments:
+        assert low < high
+        for pixel in (low, high - 1):  # every pixel of a segment has the same tiles
+            assert tuple(tiles_overlapping(axis, pixel, pixel + 1)) == covering
+    assert all(a[2] != b[2] for a, b in zip(segments, segments[1:]))

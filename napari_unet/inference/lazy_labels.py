@@ -1,19 +1,20 @@
 """Predict an image larger than memory into labels on disk, the region the user looks at first.
 
 The image stays lazy (zarr / OME-Zarr / dask); the labels live in a zarr array on disk (uint8, chunks
-of LABELS_CHUNK px) that napari can show and the user can paint. Work is cut into regions of
-REGION_SIZE px, aligned with the chunks so each write fills whole chunks; before each region the caller's
-`visible()` is asked again, so panning moves the work to where the user now looks. Each region comes
-from prediction.RegionPredictor, so it equals the same pixels of a whole-image prediction.
-This module knows no Qt: the dock writes the yielded regions on its main thread, a script calls
-fill_labels.
+of LABELS_CHUNK px) that napari can show and the user can paint. Before each step the caller's `visible()`
+is asked again: a view no larger than a region (REGION_SIZE px, aligned with the chunks) is done whole first,
+then the regions nearest it, so panning moves the work to where the user now looks. prediction.RegionPredictor
+computes each tile once, whatever the order: a step computes the tiles it still needs and yields every pixel
+they finish (the view or region, and pixels around it whose last tile that was), so the labels equal the same
+pixels of a whole-image prediction. This module knows no Qt: the dock writes the yielded labels on its main thread, a
+script calls fill_labels.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +23,8 @@ from napari_unet.errors import Cancelled, NapariUNetError
 from napari_unet.inference.prediction import RegionPredictor
 
 LABELS_CHUNK = 1024
-# A region costs its own tiles plus one row/column of neighbours (a tile crossing the border is computed
-# for both regions): 2048 px with 1024 px tiles wastes ~2x but shows the first result after ~9 tiles;
-# 4096 px wastes ~1.5x and needs ~25 tiles first (benchmarks/bench_lazy_labels.py).
+# The first region costs its tiles (~9 of ~1056 px at 2048 px: the first result after ~9 tiles); later ones
+# only the tiles not computed yet, so the region size sets how often results come, not the total work.
 REGION_SIZE = 2048
 SPATIAL_AXES = ("y", "x")
 
@@ -34,13 +34,15 @@ Visible = tuple[tuple, Region]  # (plane index, region) the user looks at
 
 @dataclass(frozen=True)
 class RegionLabels:
-    """One finished region: labels (Yr, Xr) uint8 for plane `index`, and how far the whole job is."""
+    """Labels (Yr, Xr) uint8 over `region` of plane `index`, finished now: all of them, or where `mask` (Yr, Xr)
+    bool is True (the others belong to a later result); and how far the whole job is, in tiles."""
 
     index: tuple
     region: Region
     labels: np.ndarray
     tiles_done: int
     tiles_total: int
+    mask: np.ndarray | None = None
 
     @property
     def key(self) -> tuple:
@@ -148,6 +150,11 @@ def next_region(remaining: list[Visible], visible: Visible | None) -> Visible:
     return min(remaining, key=rank)
 
 
+def _area(region: Region) -> int:
+    (y0, y1), (x0, x1) = region
+    return (y1 - y0) * (x1 - x0)
+
+
 def predict_regions(
     model,
     image,
@@ -160,9 +167,10 @@ def predict_regions(
     cancel: Callable[[], bool] | None = None,
     test_time_augmentation: bool | int = False,
 ) -> Iterator[RegionLabels]:
-    """Yield the labels of every region of `image`, the visible one first (visible() is asked before each).
-
-    region_size should be a multiple of the labels' chunk (LABELS_CHUNK) so writes fill whole chunks;
+    """Yield the labels of every pixel of `image` once, the visible part first (visible() is asked before each step):
+    a view no larger than a region comes whole in one result, then regions of region_size px (a multiple of the
+    labels' chunk, LABELS_CHUNK) nearest it. Each result holds what its step's tiles finished: the view or region,
+    and pixels around it whose last tile that was, minus those returned before (RegionLabels.mask).
     tile_size as in prediction.predict.
     cancel() is polled between tile batches and raises errors.Cancelled.
     """
@@ -173,23 +181,51 @@ def predict_regions(
     predictor = RegionPredictor(model, image, threshold=threshold, channel_axis=channel_axis, tile_size=tile_size,
                                 test_time_augmentation=test_time_augmentation)
     remaining = work_regions(predictor.leading_shape, predictor.spatial_shape, region_size)
-    tiles_total = sum(predictor.n_tiles(region) for _, region in remaining)
-    tiles_done = 0
+    planes = set(np.ndindex(predictor.leading_shape))
     while remaining:
         if cancel is not None and cancel():
             raise Cancelled("prediction cancelled")
-        item = next_region(remaining, visible() if visible is not None else None)
-        remaining.remove(item)
-        index, region = item
-        labels = predictor.labels(index, region, cancel)
-        tiles_done += predictor.n_tiles(region)
-        yield RegionLabels(index, region, labels, tiles_done, tiles_total)
+        seen = visible() if visible is not None else None
+        finished = None
+        if seen is not None and tuple(seen[0]) in planes and _area(seen[1]) <= region_size ** 2:
+            index, region = tuple(seen[0]), seen[1]  # what the canvas shows, whole, before anything else
+            finished = predictor.finish(index, region, cancel)
+        if finished is None:  # the view is done (or too large to be one step): the region nearest it
+            index, region = item = next_region(remaining, seen)
+            remaining.remove(item)
+            finished = predictor.finish(index, region, cancel)
+        if finished is not None:
+            yield RegionLabels(index, finished.region, finished.labels, predictor.tiles_done, predictor.tiles_total,
+                               finished.mask)
+
+
+def chunk_pieces(result: RegionLabels, chunks: tuple[int, int]) -> list[RegionLabels]:
+    """`result` cut along a labels array's (Y, X) chunk grid: each piece lies within one chunk, so writing it touches
+    one chunk of the store; pieces with no pixel to write are left out."""
+    (y0, y1), (x0, x1) = result.region
+    rows, cols = chunks
+    pieces = []
+    for top in range(y0 - y0 % rows, y1, rows):
+        for left in range(x0 - x0 % cols, x1, cols):
+            (ay0, ay1), (ax0, ax1) = (max(top, y0), min(top + rows, y1)), (max(left, x0), min(left + cols, x1))
+            inside = (slice(ay0 - y0, ay1 - y0), slice(ax0 - x0, ax1 - x0))
+            mask = None if result.mask is None else result.mask[inside]
+            if mask is not None and not mask.any():
+                continue
+            pieces.append(replace(result, region=((ay0, ay1), (ax0, ax1)), labels=result.labels[inside],
+                                  mask=None if mask is None or mask.all() else mask))
+    return pieces
 
 
 def fill_labels(labels_array, results: Iterator[RegionLabels],
                 progress: Callable[[int, int], None] | None = None) -> None:
     """Write every yielded region into `labels_array` (a zarr array shaped like the image's planes)."""
     for result in results:
-        labels_array[result.key] = result.labels
+        if result.mask is None:
+            labels_array[result.key] = result.labels
+        else:
+            stored = np.asarray(labels_array[result.key])
+            stored[result.mask] = result.labels[result.mask]
+            labels_array[result.key] = stored
         if progress is not None:
             progress(result.tiles_done, result.tiles_total)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -272,18 +273,11 @@ class _Plan:
         ]
 
 
-def _predict_region(plan: _Plan, plane, value_range, region, counter: _ProgressCounter) -> np.ndarray:
-    """Blended probabilities (Yr, Xr, n_classes) of `region` of a raw (Y, X, C) plane (numpy or dask)."""
-    (y0, y1), (x0, x1) = region
+def _tile_probabilities(plan: _Plan, plane, value_range, tiles: list[tuple[int, int]], counter: _ProgressCounter):
+    """Yield ((i, j), probabilities (size, size, n_outputs)) of each of `tiles` of a raw (Y, X, C) plane (numpy or
+    dask; not constant: value_range is its percentile range), in that order, one batch at a time. Reads only the
+    pixels the tiles need; cancel is checked before each batch, progress counted after it."""
     rows, cols = plan.grid
-    tiles = plan.tiles_in(region)
-    if value_range is None:  # constant plane: all background
-        probabilities = np.zeros((y1 - y0, x1 - x0, plan.n_outputs), dtype=np.float32)
-        if plan.n_classes > 1:
-            probabilities[..., :: plan.n_classes] = 1.0  # background: p = 1 (and p² = 1)
-        counter.check_cancel()
-        counter.add(len(tiles))
-        return probabilities
     low, high = value_range
     row_index = {i: tiling.reflect_indices(rows.starts[i], rows.size, rows.length) for i, _ in tiles}
     col_index = {j: tiling.reflect_indices(cols.starts[j], cols.size, cols.length) for _, j in tiles}
@@ -296,6 +290,30 @@ def _predict_region(plan: _Plan, plane, value_range, region, counter: _ProgressC
         source = source.compute()
         if np.dtype(source.dtype).kind == "f" and not np.all(np.isfinite(source)):
             raise NapariUNetError("the image contains NaN or infinite values: replace them (e.g. numpy.nan_to_num)")
+    for first in range(0, len(tiles), plan.batch_size):
+        counter.check_cancel()
+        batch_tiles = tiles[first : first + plan.batch_size]
+        batch = np.stack(
+            [apply_range(source[np.ix_(row_index[i] - r0, col_index[j] - c0)], low, high) for i, j in batch_tiles]
+        )
+        with _FORWARD_LOCK:
+            probabilities = np.asarray(plan.forward(batch))
+        yield from zip(batch_tiles, probabilities)
+        counter.add(len(batch_tiles))
+
+
+def _predict_region(plan: _Plan, plane, value_range, region, counter: _ProgressCounter) -> np.ndarray:
+    """Blended probabilities (Yr, Xr, n_classes) of `region` of a raw (Y, X, C) plane (numpy or dask)."""
+    (y0, y1), (x0, x1) = region
+    rows, cols = plan.grid
+    tiles = plan.tiles_in(region)
+    if value_range is None:  # constant plane: all background
+        probabilities = np.zeros((y1 - y0, x1 - x0, plan.n_outputs), dtype=np.float32)
+        if plan.n_classes > 1:
+            probabilities[..., :: plan.n_classes] = 1.0  # background: p = 1 (and p² = 1)
+        counter.check_cancel()
+        counter.add(len(tiles))
+        return probabilities
     accumulated = np.zeros((y1 - y0, x1 - x0, plan.n_outputs), dtype=np.float32)
     # The window is separable and the tiles form a full grid, so the sum of windows over the tiles
     # covering a pixel is (sum over its tile rows) x (sum over its tile columns): two 1D arrays, not 2D.
@@ -307,24 +325,15 @@ def _predict_region(plan: _Plan, plane, value_range, region, counter: _ProgressC
     for j in {j for _, j in tiles}:
         ax0, ax1 = max(cols.starts[j], x0), min(cols.starts[j] + cols.size, x1)
         col_weight_sum[ax0 - x0 : ax1 - x0] += plan.col_window[ax0 - cols.starts[j] : ax1 - cols.starts[j]]
-    for first in range(0, len(tiles), plan.batch_size):
-        counter.check_cancel()
-        batch_tiles = tiles[first : first + plan.batch_size]
-        batch = np.stack(
-            [apply_range(source[np.ix_(row_index[i] - r0, col_index[j] - c0)], low, high) for i, j in batch_tiles]
+    for (i, j), tile_probabilities in _tile_probabilities(plan, plane, value_range, tiles, counter):
+        ty0, tx0 = rows.starts[i], cols.starts[j]
+        # Intersection of the tile with the region, in region and in tile coordinates.
+        ay0, ay1 = max(ty0, y0), min(ty0 + rows.size, y1)
+        ax0, ax1 = max(tx0, x0), min(tx0 + cols.size, x1)
+        window = plan.window[ay0 - ty0 : ay1 - ty0, ax0 - tx0 : ax1 - tx0]
+        accumulated[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] += (
+            tile_probabilities[ay0 - ty0 : ay1 - ty0, ax0 - tx0 : ax1 - tx0] * window[..., None]
         )
-        with _FORWARD_LOCK:
-            probabilities = np.asarray(plan.forward(batch))
-        for (i, j), tile_probabilities in zip(batch_tiles, probabilities):
-            ty0, tx0 = rows.starts[i], cols.starts[j]
-            # Intersection of the tile with the region, in region and in tile coordinates.
-            ay0, ay1 = max(ty0, y0), min(ty0 + rows.size, y1)
-            ax0, ax1 = max(tx0, x0), min(tx0 + cols.size, x1)
-            window = plan.window[ay0 - ty0 : ay1 - ty0, ax0 - tx0 : ax1 - tx0]
-            accumulated[ay0 - y0 : ay1 - y0, ax0 - x0 : ax1 - x0] += (
-                tile_probabilities[ay0 - ty0 : ay1 - ty0, ax0 - tx0 : ax1 - tx0] * window[..., None]
-            )
-        counter.add(len(batch_tiles))
     accumulated /= row_weight_sum[:, None, None]
     accumulated /= col_weight_sum[None, :, None]
     return accumulated
@@ -618,14 +627,39 @@ def _labels_lazy(probabilities, threshold: float, n_classes: int, background_thr
                                     drop_axis=probabilities.ndim - 1)
 
 
+@dataclass(frozen=True)
+class FinishedLabels:
+    """Labels of the pixels of one plane that a RegionPredictor.finish call completed: `labels` (Yb, Xb) uint8
+    over `region` ((y0, y1), (x0, x1)); `mask` (Yb, Xb) bool says which of them (None: all of `region`)."""
+
+    region: tuple[tuple[int, int], tuple[int, int]]
+    labels: np.ndarray
+    mask: np.ndarray | None
+
+
+class _PlaneProgress:
+    """A plane's bookkeeping for RegionPredictor: the tiles computed, and each computed tile's weighted
+    probabilities over the cells (tiling.axis_segments, per axis) still waiting for another tile."""
+
+    def __init__(self, plan: _Plan, value_range):
+        rows, cols = plan.grid
+        self.value_range = value_range
+        self.row_segments, self.col_segments = tiling.axis_segments(rows), tiling.axis_segments(cols)
+        self.done = np.zeros((len(rows.starts), len(cols.starts)), dtype=bool)
+        self.waiting: dict[tuple[int, int], dict[tuple[int, int], np.ndarray]] = {}  # cell -> tile -> values
+
+
 class RegionPredictor:
-    """Labels of chosen regions of one image, one region at a time, for callers that pick the order as
-    they go (e.g. the visible part of a huge image first: lazy_labels.py).
+    """Labels of one image, finished region by region in an order the caller picks as it goes (e.g. the visible
+    part of a huge image first: lazy_labels.py), each tile computed once.
 
     Built once per image: checks the input, plans the tiles of the whole plane and computes each plane's
-    percentile range on first use, so a region's labels equal the same pixels of predict(...) on the
-    whole image (the same tiles, blending and normalisation). image: numpy, dask or zarr; layouts as in
-    predict(); `leading_shape` and `spatial_shape` describe its planes.
+    percentile range on first use, so its labels equal the same pixels of predict(...) on the whole image (the
+    same tiles, blending, normalisation and order of sums). A tile that reaches beyond the region asked for is
+    not computed again for the next region: its share of the pixels still waiting for other tiles is kept (the
+    overlaps of tiles, a few tens of px wide, so the memory stays small in any order), and those pixels are
+    returned by the call that computes their last tile. image: numpy, dask or zarr; layouts as in predict();
+    `leading_shape` and `spatial_shape` describe its planes.
     """
 
     def __init__(self, model, image, *, threshold: float = 0.5, channel_axis: int | None = None,
@@ -640,18 +674,117 @@ class RegionPredictor:
         self.leading_shape = tuple(self.planes.shape[:-3])
         self.model, self.threshold = model, threshold
         self.plan = _Plan(model, self.spatial_shape, tile_size, overlap, batch_size, test_time_augmentation, precision)
-        self._ranges: dict[tuple, tuple | None] = {}
+        self._planes: dict[tuple, _PlaneProgress] = {}
+        self.tiles_done = 0
 
-    def n_tiles(self, region) -> int:
-        """Tiles a region costs (a tile crossing the region's border counts for each region it touches)."""
-        return len(self.plan.tiles_in(region))
+    @property
+    def tiles_total(self) -> int:
+        """Tiles of the whole image (every plane): each is computed once."""
+        rows, cols = self.plan.grid
+        return len(rows.starts) * len(cols.starts) * math.prod(self.leading_shape)
 
-    def labels(self, index: tuple, region, cancel: CancelCheck | None = None) -> np.ndarray:
-        """uint8 labels (Yr, Xr) of `region` ((y0, y1), (x0, x1)) of plane `index` (() for one plane)."""
-        if index not in self._ranges:
-            self._ranges[index] = _plane_range(self.planes[index], self.model.metadata.normalization, index)
+    @property
+    def kept_bytes(self) -> int:
+        """Memory held for pixels that wait for tiles not computed yet (tile overlaps at the finished part's edge)."""
+        return sum(values.nbytes for plane in self._planes.values() for cell in plane.waiting.values()
+                   for values in cell.values())
+
+    def _plane(self, index: tuple) -> _PlaneProgress:
+        if index not in self._planes:
+            value_range = _plane_range(self.planes[index], self.model.metadata.normalization, index)
+            self._planes[index] = _PlaneProgress(self.plan, value_range)
+        return self._planes[index]
+
+    def missing_tiles(self, index: tuple, region) -> list[tuple[int, int]]:
+        """The tiles `region` of plane `index` still needs (none once its labels were returned)."""
+        done = self._planes[index].done if index in self._planes else None
+        return [tile for tile in self.plan.tiles_in(region) if done is None or not done[tile]]
+
+    def finish(self, index: tuple, region, cancel: CancelCheck | None = None) -> FinishedLabels | None:
+        """Compute the tiles `region` ((y0, y1), (x0, x1)) of plane `index` still needs; return the labels of every
+        pixel they finish (all of `region` not returned before, and pixels around it whose last tile this was),
+        or None when nothing is new. cancel() is polled between tile batches and raises errors.Cancelled."""
+        state = self._plane(index)
+        tiles = self.missing_tiles(index, region)
+        if not tiles:
+            return None
         counter = _ProgressCounter(0, None, cancel)
-        probabilities = _predict_region(self.plan, self.planes[index], self._ranges[index], region, counter)
-        n_classes = self.plan.n_classes
-        return semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, self.threshold,
-                               n_classes, self.model.metadata.background_threshold)
+        weighted = {}  # tile -> its probabilities times the blending window (size, size, n_outputs)
+        if state.value_range is None:  # constant plane: all background, nothing to compute
+            counter.check_cancel()
+        else:
+            for tile, probabilities in _tile_probabilities(self.plan, self.planes[index], state.value_range, tiles,
+                                                           counter):
+                weighted[tile] = probabilities * self.plan.window[..., None]
+        for tile in tiles:
+            state.done[tile] = True
+        self.tiles_done += len(tiles)
+        finished = self._finished_cells(state, tiles, weighted)
+        return self._labels_of(state, finished, weighted) if finished else None
+
+    def _finished_cells(self, state: _PlaneProgress, tiles: list, weighted: dict) -> list:
+        """(row segment, column segment, covering tiles) of the cells the new `tiles` finish; their share of the
+        cells that still wait for another tile is kept in state.waiting."""
+        new, new_rows, new_cols = set(tiles), {i for i, _ in tiles}, {j for _, j in tiles}
+        finished = []
+        for r, (_, _, row_tiles) in enumerate(state.row_segments):
+            if new_rows.isdisjoint(row_tiles):
+                continue
+            for c, (_, _, col_tiles) in enumerate(state.col_segments):
+                if new_cols.isdisjoint(col_tiles):
+                    continue
+                covering = [(i, j) for i in row_tiles for j in col_tiles]  # the order predict() sums them in
+                fresh = [tile for tile in covering if tile in new]
+                if not fresh:
+                    continue
+                if all(state.done[tile] for tile in covering):
+                    finished.append((r, c, covering))
+                elif weighted:
+                    kept = state.waiting.setdefault((r, c), {})
+                    for tile in fresh:
+                        kept[tile] = self._cell_of(weighted[tile], tile, r, c, state).copy()
+        return finished
+
+    def _labels_of(self, state: _PlaneProgress, finished: list, weighted: dict) -> FinishedLabels:
+        """The finished cells blended (kept shares and new tiles summed in predict()'s order) and labelled, over
+        their bounding box."""
+        rows, cols = self.plan.grid
+        y0 = min(state.row_segments[r][0] for r, _, _ in finished)
+        y1 = max(state.row_segments[r][1] for r, _, _ in finished)
+        x0 = min(state.col_segments[c][0] for _, c, _ in finished)
+        x1 = max(state.col_segments[c][1] for _, c, _ in finished)
+        mask = np.zeros((y1 - y0, x1 - x0), dtype=bool)
+        accumulated = np.zeros((y1 - y0, x1 - x0, self.plan.n_outputs), dtype=np.float32)
+        for r, c, covering in finished:
+            (ry0, ry1, _), (cx0, cx1, _) = state.row_segments[r], state.col_segments[c]
+            mask[ry0 - y0 : ry1 - y0, cx0 - x0 : cx1 - x0] = True
+            kept = state.waiting.pop((r, c), {})
+            if state.value_range is None:
+                continue
+            cell = accumulated[ry0 - y0 : ry1 - y0, cx0 - x0 : cx1 - x0]
+            for tile in covering:
+                cell += kept[tile] if tile in kept else self._cell_of(weighted[tile], tile, r, c, state)
+        if state.value_range is None:
+            labels = np.zeros(mask.shape, dtype=np.uint8)
+        else:
+            row_weight_sum = np.zeros(y1 - y0, dtype=np.float32)
+            col_weight_sum = np.zeros(x1 - x0, dtype=np.float32)
+            for i in tiling.tiles_overlapping(rows, y0, y1):  # as _predict_region sums them
+                ay0, ay1 = max(rows.starts[i], y0), min(rows.starts[i] + rows.size, y1)
+                row_weight_sum[ay0 - y0 : ay1 - y0] += self.plan.row_window[ay0 - rows.starts[i] : ay1 - rows.starts[i]]
+            for j in tiling.tiles_overlapping(cols, x0, x1):
+                ax0, ax1 = max(cols.starts[j], x0), min(cols.starts[j] + cols.size, x1)
+                col_weight_sum[ax0 - x0 : ax1 - x0] += self.plan.col_window[ax0 - cols.starts[j] : ax1 - cols.starts[j]]
+            accumulated /= row_weight_sum[:, None, None]
+            accumulated /= col_weight_sum[None, :, None]
+            n_classes = self.plan.n_classes
+            labels = semantic_labels(accumulated[..., 0] if n_classes == 1 else accumulated, self.threshold, n_classes,
+                                     self.model.metadata.background_threshold)
+        return FinishedLabels(((y0, y1), (x0, x1)), labels, None if mask.all() else mask)
+
+    def _cell_of(self, values: np.ndarray, tile: tuple[int, int], r: int, c: int, state: _PlaneProgress) -> np.ndarray:
+        """The part of a tile's array (size, size, …) over cell (r, c) of its plane."""
+        rows, cols = self.plan.grid
+        (ry0, ry1, _), (cx0, cx1, _) = state.row_segments[r], state.col_segments[c]
+        ty0, tx0 = rows.starts[tile[0]], cols.starts[tile[1]]
+        return values[ry0 - ty0 : ry1 - ty0, cx0 - tx0 : cx1 - tx0]

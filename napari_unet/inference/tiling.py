@@ -96,3 +96,14 @@ def blending_window(size: int, overlap: int, floor: float = WINDOW_FLOOR) -> np.
 def tiles_overlapping(axis: AxisTiles, low: int, high: int) -> list[int]:
     """Indices of the tiles of `axis` that cover any pixel in [low, high)."""
     return [i for i, start in enumerate(axis.starts) if start < high and start + axis.size > low]
+
+
+def axis_segments(axis: AxisTiles) -> list[tuple[int, int, tuple[int, ...]]]:
+    """The axis cut where any tile begins or ends: (low, high, indices of the tiles covering [low, high)) in
+    order, within 0..length. A pixel's blended value needs exactly the tiles of its segment (per axis), so a
+    segment covered by tiles that are all computed is finished (prediction.RegionPredictor)."""
+    edges = {0, axis.length}
+    for start in axis.starts:
+        edges.update((min(max(start, 0), axis.length), min(max(start + axis.size, 0), axis.length)))
+    edges = sorted(edges)
+    return [(low, high, tuple(tiles_overlapping(axis, low, high))) for low, high in zip(edges, edges[1:])]
