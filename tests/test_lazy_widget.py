@@ -9,7 +9,14 @@ import zarr
 from dock_fixtures import errors, model_of, wait_for
 from scipy import ndimage as ndi
 
-from napari_unet._widgets._lazy_prediction import LAZY_KEY, PaintedBoxes, ViewTracker, write_region
+from napari_unet._widgets._lazy_prediction import (
+    LAZY_KEY,
+    DisplayRefresher,
+    PaintedBoxes,
+    RegionWriter,
+    ViewTracker,
+    write_region,
+)
 from napari_unet.inference.lazy_labels import RegionLabels, open_zarr_image
 
 
@@ -75,6 +82,51 @@ def test_a_region_arriving_late_keeps_what_the_user_painted(make_napari_viewer, 
     assert store[10, 10] == 0 and store[40, 40] == 1
     layer.undo()
     assert store[40, 40] == 1
+
+
+@pytest.mark.parametrize("private_api", [True, False], ids=["napari's brush (up to 0.9)", "public API"])
+def test_a_region_writes_only_the_pixels_it_finished(make_napari_viewer, tmp_path, monkeypatch, private_api):
+    """Pixels outside a result's mask belong to a later result: left as they are, and so are the user's."""
+    from napari_unet._widgets import _lazy_prediction
+
+    monkeypatch.setattr(_lazy_prediction, "PRIVATE_PAINT_API", private_api and _lazy_prediction.PRIVATE_PAINT_API)
+    viewer = make_napari_viewer()
+    store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(64, 64), chunks=(32, 32), dtype=np.uint8)
+    layer = viewer.add_labels(store)
+    painted = PaintedBoxes(layer)
+    layer.brush_size = 3
+    layer.paint((40, 50), 3)
+    finished = np.zeros((48, 64), dtype=bool)
+    finished[:, 32:] = True  # the right half of rows 16-63
+    labels = np.where(np.arange(64) % 2, 2, 1).astype(np.uint8)[None, :].repeat(48, axis=0)
+    write_region(layer, RegionLabels((), ((16, 64), (0, 64)), labels, 1, 2, finished), painted)
+    assert not store[:16].any() and not store[16:, :32].any()  # outside the mask: untouched
+    assert store[40, 50] == 3  # the user's
+    np.testing.assert_array_equal(store[20, 32:40], [1, 2, 1, 2, 1, 2, 1, 2])
+    write_region(layer, RegionLabels((), ((16, 64), (0, 64)), labels, 2, 2, ~finished), painted)
+    np.testing.assert_array_equal(store[20, :4], [1, 2, 1, 2])
+    assert store[40, 50] == 3
+    np.testing.assert_array_equal(np.asarray(layer._slice.image.raw), store[:])  # shown as stored
+
+
+def test_results_are_written_a_chunk_per_turn_of_the_event_loop_and_flushed_at_the_end(
+        make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    monkeypatch.setattr(RegionWriter, "TURN_MS", 0)  # one chunk per turn
+    viewer = make_napari_viewer()
+    store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(128, 128), chunks=(32, 32), dtype=np.uint8)
+    layer = viewer.add_labels(store)
+    writer = RegionWriter(layer, PaintedBoxes(layer), DisplayRefresher(layer), lambda: layer in viewer.layers)
+    writer.add(RegionLabels((), ((0, 128), (0, 128)), np.ones((128, 128), np.uint8), 1, 3))
+    assert len(writer.pieces) == 16 and not store[:].any()  # queued, nothing written on the spot
+    qtbot.waitUntil(lambda: not writer.pieces, timeout=5_000)
+    assert store[:].all()
+    writer.add(RegionLabels((), ((0, 64), (0, 128)), np.full((64, 128), 2, np.uint8), 2, 3))
+    writer.flush()  # the job ended: the rest at once
+    assert (store[:64] == 2).all() and not writer.pieces
+    viewer.layers.remove(layer)
+    writer.add(RegionLabels((), ((64, 128), (0, 128)), np.full((64, 128), 3, np.uint8), 3, 3))
+    writer.flush()
+    assert (store[64:] == 1).all()  # a removed layer gets nothing more
 
 
 def test_the_tracked_view_follows_the_camera(make_napari_viewer, qtbot, tmp_path):

@@ -2,7 +2,8 @@
 
 The core (lazy_labels.predict_regions) runs in the worker process and reports each finished region; this module
 writes it into a Labels layer backed by a zarr array (painting writes through to the store; napari-events.md)
-on the GUI thread, the one place that writes the store, so user strokes and worker results never race.
+on the GUI thread, a chunk at a time, the one place that writes the store, so user strokes and worker results
+never race.
 A region never overwrites pixels the user painted before it arrived.
 """
 
@@ -27,10 +28,10 @@ def _napari_before(major: int, minor: int) -> bool:
     return tuple(parts) < (major, minor)
 
 
-# napari's own brush writes a box with private Labels methods (_paint_region_with_mask, then
-# _partial_labels_refresh for the changed part of the display; its undo entry in _undo_history). Through them a
-# region costs what a brush stroke costs; the public path (a write to the store, then layer.refresh()) re-reads
-# the whole plane: 1.2 s at 8192² (benchmarks/bench_lazy_labels.py), so the display is refreshed less often.
+# napari's own brush shows a written box with private Labels methods (_refresh_caches_from_region for the display
+# caches of the changed pixels, _accumulate_updated_slice and _partial_labels_refresh for that part of the display).
+# Through them a region costs what a brush stroke costs; the public path (a write to the store, then
+# layer.refresh()) re-reads the whole plane: 1.2 s at 8192² (benchmarks/bench_lazy_labels.py).
 # napari warns that these go away in 0.10: used up to 0.9 only, with the public path as the fallback.
 PRIVATE_PAINT_API = _napari_before(0, 10)
 
@@ -104,58 +105,132 @@ class PaintedBoxes:
         return keep
 
 
-def write_region(layer, result, painted: PaintedBoxes, refresh: bool = True) -> None:
-    """Store one finished region (lazy_labels.RegionLabels) in `layer` and show it; GUI thread only.
+class BrushPieces:
+    """The private Labels methods napari's brush shows a written box with (PRIVATE_PAINT_API), looked up once for a
+    layer: napari warns at every lookup that they go away in 0.10 (a line in the console per region otherwise).
+    `available` is False from napari 0.10 on, or when they are missing: the public path is then used."""
 
-    Pixels the user painted are kept, and the region is no edit the user can undo. Up to napari 0.9 it is
-    written the way napari's brush writes a box (PRIVATE_PAINT_API: one slice write to the store, then only that
-    part of the display is updated; its undo entry is dropped, or one per region would keep the whole image's old
-    values in memory); else, and if those pieces are missing, a write to the store and a refresh (public API).
-    data_setitem is no alternative: it reads and writes the store pixel by pixel (9 s for a 2048² region,
-    benchmarks/bench_lazy_labels.py). refresh=False leaves the display update to a DisplayRefresher.
+    NAMES = ("_refresh_caches_from_region", "_accumulate_updated_slice", "_partial_labels_refresh")
+
+    def __init__(self, layer):
+        self.refresh_caches = self.accumulate = self.partial_refresh = None
+        if PRIVATE_PAINT_API:
+            try:
+                self.refresh_caches, self.accumulate, self.partial_refresh = (getattr(layer, name) for name in self.NAMES)
+            except AttributeError:
+                self.refresh_caches = None
+
+    @property
+    def available(self) -> bool:
+        return self.refresh_caches is not None
+
+
+def write_region(layer, result, painted: PaintedBoxes, refresh: bool = True, brush: BrushPieces | None = None) -> None:
+    """Store one finished region (lazy_labels.RegionLabels: the pixels of its mask) in `layer` and show it; GUI
+    thread only.
+
+    Pixels the user painted are kept, and the region is no edit the user can undo. One write to the store; then, up
+    to napari 0.9, only the changed part of the display is updated, with the private pieces napari's brush uses
+    (`brush`, looked up here if not given: its display caches of the changed pixels, then a partial refresh); else,
+    and if those pieces are missing, a refresh (public API). Neither napari's painting call (it writes the store
+    once per label value and keeps an undo entry of the old values) nor data_setitem (it reads and writes the store
+    pixel by pixel: 9 s for a 2048² region, benchmarks/bench_lazy_labels.py). refresh=False leaves the display
+    update to a DisplayRefresher.
     """
     (y0, y1), (x0, x1) = result.region
     key = (*(slice(i, i + 1) for i in result.index), slice(y0, y1), slice(x0, x1))
-    untouched = painted.untouched(result.index, result.region)
+    writable = painted.untouched(result.index, result.region)
+    if result.mask is not None:
+        writable &= result.mask
     labels = result.labels
-    values = [int(value) for value in np.unique(labels) if value != 0]
+    # The store holds 0 wherever nothing was written yet: only the other values change pixels.
+    values = [value for value in range(1, int(labels.max(initial=0)) + 1) if np.any((labels == value) & writable)]
     if not values:
         return
+    shape = (1,) * len(result.index) + labels.shape  # the region's shape in the layer's dimensions
     region_data = np.asarray(layer.data[key]).reshape(labels.shape)
+    region_data[writable] = labels[writable]
+    brush = brush if brush is not None else BrushPieces(layer)
     with layer.events.paint.blocker():
-        if PRIVATE_PAINT_API and _paint_like_the_brush(layer, key, labels, values, untouched, region_data, refresh):
+        layer.data[key] = region_data.reshape(shape)
+        if brush.available and _show_like_the_brush(brush, key, labels, values, writable, region_data.reshape(shape),
+                                                    refresh):
             return
-        region_data[untouched] = labels[untouched]
-        layer.data[key] = region_data.reshape(layer.data[key].shape)
         if refresh:
             layer.refresh()
 
 
-def _paint_like_the_brush(layer, key, labels, values, untouched, region_data, refresh: bool) -> bool:
-    """The region through napari's private painting API (see PRIVATE_PAINT_API); False if it is not there."""
-    history = getattr(layer, "_undo_history", None)
-    if history is None:
-        return False
-    entries = len(history)
+def _show_like_the_brush(brush: BrushPieces, key, labels, values, writable, region_data, refresh: bool) -> bool:
+    """Update the display caches of the region's changed pixels and mark it for a partial refresh, as napari's brush
+    does after writing; False if napari's private pieces do not take these arguments."""
     try:
         for value in values:
-            layer._paint_region_with_mask(key, (labels == value) & untouched, value, [layer.ndim - 2, layer.ndim - 1],
-                                          refresh=False, region_data=region_data)
+            brush.refresh_caches(region_data, key, ((labels == value) & writable).reshape(region_data.shape), value)
+        brush.accumulate(key)
         if refresh:
-            layer._partial_labels_refresh()
+            brush.partial_refresh()
     except (AttributeError, TypeError):  # napari changed its private painting API: the public path does it
         return False
-    finally:
-        while len(history) > entries:
-            history.pop()
     return True
+
+
+class RegionWriter:
+    """Writes results into a lazy layer a chunk of its store at a time, as many as fit in TURN_MS per turn of the
+    event loop, so the GUI thread never stalls for a whole result (a view or region and what its tiles finished:
+    up to ~3000² px, 0.2-1 s to write at once on 2 busy cores, benchmarks/bench_lazy_viewer.py); the display
+    follows through `display` (a DisplayRefresher). `keep_writing()` False drops what comes (the layer was removed).
+    """
+
+    TURN_MS = 30
+
+    def __init__(self, layer, painted: PaintedBoxes, display: "DisplayRefresher", keep_writing: Callable[[], bool]):
+        from collections import deque
+
+        from qtpy.QtCore import QTimer
+
+        self.layer, self.painted, self.display, self.keep_writing = layer, painted, display, keep_writing
+        self.pieces: deque = deque()
+        self.timer = QTimer()
+        self.timer.setSingleShot(True)
+        self.timer.setInterval(0)
+        self.timer.timeout.connect(self._write_some)
+
+    def add(self, result) -> None:
+        """Queue a result (lazy_labels.RegionLabels) for writing, chunk by chunk."""
+        from napari_unet.inference.lazy_labels import chunk_pieces
+
+        self.pieces.extend(chunk_pieces(result, tuple(self.layer.data.chunks[-2:])))
+        if not self.timer.isActive():
+            self.timer.start()
+
+    def flush(self) -> None:
+        """Write everything queued now (the job has ended: nothing is left for later)."""
+        self.timer.stop()
+        while self.pieces:
+            self._write(self.pieces.popleft())
+
+    def _write_some(self) -> None:
+        import time
+
+        started = time.perf_counter()
+        while self.pieces:
+            self._write(self.pieces.popleft())
+            if time.perf_counter() - started >= self.TURN_MS / 1000:
+                break
+        if self.pieces:
+            self.timer.start()
+
+    def _write(self, piece) -> None:
+        if self.keep_writing():
+            write_region(self.layer, piece, self.painted, refresh=False, brush=self.display.brush)
+            self.display.request()
 
 
 class DisplayRefresher:
     """Shows written regions at most every few seconds instead of after each one.
 
     A Labels plane larger than the GPU's largest texture is drawn downsampled, and napari then answers
-    every partial update with a full re-read of the plane (14 s for 32768², benchmarks/bench_lazy_labels.py):
+    every partial update with a full re-read of the plane (4 s for 32768² under Xvfb, bench_lazy_viewer.py):
     updates are coalesced, and the wait grows to 4x the last update's duration so the GUI stays usable.
     """
 
@@ -165,6 +240,7 @@ class DisplayRefresher:
         from qtpy.QtCore import QTimer
 
         self.layer = layer
+        self.brush = BrushPieces(layer)
         self.timer = QTimer()
         self.timer.setSingleShot(True)
         self.timer.setInterval(self.MIN_INTERVAL_MS)
@@ -179,8 +255,7 @@ class DisplayRefresher:
 
         self.timer.stop()
         started = time.perf_counter()
-        partial = getattr(self.layer, "_partial_labels_refresh", None) if PRIVATE_PAINT_API else None  # see there
-        partial() if partial is not None else self.layer.refresh()
+        self.brush.partial_refresh() if self.brush.available else self.layer.refresh()
         spent_ms = (time.perf_counter() - started) * 1000
         self.timer.setInterval(max(self.MIN_INTERVAL_MS, int(4 * spent_ms)))
 

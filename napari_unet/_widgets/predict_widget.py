@@ -438,6 +438,7 @@ class PredictWidget(QWidget):
             return None
         painted = _lazy_prediction.PaintedBoxes(layer)
         display = _lazy_prediction.DisplayRefresher(layer)
+        writer = _lazy_prediction.RegionWriter(layer, painted, display, lambda: layer in self.viewer.layers)
         view = _lazy_prediction.ViewTracker(self.viewer, layer, lambda: current_index(self.viewer, image_layer),
                                             on_change=lambda visible: self.job.send(("view", visible)))
         threshold, views = self.threshold(), int(self.views_combo.currentData())
@@ -448,9 +449,7 @@ class PredictWidget(QWidget):
         store_path = layer.metadata[_lazy_prediction.LAZY_KEY]
 
         def show_region(result) -> None:
-            if layer in self.viewer.layers:
-                _lazy_prediction.write_region(layer, result, painted, refresh=False)
-                display.request()
+            writer.add(result)
             self.controls.progress(result.tiles_done, result.tiles_total)
 
         skipped = [text for text, checked in (("instances", self.instances_check.isChecked()),
@@ -465,7 +464,7 @@ class PredictWidget(QWidget):
             on_done=lambda result: self.status_label.setText(
                 f"Prediction in '{layer.name}' (saved in {store_path}). Paint to correct it, then 'Add to training set' "
                 "in the Correct tab adds the region you see."),
-            on_finished=lambda: (view.stop(), display.refresh_now(), self._set_running(False)),
+            on_finished=lambda: (view.stop(), writer.flush(), display.refresh_now(), self._set_running(False)),
             on_cancelled=lambda: self.status_label.setText(f"Prediction cancelled: '{layer.name}' keeps the regions "
                                                            "done so far."),
         )
