@@ -192,6 +192,12 @@ class ModelMetadata:
     # connected regions are objects to separate into instances; the other classes are regions (e.g. cytoplasm).
     object_classes: list[str] = field(default_factory=list,
                                       metadata=_json(_plain(lambda v: [str(name) for name in v]), list))
+    # instances "classes": True when, after background and the classes, the output has one more channel per object
+    # class (in class order), the outer part of its objects (instances.boundary_targets with touching_width and
+    # core_fraction), so that touching objects of a class separate by a seeded watershed from their cores as a
+    # boundary_watershed model's do. The class's own channel is then its objects' cores; a pixel's probability of
+    # the class is the sum of the two (postprocess.class_probabilities).
+    object_boundaries: bool = field(default=False, metadata=_json(_plain(bool), bool))
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
     info: dict = field(default_factory=dict, metadata=_json(_plain(dict)))
 
@@ -239,7 +245,7 @@ class ModelMetadata:
         """The classes a user paints and gets back (label values 1, 2 …): a "classes" model's outputs after
         background; one name for any other model (its foreground, whatever its outputs are for)."""
         if self.instance_method == "classes":
-            return list(self.class_names[1:])
+            return list(self.class_names[1:len(self.class_names) - len(self.boundary_outputs)])
         if self.instance_method == "boundary_watershed" and len(self.class_names) > 1:
             return [self.class_names[1]]
         return [(self.class_names or ["foreground"])[0]]
@@ -248,6 +254,22 @@ class ModelMetadata:
     def object_class_values(self) -> list[int]:
         """Label values (1..n) of the classes whose objects are separated into instances ("classes" models)."""
         return [index for index, name in enumerate(self.classes, start=1) if name in self.object_classes]
+
+    @property
+    def boundary_outputs(self) -> list[int]:
+        """Output channels of the object classes' boundaries, one per object class value in object_class_values'
+        order (a "classes" model with object_boundaries; [] for any other)."""
+        if self.instance_method != "classes" or not self.object_boundaries:
+            return []
+        return list(range(len(self.class_names) - len(self.object_classes), len(self.class_names)))
+
+    @property
+    def class_outputs(self) -> int:
+        """How many probabilities a pixel has once a model's output is read as classes: background and one per
+        class for a model of several (its boundary outputs added to their classes), else its output channels."""
+        if self.instance_method == "classes":
+            return len(self.classes) + 1
+        return self.config.n_classes
 
 
 @dataclass
@@ -328,27 +350,52 @@ def new_model(config: UNetConfig = UNetConfig(), **metadata) -> SegmentationMode
     return SegmentationModel(build_unet(config), meta)
 
 
+def _output_keys(metadata: ModelMetadata, object_classes: list[str]) -> list[tuple[str, ...]]:
+    """What each output channel of a model is, as with_classes matches them: ("background",), ("class", name) or
+    ("boundary", name). A boundary_watershed model's interior and boundary are those of the project's object class
+    of its class's name, else of the first object class; other models have no output a class could keep."""
+    if metadata.instance_method == "classes":
+        objects = [name for name in metadata.classes if name in metadata.object_classes]
+        return [("background",), *[("class", name) for name in metadata.classes],
+                *[("boundary", name) for name in (objects if metadata.object_boundaries else [])]]
+    if metadata.instance_method == "boundary_watershed" and object_classes:
+        known = metadata.classes[0]
+        matched = known if known in object_classes else object_classes[0]
+        return [("background",), ("class", matched), ("boundary", matched)]
+    return []
+
+
 def with_classes(model: SegmentationModel, class_names: list[str], object_classes: list[str],
                  seed: int = 0) -> SegmentationModel:
     """`model` with a softmax head for these classes (after background), keeping its encoder and decoder.
 
-    A model that already has exactly these classes is returned as it is. Otherwise its last layer is replaced
-    by a new 1x1 convolution with len(class_names) + 1 outputs, freshly initialised except, for a model of several
-    classes, the outputs of the classes it had (background and the classes of the same name: a class added later
-    does not make the model forget the others); its metadata (and so the card of the version trained from it)
-    records that. Only models built by build_unet can be re-headed.
+    A model that already has exactly these outputs is returned as it is. Otherwise its last layer is replaced by
+    a new 1x1 convolution with an output for background, each class and, when the model separates objects with a
+    boundary output (a boundary_watershed model, or a model of several classes with object_boundaries), the boundary
+    of each object class (ModelMetadata.object_boundaries). The new outputs are freshly initialised except those the
+    model had: background, the classes of the same name and their boundaries (a class added later does not make the
+    model forget the others), and a boundary_watershed model's interior and boundary as the object class's core and
+    boundary (_output_keys), so a project of several classes starts with the instance separation its start model
+    had. Its metadata (and so the card of the version trained from it) records that. Only models built by
+    build_unet can be re-headed.
     seed: the new layer's initial weights (so a repeated round starts from the same ones)."""
     import keras
 
     from napari_unet.errors import NapariUNetError
 
     metadata = model.metadata
-    if metadata.instance_method == "classes" and metadata.classes == list(class_names):
-        if list(metadata.object_classes) == list(object_classes):
+    object_classes = [name for name in class_names if name in object_classes]
+    boundaries = metadata.instance_method == "boundary_watershed" or (
+        metadata.instance_method == "classes" and metadata.object_boundaries)
+    wanted = [("background",), *[("class", name) for name in class_names],
+              *[("boundary", name) for name in (object_classes if boundaries else [])]]
+    old_keys = _output_keys(metadata, object_classes)
+    if metadata.instance_method == "classes" and old_keys == wanted:
+        if list(metadata.object_classes) == object_classes:
             return model
-        return SegmentationModel(model.keras_model, replace(metadata, object_classes=list(object_classes),
+        return SegmentationModel(model.keras_model, replace(metadata, object_classes=object_classes,
                                                             info=dict(metadata.info)), model.source)
-    config = replace(model.config, n_classes=len(class_names) + 1)
+    config = replace(model.config, n_classes=len(wanted))
     keras.utils.set_random_seed(seed)
     keras_model = build_unet(config)
     old_names = [layer.name for layer in model.keras_model.layers]
@@ -358,25 +405,46 @@ def with_classes(model: SegmentationModel, class_names: list[str], object_classe
     for layer in keras_model.layers:
         if layer.name != "probabilities":
             layer.set_weights(model.keras_model.get_layer(layer.name).get_weights())
+    kernel, bias = keras_model.get_layer("probabilities").get_weights()
+    old_kernel, old_bias = model.keras_model.get_layer("probabilities").get_weights()
+    old_index = {key: index for index, key in enumerate(old_keys)}
     kept = []
-    if metadata.instance_method == "classes":  # a class added to a model of several: the known outputs stay learned
-        kernel, bias = keras_model.get_layer("probabilities").get_weights()
-        old_kernel, old_bias = model.keras_model.get_layer("probabilities").get_weights()
-        old_index = {name: index for index, name in enumerate(metadata.class_names)}
-        for index, name in enumerate(["background", *class_names]):
-            if name in old_index:
-                kernel[..., index], bias[index] = old_kernel[..., old_index[name]], old_bias[old_index[name]]
-                kept.append(name)
-        keras_model.get_layer("probabilities").set_weights([kernel, bias])
+    for index, key in enumerate(wanted):  # what the model already knows stays learned
+        if key in old_index:
+            kernel[..., index], bias[index] = old_kernel[..., old_index[key]], old_bias[old_index[key]]
+            kept.append(" ".join(reversed(key)) if key[0] == "boundary" else key[-1])
+    keras_model.get_layer("probabilities").set_weights([kernel, bias])
     parent = model.source or model.name
+    from_boundaries = metadata.instance_method == "boundary_watershed" and kept
     info = {"new_output_layer": {  # a new model: nothing of the parent's card applies to it
         "from": parent, "parent_classes": metadata.classes, "classes": list(class_names),
         "note": f"new output layer for {len(class_names)} classes; encoder and decoder kept from '{parent}'"
-                + (f"; its outputs for {', '.join(kept)} kept" if kept else "")}}
-    new_metadata = replace(metadata, config=config, class_names=["background", *class_names], instances="classes",
-                           object_classes=list(object_classes), seed_threshold=None, background_threshold=None,
-                           merge_threshold=None, min_seed_size=None, output_offset=(0.0, 0.0), info=info)
+                + (f"; its outputs for {', '.join(kept)} kept" if kept else "")
+                + (f" (from its {metadata.class_names[1]} and {metadata.class_names[2]})" if from_boundaries else "")}}
+    names = ["background", *class_names, *[f"{name} boundary" for name in (object_classes if boundaries else [])]]
+    kept_settings = {} if boundaries else {"seed_threshold": None, "merge_threshold": None, "min_seed_size": None}
+    new_metadata = replace(metadata, config=config, class_names=names, instances="classes",
+                           object_classes=object_classes, object_boundaries=boundaries, background_threshold=None,
+                           output_offset=(0.0, 0.0), info=info, **kept_settings)
     return SegmentationModel(keras_model, new_metadata, model.source)
+
+
+def with_renamed_classes(model: SegmentationModel, renamed: list[tuple[str, str]]) -> SegmentationModel:
+    """`model` with its classes called by their new names ((old, new) pairs, oldest first: a project's renamed
+    classes), and its object classes' boundary outputs with them; the same weights. As it is without a rename."""
+    metadata = model.metadata
+    names, objects = list(metadata.class_names), list(metadata.object_classes)
+    boundaries = {index: names[index] for index in metadata.boundary_outputs}
+    for old, new in renamed:
+        names = [new if name == old else name for name in names]
+        objects = [new if name == old else name for name in objects]
+    if names == metadata.class_names and objects == metadata.object_classes:
+        return model
+    in_order = [name for name in names[1:len(names) - len(boundaries)] if name in objects]
+    for index, name in zip(boundaries, in_order):  # boundary outputs follow their object classes, in class order
+        names[index] = f"{name} boundary"
+    return SegmentationModel(model.keras_model, replace(metadata, class_names=names, object_classes=objects,
+                                                        info=dict(metadata.info)), model.source)
 
 
 def unet_flops(config: UNetConfig, height: int, width: int) -> float:

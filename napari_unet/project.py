@@ -184,6 +184,11 @@ class Project:
         if not self.settings_path.exists():
             raise NapariUNetError(f"'{self.root}' has no project.json: create it with "
                                   f"'napari-unet project init {self.root} -m MODEL --classes …'")
+        former = sorted({old for old, _ in self.renamed} & {c.name for c in classes})
+        if former:
+            raise NapariUNetError(f"class name(s) {', '.join(repr(n) for n in former)} belonged to a class of project "
+                                  f"'{self.root}' before it was renamed: choose another name, so that no version reads "
+                                  "one class as another")
         for folder in (self.training, self.evaluation):  # pairs painted for one class may hold instance ids
             for pair in folder.pairs():
                 check_label_values(folder.load(pair.name)[1], classes, pair.name,
@@ -192,16 +197,72 @@ class Project:
             atomic_write_json(self.settings_path, {**self._settings(), "classes": [c.to_dict() for c in classes]})
         return self.classes
 
+    @property
+    def renamed(self) -> list[tuple[str, str]]:
+        """(old name, new name) of every class renamed in this project, oldest first."""
+        return [(str(old), str(new)) for old, new in self._settings().get("renamed", [])]
+
+    def edit_classes(self, *, rename: dict[str, str] | None = None, colours: dict[str, str] | None = None,
+                     objects: list[str] = (), regions: list[str] = ()) -> str:
+        """Rename, recolour, or make objects or regions of existing classes: what each label value means stays, so
+        painted pairs stay valid. A renamed class keeps what the versions learned for it (load_model reads their
+        classes under the new names); a name a class had before is not given to another. Returns "" or one line
+        saying what a changed kind means for the versions made so far (they keep the kind they were trained with
+        until the next round)."""
+        rename, colours = dict(rename or {}), dict(colours or {})
+        current = self.classes
+        names = [c.name for c in current]
+        unknown = sorted(({*rename, *colours, *objects, *regions}) - set(names))
+        if unknown:
+            raise NapariUNetError(f"no class named {', '.join(repr(n) for n in unknown)} in project '{self.root}' "
+                                  f"({describe(current)}): name one of its classes")
+        both = sorted(set(objects) & set(regions))
+        if both:
+            raise NapariUNetError(f"class(es) {', '.join(both)} named both objects and regions: name each once")
+        if (objects or regions) and len(current) < 2:
+            raise NapariUNetError(f"project '{self.root}' has one class, whose objects its model separates by its own "
+                                  "rule: declare the project's classes first to say which are objects or regions")
+        used = {old for old, _ in self.renamed}
+        reused = sorted(new for old, new in rename.items() if new != old and (new in used or new in names))
+        if reused:
+            raise NapariUNetError(f"class name(s) {', '.join(repr(n) for n in reused)} already used in project "
+                                  f"'{self.root}' (by a class, or by one before it was renamed): choose another name, "
+                                  "so that no version reads one class as another")
+        edited = [SegmentationClass(rename.get(c.name, c.name), colours.get(c.name, c.colour),
+                                    True if c.name in objects else False if c.name in regions else c.objects)
+                  for c in current]
+        check_classes(edited)
+        renames = [(old, new) for old, new in rename.items() if new != old]
+        with self._one_round_at_a_time():
+            settings = self._settings()
+            if not settings:
+                raise NapariUNetError(f"'{self.root}' has no project.json: create it with "
+                                      f"'napari-unet project init {self.root} -m MODEL --classes …'")
+            settings["classes"] = [c.to_dict() for c in edited]
+            if renames:
+                settings["renamed"] = [*settings.get("renamed", []), *[list(pair) for pair in renames]]
+            atomic_write_json(self.settings_path, settings)
+        changed = [(new.name, new.objects) for old, new in zip(current, edited) if old.objects != new.objects]
+        if not changed or not self.rounds():
+            return ""
+        said = "; ".join(f"'{name}' is now {'an object class' if objects_now else 'a region'}"
+                         for name, objects_now in changed)
+        return (f"{said}: the versions made so far keep treating {'it' if len(changed) == 1 else 'them'} as before "
+                "until the next round trains one that does (a model that separates objects with boundary outputs gets "
+                "a new output layer for it, and that round is judged on the mean IoU of the classes)")
+
     # ------------------------------------------------------------------ pairs
     def add_pair(self, image: np.ndarray, mask: np.ndarray, *, evaluation: bool = False, name: str = "pair",
                  source_image: str = "", source_labels: str = "", sparse: bool = False,
-                 corrected_pixels: int | None = None, replace: bool = False):
+                 corrected_pixels: int | None = None, replace: bool = False, add_class: str = ""):
         """Store a training pair, or an evaluation pair (never trained on; > 0 is foreground).
 
         replace: update the pair called `name` (live mode: one pair per plane); corrected_pixels: how many pixels
-        the user changed, recorded with the pair. Several classes: a label value beyond them is refused."""
+        the user changed, recorded with the pair. Several classes: a label value beyond them is refused, in one line
+        ending with `add_class`, how to declare one more class in the face the user is in (default: the command
+        line's; the dock's is classes.ADD_CLASS_IN_THE_DOCK)."""
         check_label_values(mask, self.classes, source_labels or name,
-                           fix=f"declare one more class ('napari-unet project classes {self.root} --add NAME')")
+                           fix=add_class or f"declare one more class ('napari-unet project classes {self.root} --add NAME')")
         if evaluation:
             mask = np.asarray(mask)
             if np.shape(image)[:2] == mask.shape and not np.any((mask > 0) & (mask != IGNORE_LABEL)):
@@ -235,10 +296,12 @@ class Project:
         return self.start_model
 
     def load_model(self, key: str):
-        """A version made in this project, a shipped model, a version in the user's store, or a .keras path."""
+        """A version made in this project, a shipped model, a version in the user's store, or a .keras path; its
+        classes under the names the project gives them now (a class renamed after the version was made)."""
+        from napari_unet.model import with_renamed_classes
         from napari_unet.storage.registry import load_model
 
-        return load_model(key, self.store, ModelStore())
+        return with_renamed_classes(load_model(key, self.store, ModelStore()), self.renamed)
 
     def status(self) -> dict:
         return {"project": str(self.root), "start_model": self.start_model, "active": self.active,

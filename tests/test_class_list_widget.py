@@ -44,3 +44,50 @@ def test_choosing_a_class_sets_the_brush_label_and_shows_napari_colours(make_nap
                      pos=class_list.list.visualItemRect(class_list.list.item(3)).center())
     assert labels.selected_label == 4
     qtbot.waitUntil(lambda: all(job.done for job in dock.session.jobs), timeout=60_000)
+
+
+def test_classes_are_recoloured_renamed_and_made_regions_in_the_class_list(make_napari_viewer, qtbot, tmp_path,
+                                                                           start_model, monkeypatch, notifications):
+    from dock_fixtures import errors, wait_for
+    from qtpy.QtGui import QColor
+    from qtpy.QtWidgets import QColorDialog
+
+    from napari_unet.labels.classes import ADD_CLASS_IN_THE_DOCK
+
+    project = Project.init(tmp_path / "project", start_model, classes=[SegmentationClass("nucleus"),
+                                                                        SegmentationClass("rim")])
+    viewer = make_napari_viewer()
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
+    dock._warm_up_timer.stop()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="cells")
+    labels = viewer.add_labels(np.zeros((32, 32), np.uint8), name="cells labels")
+    tab = dock.training_set_tab
+    tab.set_folder(str(project.root))
+    tab.labels_combo.select("cells labels")
+    class_list = tab.class_list
+
+    class_list.rename_button.click()  # nothing chosen yet: one line saying what to do
+    assert "choose a class in the list first" in errors(notifications)[-1]
+    class_list.list.setCurrentRow(1)
+    monkeypatch.setattr(QColorDialog, "getColor", lambda *args: QColor("#00c0ff"))
+    class_list.colour_button.click()
+    assert project.classes[1].colour == "#00c0ff"
+    assert np.allclose(labels.get_color(2)[:3], (0, 0xC0 / 255, 1), atol=0.01)  # the layer paints it so
+    swatch = class_list.list.item(1).icon().pixmap(14, 14).toImage().pixelColor(7, 7)
+    assert swatch.red() == 0 and abs(swatch.green() - 0xC0) <= 4 and swatch.blue() == 255
+
+    class_list.new_class_edit.setText("ring")
+    class_list.rename_button.click()
+    class_list.kind_button.click()
+    assert [(c.name, c.objects) for c in project.classes] == [("nucleus", True), ("ring", False)]
+    assert class_list.list.item(1).text() == "2  ring  (region)" and class_list.chosen_value() == 2
+    class_list.new_class_edit.setText("nucleus")
+    class_list.rename_button.click()
+    assert "already used" in errors(notifications)[-1] and "\n" not in errors(notifications)[-1]
+
+    labels.data = np.where(np.eye(32, dtype=bool), 3, 1).astype(np.uint8)  # 3: beyond the two classes
+    job = wait_for(qtbot, tab.add_current())
+    message = errors(notifications)[-1]
+    assert job.error is not None and "value(s) 3" in message and message.endswith(ADD_CLASS_IN_THE_DOCK)
+    assert "\n" not in message and not project.training.pairs()
+    qtbot.waitUntil(lambda: all(job.done for job in dock.session.jobs), timeout=60_000)

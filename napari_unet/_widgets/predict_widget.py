@@ -230,6 +230,7 @@ class PredictWidget(QWidget):
         session.model_changed.connect(self.refresh_channels)
         self.image_combo.changed.connect(self.refresh_channel_layers)
         self.image_combo.changed.connect(self.refresh_anisotropy)
+        self.stack_combo.currentIndexChanged.connect(self.refresh_anisotropy)
         self.layers_combo.activated.connect(self._channel_layers_chosen)
         session.versions_changed.connect(self.refresh_models)
         self.refresh_models()
@@ -239,11 +240,16 @@ class PredictWidget(QWidget):
 
     def refresh_anisotropy(self, *args) -> None:
         """The Z step / pixel box from the chosen image's scale (stacks.anisotropy_from_scale); the user may
-        change it afterwards. Disabled for an image without a Z axis."""
-        from napari_unet.labels.stacks import anisotropy_from_scale
+        change it afterwards. Disabled for an image without a Z axis: a plane, or a (T, Y, X) time-lapse."""
+        from napari_unet.labels.stacks import anisotropy_from_scale, stack_kind_from_axis_names
 
         layer = self.image_combo.layer()
-        anisotropy = anisotropy_from_scale(layer.scale) if layer is not None and stack_depth(layer) else None
+        depth = stack_depth(layer) if layer is not None else 0
+        kind = self.stack_combo.currentData()
+        if depth and kind == "names":
+            kind = stack_kind_from_axis_names(tuple(getattr(layer, "axis_labels", ()))[:depth], depth)
+        has_z = depth > 1 or (depth == 1 and kind != "t")
+        anisotropy = anisotropy_from_scale(layer.scale) if has_z else None
         self.anisotropy_spin.setEnabled(anisotropy is not None)
         if anisotropy is not None:
             self.anisotropy_spin.setValue(anisotropy)

@@ -39,6 +39,7 @@ from napari_unet._widgets._lazy_prediction import is_lazy, visible_region
 from napari_unet._widgets._session import PAINTED_PLANES_KEY, PREDICTION_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
+from napari_unet.labels.classes import ADD_CLASS_IN_THE_DOCK
 from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.training.training_set import changed_pixels, pair_file_name, restrict_to_corrections, thumbnail
 
@@ -257,7 +258,7 @@ class TrainingSetWidget(QWidget):
         def work(report, is_cancelled):
             mask, sparse = build_training_pair(image_plane, labels_plane, prediction_plane, only_corrected, margin)
             return project.add_pair(image_plane, mask, evaluation=evaluation, name=name, source_image=image_name,
-                                    source_labels=labels_name, sparse=sparse), evaluation
+                                    source_labels=labels_name, sparse=sparse, add_class=ADD_CLASS_IN_THE_DOCK), evaluation
 
         self.add_button.setEnabled(False)
         what = "evaluation pairs" if evaluation else "training set"
@@ -325,7 +326,8 @@ class TrainingSetWidget(QWidget):
                     mask, sparse = build_training_pair(pair.image, labels[pair.position], prediction[pair.position],
                                                        True, margin)
                 project.add_pair(pair.image, mask, evaluation=evaluation, name=name, replace=True,
-                                 source_image=image_name, source_labels=labels_name, sparse=sparse)
+                                 source_image=image_name, source_labels=labels_name, sparse=sparse,
+                                 add_class=ADD_CLASS_IN_THE_DOCK)
                 added.append(pair)
             return added, evaluation
 

@@ -38,7 +38,13 @@ from napari_unet.inference.channels import ChannelChoice, as_planes
 from napari_unet.inference.normalize import apply_range, is_flat, percentile_range
 from napari_unet.inference.onnx_engine import is_onnx, onnx_forward
 from napari_unet.inference.precision import with_precision
-from napari_unet.labels.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
+from napari_unet.labels.postprocess import (
+    class_probabilities,
+    instances_per_plane,
+    model_instances,
+    model_labels,
+    smallest_object,
+)
 from napari_unet.labels.stacks import (
     STITCH_THRESHOLD,
     check_stack,
@@ -57,7 +63,7 @@ from napari_unet.labels.stacks import (
 )
 from napari_unet.model import SegmentationModel, inference_function
 
-OUTPUTS = ("labels", "probabilities", "instances")
+OUTPUTS = ("labels", "probabilities", "instances", "raw")
 # Target tile side (tiling.axis_tiles: the number of tiles first, then the smallest tile covering the image):
 # fewer tiles means less overlap work, and 1024 px tiles run at the same GFLOP/s as 256-512 px ones on CPU.
 LARGE_TILE = 1024
@@ -353,16 +359,16 @@ def predict_probabilities(
 def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, threshold: float, instances_of: str,
             min_size: int | None):
     n_classes = model.config.n_classes
+    output_map = probabilities[..., 0] if n_classes == 1 else probabilities
+    if output == "raw":
+        return output_map
     if output == "probabilities":
-        return probabilities[..., 0] if n_classes == 1 else probabilities
-    background_threshold = model.metadata.background_threshold
-    labels = semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, threshold, n_classes,
-                             background_threshold)
+        return class_probabilities(output_map, model.metadata)
+    labels = model_labels(output_map, model.metadata, threshold)
     if output == "labels":
         return labels
     if instances_of != "auto":  # the caller overrides the model's method for a plain semantic model
         return instances_per_plane(labels, instances_of, smallest_object(model.metadata, min_size))
-    output_map = probabilities[..., 0] if n_classes == 1 else probabilities
     return model_instances(output_map, model.metadata, n_classes, threshold=threshold, min_size=min_size)
 
 
@@ -392,8 +398,11 @@ def predict(
 
     model: a SegmentationModel, or a shipped/stored name or .keras path (resolved by registry.load_model).
     output: "labels" (uint8, 0/1 or class ids), "probabilities" (float32; trailing class axis only for
-    multi-class models) or "instances" (int32; instances_of="auto" uses the model's own method, e.g. the
-    regions enclosed by membranes or a seeded watershed for a boundary-class model: postprocess.py).
+    multi-class models: background, then one per class), "instances" (int32; instances_of="auto" uses the model's
+    own method, e.g. the regions enclosed by membranes or a seeded watershed for a boundary-class model:
+    postprocess.py) or "raw" (float32: the model's output channels as they are, for post-processing of one's own; they
+    differ from "probabilities" only for a model of several classes with boundary outputs, whose last channels are
+    the object classes' boundaries, each class's own channel then holding its objects' cores).
     Spatial shape always equals the input's.
     channels: which of the image's channels the model reads: None (all, as they are), "grey" (converted by
     request) or a list of indices (channels.as_planes).
@@ -457,9 +466,14 @@ def predict(
                 "instances on a region that fits in memory (napari_unet.labels.postprocess.instances_from_labels)"
             )
         probabilities = _predict_lazy(plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size)
+        if plan.n_classes == 1:
+            probabilities = probabilities[..., 0]
+        if output == "raw":
+            return probabilities
         if output == "probabilities":
-            return probabilities[..., 0] if plan.n_classes == 1 else probabilities
-        return _labels_lazy(probabilities, threshold, plan.n_classes, model.metadata.background_threshold)
+            return _classes_lazy(probabilities, model.metadata)
+        return probabilities.map_blocks(model_labels, model.metadata, threshold, dtype=np.uint8,
+                                        drop_axis=None if plan.n_classes == 1 else probabilities.ndim - 1)
     whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
     tiles_per_plane = len(plan.tiles_in(whole))
     # the XZ planes are as many as Y, the YZ planes as many as X
@@ -483,7 +497,8 @@ def predict(
             if len(tta_views(model.metadata.symmetries, test_time_augmentation)) < 2:
                 raise NapariUNetError(f"the {method!r} uncertainty measures how test-time-augmentation views "
                                       "disagree: predict with test_time_augmentation=2 or more (--tta), or use entropy")
-        uncertainty = uncertainty_map(probabilities, mean_of_squares, method)
+        uncertainty = uncertainty_map(probabilities, mean_of_squares, method,
+                                      classes=class_probabilities(probabilities, model.metadata))
     if volumes:  # near-isotropic volumes: three views, one 3-D watershed each
         objects = [_three_view_objects(model, planes[index], probabilities[index], side_plans, anisotropy, counter,
                                        threshold, instances_of, min_size) for index in volumes]
@@ -611,11 +626,13 @@ def _predict_lazy(plan: _Plan, planes, ranges, leading_shape, spatial_shape, pro
     )
 
 
-def _labels_lazy(probabilities, threshold: float, n_classes: int, background_threshold: float | None = None):
-    if n_classes == 1:
-        return probabilities[..., 0].map_blocks(semantic_labels, threshold, 1, dtype=np.uint8)
-    return probabilities.map_blocks(semantic_labels, threshold, n_classes, background_threshold, dtype=np.uint8,
-                                    drop_axis=probabilities.ndim - 1)
+def _classes_lazy(probabilities, metadata):
+    """A lazy model output read as classes (postprocess.class_probabilities), block by block."""
+    if not metadata.boundary_outputs:
+        return probabilities
+    return probabilities.map_blocks(  # one block holds a pixel's every output
+        class_probabilities, metadata, dtype=np.float32,
+        chunks=(*probabilities.chunks[:-1], (metadata.class_outputs,)))
 
 
 class RegionPredictor:
@@ -652,6 +669,5 @@ class RegionPredictor:
             self._ranges[index] = _plane_range(self.planes[index], self.model.metadata.normalization, index)
         counter = _ProgressCounter(0, None, cancel)
         probabilities = _predict_region(self.plan, self.planes[index], self._ranges[index], region, counter)
-        n_classes = self.plan.n_classes
-        return semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, self.threshold,
-                               n_classes, self.model.metadata.background_threshold)
+        return model_labels(probabilities[..., 0] if self.plan.n_classes == 1 else probabilities,
+                            self.model.metadata, self.threshold)

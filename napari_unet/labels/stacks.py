@@ -214,13 +214,13 @@ def volume_instances(probabilities: np.ndarray, metadata, n_classes: int, depth:
     """
     from skimage.segmentation import relabel_sequential
 
-    from napari_unet.labels.postprocess import instances_from_labels, model_instances, semantic_labels, smallest_object
+    from napari_unet.labels.postprocess import instances_from_labels, model_instances, model_labels, smallest_object
 
     if instances_of == "auto":
         objects = model_instances(probabilities, metadata, n_classes, threshold=threshold, min_size=min_size,
                                   spatial_dims=3)
     else:
-        labels = semantic_labels(probabilities, threshold, n_classes, metadata.background_threshold)
+        labels = model_labels(probabilities, metadata, threshold)
         objects = instances_from_labels(labels, objects=instances_of, min_size=smallest_object(metadata, min_size))
     on_planes = resample_depth(objects, depth, order=0)
     return relabel_sequential(on_planes)[0].astype(np.int32, copy=False)

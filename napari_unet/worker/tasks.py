@@ -106,21 +106,21 @@ def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancel
     test_time_augmentation, with_uncertainty, min_size (None: the model's own), channels, slider_thresholds; with
     instances, stack ("z", "t": stack_prediction) and anisotropy."""
     from napari_unet.inference.prediction import predict
-    from napari_unet.labels.postprocess import model_instances, semantic_labels, threshold_ranks
+    from napari_unet.labels.postprocess import class_probabilities, model_instances, model_labels, threshold_ranks
 
     threshold = settings["threshold"]
     with_uncertainty = settings.get("with_uncertainty", False)
     stack = settings.get("stack")
     if stack in ("z", "t") and settings.get("instances", False):
         return stack_prediction(model, image, settings, report, is_cancelled)
-    result = predict(model, image, output="probabilities", threshold=threshold, channel_axis=settings.get("channel_axis"),
+    result = predict(model, image, output="raw", threshold=threshold, channel_axis=settings.get("channel_axis"),
                      channels=settings.get("channels"), progress=lambda done, total: report((done, total)),
                      cancel=is_cancelled, test_time_augmentation=settings.get("test_time_augmentation", False),
                      with_uncertainty=with_uncertainty)
     probabilities, uncertainty = result if with_uncertainty else (result, None)
     probabilities = np.asarray(probabilities)
     n_classes = model.config.n_classes
-    labels = semantic_labels(probabilities, threshold, n_classes, model.metadata.background_threshold)
+    labels = model_labels(probabilities, model.metadata, threshold)
     instances = settings.get("instances", False)
     if instances:
         labels = model_instances(probabilities, model.metadata, n_classes, threshold=threshold,
@@ -133,7 +133,7 @@ def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancel
     several = model.metadata.instance_method == "classes"
     if settings.get("with_probabilities"):
         if several:  # one map per class
-            shown, class_names = probabilities[..., 1:], tuple(model.metadata.classes)
+            shown, class_names = class_probabilities(probabilities, model.metadata)[..., 1:], tuple(model.metadata.classes)
         else:
             shown = 1.0 - probabilities[..., 0] if n_classes > 1 else probabilities  # one map: "not background"
     return PlanePrediction(labels, shown, ranks, objects, uncertainty, class_names)
@@ -296,6 +296,7 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, co
     the U-Net. ("keep",) makes the best model so far a version; ("pause", bool). Returns the record of the Keep on
     the way out (None: no step)."""
     from napari_unet.errors import NapariUNetError
+    from napari_unet.labels.classes import ADD_CLASS_IN_THE_DOCK
     from napari_unet.project import Project
     from napari_unet.training.live import BURST_SECONDS, ForestPreview, LiveTrainer, live_mask
 
@@ -321,7 +322,7 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, co
             corrected = {}
             for pair_name, (labels, touched, whole_plane, image) in updates.items():
                 mask = live_mask(labels, touched, whole_plane=whole_plane)
-                pair = project.add_pair(image, mask, name=pair_name, replace=True,
+                pair = project.add_pair(image, mask, name=pair_name, replace=True, add_class=ADD_CLASS_IN_THE_DOCK,
                                         corrected_pixels=int(touched.sum()), source_image=pair_name)
                 corrected[pair.name] = touched
             if corrected:
