@@ -392,6 +392,10 @@ def test_classes_renamed_recoloured_or_made_regions_keep_what_versions_learned(t
     version = three_class_project.load_model(first.record.version)
     assert version.metadata.classes == ["disc", "box", "hole"] and version.metadata.object_classes == ["disc", "box"]
     assert three_class_project.with_project_classes(version) is version  # what it learned for 'box' is kept
+    from napari_unet.worker.tasks import ModelCache, ModelReference
+
+    shown = ModelCache().get(ModelReference(first.record.version, str(three_class_project.root)))
+    assert shown.metadata.classes == ["disc", "box", "hole"]  # the dock names its maps so too
     with pytest.raises(NapariUNetError, match="before it was renamed"):
         three_class_project.set_classes([*three_class_project.classes, SegmentationClass("square")])
     with pytest.raises(NapariUNetError, match="already used"):

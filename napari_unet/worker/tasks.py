@@ -38,9 +38,16 @@ class ModelReference:
         user_store = ModelStore()
         return (ModelStore(Path(self.project_root) / "models"), user_store) if self.project_root else (user_store,)
 
+    def renamed(self) -> tuple:
+        """The project's renamed classes ((old, new) pairs): its versions' classes are read under the new names."""
+        from napari_unet.project import Project
+
+        return tuple(Project(self.project_root).renamed) if self.project_root else ()
+
 
 class ModelCache:
-    """Loaded models by file and modification time (a renamed or rewritten file is loaded anew), MAX_MODELS kept."""
+    """Loaded models by file, modification time and their project's renamed classes (a renamed or rewritten file, or a
+    class renamed since, is loaded anew), MAX_MODELS kept."""
 
     def __init__(self):
         self._models: OrderedDict[tuple, object] = OrderedDict()
@@ -53,12 +60,13 @@ class ModelCache:
 
         path, _ = resolve(reference.key, *reference.stores())
         try:
-            return str(path), path.stat().st_mtime_ns
+            return str(path), path.stat().st_mtime_ns, reference.renamed()
         except OSError:
-            return str(path), None
+            return str(path), None, reference.renamed()
 
     def get(self, reference: ModelReference):
-        """The SegmentationModel `reference` names, loaded once."""
+        """The SegmentationModel `reference` names, loaded once (its classes as its project names them now)."""
+        from napari_unet.model import with_renamed_classes
         from napari_unet.storage.registry import load_model
 
         if not reference.key:
@@ -72,7 +80,7 @@ class ModelCache:
                 if model is not None:
                     self._models.move_to_end(key)
                     return model
-            model = load_model(reference.key, *reference.stores())
+            model = with_renamed_classes(load_model(reference.key, *reference.stores()), list(key[-1]))
             self.put(reference, model, key)
             return model
 
