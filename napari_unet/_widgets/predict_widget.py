@@ -402,11 +402,13 @@ class PredictWidget(QWidget):
 
         def on_twin(report, is_cancelled):
             """The model's ONNX twin in napari's process while the worker process is not ready for the model."""
+            from napari_unet.model import with_renamed_classes
             from napari_unet.worker.tasks import plane_prediction
 
             model = session.load_onnx_twin(twin_of)
             if model is None:  # a stale twin (onnx_engine.py): the worker process serves after all
                 return session.worker.call("predict_plane", (reference, plane, settings), report, is_cancelled), TENSORFLOW
+            model = with_renamed_classes(model, list(reference.renamed()))  # as the worker process names them
             return plane_prediction(model, np.asarray(plane), settings, report, is_cancelled), ONNX_RUNTIME
 
         def shown(result) -> None:
