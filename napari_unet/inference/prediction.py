@@ -563,10 +563,11 @@ def predict_stack_into(model, image, out, *, stack: str = "z", threshold: float 
     report(total)
 
 
-def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
-                        counter: _ProgressCounter, threshold: float, instances_of: str, min_size: int | None):
-    """int32 3-D objects of one raw (Z, Y, X, C) volume: its XY-plane probabilities (already predicted) averaged
-    with those of the XZ and YZ planes of the volume resampled to cubic voxels, then stacks.volume_instances."""
+def _three_view_map(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
+                    counter: _ProgressCounter) -> np.ndarray:
+    """The three views' mean (Z', Y, X, n_classes) on cubic voxels of one raw (Z, Y, X, C) volume: its XY-plane
+    probabilities (already predicted) averaged with those of the XZ and YZ planes of the volume resampled to cubic
+    voxels."""
     n_classes = model.config.n_classes
     normalization = model.metadata.normalization
     depth = isotropic_depth(volume.shape[0], anisotropy)
@@ -575,9 +576,45 @@ def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.n
         whole = ((0, side.shape[1]), (0, side.shape[2]))
         views.append(np.stack([_predict_region(side_plan, plane, _plane_range(plane, normalization, None), whole,
                                                counter) for plane in side]))
-    mean = three_view_mean(resample_depth(xy_probabilities[..., :n_classes], depth), *views)
+    return three_view_mean(resample_depth(xy_probabilities[..., :n_classes], depth), *views)
+
+
+def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
+                        counter: _ProgressCounter, threshold: float, instances_of: str, min_size: int | None):
+    """int32 3-D objects of one raw (Z, Y, X, C) volume from its three views' mean (stacks.volume_instances)."""
+    n_classes = model.config.n_classes
+    mean = _three_view_map(model, volume, xy_probabilities, side_plans, anisotropy, counter)
     return volume_instances(mean[..., 0] if n_classes == 1 else mean, model.metadata, n_classes, volume.shape[0],
                             threshold=threshold, min_size=min_size, instances_of=instances_of)
+
+
+def predict_volume_map(model, volume, *, anisotropy: float | None = None, channel_axis: int | None = None,
+                       channels: ChannelChoice = None, precision: str | None = None,
+                       progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> np.ndarray:
+    """The probability map a (Z, Y, X) volume's objects are made from, as predict(..., output="instances",
+    stack="z", anisotropy=anisotropy) makes them: the three views' mean on cubic voxels (Z', Y, X, ...) where
+    stacks.uses_three_views(anisotropy), else the planes' own probabilities (Z, Y, X, ...); one class: no trailing
+    axis. stacks.volume_objects turns it into objects, so several post-processing settings cost one prediction."""
+    model, planes = model_and_planes(model, np.asarray(volume), channel_axis, channels)
+    leading_shape, spatial_shape = tuple(planes.shape[:-3]), tuple(planes.shape[-3:-1])
+    check_stack("z", "instances", leading_shape, anisotropy)
+    plan = _Plan(model, spatial_shape, None, None, 4, precision=precision)
+    three_views = bool(three_view_volumes("z", leading_shape, anisotropy))
+    side_plans = ()
+    if three_views:
+        depth = isotropic_depth(leading_shape[0], anisotropy)
+        side_plans = tuple(_Plan(model, (depth, side), None, None, 4, precision=precision)
+                           for side in (spatial_shape[1], spatial_shape[0]))
+    whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
+    side_tiles = sum(len(side.tiles_in(((0, side.grid[0].length), (0, side.grid[1].length)))) * n_planes
+                     for side, n_planes in zip(side_plans, spatial_shape))
+    counter = _ProgressCounter(len(plan.tiles_in(whole)) * leading_shape[0] + side_tiles, progress, cancel)
+    normalization = model.metadata.normalization
+    probabilities = np.stack([_predict_region(plan, plane, _plane_range(plane, normalization, (index,)), whole, counter)
+                              for index, plane in enumerate(planes)])
+    if three_views:
+        probabilities = _three_view_map(model, planes, probabilities, side_plans, anisotropy, counter)
+    return probabilities[..., 0] if plan.n_classes == 1 else probabilities
 
 
 def _predict_lazy(plan: _Plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size):
