@@ -182,7 +182,7 @@ def test_dock_exports_the_selected_version_for_bioimageio(make_napari_viewer, qt
     widget.session.versions_changed.emit()
     models = widget.models_tab
     names = [models.table.item(row, 0).text() for row in range(models.table.rowCount())]
-    models.table.selectRow(names.index(record["name"]))
+    models.table.selectRow(names.index(record.name))
     messages = []
     notification_manager.notification_ready.connect(lambda note: messages.append(str(note.message)))
 
@@ -194,7 +194,7 @@ def test_dock_exports_the_selected_version_for_bioimageio(make_napari_viewer, qt
     qtbot.waitUntil(lambda: job.done, timeout=120_000)
     assert job.error is None, messages
     assert any(f"saved for bioimage.io as {target}" in message for message in messages), messages
-    packaged, stored = load_package(target), widget.session.store.load(record["name"])
+    packaged, stored = load_package(target), widget.session.store.load(record.name)
     for packaged_weights, stored_weights in zip(packaged.keras_model.get_weights(), stored.keras_model.get_weights()):
         np.testing.assert_array_equal(packaged_weights, stored_weights)
     assert not models.cancel_button.isEnabled()

@@ -53,11 +53,11 @@ def test_a_round_that_helps_is_kept_with_its_lineage(project, start_model):
     assert record.eval.verdict == "helped" and "helped" in record.reason
     assert project.active == record.version == outcome.version
     lineage = project.store.record(record.version)
-    assert lineage["parent"] == "tiny" and lineage["seed"] == QUICK.seed and lineage["package_version"]
+    assert lineage.parent == "tiny" and lineage.seed == QUICK.seed and lineage.package_version
     stored = [project.training.load(name) for name in project.training.names()]
-    assert [(p["image_sha1"], p["mask_sha1"]) for p in lineage["training_pairs"]] == \
+    assert [(p.image_sha1, p.mask_sha1) for p in lineage.training_pairs] == \
         [(array_sha1(image), array_sha1(mask)) for image, mask in stored]
-    assert lineage["settings"]["learning_rate"] == QUICK.learning_rate
+    assert lineage.settings["learning_rate"] == QUICK.learning_rate
 
 
 def test_a_round_on_wrong_masks_is_rolled_back_and_kept_for_inspection(project):
@@ -70,7 +70,7 @@ def test_a_round_on_wrong_masks_is_rolled_back_and_kept_for_inspection(project):
     assert not failed.kept and failed.reason.startswith("Rolled back:")
     assert "previous model stays active" in failed.reason
     assert project.active == good
-    assert project.store.has(failed.version) and project.store.record(failed.version)["kept"] is False
+    assert project.store.has(failed.version) and project.store.record(failed.version).kept is False
     assert [r["kept"] for r in project.status()["rounds"]] == [True, False]
 
 
@@ -79,9 +79,9 @@ def test_without_evaluation_pairs_the_held_out_stripes_are_scored_and_not_traine
     project.add_pair(*_discs(0))
     outcome = project.round(QUICK)
     assert outcome.record.eval.source == "held-out stripes"
-    pairs = project.store.record(outcome.version)["training_pairs"]
+    pairs = project.store.record(outcome.version).training_pairs
     _, stored_mask = project.training.load(project.training.names()[0])
-    assert pairs[0]["mask_sha1"] != array_sha1(stored_mask)  # trained on the mask with its stripe set to 255
+    assert pairs[0].mask_sha1 != array_sha1(stored_mask)  # trained on the mask with its stripe set to 255
 
 
 def test_retrain_repeats_a_round_exactly(project):
@@ -172,7 +172,7 @@ def test_cli_round_and_status_print_the_contract(tmp_path, start_model, capsys, 
     assert main(["project", "status", project, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["rounds"] == [record] and status["active"] == (record["version"] if record["kept"] else start_model)
-    assert Project.open(project).store.record(record["version"])["seed"] == 3
+    assert Project.open(project).store.record(record["version"]).seed == 3
 
 
 @pytest.mark.parametrize("case", ["missing project", "shape mismatch", "eval without foreground",
