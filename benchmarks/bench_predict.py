@@ -60,11 +60,10 @@ def naive_predict(model, image: np.ndarray) -> np.ndarray:
 
 def engine_flops(model, shape) -> tuple[float, int, int]:
     """FLOPs the engine actually computes (all tiles, padded), the tile count and tile side."""
-    from napari_unet.inference.prediction import _Plan
+    from napari_unet.inference.prediction import tile_grid_for
     from napari_unet.model import unet_flops
 
-    plan = _Plan(model, shape, None, None, 4)
-    rows, cols = plan.grid
+    rows, cols = tile_grid_for(model, shape)
     n_tiles = len(rows.starts) * len(cols.starts)
     return n_tiles * unet_flops(model.config, rows.size, cols.size), n_tiles, rows.size
 
