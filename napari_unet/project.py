@@ -223,15 +223,19 @@ class Project:
     # ------------------------------------------------------------------ rounds and versions
     def rounds(self) -> list[RoundRecord]:
         """Records of all finished rounds, oldest first."""
+        return sorted((record for _, record in self._round_files()), key=lambda r: r.round)
+
+    def _round_files(self) -> list[tuple[Path, RoundRecord]]:
+        """(file, record) of each round in the log; a torn or foreign file is not a round."""
         if not self.rounds_dir.is_dir():
             return []
-        records = []
+        found = []
         for path in sorted(self.rounds_dir.glob("[0-9]*.json")):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 values = json.loads(path.read_text())
                 if isinstance(values, dict) and values.get("format") == ROUND_FORMAT:
-                    records.append(RoundRecord.from_json(values))
-        return sorted(records, key=lambda r: r.round)
+                    found.append((path, RoundRecord.from_json(values)))
+        return found
 
     @property
     def active(self) -> str | None:
@@ -474,11 +478,11 @@ class Project:
         """Rename a version made here; the round log follows, so the lineage and the active version hold."""
         with self._one_round_at_a_time():
             record = self.store.rename(old, new)
-            for path in sorted(self.rounds_dir.glob("[0-9]*.json")):
-                values = json.loads(path.read_text())
-                changed = {key: new for key in ("version", "parent") if values.get(key) == old}
-                if changed:
-                    atomic_write_json(path, {**values, **changed})
+            for path, round_record in self._round_files():
+                renamed = replace(round_record, version=new if round_record.version == old else round_record.version,
+                                  parent=new if round_record.parent == old else round_record.parent)
+                if renamed != round_record:
+                    atomic_write_json(path, renamed.to_json())
             return record
 
     # ------------------------------------------------------------------ lineage

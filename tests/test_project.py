@@ -244,3 +244,23 @@ def test_revert_in_an_old_folder_after_a_rolled_back_first_round(tmp_path, start
     assert not failed.kept and project.active is None
     record = project.revert(failed.version)
     assert record.kind == "revert" and record.parent == start_model and project.active == failed.version
+
+
+def test_a_renamed_version_keeps_its_place_in_the_round_log(tmp_path, start_model):
+    """Renaming goes through the store and the log: the lineage and the active version hold, the rest is as it was."""
+    from napari_unet.storage.records import RoundEvaluation, RoundRecord
+
+    project = Project.init(tmp_path / "p", start_model)
+    first = project.store.save_version(new_model(UNetConfig(base_width=4, depth=2), name="tiny"), parent=start_model)
+    second = project.store.save_version(project.store.load(first.name))
+    evaluation = RoundEvaluation(before={"iou": 0.5}, after={"iou": 0.6}, verdict="helped")
+    project.rounds_dir.mkdir(parents=True, exist_ok=True)
+    for number, (parent, version) in enumerate(((start_model, first.name), (first.name, second.name)), start=1):
+        record = RoundRecord(round=number, parent=parent, version=version, kept=True, reason="It helped.",
+                             eval=evaluation, extra={"note": "kept as it is"})
+        (project.rounds_dir / f"{number:04d}.json").write_text(json.dumps(record.to_json()))
+    (project.rounds_dir / "0003.json").write_text("{torn")
+    renamed = project.rename_version(first.name, "my-cells")
+    assert renamed.name == "my-cells" and project.store.record(second.name).parent == "my-cells"
+    assert [(r.parent, r.version) for r in project.rounds()] == [(start_model, "my-cells"), ("my-cells", second.name)]
+    assert project.active == second.name and project.rounds()[0].extra == {"note": "kept as it is"}

@@ -2,10 +2,9 @@
 
 Layout: one folder (`$NAPARI_UNET_HOME/models`, else the platform's user data dir + `/models`)
 holding `<name>.keras` (the model, with its metadata inside) and `<name>.json` (the record,
-records.VersionRecord: parent version, lineage, training data hashes and shapes, settings, time, validation
-metrics, date), and
-optionally `<name>.onnx`, its ONNX twin for a quick first prediction (onnx_engine.py), which follows
-renames and deletions.
+records.VersionRecord: parent version, lineage, training data hashes and shapes, settings, time,
+validation metrics, date), and optionally `<name>.onnx`, its ONNX twin for a quick first prediction
+(onnx_engine.py), which follows renames and deletions. A record that cannot be read is not a version.
 
 Crash safety: the .keras is written first (temp file + rename, model.save_model), then the record
 (temp file + fsync + rename). A version is visible only when both files exist, so a process killed
