@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_worker_channel.py [--size 8192] [--repeats 5]
 
-Each row sends an array to the worker process and back (the `echo` of tests/worker_tasks.py) through the dock's
+Each row sends an array to the worker process and back (the `echo` of tests/gui/worker_tasks.py) through the dock's
 own channel (napari_unet/worker/channel.py: shared memory), against the same round trip pickled through the pipe
 (multiprocessing's Connection.send, what a channel without shared memory would cost) and one memcpy of the array
 in this process. Medians of --repeats round trips, after one untimed.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # worker_tasks: the echo task
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "gui"))  # worker_tasks: the echo task
 
 
 def _pipe_echo(connection) -> None:
