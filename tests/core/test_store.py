@@ -21,7 +21,7 @@ from napari_unet.storage import shipped as shipped_module
 from napari_unet.storage.records import PairFingerprint
 from napari_unet.storage.store import ModelStore, array_sha1, pair_fingerprint
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 from filelock import FileLock
+from synthetic_images import bright_discs
 
 from napari_unet.cli import main
 from napari_unet.errors import NapariUNetError
@@ -21,26 +22,12 @@ from napari_unet.training import TrainConfig
 QUICK = TrainConfig(epochs=2, steps_per_epoch=15, batch_size=2, patch_size=64, learning_rate=1e-2)
 
 
-def _discs(seed: int, size: int = 128, instances: bool = False):
-    """Bright discs on noise; labels 1..N (instances) or 1."""
-    rng = np.random.default_rng(seed)
-    image = rng.normal(20, 5, (size, size))
-    labels = np.zeros((size, size), np.uint16)
-    yy, xx = np.mgrid[:size, :size]
-    for number in range(1, 9):
-        cy, cx = rng.integers(10, size - 10, 2)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
-        image[disc] += 100
-        labels[disc] = number if instances else 1
-    return image.astype(np.float32), labels
-
-
 @pytest.fixture
 def project(tmp_path, start_model):
     project = Project.init(tmp_path / "project", start_model)
     for seed in (0, 1):
-        project.add_pair(*_discs(seed, instances=True))
-    project.add_pair(*_discs(7), evaluation=True)
+        project.add_pair(*bright_discs(seed, instances=True))
+    project.add_pair(*bright_discs(7), evaluation=True)
     return project
 
 
@@ -76,7 +63,7 @@ def test_a_round_on_wrong_masks_is_rolled_back_and_kept_for_inspection(project):
 
 def test_without_evaluation_pairs_the_held_out_stripes_are_scored_and_not_trained_on(tmp_path, start_model):
     project = Project.init(tmp_path / "p", start_model)
-    project.add_pair(*_discs(0))
+    project.add_pair(*bright_discs(0))
     outcome = project.round(QUICK)
     assert outcome.record.eval.source == "held-out stripes"
     pairs = project.store.record(outcome.version).training_pairs
@@ -132,7 +119,7 @@ def test_two_rounds_at_once_are_refused_and_a_killed_rounds_lock_is_no_lock(proj
 def test_an_old_training_set_folder_opens_as_a_project_with_no_rounds(tmp_path, start_model):
     from napari_unet.training.training_set import TrainingSet
 
-    TrainingSet(tmp_path / "old").add(*_discs(0), name="cells")
+    TrainingSet(tmp_path / "old").add(*bright_discs(0), name="cells")
     project = Project.open(tmp_path / "old")
     assert project.rounds() == [] and project.active is None and project.training.names() == ["cells"]
     with pytest.raises(NapariUNetError, match="no model to start from"):
@@ -145,7 +132,7 @@ def test_an_old_training_set_folder_opens_as_a_project_with_no_rounds(tmp_path, 
 
 def _files(tmp_path):
     for index, seed in enumerate((0, 1, 7)):
-        image, labels = _discs(seed, instances=True)
+        image, labels = bright_discs(seed, instances=True)
         tifffile.imwrite(tmp_path / f"image{index}.tif", image)
         tifffile.imwrite(tmp_path / f"labels{index}.tif", labels)
     return tmp_path
@@ -220,8 +207,8 @@ def test_a_boundary_class_model_fine_tunes_on_instance_labels_and_keeps_its_meth
     start = str(save_model(model, tmp_path / "tiny-nuclei.keras"))
     project = Project.init(tmp_path / "p", start)
     for seed in (0, 1):
-        project.add_pair(*_discs(seed, instances=True))
-    project.add_pair(*_discs(7, instances=True), evaluation=True)
+        project.add_pair(*bright_discs(seed, instances=True))
+    project.add_pair(*bright_discs(7, instances=True), evaluation=True)
     from dataclasses import replace
 
     outcome = project.round(replace(QUICK, steps_per_epoch=30, learning_rate=3e-3))  # three classes learn slower
@@ -235,7 +222,7 @@ def test_revert_in_an_old_folder_after_a_rolled_back_first_round(tmp_path, start
     """No start model and no kept round: the revert compares against the model the first round started from."""
     from napari_unet.training.training_set import TrainingSet
 
-    TrainingSet(tmp_path / "old").add(*_discs(0), name="cells")
+    TrainingSet(tmp_path / "old").add(*bright_discs(0), name="cells")
     project = Project.open(tmp_path / "old")
     import napari_unet.project as project_module
 
