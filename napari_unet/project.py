@@ -51,7 +51,14 @@ from napari_unet.labels.classes import SegmentationClass, check_classes, check_l
 from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.scoring.evidence import class_unit_counts, compare, pooled, unit_counts
 from napari_unet.storage.files import atomic_write_json
-from napari_unet.storage.records import ROUND_FORMAT, RoundEvaluation, RoundRecord, RoundTraining
+from napari_unet.storage.records import (
+    ROUND_FORMAT,
+    PairFingerprint,
+    RoundEvaluation,
+    RoundRecord,
+    RoundTraining,
+    VersionRecord,
+)
 from napari_unet.storage.store import ModelStore, array_sha1, pair_fingerprint
 from napari_unet.training.adaptation import adapt, choose_post_processing, error_focus, with_channels_of
 from napari_unet.training.training_set import HELD_OUT_FRACTION, TrainingSet, pair_file_name, restrict_to_corrections
@@ -82,7 +89,7 @@ class Evaluation:
     images: list[np.ndarray]
     truths: list[np.ndarray]
     valid: list[np.ndarray]
-    fingerprints: list[dict] = field(default_factory=list)
+    fingerprints: list[PairFingerprint] = field(default_factory=list)
     # Several classes: their names (truths then hold class ids 0..n); [] for one class (truths are bool).
     class_names: list[str] = field(default_factory=list)
     # Volumes scored in 3-D (volume_checks.py): each with its (plane, truth, valid) rows, after the images above.
@@ -311,15 +318,19 @@ class Project:
     # ------------------------------------------------------------------ rounds and versions
     def rounds(self) -> list[RoundRecord]:
         """Records of all finished rounds, oldest first."""
+        return sorted((record for _, record in self._round_files()), key=lambda r: r.round)
+
+    def _round_files(self) -> list[tuple[Path, RoundRecord]]:
+        """(file, record) of each round in the log; a torn or foreign file is not a round."""
         if not self.rounds_dir.is_dir():
             return []
-        records = []
+        found = []
         for path in sorted(self.rounds_dir.glob("[0-9]*.json")):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 values = json.loads(path.read_text())
                 if isinstance(values, dict) and values.get("format") == ROUND_FORMAT:
-                    records.append(RoundRecord.from_json(values))
-        return sorted(records, key=lambda r: r.round)
+                    found.append((path, RoundRecord.from_json(values)))
+        return found
 
     @property
     def active(self) -> str | None:
@@ -525,7 +536,7 @@ class Project:
             extra={"project_round": number, "kept": kept, "failed_reason": failure, "seed": config.seed,
                    "package_version": __version__, "evaluation_source": evaluation.source,
                    "evaluation_pairs": evaluation.fingerprints},
-        )["name"]
+        ).name
         record = RoundRecord(
             round=number, parent=parent_key, version=version, kept=kept, reason=reason,
             eval=_eval_record(comparison, evaluation, "rolled back" if failure else None),
@@ -576,15 +587,15 @@ class Project:
             atomic_write_json(self.rounds_dir / f"{number:04d}.json", record.to_json())
             return record
 
-    def rename_version(self, old: str, new: str) -> dict:
+    def rename_version(self, old: str, new: str) -> VersionRecord:
         """Rename a version made here; the round log follows, so the lineage and the active version hold."""
         with self._one_round_at_a_time():
             record = self.store.rename(old, new)
-            for path in sorted(self.rounds_dir.glob("[0-9]*.json")):
-                values = json.loads(path.read_text())
-                changed = {key: new for key in ("version", "parent") if values.get(key) == old}
-                if changed:
-                    atomic_write_json(path, {**values, **changed})
+            for path, round_record in self._round_files():
+                renamed = replace(round_record, version=new if round_record.version == old else round_record.version,
+                                  parent=new if round_record.parent == old else round_record.parent)
+                if renamed != round_record:
+                    atomic_write_json(path, renamed.to_json())
             return record
 
     # ------------------------------------------------------------------ lineage
@@ -599,16 +610,19 @@ class Project:
                                   f"rounds are {[r.round for r in self.rounds()] or 'none yet'}")
         if record.is_revert:
             raise NapariUNetError(f"round {number} of project '{self.root}' is a revert, not training: nothing to repeat")
-        version_record = self.store.record(record.version) or {}
-        data, evaluation = self.snapshot(version_record.get("evaluation_source") == "held-out stripes")
+        version_record = self.store.record(record.version)
+        if version_record is None:
+            raise NapariUNetError(f"version '{record.version}' of round {number} is no longer in the model store of "
+                                  f"project '{self.root}' (deleted?): the round cannot be repeated")
+        data, evaluation = self.snapshot(version_record.evaluation_source == "held-out stripes")
         available = {(array_sha1(image), array_sha1(mask)): (name, image, mask)
                      for name, image, mask in zip(data.names, data.images, data.train_masks)}
         chosen = []
-        for entry in version_record.get("training_pairs", []):
-            key = (entry["image_sha1"], entry["mask_sha1"])
+        for entry in version_record.training_pairs:
+            key = (entry.image_sha1, entry.mask_sha1)
             if key not in available:
                 raise NapariUNetError(
-                    f"pair '{entry.get('name', '?')}' of round {number} is no longer in the project as it was "
+                    f"pair '{entry.name or '?'}' of round {number} is no longer in the project as it was "
                     "(removed or changed): the round cannot be repeated exactly"
                 )
             chosen.append(available[key])

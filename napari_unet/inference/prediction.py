@@ -226,6 +226,32 @@ def _plane_range(plane, normalization, index) -> tuple[np.ndarray, np.ndarray] |
     return low, high
 
 
+def _tile_and_overlap(model: SegmentationModel, tile_size: int | None, overlap: int | None) -> tuple[int, int]:
+    """(target tile side, overlap) in px of predict's tiles for `model`, from predict's tile_size and overlap."""
+    multiple = model.config.size_multiple
+    model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
+    if tile_size is None:
+        tile = max(model_tile, LARGE_TILE)
+    else:
+        if tile_size < multiple:
+            raise NapariUNetError(f"tile_size={tile_size} is too small: use at least {multiple} (2**depth)")
+        tile = tiling.round_up(int(tile_size), multiple)
+    if overlap is None:
+        overlap = tiling.default_overlap(min(model_tile, tile))
+    if overlap < 0:
+        raise NapariUNetError(f"overlap={overlap} must be >= 0 px")
+    return tile, overlap
+
+
+def tile_grid_for(model: SegmentationModel, spatial_shape: tuple[int, int], tile_size: int | None = None,
+                  overlap: int | None = None) -> tuple[tiling.AxisTiles, tiling.AxisTiles]:
+    """The row and column tiles predict() cuts a (Y, X) plane of `spatial_shape` into for `model`, with predict's
+    tile_size and overlap (None: its defaults). The model runs on exactly these tiles, so their area, not the
+    image's, is what a prediction computes."""
+    tile, overlap = _tile_and_overlap(model, tile_size, overlap)
+    return tiling.tile_grid(spatial_shape, tile, int(overlap), model.config.size_multiple)
+
+
 class _Plan:
     """Everything fixed for one call: tiling, batch size, classes."""
 
@@ -233,21 +259,10 @@ class _Plan:
                  test_time_augmentation: bool | int = False, precision: str | None = None, *,
                  with_squares: bool = False):
         config = model.config
-        multiple = config.size_multiple
-        model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
-        if tile_size is None:
-            tile = max(model_tile, LARGE_TILE)
-        else:
-            if tile_size < multiple:
-                raise NapariUNetError(f"tile_size={tile_size} is too small: use at least {multiple} (2**depth)")
-            tile = tiling.round_up(int(tile_size), multiple)
-        if overlap is None:
-            overlap = tiling.default_overlap(min(model_tile, tile))
-        if overlap < 0:
-            raise NapariUNetError(f"overlap={overlap} must be >= 0 px")
+        tile, overlap = _tile_and_overlap(model, tile_size, overlap)
         if batch_size < 1:
             raise NapariUNetError(f"batch_size={batch_size} must be >= 1")
-        self.grid = tiling.tile_grid(spatial_shape, tile, int(overlap), multiple)
+        self.grid = tiling.tile_grid(spatial_shape, tile, int(overlap), config.size_multiple)
         rows, cols = self.grid
         self.row_window = tiling.blending_window(rows.size, overlap)
         self.col_window = tiling.blending_window(cols.size, overlap)
@@ -341,13 +356,19 @@ def predict_probabilities(
     cancel: CancelCheck | None = None,
     test_time_augmentation: bool | int = False,
     precision: str | None = None,
-) -> np.ndarray:
-    """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here)."""
+    with_squares: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here).
+
+    with_squares: return (probabilities, the test-time-augmentation views' mean of squared probabilities), both
+    from the same pass: how much the views disagree (uncertainty.uncertainty_map) without predicting twice."""
     plane_range = _plane_range(plane, model.metadata.normalization, None)
-    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size, test_time_augmentation, precision)
+    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size, test_time_augmentation, precision,
+                 with_squares=with_squares)
     region = ((0, plane.shape[0]), (0, plane.shape[1]))
     counter = _ProgressCounter(len(plan.tiles_in(region)), progress, cancel)
-    return _predict_region(plan, plane, plane_range, region, counter)
+    blended = _predict_region(plan, plane, plane_range, region, counter)
+    return (blended[..., : plan.n_classes], blended[..., plan.n_classes :]) if with_squares else blended
 
 
 def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, threshold: float, instances_of: str,

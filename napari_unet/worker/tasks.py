@@ -222,7 +222,7 @@ def write_twin(job, model: ModelReference, only_if_missing: bool = False) -> str
     record = next((found for found in records if found is not None), None)
     if record is None:
         return None
-    path = Path(record["path"])
+    path = Path(record.path)
     if only_if_missing and twin_path(path).is_file():
         return None
     try:
