@@ -34,6 +34,7 @@ import numpy as np
 from napari_unet.errors import NapariUNetError
 from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.storage.files import atomic_write_json, atomic_write_tiff
+from napari_unet.storage.records import PairFingerprint
 from napari_unet.storage.store import array_sha1
 from napari_unet.training.training_set import held_out_region
 
@@ -67,10 +68,13 @@ class VolumeCheck:
     pairs: tuple[str, ...] = ()
     origin: tuple[int, int, int] = (0, 0, 0)  # where the kept volume starts in the user's (Z, Y, X)
 
-    def fingerprint(self) -> dict:
-        return {"name": self.name, "image_sha1": array_sha1(self.image), "labels_sha1": array_sha1(self.labels),
-                "planes": list(self.planes), "evaluation_planes": list(self.evaluation_planes),
-                "anisotropy": self.anisotropy}
+    def fingerprint(self) -> PairFingerprint:
+        """What a version's record keeps about the volume it was scored on: hashes (the mask's are the labels')."""
+        return PairFingerprint(image_sha1=array_sha1(self.image), mask_sha1=array_sha1(self.labels),
+                               shape=tuple(int(n) for n in self.image.shape), name=self.name,
+                               extra={"planes": [int(z) for z in self.planes],
+                                      "evaluation_planes": [int(z) for z in self.evaluation_planes],
+                                      "anisotropy": self.anisotropy})
 
     def scored(self, held_out: bool) -> list[tuple[int, np.ndarray, np.ndarray]]:
         """(plane, truth (Y, X) bool, valid (Y, X) bool) of the pixels a round is scored on: the held-out stripes of
