@@ -25,9 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(REPO_ROOT))
+from common import SHARED_DATA
 
 
 def two_class_mask(instances: np.ndarray, ring: int) -> np.ndarray:

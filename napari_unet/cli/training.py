@@ -88,7 +88,7 @@ def run_finetune_command(args) -> int:
             tuned, history, training_pairs=[pair_fingerprint(i, m, n) for i, m, n in zip(images, masks, names)],
             name=args.name,
         )
-        version = record["name"]
+        version = record.name
     except NapariUNetError as exc:  # the requested file exists; the store copy is a convenience
         print(f"napari-unet finetune: warning: not added to the model store: {exc}", file=sys.stderr)
     result = {

@@ -232,6 +232,32 @@ def _plane_range(plane, normalization, index) -> tuple[np.ndarray, np.ndarray] |
     return low, high
 
 
+def _tile_and_overlap(model: SegmentationModel, tile_size: int | None, overlap: int | None) -> tuple[int, int]:
+    """(target tile side, overlap) in px of predict's tiles for `model`, from predict's tile_size and overlap."""
+    multiple = model.config.size_multiple
+    model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
+    if tile_size is None:
+        tile = max(model_tile, LARGE_TILE)
+    else:
+        if tile_size < multiple:
+            raise NapariUNetError(f"tile_size={tile_size} is too small: use at least {multiple} (2**depth)")
+        tile = tiling.round_up(int(tile_size), multiple)
+    if overlap is None:
+        overlap = tiling.default_overlap(min(model_tile, tile))
+    if overlap < 0:
+        raise NapariUNetError(f"overlap={overlap} must be >= 0 px")
+    return tile, overlap
+
+
+def tile_grid_for(model: SegmentationModel, spatial_shape: tuple[int, int], tile_size: int | None = None,
+                  overlap: int | None = None) -> tuple[tiling.AxisTiles, tiling.AxisTiles]:
+    """The row and column tiles predict() cuts a (Y, X) plane of `spatial_shape` into for `model`, with predict's
+    tile_size and overlap (None: its defaults). The model runs on exactly these tiles, so their area, not the
+    image's, is what a prediction computes."""
+    tile, overlap = _tile_and_overlap(model, tile_size, overlap)
+    return tiling.tile_grid(spatial_shape, tile, int(overlap), model.config.size_multiple)
+
+
 class _Plan:
     """Everything fixed for one call: tiling, batch size, classes."""
 
@@ -239,21 +265,10 @@ class _Plan:
                  test_time_augmentation: bool | int = False, precision: str | None = None, *,
                  with_squares: bool = False):
         config = model.config
-        multiple = config.size_multiple
-        model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
-        if tile_size is None:
-            tile = max(model_tile, LARGE_TILE)
-        else:
-            if tile_size < multiple:
-                raise NapariUNetError(f"tile_size={tile_size} is too small: use at least {multiple} (2**depth)")
-            tile = tiling.round_up(int(tile_size), multiple)
-        if overlap is None:
-            overlap = tiling.default_overlap(min(model_tile, tile))
-        if overlap < 0:
-            raise NapariUNetError(f"overlap={overlap} must be >= 0 px")
+        tile, overlap = _tile_and_overlap(model, tile_size, overlap)
         if batch_size < 1:
             raise NapariUNetError(f"batch_size={batch_size} must be >= 1")
-        self.grid = tiling.tile_grid(spatial_shape, tile, int(overlap), multiple)
+        self.grid = tiling.tile_grid(spatial_shape, tile, int(overlap), config.size_multiple)
         rows, cols = self.grid
         self.row_window = tiling.blending_window(rows.size, overlap)
         self.col_window = tiling.blending_window(cols.size, overlap)
@@ -347,13 +362,19 @@ def predict_probabilities(
     cancel: CancelCheck | None = None,
     test_time_augmentation: bool | int = False,
     precision: str | None = None,
-) -> np.ndarray:
-    """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here)."""
+    with_squares: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here).
+
+    with_squares: return (probabilities, the test-time-augmentation views' mean of squared probabilities), both
+    from the same pass: how much the views disagree (uncertainty.uncertainty_map) without predicting twice."""
     plane_range = _plane_range(plane, model.metadata.normalization, None)
-    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size, test_time_augmentation, precision)
+    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size, test_time_augmentation, precision,
+                 with_squares=with_squares)
     region = ((0, plane.shape[0]), (0, plane.shape[1]))
     counter = _ProgressCounter(len(plan.tiles_in(region)), progress, cancel)
-    return _predict_region(plan, plane, plane_range, region, counter)
+    blended = _predict_region(plan, plane, plane_range, region, counter)
+    return (blended[..., : plan.n_classes], blended[..., plan.n_classes :]) if with_squares else blended
 
 
 def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, threshold: float, instances_of: str,
@@ -578,10 +599,11 @@ def predict_stack_into(model, image, out, *, stack: str = "z", threshold: float 
     report(total)
 
 
-def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
-                        counter: _ProgressCounter, threshold: float, instances_of: str, min_size: int | None):
-    """int32 3-D objects of one raw (Z, Y, X, C) volume: its XY-plane probabilities (already predicted) averaged
-    with those of the XZ and YZ planes of the volume resampled to cubic voxels, then stacks.volume_instances."""
+def _three_view_map(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
+                    counter: _ProgressCounter) -> np.ndarray:
+    """The three views' mean (Z', Y, X, n_classes) on cubic voxels of one raw (Z, Y, X, C) volume: its XY-plane
+    probabilities (already predicted) averaged with those of the XZ and YZ planes of the volume resampled to cubic
+    voxels."""
     n_classes = model.config.n_classes
     normalization = model.metadata.normalization
     depth = isotropic_depth(volume.shape[0], anisotropy)
@@ -590,9 +612,45 @@ def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.n
         whole = ((0, side.shape[1]), (0, side.shape[2]))
         views.append(np.stack([_predict_region(side_plan, plane, _plane_range(plane, normalization, None), whole,
                                                counter) for plane in side]))
-    mean = three_view_mean(resample_depth(xy_probabilities[..., :n_classes], depth), *views)
+    return three_view_mean(resample_depth(xy_probabilities[..., :n_classes], depth), *views)
+
+
+def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
+                        counter: _ProgressCounter, threshold: float, instances_of: str, min_size: int | None):
+    """int32 3-D objects of one raw (Z, Y, X, C) volume from its three views' mean (stacks.volume_instances)."""
+    n_classes = model.config.n_classes
+    mean = _three_view_map(model, volume, xy_probabilities, side_plans, anisotropy, counter)
     return volume_instances(mean[..., 0] if n_classes == 1 else mean, model.metadata, n_classes, volume.shape[0],
                             threshold=threshold, min_size=min_size, instances_of=instances_of)
+
+
+def predict_volume_map(model, volume, *, anisotropy: float | None = None, channel_axis: int | None = None,
+                       channels: ChannelChoice = None, precision: str | None = None,
+                       progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> np.ndarray:
+    """The probability map a (Z, Y, X) volume's objects are made from, as predict(..., output="instances",
+    stack="z", anisotropy=anisotropy) makes them: the three views' mean on cubic voxels (Z', Y, X, ...) where
+    stacks.uses_three_views(anisotropy), else the planes' own probabilities (Z, Y, X, ...); one class: no trailing
+    axis. stacks.volume_objects turns it into objects, so several post-processing settings cost one prediction."""
+    model, planes = model_and_planes(model, np.asarray(volume), channel_axis, channels)
+    leading_shape, spatial_shape = tuple(planes.shape[:-3]), tuple(planes.shape[-3:-1])
+    check_stack("z", "instances", leading_shape, anisotropy)
+    plan = _Plan(model, spatial_shape, None, None, 4, precision=precision)
+    three_views = bool(three_view_volumes("z", leading_shape, anisotropy))
+    side_plans = ()
+    if three_views:
+        depth = isotropic_depth(leading_shape[0], anisotropy)
+        side_plans = tuple(_Plan(model, (depth, side), None, None, 4, precision=precision)
+                           for side in (spatial_shape[1], spatial_shape[0]))
+    whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
+    side_tiles = sum(len(side.tiles_in(((0, side.grid[0].length), (0, side.grid[1].length)))) * n_planes
+                     for side, n_planes in zip(side_plans, spatial_shape))
+    counter = _ProgressCounter(len(plan.tiles_in(whole)) * leading_shape[0] + side_tiles, progress, cancel)
+    normalization = model.metadata.normalization
+    probabilities = np.stack([_predict_region(plan, plane, _plane_range(plane, normalization, (index,)), whole, counter)
+                              for index, plane in enumerate(planes)])
+    if three_views:
+        probabilities = _three_view_map(model, planes, probabilities, side_plans, anisotropy, counter)
+    return probabilities[..., 0] if plan.n_classes == 1 else probabilities
 
 
 def _predict_lazy(plan: _Plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size):

@@ -226,6 +226,18 @@ def volume_instances(probabilities: np.ndarray, metadata, n_classes: int, depth:
     return relabel_sequential(on_planes)[0].astype(np.int32, copy=False)
 
 
+def volume_objects(probabilities: np.ndarray, metadata, n_classes: int, depth: int, *, three_views: bool,
+                   threshold: float = 0.5, min_size: int | None = None) -> np.ndarray:
+    """int32 3-D objects of one (Z, Y, X) volume from the map prediction.predict_volume_map gives: the three views'
+    mean on cubic voxels (three_views: volume_instances), else the planes' own probabilities, labelled plane by
+    plane by the model's own method and stitched (stitch_planes). `depth`: the volume's planes."""
+    if three_views:
+        return volume_instances(probabilities, metadata, n_classes, depth, threshold=threshold, min_size=min_size)
+    from napari_unet.labels.postprocess import model_instances
+
+    return stitch_planes(model_instances(probabilities, metadata, n_classes, threshold=threshold, min_size=min_size))
+
+
 def check_stack(stack: str | None, output: str, leading_shape: tuple, anisotropy: float | None) -> None:
     """Refuse, in one line naming the fix, a stack kind that does not fit the image's stack axes."""
     if stack is None:

@@ -187,6 +187,22 @@ def predict_regions(job, model: ModelReference, image, visible, threshold: float
         job.report(result)
 
 
+def predict_objects_into(job, model: ModelReference, image, store: str, stack: str, threshold: float, channel_axis,
+                         test_time_augmentation: int, min_size: int | None) -> str:
+    """A lazy (zarr) volume's or time-lapse's objects into the int32 zarr array at `store`, plane by plane
+    (prediction.predict_stack_into: never the whole stack in memory); each plane done is a (done, total) progress
+    value. Returns `store`."""
+    import zarr
+
+    from napari_unet.inference.prediction import predict_stack_into
+
+    out = zarr.open_array(store, mode="r+")
+    predict_stack_into(job.models.get(model), image, out, stack=stack, threshold=threshold, channel_axis=channel_axis,
+                       progress=lambda done, total: job.report((done, total)), cancel=job.is_cancelled,
+                       min_size=min_size, test_time_augmentation=test_time_augmentation)
+    return store
+
+
 def warm_up(job, model: ModelReference, write_missing_twin: bool = True) -> str:
     """Load the model and trace its forward pass on a small image (the traced function serves any size), so the
     next Predict only predicts; then give a project version saved without an ONNX twin its twin."""
@@ -214,7 +230,7 @@ def write_twin(job, model: ModelReference, only_if_missing: bool = False) -> str
     record = next((found for found in records if found is not None), None)
     if record is None:
         return None
-    path = Path(record["path"])
+    path = Path(record.path)
     if only_if_missing and twin_path(path).is_file():
         return None
     try:
@@ -368,5 +384,5 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, co
 # keeps its best model. The dock never ends a worker for not finishing these after a cancel (only for silence).
 FINISH_AFTER_CANCEL = frozenset({"fine_tune_round", "live"})
 
-TASKS = {task.__name__: task for task in (predict_plane, predict_regions, warm_up, write_twin, fine_tune_round,
-                                          propose_start, revert, export_bioimageio, live)}
+TASKS = {task.__name__: task for task in (predict_plane, predict_regions, predict_objects_into, warm_up, write_twin,
+                                          fine_tune_round, propose_start, revert, export_bioimageio, live)}
