@@ -204,13 +204,13 @@ def volume_truth(check: VolumeCheck) -> tuple[np.ndarray, np.ndarray]:
 
 def choose_volume_post_processing(model, checks: list[VolumeCheck], precision: str | None = None) -> dict | None:
     """Choose a boundary_watershed model's seed and background thresholds on volumes whose other planes hold the
-    prediction (3-D AP@0.5 pooled over their objects, adaptation.SEED_THRESHOLDS × BACKGROUND_THRESHOLDS); sets
+    prediction (3-D AP@0.5 pooled over their objects, adaptation.choose_thresholds); sets
     them on the model. The current setting is kept unless another scores higher. Returns {"seed_threshold",
     "background_threshold", "ap50", "before_ap50", "n_objects"}, or None when nothing could be chosen."""
     from dataclasses import replace
 
     from napari_unet.scoring.metrics import IOU_THRESHOLDS, instance_counts, instance_scores
-    from napari_unet.training.adaptation import BACKGROUND_THRESHOLDS, SEED_THRESHOLDS
+    from napari_unet.training.adaptation import choose_thresholds
 
     metadata = model.metadata
     checks = [check for check in checks if check.predicted_elsewhere]
@@ -232,14 +232,4 @@ def choose_volume_post_processing(model, checks: list[VolumeCheck], precision: s
             counts += instance_counts(truth, np.where(counted[:, None, None], objects, 0))
         return float(instance_scores(counts)["ap50"])
 
-    current = (metadata.seed_threshold, metadata.background_threshold)
-    scores = {current: ap50(*current)}
-    for seed in SEED_THRESHOLDS:
-        for background in BACKGROUND_THRESHOLDS:
-            if (seed, background) not in scores:
-                scores[(seed, background)] = ap50(seed, background)
-    best = max(scores, key=lambda key: (scores[key], key == current))
-    model.metadata = replace(metadata, seed_threshold=best[0], background_threshold=best[1])
-    return {"seed_threshold": best[0], "background_threshold": best[1], "ap50": round(scores[best], 4),
-            "before_ap50": round(scores[current], 4),
-            "n_objects": int(sum(len(np.unique(truth)) - 1 for _, _, truth, _ in volumes))}
+    return choose_thresholds(model, ap50, n_objects=sum(len(np.unique(truth)) - 1 for _, _, truth, _ in volumes))

@@ -10,11 +10,8 @@ from napari_unet.labels.classes import SegmentationClass
 from napari_unet.project import Project
 
 
-def test_choosing_a_class_sets_the_brush_label_and_shows_napari_colours(make_napari_viewer, qtbot, tmp_path,
-                                                                         start_model):
-    project = Project.init(tmp_path / "project", start_model, classes=[
-        SegmentationClass("nucleus"), SegmentationClass("cytoplasm", objects=False),
-        SegmentationClass("membrane", "#ffff00")])
+def _dock_with_classes(make_napari_viewer, project):
+    """A viewer with an image, its labels layer chosen in the Correct tab, and `project`'s class list."""
     viewer = make_napari_viewer()
     _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
     dock._warm_up_timer.stop()
@@ -23,7 +20,15 @@ def test_choosing_a_class_sets_the_brush_label_and_shows_napari_colours(make_nap
     tab = dock.training_set_tab
     tab.set_folder(str(project.root))
     tab.labels_combo.select("cells labels")
-    class_list = tab.class_list
+    return viewer, dock, labels, tab.class_list
+
+
+def test_choosing_a_class_sets_the_brush_label_and_shows_napari_colours(make_napari_viewer, qtbot, tmp_path,
+                                                                         start_model):
+    project = Project.init(tmp_path / "project", start_model, classes=[
+        SegmentationClass("nucleus"), SegmentationClass("cytoplasm", objects=False),
+        SegmentationClass("membrane", "#ffff00")])
+    viewer, dock, labels, class_list = _dock_with_classes(make_napari_viewer, project)
     rows = [class_list.list.item(row) for row in range(class_list.list.count())]
     assert [row.text() for row in rows] == ["1  nucleus", "2  cytoplasm  (region)", "3  membrane"]
     # The swatch is the colour the layer paints the label in: napari's own for 2, the declared one for 3.
@@ -56,15 +61,8 @@ def test_classes_are_recoloured_renamed_and_made_regions_in_the_class_list(make_
 
     project = Project.init(tmp_path / "project", start_model, classes=[SegmentationClass("nucleus"),
                                                                         SegmentationClass("rim")])
-    viewer = make_napari_viewer()
-    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "U-Net")
-    dock._warm_up_timer.stop()
-    viewer.add_image(np.zeros((32, 32), np.float32), name="cells")
-    labels = viewer.add_labels(np.zeros((32, 32), np.uint8), name="cells labels")
+    viewer, dock, labels, class_list = _dock_with_classes(make_napari_viewer, project)
     tab = dock.training_set_tab
-    tab.set_folder(str(project.root))
-    tab.labels_combo.select("cells labels")
-    class_list = tab.class_list
 
     class_list.rename_button.click()  # nothing chosen yet: one line saying what to do
     assert "choose a class in the list first" in errors(notifications)[-1]
