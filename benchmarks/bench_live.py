@@ -22,25 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from common import forest_classifier, forest_features, nuclei_half_corrected
 
 TILE = 64
-
-
-def forest_features(image: np.ndarray) -> np.ndarray:
-    """(Y, X, features) of ilastik's default set as scikit-image offers it: intensity, edges, texture, sigma 1..16."""
-    from skimage.feature import multiscale_basic_features
-
-    return multiscale_basic_features(image, intensity=True, edges=True, texture=True, sigma_min=1, sigma_max=16)
-
-
-def forest_classifier():
-    """The random forest of the baseline (new_domain.py fits the same one)."""
-    from sklearn.ensemble import RandomForestClassifier
-
-    return RandomForestClassifier(n_estimators=50, n_jobs=-1, max_depth=10, random_state=0)
 
 
 def _forest_iou(image, labels, touched, eval_image, eval_truth) -> tuple[float, float]:
@@ -59,16 +43,15 @@ def _forest_iou(image, labels, touched, eval_image, eval_truth) -> tuple[float, 
 
 def run(start: str, n_tiles: int, burst_seconds: float, case: tuple | None = None,
         overrides: dict | None = None, focus: bool = True) -> list[dict]:
-    """case: (512² image, its labels with the right half 255, right-half image, right-half truth); None: _case().
+    """case: (512² image, its labels with the right half 255, right-half image, right-half truth); None:
+    common.nuclei_half_corrected().
     overrides: TrainConfig fields for live mode (None: live mode's own defaults). focus: tell live mode which
     pixels the user changed (touched pixels where the truth differs from the start's prediction), as the dock
     does, so half of the patches are centred on them; False: every annotated pixel alike."""
-    from bench_round import _case
-
     from napari_unet.project import Project
     from napari_unet.training.live import LiveTrainer, live_mask
 
-    image, corrected, eval_image, eval_truth = case if case is not None else _case()
+    image, corrected, eval_image, eval_truth = case if case is not None else nuclei_half_corrected()
     truth_left = np.where(corrected == 255, 0, corrected)[:, :256]
     left = image[:, :256]
     root = Path(tempfile.mkdtemp(prefix="bench-live-")) / "project"

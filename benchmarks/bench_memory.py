@@ -4,7 +4,7 @@
 
 Each case runs in its own subprocess and reports its peak RSS (resource.getrusage ru_maxrss), next to
 the RSS of the same process after importing TensorFlow and building the model (the fixed cost).
-Goal (issue): 8192² uint8 at width 16 under 2.5 GB; the zarr case never loads the image whole.
+Goal: 8192² uint8 at width 16 under 2.5 GB; the zarr case never loads the image whole.
 """
 
 from __future__ import annotations

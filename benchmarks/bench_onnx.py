@@ -25,10 +25,6 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-
-
 _STARTUP = """
 import sys, time
 started = time.perf_counter()

@@ -17,12 +17,10 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
+from common import SHARED_DATA
 
 
 def _fastest_seconds(calls: dict, repeats: int) -> dict:
@@ -95,7 +93,7 @@ def accuracy() -> None:
     from napari_unet.storage.registry import load_model
     from napari_unet.storage.shipped import SHIPPED_MODELS_DIR
 
-    data = REPO_ROOT.parent / "shared" / "data"
+    data = SHARED_DATA
     card = json.loads((SHIPPED_MODELS_DIR / "membranes.json").read_text())
     stems = card["metrics_held_out"]["images"]
     images = [read_image(data / "isbi2012" / "images" / f"{s}.png") for s in stems]

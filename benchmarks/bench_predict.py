@@ -4,7 +4,7 @@ whole padded image), and the engine's GFLOP/s as a share of the tf.matmul rate m
     .venv/bin/python benchmarks/bench_predict.py [--width 64] [--sizes 512 2048 4096] [--repeats 3]
     .venv/bin/python benchmarks/bench_predict.py --model nuclei --sizes 512 1024 2048 4096
 
-Goals (issues 3, 14): engine >= naive at every size, engine >= 85 % of the float32 matmul rate. The engine is
+Goals: engine >= naive at every size, engine >= 85 % of the float32 matmul rate. The engine is
 timed in float32 (also with the Keras graph as built, i.e. without model.inference_function's rearranged
 graph) and in bfloat16 (precision.py; the default where the CPU has it). The box is shared, so the
 load average is printed with every row and each time is the fastest of the repeats (load only slows a run
@@ -60,11 +60,10 @@ def naive_predict(model, image: np.ndarray) -> np.ndarray:
 
 def engine_flops(model, shape) -> tuple[float, int, int]:
     """FLOPs the engine actually computes (all tiles, padded), the tile count and tile side."""
-    from napari_unet.inference.prediction import _Plan
+    from napari_unet.inference.prediction import tile_grid_for
     from napari_unet.model import unet_flops
 
-    plan = _Plan(model, shape, None, None, 4)
-    rows, cols = plan.grid
+    rows, cols = tile_grid_for(model, shape)
     n_tiles = len(rows.starts) * len(cols.starts)
     return n_tiles * unet_flops(model.config, rows.size, cols.size), n_tiles, rows.size
 

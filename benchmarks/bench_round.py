@@ -22,56 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(REPO_ROOT))
-
-IMAGE_ID = "4596961c789d3b41"  # 520×696, 133 nuclei (also the `nuclei` sample; not in the nuclei recipe's training)
-
-
-def _case():
-    from napari_unet.labels.masks import labels_from_ground_truth
-    from napari_unet.storage.io import read_image
-
-    folder = SHARED_DATA / "nuclei_dsb2018"
-    image = read_image(folder / "images" / f"{IMAGE_ID}.tif")[:512, :512]
-    truth = labels_from_ground_truth(read_image(folder / "masks" / f"{IMAGE_ID}.tif"))[:512, :512]
-    corrected = truth.copy()
-    corrected[:, 256:] = 255  # the user corrected the left half only
-    return image, corrected, image[:, 256:], truth[:, 256:]
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    from napari_unet.training import TrainConfig
-
-    fields = TrainConfig.__dataclass_fields__
-    values = {}
-    for item in items:
-        key, _, text = item.partition("=")
-        if key not in fields:
-            raise SystemExit(f"unknown TrainConfig field {key!r}")
-        kind = TrainConfig.__dataclass_fields__[key].type
-        kind = kind if isinstance(kind, str) else kind.__name__
-        if text == "None":
-            values[key] = None
-        elif kind == "bool":
-            values[key] = text.lower() in ("1", "true", "yes")
-        elif kind.startswith("int"):
-            values[key] = int(text)
-        elif kind.startswith("float"):
-            values[key] = float(text)
-        elif kind.startswith("tuple"):
-            values[key] = tuple(part for part in text.split(",") if part)
-        else:
-            values[key] = text
-    return values
+from common import nuclei_half_corrected, train_config_overrides
 
 
 def run(start: str, overrides: dict) -> dict:
     from napari_unet.project import Project
     from napari_unet.training import TrainConfig, sampling
 
-    image, corrected, eval_image, eval_truth = _case()
+    image, corrected, eval_image, eval_truth = nuclei_half_corrected()
     root = Path(tempfile.mkdtemp(prefix="bench-round-")) / "project"
     project = Project.init(root, start)
     project.add_pair(image, corrected, name="left-half-corrected", sparse=True)
@@ -148,7 +106,7 @@ def main() -> int:
     parser.add_argument("--start", default="membranes")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig override")
     args = parser.parse_args()
-    result = run(args.start, _parse_overrides(args.set))
+    result = run(args.start, train_config_overrides(args.set))
     print(f"round from '{result['start']}' {result['overrides'] or '(defaults)'}: {result['total_seconds']} s, "
           f"{result['steps']} steps (median {result['median_step_seconds']} s), IoU on the uncorrected half "
           f"{result['iou_before']} -> {result['iou_after']} ({result['verdict']}), load {result['load']:.1f}")

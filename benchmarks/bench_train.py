@@ -20,16 +20,14 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
+
+import numpy as np
+
+from common import SHARED_DATA
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT))
-ISBI = REPO_ROOT.parent / "shared" / "data" / "isbi2012"
-
-import numpy as np  # noqa: E402
+ISBI = SHARED_DATA / "isbi2012"
 
 
 def _load(slices, step=1):

@@ -29,9 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(REPO_ROOT))
+from common import REPO_ROOT, ROUND_CASES, SHARED_DATA, round_case_stems
 
 
 def _held_out(name: str, n_nuclei: int) -> tuple[str, list[tuple[np.ndarray, np.ndarray]]]:
@@ -55,7 +53,7 @@ def ranks(views_list: list[int], tile_size: int, n_nuclei: int) -> dict:
 
     from napari_unet import load_model
     from napari_unet.inference.channels import as_planes
-    from napari_unet.inference.prediction import _Plan, _plane_range, _predict_region, _ProgressCounter
+    from napari_unet.inference.prediction import predict_probabilities
     from napari_unet.inference.uncertainty import METHODS, tiles, uncertainty_map
     from napari_unet.labels.postprocess import semantic_labels
 
@@ -70,13 +68,10 @@ def ranks(views_list: list[int], tile_size: int, n_nuclei: int) -> dict:
             started = time.perf_counter()
             wrong_fractions, maps = [], {method: [] for method in METHODS}
             for image, mask in pairs:
-                # The engine's blended mean and mean of squares (internals: every method from one pass).
+                # The views' mean and mean of squares from one pass: every method from the same prediction.
                 plane = as_planes(np.asarray(image), model.config.n_channels)
-                plan = _Plan(model, plane.shape[:2], None, None, 4, views, with_squares=True)
-                whole = ((0, plane.shape[0]), (0, plane.shape[1]))
-                blended = _predict_region(plan, plane, _plane_range(plane, model.metadata.normalization, None),
-                                          whole, _ProgressCounter(0, None, None))
-                probabilities, squares = blended[..., :n_classes], blended[..., n_classes:]
+                probabilities, squares = predict_probabilities(model, plane, test_time_augmentation=views,
+                                                               with_squares=True)
                 labels = semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, 0.5, n_classes,
                                          model.metadata.background_threshold)
                 wrong = (labels > 0) != (np.asarray(mask) > 0)
@@ -111,11 +106,10 @@ def _truth_mask(mask: np.ndarray, corrected: np.ndarray) -> np.ndarray:
 def _pool_and_evaluation(start: str) -> tuple[list[str], list[str]]:
     """Images the scripted user corrects and images every round is scored on.
 
-    membranes: the nuclei picks of benchmarks/project_rounds.py (a model that has never seen nuclei);
+    membranes: the nuclei picks of project_rounds.py (ROUND_CASES; a model that has never seen nuclei);
     nuclei: a kind of image the shipped nuclei model never saw (its held-out 512x640 fields).
     """
     import csv
-    import importlib.util
 
     folder = SHARED_DATA / "nuclei_dsb2018"
     if start == "nuclei":
@@ -124,11 +118,8 @@ def _pool_and_evaluation(start: str) -> tuple[list[str], list[str]]:
             sizes = {row["id"]: (int(row["height"]), int(row["width"])) for row in csv.DictReader(manifest)}
         unseen = [stem for stem in card["data"]["split"]["test_held_out"] if sizes[stem] == (512, 640)]
         return unseen[:3], unseen[3:7]
-    spec = importlib.util.spec_from_file_location("project_rounds", REPO_ROOT / "benchmarks" / "project_rounds.py")
-    project_rounds = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(project_rounds)
-    case = project_rounds.CASES["nuclei"]
-    pool, evaluation = case["pick"](project_rounds._stems(folder, case["size"]))
+    case = ROUND_CASES["nuclei"]
+    pool, evaluation = case["pick"](round_case_stems(folder, case["size"]))
     return list(pool), list(evaluation)
 
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_worker_channel.py [--size 8192] [--repeats 5]
 
-Each row sends an array to the worker process and back (the `echo` of tests/worker_tasks.py) through the dock's
+Each row sends an array to the worker process and back (`echo` below, run there) through the dock's
 own channel (napari_unet/worker/channel.py: shared memory), against the same round trip pickled through the pipe
 (multiprocessing's Connection.send, what a channel without shared memory would cost) and one memcpy of the array
 in this process. Medians of --repeats round trips, after one untimed.
@@ -25,13 +25,15 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # worker_tasks: the echo task
+
+def echo(job, value):
+    """The worker's task: `value` back, through the channel both ways (arrays through shared memory). The worker
+    finds it as 'bench_worker_channel:echo' on this script's folder, which it shares with the script's process."""
+    return value
 
 
 def _pipe_echo(connection) -> None:
@@ -74,7 +76,7 @@ def main() -> int:
             array = rng.integers(0, 255, (args.size, args.size)).astype(dtype)
 
             def through_worker(array=array):
-                assert client.call("worker_tasks:echo", (array,)).shape == array.shape
+                assert client.call("bench_worker_channel:echo", (array,)).shape == array.shape
 
             def through_pipe(array=array):
                 here.send(array)

@@ -17,7 +17,7 @@ over all test images):
   round scores itself on held-out stripes as a CLI user's would), project.round(TrainConfig(seconds=--seconds)),
   then predict(output="instances") with the project's active version (the round's, or its parent if rolled back).
 - zero-shot: the start model, no correction (k = 0).
-- forest: ilastik's approach as scikit-image gives it (bench_live.py's features and forest): multiscale features
+- forest: ilastik's approach as scikit-image gives it (the features and forest of bench_live.py, common.py): multiscale features
   of the k images, 200k training pixels in all drawn at random with as many foreground as background (fewer when
   an image has fewer foreground pixels), fit_segmenter; foreground = class 2, split into objects by a
   distance-transform watershed (postprocess.instance_labels, seeds >= 5 px apart, objects < 32 px dropped).
@@ -43,19 +43,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DATA = REPO_ROOT.parent / "shared" / "data" / "nuclei_brightfield_dsb2018"
-sys.path.insert(0, str(REPO_ROOT))
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from common import SHARED_DATA, forest_classifier, forest_features, predict_instances, result_row, unet_round
+
+DATA = SHARED_DATA / "nuclei_brightfield_dsb2018"
 
 N_TEST = 8
 METHODS = ("unet-round", "zero-shot", "forest", "forest-uniform", "classical")
@@ -89,34 +84,6 @@ def objects_of(foreground: np.ndarray) -> np.ndarray:
     return instance_labels(foreground, min_size=MIN_SIZE, min_distance=MIN_DISTANCE)
 
 
-def scores(predicted: list[np.ndarray], truths: list[np.ndarray]) -> dict:
-    """Pooled AP@0.5 and foreground IoU, as evaluate(instances=True) computes them."""
-    from napari_unet.scoring.evaluation import Tally
-
-    tally = Tally(instances=True)
-    for labels, truth in zip(predicted, truths):
-        tally.add(labels, truth)
-    result = tally.result()
-    return {"ap50": round(result["ap50"], 4), "iou": round(result["iou"], 4), "n_true": result["n_true"],
-            "n_predicted": result["n_predicted"]}
-
-
-def _row(method: str, k: int, predicted: list[np.ndarray], truths: list[np.ndarray], train_seconds: float,
-         predict_seconds: float, **extra) -> dict:
-    return {"method": method, "k": k, **scores(predicted, truths), "train_seconds": round(train_seconds, 1),
-            "predict_seconds_per_image": round(predict_seconds / len(predicted), 2),
-            "load": round(os.getloadavg()[0], 1), **extra}
-
-
-def _predict_all(model, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
-    """Instances of every image (whole 1024² images, the model's own post-processing) and the seconds it took."""
-    from napari_unet.inference.prediction import predict
-
-    started = time.perf_counter()
-    labels = [np.asarray(predict(model, image, output="instances")) for image in images]
-    return labels, time.perf_counter() - started
-
-
 def classical(test: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     """Otsu threshold of the inverted image (the nuclei are dark), then the watershed."""
     from skimage.filters import threshold_otsu
@@ -126,14 +93,14 @@ def classical(test: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     for image, _ in test:
         inverted = -np.asarray(image, dtype=np.float32)
         predicted.append(objects_of(inverted > threshold_otsu(inverted)))
-    return _row("classical", 0, predicted, [truth for _, truth in test], 0.0, time.perf_counter() - started)
+    return result_row("classical", 0, predicted, [truth for _, truth in test], 0.0, time.perf_counter() - started)
 
 
 def zero_shot(start: str, test: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     from napari_unet.storage.registry import load_model
 
-    predicted, seconds = _predict_all(load_model(start), [image for image, _ in test])
-    return _row("zero-shot", 0, predicted, [truth for _, truth in test], 0.0, seconds, start=start)
+    predicted, seconds = predict_instances(load_model(start), [image for image, _ in test])
+    return result_row("zero-shot", 0, predicted, [truth for _, truth in test], 0.0, seconds, start=start)
 
 
 def _training_pixels(truth: np.ndarray, n: int, balanced: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -153,8 +120,6 @@ class Forest:
     """The forest baseline; the test images' features are computed once and shared by every k."""
 
     def __init__(self, test: list[tuple[np.ndarray, np.ndarray]]):
-        from bench_live import forest_features
-
         started = time.perf_counter()
         # float32 is what the trees compare anyway (sklearn's DTYPE); half the memory of float64.
         self.test_features = [forest_features(image).astype(np.float32) for image, _ in test]
@@ -162,7 +127,6 @@ class Forest:
         self.truths = [truth for _, truth in test]
 
     def row(self, pairs: list[tuple[np.ndarray, np.ndarray]], balanced: bool) -> dict:
-        from bench_live import forest_classifier, forest_features
         from skimage.future import fit_segmenter, predict_segmenter
 
         rng = np.random.default_rng(0)
@@ -180,36 +144,8 @@ class Forest:
         started = time.perf_counter()
         predicted = [objects_of(predict_segmenter(features, classifier) == 2) for features in self.test_features]
         predict_seconds = time.perf_counter() - started + self.feature_seconds
-        return _row("forest" if balanced else "forest-uniform", len(pairs), predicted, self.truths, train_seconds,
+        return result_row("forest" if balanced else "forest-uniform", len(pairs), predicted, self.truths, train_seconds,
                     predict_seconds, training_pixels=int(sum(len(c) for c in classes)))
-
-
-def unet_round(start: str, pairs: list[tuple[str, np.ndarray, np.ndarray]], test: list[tuple[np.ndarray, np.ndarray]],
-               seconds: float, overrides: dict) -> dict | None:
-    """One round of the product's loop on the k corrected images; None when TrainConfig lacks an override's field."""
-    from napari_unet.project import Project
-    from napari_unet.training import TrainConfig
-
-    missing = [key for key in overrides if key not in TrainConfig.__dataclass_fields__]
-    label = " ".join(f"{key}={'+'.join(value) if isinstance(value, tuple) else value}"
-                     for key, value in overrides.items()) or "defaults"
-    if missing:
-        print(f"skipped: TrainConfig has no field {', '.join(missing)} (unet-round {label}, k={len(pairs)})", flush=True)
-        return None
-    folder = Path(tempfile.mkdtemp(prefix="new-domain-"))
-    try:
-        project = Project.init(folder / "project", start)
-        for stem, image, truth in pairs:
-            project.add_pair(image, truth, name=stem)
-        outcome = project.round(TrainConfig(seconds=seconds, **overrides))
-        predicted, predict_seconds = _predict_all(project.load_model(project.active), [image for image, _ in test])
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-    training = outcome.record.training
-    return _row("unet-round", len(pairs), predicted, [truth for _, truth in test], training.seconds, predict_seconds,
-                config=label, kept=outcome.kept, steps=training.steps, stopped=training.stopped_reason,
-                round_seconds=outcome.record.seconds, round_eval=outcome.record.eval.after["iou"],
-                start=start, adaptation=outcome.record.adaptation or {})
 
 
 def _line(row: dict) -> str:

@@ -22,26 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-sys.path.insert(0, str(REPO_ROOT))
-
-# Fixed picks, far from the shipped models' training images where possible (see each model card).
-CASES = {
-    # nuclei_dsb2018: three 256x256 fields to correct, four others to evaluate on
-    "nuclei": {"folder": "nuclei_dsb2018", "pick": lambda stems: (stems[:3], stems[3:7]), "size": (256, 256)},
-    # ISBI slices the shipped membranes model never trained on (20-24): correct 20-22, evaluate on 23-24
-    "isbi": {"folder": "isbi2012", "pick": lambda stems: (["20", "21", "22"], ["23", "24"]), "size": None},
-}
-
-
-def _stems(folder: Path, size) -> list[str]:
-    from napari_unet.storage.io import read_image
-
-    stems = sorted(p.stem for p in (folder / "images").iterdir())
-    if size is None:
-        return stems
-    return [s for s in stems if read_image(folder / "images" / f"{s}.tif").shape[:2] == size][:40:5]
+from common import ROUND_CASES, SHARED_DATA, round_case_stems, train_config_overrides
 
 
 def run(case_name: str, start: str, out: Path | None, learning_rate: float | None = None,
@@ -51,10 +32,10 @@ def run(case_name: str, start: str, out: Path | None, learning_rate: float | Non
     from napari_unet.storage.io import find_pairs, read_image
     from napari_unet.training import TrainConfig
 
-    case = CASES[case_name]
+    case = ROUND_CASES[case_name]
     folder = SHARED_DATA / case["folder"]
     files = {image.stem: (image, mask) for image, mask in find_pairs(folder / "images", folder / "masks")}
-    train_stems, eval_stems = case["pick"](_stems(folder, case["size"]))
+    train_stems, eval_stems = case["pick"](round_case_stems(folder, case["size"]))
     root = out or Path(tempfile.mkdtemp(prefix=f"rounds-{case_name}-")) / "project"
     project = Project.init(root, start)
     for stem in eval_stems:
@@ -105,16 +86,13 @@ def _line(row: dict) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("case", choices=sorted(CASES))
+    parser.add_argument("case", choices=sorted(ROUND_CASES))
     parser.add_argument("--start", default="membranes", help="model the project starts from (default: membranes)")
     parser.add_argument("--out", type=Path, default=None, help="project folder (default: a temporary one)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default: TrainConfig's)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a TrainConfig override")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    from bench_round import _parse_overrides
-
-    summary = run(args.case, args.start, args.out, args.lr, _parse_overrides(args.set))
+    summary = run(args.case, args.start, args.out, args.lr, train_config_overrides(args.set))
     print(json.dumps(summary, indent=1))
     return 0
 

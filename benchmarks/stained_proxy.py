@@ -23,14 +23,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+from common import result_row, unet_round
 
 N_TEST = 8
 SIDE = (256, 256)
@@ -73,8 +71,6 @@ def cases(n_corrected: int) -> tuple[list, list]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from new_domain import _row, unet_round
-
     from napari_unet.inference.prediction import predict
     from napari_unet.storage.registry import load_model
     from napari_unet.training import TrainConfig
@@ -99,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
                                      ("zero-shot, true haematoxylin plane", [h for _, _, h in test], None)):
         started = time.perf_counter()
         predicted = [np.asarray(predict(model, plane, output="instances", channels=channels)) for plane in planes]
-        report(_row(method, 0, predicted, truths, 0.0, time.perf_counter() - started))
+        report(result_row(method, 0, predicted, truths, 0.0, time.perf_counter() - started))
     defaults = TrainConfig().adapt_levers
     for label, levers in (("round, default levers", defaults), ("round, + channel_mix", (*defaults, "channel_mix"))):
         row = unet_round("nuclei", corrected, [(rgb, labels) for rgb, labels, _ in test], None,

@@ -28,9 +28,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from centre_votes import ID_SHIFT, HeadSampler, main, measure_heads, predict_heads, train_with_head  # (beside this file)
 
 from napari_unet.labels.masks import IGNORE_LABEL
+
+from centre_votes import ID_SHIFT, HeadSampler, main, measure_heads, predict_heads, train_with_head  # (beside this file)
 
 N_RAYS = 32  # StarDist's default for 2-D nuclei
 DISTANCE_SCALE = 10.0  # px per output unit

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import warnings
 import zipfile
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,172 +50,212 @@ class UNetConfig:
         return 2**self.depth
 
 
-def _valid_probability(value, name: str) -> float | None:
-    """A probability in (0, 1), else None (the default); a damaged value is ignored with a warning."""
-    if value is None:
-        return None
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        value = float("nan")
-    if not 0.0 < value < 1.0:
-        warnings.warn(f"ignoring {name} {value!r}: it must be a probability in (0, 1)", stacklevel=2)
-        return None
-    return value
-
-
-def _valid_pixel_count(value, name: str) -> int | None:
-    """A size in px >= 1, else None (the default); a damaged value is ignored with a warning."""
-    if value is None:
-        return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 1 and float(value).is_integer():
-        return int(value)
-    warnings.warn(f"ignoring {name} {value!r}: it must be a whole number of pixels >= 1", stacklevel=2)
-    return None
-
-
-def _valid_fraction(value, name: str) -> float:
-    """A fraction in [0, 1), else 0.0 (the default); a damaged value is ignored with a warning."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1:
-        return float(value)
-    warnings.warn(f"ignoring {name} {value!r}: it must be a number from 0 to below 1", stacklevel=2)
-    return 0.0
-
-
-def _known_instance_method(name, field_name: str) -> str:
-    """An instance method this version knows, else "" (decide from the class names)."""
-    from napari_unet.labels.instances import INSTANCE_METHODS
-
-    if not name or name in INSTANCE_METHODS:
-        return str(name or "")
-    warnings.warn(f"unknown instance method {name!r}: instances will be taken from the class names", stacklevel=2)
-    return ""
-
-
-def _known_symmetries(name, field_name: str) -> str:
-    """A symmetries name this version knows; anything else (e.g. from a newer version) means "none"."""
-    from napari_unet.training.augment import SYMMETRIES
-
-    if name in SYMMETRIES:
-        return str(name)
-    warnings.warn(f"unknown model symmetries {name!r}: test-time augmentation will use the image as it is", stacklevel=2)
-    return "none"
-
-
-def _valid_offset(values, field_name: str) -> tuple[float, float]:
-    """(dy, dx) within [-1, 1] px; anything else (a damaged or foreign file) means no offset."""
-    try:
-        dy, dx = (float(v) for v in values)
-    except (TypeError, ValueError):
-        dy = dx = float("nan")
-    if not (abs(dy) <= 1.0 and abs(dx) <= 1.0):
-        warnings.warn(f"ignoring {field_name} {values!r}: it must be two numbers within [-1, 1] px", stacklevel=2)
-        return (0.0, 0.0)
-    return (dy, dx)
+_FIELD_DEFAULT = object()  # Stored.fallback: the field's own default
 
 
 @dataclass(frozen=True)
-class _FieldJson:
-    """How one ModelMetadata field is read from and written to the JSON in the .keras file.
+class Stored:
+    """How one ModelMetadata field is kept in the .keras file's JSON, and what a readable value is.
 
-    from_json(value, field name): the field's value, or None for "use the default" (a damaged value, after a
-    warning naming the field); to_json(value): what is written (None: as it is); written: the attribute written
-    instead of the field (a property that fills in a default)."""
+    A number field says its range: `low`..`high` (`ends` says which ends belong, as in "(]"), `whole` for whole
+    numbers, `count` for a list of that many numbers; a name field says its `choices`. A stored value outside
+    its rule takes `fallback` (default: the field's default) with a warning that names the field, the value and
+    the rule, so a file from an older or newer version still loads; a `required` field is an error instead (the
+    weights cannot be used without it). read/write convert other fields from/to JSON (None: as they are);
+    written: the attribute written instead of the field (a property that fills in a default)."""
 
-    from_json: Callable[[Any, str], Any]
-    to_json: Callable[[Any], Any] | None = None
+    low: float | None = None
+    high: float | None = None
+    ends: str = "[]"
+    whole: bool = False
+    count: int | None = None
+    choices: Callable[[], tuple[str, ...]] | None = None  # looked up when read: they live in modules importing this one
+    noun: str = ""  # what the value is, for the warning ("a probability"); default "a number", "a whole number" …
+    fallback: Any = _FIELD_DEFAULT
+    otherwise: str = ""  # what the fallback means to the user; default "using <fallback>"
+    required: bool = False
+    read: Callable[[Any], Any] | None = None
+    write: Callable[[Any], Any] | None = None
     written: str | None = None
 
+    @property
+    def numeric(self) -> bool:
+        return self.low is not None or self.high is not None
 
-def _json(from_json: Callable[[Any, str], Any], to_json: Callable[[Any], Any] | None = None,
-          written: str | None = None) -> dict:
-    """Field metadata for ModelMetadata (see _FieldJson)."""
-    return {"json": _FieldJson(from_json, to_json, written)}
+    def rule(self) -> str:
+        """The rule in words, e.g. "a probability in (0, 1)"."""
+        if self.choices is not None:
+            names = self.choices()
+            return "one of " + ", ".join(repr(name) for name in names if name) + (" (or empty)" if "" in names else "")
+        noun = self.noun or (f"{self.count} numbers" if self.count else "a whole number" if self.whole else "a number")
+        if self.high is None:
+            return f"{noun} {'>' if self.ends[0] == '(' else '>='} {self.low:g}"
+        return f"{noun} in {self.ends[0]}{self.low:g}, {self.high:g}{self.ends[1]}"
+
+    def accepts(self, value) -> bool:
+        if self.choices is not None:
+            return value in self.choices()
+        if not self.numeric:
+            return True
+        if self.count is not None:
+            return isinstance(value, (list, tuple)) and len(value) == self.count and all(map(self._in_range, value))
+        return self._in_range(value)
+
+    def _in_range(self, number) -> bool:
+        if not isinstance(number, (int, float)) or isinstance(number, bool) or not math.isfinite(number):
+            return False
+        if self.whole and not float(number).is_integer():
+            return False
+        above = self.low is None or (number > self.low if self.ends[0] == "(" else number >= self.low)
+        below = self.high is None or (number < self.high if self.ends[1] == ")" else number <= self.high)
+        return above and below
+
+    def from_json(self, value):
+        """The field's value of a checked stored value."""
+        if self.read is not None:
+            return self.read(value)
+        return self._numbers(value, tuple) if self.numeric and value is not None else value
+
+    def to_json(self, value):
+        if self.write is not None:
+            return self.write(value)
+        return self._numbers(value, list) if self.numeric and value is not None else value
+
+    def _numbers(self, value, sequence: type):
+        """Plain ints (whole) or floats, one or a `sequence` of `count`."""
+        number = int if self.whole else float
+        return sequence(number(v) for v in value) if self.count else number(value)
 
 
-def _plain(convert: Callable[[Any], Any]) -> Callable[[Any, str], Any]:
-    """A from_json that converts the stored value and needs no name for its messages."""
-    return lambda value, name: convert(value)
+def _stored(default=MISSING, default_factory=MISSING, **rule):
+    """A ModelMetadata field stored in the file by `rule` (see Stored)."""
+    return field(default=default, default_factory=default_factory, metadata={"stored": Stored(**rule)})
+
+
+def _names(value) -> list[str]:
+    """A stored list of names (class or channel names)."""
+    if not isinstance(value, list):
+        raise TypeError("not a list")
+    return [str(name) for name in value]
+
+
+def _instance_methods() -> tuple[str, ...]:
+    from napari_unet.labels.instances import INSTANCE_METHODS
+
+    return ("", *INSTANCE_METHODS)
+
+
+def _symmetries() -> tuple[str, ...]:
+    from napari_unet.training.augment import SYMMETRIES
+
+    return tuple(SYMMETRIES)
+
+
+_PROBABILITY = {"low": 0.0, "high": 1.0, "ends": "()", "noun": "a probability"}
+_PIXEL_COUNT = {"low": 1, "whole": True, "noun": "a whole number of pixels"}
+
+
+def _read_stored(spec, value):
+    """The value of field `spec` read from the file's JSON by its Stored rule (the one check of every field)."""
+    stored: Stored = spec.metadata["stored"]
+    if value is None and spec.default is None:
+        return None
+    try:
+        if stored.accepts(value):
+            return stored.from_json(value)
+        problem = f"it must be {stored.rule()}"
+    except (TypeError, ValueError, AttributeError, KeyError) as error:
+        problem = f"it cannot be read ({error})"
+    if stored.required:
+        raise ModelLoadError(f"the model's metadata has a damaged {spec.name} {value!r}: {problem}; re-save the "
+                             "model with napari-unet or use another model file")
+    fallback = stored.fallback
+    if fallback is _FIELD_DEFAULT:
+        fallback = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+    otherwise = stored.otherwise or ("using the default" if fallback is None else f"using {fallback!r}")
+    warnings.warn(f"ignoring {spec.name} {value!r} in the model's metadata: {problem}; {otherwise}", stacklevel=3)
+    return fallback
 
 
 @dataclass
 class ModelMetadata:
-    """What prediction needs besides the weights; saved inside the .keras file."""
+    """What prediction needs besides the weights; saved inside the .keras file (each field by its Stored rule)."""
 
-    config: UNetConfig = field(default_factory=UNetConfig, metadata=_json(_plain(lambda v: UNetConfig(**v)), asdict))
-    normalization: NormalizationConfig = field(
-        default_factory=NormalizationConfig,
-        metadata=_json(_plain(NormalizationConfig.from_dict), NormalizationConfig.to_dict))
-    class_names: list[str] = field(default_factory=lambda: ["foreground"], metadata=_json(_plain(list), list))
+    config: UNetConfig = _stored(default_factory=UNetConfig, read=lambda v: UNetConfig(**v), write=asdict,
+                                 required=True)
+    normalization: NormalizationConfig = _stored(default_factory=NormalizationConfig,
+                                                 read=NormalizationConfig.from_dict, write=NormalizationConfig.to_dict,
+                                                 required=True)
+    class_names: list[str] = _stored(default_factory=lambda: ["foreground"], read=_names, write=list)
     # What each input channel is (e.g. red, green, blue), shown by the dock; [] = the defaults for the
     # channel count (channels.channel_names).
-    channel_names: list[str] = field(default_factory=list, metadata=_json(_plain(lambda v: [str(name) for name in v]),
-                                                                          written="input_channel_names"))
-    tile_size: int = field(default=256, metadata=_json(_plain(int), int))
-    name: str = field(default="unet", metadata=_json(_plain(str)))
+    channel_names: list[str] = _stored(default_factory=list, read=_names, written="input_channel_names")
+    tile_size: int = _stored(default=256, **_PIXEL_COUNT)
+    name: str = _stored(default="unet", read=str)
     # The flips/rotations the model was trained to be unaffected by (see SYMMETRIES); test-time
-    # augmentation averages exactly these. Files without the field were trained with all 8.
-    symmetries: str = field(default="dihedral", metadata=_json(_known_symmetries))
+    # augmentation averages exactly these. Files without the field were trained with all 8; a name this
+    # version does not know (from a newer one) means none.
+    symmetries: str = _stored(default="dihedral", choices=_symmetries, fallback="none",
+                              otherwise="test-time augmentation will use the image as it is")
     # (dy, dx) in px, each within [-1, 1]: prediction moves the probability map by this after
     # test-time augmentation, because some annotators draw consistently off the structure (the ISBI
     # masks sit ~0.5 px above the membranes) and a model trained with rotations cannot learn that.
     # Fitted on validation data by calibration.fit_output_offset; (0, 0) for files without it.
-    output_offset: tuple[float, float] = field(default=(0.0, 0.0),
-                                               metadata=_json(_valid_offset, lambda v: [float(x) for x in v]))
+    output_offset: tuple[float, float] = _stored(default=(0.0, 0.0), low=-1.0, high=1.0, count=2, otherwise="no offset",
+                                                 noun="two numbers of px (dy, dx)")
     # How the output becomes instances (instances.INSTANCE_METHODS): "components" (foreground blobs,
     # touching ones split on the distance transform), "enclosed" (a boundary model: the regions between
     # boundaries), "boundary_watershed" (3 classes background/interior/boundary: seeded watershed), "classes"
     # (background and several classes painted as label values 1..n; object_classes are split into instances).
     # "" = decide from the class names, as files without the field were meant.
-    instances: str = field(default="", metadata=_json(_known_instance_method, written="instance_method"))
+    instances: str = _stored(default="", choices=_instance_methods, written="instance_method",
+                             otherwise="instances will be taken from the class names")
     # boundary_watershed: how sure of "interior" a seed must be (chosen on validation images by the recipe;
     # None: instances.SEED_THRESHOLD).
-    seed_threshold: float | None = field(default=None, metadata=_json(_valid_probability))
+    seed_threshold: float | None = _stored(default=None, **_PROBABILITY)
     # Multi-class models: a pixel belongs to an object when P(background) is below this (chosen on validation
     # images by the recipe); None: when background is not the most probable class.
-    background_threshold: float | None = field(default=None, metadata=_json(_valid_probability))
+    background_threshold: float | None = _stored(default=None, **_PROBABILITY)
     # Instances: objects smaller than min_size px are dropped, and boundary_watershed seeds smaller than
     # min_seed_size px are noise (both chosen on validation images by the recipe; None: the defaults,
     # postprocess.MIN_OBJECT_SIZE and instances.MIN_SEED_SIZE).
-    min_size: int | None = field(default=None, metadata=_json(_valid_pixel_count))
-    min_seed_size: int | None = field(default=None, metadata=_json(_valid_pixel_count))
+    min_size: int | None = _stored(default=None, **_PIXEL_COUNT)
+    min_seed_size: int | None = _stored(default=None, **_PIXEL_COUNT)
     # boundary_watershed: touching objects whose shared border's mean boundary probability is below this are one
     # object (instances.merge_weak_borders; chosen on validation by the recipe; None: no merging).
-    merge_threshold: float | None = field(default=None, metadata=_json(_valid_probability))
+    merge_threshold: float | None = _stored(default=None, **_PROBABILITY)
     # boundary_watershed: the px of boundary each of two touching objects gets in the training targets (1: the
     # objects' outer rings; instances.boundary_targets). Stored so that fine-tuning derives the targets the
     # model was trained on.
-    touching_width: int = field(default=1, metadata=_json(_valid_pixel_count, int))
+    touching_width: int = _stored(default=1, **_PIXEL_COUNT)
     # boundary_watershed: > 0: the interior class is only each object's core, its pixels at least this fraction of
     # the object's largest depth from its edge (instances.object_cores); 0: all but the boundary ring.
-    core_fraction: float = field(default=0.0, metadata=_json(_valid_fraction, float))
+    core_fraction: float = _stored(default=0.0, low=0.0, high=1.0, ends="[)", noun="a fraction")
     # instances "classes" (a softmax head: background, then one output per class): the names of the classes whose
     # connected regions are objects to separate into instances; the other classes are regions (e.g. cytoplasm).
-    object_classes: list[str] = field(default_factory=list,
-                                      metadata=_json(_plain(lambda v: [str(name) for name in v]), list))
+    object_classes: list[str] = _stored(default_factory=list, read=_names, write=list)
+    # instances "classes": True when, after background and the classes, the output has one more channel per object
+    # class (in class order), the outer part of its objects (instances.boundary_targets with touching_width and
+    # core_fraction), so that touching objects of a class separate by a seeded watershed from their cores as a
+    # boundary_watershed model's do. The class's own channel is then its objects' cores; a pixel's probability of
+    # the class is the sum of the two (postprocess.class_probabilities).
+    object_boundaries: bool = _stored(default=False, read=bool)
     # Free-form provenance: training data, metrics, parent version; shown in model lists.
-    info: dict = field(default_factory=dict, metadata=_json(_plain(dict)))
+    info: dict = _stored(default_factory=dict, read=dict)
 
     def to_dict(self) -> dict:
-        """The JSON stored in the .keras file: every field, as its metadata's `to_json` writes it."""
+        """The JSON stored in the .keras file: every field, as its Stored rule writes it."""
         values = {"format": METADATA_FORMAT}
         for spec in fields(self):
-            io = spec.metadata["json"]
-            value = getattr(self, io.written or spec.name)
-            values[spec.name] = io.to_json(value) if io.to_json else value
+            stored = spec.metadata["stored"]
+            values[spec.name] = stored.to_json(getattr(self, stored.written or spec.name))
         return values
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelMetadata":
-        """Read the stored JSON: a missing field takes its default, and so does a damaged one (with a warning,
-        from its `from_json`), so a file from an older or newer version still loads."""
-        known = {}
-        for spec in fields(cls):
-            if spec.name in values:
-                value = spec.metadata["json"].from_json(values[spec.name], spec.name)
-                if value is not None or spec.default is None:
-                    known[spec.name] = value
-        return cls(**known)
+        """Read the stored JSON: a missing field takes its default, and so does a damaged one (with a warning
+        naming the field and its rule), so a file from an older or newer version still loads."""
+        return cls(**{spec.name: _read_stored(spec, values[spec.name]) for spec in fields(cls) if spec.name in values})
 
     @property
     def input_channel_names(self) -> list[str]:
@@ -239,7 +280,7 @@ class ModelMetadata:
         """The classes a user paints and gets back (label values 1, 2 …): a "classes" model's outputs after
         background; one name for any other model (its foreground, whatever its outputs are for)."""
         if self.instance_method == "classes":
-            return list(self.class_names[1:])
+            return list(self.class_names[1:len(self.class_names) - len(self.boundary_outputs)])
         if self.instance_method == "boundary_watershed" and len(self.class_names) > 1:
             return [self.class_names[1]]
         return [(self.class_names or ["foreground"])[0]]
@@ -248,6 +289,22 @@ class ModelMetadata:
     def object_class_values(self) -> list[int]:
         """Label values (1..n) of the classes whose objects are separated into instances ("classes" models)."""
         return [index for index, name in enumerate(self.classes, start=1) if name in self.object_classes]
+
+    @property
+    def boundary_outputs(self) -> list[int]:
+        """Output channels of the object classes' boundaries, one per object class value in object_class_values'
+        order (a "classes" model with object_boundaries; [] for any other)."""
+        if self.instance_method != "classes" or not self.object_boundaries:
+            return []
+        return list(range(len(self.class_names) - len(self.object_classes), len(self.class_names)))
+
+    @property
+    def class_outputs(self) -> int:
+        """How many probabilities a pixel has once a model's output is read as classes: background and one per
+        class for a model of several (its boundary outputs added to their classes), else its output channels."""
+        if self.instance_method == "classes":
+            return len(self.classes) + 1
+        return self.config.n_classes
 
 
 @dataclass
@@ -328,27 +385,52 @@ def new_model(config: UNetConfig = UNetConfig(), **metadata) -> SegmentationMode
     return SegmentationModel(build_unet(config), meta)
 
 
+def _output_keys(metadata: ModelMetadata, object_classes: list[str]) -> list[tuple[str, ...]]:
+    """What each output channel of a model is, as with_classes matches them: ("background",), ("class", name) or
+    ("boundary", name). A boundary_watershed model's interior and boundary are those of the project's object class
+    of its class's name, else of the first object class; other models have no output a class could keep."""
+    if metadata.instance_method == "classes":
+        objects = [name for name in metadata.classes if name in metadata.object_classes]
+        return [("background",), *[("class", name) for name in metadata.classes],
+                *[("boundary", name) for name in (objects if metadata.object_boundaries else [])]]
+    if metadata.instance_method == "boundary_watershed" and object_classes:
+        known = metadata.classes[0]
+        matched = known if known in object_classes else object_classes[0]
+        return [("background",), ("class", matched), ("boundary", matched)]
+    return []
+
+
 def with_classes(model: SegmentationModel, class_names: list[str], object_classes: list[str],
                  seed: int = 0) -> SegmentationModel:
     """`model` with a softmax head for these classes (after background), keeping its encoder and decoder.
 
-    A model that already has exactly these classes is returned as it is. Otherwise its last layer is replaced
-    by a new 1x1 convolution with len(class_names) + 1 outputs, freshly initialised except, for a model of several
-    classes, the outputs of the classes it had (background and the classes of the same name: a class added later
-    does not make the model forget the others); its metadata (and so the card of the version trained from it)
-    records that. Only models built by build_unet can be re-headed.
+    A model that already has exactly these outputs is returned as it is. Otherwise its last layer is replaced by
+    a new 1x1 convolution with an output for background, each class and, when the model separates objects with a
+    boundary output (a boundary_watershed model, or a model of several classes with object_boundaries), the boundary
+    of each object class (ModelMetadata.object_boundaries). The new outputs are freshly initialised except those the
+    model had: background, the classes of the same name and their boundaries (a class added later does not make the
+    model forget the others), and a boundary_watershed model's interior and boundary as the object class's core and
+    boundary (_output_keys), so a project of several classes starts with the instance separation its start model
+    had. Its metadata (and so the card of the version trained from it) records that. Only models built by
+    build_unet can be re-headed.
     seed: the new layer's initial weights (so a repeated round starts from the same ones)."""
     import keras
 
     from napari_unet.errors import NapariUNetError
 
     metadata = model.metadata
-    if metadata.instance_method == "classes" and metadata.classes == list(class_names):
-        if list(metadata.object_classes) == list(object_classes):
+    object_classes = [name for name in class_names if name in object_classes]
+    boundaries = metadata.instance_method == "boundary_watershed" or (
+        metadata.instance_method == "classes" and metadata.object_boundaries)
+    wanted = [("background",), *[("class", name) for name in class_names],
+              *[("boundary", name) for name in (object_classes if boundaries else [])]]
+    old_keys = _output_keys(metadata, object_classes)
+    if metadata.instance_method == "classes" and old_keys == wanted:
+        if list(metadata.object_classes) == object_classes:
             return model
-        return SegmentationModel(model.keras_model, replace(metadata, object_classes=list(object_classes),
+        return SegmentationModel(model.keras_model, replace(metadata, object_classes=object_classes,
                                                             info=dict(metadata.info)), model.source)
-    config = replace(model.config, n_classes=len(class_names) + 1)
+    config = replace(model.config, n_classes=len(wanted))
     keras.utils.set_random_seed(seed)
     keras_model = build_unet(config)
     old_names = [layer.name for layer in model.keras_model.layers]
@@ -358,25 +440,46 @@ def with_classes(model: SegmentationModel, class_names: list[str], object_classe
     for layer in keras_model.layers:
         if layer.name != "probabilities":
             layer.set_weights(model.keras_model.get_layer(layer.name).get_weights())
+    kernel, bias = keras_model.get_layer("probabilities").get_weights()
+    old_kernel, old_bias = model.keras_model.get_layer("probabilities").get_weights()
+    old_index = {key: index for index, key in enumerate(old_keys)}
     kept = []
-    if metadata.instance_method == "classes":  # a class added to a model of several: the known outputs stay learned
-        kernel, bias = keras_model.get_layer("probabilities").get_weights()
-        old_kernel, old_bias = model.keras_model.get_layer("probabilities").get_weights()
-        old_index = {name: index for index, name in enumerate(metadata.class_names)}
-        for index, name in enumerate(["background", *class_names]):
-            if name in old_index:
-                kernel[..., index], bias[index] = old_kernel[..., old_index[name]], old_bias[old_index[name]]
-                kept.append(name)
-        keras_model.get_layer("probabilities").set_weights([kernel, bias])
+    for index, key in enumerate(wanted):  # what the model already knows stays learned
+        if key in old_index:
+            kernel[..., index], bias[index] = old_kernel[..., old_index[key]], old_bias[old_index[key]]
+            kept.append(" ".join(reversed(key)) if key[0] == "boundary" else key[-1])
+    keras_model.get_layer("probabilities").set_weights([kernel, bias])
     parent = model.source or model.name
+    from_boundaries = metadata.instance_method == "boundary_watershed" and kept
     info = {"new_output_layer": {  # a new model: nothing of the parent's card applies to it
         "from": parent, "parent_classes": metadata.classes, "classes": list(class_names),
         "note": f"new output layer for {len(class_names)} classes; encoder and decoder kept from '{parent}'"
-                + (f"; its outputs for {', '.join(kept)} kept" if kept else "")}}
-    new_metadata = replace(metadata, config=config, class_names=["background", *class_names], instances="classes",
-                           object_classes=list(object_classes), seed_threshold=None, background_threshold=None,
-                           merge_threshold=None, min_seed_size=None, output_offset=(0.0, 0.0), info=info)
+                + (f"; its outputs for {', '.join(kept)} kept" if kept else "")
+                + (f" (from its {metadata.class_names[1]} and {metadata.class_names[2]})" if from_boundaries else "")}}
+    names = ["background", *class_names, *[f"{name} boundary" for name in (object_classes if boundaries else [])]]
+    kept_settings = {} if boundaries else {"seed_threshold": None, "merge_threshold": None, "min_seed_size": None}
+    new_metadata = replace(metadata, config=config, class_names=names, instances="classes",
+                           object_classes=object_classes, object_boundaries=boundaries, background_threshold=None,
+                           output_offset=(0.0, 0.0), info=info, **kept_settings)
     return SegmentationModel(keras_model, new_metadata, model.source)
+
+
+def with_renamed_classes(model: SegmentationModel, renamed: list[tuple[str, str]]) -> SegmentationModel:
+    """`model` with its classes called by their new names ((old, new) pairs, oldest first: a project's renamed
+    classes), and its object classes' boundary outputs with them; the same weights. As it is without a rename."""
+    metadata = model.metadata
+    names, objects = list(metadata.class_names), list(metadata.object_classes)
+    boundaries = {index: names[index] for index in metadata.boundary_outputs}
+    for old, new in renamed:
+        names = [new if name == old else name for name in names]
+        objects = [new if name == old else name for name in objects]
+    if names == metadata.class_names and objects == metadata.object_classes:
+        return model
+    in_order = [name for name in names[1:len(names) - len(boundaries)] if name in objects]
+    for index, name in zip(boundaries, in_order):  # boundary outputs follow their object classes, in class order
+        names[index] = f"{name} boundary"
+    return SegmentationModel(model.keras_model, replace(metadata, class_names=names, object_classes=objects,
+                                                        info=dict(metadata.info)), model.source)
 
 
 def unet_flops(config: UNetConfig, height: int, width: int) -> float:

@@ -6,6 +6,8 @@
                                         project with no rounds)
     <project>/evaluation/images, masks, pairs/   evaluation pairs: scored every round, never trained on
     <project>/models/                   the versions made here (store.py: atomic, fsynced, with records)
+    <project>/volumes/<name>/           a volume whose corrected planes are pairs (volume_checks.py): rounds
+                                        are scored on it, and choose objects' settings, as it is predicted in 3-D
     <project>/rounds/0001.json …        one record per round, written last (the round's commit marker)
 
 `Project.round()` is the only place a round runs: snapshot the pairs → fine-tune → score parent and
@@ -21,6 +23,10 @@ new version on the evaluation pairs (or, without any, on the held-out stripes of
 - Several classes: label value k is class k; the first round from a model without the project's classes gives
   it a new output layer (model.with_classes); the rule and the guard work on the classes' mean IoU and, between
   versions that both have the classes, on each class (a class measurably worse rolls the round back).
+- Volumes (add_volume): the corrected planes of a volume are pairs (volume_pairs.py), and the volume is kept, so
+  the pixels a round is scored on from its planes are scored on the volume predicted as the user predicts it
+  (three views or stitched), not on the planes alone; a boundary-class version's seed and background thresholds
+  are chosen there too (volume_checks.py). One class only: with several classes they are scored as planes.
 - Lineage: every version's record holds its parent, the content hashes of the exact pairs it trained
   on, settings, seed and package version; `retrain(n)` repeats round n and says how close it came.
 """
@@ -45,10 +51,25 @@ from napari_unet.labels.classes import SegmentationClass, check_classes, check_l
 from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.scoring.evidence import class_unit_counts, compare, pooled, unit_counts
 from napari_unet.storage.files import atomic_write_json
-from napari_unet.storage.records import ROUND_FORMAT, RoundEvaluation, RoundRecord, RoundTraining
+from napari_unet.storage.records import (
+    ROUND_FORMAT,
+    PairFingerprint,
+    RoundEvaluation,
+    RoundRecord,
+    RoundTraining,
+    VersionRecord,
+)
 from napari_unet.storage.store import ModelStore, array_sha1, pair_fingerprint
 from napari_unet.training.adaptation import adapt, choose_post_processing, error_focus, with_channels_of
-from napari_unet.training.training_set import HELD_OUT_FRACTION, TrainingSet
+from napari_unet.training.training_set import HELD_OUT_FRACTION, TrainingSet, pair_file_name, restrict_to_corrections
+from napari_unet.training.volume_checks import UNIT as VOLUME_UNIT
+from napari_unet.training.volume_checks import (
+    VolumeCheck,
+    VolumeStore,
+    check_labels,
+    choose_volume_post_processing,
+    keep_volume,
+)
 
 PROJECT_FORMAT = "napari-unet-project/1"
 # Share of evaluation pixels predicted as foreground above which a version "predicts everything".
@@ -68,9 +89,27 @@ class Evaluation:
     images: list[np.ndarray]
     truths: list[np.ndarray]
     valid: list[np.ndarray]
-    fingerprints: list[dict] = field(default_factory=list)
+    fingerprints: list[PairFingerprint] = field(default_factory=list)
     # Several classes: their names (truths then hold class ids 0..n); [] for one class (truths are bool).
     class_names: list[str] = field(default_factory=list)
+    # Volumes scored in 3-D (volume_checks.py): each with its (plane, truth, valid) rows, after the images above.
+    volumes: list[tuple[VolumeCheck, list]] = field(default_factory=list)
+    # Every volume of the project (also those with nothing to score here): where objects' settings are chosen.
+    checks: list[VolumeCheck] = field(default_factory=list)
+
+    @property
+    def described(self) -> str:
+        """What the round is scored on, as a sentence part ("the held-out stripes …")."""
+        if not self.volumes:
+            return f"the {self.source}"
+        return f"the {self.source} (of volumes: their planes as the volume is predicted in 3-D)"
+
+    def all_truths(self) -> list[np.ndarray]:
+        """The truths of the images, then of the volumes' scored planes: the order score_evaluation's labels take."""
+        return list(self.truths) + [truth for _, rows in self.volumes for _, truth, _ in rows]
+
+    def all_valid(self) -> list[np.ndarray]:
+        return list(self.valid) + [valid for _, rows in self.volumes for _, _, valid in rows]
 
 
 @dataclass
@@ -101,6 +140,7 @@ class Project:
         self.training = TrainingSet(self.root)
         self.evaluation = TrainingSet(self.root / "evaluation")
         self.store = ModelStore(self.root / "models")
+        self.volumes = VolumeStore(self.root / "volumes")
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -184,6 +224,11 @@ class Project:
         if not self.settings_path.exists():
             raise NapariUNetError(f"'{self.root}' has no project.json: create it with "
                                   f"'napari-unet project init {self.root} -m MODEL --classes …'")
+        former = sorted({old for old, _ in self.renamed} & {c.name for c in classes})
+        if former:
+            raise NapariUNetError(f"class name(s) {', '.join(repr(n) for n in former)} belonged to a class of project "
+                                  f"'{self.root}' before it was renamed: choose another name, so that no version reads "
+                                  "one class as another")
         for folder in (self.training, self.evaluation):  # pairs painted for one class may hold instance ids
             for pair in folder.pairs():
                 check_label_values(folder.load(pair.name)[1], classes, pair.name,
@@ -192,16 +237,72 @@ class Project:
             atomic_write_json(self.settings_path, {**self._settings(), "classes": [c.to_dict() for c in classes]})
         return self.classes
 
+    @property
+    def renamed(self) -> list[tuple[str, str]]:
+        """(old name, new name) of every class renamed in this project, oldest first."""
+        return [(str(old), str(new)) for old, new in self._settings().get("renamed", [])]
+
+    def edit_classes(self, *, rename: dict[str, str] | None = None, colours: dict[str, str] | None = None,
+                     objects: list[str] = (), regions: list[str] = ()) -> str:
+        """Rename, recolour, or make objects or regions of existing classes: what each label value means stays, so
+        painted pairs stay valid. A renamed class keeps what the versions learned for it (load_model reads their
+        classes under the new names); a name a class had before is not given to another. Returns "" or one line
+        saying what a changed kind means for the versions made so far (they keep the kind they were trained with
+        until the next round)."""
+        rename, colours = dict(rename or {}), dict(colours or {})
+        current = self.classes
+        names = [c.name for c in current]
+        unknown = sorted(({*rename, *colours, *objects, *regions}) - set(names))
+        if unknown:
+            raise NapariUNetError(f"no class named {', '.join(repr(n) for n in unknown)} in project '{self.root}' "
+                                  f"({describe(current)}): name one of its classes")
+        both = sorted(set(objects) & set(regions))
+        if both:
+            raise NapariUNetError(f"class(es) {', '.join(both)} named both objects and regions: name each once")
+        if (objects or regions) and len(current) < 2:
+            raise NapariUNetError(f"project '{self.root}' has one class, whose objects its model separates by its own "
+                                  "rule: declare the project's classes first to say which are objects or regions")
+        used = {old for old, _ in self.renamed}
+        reused = sorted(new for old, new in rename.items() if new != old and (new in used or new in names))
+        if reused:
+            raise NapariUNetError(f"class name(s) {', '.join(repr(n) for n in reused)} already used in project "
+                                  f"'{self.root}' (by a class, or by one before it was renamed): choose another name, "
+                                  "so that no version reads one class as another")
+        edited = [SegmentationClass(rename.get(c.name, c.name), colours.get(c.name, c.colour),
+                                    True if c.name in objects else False if c.name in regions else c.objects)
+                  for c in current]
+        check_classes(edited)
+        renames = [(old, new) for old, new in rename.items() if new != old]
+        with self._one_round_at_a_time():
+            settings = self._settings()
+            if not settings:
+                raise NapariUNetError(f"'{self.root}' has no project.json: create it with "
+                                      f"'napari-unet project init {self.root} -m MODEL --classes …'")
+            settings["classes"] = [c.to_dict() for c in edited]
+            if renames:
+                settings["renamed"] = [*settings.get("renamed", []), *[list(pair) for pair in renames]]
+            atomic_write_json(self.settings_path, settings)
+        changed = [(new.name, new.objects) for old, new in zip(current, edited) if old.objects != new.objects]
+        if not changed or not self.rounds():
+            return ""
+        said = "; ".join(f"'{name}' is now {'an object class' if objects_now else 'a region'}"
+                         for name, objects_now in changed)
+        return (f"{said}: the versions made so far keep treating {'it' if len(changed) == 1 else 'them'} as before "
+                "until the next round trains one that does (a model that separates objects with boundary outputs gets "
+                "a new output layer for it, and that round is judged on the mean IoU of the classes)")
+
     # ------------------------------------------------------------------ pairs
     def add_pair(self, image: np.ndarray, mask: np.ndarray, *, evaluation: bool = False, name: str = "pair",
                  source_image: str = "", source_labels: str = "", sparse: bool = False,
-                 corrected_pixels: int | None = None, replace: bool = False):
+                 corrected_pixels: int | None = None, replace: bool = False, add_class: str = ""):
         """Store a training pair, or an evaluation pair (never trained on; > 0 is foreground).
 
         replace: update the pair called `name` (live mode: one pair per plane); corrected_pixels: how many pixels
-        the user changed, recorded with the pair. Several classes: a label value beyond them is refused."""
+        the user changed, recorded with the pair. Several classes: a label value beyond them is refused, in one line
+        ending with `add_class`, how to declare one more class in the face the user is in (default: the command
+        line's; the dock's is classes.ADD_CLASS_IN_THE_DOCK)."""
         check_label_values(mask, self.classes, source_labels or name,
-                           fix=f"declare one more class ('napari-unet project classes {self.root} --add NAME')")
+                           fix=add_class or f"declare one more class ('napari-unet project classes {self.root} --add NAME')")
         if evaluation:
             mask = np.asarray(mask)
             if np.shape(image)[:2] == mask.shape and not np.any((mask > 0) & (mask != IGNORE_LABEL)):
@@ -213,18 +314,84 @@ class Project:
         return target.add(image, mask, name=name, source_image=source_image, source_labels=source_labels,
                           sparse=sparse and not evaluation, corrected_pixels=corrected_pixels, replace=replace)
 
+    def add_volume(self, image: np.ndarray, labels: np.ndarray, planes, *, name: str, anisotropy: float | None = None,
+                   prediction: np.ndarray | None = None, evaluation: bool = False, only_corrected: bool = False,
+                   margin: int = 16, source_labels: str = "", add_class: str = "") -> list:
+        """The corrected `planes` of a (Z, Y, X) volume as pairs `<name>_z7` (and its side views `<name>_xz_y31` where
+        uses_three_views(anisotropy): volume_pairs.py), and the volume kept for scoring rounds (volume_checks.py).
+        Returns the VolumePairs added to the set asked for.
+
+        prediction: what the labels were corrected from (the side views are then annotated on the planes left as
+        predicted too). evaluation: the planes become evaluation pairs (never trained on). A plane already in the
+        other set stays there only. The volume's side views are training pairs, rebuilt whenever planes are added
+        (they run through other rows), from every training plane and never showing an evaluation plane.
+        only_corrected: an XY pair keeps only the pixels within `margin` px of the changes (needs `prediction`)."""
+        from napari_unet.training.volume_pairs import volume_pairs
+
+        image, labels = np.asarray(image), np.asarray(labels)
+        if only_corrected and prediction is None:
+            raise NapariUNetError("'train only where I corrected' needs the original prediction, but these labels were "
+                                  "not made by Predict: predict the volume first, correct that layer, or switch the "
+                                  "option off")
+        this_set, other_set = (self.evaluation, self.training) if evaluation else (self.training, self.evaluation)
+        taken = set(other_set.names())
+        plane_name = lambda z: pair_file_name(f"{name}_z{z}")  # noqa: E731
+        own_planes = [z for z in sorted({int(z) for z in planes}) if plane_name(z) not in taken]
+        if not own_planes:
+            return []
+        added = []
+        for pair in volume_pairs(image, labels, own_planes):  # the XY planes
+            mask, sparse = pair.mask, bool(np.any(pair.mask == IGNORE_LABEL))
+            if only_corrected:
+                mask = restrict_to_corrections(mask, prediction[pair.position], labels[pair.position], margin)
+                sparse = True
+            self.add_pair(pair.image, mask, evaluation=evaluation, name=plane_name(pair.position), replace=True,
+                          source_image=name, source_labels=source_labels, sparse=sparse, add_class=add_class)
+            added.append(pair)
+        training_names, evaluation_names = set(self.training.names()), set(self.evaluation.names())
+        in_training = [z for z in range(labels.shape[0]) if plane_name(z) in training_names]
+        in_evaluation = [z for z in range(labels.shape[0]) if plane_name(z) in evaluation_names]
+        side_prefixes = tuple(pair_file_name(f"{name}_{view}") + "_" for view in ("xz", "yz"))
+        for pair_name in training_names:
+            if pair_name.startswith(side_prefixes):
+                self.training.remove(pair_name)
+        if in_training:
+            for pair in volume_pairs(image, labels, in_training, anisotropy, prediction=prediction,
+                                     held_back=in_evaluation):
+                if pair.view != "xy":
+                    self.add_pair(pair.image, pair.mask, name=pair_file_name(f"{name}_{pair.suffix}"), replace=True,
+                                  source_image=name, source_labels=source_labels,
+                                  sparse=bool(np.any(pair.mask == IGNORE_LABEL)), add_class=add_class)
+                    added += [] if evaluation else [pair]
+        prefix = pair_file_name(name) + "_"
+        pairs = sorted(n for n in set(self.training.names()) | evaluation_names if n.startswith(prefix))
+        masks = {z: self.training.load(plane_name(z))[1] for z in in_training}
+        self.volumes.save(keep_volume(pair_file_name(name), image, labels, in_training, evaluation_planes=in_evaluation,
+                                      anisotropy=anisotropy, prediction=prediction, pairs=pairs, masks=masks))
+        return added
+
+    def volume_checks(self) -> list[VolumeCheck]:
+        """The project's kept volumes (volume_checks.py); none with several classes (scored as planes there)."""
+        if len(self.classes) > 1:
+            return []
+        return [self.volumes.load(name) for name in self.volumes.names()]
+
     # ------------------------------------------------------------------ rounds and versions
     def rounds(self) -> list[RoundRecord]:
         """Records of all finished rounds, oldest first."""
+        return sorted((record for _, record in self._round_files()), key=lambda r: r.round)
+
+    def _round_files(self) -> list[tuple[Path, RoundRecord]]:
+        """(file, record) of each round in the log; a torn or foreign file is not a round."""
         if not self.rounds_dir.is_dir():
             return []
-        records = []
+        found = []
         for path in sorted(self.rounds_dir.glob("[0-9]*.json")):
             with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
                 values = json.loads(path.read_text())
                 if isinstance(values, dict) and values.get("format") == ROUND_FORMAT:
-                    records.append(RoundRecord.from_json(values))
-        return sorted(records, key=lambda r: r.round)
+                    found.append((path, RoundRecord.from_json(values)))
+        return found
 
     @property
     def active(self) -> str | None:
@@ -235,10 +402,12 @@ class Project:
         return self.start_model
 
     def load_model(self, key: str):
-        """A version made in this project, a shipped model, a version in the user's store, or a .keras path."""
+        """A version made in this project, a shipped model, a version in the user's store, or a .keras path; its
+        classes under the names the project gives them now (a class renamed after the version was made)."""
+        from napari_unet.model import with_renamed_classes
         from napari_unet.storage.registry import load_model
 
-        return load_model(key, self.store, ModelStore())
+        return with_renamed_classes(load_model(key, self.store, ModelStore()), self.renamed)
 
     def status(self) -> dict:
         return {"project": str(self.root), "start_model": self.start_model, "active": self.active,
@@ -266,10 +435,15 @@ class Project:
         finally:
             lock.release()
 
-    def _evaluation_pairs(self) -> Evaluation | None:
+    def _evaluation_pairs(self, checks: list[VolumeCheck] = ()) -> Evaluation | None:
+        """The evaluation pairs (None: there are none); those cut from a volume with evaluation planes are scored in
+        that volume (Evaluation.volumes) instead of alone."""
         pairs = self.evaluation.pairs()
         if not pairs:
             return None
+        scored = [(check, check.scored(held_out=False)) for check in checks if check.evaluation_planes]
+        in_volumes = {name for check, _ in scored for name in check.pairs}
+        pairs = [pair for pair in pairs if pair.name not in in_volumes]
         classes = self.classes
         images, truths, valid, fingerprints = [], [], [], []
         for pair in pairs:
@@ -282,8 +456,9 @@ class Project:
                 truths.append(mask > 0)
                 valid.append(np.ones(mask.shape, dtype=bool))
             fingerprints.append(pair_fingerprint(image, mask, pair.name))
-        return Evaluation("evaluation pairs", [p.name for p in pairs], images, truths, valid, fingerprints,
-                          [c.name for c in classes] if len(classes) > 1 else [])
+        return Evaluation("evaluation pairs", [p.name for p in pairs], images, truths, valid,
+                          fingerprints + [check.fingerprint() for check, _ in scored],
+                          [c.name for c in classes] if len(classes) > 1 else [], volumes=scored, checks=list(checks))
 
     def snapshot(self, held_out_stripes: bool | None = None):
         """(training data, evaluation) read once: the training pairs as they are now, and what the round is
@@ -296,7 +471,8 @@ class Project:
                 f"project '{self.root}' has no training pairs: correct a prediction and add it ('Add to training "
                 f"set' in the dock, or 'napari-unet project add {self.root} --image IMG --mask MASK')"
             )
-        evaluation = None if held_out_stripes else self._evaluation_pairs()
+        checks = self.volume_checks()
+        evaluation = None if held_out_stripes else self._evaluation_pairs(checks)
         if evaluation is None and held_out_stripes is False:
             raise NapariUNetError(f"project '{self.root}' has no evaluation pairs any more: add them again first")
         data = self.training.split(0.0 if evaluation else HELD_OUT_FRACTION)
@@ -307,8 +483,14 @@ class Project:
                                         [class_truth(mask, len(classes)) for mask in data.masks],
                                         [region & (mask != IGNORE_LABEL) for region, mask in zip(data.held_out, data.masks)],
                                         class_names=[c.name for c in classes])
-            else:
-                evaluation = Evaluation("held-out stripes", list(data.names), data.images, data.truths, data.held_out)
+            else:  # a volume's pairs are scored in the volume (its XY planes' stripes; its side views not at all)
+                scored = [(check, check.scored(held_out=True)) for check in checks if check.planes]
+                in_volumes = {name for check, _ in scored for name in check.pairs}
+                alone = [index for index, name in enumerate(data.names) if name not in in_volumes]
+                evaluation = Evaluation("held-out stripes", [data.names[i] for i in alone], [data.images[i] for i in alone],
+                                        [data.truths[i] for i in alone], [data.held_out[i] for i in alone],
+                                        [check.fingerprint() for check, _ in scored], volumes=scored,
+                                        checks=checks)
         return data, evaluation
 
     def masks_for(self, model, masks: list[np.ndarray]) -> list[np.ndarray]:
@@ -353,7 +535,7 @@ class Project:
                                       f"('napari-unet project init {self.root} -m MODEL')")
             data, evaluation = self.snapshot()
             parent = with_channels_of(self.load_model(parent_key), data.images)
-            log(f"scoring '{parent_key}' on the {evaluation.source} …")
+            log(f"scoring '{parent_key}' on {evaluation.described} …")
             before_units, _ = score_evaluation(parent, evaluation)
             corrections = self.masks_for(parent, data.train_masks)
             start, config, adaptation = adapt(parent, data.images, corrections, config, log=log)
@@ -377,7 +559,7 @@ class Project:
         with self._one_round_at_a_time():
             started = time.monotonic()
             data, evaluation = self.snapshot()
-            log(f"scoring '{parent_key}' on the {evaluation.source} …")
+            log(f"scoring '{parent_key}' on {evaluation.described} …")
             before_units, _ = score_evaluation(self.load_model(parent_key), evaluation)
             return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
                                   adaptation)
@@ -390,6 +572,11 @@ class Project:
             chosen = choose_post_processing(tuned, *self._instance_truth(data, evaluation))
             if chosen:
                 adaptation = {**adaptation, "post_processing": chosen}
+        if evaluation.checks:
+            log("choosing how objects are separated in the corrected volumes …")
+            chosen = choose_volume_post_processing(tuned, evaluation.checks)
+            if chosen:
+                adaptation = {**(adaptation or {}), "volume_post_processing": chosen}
         if adaptation:
             tuned.metadata.info["adaptation"] = adaptation
         fingerprints = [pair_fingerprint(i, m, n) for i, m, n in zip(data.images, data.train_masks, data.names)]
@@ -412,7 +599,7 @@ class Project:
             extra={"project_round": number, "kept": kept, "failed_reason": failure, "seed": config.seed,
                    "package_version": __version__, "evaluation_source": evaluation.source,
                    "evaluation_pairs": evaluation.fingerprints},
-        )["name"]
+        ).name
         record = RoundRecord(
             round=number, parent=parent_key, version=version, kept=kept, reason=reason,
             eval=_eval_record(comparison, evaluation, "rolled back" if failure else None),
@@ -463,15 +650,15 @@ class Project:
             atomic_write_json(self.rounds_dir / f"{number:04d}.json", record.to_json())
             return record
 
-    def rename_version(self, old: str, new: str) -> dict:
+    def rename_version(self, old: str, new: str) -> VersionRecord:
         """Rename a version made here; the round log follows, so the lineage and the active version hold."""
         with self._one_round_at_a_time():
             record = self.store.rename(old, new)
-            for path in sorted(self.rounds_dir.glob("[0-9]*.json")):
-                values = json.loads(path.read_text())
-                changed = {key: new for key in ("version", "parent") if values.get(key) == old}
-                if changed:
-                    atomic_write_json(path, {**values, **changed})
+            for path, round_record in self._round_files():
+                renamed = replace(round_record, version=new if round_record.version == old else round_record.version,
+                                  parent=new if round_record.parent == old else round_record.parent)
+                if renamed != round_record:
+                    atomic_write_json(path, renamed.to_json())
             return record
 
     # ------------------------------------------------------------------ lineage
@@ -486,16 +673,19 @@ class Project:
                                   f"rounds are {[r.round for r in self.rounds()] or 'none yet'}")
         if record.is_revert:
             raise NapariUNetError(f"round {number} of project '{self.root}' is a revert, not training: nothing to repeat")
-        version_record = self.store.record(record.version) or {}
-        data, evaluation = self.snapshot(version_record.get("evaluation_source") == "held-out stripes")
+        version_record = self.store.record(record.version)
+        if version_record is None:
+            raise NapariUNetError(f"version '{record.version}' of round {number} is no longer in the model store of "
+                                  f"project '{self.root}' (deleted?): the round cannot be repeated")
+        data, evaluation = self.snapshot(version_record.evaluation_source == "held-out stripes")
         available = {(array_sha1(image), array_sha1(mask)): (name, image, mask)
                      for name, image, mask in zip(data.names, data.images, data.train_masks)}
         chosen = []
-        for entry in version_record.get("training_pairs", []):
-            key = (entry["image_sha1"], entry["mask_sha1"])
+        for entry in version_record.training_pairs:
+            key = (entry.image_sha1, entry.mask_sha1)
             if key not in available:
                 raise NapariUNetError(
-                    f"pair '{entry.get('name', '?')}' of round {number} is no longer in the project as it was "
+                    f"pair '{entry.name or '?'}' of round {number} is no longer in the project as it was "
                     "(removed or changed): the round cannot be repeated exactly"
                 )
             chosen.append(available[key])
@@ -574,6 +764,11 @@ def score_evaluation(model, evaluation: Evaluation, precision: str | None = None
         else:
             units.append(unit_counts(predicted, truth, valid))
         labels.append(predicted)
+    for check, rows in evaluation.volumes:  # one class: the volume's objects as the user predicts it, as foreground
+        objects = check_labels(model, check, precision)
+        for z, truth, valid in rows:
+            units.append(unit_counts(objects[z] > 0, truth, valid, tile=VOLUME_UNIT))
+            labels.append((objects[z] > 0).astype(np.uint8))
     if not units:
         return np.zeros((0, n_classes + 1, 4) if n_classes else (0, 4), dtype=np.int64), labels
     return np.concatenate(units), labels
@@ -596,13 +791,14 @@ def labels_as_classes(labels: np.ndarray, metadata, class_names: list[str]) -> n
 
 def _guard(model, labels: list[np.ndarray], evaluation: Evaluation, comparison) -> str | None:
     """A plain sentence saying why the new version must not become active, or None when it may."""
-    counted = [(label[valid], truth[valid]) for label, truth, valid in zip(labels, evaluation.truths, evaluation.valid)]
+    counted = [(label[valid], truth[valid]) for label, truth, valid in
+               zip(labels, evaluation.all_truths(), evaluation.all_valid())]
     predicted = np.concatenate([p for p, _ in counted]) if counted else np.zeros(0)
     truth = np.concatenate([t for _, t in counted]) if counted else np.zeros(0, dtype=bool)
     if predicted.size == 0:
         return None
     foreground_share = float(np.mean(predicted > 0))
-    where = f"on the {evaluation.source}"
+    where = f"on {evaluation.described}"
     if foreground_share == 0 and truth.any():
         return f"Rolled back: the new version finds nothing {where} (every pixel background); the previous model stays active."
     if foreground_share >= ALL_FOREGROUND and not truth.all():
@@ -632,13 +828,13 @@ def _guard(model, labels: list[np.ndarray], evaluation: Evaluation, comparison) 
 def _verdict_sentence(comparison, evaluation: Evaluation) -> str:
     b, a = comparison.before["iou"], comparison.after["iou"]
     low, high = comparison.interval
-    source = evaluation.source
+    source = evaluation.described
     mean = "mean IoU" if comparison.per_class else "IoU"
     per_class = "".join(f"; {name} {c['before']['iou']:.3f} → {c['after']['iou']:.3f}"
                         for name, c in zip(evaluation.class_names, comparison.per_class))
     if comparison.verdict == "helped":
-        return (f"Fine-tuning helped on the {source}: {mean} {b:.3f} → {a:.3f} (95% interval of the gain {low:+.3f} to "
+        return (f"Fine-tuning helped on {source}: {mean} {b:.3f} → {a:.3f} (95% interval of the gain {low:+.3f} to "
                 f"{high:+.3f}{per_class}); the new version is active.")
-    return (f"No measurable change on the {source}: {mean} {b:.3f} → {a:.3f} is within the noise (95% interval "
+    return (f"No measurable change on {source}: {mean} {b:.3f} → {a:.3f} is within the noise (95% interval "
             f"{low:+.3f} to {high:+.3f}{per_class}); the new version is active. Correct more, or add evaluation pairs "
             "to tell.")

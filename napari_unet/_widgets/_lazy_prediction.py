@@ -56,8 +56,9 @@ def visible_region(layer, index: tuple = ()) -> tuple[tuple, tuple[tuple[int, in
     return tuple(index), ((int(y0), int(y1)), (int(x0), int(x1)))
 
 
-def add_lazy_labels(viewer, image_layer, folder: Path, model_key: str):
-    """A new Labels layer '<image> prediction' backed by a new zarr store in `folder` (never a user's file)."""
+def add_lazy_labels(viewer, image_layer, folder: Path, model_key: str, dtype=np.uint8):
+    """A new Labels layer '<image> prediction' backed by a new zarr store in `folder` (never a user's file); dtype
+    int32 for objects with ids across planes (prediction.predict_stack_into)."""
     from napari_unet.inference.lazy_labels import create_labels_store, labels_store_path
 
     name = prediction_layer_name(image_layer.name)
@@ -68,7 +69,7 @@ def add_lazy_labels(viewer, image_layer, folder: Path, model_key: str):
             counter += 1
         name = f"{name} [{counter}]"
     path = labels_store_path(folder, name)
-    store = create_labels_store(path, plane_shape(image_layer))
+    store = create_labels_store(path, plane_shape(image_layer), dtype=dtype)
     ndim = len(store.shape)
     layer = viewer.add_labels(store, name=name, opacity=0.5, scale=tuple(image_layer.scale)[-ndim:],
                               translate=tuple(image_layer.translate)[-ndim:])

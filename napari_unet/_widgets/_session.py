@@ -15,6 +15,7 @@ from qtpy.QtCore import QObject, QSettings, Signal
 
 from napari_unet._widgets._workers import WorkerRequest
 from napari_unet.project import Project
+from napari_unet.storage.records import VersionRecord, headline_iou
 from napari_unet.training.training_set import default_training_set_dir
 from napari_unet.worker.client import WorkerClient
 from napari_unet.worker.tasks import ModelReference
@@ -110,16 +111,15 @@ class Session(QObject):
             if entry.is_shipped:
                 choices.append((f"{entry.name} (shipped)", entry.name))
                 continue
-            metrics = entry.metrics
-            iou = metrics.get("eval_iou", metrics.get("held_out_iou", metrics.get("val_iou")))
+            iou = headline_iou(entry.metrics)
             state = "rolled back" if not entry.kept else "fine-tuned"
-            label = f"{entry.name} ({state}{f', IoU {iou:.2f}' if isinstance(iou, (int, float)) else ''})"
+            label = f"{entry.name} ({state}{f', IoU {iou:.2f}' if iou is not None else ''})"
             choices.append((label, entry.name))
         if self.model_key and self.model_key not in {key for _, key in choices}:
             choices.append((Path(self.model_key).name, self.model_key))
         return choices
 
-    def list_versions(self) -> list[dict]:
+    def list_versions(self) -> list[VersionRecord]:
         """Records of this project's versions, newest first."""
         return self.store.list_versions()
 

@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_unet._widgets._session import Session
 from napari_unet._widgets._workers import Job
-from napari_unet.storage.records import RoundRecord
+from napari_unet.storage.records import RoundRecord, VersionRecord, headline_iou
 
 COLUMNS = ("model", "from", "created", "evaluation IoU", "steps")
 
@@ -28,13 +28,11 @@ def _number(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else ""
 
 
-def version_row(record: dict) -> tuple[str, ...]:
+def version_row(record: VersionRecord) -> tuple[str, ...]:
     """What the table shows for one version of the project: evaluation IoU, and whether its round was kept."""
-    metrics = record.get("metrics") or {}
-    iou = metrics.get("eval_iou", metrics.get("held_out_iou", metrics.get("val_iou")))
-    state = "" if record.get("kept", True) is not False else " (rolled back)"
-    return (str(record["name"]), str(record.get("parent") or ""),
-            str(record.get("created") or "")[:16].replace("T", " "), _number(iou) + state, str(metrics.get("steps", "")))
+    state = " (rolled back)" if record.rolled_back else ""
+    return (record.name, record.parent or "", record.created[:16].replace("T", " "),
+            _number(headline_iou(record.metrics)) + state, str(record.metrics.get("steps", "")))
 
 
 class ModelsWidget(QWidget):

@@ -230,6 +230,7 @@ class PredictWidget(QWidget):
         session.model_changed.connect(self.refresh_channels)
         self.image_combo.changed.connect(self.refresh_channel_layers)
         self.image_combo.changed.connect(self.refresh_anisotropy)
+        self.stack_combo.currentIndexChanged.connect(self.refresh_anisotropy)
         self.layers_combo.activated.connect(self._channel_layers_chosen)
         session.versions_changed.connect(self.refresh_models)
         self.refresh_models()
@@ -239,11 +240,16 @@ class PredictWidget(QWidget):
 
     def refresh_anisotropy(self, *args) -> None:
         """The Z step / pixel box from the chosen image's scale (stacks.anisotropy_from_scale); the user may
-        change it afterwards. Disabled for an image without a Z axis."""
-        from napari_unet.labels.stacks import anisotropy_from_scale
+        change it afterwards. Disabled for an image without a Z axis: a plane, or a (T, Y, X) time-lapse."""
+        from napari_unet.labels.stacks import anisotropy_from_scale, stack_kind_from_axis_names
 
         layer = self.image_combo.layer()
-        anisotropy = anisotropy_from_scale(layer.scale) if layer is not None and stack_depth(layer) else None
+        depth = stack_depth(layer) if layer is not None else 0
+        kind = self.stack_combo.currentData()
+        if depth and kind == "names":
+            kind = stack_kind_from_axis_names(tuple(getattr(layer, "axis_labels", ()))[:depth], depth)
+        has_z = depth > 1 or (depth == 1 and kind != "t")
+        anisotropy = anisotropy_from_scale(layer.scale) if has_z else None
         self.anisotropy_spin.setEnabled(anisotropy is not None)
         if anisotropy is not None:
             self.anisotropy_spin.setValue(anisotropy)
@@ -391,23 +397,30 @@ class PredictWidget(QWidget):
                 return None
         settings = dict(settings, channel_axis=axis, slider_thresholds=SLIDER_THRESHOLDS, **stack)
         note = describe_stack(stack)
+        # the objects come from the whole stack at once (three views or stitching): there is no map to show
+        skipped = (" No probability map with objects across planes: they come from the whole stack at once (predict "
+                   "without 'separate objects' to see it)." if stack.get("stack") and settings["with_probabilities"]
+                   else "")
         reference = session.model_reference(model_key)
         twin_of = session.onnx_twin_for(model_key)
 
         def on_twin(report, is_cancelled):
             """The model's ONNX twin in napari's process while the worker process is not ready for the model."""
+            from napari_unet.model import with_renamed_classes
             from napari_unet.worker.tasks import plane_prediction
 
             model = session.load_onnx_twin(twin_of)
             if model is None:  # a stale twin (onnx_engine.py): the worker process serves after all
                 return session.worker.call("predict_plane", (reference, plane, settings), report, is_cancelled), TENSORFLOW
+            model = with_renamed_classes(model, list(reference.renamed()))  # as the worker process names them
             return plane_prediction(model, np.asarray(plane), settings, report, is_cancelled), ONNX_RUNTIME
 
         def shown(result) -> None:
             prediction, engine = result if twin_of is not None else (result, TENSORFLOW)
             if engine == TENSORFLOW:
                 session.mark_warm(model_key)
-            self._show_result(image_layer, model_key, plane_index, prediction, settings["threshold"], engine, note)
+            self._show_result(image_layer, model_key, plane_index, prediction, settings["threshold"], engine, note,
+                              skipped)
 
         self.status_label.setText(f"Predicting '{image_layer.name}'{describe_index(index)} with {self.session.model_label} …")
         self._set_running(True)  # busy until the first tile reports
@@ -431,6 +444,13 @@ class PredictWidget(QWidget):
                        "together: choose 'this layer only' under Channel layers, or save the channels as one "
                        "(Y, X, C) zarr and open that.")
             return None
+        axis = channel_axis_for(image_layer, model_channels(self.session, model_key))
+        if self.instances_check.isChecked() and axis != 0 and stack_depth(image_layer) == 1:
+            stack = self.stack_settings(image_layer, tuple(layer_array(image_layer).shape[:1]))
+            if stack is None:
+                return None
+            if stack:  # a volume or time-lapse: objects with ids across planes, plane by plane into zarr
+                return self.predict_lazy_objects(image_layer, model_key, stack, axis)
         try:
             layer = _lazy_prediction.add_lazy_labels(self.viewer, image_layer, folder, model_key)
         except NapariUNetError as exc:
@@ -443,7 +463,6 @@ class PredictWidget(QWidget):
                                             on_change=lambda visible: self.job.send(("view", visible)))
         threshold, views = self.threshold(), int(self.views_combo.currentData())
         data, session = layer_array(image_layer), self.session
-        axis = channel_axis_for(image_layer, model_channels(session, model_key))
         request = session.request("predict_regions", session.model_reference(model_key), data, view.current, threshold,
                                   axis, views)
         store_path = layer.metadata[_lazy_prediction.LAZY_KEY]
@@ -471,6 +490,61 @@ class PredictWidget(QWidget):
         self.session.track(self.job)
         return self.job.start()
 
+    def predict_lazy_objects(self, image_layer, model_key: str, stack: dict, axis) -> Job | None:
+        """A lazy (zarr) volume or time-lapse with 'separate objects': its objects, one id across planes (or frames),
+        into an int32 zarr store in the project's predictions/ folder, plane by plane in the worker process
+        (prediction.predict_stack_into), never the whole stack in memory. Three views need the volume in memory, so
+        its planes are stitched. The layer is shown as planes finish and is not editable until the ids are final."""
+        from napari_unet.labels.stacks import uses_three_views
+
+        try:
+            layer = _lazy_prediction.add_lazy_labels(self.viewer, image_layer, self.session.project.root / "predictions",
+                                                     model_key, dtype=np.int32)
+        except NapariUNetError as exc:
+            show_error(f"Predict: {exc}")
+            return None
+        layer.editable = False  # the worker writes the store; ids change in its last pass
+        display = _lazy_prediction.DisplayRefresher(layer)
+        session, store_path = self.session, layer.metadata[_lazy_prediction.LAZY_KEY]
+        kind = stack["stack"]
+        stitched = " (planes stitched: three views need the volume in memory)" if uses_three_views(
+            stack.get("anisotropy")) and kind == "z" else ""
+        what = "3-D objects, one id across planes" if kind == "z" else "objects with ids kept from frame to frame"
+        skipped = " No probability map: objects of a large stack come plane by plane." if (
+            self.probabilities_check.isChecked() or self.uncertainty_check.isChecked()) else ""
+        request = session.request("predict_objects_into", session.model_reference(model_key), layer_array(image_layer),
+                                  store_path, kind, self.threshold(), axis, int(self.views_combo.currentData()),
+                                  self.min_size_spin.value())
+
+        def progress(value) -> None:
+            self.controls.progress(*value)
+            if layer in self.viewer.layers:
+                display.request()
+
+        def done(result) -> None:
+            if layer in self.viewer.layers:
+                layer.editable = True
+                display.refresh_now()
+            self.status_label.setText(f"Prediction in '{layer.name}' (saved in {store_path}): {what}{stitched}. Paint "
+                                      "to correct it." + skipped)
+
+        def cancelled() -> None:
+            if layer in self.viewer.layers:
+                layer.editable = True
+            self.status_label.setText(f"Prediction cancelled: '{layer.name}' holds the planes done so far, their ids "
+                                      "not yet joined across planes.")
+
+        self.status_label.setText(f"Predicting '{image_layer.name}' into '{layer.name}' (on disk: {store_path}), "
+                                  f"plane by plane: {what}{stitched} …{skipped}")
+        self._set_running(True)
+        self.live_layer = None
+        self.job = Job(request, what=f"Prediction of '{image_layer.name}'", on_progress=progress, on_done=done,
+                       on_finished=lambda: (display.refresh_now() if layer in self.viewer.layers else None,
+                                            self._set_running(False)),
+                       on_cancelled=cancelled)
+        self.session.track(self.job)
+        return self.job.start()
+
     def cancel(self) -> None:
         if self.job is not None and not self.job.done:
             self.job.cancel()
@@ -483,7 +557,7 @@ class PredictWidget(QWidget):
         self.controls.progress(*value)
 
     def _show_result(self, image_layer, model_key: str, index: tuple, prediction, threshold: float, engine: str,
-                     stack_note: str = "") -> None:
+                     stack_note: str = "", skipped: str = "") -> None:
         self.engine = engine
         labels, probabilities, uncertainty = prediction.labels, prediction.probabilities, prediction.uncertainty
         threshold_cache = (None if prediction.ranks is None
@@ -518,7 +592,7 @@ class PredictWidget(QWidget):
         engine = (" (computed on ONNX Runtime while the model was still loading; later predictions use TensorFlow)"
                   if self.engine == ONNX_RUNTIME else "")
         self.status_label.setText(f"Prediction in '{layer.name}'{engine}. Correct it with the brush/eraser, then "
-                                  "'Add to training set' in the Correct tab. " + self._threshold_note)
+                                  "'Add to training set' in the Correct tab. " + self._threshold_note + skipped)
         if threshold_cache is not None and threshold_cache.threshold != self.threshold():
             self.threshold_timer.start()  # the slider moved while the model ran
 

@@ -39,8 +39,9 @@ from napari_unet._widgets._lazy_prediction import is_lazy, visible_region
 from napari_unet._widgets._session import PAINTED_PLANES_KEY, PREDICTION_KEY, Session, prediction_layer_name
 from napari_unet._widgets._workers import Job
 from napari_unet.errors import NapariUNetError
+from napari_unet.labels.classes import ADD_CLASS_IN_THE_DOCK
 from napari_unet.labels.masks import IGNORE_LABEL
-from napari_unet.training.training_set import changed_pixels, pair_file_name, restrict_to_corrections, thumbnail
+from napari_unet.training.training_set import changed_pixels, restrict_to_corrections, thumbnail
 
 ADD_SHORTCUT = "Shift+T"
 HELP_TEXT = (
@@ -257,7 +258,7 @@ class TrainingSetWidget(QWidget):
         def work(report, is_cancelled):
             mask, sparse = build_training_pair(image_plane, labels_plane, prediction_plane, only_corrected, margin)
             return project.add_pair(image_plane, mask, evaluation=evaluation, name=name, source_image=image_name,
-                                    source_labels=labels_name, sparse=sparse), evaluation
+                                    source_labels=labels_name, sparse=sparse, add_class=ADD_CLASS_IN_THE_DOCK), evaluation
 
         self.add_button.setEnabled(False)
         what = "evaluation pairs" if evaluation else "training set"
@@ -270,7 +271,7 @@ class TrainingSetWidget(QWidget):
         """A (Z, Y, X) volume's corrected planes (painted, or differing from the prediction) as pairs, with XZ and YZ
         views where the voxels are near-isotropic (volume_pairs.py); copies taken now, stored in a worker."""
         from napari_unet.labels.stacks import anisotropy_from_scale
-        from napari_unet.training.volume_pairs import corrected_planes, volume_pairs
+        from napari_unet.training.volume_pairs import corrected_planes
 
         image_layer, labels_layer = self.image_combo.layer(), self.labels_combo.layer()
         if image_layer is None or labels_layer is None:
@@ -297,37 +298,16 @@ class TrainingSetWidget(QWidget):
             return None
         image = np.array(layer_array(image_layer))
         evaluation = self.evaluation_check.isChecked()
-        # evaluation pairs are whole planes: side views are annotated on the corrected rows only
-        anisotropy = None if evaluation else anisotropy_from_scale(image_layer.scale)
+        anisotropy = anisotropy_from_scale(image_layer.scale)
         only_corrected = self.only_corrected_check.isChecked() and not evaluation
         margin, project = self.margin_spin.value(), self.session.project
         image_name, labels_name = image_layer.name, labels_layer.name
 
         def work(report, is_cancelled):
-            # A plane added before is updated (same name); one already in the other set stays there only, and its
-            # labels are not in this set's side views either: an evaluation plane is never trained on. The side
-            # views of this volume are replaced (they run through other rows when other planes are corrected).
-            this_set, other_set = ((project.evaluation, project.training) if evaluation
-                                   else (project.training, project.evaluation))
-            taken = set(other_set.names())
-            own_planes = [z for z in planes if pair_file_name(f"{image_name}_z{z}") not in taken]
-            if not own_planes:
-                return [], evaluation
-            side_prefixes = tuple(pair_file_name(f"{image_name}_{view}") + "_" for view in ("xz", "yz"))
-            for name in this_set.names():
-                if name.startswith(side_prefixes):
-                    this_set.remove(name)
-            added = []
-            for pair in volume_pairs(image, labels, own_planes, anisotropy):
-                name = pair_file_name(f"{image_name}_{pair.suffix}")
-                mask, sparse = pair.mask, bool(np.any(pair.mask == IGNORE_LABEL))
-                if pair.view == "xy" and only_corrected and prediction is not None:
-                    mask, sparse = build_training_pair(pair.image, labels[pair.position], prediction[pair.position],
-                                                       True, margin)
-                project.add_pair(pair.image, mask, evaluation=evaluation, name=name, replace=True,
-                                 source_image=image_name, source_labels=labels_name, sparse=sparse)
-                added.append(pair)
-            return added, evaluation
+            return project.add_volume(image, labels, planes, name=image_name, anisotropy=anisotropy,
+                                      prediction=prediction, evaluation=evaluation, only_corrected=only_corrected,
+                                      margin=margin, source_labels=labels_name,
+                                      add_class=ADD_CLASS_IN_THE_DOCK), evaluation
 
         self.add_planes_button.setEnabled(False)
         what = "evaluation pairs" if evaluation else "training set"

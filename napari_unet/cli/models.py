@@ -21,26 +21,33 @@ def run_models_command(args) -> int:
 
     store = ModelStore()
     entries = list_models(store)
-    shipped = [{"name": e.name, "path": e.path, "description": e.description, "metrics": e.metrics}
-               for e in entries if e.is_shipped]
-    versions = [{"name": e.name, "parent": e.parent, "created": e.created, "metrics": e.metrics, "path": e.path}
-                for e in entries if not e.is_shipped]
+    shipped = [entry for entry in entries if entry.is_shipped]
+    versions = [entry for entry in entries if not entry.is_shipped]
     if args.json:
-        print(json.dumps({"shipped": shipped, "versions": versions, "store": str(store.root)}))
+        print(json.dumps({
+            "shipped": [{"name": e.name, "path": e.path, "description": e.description, "metrics": e.metrics}
+                        for e in shipped],
+            "versions": [{"name": e.name, "parent": e.parent, "created": e.created, "metrics": e.metrics,
+                          "path": e.path} for e in versions],
+            "store": str(store.root)}))
         return 0
 
     def scores(metrics: dict) -> str:
         parts = [f"{key} {metrics[key]:.4f}" for key in ("iou", "eval_iou", "val_iou", "dice", "pixel_error")
-                 if isinstance((metrics or {}).get(key), (int, float))]
+                 if isinstance(metrics.get(key), (int, float))]
         return ", ".join(parts) or "-"
 
     print("shipped models:")
-    for entry in shipped or [{"name": "(none installed)", "metrics": {}}]:
-        print(f"  {entry['name']:<24} {scores(entry['metrics'])}")
+    for entry in shipped:
+        print(f"  {entry.name:<24} {scores(entry.metrics)}")
+    if not shipped:
+        print("  (none installed)")
     print(f"stored versions ({store.root}):")
-    for entry in versions or [{"name": "(none yet)", "metrics": {}, "parent": None, "created": ""}]:
-        parent = f"  from {entry['parent']}" if entry.get("parent") else ""
-        print(f"  {entry['name']:<24} {scores(entry['metrics'])}{parent}  {str(entry.get('created') or '')[:19]}")
+    for entry in versions:
+        parent = f"  from {entry.parent}" if entry.parent else ""
+        print(f"  {entry.name:<24} {scores(entry.metrics)}{parent}  {entry.created[:19]}")
+    if not versions:
+        print("  (none yet)")
     return 0
 
 

@@ -25,10 +25,13 @@ def add_predict_command(subparsers) -> None:
         help="segment images with a model and write OUTDIR/<name>.tif",
         description=(
             "Predict labels (default), instances or probabilities for image files or folders of images. "
-            "Each output is a TIFF with the input's Y×X shape, named after the input's file stem."
+            "Each output is a TIFF with the input's Y×X shape, named after the input's file stem. A zarr volume or "
+            "time-lapse (a .zarr folder) with --instances --stack z|t is predicted plane by plane into "
+            "OUTDIR/<name>.zarr (int32, one plane per chunk), never holding the whole stack in memory."
         ),
     )
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of images")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="image files, folders of images, or zarr arrays (.zarr folders; with --instances --stack)")
     add_model_option(parser, "shipped/stored model name, .keras path or bioimage.io package (.zip) with Keras weights")
     parser.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="folder for the results")
     parser.add_argument("--threshold", type=float, default=0.5, metavar="T",
@@ -56,12 +59,15 @@ def expand_inputs(inputs: list[str]) -> list:
     from pathlib import Path
 
     from napari_unet.errors import NapariUNetError
+    from napari_unet.inference.lazy_labels import is_zarr
     from napari_unet.storage.io import list_images
 
     paths = []
     for text in inputs:
         path = Path(text)
-        if path.is_dir():
+        if is_zarr(path):
+            paths.append(path)
+        elif path.is_dir():
             found = list_images(path)
             if not found:
                 raise NapariUNetError(f"no images (.tif, .png, .jpg) found in folder '{path}'")
@@ -74,18 +80,18 @@ def expand_inputs(inputs: list[str]) -> list:
 
 
 class TextProgress:
-    """One stderr line, rewritten in place: 'image 2/5 name: tiles 12/40'."""
+    """One stderr line, rewritten in place: 'image 2/5 name: tiles 12/40' (or 'planes 3/64' for a zarr stack)."""
 
     def __init__(self, n_images: int):
-        self.n_images, self.image_number, self.name, self.shown = n_images, 0, "", False
+        self.n_images, self.image_number, self.name, self.shown, self.unit = n_images, 0, "", False, "tiles"
 
-    def start(self, name: str) -> None:
+    def start(self, name: str, unit: str = "tiles") -> None:
         self.image_number += 1
-        self.name = name
+        self.name, self.unit = name, unit
 
     def __call__(self, done: int, total: int) -> None:
         self.shown = True
-        print(f"\r[predict] image {self.image_number}/{self.n_images} {self.name}: tiles {done}/{total}   ",
+        print(f"\r[predict] image {self.image_number}/{self.n_images} {self.name}: {self.unit} {done}/{total}   ",
               end="", file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -111,13 +117,20 @@ def run_predict_command(args) -> int:
     except OSError as exc:
         raise NapariUNetError(f"cannot create the output folder '{output_dir}': {exc.strerror or exc} — "
                               "choose a folder you can write to with -o") from exc
+    from napari_unet.inference.lazy_labels import is_zarr
+
     targets, written = {}, {}
     for path in inputs:
-        target = output_dir / f"{path.stem}.tif"
+        if is_zarr(path):
+            check_zarr_input(args, path)
+        target = output_dir / f"{path.stem}{'.zarr' if is_zarr(path) else '.tif'}"
         targets[target] = path
         for output_file in (target, *([uncertainty_target(target)] if args.uncertainty else [])):
             if output_file.exists() and output_file.resolve() == path.resolve():
                 raise NapariUNetError(f"the output '{output_file}' would overwrite the input '{path}': "
+                                      "choose another -o OUTDIR")
+            if is_zarr(path) and output_file.exists():
+                raise NapariUNetError(f"'{output_file}' exists: a zarr output is never written over; remove it or "
                                       "choose another -o OUTDIR")
             if output_file in written:
                 raise NapariUNetError(f"'{written[output_file]}' and '{path}' would both be written to "
@@ -139,6 +152,10 @@ def run_predict_command(args) -> int:
     progress = TextProgress(len(inputs))
     try:
         for target, path in targets.items():
+            if is_zarr(path):
+                progress.start(path.name, "planes")
+                predict_zarr_stack(model, path, target, args, progress)
+                continue
             image = check_stack_named(args, read_image(path), path, model.config.n_channels)
             progress.start(path.name)
             result = predict(model, image, progress=progress, with_uncertainty=args.uncertainty, **options)
@@ -151,6 +168,47 @@ def run_predict_command(args) -> int:
     engine = " (on its ONNX twin: a small job starts sooner without TensorFlow)" if is_onnx(model) else ""
     print(f"wrote {len(written)} file(s) to {output_dir}{engine}", file=sys.stderr)
     return 0
+
+
+def check_zarr_input(args, path) -> None:
+    """Refuse, in one line naming the fix, what a zarr input cannot be predicted with (it is never read whole)."""
+    from napari_unet.errors import NapariUNetError
+    from napari_unet.labels.stacks import uses_three_views
+
+    if not args.instances or args.stack not in ("z", "t"):
+        raise NapariUNetError(f"'{path}' is a zarr array: it is predicted plane by plane into a zarr of objects with "
+                              "--instances --stack z (a volume) or --stack t (a time-lapse); for labels of a large "
+                              "image, open it in napari and press Predict")
+    if args.uncertainty or args.scheduler:
+        raise NapariUNetError(f"'{path}' is a zarr array, predicted plane by plane: drop "
+                              f"{'--uncertainty' if args.uncertainty else '--scheduler'} for it")
+    if uses_three_views(args.anisotropy):
+        raise NapariUNetError(f"'{path}' is a zarr array, predicted plane by plane, and three views (--anisotropy "
+                              f"{args.anisotropy:g}) need the whole volume in memory: drop --anisotropy to stitch its "
+                              "planes, or predict a TIFF of it")
+
+
+def predict_zarr_stack(model, path, target, args, progress) -> None:
+    """A zarr (Z, Y, X) volume or (T, Y, X) time-lapse into `target`, a new int32 zarr of its objects, plane by plane
+    (prediction.predict_stack_into); a failed or cancelled run leaves no half-written output behind."""
+    import shutil
+
+    import numpy as np
+
+    from napari_unet.inference.lazy_labels import create_labels_store, open_zarr_image
+    from napari_unet.inference.prediction import model_and_planes, predict_stack_into
+
+    image = open_zarr_image(path)
+    channels = parse_channels(args.channels)
+    _, planes = model_and_planes(model, image, None, channels)  # checks the layout before anything is written
+    out = create_labels_store(target, tuple(planes.shape[:-1]), dtype=np.int32)
+    try:
+        predict_stack_into(model, image, out, stack=args.stack, threshold=args.threshold, channels=channels,
+                           progress=progress, min_size=args.min_size, test_time_augmentation=args.tta,
+                           precision=args.precision)
+    except BaseException:
+        shutil.rmtree(target, ignore_errors=True)
+        raise
 
 
 def uncertainty_target(target):

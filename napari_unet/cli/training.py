@@ -88,7 +88,7 @@ def run_finetune_command(args) -> int:
             tuned, history, training_pairs=[pair_fingerprint(i, m, n) for i, m, n in zip(images, masks, names)],
             name=args.name,
         )
-        version = record["name"]
+        version = record.name
     except NapariUNetError as exc:  # the requested file exists; the store copy is a convenience
         print(f"napari-unet finetune: warning: not added to the model store: {exc}", file=sys.stderr)
     result = {
@@ -126,13 +126,21 @@ def add_project_command(subparsers) -> None:
     add_model_option(init)
     add_class_options(init)
     init.set_defaults(func=run_project_init)
-    classes = commands.add_parser("classes", help="show the project's classes, or add classes after them",
-                                  description="Label value k is class k (0 background, 255 not annotated).")
+    classes = commands.add_parser("classes", help="show the project's classes; add, rename or recolour them, or say "
+                                                  "which are objects and which regions",
+                                  description="Label value k is class k (0 background, 255 not annotated); what a "
+                                              "value means never changes, so painted pairs stay valid.")
     classes.add_argument("dir", metavar="DIR")
     classes.add_argument("--add", default=None, metavar="NAMES",
                          help="classes to add after the existing ones, e.g. 'membrane' or 'membrane:#ffff00'")
     classes.add_argument("--regions", default=None, metavar="NAMES",
-                         help="of the added classes, those that are regions, not objects to separate (e.g. cytoplasm)")
+                         help="classes (existing or added) that are regions, not objects to separate (e.g. cytoplasm)")
+    classes.add_argument("--objects", default=None, metavar="NAMES",
+                         help="existing classes whose regions are objects to separate into instances")
+    classes.add_argument("--rename", default=None, metavar="OLD:NEW",
+                         help="rename classes, e.g. 'rim:cytoplasm' (comma-separated for several)")
+    classes.add_argument("--colour", default=None, metavar="NAME:#RRGGBB",
+                         help="recolour classes, e.g. 'nucleus:#ff0000' (comma-separated for several)")
     add_json_option(classes, "print the classes as one JSON object")
     classes.set_defaults(func=run_project_classes)
     add = commands.add_parser("add", help="add a training pair, or an evaluation pair with --eval")
@@ -172,17 +180,36 @@ def add_class_options(parser) -> None:
 
 
 def _parsed_classes(names: str, regions: str | None, existing: list | None = None):
-    """The classes named on the command line, all objects but the --regions ones."""
+    """The classes named on the command line, all objects but the --regions ones (which may also name `existing`
+    classes, for project classes)."""
     from napari_unet.errors import NapariUNetError
     from napari_unet.labels.classes import SegmentationClass, parse_classes
 
     classes = parse_classes(names)
-    region_names = {part.strip() for part in (regions or "").split(",") if part.strip()}
-    unknown = region_names - {c.name for c in classes}
+    region_names = set(_names(regions))
+    unknown = region_names - {c.name for c in classes} - set(existing or [])
     if unknown:
         raise NapariUNetError(f"--regions names {', '.join(sorted(unknown))}, which --classes/--add does not: "
                               "name classes given with them")
     return [SegmentationClass(c.name, c.colour, c.name not in region_names) for c in classes]
+
+
+def _names(text: str | None) -> list[str]:
+    """'a, b' -> ['a', 'b']."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _name_pairs(text: str | None, option: str, form: str) -> dict[str, str]:
+    """'a:b, c:d' -> {'a': 'b', 'c': 'd'}; anything else is refused in one line naming the form."""
+    from napari_unet.errors import NapariUNetError
+
+    pairs = {}
+    for item in _names(text):
+        key, colon, value = item.partition(":")
+        if not colon or not key.strip() or not value.strip():
+            raise NapariUNetError(f"{option} {item!r} is not {form}: write e.g. {option} {form}")
+        pairs[key.strip()] = value.strip()
+    return pairs
 
 
 def run_project_init(args) -> int:
@@ -205,9 +232,18 @@ def run_project_classes(args) -> int:
     from napari_unet.project import Project
 
     project = Project.open(args.dir)
-    classes = project.classes
+    renames, colours = _name_pairs(args.rename, "--rename", "OLD:NEW"), _name_pairs(args.colour, "--colour", "NAME:#rrggbb")
+    if renames:  # first, so that the other options name the classes by their new names
+        project.edit_classes(rename=renames)
+    existing = [c.name for c in project.classes]
     if args.add:
-        classes = project.set_classes([*classes, *_parsed_classes(args.add, args.regions)])
+        project.set_classes([*project.classes, *_parsed_classes(args.add, args.regions, existing)])
+    regions = [name for name in _names(args.regions) if name in existing or not args.add]  # else the added ones
+    if colours or args.objects or regions:
+        note = project.edit_classes(colours=colours, objects=_names(args.objects), regions=regions)
+        if note:
+            print(note, file=sys.stderr)
+    classes = project.classes
     if args.json:
         print(json.dumps({"classes": [c.to_dict() for c in classes]}))
         return 0

@@ -51,6 +51,13 @@ class RegionLabels:
         return (*self.index, slice(y0, y1), slice(x0, x1))
 
 
+def is_zarr(path: str | os.PathLike) -> bool:
+    """Is `path` a zarr array or group on disk (a folder named *.zarr, or holding zarr's metadata)?"""
+    path = Path(path)
+    return path.is_dir() and (path.suffix.lower() == ".zarr"
+                              or any((path / name).is_file() for name in (".zarray", ".zgroup", "zarr.json")))
+
+
 def open_zarr_image(path: str | os.PathLike):
     """A dask array of a zarr array or an OME-Zarr image (its full-resolution level), axes checked.
 
@@ -107,8 +114,9 @@ def labels_store_path(folder: str | os.PathLike, name: str) -> Path:
     return path
 
 
-def create_labels_store(path: str | os.PathLike, shape: tuple[int, ...], chunk: int = LABELS_CHUNK):
-    """An empty (all 0) uint8 zarr array on disk at `path`, chunked (1, …, chunk, chunk); never overwrites."""
+def create_labels_store(path: str | os.PathLike, shape: tuple[int, ...], chunk: int = LABELS_CHUNK, dtype=np.uint8):
+    """An empty (all 0) zarr array on disk at `path` (uint8 labels; int32 for objects: prediction.predict_stack_into),
+    chunked (1, …, chunk, chunk); never overwrites."""
     import zarr
 
     path = Path(path)
@@ -117,7 +125,7 @@ def create_labels_store(path: str | os.PathLike, shape: tuple[int, ...], chunk: 
     chunks = (*(1,) * (len(shape) - 2), min(chunk, shape[-2]), min(chunk, shape[-1]))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return zarr.open_array(str(path), mode="w-", shape=shape, chunks=chunks, dtype=np.uint8, fill_value=0)
+        return zarr.open_array(str(path), mode="w-", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     except OSError as exc:
         raise NapariUNetError(f"cannot create '{path}': {exc.strerror or exc} — choose a folder you can write to") from None
 

@@ -39,7 +39,13 @@ from napari_unet.inference.channels import ChannelChoice, as_planes
 from napari_unet.inference.normalize import apply_range, is_flat, percentile_range
 from napari_unet.inference.onnx_engine import is_onnx, onnx_forward
 from napari_unet.inference.precision import with_precision
-from napari_unet.labels.postprocess import instances_per_plane, model_instances, semantic_labels, smallest_object
+from napari_unet.labels.postprocess import (
+    class_probabilities,
+    instances_per_plane,
+    model_instances,
+    model_labels,
+    smallest_object,
+)
 from napari_unet.labels.stacks import (
     STITCH_THRESHOLD,
     check_stack,
@@ -58,7 +64,7 @@ from napari_unet.labels.stacks import (
 )
 from napari_unet.model import SegmentationModel, inference_function
 
-OUTPUTS = ("labels", "probabilities", "instances")
+OUTPUTS = ("labels", "probabilities", "instances", "raw")
 # Target tile side (tiling.axis_tiles: the number of tiles first, then the smallest tile covering the image):
 # fewer tiles means less overlap work, and 1024 px tiles run at the same GFLOP/s as 256-512 px ones on CPU.
 LARGE_TILE = 1024
@@ -227,6 +233,32 @@ def _plane_range(plane, normalization, index) -> tuple[np.ndarray, np.ndarray] |
     return low, high
 
 
+def _tile_and_overlap(model: SegmentationModel, tile_size: int | None, overlap: int | None) -> tuple[int, int]:
+    """(target tile side, overlap) in px of predict's tiles for `model`, from predict's tile_size and overlap."""
+    multiple = model.config.size_multiple
+    model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
+    if tile_size is None:
+        tile = max(model_tile, LARGE_TILE)
+    else:
+        if tile_size < multiple:
+            raise NapariUNetError(f"tile_size={tile_size} is too small: use at least {multiple} (2**depth)")
+        tile = tiling.round_up(int(tile_size), multiple)
+    if overlap is None:
+        overlap = tiling.default_overlap(min(model_tile, tile))
+    if overlap < 0:
+        raise NapariUNetError(f"overlap={overlap} must be >= 0 px")
+    return tile, overlap
+
+
+def tile_grid_for(model: SegmentationModel, spatial_shape: tuple[int, int], tile_size: int | None = None,
+                  overlap: int | None = None) -> tuple[tiling.AxisTiles, tiling.AxisTiles]:
+    """The row and column tiles predict() cuts a (Y, X) plane of `spatial_shape` into for `model`, with predict's
+    tile_size and overlap (None: its defaults). The model runs on exactly these tiles, so their area, not the
+    image's, is what a prediction computes."""
+    tile, overlap = _tile_and_overlap(model, tile_size, overlap)
+    return tiling.tile_grid(spatial_shape, tile, int(overlap), model.config.size_multiple)
+
+
 class _Plan:
     """Everything fixed for one call: tiling, batch size, classes."""
 
@@ -234,21 +266,10 @@ class _Plan:
                  test_time_augmentation: bool | int = False, precision: str | None = None, *,
                  with_squares: bool = False):
         config = model.config
-        multiple = config.size_multiple
-        model_tile = tiling.round_up(max(model.metadata.tile_size, multiple), multiple)
-        if tile_size is None:
-            tile = max(model_tile, LARGE_TILE)
-        else:
-            if tile_size < multiple:
-                raise NapariUNetError(f"tile_size={tile_size} is too small: use at least {multiple} (2**depth)")
-            tile = tiling.round_up(int(tile_size), multiple)
-        if overlap is None:
-            overlap = tiling.default_overlap(min(model_tile, tile))
-        if overlap < 0:
-            raise NapariUNetError(f"overlap={overlap} must be >= 0 px")
+        tile, overlap = _tile_and_overlap(model, tile_size, overlap)
         if batch_size < 1:
             raise NapariUNetError(f"batch_size={batch_size} must be >= 1")
-        self.grid = tiling.tile_grid(spatial_shape, tile, int(overlap), multiple)
+        self.grid = tiling.tile_grid(spatial_shape, tile, int(overlap), config.size_multiple)
         rows, cols = self.grid
         self.row_window = tiling.blending_window(rows.size, overlap)
         self.col_window = tiling.blending_window(cols.size, overlap)
@@ -350,28 +371,34 @@ def predict_probabilities(
     cancel: CancelCheck | None = None,
     test_time_augmentation: bool | int = False,
     precision: str | None = None,
-) -> np.ndarray:
-    """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here)."""
+    with_squares: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Probabilities (Y, X, n_classes) float32 of ONE raw (Y, X, C) plane (normalised here).
+
+    with_squares: return (probabilities, the test-time-augmentation views' mean of squared probabilities), both
+    from the same pass: how much the views disagree (uncertainty.uncertainty_map) without predicting twice."""
     plane_range = _plane_range(plane, model.metadata.normalization, None)
-    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size, test_time_augmentation, precision)
+    plan = _Plan(model, plane.shape[:2], tile_size, overlap, batch_size, test_time_augmentation, precision,
+                 with_squares=with_squares)
     region = ((0, plane.shape[0]), (0, plane.shape[1]))
     counter = _ProgressCounter(len(plan.tiles_in(region)), progress, cancel)
-    return _predict_region(plan, plane, plane_range, region, counter)
+    blended = _predict_region(plan, plane, plane_range, region, counter)
+    return (blended[..., : plan.n_classes], blended[..., plan.n_classes :]) if with_squares else blended
 
 
 def _finish(model: SegmentationModel, probabilities: np.ndarray, output: str, threshold: float, instances_of: str,
             min_size: int | None):
     n_classes = model.config.n_classes
+    output_map = probabilities[..., 0] if n_classes == 1 else probabilities
+    if output == "raw":
+        return output_map
     if output == "probabilities":
-        return probabilities[..., 0] if n_classes == 1 else probabilities
-    background_threshold = model.metadata.background_threshold
-    labels = semantic_labels(probabilities[..., 0] if n_classes == 1 else probabilities, threshold, n_classes,
-                             background_threshold)
+        return class_probabilities(output_map, model.metadata)
+    labels = model_labels(output_map, model.metadata, threshold)
     if output == "labels":
         return labels
     if instances_of != "auto":  # the caller overrides the model's method for a plain semantic model
         return instances_per_plane(labels, instances_of, smallest_object(model.metadata, min_size))
-    output_map = probabilities[..., 0] if n_classes == 1 else probabilities
     return model_instances(output_map, model.metadata, n_classes, threshold=threshold, min_size=min_size)
 
 
@@ -401,8 +428,11 @@ def predict(
 
     model: a SegmentationModel, or a shipped/stored name or .keras path (resolved by registry.load_model).
     output: "labels" (uint8, 0/1 or class ids), "probabilities" (float32; trailing class axis only for
-    multi-class models) or "instances" (int32; instances_of="auto" uses the model's own method, e.g. the
-    regions enclosed by membranes or a seeded watershed for a boundary-class model: postprocess.py).
+    multi-class models: background, then one per class), "instances" (int32; instances_of="auto" uses the model's
+    own method, e.g. the regions enclosed by membranes or a seeded watershed for a boundary-class model:
+    postprocess.py) or "raw" (float32: the model's output channels as they are, for post-processing of one's own; they
+    differ from "probabilities" only for a model of several classes with boundary outputs, whose last channels are
+    the object classes' boundaries, each class's own channel then holding its objects' cores).
     Spatial shape always equals the input's.
     channels: which of the image's channels the model reads: None (all, as they are), "grey" (converted by
     request) or a list of indices (channels.as_planes).
@@ -466,9 +496,14 @@ def predict(
                 "instances on a region that fits in memory (napari_unet.labels.postprocess.instances_from_labels)"
             )
         probabilities = _predict_lazy(plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size)
+        if plan.n_classes == 1:
+            probabilities = probabilities[..., 0]
+        if output == "raw":
+            return probabilities
         if output == "probabilities":
-            return probabilities[..., 0] if plan.n_classes == 1 else probabilities
-        return _labels_lazy(probabilities, threshold, plan.n_classes, model.metadata.background_threshold)
+            return _classes_lazy(probabilities, model.metadata)
+        return probabilities.map_blocks(model_labels, model.metadata, threshold, dtype=np.uint8,
+                                        drop_axis=None if plan.n_classes == 1 else probabilities.ndim - 1)
     whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
     tiles_per_plane = len(plan.tiles_in(whole))
     # the XZ planes are as many as Y, the YZ planes as many as X
@@ -492,7 +527,8 @@ def predict(
             if len(tta_views(model.metadata.symmetries, test_time_augmentation)) < 2:
                 raise NapariUNetError(f"the {method!r} uncertainty measures how test-time-augmentation views "
                                       "disagree: predict with test_time_augmentation=2 or more (--tta), or use entropy")
-        uncertainty = uncertainty_map(probabilities, mean_of_squares, method)
+        uncertainty = uncertainty_map(probabilities, mean_of_squares, method,
+                                      classes=class_probabilities(probabilities, model.metadata))
     if volumes:  # near-isotropic volumes: three views, one 3-D watershed each
         objects = [_three_view_objects(model, planes[index], probabilities[index], side_plans, anisotropy, counter,
                                        threshold, instances_of, min_size) for index in volumes]
@@ -572,10 +608,11 @@ def predict_stack_into(model, image, out, *, stack: str = "z", threshold: float 
     report(total)
 
 
-def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
-                        counter: _ProgressCounter, threshold: float, instances_of: str, min_size: int | None):
-    """int32 3-D objects of one raw (Z, Y, X, C) volume: its XY-plane probabilities (already predicted) averaged
-    with those of the XZ and YZ planes of the volume resampled to cubic voxels, then stacks.volume_instances."""
+def _three_view_map(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
+                    counter: _ProgressCounter) -> np.ndarray:
+    """The three views' mean (Z', Y, X, n_classes) on cubic voxels of one raw (Z, Y, X, C) volume: its XY-plane
+    probabilities (already predicted) averaged with those of the XZ and YZ planes of the volume resampled to cubic
+    voxels."""
     n_classes = model.config.n_classes
     normalization = model.metadata.normalization
     depth = isotropic_depth(volume.shape[0], anisotropy)
@@ -584,9 +621,45 @@ def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.n
         whole = ((0, side.shape[1]), (0, side.shape[2]))
         views.append(np.stack([_predict_region(side_plan, plane, _plane_range(plane, normalization, None), whole,
                                                counter) for plane in side]))
-    mean = three_view_mean(resample_depth(xy_probabilities[..., :n_classes], depth), *views)
+    return three_view_mean(resample_depth(xy_probabilities[..., :n_classes], depth), *views)
+
+
+def _three_view_objects(model: SegmentationModel, volume, xy_probabilities: np.ndarray, side_plans, anisotropy: float,
+                        counter: _ProgressCounter, threshold: float, instances_of: str, min_size: int | None):
+    """int32 3-D objects of one raw (Z, Y, X, C) volume from its three views' mean (stacks.volume_instances)."""
+    n_classes = model.config.n_classes
+    mean = _three_view_map(model, volume, xy_probabilities, side_plans, anisotropy, counter)
     return volume_instances(mean[..., 0] if n_classes == 1 else mean, model.metadata, n_classes, volume.shape[0],
                             threshold=threshold, min_size=min_size, instances_of=instances_of)
+
+
+def predict_volume_map(model, volume, *, anisotropy: float | None = None, channel_axis: int | None = None,
+                       channels: ChannelChoice = None, precision: str | None = None,
+                       progress: ProgressCallback | None = None, cancel: CancelCheck | None = None) -> np.ndarray:
+    """The probability map a (Z, Y, X) volume's objects are made from, as predict(..., output="instances",
+    stack="z", anisotropy=anisotropy) makes them: the three views' mean on cubic voxels (Z', Y, X, ...) where
+    stacks.uses_three_views(anisotropy), else the planes' own probabilities (Z, Y, X, ...); one class: no trailing
+    axis. stacks.volume_objects turns it into objects, so several post-processing settings cost one prediction."""
+    model, planes = model_and_planes(model, np.asarray(volume), channel_axis, channels)
+    leading_shape, spatial_shape = tuple(planes.shape[:-3]), tuple(planes.shape[-3:-1])
+    check_stack("z", "instances", leading_shape, anisotropy)
+    plan = _Plan(model, spatial_shape, None, None, 4, precision=precision)
+    three_views = bool(three_view_volumes("z", leading_shape, anisotropy))
+    side_plans = ()
+    if three_views:
+        depth = isotropic_depth(leading_shape[0], anisotropy)
+        side_plans = tuple(_Plan(model, (depth, side), None, None, 4, precision=precision)
+                           for side in (spatial_shape[1], spatial_shape[0]))
+    whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
+    side_tiles = sum(len(side.tiles_in(((0, side.grid[0].length), (0, side.grid[1].length)))) * n_planes
+                     for side, n_planes in zip(side_plans, spatial_shape))
+    counter = _ProgressCounter(len(plan.tiles_in(whole)) * leading_shape[0] + side_tiles, progress, cancel)
+    normalization = model.metadata.normalization
+    probabilities = np.stack([_predict_region(plan, plane, _plane_range(plane, normalization, (index,)), whole, counter)
+                              for index, plane in enumerate(planes)])
+    if three_views:
+        probabilities = _three_view_map(model, planes, probabilities, side_plans, anisotropy, counter)
+    return probabilities[..., 0] if plan.n_classes == 1 else probabilities
 
 
 def _predict_lazy(plan: _Plan, planes, ranges, leading_shape, spatial_shape, progress, cancel, block_size):
@@ -620,11 +693,13 @@ def _predict_lazy(plan: _Plan, planes, ranges, leading_shape, spatial_shape, pro
     )
 
 
-def _labels_lazy(probabilities, threshold: float, n_classes: int, background_threshold: float | None = None):
-    if n_classes == 1:
-        return probabilities[..., 0].map_blocks(semantic_labels, threshold, 1, dtype=np.uint8)
-    return probabilities.map_blocks(semantic_labels, threshold, n_classes, background_threshold, dtype=np.uint8,
-                                    drop_axis=probabilities.ndim - 1)
+def _classes_lazy(probabilities, metadata):
+    """A lazy model output read as classes (postprocess.class_probabilities), block by block."""
+    if not metadata.boundary_outputs:
+        return probabilities
+    return probabilities.map_blocks(  # one block holds a pixel's every output
+        class_probabilities, metadata, dtype=np.float32,
+        chunks=(*probabilities.chunks[:-1], (metadata.class_outputs,)))
 
 
 @dataclass(frozen=True)
@@ -777,9 +852,8 @@ class RegionPredictor:
                 col_weight_sum[ax0 - x0 : ax1 - x0] += self.plan.col_window[ax0 - cols.starts[j] : ax1 - cols.starts[j]]
             accumulated /= row_weight_sum[:, None, None]
             accumulated /= col_weight_sum[None, :, None]
-            n_classes = self.plan.n_classes
-            labels = semantic_labels(accumulated[..., 0] if n_classes == 1 else accumulated, self.threshold, n_classes,
-                                     self.model.metadata.background_threshold)
+            labels = model_labels(accumulated[..., 0] if self.plan.n_classes == 1 else accumulated,
+                                  self.model.metadata, self.threshold)
         return FinishedLabels(((y0, y1), (x0, x1)), labels, None if mask.all() else mask)
 
     def _cell_of(self, values: np.ndarray, tile: tuple[int, int], r: int, c: int, state: _PlaneProgress) -> np.ndarray:

@@ -57,22 +57,26 @@ def disagreement(mean: np.ndarray, mean_of_squares: np.ndarray) -> np.ndarray:
 
 
 def uncertainty_map(probabilities: np.ndarray, mean_of_squares: np.ndarray | None = None,
-                    method: str = DEFAULT_METHOD) -> np.ndarray:
+                    method: str = DEFAULT_METHOD, classes: np.ndarray | None = None) -> np.ndarray:
     """Uncertainty (...,) float32 in [0, 1] from (..., n_classes) view-averaged probabilities.
 
     mean_of_squares: the views' mean of p² (needed by "disagreement" and "combined" only).
     method: one of METHODS.
+    classes: the probabilities read as classes, whose entropy is taken, when the model's outputs are not its
+    classes (postprocess.class_probabilities: a boundary output is part of its class, not a class of its own);
+    None: the probabilities themselves. The views' disagreement is measured on every output.
     """
     if method not in METHODS:
         raise ValueError(f"uncertainty method {method!r} is not one of {', '.join(METHODS)}")
+    classes = probabilities if classes is None else classes
     if method == "entropy":
-        return entropy(probabilities)
+        return entropy(classes)
     if mean_of_squares is None:
         raise ValueError(f"uncertainty method {method!r} needs several test-time-augmentation views")
     spread = disagreement(probabilities, mean_of_squares)
     if method == "disagreement":
         return spread
-    return (0.5 * (entropy(probabilities) + spread)).astype(np.float32)
+    return (0.5 * (entropy(classes) + spread)).astype(np.float32)
 
 
 def tiles(shape: tuple[int, int], tile_size: int = NEXT_TILE_SIZE) -> list[tuple[slice, slice]]:

@@ -3,7 +3,9 @@
 One class (the default, as every project had before classes existed): any label other than 0 and 255 is
 that class, so instance ids may be painted. Several classes: label value k is class k (1..n), 0 is
 background and 255 is "not annotated"; any other value is refused, because the model could not learn it.
-A model for n classes has a softmax head of n + 1 outputs (background first): ModelMetadata.classes.
+A model for n classes has a softmax head of n + 1 outputs (background first): ModelMetadata.classes; one started
+from a model that separates objects with a boundary output also has one boundary output per object class
+(ModelMetadata.object_boundaries).
 Leaf module: no TensorFlow, no Qt.
 """
 
@@ -78,6 +80,10 @@ def check_classes(classes: list[SegmentationClass]) -> None:
         if c.colour and not _COLOUR.match(c.colour):
             raise NapariUNetError(f"colour {c.colour!r} of class '{c.name}' is not '#rrggbb': write e.g. "
                                   f"{c.name}:#ff8800, or leave the colour out for napari's")
+
+
+# How a user of the dock declares one more class (the command line's way names the project: Project.add_pair).
+ADD_CLASS_IN_THE_DOCK = "declare one more class with 'Add class' under the Correct tab's class list"
 
 
 def describe(classes: list[SegmentationClass]) -> str:

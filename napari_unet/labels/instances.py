@@ -54,6 +54,29 @@ def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None, touch
     return targets
 
 
+def class_boundary_targets(labels: np.ndarray, object_values: list[int], boundary_values: list[int],
+                           touching_width: int = 1, core_fraction: float = 0.0) -> np.ndarray:
+    """uint8 training targets of a model of several classes with boundary outputs, from painted class ids (255 kept).
+
+    Each object class's connected regions are its objects; their outer parts (as boundary_targets makes them, with
+    objects of every object class, so objects of two classes that touch are kept apart too) take the class's
+    boundary value (`boundary_values[i]` for `object_values[i]`), their cores keep the class value. Touching objects
+    painted with one value are one region: only core_fraction (a narrow neck between two cores is outer part) can
+    part them. Region classes and background stay as painted."""
+    from scipy import ndimage as ndi
+
+    labels = np.asarray(labels)
+    objects = np.zeros(labels.shape, dtype=np.int32)
+    for value in object_values:
+        regions, _ = ndi.label(labels == value)
+        objects[regions > 0] = regions[regions > 0] + int(objects.max())
+    parts = boundary_targets(objects, touching_width=touching_width, core_fraction=core_fraction)
+    targets = labels.astype(np.uint8, copy=True)
+    for value, boundary_value in zip(object_values, boundary_values):
+        targets[(labels == value) & (parts == BOUNDARY)] = boundary_value
+    return targets
+
+
 def object_cores(labels: np.ndarray, fraction: float, outline: np.ndarray | None = None) -> np.ndarray:
     """bool (Y, X): each object's pixels whose depth (px to the nearest pixel not of that object) is at least
     `fraction` of the object's largest depth. `outline`: the objects' inner boundary pixels, if already found."""
@@ -108,18 +131,31 @@ def instances_from_boundary_probabilities(
     objects) keep one id of their own. With `merge_threshold`, neighbours whose shared border is no boundary
     become one (merge_weak_borders). Objects smaller than `min_size` px are dropped, ids renumbered 1..N.
     """
-    from scipy import ndimage as ndi
-    from skimage.segmentation import relabel_sequential
-
     probabilities = np.asarray(probabilities, dtype=np.float32)
     if probabilities.ndim not in (3, 4) or probabilities.shape[-1] != 3:
         raise ValueError(f"need (Y, X, 3) or (Z, Y, X, 3) probabilities (background, interior, boundary), "
                          f"got {probabilities.shape}")
-    interior = probabilities[..., INTERIOR]
     if background_threshold is None:
         foreground = np.argmax(probabilities, axis=-1) != BACKGROUND
     else:  # a model's own, chosen on validation: a generous mask reaches the edges a boundary class leaves out
         foreground = probabilities[..., BACKGROUND] < background_threshold
+    return objects_from_cores(probabilities[..., INTERIOR], probabilities[..., BOUNDARY], foreground,
+                              seed_threshold=seed_threshold, min_seed_size=min_seed_size, min_size=min_size,
+                              merge_threshold=merge_threshold)
+
+
+def objects_from_cores(interior: np.ndarray, boundary: np.ndarray, foreground: np.ndarray, *,
+                       seed_threshold: float = SEED_THRESHOLD, min_seed_size: int = MIN_SEED_SIZE,
+                       min_size: int = MIN_OBJECT_SIZE, merge_threshold: float | None = None) -> np.ndarray:
+    """int32 objects (ids 1..N) of the `foreground` pixels from the probabilities of the objects' cores (`interior`)
+    and of their outer parts (`boundary`): seeds where the interior is above seed_threshold (regions of at least
+    min_seed_size px), a watershed on -interior from them over the foreground, optional merging of neighbours
+    without a boundary between them, objects under min_size px dropped. The rule of a boundary_watershed model
+    (instances_from_boundary_probabilities) and of each object class of a model with boundary outputs."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import relabel_sequential
+
+    interior = np.asarray(interior, dtype=np.float32)
     markers, _ = ndi.label((interior > seed_threshold) & foreground)
     if min_seed_size > 1:  # specks of interior are noise, not nuclei
         small = np.bincount(markers.ravel()) < min_seed_size
@@ -128,7 +164,7 @@ def instances_from_boundary_probabilities(
     markers, _, _ = relabel_sequential(markers)
     labels = seeded_watershed(interior, markers, foreground)
     if merge_threshold is not None:
-        labels = merge_weak_borders(labels, probabilities[..., BOUNDARY], merge_threshold)
+        labels = merge_weak_borders(labels, boundary, merge_threshold)
     return drop_small_objects(labels, min_size)
 
 

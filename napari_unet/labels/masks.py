@@ -7,6 +7,8 @@ follows from how it turns its output into objects (its metadata):
 - a boundary-watershed model: background / interior / boundary derived from the objects
   (instances.boundary_targets, with the model's own ModelMetadata.touching_width and core_fraction), so
   touching objects teach the boundary between them;
+- a model of several classes with boundary outputs: the class ids, with the outer part of each object class's
+  objects moved to that class's boundary output (instances.class_boundary_targets);
 - any other multi-class model: the values are class ids and are used as they are.
 Evaluation masks: > 0 is foreground (an instance label image is fine), no 255 rule.
 """
@@ -17,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_unet.labels.instances import boundary_targets
+from napari_unet.labels.instances import boundary_targets, class_boundary_targets
 
 if TYPE_CHECKING:
     from napari_unet.model import ModelMetadata
@@ -53,6 +55,31 @@ def training_targets(labels: np.ndarray, metadata: ModelMetadata) -> np.ndarray:
         ignore = labels == IGNORE_LABEL
         return boundary_targets(np.where(ignore, 0, labels), ignore=ignore if ignore.any() else None,
                                 touching_width=metadata.touching_width, core_fraction=metadata.core_fraction)
+    if metadata.boundary_outputs:
+        return class_boundary_targets(labels, metadata.object_class_values, metadata.boundary_outputs,
+                                      touching_width=metadata.touching_width, core_fraction=metadata.core_fraction)
     if metadata.config.n_classes == 1 and labels.dtype.kind in "ui":
         return to_training_mask(labels)
     return labels
+
+
+def target_classes(metadata: ModelMetadata) -> np.ndarray | None:
+    """For a model of several classes: the class (label value) each of its training target values stands for, a
+    lookup of 256 entries (a boundary output's value stands for its object class; 255 for itself), so that weighting
+    and patch sampling count classes, not outputs. None for any other model."""
+    if metadata.instance_method != "classes":
+        return None
+    lookup = np.arange(256, dtype=np.uint8)
+    for value, channel in zip(metadata.object_class_values, metadata.boundary_outputs):
+        lookup[channel] = value
+    return lookup
+
+
+def class_matrix(metadata: ModelMetadata) -> np.ndarray | None:
+    """(outputs, classes + 1) float32 0/1: which class each output of a model with boundary outputs is part of
+    (target_classes as a matrix, for the loss); None for any other model, whose outputs are its classes."""
+    if not metadata.boundary_outputs:
+        return None
+    matrix = np.zeros((metadata.config.n_classes, metadata.class_outputs), dtype=np.float32)
+    matrix[np.arange(metadata.config.n_classes), target_classes(metadata)[:metadata.config.n_classes]] = 1.0
+    return matrix

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet.labels.instances import MIN_OBJECT_SIZE, drop_small_objects
+from napari_unet.labels.instances import (
+    MIN_OBJECT_SIZE,
+    MIN_SEED_SIZE,
+    SEED_THRESHOLD,
+    drop_small_objects,
+    objects_from_cores,
+)
 
 # Class names whose foreground is a boundary between objects rather than the objects themselves.
 BOUNDARY_CLASS_WORDS = ("membrane", "boundar", "contour", "edge")
@@ -32,6 +38,32 @@ def semantic_labels(probabilities: np.ndarray, threshold: float = 0.5, n_classes
     labels = np.argmax(probabilities[..., 1:], axis=-1).astype(np.uint8) + 1
     labels[probabilities[..., 0] >= background_threshold] = 0
     return labels
+
+
+def class_probabilities(probabilities: np.ndarray, metadata) -> np.ndarray:
+    """A model's output (..., channels) read as classes: background and one probability per class. A model of
+    several classes with boundary outputs (ModelMetadata.boundary_outputs) has each object class's boundary added
+    to the class (a pixel on an object's outer part belongs to the object); any other output is returned as it is."""
+    if not metadata.boundary_outputs:
+        return probabilities
+    return boundaries_added(probabilities, metadata.object_class_values, metadata.boundary_outputs)
+
+
+def boundaries_added(probabilities: np.ndarray, object_classes, boundary_outputs) -> np.ndarray:
+    """(..., channels - len(boundary_outputs)): the channel of each object class (label value `object_classes[i]`)
+    plus that of its boundary (`boundary_outputs[i]`), the boundary channels (the last ones) left out."""
+    probabilities = np.asarray(probabilities)
+    classes = probabilities[..., :probabilities.shape[-1] - len(boundary_outputs)].copy()
+    for value, channel in zip(object_classes, boundary_outputs):
+        classes[..., value] += probabilities[..., channel]
+    return classes
+
+
+def model_labels(probabilities: np.ndarray, metadata, threshold: float = 0.5) -> np.ndarray:
+    """uint8 semantic labels of a model's output (one-class: (..., Y, X); else (..., Y, X, channels)) by the model's
+    own reading: its classes (class_probabilities), its background threshold."""
+    return semantic_labels(class_probabilities(probabilities, metadata), threshold, metadata.class_outputs,
+                           metadata.background_threshold)
 
 
 def objects_are_background(class_names: list[str]) -> bool:
@@ -141,19 +173,21 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
                                  n_classes: int = 1, min_size: int = MIN_OBJECT_SIZE, seed_threshold: float | None = None,
                                  background_threshold: float | None = None,
                                  min_seed_size: int | None = None, merge_threshold: float | None = None,
-                                 spatial_dims: int = 2, object_classes: tuple[int, ...] = ()) -> np.ndarray:
+                                 spatial_dims: int = 2, object_classes: tuple[int, ...] = (),
+                                 boundary_outputs: tuple[int, ...] = ()) -> np.ndarray:
     """int32 instances of every plane of a model's output, by the model's own method (ModelMetadata.instances).
 
     probabilities: (..., Y, X) for one class, (..., Y, X, n_classes) otherwise. method: "components"
     (foreground blobs, touching ones split on the distance transform), "enclosed" (regions between
     predicted boundaries), "boundary_watershed" (3 classes: seeds from the interiors, instances.py), "classes"
     (several classes: the objects of each class in `object_classes`, label values, split like "components"; ids
-    are unique over all classes).
+    are unique over all classes; with `boundary_outputs`, the output channel of each object class's boundary, each
+    class's objects grow from its cores as a boundary_watershed model's do).
     seed_threshold, background_threshold, min_seed_size, merge_threshold: the model's own (ModelMetadata), None for
     the defaults (no merging). spatial_dims=3: the objects of every (Z, Y, X) volume, in 3-D (cubic voxels).
     The one place that turns output into objects: predict(), the CLI and the dock call it.
     """
-    from napari_unet.labels.instances import MIN_SEED_SIZE, SEED_THRESHOLD, instances_from_boundary_probabilities
+    from napari_unet.labels.instances import instances_from_boundary_probabilities
 
     probabilities = np.asarray(probabilities)
     if method == "boundary_watershed":
@@ -166,6 +200,11 @@ def instances_from_probabilities(probabilities: np.ndarray, method: str, *, thre
                 background_threshold=background_threshold, min_seed_size=min_seed_size or MIN_SEED_SIZE,
                 merge_threshold=merge_threshold)
         return instances
+    if method == "classes" and boundary_outputs:
+        return class_boundary_instances(probabilities, object_classes, boundary_outputs, spatial_dims=spatial_dims,
+                                        min_size=min_size, seed_threshold=seed_threshold or SEED_THRESHOLD,
+                                        min_seed_size=min_seed_size or MIN_SEED_SIZE, merge_threshold=merge_threshold,
+                                        background_threshold=background_threshold)
     labels = semantic_labels(probabilities, threshold, n_classes, background_threshold)
     if method == "classes":
         return class_instances(labels, object_classes, min_size, spatial_dims)
@@ -189,6 +228,30 @@ def class_instances(labels: np.ndarray, object_classes, min_size: int = MIN_OBJE
     return instances
 
 
+def class_boundary_instances(probabilities: np.ndarray, object_classes, boundary_outputs, *, spatial_dims: int = 2,
+                             min_size: int = MIN_OBJECT_SIZE, seed_threshold: float = SEED_THRESHOLD,
+                             min_seed_size: int = MIN_SEED_SIZE, merge_threshold: float | None = None,
+                             background_threshold: float | None = None) -> np.ndarray:
+    """int32 instances of a model of several classes with boundary outputs, from its (..., Y, X, channels) output:
+    the objects of each object class (label value `object_classes[i]`, its boundary in channel
+    `boundary_outputs[i]`) grow from its cores over the pixels labelled with the class (instances.objects_from_cores),
+    ids numbered on over the classes so no two objects share one."""
+    probabilities = np.asarray(probabilities)
+    classes = boundaries_added(probabilities, object_classes, boundary_outputs)
+    labels = semantic_labels(classes, n_classes=classes.shape[-1], background_threshold=background_threshold)
+    instances = np.zeros(labels.shape, dtype=np.int32)
+    for index in np.ndindex(labels.shape[:-spatial_dims]):
+        plane, offset = instances[index], 0
+        for value, channel in zip(object_classes, boundary_outputs):
+            objects = objects_from_cores(probabilities[index][..., value], probabilities[index][..., channel],
+                                         labels[index] == value, seed_threshold=seed_threshold,
+                                         min_seed_size=min_seed_size, min_size=min_size,
+                                         merge_threshold=merge_threshold)
+            plane[objects > 0] = objects[objects > 0] + offset
+            offset += int(objects.max()) if objects.size else 0
+    return instances
+
+
 def smallest_object(metadata, min_size: int | None = None) -> int:
     """Objects below this many px are dropped: the caller's choice, else the model's own, else the default."""
     return min_size or metadata.min_size or MIN_OBJECT_SIZE
@@ -203,4 +266,4 @@ def model_instances(probabilities: np.ndarray, metadata, n_classes: int, *, thre
         min_size=smallest_object(metadata, min_size), seed_threshold=metadata.seed_threshold,
         background_threshold=metadata.background_threshold, min_seed_size=metadata.min_seed_size,
         merge_threshold=metadata.merge_threshold, spatial_dims=spatial_dims,
-        object_classes=tuple(metadata.object_class_values))
+        object_classes=tuple(metadata.object_class_values), boundary_outputs=tuple(metadata.boundary_outputs))

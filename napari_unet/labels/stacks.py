@@ -214,16 +214,28 @@ def volume_instances(probabilities: np.ndarray, metadata, n_classes: int, depth:
     """
     from skimage.segmentation import relabel_sequential
 
-    from napari_unet.labels.postprocess import instances_from_labels, model_instances, semantic_labels, smallest_object
+    from napari_unet.labels.postprocess import instances_from_labels, model_instances, model_labels, smallest_object
 
     if instances_of == "auto":
         objects = model_instances(probabilities, metadata, n_classes, threshold=threshold, min_size=min_size,
                                   spatial_dims=3)
     else:
-        labels = semantic_labels(probabilities, threshold, n_classes, metadata.background_threshold)
+        labels = model_labels(probabilities, metadata, threshold)
         objects = instances_from_labels(labels, objects=instances_of, min_size=smallest_object(metadata, min_size))
     on_planes = resample_depth(objects, depth, order=0)
     return relabel_sequential(on_planes)[0].astype(np.int32, copy=False)
+
+
+def volume_objects(probabilities: np.ndarray, metadata, n_classes: int, depth: int, *, three_views: bool,
+                   threshold: float = 0.5, min_size: int | None = None) -> np.ndarray:
+    """int32 3-D objects of one (Z, Y, X) volume from the map prediction.predict_volume_map gives: the three views'
+    mean on cubic voxels (three_views: volume_instances), else the planes' own probabilities, labelled plane by
+    plane by the model's own method and stitched (stitch_planes). `depth`: the volume's planes."""
+    if three_views:
+        return volume_instances(probabilities, metadata, n_classes, depth, threshold=threshold, min_size=min_size)
+    from napari_unet.labels.postprocess import model_instances
+
+    return stitch_planes(model_instances(probabilities, metadata, n_classes, threshold=threshold, min_size=min_size))
 
 
 def check_stack(stack: str | None, output: str, leading_shape: tuple, anisotropy: float | None) -> None:

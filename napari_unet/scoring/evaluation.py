@@ -60,38 +60,36 @@ class ClassTally:
     """Per-class scores of class-id predictions against class-id masks (value k = class k, 255 not scored): IoU and
     Dice per class pooled over all pixels and their mean; with instances, AP per object class and their mean."""
 
-    def __init__(self, class_names: list[str], object_values: list[int], instances: bool = False,
-                 min_size: int = 16):
+    def __init__(self, class_names: list[str], object_values: list[int], instances: bool = False):
         self.class_names, self.object_values, self.instances = list(class_names), list(object_values), instances
-        self.min_size = min_size
         self.pixels = [{"tp": 0, "fp": 0, "fn": 0, "tn": 0} for _ in class_names]
         self.wrong, self.total = 0, 0
         self.objects = {value: np.zeros((len(IOU_THRESHOLDS), 3), dtype=np.int64) for value in self.object_values}
         self.per_image: list[dict] = []
 
-    def add(self, predicted: np.ndarray, mask: np.ndarray, name: str = "") -> dict:
-        """predicted: class ids (0 background, 1..n); mask: the truth as painted (255: not scored)."""
+    def add(self, predicted: np.ndarray, mask: np.ndarray, name: str = "", objects: np.ndarray | None = None) -> dict:
+        """predicted: class ids (0 background, 1..n); mask: the truth as painted (255: not scored); objects: the
+        model's instances of its object classes (needed with instances), scored where the mask is painted."""
         from napari_unet.labels.masks import IGNORE_LABEL
-        from napari_unet.labels.postprocess import instances_from_labels
 
         predicted, mask = np.asarray(predicted), np.asarray(mask)
         valid = mask != IGNORE_LABEL
-        classes, objects = {}, {}
+        classes, object_scores = {}, {}
         for value, class_name in enumerate(self.class_names, start=1):
             counts = confusion_counts(predicted == value, mask == value, valid)
             for key, count in counts.items():
                 self.pixels[value - 1][key] += count
             classes[class_name] = scores_from_counts(counts)
             if self.instances and value in self.object_values:
-                found = instances_from_labels(np.where(valid, predicted == value, False), min_size=self.min_size)
+                found = np.where(valid & (predicted == value), objects, 0)
                 image_counts = instance_counts(as_instances(mask == value), found)
                 self.objects[value] += image_counts
-                objects[class_name] = instance_scores(image_counts)
+                object_scores[class_name] = instance_scores(image_counts)
         wrong, total = int(np.count_nonzero((predicted != mask) & valid)), int(np.count_nonzero(valid))
         self.wrong, self.total = self.wrong + wrong, self.total + total
-        row = {"name": name, "index": len(self.per_image), **_means(classes, objects),
+        row = {"name": name, "index": len(self.per_image), **_means(classes, object_scores),
                "pixel_error": wrong / total if total else 0.0,
-               "classes": {key: {**classes[key], **objects.get(key, {})} for key in classes}}
+               "classes": {key: {**classes[key], **object_scores.get(key, {})} for key in classes}}
         self.per_image.append(row)
         return row
 
@@ -147,11 +145,10 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
     several = metadata.instance_method == "classes"
     if several:
         from napari_unet.labels.classes import SegmentationClass, check_label_values
-        from napari_unet.labels.postprocess import smallest_object
+        from napari_unet.labels.postprocess import model_instances, model_labels
 
         declared = [SegmentationClass(name) for name in metadata.classes]
-        tally = ClassTally(metadata.classes, metadata.object_class_values, instances,
-                           smallest_object(metadata, min_size))
+        tally = ClassTally(metadata.classes, metadata.object_class_values, instances)
     else:
         tally = Tally(instances)
     for index, (image_item, mask_item) in enumerate(zip(images, masks)):
@@ -165,13 +162,17 @@ def evaluate(model, images, masks, *, threshold: float = 0.5, progress=None, can
                 f"mask '{mask_name}' is {'×'.join(map(str, mask.shape))} but its image '{name}' is "
                 f"{'×'.join(map(str, image_spatial))}: a mask must have exactly its image's Y×X shape"
             )
-        if several:
+        if several:  # classes and objects from one prediction, each by the model's own rule
             check_label_values(mask, declared, mask_name)
-        labels = predict(model, image, output="instances" if instances and not several else "labels",
-                         threshold=threshold,
-                         test_time_augmentation=test_time_augmentation, precision=precision, min_size=min_size,
-                         channels=channels)
-        tally.add(labels, mask, name)
+            outputs = np.asarray(predict(model, image, output="raw", test_time_augmentation=test_time_augmentation,
+                                         precision=precision, channels=channels))
+            objects = model_instances(outputs, metadata, model.config.n_classes, threshold=threshold,
+                                      min_size=min_size) if instances else None
+            tally.add(model_labels(outputs, metadata, threshold), mask, name, objects)
+        else:
+            tally.add(predict(model, image, output="instances" if instances else "labels", threshold=threshold,
+                              test_time_augmentation=test_time_augmentation, precision=precision, min_size=min_size,
+                              channels=channels), mask, name)
         if progress is not None:
             progress(index + 1, len(images))
     return tally.result()

@@ -227,9 +227,12 @@ def classes_sentence(metadata: ModelMetadata) -> str:
     if metadata.instance_method != "classes":
         return ""
     objects = [name for name in metadata.classes if name in metadata.object_classes]
+    boundaries = metadata.boundary_outputs
     return (f"Classes: {', '.join(f'{value} {name}' for value, name in enumerate(metadata.classes, start=1))} "
             f"(label values; output channel 0 is background)"
-            + (f"; objects separated for {', '.join(objects)}." if objects else "."))
+            + (f"; objects separated for {', '.join(objects)}" if objects else "")
+            + (f", from their cores (the class's channel) and their boundaries (channels {boundaries[0]}–"
+               f"{boundaries[-1]}, added to the class for its probability)" if boundaries else "") + ".")
 
 
 def model_card_markdown(model: SegmentationModel) -> str:

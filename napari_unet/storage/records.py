@@ -1,4 +1,5 @@
-"""The records that cross modules: a project's rounds and the model listing, as frozen dataclasses.
+"""The records that cross modules: a project's rounds, stored model versions and the model listing, as frozen
+dataclasses.
 
 Each is written by one module and read by several (the CLI, the demo, the dock's tabs, the worker process), so
 their fields are named here once instead of as string keys at every reader. `to_json()` gives the plain dict
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 ROUND_FORMAT = "napari-unet-round/1"
+VERSION_FORMAT = "napari-unet-version/1"
 
 
 def _known_and_extra(cls, values: dict) -> tuple[dict, dict]:
@@ -159,3 +161,110 @@ class ModelEntry:
     def from_json(cls, values: dict) -> ModelEntry:
         known, _ = _known_and_extra(cls, values)
         return cls(**known)
+
+
+def headline_iou(metrics: dict) -> float | None:
+    """The IoU a model listing shows for a version: on the evaluation pairs, else held out, else on validation."""
+    for key in ("eval_iou", "held_out_iou", "val_iou"):
+        if isinstance(metrics.get(key), (int, float)):
+            return metrics[key]
+    return None
+
+
+@dataclass(frozen=True)
+class PairFingerprint:
+    """What a version's record keeps about one training or evaluation pair: content hashes and shape, not the data.
+
+    Enough to tell whether a project still holds the pair unchanged (project.retrain finds pairs by these hashes)."""
+
+    image_sha1: str
+    mask_sha1: str
+    shape: tuple[int, ...] = ()
+    name: str = ""  # the pair's name in its project; "" (not written) for a pair without one
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        values: dict[str, Any] = {"image_sha1": self.image_sha1, "mask_sha1": self.mask_sha1, "shape": list(self.shape)}
+        if self.name:
+            values["name"] = self.name
+        return {**values, **self.extra}
+
+    @classmethod
+    def from_json(cls, values: dict) -> PairFingerprint:
+        known, extra = _known_and_extra(cls, values)
+        known["shape"] = tuple(known.get("shape", ()))
+        return cls(**known, extra=extra)
+
+
+def _fingerprints(values) -> tuple[PairFingerprint, ...]:
+    return tuple(PairFingerprint.from_json(entry) for entry in values)
+
+
+# Keys a version's record holds only when its maker set them: a project's round writes the first seven (its
+# failed_reason is null when the round was kept), store.revert the last.
+_OPTIONAL_VERSION_KEYS = ("project_round", "kept", "failed_reason", "seed", "package_version", "evaluation_source",
+                          "evaluation_pairs", "reverted_from")
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """The record of one stored model version (<store>/<name>.json beside <name>.keras; store.ModelStore).
+
+    The .keras holds the network and its metadata; the record says where the version came from: its parent and
+    lineage, the training pairs (as hashes), settings, scores, time, and for a project's round whether the guard
+    kept it. path is where the .keras is, set when the store reads the record (never written)."""
+
+    name: str
+    lineage: str = ""
+    parent: str | None = None
+    created: str = ""  # ISO 8601, UTC
+    sequence: int = 0  # time.time_ns() of the save: orders versions saved within one clock tick
+    metrics: dict = field(default_factory=dict)  # val_iou, val_dice, steps …; a round's eval_iou …
+    settings: dict = field(default_factory=dict)  # the training settings as finetune resolved them
+    seconds: float | None = None  # training time; None for a save without training (a revert, a copy)
+    training_pairs: tuple[PairFingerprint, ...] = ()
+    model: dict = field(default_factory=dict)  # the network: {"config", "class_names", "tile_size"}
+    # Written by a project's round (project.py) only:
+    project_round: int | None = None
+    kept: bool | None = None  # False: the guard rolled it back; None: not made by a project's round
+    failed_reason: str | None = None  # why the guard rolled it back
+    seed: int | None = None
+    package_version: str | None = None
+    evaluation_source: str | None = None  # "evaluation pairs" or "held-out stripes"
+    evaluation_pairs: tuple[PairFingerprint, ...] | None = None
+    reverted_from: str | None = None  # store.revert: the version this one copies
+    path: str = ""
+    format: str = VERSION_FORMAT
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rolled_back(self) -> bool:
+        """A project's guard made this version and did not keep it."""
+        return self.kept is False
+
+    def to_json(self) -> dict:
+        """The record as stored on disk."""
+        values: dict[str, Any] = {
+            "format": self.format, "name": self.name, "lineage": self.lineage, "parent": self.parent,
+            "created": self.created, "sequence": self.sequence, "metrics": self.metrics, "settings": self.settings,
+            "seconds": self.seconds, "training_pairs": [pair.to_json() for pair in self.training_pairs],
+            "model": self.model,
+        }
+        for key in _OPTIONAL_VERSION_KEYS:
+            value = getattr(self, key)
+            if value is not None or (key == "failed_reason" and self.project_round is not None):
+                values[key] = [pair.to_json() for pair in value] if key == "evaluation_pairs" else value
+        return {**values, **self.extra}
+
+    @classmethod
+    def from_json(cls, values: dict) -> VersionRecord:
+        """A record as stored (any version of the format); raises TypeError/ValueError/KeyError on a damaged one."""
+        known, extra = _known_and_extra(cls, values)
+        known.pop("path", None)  # where the file is now, not what it says
+        for key in ("metrics", "settings", "model"):
+            if known.get(key) is None:
+                known.pop(key, None)
+        known["training_pairs"] = _fingerprints(known.get("training_pairs") or ())
+        if known.get("evaluation_pairs") is not None:
+            known["evaluation_pairs"] = _fingerprints(known["evaluation_pairs"])
+        return cls(**known, extra=extra)

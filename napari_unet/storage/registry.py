@@ -30,7 +30,7 @@ def resolve(name_or_path: str | os.PathLike, *stores: ModelStore) -> tuple[Path,
     for store in stores:
         record = store.record(text)
         if record is not None:
-            return Path(record["path"]), text
+            return Path(record.path), text
     known = shipped_model_names() + [name for store in stores for name in store.names()]
     raise ModelLoadError(
         f"no model named '{text}': use a path to a .keras file, a bioimage.io .zip package or one of: "
@@ -87,11 +87,10 @@ def list_models(*stores: ModelStore) -> list[ModelEntry]:
     seen = {entry.name for entry in entries}
     for store in stores or (ModelStore(),):
         for record in store.list_versions():
-            if record["name"] in seen:
+            if record.name in seen:
                 continue
-            seen.add(record["name"])
-            entries.append(ModelEntry(name=record["name"], kind="version", path=record["path"],
-                                      metrics=record.get("metrics") or {}, parent=record.get("parent"),
-                                      created=record.get("created", ""), kept=record.get("kept", True) is not False,
+            seen.add(record.name)
+            entries.append(ModelEntry(name=record.name, kind="version", path=record.path, metrics=record.metrics,
+                                      parent=record.parent, created=record.created, kept=not record.rolled_back,
                                       store=str(store.root)))
     return entries

@@ -1,10 +1,10 @@
 """Fine-tuned model versions on disk: atomic saves, JSON records, rename/delete/revert/export.
 
 Layout: one folder (`$NAPARI_UNET_HOME/models`, else the platform's user data dir + `/models`)
-holding `<name>.keras` (the model, with its metadata inside) and `<name>.json` (the record: parent
-version, lineage, training data hashes and shapes, settings, time, validation metrics, date), and
-optionally `<name>.onnx`, its ONNX twin for a quick first prediction (onnx_engine.py), which follows
-renames and deletions.
+holding `<name>.keras` (the model, with its metadata inside) and `<name>.json` (the record,
+records.VersionRecord: parent version, lineage, training data hashes and shapes, settings, time,
+validation metrics, date), and optionally `<name>.onnx`, its ONNX twin for a quick first prediction
+(onnx_engine.py), which follows renames and deletions. A record that cannot be read is not a version.
 
 Crash safety: the .keras is written first (temp file + rename, model.save_model), then the record
 (temp file + fsync + rename). A version is visible only when both files exist, so a process killed
@@ -39,9 +39,9 @@ from filelock import FileLock, Timeout
 
 from napari_unet.errors import NapariUNetError
 from napari_unet.storage.files import atomic_write_json, temporary_sibling, user_data_dir
+from napari_unet.storage.records import VERSION_FORMAT, PairFingerprint, VersionRecord
 from napari_unet.storage.shipped import shipped_model_names, shipped_model_path
 
-RECORD_FORMAT = "napari-unet-version/1"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 VERSION_SUFFIX = re.compile(r"^(?P<lineage>.+)-v(?P<number>\d+)$")
 LOCK_TIMEOUT_SECONDS = 120.0
@@ -60,16 +60,16 @@ def array_sha1(array) -> str:
     return digest.hexdigest()
 
 
-def pair_fingerprint(image, mask, name: str | None = None) -> dict:
+def pair_fingerprint(image, mask, name: str | None = None) -> PairFingerprint:
     """What a record keeps about one training pair: hashes, shape, and optionally its name."""
-    entry = {"image_sha1": array_sha1(image), "mask_sha1": array_sha1(mask), "shape": list(np.shape(image))}
-    if name:
-        entry["name"] = str(name)
-    return entry
+    return PairFingerprint(image_sha1=array_sha1(image), mask_sha1=array_sha1(mask),
+                           shape=tuple(int(n) for n in np.shape(image)), name=str(name or ""))
 
 
 def _json_safe(value):
-    """Settings/metrics as plain JSON (numpy scalars, tuples, dataclasses, paths)."""
+    """Settings/metrics as plain JSON (numpy scalars, tuples, records, dataclasses, paths)."""
+    if isinstance(value, PairFingerprint):
+        return value.to_json()
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -102,41 +102,43 @@ class ModelStore:
     def _paths(self, name: str) -> tuple[Path, Path]:
         return self.root / f"{name}.keras", self.root / f"{name}.json"
 
-    def _read_record(self, record_path: Path) -> dict | None:
+    def _read_record(self, record_path: Path) -> VersionRecord | None:
         try:
-            record = json.loads(record_path.read_text())
+            values = json.loads(record_path.read_text())
         except (OSError, ValueError):
             return None  # unreadable or foreign JSON: not a version
-        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        if not isinstance(values, dict) or values.get("format") != VERSION_FORMAT:
             return None
-        name = record_path.stem
-        model_path = self.root / f"{name}.keras"
+        model_path = self.root / f"{record_path.stem}.keras"
         if not model_path.is_file():
             return None
-        record["name"] = name
-        record["path"] = str(model_path)
-        return record
+        try:  # the file's name is the version's name, whatever the record says
+            record = VersionRecord.from_json({**values, "name": record_path.stem})
+        except (TypeError, ValueError, KeyError, AttributeError):
+            return None  # a damaged record: not a version (its files stay)
+        return replace(record, path=str(model_path))
 
-    def list_versions(self) -> list[dict]:
+    def list_versions(self) -> list[VersionRecord]:
         """Records of all complete versions, newest first."""
         if not self.root.is_dir():
             return []
         records = [self._read_record(p) for p in self.root.glob("*.json") if not p.name.startswith(".")]
         records = [r for r in records if r is not None]
-        return sorted(records, key=lambda r: (r.get("created", ""), r.get("sequence", 0)), reverse=True)
+        return sorted(records, key=lambda r: (r.created, r.sequence), reverse=True)
 
     def names(self) -> list[str]:
-        return [record["name"] for record in self.list_versions()]
+        return [record.name for record in self.list_versions()]
 
     def has(self, name: str) -> bool:
         return self.record(name) is not None
 
-    def record(self, name: str) -> dict | None:
+    def record(self, name: str) -> VersionRecord | None:
+        """The record of version `name`, None if the store has no such (complete) version."""
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             return None
         return self._read_record(self._paths(name)[1])
 
-    def _require(self, name: str) -> dict:
+    def _require(self, name: str) -> VersionRecord:
         record = self.record(name)
         if record is None:
             known = ", ".join(self.names()) or "(none yet)"
@@ -148,7 +150,7 @@ class ModelStore:
         from napari_unet.model import load_model_file
 
         record = self._require(name)
-        model = load_model_file(record["path"])
+        model = load_model_file(record.path)
         model.source = name
         return model
 
@@ -191,8 +193,8 @@ class ModelStore:
             if not path.with_suffix(".json").exists():
                 path.unlink(missing_ok=True)
 
-    def _write_json(self, path: Path, values: dict) -> None:
-        atomic_write_json(path, values)
+    def _write_record(self, record: VersionRecord) -> None:
+        atomic_write_json(self._paths(record.name)[1], record.to_json())
 
     def _check_new_name(self, name: str) -> None:
         if not NAME_PATTERN.match(name or ""):
@@ -220,22 +222,23 @@ class ModelStore:
         if parent:
             record = self.record(parent)
             if record is not None:
-                return record.get("lineage") or parent
+                return record.lineage or parent
             match = VERSION_SUFFIX.match(parent)
             return match["lineage"] if match else Path(parent).stem
         return model.metadata.name or "model"
 
     def save_version(self, model, history=None, parent: str | None = None, training_pairs=None,
                      settings: dict | None = None, name: str | None = None, extra: dict | None = None,
-                     metrics: dict | None = None) -> dict:
+                     metrics: dict | None = None) -> VersionRecord:
         """Save `model` as a new version and return its record.
 
         name: default `<lineage>-v<N>`, N = 1 + the highest number of that lineage in the store; the
         lineage is the parent's (or the model's name). A name given here starts its own lineage.
         parent: the version/shipped model it was fine-tuned from (default: what finetune() recorded).
-        training_pairs: (image, mask) arrays or pair_fingerprint() dicts — stored as hashes and shapes.
+        training_pairs: (image, mask) arrays or PairFingerprints (pair_fingerprint) — stored as hashes and shapes.
         history: a TrainHistory (metrics, settings and seconds are taken from it).
         metrics: extra scores to record (e.g. {"held_out_iou": 0.71}); they win over the history's.
+        extra: more of the record's keys (VersionRecord's fields, e.g. a project's round, or any other).
         """
         from napari_unet.model import SegmentationModel, save_model
 
@@ -245,9 +248,7 @@ class ModelStore:
         if parent:
             parent = str(parent)
             parent = Path(parent).stem if parent.endswith(".keras") else parent
-        pairs = []
-        for item in training_pairs or []:
-            pairs.append(item if isinstance(item, dict) else pair_fingerprint(*item))
+        pairs = [item if isinstance(item, PairFingerprint) else pair_fingerprint(*item) for item in training_pairs or []]
         given_metrics, metrics = metrics or {}, {}
         if history is not None:
             metrics = {"val_iou": history.val_iou, "val_dice": history.val_dice, "final_loss": history.final_loss,
@@ -264,8 +265,7 @@ class ModelStore:
                 lineage = match["lineage"] if match else name
             self._check_new_name(name)
             model_path, record_path = self._paths(name)
-            record = {
-                "format": RECORD_FORMAT,
+            record = VersionRecord.from_json({
                 "name": name,
                 "lineage": lineage,
                 "parent": parent,
@@ -278,12 +278,12 @@ class ModelStore:
                 "model": {"config": _json_safe(model.metadata.config), "class_names": list(model.metadata.class_names),
                           "tile_size": model.metadata.tile_size},
                 **_json_safe(extra or {}),
-            }
+            })
             # A view with the lineage as its name: the caller's model (maybe in use by another thread) is not changed.
             named = SegmentationModel(model.keras_model, replace(model.metadata, name=lineage), model.source)
             try:
                 save_model(named, model_path)
-                self._write_json(record_path, record)
+                self._write_record(record)
             except OSError as exc:
                 # Nothing half-written stays: the record is what makes a version visible.
                 for path in (record_path, model_path):  # neither existed before this save
@@ -292,33 +292,28 @@ class ModelStore:
                 with contextlib.suppress(OSError):
                     self._clean_temp_files()
                 raise _unwritable(self.root, exc) from exc
-        record["path"] = str(model_path)
-        return record
+        return replace(record, path=str(model_path))
 
-    def rename(self, old: str, new: str) -> dict:
+    def rename(self, old: str, new: str) -> VersionRecord:
         """Rename a stored version (children's parent links follow); shipped models cannot be renamed."""
         self._check_not_shipped(old, "renamed")
         with self._locked():
             record = self._require(old)
             self._check_new_name(new)
             old_model, old_record = self._paths(old)
-            new_model, new_record = self._paths(new)
-            record = {k: v for k, v in record.items() if k != "path"}
-            record["name"] = new
+            new_model = self._paths(new)[0]
+            record = replace(record, name=new, path=str(new_model))
             try:
                 os.replace(old_model, new_model)
                 if old_model.with_suffix(".onnx").is_file():  # its ONNX twin (onnx_engine.py) follows
                     os.replace(old_model.with_suffix(".onnx"), new_model.with_suffix(".onnx"))
-                self._write_json(new_record, record)
+                self._write_record(record)
                 old_record.unlink(missing_ok=True)
                 for child in self.list_versions():
-                    if child.get("parent") == old:
-                        child_values = {k: v for k, v in child.items() if k != "path"}
-                        child_values["parent"] = new
-                        self._write_json(self.root / f"{child['name']}.json", child_values)
+                    if child.parent == old:
+                        self._write_record(replace(child, parent=new))
             except OSError as exc:
                 raise _unwritable(self.root, exc) from exc
-        record["path"] = str(new_model)
         return record
 
     def delete(self, name: str) -> None:
@@ -334,7 +329,7 @@ class ModelStore:
             except OSError as exc:
                 raise _unwritable(self.root, exc) from exc
 
-    def revert(self, name: str) -> dict:
+    def revert(self, name: str) -> VersionRecord:
         """Make `name` the current version of its lineage by saving a copy as a new (newest) version.
 
         Nothing is deleted; the new record has parent = name and "reverted_from" = name.
@@ -342,15 +337,15 @@ class ModelStore:
         record = self._require(name)
         model = self.load(name)
         return self.save_version(
-            model, parent=name, settings=record.get("settings"), training_pairs=record.get("training_pairs"),
-            metrics=record.get("metrics", {}), extra={"reverted_from": name},
+            model, parent=name, settings=record.settings, training_pairs=record.training_pairs,
+            metrics=record.metrics, extra={"reverted_from": name},
         )
 
     def export(self, name: str, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Copy a stored (or shipped) model to a .keras file elsewhere, atomically."""
         record = self.record(name)
         if record is not None:
-            source = Path(record["path"])
+            source = Path(record.path)
         elif name in shipped_model_names():
             source = shipped_model_path(name)
         else:

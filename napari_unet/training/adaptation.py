@@ -353,6 +353,23 @@ def scored_regions(masks, regions=None) -> list[tuple[slice, slice]]:
     return boxes
 
 
+def choose_thresholds(model, ap50, n_objects: int) -> dict:
+    """The grid search both 2-D and volume rounds use: the seed and background thresholds of SEED_THRESHOLDS x
+    BACKGROUND_THRESHOLDS with the highest `ap50(seed, background)`, set on the model's metadata. The current
+    setting is kept unless another scores higher."""
+    metadata = model.metadata
+    current = (metadata.seed_threshold, metadata.background_threshold)
+    scores = {current: ap50(*current)}
+    for seed in SEED_THRESHOLDS:
+        for background in BACKGROUND_THRESHOLDS:
+            if (seed, background) not in scores:
+                scores[(seed, background)] = ap50(seed, background)
+    best = max(scores, key=lambda key: (scores[key], key == current))
+    model.metadata = replace(metadata, seed_threshold=best[0], background_threshold=best[1])
+    return {"seed_threshold": best[0], "background_threshold": best[1], "ap50": round(scores[best], 4),
+            "before_ap50": round(scores[current], 4), "n_objects": int(n_objects)}
+
+
 def choose_post_processing(model, images, instance_masks, regions=None, precision: str | None = None) -> dict | None:
     """Re-choose a boundary_watershed model's seed and background thresholds on the user's instance masks (AP@0.5
     pooled over their objects), as the shipped recipes chose them on validation images; sets them on the model.
@@ -384,14 +401,4 @@ def choose_post_processing(model, images, instance_masks, regions=None, precisio
             tally.add(model_instances(probabilities, settings, n_classes), truth)
         return float(tally.result()["ap50"])
 
-    current = (metadata.seed_threshold, metadata.background_threshold)
-    scores = {current: ap50(*current)}
-    for seed in SEED_THRESHOLDS:
-        for background in BACKGROUND_THRESHOLDS:
-            if (seed, background) not in scores:
-                scores[(seed, background)] = ap50(seed, background)
-    best = max(scores, key=lambda key: (scores[key], key == current))
-    model.metadata = replace(metadata, seed_threshold=best[0], background_threshold=best[1])
-    return {"seed_threshold": best[0], "background_threshold": best[1], "ap50": round(scores[best], 4),
-            "before_ap50": round(scores[current], 4),
-            "n_objects": int(sum(len(np.unique(truth)) - 1 for _, truth in crops))}
+    return choose_thresholds(model, ap50, n_objects=sum(len(np.unique(truth)) - 1 for _, truth in crops))

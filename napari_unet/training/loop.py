@@ -12,7 +12,7 @@ import numpy as np
 
 from napari_unet.errors import NapariUNetError
 from napari_unet.inference import precision
-from napari_unet.labels.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL, class_matrix, target_classes
 from napari_unet.model import SegmentationModel
 from napari_unet.training.adaptation import with_channels_of
 from napari_unet.training.augment import PairAugmenter, resolve_for_model, symmetries_of
@@ -36,8 +36,9 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int):
     return config.learning_rate
 
 
-def make_train_step(keras_model, optimizer, n_classes: int, n_channels: int, dice_weight: float):
-    """One compiled step: loss, gradients, Adam update. Non-finite gradients are not applied."""
+def make_train_step(keras_model, optimizer, n_classes: int, n_channels: int, dice_weight: float, classes=None):
+    """One compiled step: loss, gradients, Adam update. Non-finite gradients are not applied.
+    classes: the outputs each class sums (losses.segmentation_loss; masks.class_matrix), None: one per output."""
     import tensorflow as tf
 
     variables = keras_model.trainable_variables
@@ -51,7 +52,7 @@ def make_train_step(keras_model, optimizer, n_classes: int, n_channels: int, dic
     def train_step(images, labels, weights):
         with tf.GradientTape() as tape:
             probabilities = keras_model(images, training=True)
-            loss = segmentation_loss(probabilities, labels, weights, n_classes, dice_weight)
+            loss = segmentation_loss(probabilities, labels, weights, n_classes, dice_weight, classes)
         gradients = tape.gradient(loss, variables)
         finite = tf.math.is_finite(loss) & tf.math.is_finite(tf.linalg.global_norm(gradients))
         gradients = [tf.where(finite, g, tf.zeros_like(g)) for g in gradients]
@@ -111,7 +112,7 @@ class TrainingRun:
         self.total_steps = config.epochs * config.steps_per_epoch
         self.optimizer = keras.optimizers.Adam(learning_rate=learning_rate_schedule(config, self.total_steps))
         self.train_step = make_train_step(self.trained.keras_model, self.optimizer, n_classes,
-                                          model.config.n_channels, config.dice_weight)
+                                          model.config.n_channels, config.dice_weight, class_matrix(model.metadata))
         self.history = TrainHistory(settings={**asdict(config), "patch_size": patch_size, "precision": self.precision,
                                               "n_training_pairs": len(training_pairs),
                                               "n_validation_pairs": len(self.validation_pairs)})
@@ -131,7 +132,7 @@ class TrainingRun:
                                     foreground_fraction=config.foreground_fraction,
                                     weight_maps=border_weight_maps(self.parent, config, training_pairs),
                                     focus_maps=focus_maps,
-                                    balance_classes=self.parent.metadata.instance_method == "classes")
+                                    target_classes=target_classes(self.parent.metadata))
 
     def use_pairs(self, images, masks, names=None, focus: dict | None = None) -> None:
         """Train on these pairs from the next step on; the model, its optimizer state and the compiled step

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 
-def segmentation_loss(probabilities, labels, weights, n_classes: int, dice_weight: float = 1.0):
+def segmentation_loss(probabilities, labels, weights, n_classes: int, dice_weight: float = 1.0, classes=None):
     """Weighted cross-entropy over pixels with weight > 0, plus dice_weight x soft Dice loss.
 
     probabilities: (B, H, W, n_classes) model output (sigmoid or softmax); labels (B, H, W) int;
     weights (B, H, W) float32, 0 on IGNORE_LABEL pixels (they add nothing to either term).
+    classes: (n_classes, classes) 0/1 matrix, the class each output is part of (an object class's core and
+    boundary outputs are one class): the Dice term is then taken per class, on the summed outputs, so a class
+    counts once however many outputs it has. None: each output is a class.
     """
     import tensorflow as tf
 
@@ -22,7 +25,11 @@ def segmentation_loss(probabilities, labels, weights, n_classes: int, dice_weigh
     else:
         targets = tf.one_hot(labels, n_classes, dtype=tf.float32)
         cross_entropy = -tf.reduce_sum(targets * tf.math.log(probabilities), axis=-1)
-        targets, outputs = targets[..., 1:], probabilities[..., 1:]  # Dice of the foreground classes
+        outputs = probabilities
+        if classes is not None:
+            matrix = tf.constant(classes, tf.float32)
+            targets, outputs = tf.tensordot(targets, matrix, 1), tf.tensordot(probabilities, matrix, 1)
+        targets, outputs = targets[..., 1:], outputs[..., 1:]  # Dice of the foreground classes
     loss = tf.reduce_sum(cross_entropy * weights) / tf.maximum(tf.reduce_sum(weights), epsilon)
     if dice_weight:
         mask = valid[..., None]

@@ -7,7 +7,7 @@
 Each recipe trains from scratch with the project's own finetune() on a fixed split, fits the output
 offset (calibration.py) and picks a threshold on the validation images, and measures the held-out test images (never trained on)
 with the project's own predict()/evaluate(). The model card (<name>.json) records data, split,
-settings, seed, time, steps and those metrics; tests/test_shipped_models.py re-checks them.
+settings, seed, time, steps and those metrics; tests/core/test_shipped_models.py re-checks them.
 
 A module, not only a script, so that the experiments (experiments/) reuse the recipes' splits, loaders and
 training as they are (`from napari_unet.training.recipes import recipe_by_name, load_split`); the data sets are

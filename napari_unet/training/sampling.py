@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_unet.labels.instances import INTERIOR
-from napari_unet.labels.masks import IGNORE_LABEL
+from napari_unet.labels.masks import IGNORE_LABEL, target_classes
 from napari_unet.training.augment import PairAugmenter
 from napari_unet.training.inputs import PreparedPair
 
@@ -67,11 +67,12 @@ def _class_weights(mask: np.ndarray, annotated: np.ndarray, n_classes: int) -> n
     return class_weights
 
 
-def class_weight_map(mask: np.ndarray, n_classes: int) -> np.ndarray:
+def class_weight_map(mask: np.ndarray, n_classes: int, target_classes: np.ndarray | None = None) -> np.ndarray:
     """w_c alone, normalised to mean 1 over annotated pixels (0 on IGNORE_LABEL): several classes train with it, so
-    a class painted on few pixels counts as much as background."""
+    a class painted on few pixels counts as much as background. target_classes (masks.target_classes): the class
+    each target value stands for, so an object class's boundary and core share the class's weight."""
     annotated = mask != IGNORE_LABEL
-    weights = _class_weights(mask, annotated, n_classes)
+    weights = _class_weights(mask if target_classes is None else target_classes[mask], annotated, n_classes)
     mean = weights[annotated].mean() if np.any(annotated) else 1.0
     return weights / np.float32(mean if mean > 0 else 1.0)
 
@@ -81,8 +82,9 @@ def border_weight_maps(model: SegmentationModel, config: TrainConfig, pairs: lis
     means (membranes: the cells between; boundary-class models: the interiors, apart where objects touch); without
     it, class-balance weights for a model of several classes, else None (every annotated pixel counts 1)."""
     if not config.border_weight:
-        if model.metadata.instance_method == "classes":
-            return [class_weight_map(p.mask, model.config.n_classes) for p in pairs]
+        classes = target_classes(model.metadata)
+        if classes is not None:
+            return [class_weight_map(p.mask, model.config.n_classes, classes) for p in pairs]
         return None
     from napari_unet.labels.postprocess import objects_are_background
 
@@ -101,12 +103,14 @@ class PatchSampler:
     their annotated pixels; a `foreground_fraction` of patches is centred on a random foreground
     pixel, the rest on a random annotated pixel (sparse corrections are never missed). With focus maps, a
     `focus_fraction` of a pair's patches is centred on its focus pixels first (live mode: the corrected ones).
+    With `target_classes` (several classes: masks.target_classes), foreground patches are centred on a class drawn
+    uniformly first, so a rare class is seen as often as a common one.
     """
 
     def __init__(self, pairs: list[PreparedPair], patch_size: int, *, rng: np.random.Generator,
                  augmenter: PairAugmenter | None = None, foreground_fraction: float = 0.5,
                  weight_maps: list[np.ndarray] | None = None, focus_maps: list[np.ndarray | None] | None = None,
-                 focus_fraction: float = 0.5, balance_classes: bool = False):
+                 focus_fraction: float = 0.5, target_classes: np.ndarray | None = None):
         self.patch_size = patch_size
         self.rng = rng
         self.augmenter = augmenter
@@ -127,11 +131,10 @@ class PatchSampler:
             annotated = pair.mask != IGNORE_LABEL
             self.annotated.append(np.flatnonzero(annotated).astype(np.int64))
             self.foreground.append(np.flatnonzero(annotated & (pair.mask > 0)).astype(np.int64))
-            # Several classes: foreground patches are centred on a class drawn uniformly first, so a rare class is
-            # seen as often as a common one.
-            self.by_class.append([found for value in (np.unique(pair.mask[annotated & (pair.mask > 0)])
-                                                      if balance_classes else [])
-                                  if (found := np.flatnonzero(pair.mask == value).astype(np.int64)).size])
+            classes = None if target_classes is None else target_classes[pair.mask]
+            self.by_class.append([] if classes is None else
+                                 [found for value in np.unique(classes[annotated & (classes > 0)])
+                                  if (found := np.flatnonzero(classes == value).astype(np.int64)).size])
         # Pixels to centre patches on more often (live mode: what the user corrected), annotated ones only.
         self.focus_fraction = focus_fraction
         self.focus = [np.zeros(0, dtype=np.int64) if f is None else

@@ -22,12 +22,19 @@ def validation_probabilities(model: SegmentationModel, raw_image: np.ndarray, pr
 
 def score_pairs(model: SegmentationModel, pairs: list[PreparedPair], threshold: float = 0.5,
                 probability_maps: list[np.ndarray] | None = None, precision: str | None = None) -> dict[str, float]:
-    """Pooled IoU/Dice/pixel error over annotated pixels (mean over foreground classes for n > 1).
+    """Pooled IoU/Dice/pixel error over annotated pixels (mean over foreground classes for n > 1; a model of several
+    classes: over its classes, each object class's boundary output counted as the class).
 
     probability_maps: the pairs' (Y, X, n_classes) maps if already predicted (else predicted here).
     """
+    from napari_unet.labels.masks import target_classes
+    from napari_unet.labels.postprocess import model_labels
+
     n_classes = model.config.n_classes
     classes = [1] if n_classes == 1 else list(range(1, n_classes))
+    lookup = target_classes(model.metadata)  # several classes: scored as classes, not outputs
+    if lookup is not None:
+        classes = list(range(1, model.metadata.class_outputs))
     counts = {k: {"tp": 0, "fp": 0, "fn": 0, "tn": 0} for k in classes}
     wrong = total = 0
     from napari_unet.scoring.metrics import confusion_counts, scores_from_counts
@@ -37,15 +44,18 @@ def score_pairs(model: SegmentationModel, pairs: list[PreparedPair], threshold: 
             probabilities = probability_maps[index]
         else:
             probabilities = validation_probabilities(model, pair.raw_image, precision)
+        mask = pair.mask if lookup is None else lookup[pair.mask]
         if n_classes == 1:
             predicted = (probabilities[..., 0] >= threshold).astype(np.uint8)
+        elif lookup is not None:
+            predicted = model_labels(probabilities, model.metadata)
         else:
             predicted = np.argmax(probabilities, axis=-1).astype(np.uint8)
-        valid = pair.mask != IGNORE_LABEL
-        wrong += int(np.count_nonzero((predicted != pair.mask) & valid))
+        valid = mask != IGNORE_LABEL
+        wrong += int(np.count_nonzero((predicted != mask) & valid))
         total += int(np.count_nonzero(valid))
         for k in classes:
-            for key, value in confusion_counts(predicted == k, pair.mask == k, valid).items():
+            for key, value in confusion_counts(predicted == k, mask == k, valid).items():
                 counts[k][key] += value
     per_class = [scores_from_counts(counts[k]) for k in classes]
     return {

@@ -6,9 +6,21 @@ the labels as they were still says the plane was checked). Each becomes an XY pa
 
 Where the voxels are near-isotropic (stacks.uses_three_views: the volume is also predicted from its XZ and YZ
 planes), the volume's side views become pairs too, so the model learns what those planes look like: XZ and YZ
-planes of the volume resampled to cubic voxels, annotated on the rows of the corrected planes only and
-IGNORE_LABEL (not annotated) elsewhere. They are taken through the corrected objects, at most SIDE_VIEWS per
-direction, evenly spread.
+planes of the volume resampled to cubic voxels, taken through the corrected objects, at most SIDE_VIEWS per
+direction, evenly spread. What they are annotated with:
+
+- given the prediction the volume was corrected from, every row: the corrected planes' rows hold the user's
+  labels, the others the prediction the user left as it was (a plane that differs from the prediction but is
+  not among the planes added, e.g. one kept for evaluation, stays not annotated). A side view annotated on the
+  corrected rows only teaches wrong things: each object there is a strip a few rows thick, whose every pixel a
+  boundary-class model's targets call "boundary" (no interior), and the rows between say nothing, so the model
+  unlearns the side views' interiors. Measured on the stardist test volume (docs/volumes-and-time.md): one round
+  on three corrected planes took the three-view AP@0.5 from 0.66 to 0.13-0.25 with side views annotated on the
+  corrected rows, to 0.68-0.74 with side views annotated on every row.
+- without it, the rows of the corrected planes only (IGNORE_LABEL elsewhere).
+
+Side views never pass through the held-out stripe of the corrected planes (training_set.held_out_region, the
+right-hand columns): a YZ view there would train on the pixels a round is scored on.
 
 No TensorFlow, no Qt: NumPy and scikit-image.
 """
@@ -22,6 +34,7 @@ import numpy as np
 from napari_unet.errors import NapariUNetError
 from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.labels.stacks import isotropic_depth, resample_depth, uses_three_views
+from napari_unet.training.training_set import held_out_region
 
 # XZ planes (and YZ planes) taken as pairs from one corrected volume: each shows the model the side views it
 # predicts from, and a few suffice; every Y row would repeat the same corrected rows hundreds of times.
@@ -73,13 +86,39 @@ def _as_mask(labels: np.ndarray, annotated: np.ndarray | None = None) -> np.ndar
     return mask
 
 
+def annotated_planes(labels: np.ndarray, planes, prediction: np.ndarray | None = None, held_back=()) -> np.ndarray:
+    """bool (Z,): the planes of a volume whose labels count as annotation in its side views: `planes` (the
+    corrected ones added), and, given the `prediction`, those the user left as predicted; never `held_back` (planes
+    kept for evaluation)."""
+    annotated = np.zeros(np.shape(labels)[0], dtype=bool)
+    annotated[sorted({int(z) for z in planes})] = True
+    if prediction is not None:
+        prediction = np.asarray(prediction)
+        if prediction.shape != np.shape(labels):
+            raise NapariUNetError(f"the prediction is {prediction.shape} but the labels are {np.shape(labels)}: "
+                                  "they must be the same volume")
+        annotated |= np.array([np.array_equal(plane, predicted) for plane, predicted in zip(labels, prediction)])
+    annotated[[int(z) for z in held_back]] = False
+    return annotated
+
+
+def held_out_columns(labels: np.ndarray, planes) -> np.ndarray:
+    """bool (X,): the columns of the held-out stripes (training_set.held_out_region) of the corrected planes."""
+    columns = np.zeros(np.shape(labels)[-1], dtype=bool)
+    for z in planes:
+        columns |= held_out_region(_as_mask(labels[z])).any(axis=0)
+    return columns
+
+
 def volume_pairs(image: np.ndarray, labels: np.ndarray, planes, anisotropy: float | None = None,
-                 side_views: int = SIDE_VIEWS) -> list[VolumePair]:
+                 side_views: int = SIDE_VIEWS, prediction: np.ndarray | None = None, held_back=()) -> list[VolumePair]:
     """The training pairs of a corrected (Z, Y, X) volume: an XY pair per corrected plane in `planes`, and, where
     uses_three_views(anisotropy), up to `side_views` XZ and YZ pairs each (see the module docstring).
 
     image: (Z, Y, X) or (Z, Y, X, C); labels: (Z, Y, X) as painted (0 background, object ids or classes,
-    IGNORE_LABEL not annotated). Side views need at least 2 corrected planes (one row is no side view)."""
+    IGNORE_LABEL not annotated); prediction: what the labels were corrected from (None: not known), so the side
+    views are annotated on the planes left as predicted too; held_back: planes no side view may show (kept for
+    evaluation). Side views need at least 2 corrected planes (one row is no side view)."""
     image, labels = np.asarray(image), np.asarray(labels)
     if labels.ndim != 3 or image.shape[:3] != labels.shape:
         raise NapariUNetError(f"a volume's pairs need a (Z, Y, X) image and labels of that shape, got image "
@@ -91,16 +130,17 @@ def volume_pairs(image: np.ndarray, labels: np.ndarray, planes, anisotropy: floa
     pairs = [VolumePair("xy", z, image[z], _as_mask(labels[z])) for z in planes]
     if not uses_three_views(anisotropy) or len(planes) < 2 or side_views < 1:
         return pairs
-    # Only the corrected planes are annotated; resampled to cubic voxels, each row takes its nearest plane.
+    # Resampled to cubic voxels, each row takes its nearest plane (and whether that plane is annotated).
     annotated = np.zeros(labels.shape, dtype=bool)
-    annotated[planes] = True
+    annotated[annotated_planes(labels, planes, prediction, held_back)] = True
     depth = isotropic_depth(labels.shape[0], anisotropy)
     cubic_image = resample_depth(image, depth).astype(image.dtype, copy=False)
     cubic_labels = resample_depth(labels, depth, order=0)
     cubic_annotated = resample_depth(annotated, depth, order=0)
     foreground = (labels[planes] != 0) & (labels[planes] != IGNORE_LABEL)
+    held_out = held_out_columns(labels, planes)
     for view, axis in (("xz", 1), ("yz", 2)):
-        through_objects = np.flatnonzero(foreground.any(axis=(0, 3 - axis)))
+        through_objects = np.flatnonzero(foreground.any(axis=(0, 3 - axis)) & (~held_out if axis == 2 else True))
         if not through_objects.size:
             continue
         chosen = np.unique(through_objects[np.linspace(0, through_objects.size - 1, side_views).round().astype(int)])

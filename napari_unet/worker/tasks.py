@@ -38,9 +38,16 @@ class ModelReference:
         user_store = ModelStore()
         return (ModelStore(Path(self.project_root) / "models"), user_store) if self.project_root else (user_store,)
 
+    def renamed(self) -> tuple:
+        """The project's renamed classes ((old, new) pairs): its versions' classes are read under the new names."""
+        from napari_unet.project import Project
+
+        return tuple(Project(self.project_root).renamed) if self.project_root else ()
+
 
 class ModelCache:
-    """Loaded models by file and modification time (a renamed or rewritten file is loaded anew), MAX_MODELS kept."""
+    """Loaded models by file, modification time and their project's renamed classes (a renamed or rewritten file, or a
+    class renamed since, is loaded anew), MAX_MODELS kept."""
 
     def __init__(self):
         self._models: OrderedDict[tuple, object] = OrderedDict()
@@ -53,12 +60,13 @@ class ModelCache:
 
         path, _ = resolve(reference.key, *reference.stores())
         try:
-            return str(path), path.stat().st_mtime_ns
+            return str(path), path.stat().st_mtime_ns, reference.renamed()
         except OSError:
-            return str(path), None
+            return str(path), None, reference.renamed()
 
     def get(self, reference: ModelReference):
-        """The SegmentationModel `reference` names, loaded once."""
+        """The SegmentationModel `reference` names, loaded once (its classes as its project names them now)."""
+        from napari_unet.model import with_renamed_classes
         from napari_unet.storage.registry import load_model
 
         if not reference.key:
@@ -72,7 +80,7 @@ class ModelCache:
                 if model is not None:
                     self._models.move_to_end(key)
                     return model
-            model = load_model(reference.key, *reference.stores())
+            model = with_renamed_classes(load_model(reference.key, *reference.stores()), list(key[-1]))
             self.put(reference, model, key)
             return model
 
@@ -106,21 +114,21 @@ def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancel
     test_time_augmentation, with_uncertainty, min_size (None: the model's own), channels, slider_thresholds; with
     instances, stack ("z", "t": stack_prediction) and anisotropy."""
     from napari_unet.inference.prediction import predict
-    from napari_unet.labels.postprocess import model_instances, semantic_labels, threshold_ranks
+    from napari_unet.labels.postprocess import class_probabilities, model_instances, model_labels, threshold_ranks
 
     threshold = settings["threshold"]
     with_uncertainty = settings.get("with_uncertainty", False)
     stack = settings.get("stack")
     if stack in ("z", "t") and settings.get("instances", False):
         return stack_prediction(model, image, settings, report, is_cancelled)
-    result = predict(model, image, output="probabilities", threshold=threshold, channel_axis=settings.get("channel_axis"),
+    result = predict(model, image, output="raw", threshold=threshold, channel_axis=settings.get("channel_axis"),
                      channels=settings.get("channels"), progress=lambda done, total: report((done, total)),
                      cancel=is_cancelled, test_time_augmentation=settings.get("test_time_augmentation", False),
                      with_uncertainty=with_uncertainty)
     probabilities, uncertainty = result if with_uncertainty else (result, None)
     probabilities = np.asarray(probabilities)
     n_classes = model.config.n_classes
-    labels = semantic_labels(probabilities, threshold, n_classes, model.metadata.background_threshold)
+    labels = model_labels(probabilities, model.metadata, threshold)
     instances = settings.get("instances", False)
     if instances:
         labels = model_instances(probabilities, model.metadata, n_classes, threshold=threshold,
@@ -133,7 +141,7 @@ def plane_prediction(model, image: np.ndarray, settings: dict, report, is_cancel
     several = model.metadata.instance_method == "classes"
     if settings.get("with_probabilities"):
         if several:  # one map per class
-            shown, class_names = probabilities[..., 1:], tuple(model.metadata.classes)
+            shown, class_names = class_probabilities(probabilities, model.metadata)[..., 1:], tuple(model.metadata.classes)
         else:
             shown = 1.0 - probabilities[..., 0] if n_classes > 1 else probabilities  # one map: "not background"
     return PlanePrediction(labels, shown, ranks, objects, uncertainty, class_names)
@@ -179,6 +187,22 @@ def predict_regions(job, model: ModelReference, image, visible, threshold: float
         job.report(result)
 
 
+def predict_objects_into(job, model: ModelReference, image, store: str, stack: str, threshold: float, channel_axis,
+                         test_time_augmentation: int, min_size: int | None) -> str:
+    """A lazy (zarr) volume's or time-lapse's objects into the int32 zarr array at `store`, plane by plane
+    (prediction.predict_stack_into: never the whole stack in memory); each plane done is a (done, total) progress
+    value. Returns `store`."""
+    import zarr
+
+    from napari_unet.inference.prediction import predict_stack_into
+
+    out = zarr.open_array(store, mode="r+")
+    predict_stack_into(job.models.get(model), image, out, stack=stack, threshold=threshold, channel_axis=channel_axis,
+                       progress=lambda done, total: job.report((done, total)), cancel=job.is_cancelled,
+                       min_size=min_size, test_time_augmentation=test_time_augmentation)
+    return store
+
+
 def warm_up(job, model: ModelReference, write_missing_twin: bool = True) -> str:
     """Load the model and trace its forward pass on a small image (the traced function serves any size), so the
     next Predict only predicts; then give a project version saved without an ONNX twin its twin."""
@@ -206,7 +230,7 @@ def write_twin(job, model: ModelReference, only_if_missing: bool = False) -> str
     record = next((found for found in records if found is not None), None)
     if record is None:
         return None
-    path = Path(record["path"])
+    path = Path(record.path)
     if only_if_missing and twin_path(path).is_file():
         return None
     try:
@@ -296,6 +320,7 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, co
     the U-Net. ("keep",) makes the best model so far a version; ("pause", bool). Returns the record of the Keep on
     the way out (None: no step)."""
     from napari_unet.errors import NapariUNetError
+    from napari_unet.labels.classes import ADD_CLASS_IN_THE_DOCK
     from napari_unet.project import Project
     from napari_unet.training.live import BURST_SECONDS, ForestPreview, LiveTrainer, live_mask
 
@@ -321,7 +346,7 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, co
             corrected = {}
             for pair_name, (labels, touched, whole_plane, image) in updates.items():
                 mask = live_mask(labels, touched, whole_plane=whole_plane)
-                pair = project.add_pair(image, mask, name=pair_name, replace=True,
+                pair = project.add_pair(image, mask, name=pair_name, replace=True, add_class=ADD_CLASS_IN_THE_DOCK,
                                         corrected_pixels=int(touched.sum()), source_image=pair_name)
                 corrected[pair.name] = touched
             if corrected:
@@ -359,5 +384,5 @@ def live(job, project_root: str, parent_key: str, image: np.ndarray, visible, co
 # keeps its best model. The dock never ends a worker for not finishing these after a cancel (only for silence).
 FINISH_AFTER_CANCEL = frozenset({"fine_tune_round", "live"})
 
-TASKS = {task.__name__: task for task in (predict_plane, predict_regions, warm_up, write_twin, fine_tune_round,
-                                          propose_start, revert, export_bioimageio, live)}
+TASKS = {task.__name__: task for task in (predict_plane, predict_regions, predict_objects_into, warm_up, write_twin,
+                                          fine_tune_round, propose_start, revert, export_bioimageio, live)}

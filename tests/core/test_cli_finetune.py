@@ -50,8 +50,8 @@ def test_finetune_writes_the_model_registers_a_version_and_prints_one_json(pairs
     tuned = load_model_file(output)
     assert tuned.metadata.info["training"]["learning_rate"] == 1e-3
     record = ModelStore().record(result["version"])
-    assert record["parent"] == "start" and record["lineage"] == "start"
-    assert [entry["name"] for entry in record["training_pairs"]] == ["cell_0.tif", "cell_1.tif"]
+    assert record.parent == "start" and record.lineage == "start"
+    assert [entry.name for entry in record.training_pairs] == ["cell_0.tif", "cell_1.tif"]
 
     assert main(["models", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)

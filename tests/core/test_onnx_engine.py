@@ -74,7 +74,7 @@ def test_a_saved_version_gets_a_twin_that_follows_renames_and_deletions(tmp_path
 
     store = ModelStore(tmp_path / "models")
     model = new_model(UNetConfig(base_width=4, depth=2), tile_size=64, name="tiny")
-    name = store.save_version(model)["name"]
+    name = store.save_version(model).name
     keras_path = store.root / f"{name}.keras"
     assert load_onnx_twin(keras_path) is None  # none yet
     assert write_twin(keras_path) == twin_path(keras_path)

@@ -18,7 +18,7 @@ import pytest
 import napari_unet
 from napari_unet._widgets.launch import PLUGIN
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS_DIR = Path(sys.executable).parent
 DISTRIBUTION = "napari-unet-loop"
 pytestmark = pytest.mark.slow

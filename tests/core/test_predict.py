@@ -151,6 +151,30 @@ def test_progress_counts_tiles_over_the_whole_stack(model):
     assert calls[-1][0] == total
 
 
+def test_the_tile_grid_is_the_one_predict_runs_on(model):
+    from napari_unet.inference.prediction import tile_grid_for
+
+    for shape, tile_size, overlap in (((150, 150), 64, 16), ((300, 90), None, None)):
+        totals = []
+        predict(model, smooth_image(shape), tile_size=tile_size, overlap=overlap,
+                progress=lambda done, total, totals=totals: totals.append(total))
+        rows, cols = tile_grid_for(model, shape, tile_size, overlap)
+        assert totals[-1] == len(rows.starts) * len(cols.starts)
+        assert rows.length == shape[0] and cols.length == shape[1]
+
+
+def test_probabilities_with_the_views_mean_of_squares_come_from_one_pass(model):
+    from napari_unet.inference.prediction import predict_probabilities
+
+    plane = smooth_image((96, 96))[..., None]
+    alone = predict_probabilities(model, plane, test_time_augmentation=2)
+    probabilities, squares = predict_probabilities(model, plane, test_time_augmentation=2, with_squares=True)
+    np.testing.assert_allclose(probabilities, alone, atol=1e-6)
+    assert squares.shape == probabilities.shape
+    assert np.all(squares >= probabilities**2 - 1e-5)  # the mean of squares is never below the square of the mean
+    assert np.any(squares > probabilities**2 + 1e-4)  # and the two views disagree somewhere
+
+
 def test_cancel_between_tile_batches_raises_cancelled(model):
     checks = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -17,9 +18,10 @@ from napari_unet.errors import NapariUNetError
 from napari_unet.model import UNetConfig, new_model, save_model
 from napari_unet.storage import registry
 from napari_unet.storage import shipped as shipped_module
+from napari_unet.storage.records import PairFingerprint
 from napari_unet.storage.store import ModelStore, array_sha1, pair_fingerprint
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +54,22 @@ def test_root_follows_napari_unet_home(isolated_model_store, store):
 def test_versions_are_numbered_per_lineage_and_listed_newest_first(store, tiny):
     image, mask = np.arange(16).reshape(4, 4), np.eye(4, dtype=np.uint8)
     first = store.save_version(tiny, training_pairs=[(image, mask)], settings={"epochs": 2})
-    second = store.save_version(tiny, parent=first["name"])
-    assert (first["name"], second["name"]) == ("membranes-v1", "membranes-v2")
+    second = store.save_version(tiny, parent=first.name)
+    assert (first.name, second.name) == ("membranes-v1", "membranes-v2")
     assert store.names() == ["membranes-v2", "membranes-v1"]
-    assert second["parent"] == "membranes-v1" and second["lineage"] == "membranes"
+    assert second.parent == "membranes-v1" and second.lineage == "membranes"
     record = store.record("membranes-v1")
-    assert record["training_pairs"] == [{"image_sha1": array_sha1(image), "mask_sha1": array_sha1(mask), "shape": [4, 4]}]
-    assert record["settings"] == {"epochs": 2} and record["created"]
+    assert record.training_pairs == (PairFingerprint(array_sha1(image), array_sha1(mask), (4, 4)),)
+    on_disk = json.loads((store.root / "membranes-v1.json").read_text())
+    assert on_disk["training_pairs"] == [{"image_sha1": array_sha1(image), "mask_sha1": array_sha1(mask), "shape": [4, 4]}]
+    assert record.settings == {"epochs": 2} and record.created
     loaded = store.load("membranes-v1")
     assert loaded.source == "membranes-v1"
     for a, b in zip(loaded.keras_model.get_weights(), tiny.keras_model.get_weights()):
         np.testing.assert_array_equal(a, b)
     # a loaded version saved again (e.g. after fine-tuning) continues its lineage with it as parent
     third = store.save_version(loaded)
-    assert third["name"] == "membranes-v3" and third["parent"] == "membranes-v1"
+    assert third.name == "membranes-v3" and third.parent == "membranes-v1"
 
 
 def test_hashes_differ_for_different_data():
@@ -73,7 +77,7 @@ def test_hashes_differ_for_different_data():
     b = a.copy()
     b[0, 0] = 1
     assert array_sha1(a) != array_sha1(b) and array_sha1(a) == array_sha1(a.copy())
-    assert pair_fingerprint(a, b, "x")["name"] == "x"
+    assert pair_fingerprint(a, b, "x").name == "x"
 
 
 def test_history_metrics_are_recorded(store, tiny):
@@ -82,22 +86,22 @@ def test_history_metrics_are_recorded(store, tiny):
     history = TrainHistory(steps=12, seconds=3.5, val_iou=0.7, val_dice=0.8, final_loss=0.4, best_epoch=2,
                            settings={"learning_rate": 1e-4})
     record = store.save_version(tiny, history, name="mine", metrics={"held_out_iou": 0.75})
-    assert record["metrics"]["val_iou"] == 0.7 and record["metrics"]["steps"] == 12
-    assert record["metrics"]["held_out_iou"] == 0.75
-    assert record["settings"]["learning_rate"] == 1e-4 and record["seconds"] == 3.5
-    assert store.list_versions()[0]["metrics"]["val_iou"] == 0.7
+    assert record.metrics["val_iou"] == 0.7 and record.metrics["steps"] == 12
+    assert record.metrics["held_out_iou"] == 0.75
+    assert record.settings["learning_rate"] == 1e-4 and record.seconds == 3.5
+    assert store.list_versions()[0].metrics["val_iou"] == 0.7
 
 
 def test_rename_delete_revert_export(store, tiny, tmp_path):
     store.save_version(tiny, name="base")
     child = store.save_version(tiny, parent="base")
-    assert child["name"] == "base-v1"
+    assert child.name == "base-v1"
     store.rename("base", "start")
     assert set(store.names()) == {"start", "base-v1"}
-    assert store.record("base-v1")["parent"] == "start"  # children follow the rename
+    assert store.record("base-v1").parent == "start"  # children follow the rename
     reverted = store.revert("start")
-    assert reverted["parent"] == "start" and reverted["reverted_from"] == "start"
-    assert store.names()[0] == reverted["name"]  # the newest version is the current one
+    assert reverted.parent == "start" and reverted.reverted_from == "start"
+    assert store.names()[0] == reverted.name  # the newest version is the current one
     assert {"start", "base-v1"} <= set(store.names())  # revert deletes nothing
     exported = store.export("start", tmp_path / "out" / "copy.keras")
     assert exported.is_file()
@@ -126,7 +130,7 @@ def test_shipped_models_are_read_only(store, tiny, shipped, tmp_path):
     assert (shipped / "membranes.keras").is_file()
     assert store.export("membranes", tmp_path / "m.keras").is_file()
     # fine-tunes of the shipped model get versions of its lineage
-    assert store.save_version(registry.load_model("membranes"))["name"] == "membranes-v1"
+    assert store.save_version(registry.load_model("membranes")).name == "membranes-v1"
     assert registry.load_model("membranes-v1").source == "membranes-v1"
 
 
@@ -135,7 +139,7 @@ def test_concurrent_saves_from_threads_get_distinct_versions(store, tiny):
 
     def save():
         try:
-            records.append(store.save_version(tiny, parent="membranes")["name"])
+            records.append(store.save_version(tiny, parent="membranes").name)
         except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
             errors.append(exc)
 
@@ -160,7 +164,7 @@ def test_a_save_while_another_process_holds_the_store_lock_waits_then_says_so(st
     assert store.names() == []
     holder.kill()  # the other napari-unet dies holding the lock: the OS releases it
     holder.wait()
-    assert store.save_version(tiny)["name"] == "membranes-v1"
+    assert store.save_version(tiny).name == "membranes-v1"
 
 
 SAVER = textwrap.dedent(
@@ -173,7 +177,7 @@ SAVER = textwrap.dedent(
     store = ModelStore()
     mode = sys.argv[1]
     if mode == "parallel":
-        names = [store.save_version(model)["name"] for _ in range(3)]
+        names = [store.save_version(model).name for _ in range(3)]
         print(" ".join(names), flush=True)
         sys.exit(0)
     store.save_version(model)  # membranes-v1, complete
@@ -184,7 +188,7 @@ SAVER = textwrap.dedent(
     if mode == "during-model":  # killed while the .keras temp file is being written
         zipfile.ZipFile.writestr = hang
     else:  # killed after the .keras is in place, while the record is written
-        store_module.ModelStore._write_json = hang
+        store_module.ModelStore._write_record = hang
     store.save_version(model)
     """
 )
@@ -208,7 +212,7 @@ def test_a_save_killed_midway_leaves_no_visible_half_version(store, mode):
     assert _visible_files(store.root) <= {"membranes-v1.keras", "membranes-v1.json", "membranes-v2.keras"}
     # the next save removes the debris and reuses the number of the save that never completed
     model = store.load("membranes-v1")
-    assert store.save_version(model, name=None)["name"] == "membranes-v2"
+    assert store.save_version(model, name=None).name == "membranes-v2"
     assert _visible_files(store.root) == {f"membranes-v{i}.{ext}" for i in (1, 2) for ext in ("keras", "json")}
 
 
@@ -273,4 +277,4 @@ def test_saving_a_version_never_changes_the_model_a_caller_holds(store, tiny, mo
     original = tiny.metadata.name
     record = store.save_version(tiny, name="watched")
     assert names_seen_during_save == [original] and tiny.metadata.name == original
-    assert store.load(record["name"]).metadata.name == "watched"
+    assert store.load(record.name).metadata.name == "watched"

@@ -264,3 +264,177 @@ def _better_mean(comparison):
     from dataclasses import replace
 
     return replace(comparison, verdict="helped", interval=(0.01, 0.02))
+
+
+def _boundary_start_model(seed: int = 0, width: int = 4):
+    """A tiny random model of the shipped `nuclei` kind: background, nucleus core, nucleus boundary; seeded watershed."""
+    import keras
+
+    from napari_unet.model import UNetConfig, new_model
+
+    keras.utils.set_random_seed(seed)
+    model = new_model(UNetConfig(base_width=width, depth=2, n_classes=3), tile_size=64, name="cores",
+                      class_names=["background", "nucleus", "nucleus boundary"], instances="boundary_watershed",
+                      seed_threshold=0.6, touching_width=2, core_fraction=0.5, background_threshold=0.1)
+    layer = model.keras_model.get_layer("probabilities")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel * 30, bias])  # probabilities spread over (0, 1)
+    return model
+
+
+def test_a_boundary_start_model_keeps_its_instance_separation_for_the_object_class(blobs_image):
+
+    from napari_unet.inference.prediction import predict
+    from napari_unet.model import with_classes
+
+    start = _boundary_start_model()
+    headed = with_classes(start, ["nucleus", "rim"], ["nucleus"])
+    metadata = headed.metadata
+    assert metadata.class_names == ["background", "nucleus", "rim", "nucleus boundary"]
+    assert metadata.classes == ["nucleus", "rim"] and metadata.boundary_outputs == [3] and metadata.class_outputs == 3
+    assert (metadata.touching_width, metadata.core_fraction, metadata.seed_threshold) == (2, 0.5, 0.6)
+    assert "outputs for background, nucleus, nucleus boundary kept" in metadata.info["new_output_layer"]["note"]
+    kernel, bias = headed.keras_model.get_layer("probabilities").get_weights()
+    old_kernel, _ = start.keras_model.get_layer("probabilities").get_weights()
+    assert np.array_equal(kernel[..., [0, 1, 3]], old_kernel)
+    # With the new class silenced, the outputs are the start model's ...
+    bias[2] = -1e4
+    headed.keras_model.get_layer("probabilities").set_weights([kernel, bias])
+    raw = predict(headed, blobs_image, output="raw")
+    assert raw.shape == (*blobs_image.shape, 4) and np.abs(raw[..., 2]).max() < 1e-6
+    np.testing.assert_allclose(raw[..., [0, 1, 3]], predict(start, blobs_image, output="probabilities"), atol=1e-5)
+    probabilities = predict(headed, blobs_image, output="probabilities")
+    assert probabilities.shape == (*blobs_image.shape, 3) and np.allclose(probabilities.sum(-1), 1, atol=1e-5)
+    assert set(np.unique(predict(headed, blobs_image))) <= {0, 1}
+    # ... and so are its objects: seeds from the cores, grown over the nucleus (core and boundary added up).
+    from scipy import ndimage
+
+    from napari_unet.labels.instances import instances_from_boundary_probabilities
+    from napari_unet.labels.postprocess import model_instances
+
+    logits = ndimage.gaussian_filter(np.random.default_rng(0).normal(0, 1, (3, 96, 96)), (0, 4, 4)) * 40
+    start_output = np.exp(logits - logits.max(0)) / np.exp(logits - logits.max(0)).sum(0)
+    start_output = np.moveaxis(start_output, 0, -1).astype(np.float32)
+    own = instances_from_boundary_probabilities(start_output, seed_threshold=0.6, background_threshold=0.5,
+                                                min_seed_size=start.metadata.min_seed_size or 4)
+    assert own.max() >= 3
+    headed_output = np.insert(start_output, 2, 0.0, axis=-1)  # the silenced rim
+    np.testing.assert_array_equal(model_instances(headed_output, metadata, 4), own)
+
+
+def test_object_classes_train_on_their_cores_and_boundaries_regions_as_painted():
+    from scipy import ndimage
+
+    from napari_unet.labels.instances import class_boundary_targets
+
+    yy, xx = np.mgrid[:64, :64]
+    painted = np.zeros((64, 64), np.uint8)
+    painted[((yy - 32) ** 2 + (xx - 40) ** 2 < 200) | ((yy - 32) ** 2 + (xx - 15) ** 2 < 100)] = 2  # a region
+    discs = ((yy - 20) ** 2 + (xx - 14) ** 2 < 64) | ((yy - 20) ** 2 + (xx - 40) ** 2 < 64)
+    discs[19:22, 14:40] = True  # two nuclei painted as one region: joined by a narrow neck
+    painted[discs] = 1
+    painted[50:54, 50:54] = 255
+    targets = class_boundary_targets(painted, [1], [3], touching_width=2, core_fraction=0.5)
+    assert set(np.unique(targets)) == {0, 1, 2, 3, 255}
+    assert np.array_equal(targets == 2, painted == 2) and np.array_equal(targets == 255, painted == 255)
+    assert np.array_equal((targets == 1) | (targets == 3), painted == 1)
+    assert ndimage.label(targets == 1)[1] == 2  # the two discs painted as one region still get a core each
+
+
+def test_objects_of_a_class_grow_from_their_cores_regions_get_no_ids():
+    from napari_unet.labels.postprocess import class_boundary_instances
+
+    yy, xx = np.mgrid[:48, :64]
+    output = np.zeros((48, 64, 4), np.float32)  # background, nucleus (cores), rim, nucleus boundary
+    output[..., 0] = 1
+    for cx in (20, 36):  # two touching nuclei of radius 9
+        disc = (yy - 24) ** 2 + (xx - cx) ** 2 < 81
+        core = (yy - 24) ** 2 + (xx - cx) ** 2 < 20
+        output[disc] = (0, 0, 0, 1)
+        output[core] = (0, 1, 0, 0)
+    rim = (np.abs(yy - 24) > 14) & (output[..., 0] == 1)
+    output[rim] = (0, 0, 1, 0)
+    objects = class_boundary_instances(output, [1], [3], min_size=4, seed_threshold=0.5, min_seed_size=2)
+    assert len(np.unique(objects)) - 1 == 2 and not objects[rim].any()
+    assert objects[24, 20] != objects[24, 36]
+
+
+def test_a_round_from_a_boundary_model_learns_the_classes_and_their_objects(tmp_path):
+    from napari_unet.inference.prediction import predict
+    from napari_unet.model import save_model
+    from napari_unet.scoring.evaluation import evaluate
+
+    start = str(save_model(_boundary_start_model(width=8), tmp_path / "cores.keras"))
+    project = Project.init(tmp_path / "project", start, classes=CLASSES)
+    for seed in (0, 1, 2):
+        project.add_pair(*_three_classes(seed))
+    project.add_pair(*_three_classes(9), evaluation=True)
+    outcome = project.round(QUICK)
+    model = outcome.model
+    assert model.metadata.class_names == ["background", "disc", "square", "hole", "disc boundary", "square boundary"]
+    assert model.metadata.boundary_outputs == [4, 5] and model.metadata.object_classes == ["disc", "square"]
+    assert all(scores["after"]["iou"] > 0.5 for scores in outcome.record.eval.classes.values()), outcome.record.eval.classes
+    image, truth = _three_classes(9)
+    labels = predict(model, image)
+    assert set(np.unique(labels).tolist()) == {0, 1, 2, 3}
+    instances = predict(model, image, output="instances")
+    assert not instances[labels == 3].any() and len(np.unique(instances[labels == 1])) - 1 >= 2
+    result = evaluate(model, [image], [truth], instances=True)
+    assert result["classes"]["disc"]["ap50"] > 0 and "ap50" not in result["classes"]["hole"]
+
+
+def test_classes_renamed_recoloured_or_made_regions_keep_what_versions_learned(three_class_project):
+    short = TrainConfig(epochs=1, steps_per_epoch=2, batch_size=2, patch_size=64)
+    first = three_class_project.round(short)
+    assert three_class_project.edit_classes(rename={"square": "box"}, colours={"disc": "#00ff00"}) == ""
+    assert [(c.name, c.colour) for c in three_class_project.classes][:2] == [("disc", "#00ff00"), ("box", "")]
+    assert three_class_project.renamed == [("square", "box")]
+    version = three_class_project.load_model(first.record.version)
+    assert version.metadata.classes == ["disc", "box", "hole"] and version.metadata.object_classes == ["disc", "box"]
+    assert three_class_project.with_project_classes(version) is version  # what it learned for 'box' is kept
+    from napari_unet.worker.tasks import ModelCache, ModelReference
+
+    shown = ModelCache().get(ModelReference(first.record.version, str(three_class_project.root)))
+    assert shown.metadata.classes == ["disc", "box", "hole"]  # the dock names its maps so too
+    with pytest.raises(NapariUNetError, match="before it was renamed"):
+        three_class_project.set_classes([*three_class_project.classes, SegmentationClass("square")])
+    with pytest.raises(NapariUNetError, match="already used"):
+        three_class_project.edit_classes(rename={"disc": "box"})
+    note = three_class_project.edit_classes(objects=["hole"], regions=["box"])
+    assert "'box' is now a region" in note and "'hole' is now an object class" in note and "\n" not in note
+    assert [c.objects for c in three_class_project.classes] == [True, False, True]
+    with pytest.raises(NapariUNetError, match="no class named 'vesicle'") as error:
+        three_class_project.edit_classes(regions=["vesicle"])
+    assert "1 disc, 2 box, 3 hole" in str(error.value)
+
+
+def test_cli_renames_recolours_and_sets_kinds_of_a_projects_classes(tmp_path, start_model, capsys):
+    import json
+
+    from napari_unet.cli import main
+
+    root = str(tmp_path / "project")
+    assert main(["project", "init", root, "-m", start_model, "--classes", "nucleus,rim"]) == 0
+    capsys.readouterr()
+    assert main(["project", "classes", root, "--rename", "rim:ring", "--colour", "nucleus:#ff0000",
+                 "--regions", "ring", "--add", "vesicle", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["classes"] == [
+        {"name": "nucleus", "colour": "#ff0000", "objects": True}, {"name": "ring", "colour": "", "objects": False},
+        {"name": "vesicle", "colour": "", "objects": True}]
+    assert main(["project", "classes", root, "--objects", "ring"]) == 0
+    assert "2  ring\n" in capsys.readouterr().out
+    for bad, message in ((["--rename", "ring"], "is not OLD:NEW"), (["--regions", "cytoplasm"], "cytoplasm"),
+                         (["--colour", "ring:green"], "#rrggbb")):
+        assert main(["project", "classes", root, *bad]) != 0
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and message in error, error
+
+
+def test_the_dock_names_its_own_way_to_declare_a_class_for_a_label_beyond_them(three_class_project):
+    from napari_unet.labels.classes import ADD_CLASS_IN_THE_DOCK
+
+    image, labels = _three_classes(3)
+    labels[:4, :4] = 7
+    with pytest.raises(NapariUNetError) as error:
+        three_class_project.add_pair(image, labels, name="cells", add_class=ADD_CLASS_IN_THE_DOCK)
+    assert str(error.value).endswith(ADD_CLASS_IN_THE_DOCK) and "napari-unet" not in str(error.value)

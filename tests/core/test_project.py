@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 from filelock import FileLock
+from synthetic_images import bright_discs
 
 from napari_unet.cli import main
 from napari_unet.errors import NapariUNetError
@@ -21,26 +22,12 @@ from napari_unet.training import TrainConfig
 QUICK = TrainConfig(epochs=2, steps_per_epoch=15, batch_size=2, patch_size=64, learning_rate=1e-2)
 
 
-def _discs(seed: int, size: int = 128, instances: bool = False):
-    """Bright discs on noise; labels 1..N (instances) or 1."""
-    rng = np.random.default_rng(seed)
-    image = rng.normal(20, 5, (size, size))
-    labels = np.zeros((size, size), np.uint16)
-    yy, xx = np.mgrid[:size, :size]
-    for number in range(1, 9):
-        cy, cx = rng.integers(10, size - 10, 2)
-        disc = (yy - cy) ** 2 + (xx - cx) ** 2 < 64
-        image[disc] += 100
-        labels[disc] = number if instances else 1
-    return image.astype(np.float32), labels
-
-
 @pytest.fixture
 def project(tmp_path, start_model):
     project = Project.init(tmp_path / "project", start_model)
     for seed in (0, 1):
-        project.add_pair(*_discs(seed, instances=True))
-    project.add_pair(*_discs(7), evaluation=True)
+        project.add_pair(*bright_discs(seed, instances=True))
+    project.add_pair(*bright_discs(7), evaluation=True)
     return project
 
 
@@ -53,11 +40,11 @@ def test_a_round_that_helps_is_kept_with_its_lineage(project, start_model):
     assert record.eval.verdict == "helped" and "helped" in record.reason
     assert project.active == record.version == outcome.version
     lineage = project.store.record(record.version)
-    assert lineage["parent"] == "tiny" and lineage["seed"] == QUICK.seed and lineage["package_version"]
+    assert lineage.parent == "tiny" and lineage.seed == QUICK.seed and lineage.package_version
     stored = [project.training.load(name) for name in project.training.names()]
-    assert [(p["image_sha1"], p["mask_sha1"]) for p in lineage["training_pairs"]] == \
+    assert [(p.image_sha1, p.mask_sha1) for p in lineage.training_pairs] == \
         [(array_sha1(image), array_sha1(mask)) for image, mask in stored]
-    assert lineage["settings"]["learning_rate"] == QUICK.learning_rate
+    assert lineage.settings["learning_rate"] == QUICK.learning_rate
 
 
 def test_a_round_on_wrong_masks_is_rolled_back_and_kept_for_inspection(project):
@@ -70,18 +57,18 @@ def test_a_round_on_wrong_masks_is_rolled_back_and_kept_for_inspection(project):
     assert not failed.kept and failed.reason.startswith("Rolled back:")
     assert "previous model stays active" in failed.reason
     assert project.active == good
-    assert project.store.has(failed.version) and project.store.record(failed.version)["kept"] is False
+    assert project.store.has(failed.version) and project.store.record(failed.version).kept is False
     assert [r["kept"] for r in project.status()["rounds"]] == [True, False]
 
 
 def test_without_evaluation_pairs_the_held_out_stripes_are_scored_and_not_trained_on(tmp_path, start_model):
     project = Project.init(tmp_path / "p", start_model)
-    project.add_pair(*_discs(0))
+    project.add_pair(*bright_discs(0))
     outcome = project.round(QUICK)
     assert outcome.record.eval.source == "held-out stripes"
-    pairs = project.store.record(outcome.version)["training_pairs"]
+    pairs = project.store.record(outcome.version).training_pairs
     _, stored_mask = project.training.load(project.training.names()[0])
-    assert pairs[0]["mask_sha1"] != array_sha1(stored_mask)  # trained on the mask with its stripe set to 255
+    assert pairs[0].mask_sha1 != array_sha1(stored_mask)  # trained on the mask with its stripe set to 255
 
 
 def test_retrain_repeats_a_round_exactly(project):
@@ -132,7 +119,7 @@ def test_two_rounds_at_once_are_refused_and_a_killed_rounds_lock_is_no_lock(proj
 def test_an_old_training_set_folder_opens_as_a_project_with_no_rounds(tmp_path, start_model):
     from napari_unet.training.training_set import TrainingSet
 
-    TrainingSet(tmp_path / "old").add(*_discs(0), name="cells")
+    TrainingSet(tmp_path / "old").add(*bright_discs(0), name="cells")
     project = Project.open(tmp_path / "old")
     assert project.rounds() == [] and project.active is None and project.training.names() == ["cells"]
     with pytest.raises(NapariUNetError, match="no model to start from"):
@@ -145,7 +132,7 @@ def test_an_old_training_set_folder_opens_as_a_project_with_no_rounds(tmp_path, 
 
 def _files(tmp_path):
     for index, seed in enumerate((0, 1, 7)):
-        image, labels = _discs(seed, instances=True)
+        image, labels = bright_discs(seed, instances=True)
         tifffile.imwrite(tmp_path / f"image{index}.tif", image)
         tifffile.imwrite(tmp_path / f"labels{index}.tif", labels)
     return tmp_path
@@ -172,7 +159,7 @@ def test_cli_round_and_status_print_the_contract(tmp_path, start_model, capsys, 
     assert main(["project", "status", project, "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["rounds"] == [record] and status["active"] == (record["version"] if record["kept"] else start_model)
-    assert Project.open(project).store.record(record["version"])["seed"] == 3
+    assert Project.open(project).store.record(record["version"]).seed == 3
 
 
 @pytest.mark.parametrize("case", ["missing project", "shape mismatch", "eval without foreground",
@@ -220,8 +207,8 @@ def test_a_boundary_class_model_fine_tunes_on_instance_labels_and_keeps_its_meth
     start = str(save_model(model, tmp_path / "tiny-nuclei.keras"))
     project = Project.init(tmp_path / "p", start)
     for seed in (0, 1):
-        project.add_pair(*_discs(seed, instances=True))
-    project.add_pair(*_discs(7, instances=True), evaluation=True)
+        project.add_pair(*bright_discs(seed, instances=True))
+    project.add_pair(*bright_discs(7, instances=True), evaluation=True)
     from dataclasses import replace
 
     outcome = project.round(replace(QUICK, steps_per_epoch=30, learning_rate=3e-3))  # three classes learn slower
@@ -235,7 +222,7 @@ def test_revert_in_an_old_folder_after_a_rolled_back_first_round(tmp_path, start
     """No start model and no kept round: the revert compares against the model the first round started from."""
     from napari_unet.training.training_set import TrainingSet
 
-    TrainingSet(tmp_path / "old").add(*_discs(0), name="cells")
+    TrainingSet(tmp_path / "old").add(*bright_discs(0), name="cells")
     project = Project.open(tmp_path / "old")
     import napari_unet.project as project_module
 
@@ -244,3 +231,23 @@ def test_revert_in_an_old_folder_after_a_rolled_back_first_round(tmp_path, start
     assert not failed.kept and project.active is None
     record = project.revert(failed.version)
     assert record.kind == "revert" and record.parent == start_model and project.active == failed.version
+
+
+def test_a_renamed_version_keeps_its_place_in_the_round_log(tmp_path, start_model):
+    """Renaming goes through the store and the log: the lineage and the active version hold, the rest is as it was."""
+    from napari_unet.storage.records import RoundEvaluation, RoundRecord
+
+    project = Project.init(tmp_path / "p", start_model)
+    first = project.store.save_version(new_model(UNetConfig(base_width=4, depth=2), name="tiny"), parent=start_model)
+    second = project.store.save_version(project.store.load(first.name))
+    evaluation = RoundEvaluation(before={"iou": 0.5}, after={"iou": 0.6}, verdict="helped")
+    project.rounds_dir.mkdir(parents=True, exist_ok=True)
+    for number, (parent, version) in enumerate(((start_model, first.name), (first.name, second.name)), start=1):
+        record = RoundRecord(round=number, parent=parent, version=version, kept=True, reason="It helped.",
+                             eval=evaluation, extra={"note": "kept as it is"})
+        (project.rounds_dir / f"{number:04d}.json").write_text(json.dumps(record.to_json()))
+    (project.rounds_dir / "0003.json").write_text("{torn")
+    renamed = project.rename_version(first.name, "my-cells")
+    assert renamed.name == "my-cells" and project.store.record(second.name).parent == "my-cells"
+    assert [(r.parent, r.version) for r in project.rounds()] == [(start_model, "my-cells"), ("my-cells", second.name)]
+    assert project.active == second.name and project.rounds()[0].extra == {"note": "kept as it is"}

@@ -315,6 +315,31 @@ def test_corrected_planes_of_a_volume_become_plane_pairs_and_side_views_where_ne
         volume_pairs(image, truth, [])
 
 
+def test_given_the_prediction_side_views_are_annotated_on_every_plane_left_as_predicted():
+    """A side view annotated on the corrected rows only shows strips a few rows thick (all "boundary" to a
+    boundary-class model); with the prediction known, the planes left as predicted annotate it too, except a plane
+    kept for evaluation. No YZ view passes through the corrected planes' held-out stripe."""
+    from napari_unet.labels.masks import IGNORE_LABEL
+    from napari_unet.training.training_set import held_out_region
+    from napari_unet.training.volume_pairs import volume_pairs
+
+    truth = two_touching_balls()
+    image = (truth > 0).astype(np.float32) * 200 + 10
+    prediction = truth.copy()
+    prediction[[8, 12, 16]] = 0  # corrected: 8 and 12 (added), 16 (kept for evaluation)
+    pairs = volume_pairs(image, truth, [8, 12], anisotropy=1.0, prediction=prediction, held_back=[16])
+    sides = [pair for pair in pairs if pair.view != "xy"]
+    assert sides
+    for pair in sides:
+        rows = np.flatnonzero((pair.mask != IGNORE_LABEL).any(axis=1)).tolist()
+        assert rows == [z for z in range(truth.shape[0]) if z != 16]
+        cut = np.take(truth, pair.position, axis=1 if pair.view == "xz" else 2)
+        np.testing.assert_array_equal(pair.mask[rows] > 0, cut[rows] > 0)
+    held_out = held_out_region(truth[8]).any(axis=0) | held_out_region(truth[12]).any(axis=0)
+    assert held_out.any()
+    assert not any(held_out[pair.position] for pair in sides if pair.view == "yz")
+
+
 def test_painted_planes_reads_which_planes_a_stroke_wrote():
     from napari_unet.training.live import painted_planes
 

@@ -149,3 +149,32 @@ def test_ome_zarr_with_the_wrong_axes_is_refused_with_the_fix(tmp_path):
 def test_a_five_axis_array_is_refused(model):
     with pytest.raises(NapariUNetError, match="select one time point"):
         next(predict_regions(model, np.zeros((2, 2, 2, 32, 32), np.uint8)))
+
+
+def test_a_model_with_boundary_outputs_reads_its_classes_region_by_region():
+    """A several-class model's boundary outputs count as their class: the regions' labels equal predict()."""
+    import keras
+
+    from napari_unet.model import UNetConfig, new_model
+
+    keras.utils.set_random_seed(2)
+    model = new_model(UNetConfig(base_width=4, depth=2, n_classes=4), tile_size=64, name="boundaries",
+                      class_names=["background", "disc", "square", "disc boundary"], instances="classes", object_classes=["disc"],
+                      object_boundaries=True)
+    layer = model.keras_model.get_layer("probabilities")
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel * 100, bias])  # outputs spread over (0, 1)
+    assert model.metadata.boundary_outputs == [3]
+    image = smooth_image((200, 180), seed=6)
+    predictor = RegionPredictor(model, image, tile_size=64)
+    labels = np.full(image.shape, 255, dtype=np.uint8)
+    for _, region in work_regions((), image.shape, 90):
+        finished = predictor.finish((), region)
+        if finished is not None:
+            (y0, y1), (x0, x1) = finished.region
+            written = np.ones(finished.labels.shape, dtype=bool) if finished.mask is None else finished.mask
+            labels[y0:y1, x0:x1][written] = finished.labels[written]
+    expected = predict(model, image, tile_size=64)
+    assert set(np.unique(expected)) <= {0, 1, 2} and len(np.unique(expected)) > 1
+    assert (predict(model, image, tile_size=64, output="raw").argmax(-1) == 3).any()  # the boundary output counts
+    np.testing.assert_array_equal(labels, expected)

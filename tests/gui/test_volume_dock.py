@@ -75,6 +75,42 @@ def test_a_time_lapse_named_t_keeps_ids_from_frame_to_frame(qtbot, volume_dock, 
     assert "frame to frame" in tab.status_label.text()
 
 
+def test_a_probability_map_asked_with_3d_objects_is_said_to_be_skipped(qtbot, volume_dock, notifications):
+    viewer, widget, tab = volume_dock
+    viewer.add_image(balls_volume(), name="nuclei", axis_labels=("z", "y", "x"))
+    tab.image_combo.reset_choices()
+    tab.image_combo.select("nuclei")
+    tab.probabilities_check.setChecked(True)
+    assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
+    assert "No probability map with objects across planes" in tab.status_label.text()
+    assert not any("probability" in layer.name for layer in viewer.layers)
+
+
+def test_a_zarr_volume_with_separate_objects_is_predicted_plane_by_plane_into_a_zarr_of_3d_objects(
+        qtbot, volume_dock, notifications, tmp_path):
+    import zarr
+
+    from napari_unet._widgets._lazy_prediction import LAZY_KEY
+    from napari_unet.inference.lazy_labels import open_zarr_image
+
+    viewer, widget, tab = volume_dock
+    volume = balls_volume()
+    store = zarr.open_array(str(tmp_path / "volume.zarr"), mode="w", shape=volume.shape, chunks=(1, 48, 48),
+                            dtype=volume.dtype)
+    store[:] = volume
+    viewer.add_image(open_zarr_image(tmp_path / "volume.zarr"), name="nuclei", axis_labels=("z", "y", "x"))
+    tab.image_combo.reset_choices()
+    tab.image_combo.select("nuclei")
+    assert wait_for(qtbot, tab.predict()).error is None, errors(notifications)
+    layer = viewer.layers["nuclei prediction"]
+    objects = zarr.open_array(layer.metadata[LAZY_KEY], mode="r")
+    assert objects.dtype == np.int32 and layer.editable
+    expected = predict(model_of(widget), volume, output="instances", stack="z")  # stitched: plane by plane
+    assert expected.max() > 0
+    np.testing.assert_array_equal(objects[:], expected)
+    assert "3-D objects" in tab.status_label.text() and "stitched" in tab.status_label.text()
+
+
 def test_a_stack_whose_axes_say_neither_z_nor_t_is_refused_in_one_line(qtbot, volume_dock, notifications):
     viewer, widget, tab = volume_dock
     volume = balls_volume()
@@ -134,10 +170,11 @@ def test_corrected_planes_of_a_volume_become_pairs_with_side_views_where_voxels_
     image, mask = training.load("nuclei_z3")
     np.testing.assert_array_equal(image, volume[3])
     np.testing.assert_array_equal(mask > 0, labels.data[3] > 0)
-    _, side_mask = training.load(side[0])  # (Z, X) or (Z, Y): annotated on the corrected planes' rows only
+    _, side_mask = training.load(side[0])  # (Z, X) or (Z, Y): the corrected rows, and those left as predicted
     annotated_rows = np.flatnonzero((side_mask != IGNORE_LABEL).any(axis=1))
-    assert annotated_rows.tolist() == [3, 7]
+    assert annotated_rows.tolist() == list(range(volume.shape[0]))
     assert "planes 3, 7" in notifications[-1][1]
+    assert widget.session.project.volumes.names() == ["nuclei"]  # kept: rounds are scored on it in 3-D
     # A plane for evaluation only: a whole plane, never trained on, even when the training planes are added again.
     labels.paint((5, 24, 31), 2)
     correct.evaluation_check.setChecked(True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_project import _discs
+from synthetic_images import bright_discs
 
 from napari_unet.errors import NapariUNetError
 from napari_unet.labels.masks import IGNORE_LABEL
@@ -18,7 +18,7 @@ LIVE = TrainConfig(batch_size=2, patch_size=64, learning_rate=1e-2, validation_f
 @pytest.fixture
 def project(tmp_path, start_model):
     project = Project.init(tmp_path / "project", start_model)
-    project.add_pair(*_discs(7), evaluation=True)
+    project.add_pair(*bright_discs(7), evaluation=True)
     return project
 
 
@@ -52,7 +52,7 @@ def test_touched_pixels_come_from_paint_atoms_of_this_plane_only():
 
 
 def test_bursts_train_from_the_corrections_and_keep_goes_through_the_guard(project, start_model):
-    image, labels = _discs(0)
+    image, labels = bright_discs(0)
     touched = np.zeros(labels.shape, bool)
     touched[::2] = True  # the user went over half the rows
     project.add_pair(image, live_mask(labels, touched, margin=0), name="live-plane", replace=True,
@@ -96,7 +96,7 @@ def test_live_without_corrections_says_what_to_do(project, start_model):
 def test_the_forest_preview_learns_from_touched_pixels_and_scores_on_the_evaluation_set(project):
     from napari_unet.training.live import ForestPreview
 
-    image, labels = _discs(0)
+    image, labels = bright_discs(0)
     touched = np.zeros(labels.shape, bool)
     touched[:64] = True
     preview = ForestPreview()
@@ -138,7 +138,7 @@ def test_corrected_pixels_reach_the_sampler_by_the_callers_pair_names():
     from napari_unet.model import UNetConfig, new_model
     from napari_unet.training.loop import TrainingRun
 
-    image, labels = _discs(3, size=96)
+    image, labels = bright_discs(3, size=96)
     focus = np.zeros(labels.shape, bool)
     focus[:, :12] = True  # the corrected pixels: a band on the left
     run = TrainingRun(new_model(UNetConfig(base_width=4, depth=2), tile_size=64), TrainConfig(patch_size=32),

@@ -191,3 +191,53 @@ def test_min_size_decides_which_small_objects_the_instances_keep(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         main(["predict", "-m", "nuclei", str(folder), "-o", str(tmp_path / "zero"), "--instances", "--min-size", "0"])
     assert exit_info.value.code == 2 and "whole number >= 1" in capsys.readouterr().err
+
+
+def _zarr_volume(path, rng_seed: int = 3):
+    """A (12, 40, 48) uint16 zarr volume of blurred blobs, one plane per chunk; and the array itself."""
+    import zarr
+
+    volume = (ndi.gaussian_filter(np.random.default_rng(rng_seed).random((12, 40, 48)), 2) * 60000).astype(np.uint16)
+    array = zarr.open_array(str(path), mode="w", shape=volume.shape, chunks=(1, 40, 48), dtype=volume.dtype)
+    array[:] = volume
+    return volume
+
+
+@pytest.mark.parametrize("stack", ["z", "t"])
+def test_a_zarr_stack_is_predicted_into_a_zarr_of_objects_equal_to_the_stack_in_memory(model_path, tmp_path, stack):
+    import zarr
+
+    from napari_unet.inference.prediction import predict
+
+    volume = _zarr_volume(tmp_path / "volume.zarr")
+    threshold = float(np.quantile(predict(model_path, volume, output="probabilities"), 0.6))  # objects, whatever
+    out = tmp_path / "out"  # the untrained model's probabilities
+    assert main(["predict", "-m", model_path, str(tmp_path / "volume.zarr"), "-o", str(out), "--instances",
+                 "--stack", stack, "--threshold", str(threshold)]) == 0
+    objects = zarr.open_array(str(out / "volume.zarr"), mode="r")
+    assert objects.dtype == np.int32 and objects.chunks[0] == 1 and objects.shape == volume.shape
+    expected = predict(model_path, volume, output="instances", stack=stack, threshold=threshold)
+    assert expected.max() > 1  # objects to join or link
+    np.testing.assert_array_equal(objects[:], expected)
+
+
+@pytest.mark.parametrize("extra,words", [
+    ([], "--instances --stack z"),  # labels of a zarr are the dock's (region by region)
+    (["--instances", "--stack", "z", "--anisotropy", "1"], "need the whole volume in memory"),
+    (["--instances", "--stack", "z", "--uncertainty"], "drop --uncertainty"),
+])
+def test_a_zarr_input_the_plane_by_plane_path_cannot_serve_is_one_line(model_path, tmp_path, capsys, extra, words):
+    _zarr_volume(tmp_path / "volume.zarr")
+    out = tmp_path / "out"
+    assert main(["predict", "-m", model_path, str(tmp_path / "volume.zarr"), "-o", str(out), *extra]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and words in error
+    assert not (out / "volume.zarr").exists()
+
+
+def test_a_zarr_output_is_never_written_over(model_path, tmp_path, capsys):
+    _zarr_volume(tmp_path / "volume.zarr")
+    (tmp_path / "out" / "volume.zarr").mkdir(parents=True)
+    assert main(["predict", "-m", model_path, str(tmp_path / "volume.zarr"), "-o", str(tmp_path / "out"),
+                 "--instances", "--stack", "z"]) == 2
+    assert "never written over" in capsys.readouterr().err

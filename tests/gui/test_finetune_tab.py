@@ -115,8 +115,8 @@ def test_a_pair_for_evaluation_only_is_scored_every_round_and_never_trained_on(q
     rounds = project.rounds()
     assert [r.eval.source for r in rounds] == ["evaluation pairs"] * 2
     assert len(widget.finetune_tab.rounds_plot.points) == 3  # before round 1, after 1, after 2
-    trained_on = project.store.record(rounds[-1].version)["training_pairs"]
-    assert [p["name"] for p in trained_on] == project.training.names()
+    trained_on = project.store.record(rounds[-1].version).training_pairs
+    assert [p.name for p in trained_on] == project.training.names()
 
 
 def test_gui_stays_responsive_while_fine_tuning(qtbot, dock, blobs_image, notifications, monkeypatch):

@@ -221,6 +221,46 @@ def test_unknown_symmetries_from_a_newer_file_fall_back_to_none_with_a_warning()
         assert ModelMetadata.from_dict(values).symmetries == "none"
 
 
+def test_the_stored_metadata_of_the_shipped_models_reads_back_unchanged():
+    """Every field is read and written by its declared rule, so a file's JSON survives a load and a save."""
+    import json
+    import zipfile
+
+    from napari_unet.model import METADATA_ENTRY, ModelMetadata
+    from napari_unet.storage.shipped import shipped_model_names, shipped_model_path
+
+    for name in shipped_model_names():
+        stored = json.loads(zipfile.ZipFile(shipped_model_path(name)).read(METADATA_ENTRY))
+        written = ModelMetadata.from_dict(stored).to_dict()
+        assert ModelMetadata.from_dict(written).to_dict() == written
+        # as stored, but for fields newer than the file, which are written with their defaults
+        assert {key: value for key, value in written.items() if key in stored} == {
+            **stored, "normalization": {**ModelMetadata().normalization.to_dict(), **stored["normalization"]}}
+
+
+def test_a_damaged_value_names_the_field_the_value_and_the_rule():
+    from napari_unet.model import ModelMetadata
+
+    values = {**ModelMetadata().to_dict(), "min_seed_size": -3, "instances": "watershed"}
+    with pytest.warns(UserWarning) as caught:
+        metadata = ModelMetadata.from_dict(values)
+    assert metadata.min_seed_size is None and metadata.instances == ""
+    assert sorted(str(warning.message) for warning in caught) == [
+        "ignoring instances 'watershed' in the model's metadata: it must be one of 'components', 'enclosed', "
+        "'boundary_watershed', 'classes' (or empty); instances will be taken from the class names",
+        "ignoring min_seed_size -3 in the model's metadata: it must be a whole number of pixels >= 1; using the default",
+    ]
+
+
+def test_a_damaged_architecture_is_an_error_not_a_default():
+    """The weights cannot be used with another architecture, so its config has no fallback."""
+    from napari_unet.model import ModelMetadata
+
+    values = {**ModelMetadata().to_dict(), "config": {"n_channels": 1, "upsampling": "nearest"}}
+    with pytest.raises(ModelLoadError, match="damaged config .*upsampling must be one of"):
+        ModelMetadata.from_dict(values)
+
+
 @pytest.mark.parametrize("offset", [[3.0, 0.0], ["up", 0], [0.5], None])
 def test_an_output_offset_that_is_not_two_numbers_within_one_pixel_is_ignored_with_a_warning(offset):
     from napari_unet.model import ModelMetadata

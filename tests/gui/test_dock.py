@@ -90,11 +90,11 @@ def test_the_warm_up_gives_a_version_saved_without_a_twin_its_twin(qtbot, dock, 
     session = widget.session
     opened_by_path = Path(session.model_key)
     record = session.store.save_version(load_model_file(opened_by_path))
-    keras_path = Path(record["path"])
+    keras_path = Path(record.path)
     assert not twin_path(keras_path).exists()
-    for key in (str(opened_by_path), record["name"]):
+    for key in (str(opened_by_path), record.name):
         session.select_model(key)
         assert wait_for(qtbot, widget._warm_up()).error is None, errors(notifications)
     assert not twin_path(opened_by_path).exists()
     assert load_onnx_twin(keras_path) is not None  # written for this .keras (its checksum matches)
-    assert session.onnx_twin_for(record["name"]) is None  # the worker process is warm: it serves from now on
+    assert session.onnx_twin_for(record.name) is None  # the worker process is warm: it serves from now on
