@@ -41,6 +41,12 @@ def boundary_targets(labels: np.ndarray, ignore: np.ndarray | None = None, touch
         raise ValueError(f"boundary_targets needs a 2D label image, got shape {labels.shape}")
     if labels.dtype == bool or np.unique(labels[labels != 0]).size <= 1:
         labels, _ = ndi.label(labels != 0)
+    if ignore is not None and np.any(ignore) and not np.all(ignore):
+        # Not annotated is not background: each such pixel takes its nearest annotated label, so an object cut by
+        # the edge of what was annotated gets no boundary ring along that edge and keeps its depth for its core.
+        nearest = ndi.distance_transform_edt(np.asarray(ignore, dtype=bool), return_distances=False,
+                                             return_indices=True)
+        labels = labels[tuple(nearest)]
     outline = find_boundaries(labels, mode="inner") & (labels != 0)
     ring = outline.copy()
     if touching_width > 1:
@@ -65,12 +71,15 @@ def class_boundary_targets(labels: np.ndarray, object_values: list[int], boundar
     part them. Region classes and background stay as painted."""
     from scipy import ndimage as ndi
 
+    from napari_unet.labels.masks import IGNORE_LABEL  # masks.py imports this module
+
     labels = np.asarray(labels)
     objects = np.zeros(labels.shape, dtype=np.int32)
     for value in object_values:
         regions, _ = ndi.label(labels == value)
         objects[regions > 0] = regions[regions > 0] + int(objects.max())
-    parts = boundary_targets(objects, touching_width=touching_width, core_fraction=core_fraction)
+    parts = boundary_targets(objects, ignore=labels == IGNORE_LABEL, touching_width=touching_width,
+                             core_fraction=core_fraction)
     targets = labels.astype(np.uint8, copy=True)
     for value, boundary_value in zip(object_values, boundary_values):
         targets[(labels == value) & (parts == BOUNDARY)] = boundary_value

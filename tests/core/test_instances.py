@@ -74,6 +74,30 @@ def test_core_targets_keep_each_objects_centre_as_interior_and_its_rim_as_bounda
     assert np.array_equal(boundary_targets(labels, core_fraction=0.0), boundary_targets(labels))
 
 
+def test_the_edge_of_what_was_annotated_is_no_object_edge():
+    """An object cut by the edge of the annotated part (e.g. a corrected tile) gets no boundary ring along that edge,
+    and its core is measured as if it went on: not annotated is not background."""
+    labels = _touching_discs()
+    ignore = np.zeros(labels.shape, dtype=bool)
+    ignore[:, 50:] = True  # disc 2 (centre column 43, radius 12) is cut at column 50
+    cut = np.where(ignore, 0, labels)
+    for targets in (training_targets(np.where(ignore, IGNORE_LABEL, labels), _boundary_metadata()),
+                    boundary_targets(cut, ignore=ignore)):
+        assert (targets[ignore] == IGNORE_LABEL).all()
+        whole = boundary_targets(labels)
+        assert np.array_equal(targets[:, :48], whole[:, :48])  # away from the edge, as if it went on
+        edge = (labels[:, 49] == 2) & (whole[:, 49] == INTERIOR)  # the disc's rows that are inside at the edge
+        assert edge.sum() >= 15 and (targets[edge, 49] == INTERIOR).all()  # no ring along the edge
+    core_of_disc = (boundary_targets(cut, ignore=ignore, core_fraction=0.5) == INTERIOR) & (labels == 2)
+    core_whole = (boundary_targets(labels, core_fraction=0.5) == INTERIOR) & (labels == 2) & ~ignore
+    assert core_of_disc.sum() >= 0.8 * core_whole.sum()  # its depth measured as if it went on
+
+
+def _boundary_metadata() -> ModelMetadata:
+    return ModelMetadata(config=UNetConfig(n_classes=3), class_names=["background", "nucleus", "boundary"],
+                         instances="boundary_watershed")
+
+
 def test_two_touching_nuclei_come_out_as_two_objects():
     labels = _touching_discs()
     instances = instances_from_boundary_probabilities(_probabilities_from(boundary_targets(labels)))
