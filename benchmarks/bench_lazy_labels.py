@@ -1,6 +1,6 @@
 """A 32768 x 32768 zarr image predicted into zarr labels on disk, the visible region first (lazy_labels.py).
 
-    .venv/bin/python benchmarks/bench_lazy_labels.py [--size 32768] [--seconds 150] [--region 2048] [--viewer]
+    .venv/bin/python benchmarks/bench_lazy_labels.py [--size 32768] [--seconds 150] [--region 2048]
 
 Makes (once) a synthetic uint8 image of blobs at --image (default /tmp/napari-unet-bench/big.zarr, ~100 MB
 compressed, outside the repository), then, with the shipped 'nuclei' model:
@@ -8,9 +8,8 @@ compressed, outside the repository), then, with the shipped 'nuclei' model:
   lazy      predict_regions into a new zarr store, the visible region (1000² at the centre) first, for
             --seconds: time to the first visible result, Mpx/s, the total extrapolated from the tile rate
             (the whole image takes too long on 2 shared cores), peak resident memory;
-  --viewer  the same in napari (under xvfb-run when there is no display): a Labels layer on the 32768²
-            zarr, the first region written through write_region; time to show the layers, peak memory.
-Each part runs in its own process so peak memory is its own. Compare ratios within one run.
+Each part runs in its own process so peak memory is its own. Compare ratios within one run. The same in napari,
+through the dock and its worker process: benchmarks/bench_lazy_viewer.py.
 """
 
 from __future__ import annotations
@@ -107,51 +106,12 @@ def run_lazy(image_path: Path, seconds: float, region_size: int) -> dict:
             "peak_mb": peak_mb()}
 
 
-def run_viewer(image_path: Path, region_size: int) -> dict:
-    import napari
-
-    from napari_unet._widgets._lazy_prediction import PaintedBoxes, write_region
-    from napari_unet.inference.lazy_labels import create_labels_store, open_zarr_image, predict_regions
-    from napari_unet.storage.registry import load_model
-
-    # This benchmark predicts in the viewer's own process (the dock uses its worker process): TensorFlow first, as
-    # Mesa's OpenGL and then TensorFlow's bundled LLVM in one process crash on Linux.
-    model = load_model("nuclei")
-    viewer = napari.Viewer(show=False)
-    image = open_zarr_image(image_path)
-    folder = Path(tempfile.mkdtemp(prefix="bench-lazy-viewer-"))
-    try:
-        started = time.perf_counter()
-        viewer.add_image(image, name="big")
-        labels_layer = viewer.add_labels(create_labels_store(folder / "labels.zarr", image.shape), opacity=0.5)
-        shown = time.perf_counter() - started
-        memory_after_layers = peak_mb()
-        visible = visible_region(image.shape[0])
-        results = predict_regions(model, image, visible=lambda: visible, region_size=region_size)
-        region_started = time.perf_counter()
-        result = next(results)
-        predicted = time.perf_counter() - region_started
-        write_started = time.perf_counter()
-        write_region(labels_layer, result, PaintedBoxes(labels_layer), refresh=False)  # as the dock does
-        written = time.perf_counter() - write_started
-        refresh_started = time.perf_counter()
-        labels_layer._partial_labels_refresh()  # what DisplayRefresher calls (coalesced in the dock)
-        refreshed = time.perf_counter() - refresh_started
-        labels_layer.paint((visible[1][0][0] + 10, visible[1][1][0] + 10), 2)
-    finally:
-        pass  # the process ends here; closing an offscreen viewer raises in napari 0.9.2 teardown
-        shutil.rmtree(folder, ignore_errors=True)
-    return {"layers_s": shown, "first_region_s": predicted, "write_s": written, "refresh_s": refreshed,
-            "peak_after_layers_mb": memory_after_layers, "peak_mb": peak_mb()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=32768)
     parser.add_argument("--image", default="/tmp/napari-unet-bench/big.zarr")
     parser.add_argument("--seconds", type=float, default=150.0)
     parser.add_argument("--region", type=int, default=None, help="region size (default: lazy_labels.REGION_SIZE)")
-    parser.add_argument("--viewer", action="store_true", help="also measure the napari Labels layer")
     parser.add_argument("--part", help=argparse.SUPPRESS)  # internal: run one part, print JSON
     args = parser.parse_args()
     from napari_unet.inference.lazy_labels import REGION_SIZE
@@ -160,10 +120,9 @@ def main() -> None:
     image_path = Path(args.image)
     if args.part:
         part = {"baseline": lambda: run_baseline(image_path),
-                "lazy": lambda: run_lazy(image_path, args.seconds, region_size),
-                "viewer": lambda: run_viewer(image_path, region_size)}[args.part]
+                "lazy": lambda: run_lazy(image_path, args.seconds, region_size)}[args.part]
         print(json.dumps(part(), default=str), flush=True)
-        os._exit(0)  # TensorFlow + Mesa's OpenGL in one process crash in C++ destructors at exit (tests/conftest.py)
+        os._exit(0)
     image_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     make_image(image_path, args.size)
@@ -171,8 +130,7 @@ def main() -> None:
           f"region {region_size} px; {os.cpu_count()} cores; load {os.getloadavg()[0]:.1f}")
 
     def part(name: str) -> dict:
-        display = ["xvfb-run", "-a"] if name == "viewer" and not os.environ.get("DISPLAY") else []
-        command = [*display, sys.executable, __file__, "--part", name, "--image", str(image_path), "--seconds", str(args.seconds),
+        command = [sys.executable, __file__, "--part", name, "--image", str(image_path), "--seconds", str(args.seconds),
                    "--region", str(region_size)]
         return json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout.splitlines()[-1])
 
@@ -184,11 +142,6 @@ def main() -> None:
           f"({lazy['mpx_per_s'] / baseline['mpx_per_s']:.2f}x the baseline); tiles {lazy['tiles_done']}/"
           f"{lazy['tiles_total']} at {lazy['tiles_per_s']:.2f}/s -> whole image ~{lazy['total_s_estimate'] / 3600:.1f} h "
           f"(extrapolated); peak {lazy['peak_mb']:.0f} MB; load {os.getloadavg()[0]:.1f}")
-    if args.viewer:
-        viewer = part("viewer")
-        print(f"viewer: image + zarr Labels layers shown in {viewer['layers_s']:.1f} s (peak {viewer['peak_after_layers_mb']:.0f}"
-              f" MB); first region predicted in {viewer['first_region_s']:.1f} s, stored through the layer in "
-              f"{viewer['write_s'] * 1000:.0f} ms, display update {viewer['refresh_s']:.1f} s; peak {viewer['peak_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
