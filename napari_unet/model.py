@@ -21,6 +21,7 @@ from napari_unet.inference.normalize import NormalizationConfig
 from napari_unet.storage.files import atomic_write
 
 # Name of the JSON entry that napari-unet adds to a .keras zip; Keras ignores unknown entries.
+SIDE_VIEWS_ENTRY = "napari_unet_side_views.keras"  # a second network: SegmentationModel.side_views
 METADATA_ENTRY = "napari_unet.json"
 METADATA_FORMAT = "napari-unet/1"
 UPSAMPLING_MODES = ("transpose", "bilinear")
@@ -314,6 +315,10 @@ class SegmentationModel:
     keras_model: "object"
     metadata: ModelMetadata
     source: str = ""  # where it was loaded from (path or shipped/stored name), for messages
+    # The network a volume's XZ and YZ planes are predicted with when it is seen from three views (None: this one).
+    # A round on a volume keeps its parent's: corrections on XY planes change what a network predicts on the side
+    # views it was not shown, and the three views' mean then joins stacked nuclei (docs/volumes-and-time.md).
+    side_views: "SegmentationModel | None" = None
 
     @property
     def config(self) -> UNetConfig:
@@ -331,7 +336,13 @@ class SegmentationModel:
 
         clone = keras.models.clone_model(self.keras_model, clone_function=clone_function)
         clone.set_weights(self.keras_model.get_weights())
-        return SegmentationModel(clone, replace(self.metadata, info=dict(self.metadata.info)), self.source)
+        return SegmentationModel(clone, replace(self.metadata, info=dict(self.metadata.info)), self.source,
+                                 self.side_views)  # never trained: shared
+
+    @property
+    def side_view_model(self) -> "SegmentationModel":
+        """The model that predicts a volume's XZ and YZ planes in three views."""
+        return self.side_views or self
 
 
 def _conv_block(x, width: int, config: UNetConfig, prefix: str):
@@ -479,7 +490,7 @@ def with_renamed_classes(model: SegmentationModel, renamed: list[tuple[str, str]
     for index, name in zip(boundaries, in_order):  # boundary outputs follow their object classes, in class order
         names[index] = f"{name} boundary"
     return SegmentationModel(model.keras_model, replace(metadata, class_names=names, object_classes=objects,
-                                                        info=dict(metadata.info)), model.source)
+                                                        info=dict(metadata.info)), model.source, model.side_views)
 
 
 def unet_flops(config: UNetConfig, height: int, width: int) -> float:
@@ -519,10 +530,26 @@ def save_model(model: SegmentationModel, path: str | os.PathLike) -> Path:
 
     def write(name: str) -> None:
         model.keras_model.save(name)
-        with zipfile.ZipFile(name, "a") as archive:
-            archive.writestr(METADATA_ENTRY, json.dumps(model.metadata.to_dict(), indent=2))
+        side = None
+        if model.side_views is not None:  # inside the same file, so it follows the version wherever it goes
+            side = Path(name).with_name(Path(name).stem + "-side.keras")
+            save_model(SegmentationModel(model.side_views.keras_model, model.side_views.metadata), side)
+        try:
+            with zipfile.ZipFile(name, "a") as archive:
+                archive.writestr(METADATA_ENTRY, json.dumps(model.metadata.to_dict(), indent=2))
+                if side is not None:
+                    archive.write(side, SIDE_VIEWS_ENTRY)
+        finally:
+            if side is not None:
+                side.unlink(missing_ok=True)
 
     return atomic_write(path, write, ".keras")
+
+
+def has_side_views(path: str | os.PathLike) -> bool:
+    """Whether a .keras file holds a network of its own for a volume's side views (SegmentationModel.side_views)."""
+    with zipfile.ZipFile(path) as archive:
+        return SIDE_VIEWS_ENTRY in archive.namelist()
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata | None:
@@ -558,7 +585,22 @@ def load_model_file(path: str | os.PathLike) -> SegmentationModel:
         n_channels = int(keras_model.input_shape[-1] or 1)
         n_classes = int(keras_model.output_shape[-1] or 1)
         metadata = ModelMetadata(config=UNetConfig(n_channels=n_channels, n_classes=n_classes), name=path.stem)
-    return SegmentationModel(keras_model, metadata, source=str(path))
+    return SegmentationModel(keras_model, metadata, source=str(path), side_views=_load_side_views(path))
+
+
+def _load_side_views(path: Path) -> SegmentationModel | None:
+    """The side views' network stored inside a .keras file (save_model), or None."""
+    import tempfile
+
+    with zipfile.ZipFile(path) as archive:
+        if SIDE_VIEWS_ENTRY not in archive.namelist():
+            return None
+        with tempfile.TemporaryDirectory() as folder:
+            inner = Path(folder) / "side_views.keras"
+            inner.write_bytes(archive.read(SIDE_VIEWS_ENTRY))
+            side = load_model_file(inner)
+    side.source = f"{path} (side views)"
+    return side
 
 
 def inference_function(keras_model, config: UNetConfig):

@@ -68,6 +68,7 @@ from napari_unet.training.volume_checks import (
     VolumeStore,
     check_labels,
     choose_volume_post_processing,
+    keep_side_views,
     keep_volume,
 )
 
@@ -573,6 +574,10 @@ class Project:
             if chosen:
                 adaptation = {**adaptation, "post_processing": chosen}
         if evaluation.checks:
+            side_views = keep_side_views(tuned, self.load_model(parent_key), evaluation.checks)
+            if side_views:
+                tuned.metadata.info["side_views"] = side_views
+                log("the volumes' side views stay with the network they started from")
             log("choosing how objects are separated in the corrected volumes …")
             chosen = choose_volume_post_processing(tuned, evaluation.checks)
             if chosen:

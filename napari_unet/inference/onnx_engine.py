@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_unet.errors import NapariUNetError
-from napari_unet.model import SegmentationModel, read_metadata
+from napari_unet.model import SegmentationModel, has_side_views, read_metadata
 
 ONNX_OPSET = 17  # what DeepImageJ and bioimage.io's ONNX runners accept
 # ONNX metadata key holding the SHA-256 of the .keras file a twin was converted from.
@@ -67,7 +67,7 @@ def write_twin(keras_path: str | os.PathLike) -> Path | None:
     """Give a saved .keras (e.g. a project's new version) its ONNX twin, so a freshly opened napari predicts with
     it at once; None when the converter (tf2onnx: the [gui] and [bioimageio] extras) is missing. Written atomically:
     a half-written twin would only be refused, but it would cost a failed session each time."""
-    if importlib.util.find_spec("tf2onnx") is None:
+    if importlib.util.find_spec("tf2onnx") is None or has_side_views(keras_path):  # one network per twin
         return None
     from napari_unet.model import load_model_file
     from napari_unet.storage.files import atomic_write
@@ -116,6 +116,8 @@ def load_onnx_twin(keras_path: str | os.PathLike) -> SegmentationModel | None:
     if not onnx_runtime_available():
         return None
     session = _twin_session(keras_path)
+    if session is not None and has_side_views(keras_path):  # a twin holds one network: not the side views'
+        session = None
     metadata = read_metadata(keras_path) if session is not None else None
     if metadata is None:
         return None

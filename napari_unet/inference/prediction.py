@@ -485,8 +485,8 @@ def predict(
     side_plans = ()
     if volumes:  # the XZ and YZ planes of each volume, resampled to cubic voxels, have their own tiling
         depth = isotropic_depth(leading_shape[-1], anisotropy)
-        side_plans = tuple(_Plan(model, (depth, side), tile_size, overlap, batch_size, test_time_augmentation,
-                                 precision) for side in (spatial_shape[1], spatial_shape[0]))
+        side_plans = tuple(_Plan(model.side_view_model, (depth, side), tile_size, overlap, batch_size,
+                                 test_time_augmentation, precision) for side in (spatial_shape[1], spatial_shape[0]))
     normalization = model.metadata.normalization
     ranges = {index: _plane_range(planes[index], normalization, index) for index in np.ndindex(leading_shape)}
     if lazy:
@@ -612,9 +612,9 @@ def _three_view_map(model: SegmentationModel, volume, xy_probabilities: np.ndarr
                     counter: _ProgressCounter) -> np.ndarray:
     """The three views' mean (Z', Y, X, n_classes) on cubic voxels of one raw (Z, Y, X, C) volume: its XY-plane
     probabilities (already predicted) averaged with those of the XZ and YZ planes of the volume resampled to cubic
-    voxels."""
+    voxels, those by model.side_view_model."""
     n_classes = model.config.n_classes
-    normalization = model.metadata.normalization
+    normalization = model.side_view_model.metadata.normalization
     depth = isotropic_depth(volume.shape[0], anisotropy)
     views = []
     for side_plan, side in zip(side_plans, side_views(resample_depth(volume, depth))):  # each plane normalised alone
@@ -648,7 +648,7 @@ def predict_volume_map(model, volume, *, anisotropy: float | None = None, channe
     side_plans = ()
     if three_views:
         depth = isotropic_depth(leading_shape[0], anisotropy)
-        side_plans = tuple(_Plan(model, (depth, side), None, None, 4, precision=precision)
+        side_plans = tuple(_Plan(model.side_view_model, (depth, side), None, None, 4, precision=precision)
                            for side in (spatial_shape[1], spatial_shape[0]))
     whole = ((0, spatial_shape[0]), (0, spatial_shape[1]))
     side_tiles = sum(len(side.tiles_in(((0, side.grid[0].length), (0, side.grid[1].length)))) * n_planes

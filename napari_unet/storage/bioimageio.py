@@ -132,7 +132,8 @@ def export_bioimageio(model: SegmentationModel, path: str | os.PathLike, authors
 def _write_keras(model: SegmentationModel, work: Path) -> Path:
     from napari_unet.model import save_model
 
-    return save_model(model, work / "weights.keras")
+    # The package describes one network: a version's own network for a volume's side views stays in napari-unet.
+    return save_model(SegmentationModel(model.keras_model, model.metadata, model.source), work / "weights.keras")
 
 
 def _write_onnx(model: SegmentationModel, work: Path) -> Path:
@@ -268,6 +269,10 @@ def model_card_markdown(model: SegmentationModel) -> str:
         f"Keras 3 (`.keras`, with napari-unet's metadata), ONNX (opset {ONNX_OPSET}) and a TensorFlow SavedModel, "
         f"all exported by napari-unet {__version__} from the same network.",
     ]
+    if model.side_views is not None:
+        lines += ["", "In napari-unet this version predicts the XZ and YZ planes of a volume seen from three views with "
+                  "another network (its `side_views` record below), which the package does not hold: volumes predicted "
+                  "from this package alone use this network for all three views."]
     lines += ["", "## Validation",
               "The package's test input and output were computed with the Keras weights; the ONNX and SavedModel "
               "weights reproduce them (`bioimageio test <package>.zip`). Accuracy on held-out data, where napari-unet "

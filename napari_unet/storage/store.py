@@ -280,7 +280,8 @@ class ModelStore:
                 **_json_safe(extra or {}),
             })
             # A view with the lineage as its name: the caller's model (maybe in use by another thread) is not changed.
-            named = SegmentationModel(model.keras_model, replace(model.metadata, name=lineage), model.source)
+            named = SegmentationModel(model.keras_model, replace(model.metadata, name=lineage), model.source,
+                                       model.side_views)
             try:
                 save_model(named, model_path)
                 self._write_record(record)

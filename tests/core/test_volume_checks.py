@@ -12,7 +12,7 @@ import pytest
 from napari_unet.inference.prediction import predict, predict_volume_map
 from napari_unet.labels.masks import IGNORE_LABEL
 from napari_unet.labels.stacks import uses_three_views, volume_objects
-from napari_unet.model import UNetConfig, new_model, save_model
+from napari_unet.model import SegmentationModel, UNetConfig, load_model_file, new_model, save_model
 from napari_unet.project import Project
 from napari_unet.training import TrainConfig
 from napari_unet.training.volume_checks import CHECK_SIDE, VolumeStore, keep_volume
@@ -56,6 +56,40 @@ def test_the_volume_map_gives_the_objects_predict_gives(nuclei_like, anisotropy)
     expected = predict(model, image, output="instances", stack="z", anisotropy=anisotropy)
     assert expected.max() > 0
     np.testing.assert_array_equal(objects, expected)
+
+
+def test_a_second_network_predicts_the_side_views_and_is_saved_inside_the_model_file(tmp_path, nuclei_like):
+    """SegmentationModel.side_views: the XY planes by the model's network, the XZ and YZ planes by the other one."""
+    import keras
+
+    from napari_unet.labels.stacks import isotropic_depth, resample_depth
+    from napari_unet.storage.store import ModelStore
+
+    xy_model = load_model_file(nuclei_like)
+    keras.utils.set_random_seed(1)
+    other = new_model(xy_model.config, tile_size=32, name="other", class_names=list(xy_model.metadata.class_names),
+                      instances="boundary_watershed")
+    image, _ = balls()
+    both = SegmentationModel(xy_model.keras_model, xy_model.metadata, side_views=other)
+    mixed = predict_volume_map(both, image, anisotropy=1.0)
+    depth = isotropic_depth(image.shape[0], 1.0)
+    # other's three views with its XY third swapped for xy_model's: what the mixed map must be
+    expected = predict_volume_map(other, image, anisotropy=1.0) + (
+        resample_depth(predict_volume_map(xy_model, image), depth) - resample_depth(predict_volume_map(other, image),
+                                                                                     depth)) / 3
+    np.testing.assert_allclose(mixed, expected, atol=1e-5)
+    assert not np.allclose(mixed, predict_volume_map(xy_model, image, anisotropy=1.0), atol=1e-3)
+    store = ModelStore(tmp_path / "store")
+    saved = store.record(store.save_version(both).name)  # inside the .keras: it follows renames and exports
+    loaded = store.load(saved.name)
+    np.testing.assert_allclose(predict_volume_map(loaded, image, anisotropy=1.0), mixed, atol=1e-5)
+    assert loaded.side_views.side_views is None
+    from napari_unet.inference.onnx_engine import load_onnx_twin, write_twin
+
+    assert write_twin(saved.path) is None and load_onnx_twin(saved.path) is None  # a twin holds one network
+    from napari_unet.storage.bioimageio import model_card_markdown
+
+    assert "another network" in model_card_markdown(both) and "another network" not in model_card_markdown(xy_model)
 
 
 def test_a_large_volume_is_kept_as_a_crop_holding_the_held_out_stripes(tmp_path):
@@ -105,6 +139,12 @@ def test_a_volume_round_is_scored_on_the_volume_in_3d_and_chooses_its_thresholds
     assert chosen["n_objects"] == 4 and {"seed_threshold", "background_threshold"} <= set(chosen)
     assert (outcome.model.metadata.seed_threshold, outcome.model.metadata.background_threshold) == \
         (chosen["seed_threshold"], chosen["background_threshold"])
+    # Three views: the version predicts the volume's side views with the start model's network, stored in its file.
+    start_weights = load_model_file(nuclei_like).keras_model.get_weights()
+    saved = project.store.load(record.version)
+    assert saved.side_views is not None and saved.metadata.info["side_views"]["network"] == "tiny-nuclei"
+    assert all(np.array_equal(a, b) for a, b in zip(saved.side_views.keras_model.get_weights(), start_weights))
+    assert not all(np.array_equal(a, b) for a, b in zip(saved.keras_model.get_weights(), start_weights))
     # A plane for evaluation only: the volume's evaluation planes are scored instead of the stripes.
     labels[12] = truth[12]
     project.add_volume(image, labels, [12], name="balls", anisotropy=1.0, prediction=prediction, evaluation=True)
