@@ -26,8 +26,9 @@ the model's ONNX twin) scores the same AP@0.5, 0.661.
 Three views by anisotropy (--anisotropy; above 2 with stacks.ISOTROPIC_LIMIT raised in a scratch run): 1.0: 0.333,
 1.5: 0.541, 2.0: 0.661, 2.5: 0.793, 3.0: 0.698.
 With --corrected-planes 3 (planes 8, 15, 22 of the three-view prediction replaced by the true mask's, added with
-Project.add_volume, one round with the default settings; --seed 0, 1, 2): three views 0.419 (rolled back by the
-guard), 0.655 and 0.532 (kept); stitched 0.215, 0.188, 0.132 (docs/volumes-and-time.md).
+Project.add_volume, one round with the default settings; --seed 0, 1, 2): three views 0.655, 0.719, 0.719 (all
+kept; the version predicts the side views with its parent's network); stitched 0.118, 0.159, 0.169
+(docs/volumes-and-time.md).
 Why stitching fails here: the 2-D model labels the out-of-focus light above and below a nucleus as nucleus
 (51,337 foreground voxels predicted, 41,468 true), so the objects of nuclei lying on top of each other overlap
 from plane to plane and chain into one (9 of the 26 stitched objects span all 31 planes). Stitching the true

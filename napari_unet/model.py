@@ -341,8 +341,10 @@ class SegmentationModel:
 
     @property
     def side_view_model(self) -> "SegmentationModel":
-        """The model that predicts a volume's XZ and YZ planes in three views."""
-        return self.side_views or self
+        """The model that predicts a volume's XZ and YZ planes in three views (this one unless side_views reads the
+        same input and gives the same outputs)."""
+        side = self.side_views
+        return side if side is not None and side.config == self.config else self
 
 
 def _conv_block(x, width: int, config: UNetConfig, prefix: str):

@@ -840,6 +840,9 @@ def _verdict_sentence(comparison, evaluation: Evaluation) -> str:
     if comparison.verdict == "helped":
         return (f"Fine-tuning helped on {source}: {mean} {b:.3f} → {a:.3f} (95% interval of the gain {low:+.3f} to "
                 f"{high:+.3f}{per_class}); the new version is active.")
+    if comparison.units < 2:  # one unit: no resampling, no interval
+        return (f"No measurable change on {source}: {mean} {b:.3f} → {a:.3f}{per_class}, on too few pixels to tell "
+                "(one tile); the new version is active. Add evaluation pairs to tell.")
     return (f"No measurable change on {source}: {mean} {b:.3f} → {a:.3f} is within the noise (95% interval "
             f"{low:+.3f} to {high:+.3f}{per_class}); the new version is active. Correct more, or add evaluation pairs "
             "to tell.")

@@ -47,6 +47,18 @@ def test_a_round_that_helps_is_kept_with_its_lineage(project, start_model):
     assert lineage.settings["learning_rate"] == QUICK.learning_rate
 
 
+def test_a_round_scored_on_one_tile_says_it_cannot_tell(tmp_path, start_model):
+    """One evaluation tile gives the paired bootstrap nothing to resample: the message says so, not an infinite
+    interval."""
+    project = Project.init(tmp_path / "project", start_model)
+    project.add_pair(*bright_discs(0, instances=True))
+    image, mask = bright_discs(7, size=64)
+    project.add_pair(image, mask, evaluation=True)
+    record = project.round(QUICK).record
+    assert record.eval.units == 1 and record.kept
+    assert "too few pixels to tell (one tile)" in record.reason and "inf" not in record.reason, record.reason
+
+
 def test_a_round_on_wrong_masks_is_rolled_back_and_kept_for_inspection(project):
     good = project.round(QUICK).version
     for name in project.training.names():  # the "user" paints everything the wrong way round
