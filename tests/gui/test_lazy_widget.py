@@ -64,17 +64,23 @@ def test_lazy_image_predicts_into_a_paintable_zarr_layer_and_its_visible_region_
     assert stored_mask[10, 10] == 7
 
 
-@pytest.mark.parametrize("private_api", [True, False], ids=["napari's brush (up to 0.9)", "public API"])
-def test_a_region_arriving_late_keeps_what_the_user_painted(make_napari_viewer, tmp_path, monkeypatch, private_api):
-    """Both ways of writing a region (_lazy_prediction.PRIVATE_PAINT_API): the user's pixels kept, nothing to undo."""
+@pytest.fixture(params=[True, False], ids=["napari's brush (up to 0.9)", "public API"])
+def zarr_labels(request, make_napari_viewer, tmp_path, monkeypatch):
+    """(store, layer, PaintedBoxes) of an empty 64² zarr Labels layer with a 3-px brush, regions written both ways
+    (_lazy_prediction.PRIVATE_PAINT_API)."""
     from napari_unet._widgets import _lazy_prediction
 
-    monkeypatch.setattr(_lazy_prediction, "PRIVATE_PAINT_API", private_api and _lazy_prediction.PRIVATE_PAINT_API)
+    monkeypatch.setattr(_lazy_prediction, "PRIVATE_PAINT_API", request.param and _lazy_prediction.PRIVATE_PAINT_API)
     viewer = make_napari_viewer()
     store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(64, 64), chunks=(32, 32), dtype=np.uint8)
     layer = viewer.add_labels(store)
-    painted = PaintedBoxes(layer)
     layer.brush_size = 3
+    return store, layer, PaintedBoxes(layer)
+
+
+def test_a_region_arriving_late_keeps_what_the_user_painted(zarr_labels):
+    """Both ways of writing a region: the user's pixels kept, nothing to undo."""
+    store, layer, painted = zarr_labels
     layer.paint((10, 10), 3)
     write_region(layer, RegionLabels((), ((0, 64), (0, 64)), np.ones((64, 64), np.uint8), 1, 1), painted)
     assert store[10, 10] == 3 and store[40, 40] == 1
@@ -84,17 +90,9 @@ def test_a_region_arriving_late_keeps_what_the_user_painted(make_napari_viewer, 
     assert store[40, 40] == 1
 
 
-@pytest.mark.parametrize("private_api", [True, False], ids=["napari's brush (up to 0.9)", "public API"])
-def test_a_region_writes_only_the_pixels_it_finished(make_napari_viewer, tmp_path, monkeypatch, private_api):
+def test_a_region_writes_only_the_pixels_it_finished(zarr_labels):
     """Pixels outside a result's mask belong to a later result: left as they are, and so are the user's."""
-    from napari_unet._widgets import _lazy_prediction
-
-    monkeypatch.setattr(_lazy_prediction, "PRIVATE_PAINT_API", private_api and _lazy_prediction.PRIVATE_PAINT_API)
-    viewer = make_napari_viewer()
-    store = zarr.open_array(str(tmp_path / "labels.zarr"), mode="w", shape=(64, 64), chunks=(32, 32), dtype=np.uint8)
-    layer = viewer.add_labels(store)
-    painted = PaintedBoxes(layer)
-    layer.brush_size = 3
+    store, layer, painted = zarr_labels
     layer.paint((40, 50), 3)
     finished = np.zeros((48, 64), dtype=bool)
     finished[:, 32:] = True  # the right half of rows 16-63
