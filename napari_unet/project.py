@@ -736,13 +736,21 @@ def _eval_record(comparison, evaluation: Evaluation, verdict: str | None = None)
     several classes, the same per class)."""
     classes = {name: {"before": {k: round(float(v), 4) for k, v in c["before"].items()},
                       "after": {k: round(float(v), 4) for k, v in c["after"].items()},
-                      "delta_iou_interval": [round(float(v), 4) for v in c["interval"]],
+                      "delta_iou_interval": _stored_interval(c["interval"]),
                       "verdict": c["verdict"]}
                for name, c in zip(evaluation.class_names, comparison.per_class or ())}
     return RoundEvaluation(before=_rounded(comparison.before), after=_rounded(comparison.after),
                            source=evaluation.source, units=comparison.units,
-                           delta_iou_interval=tuple(round(v, 4) for v in comparison.interval),
+                           delta_iou_interval=_stored_interval(comparison.interval),
                            verdict=verdict or comparison.verdict, classes=classes)
+
+
+def _stored_interval(interval) -> tuple[float, float] | None:
+    """A bootstrap interval as a record keeps it: rounded, or None when there was none (fewer than two units: its
+    bounds are infinite, which strict JSON cannot hold)."""
+    if not all(np.isfinite(interval)):
+        return None
+    return tuple(round(float(v), 4) for v in interval)
 
 
 def _config_from_settings(config_type, settings: dict):

@@ -85,7 +85,8 @@ class Comparison:
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        values["interval"] = [round(v, 4) for v in self.interval]
+        # No interval (fewer than two units) is None: its infinite bounds are no JSON.
+        values["interval"] = [round(v, 4) for v in self.interval] if np.all(np.isfinite(self.interval)) else None
         return values
 
 

@@ -57,6 +57,10 @@ def test_a_round_scored_on_one_tile_says_it_cannot_tell(tmp_path, start_model):
     record = project.round(QUICK).record
     assert record.eval.units == 1 and record.kept
     assert "too few pixels to tell (one tile)" in record.reason and "inf" not in record.reason, record.reason
+    assert record.eval.delta_iou_interval is None
+    stored = (project.rounds_dir / "0001.json").read_text()
+    assert "Infinity" not in stored
+    json.loads(stored, parse_constant=lambda name: pytest.fail(f"{name} in a round record"))  # strict JSON
 
 
 def test_a_round_on_wrong_masks_is_rolled_back_and_kept_for_inspection(project):
