@@ -88,6 +88,16 @@ def contrasty_dock(dock, tmp_path):
     return viewer, widget
 
 
+@pytest.fixture
+def stack_dock(contrasty_dock):
+    """The contrasty dock set to separate objects over all slices of a stack: (viewer, widget, its Predict tab)."""
+    viewer, widget = contrasty_dock
+    tab = widget.predict_tab
+    tab.instances_check.setChecked(True)
+    tab.scope_combo.setCurrentText("all slices")
+    return viewer, widget, tab
+
+
 def model_of(widget, key: str | None = None):
     """The dock's model (default: the selected one) loaded in the test process, to compare with."""
     return widget.session.project.load_model(key or widget.session.model_key)

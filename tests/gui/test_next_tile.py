@@ -12,7 +12,6 @@ from dock_fixtures import errors, model_of, wait_for
 from qtpy.QtCore import Qt
 
 from napari_unet.inference.uncertainty import NEXT_TILE_SIZE, next_tile
-from napari_unet.model import UNetConfig, save_model
 
 
 @pytest.fixture
@@ -27,16 +26,10 @@ def field():
 
 
 @pytest.fixture
-def uncertain_dock(dock, tmp_path):
+def uncertain_dock(contrasty_dock):
     """The dock with a tiny model whose probabilities spread, so tiles differ in uncertainty."""
-    from tiny_models import contrasty_tiny_model
-
-    viewer, widget = dock
-    path = tmp_path / "contrasty.keras"
-    save_model(contrasty_tiny_model(UNetConfig(base_width=4, depth=2), seed=0), path)
-    widget.session.select_model(str(path))
-    widget.predict_tab.uncertainty_check.setChecked(True)
-    return viewer, widget
+    contrasty_dock[1].predict_tab.uncertainty_check.setChecked(True)
+    return contrasty_dock
 
 
 def _shown_tile(viewer) -> tuple[slice, slice]:

@@ -47,20 +47,8 @@ def test_cli_links_a_time_lapse_of_volumes_with_their_z_step(model, tmp_path, ca
     assert not np.array_equal(linked, predict(model, movie, output="instances"))  # not plane by plane
 
 
-@pytest.fixture
-def time_dock(dock, tmp_path, model):
-    viewer, widget = dock
-    path = tmp_path / "contrasty.keras"
-    save_model(model, path)
-    widget.session.select_model(str(path))
-    tab = widget.predict_tab
-    tab.instances_check.setChecked(True)
-    tab.scope_combo.setCurrentText("all slices")
-    return viewer, widget, tab
-
-
-def test_the_dock_links_a_time_lapse_of_volumes_with_the_z_step_of_its_scale(qtbot, time_dock, notifications):
-    viewer, widget, tab = time_dock
+def test_the_dock_links_a_time_lapse_of_volumes_with_the_z_step_of_its_scale(qtbot, stack_dock, notifications):
+    viewer, widget, tab = stack_dock
     movie = moving_balls()
     viewer.add_image(movie, name="movie", scale=(1.0, 1.5, 1.0, 1.0), axis_labels=("t", "z", "y", "x"))
     viewer.add_image(movie[:, 2], name="flat movie", axis_labels=("t", "y", "x"))

@@ -9,7 +9,6 @@ import pytest
 from dock_fixtures import errors, model_of, wait_for
 
 from napari_unet.inference.prediction import predict
-from napari_unet.model import UNetConfig, save_model
 
 
 def balls_volume(depth: int = 12, side: int = 48) -> np.ndarray:
@@ -22,23 +21,8 @@ def balls_volume(depth: int = 12, side: int = 48) -> np.ndarray:
     return np.clip(volume, 0, 255).astype(np.uint8)
 
 
-@pytest.fixture
-def volume_dock(dock, tmp_path):
-    """The dock with a tiny model whose probabilities spread over (0, 1), so objects differ with the method."""
-    from tiny_models import contrasty_tiny_model
-
-    viewer, widget = dock
-    path = tmp_path / "contrasty.keras"
-    save_model(contrasty_tiny_model(UNetConfig(base_width=4, depth=2), seed=0), path)
-    widget.session.select_model(str(path))
-    tab = widget.predict_tab
-    tab.instances_check.setChecked(True)
-    tab.scope_combo.setCurrentText("all slices")
-    return viewer, widget, tab
-
-
-def test_a_volume_named_z_becomes_3d_objects_with_the_z_step_of_its_scale(qtbot, volume_dock, notifications):
-    viewer, widget, tab = volume_dock
+def test_a_volume_named_z_becomes_3d_objects_with_the_z_step_of_its_scale(qtbot, stack_dock, notifications):
+    viewer, widget, tab = stack_dock
     volume = balls_volume()
     model = model_of(widget)
     three_views = predict(model, volume, output="instances", stack="z", anisotropy=1.5)
@@ -60,8 +44,8 @@ def test_a_volume_named_z_becomes_3d_objects_with_the_z_step_of_its_scale(qtbot,
     assert "stitched" in tab.status_label.text()
 
 
-def test_a_time_lapse_named_t_keeps_ids_from_frame_to_frame(qtbot, volume_dock, blobs_image, notifications):
-    viewer, widget, tab = volume_dock
+def test_a_time_lapse_named_t_keeps_ids_from_frame_to_frame(qtbot, stack_dock, blobs_image, notifications):
+    viewer, widget, tab = stack_dock
     movie = np.stack([np.roll(blobs_image, 2 * t, axis=1) for t in range(4)])
     linked = predict(model_of(widget), movie, output="instances", stack="t")
     per_plane = predict(model_of(widget), movie, output="instances", stack="planes")
@@ -75,8 +59,8 @@ def test_a_time_lapse_named_t_keeps_ids_from_frame_to_frame(qtbot, volume_dock, 
     assert "frame to frame" in tab.status_label.text()
 
 
-def test_a_probability_map_asked_with_3d_objects_is_said_to_be_skipped(qtbot, volume_dock, notifications):
-    viewer, widget, tab = volume_dock
+def test_a_probability_map_asked_with_3d_objects_is_said_to_be_skipped(qtbot, stack_dock, notifications):
+    viewer, widget, tab = stack_dock
     viewer.add_image(balls_volume(), name="nuclei", axis_labels=("z", "y", "x"))
     tab.image_combo.reset_choices()
     tab.image_combo.select("nuclei")
@@ -87,13 +71,13 @@ def test_a_probability_map_asked_with_3d_objects_is_said_to_be_skipped(qtbot, vo
 
 
 def test_a_zarr_volume_with_separate_objects_is_predicted_plane_by_plane_into_a_zarr_of_3d_objects(
-        qtbot, volume_dock, notifications, tmp_path):
+        qtbot, stack_dock, notifications, tmp_path):
     import zarr
 
     from napari_unet._widgets._lazy_prediction import LAZY_KEY
     from napari_unet.inference.lazy_labels import open_zarr_image
 
-    viewer, widget, tab = volume_dock
+    viewer, widget, tab = stack_dock
     volume = balls_volume()
     store = zarr.open_array(str(tmp_path / "volume.zarr"), mode="w", shape=volume.shape, chunks=(1, 48, 48),
                             dtype=volume.dtype)
@@ -111,8 +95,8 @@ def test_a_zarr_volume_with_separate_objects_is_predicted_plane_by_plane_into_a_
     assert "3-D objects" in tab.status_label.text() and "stitched" in tab.status_label.text()
 
 
-def test_a_stack_whose_axes_say_neither_z_nor_t_is_refused_in_one_line(qtbot, volume_dock, notifications):
-    viewer, widget, tab = volume_dock
+def test_a_stack_whose_axes_say_neither_z_nor_t_is_refused_in_one_line(qtbot, stack_dock, notifications):
+    viewer, widget, tab = stack_dock
     volume = balls_volume()
     viewer.add_image(volume, name="stack")  # napari's default axis names: -3, -2, -1
     tab.image_combo.reset_choices()
