@@ -49,7 +49,7 @@ from napari_unet._version import __version__
 from napari_unet.errors import NapariUNetError
 from napari_unet.labels.classes import SegmentationClass, check_classes, check_label_values, class_truth, describe
 from napari_unet.labels.masks import IGNORE_LABEL
-from napari_unet.scoring.evidence import class_unit_counts, compare, pooled, unit_counts
+from napari_unet.scoring.evidence import class_unit_counts, compare, pooled, stored_interval, unit_counts
 from napari_unet.storage.files import atomic_write_json
 from napari_unet.storage.records import (
     ROUND_FORMAT,
@@ -548,8 +548,8 @@ class Project:
             log(f"fine-tuning '{parent_key}' on {len(data.names)} pair(s) …")
             tuned, history = finetune(start, data.images, data.train_masks, config=config, names=data.names,
                                       progress=progress, cancel=cancel, focus=focus)
-            return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
-                                  adaptation)
+            return self._conclude(parent_key, parent, tuned, history, data, evaluation, before_units, config,
+                                  started, log, adaptation)
 
     def keep(self, tuned, history, *, parent_key: str, config, log: Callable[[str], None] | None = None,
              adaptation: dict | None = None) -> RoundOutcome:
@@ -561,11 +561,12 @@ class Project:
             started = time.monotonic()
             data, evaluation = self.snapshot()
             log(f"scoring '{parent_key}' on {evaluation.described} …")
-            before_units, _ = score_evaluation(self.load_model(parent_key), evaluation)
-            return self._conclude(parent_key, tuned, history, data, evaluation, before_units, config, started, log,
-                                  adaptation)
+            parent = self.load_model(parent_key)
+            before_units, _ = score_evaluation(parent, evaluation)
+            return self._conclude(parent_key, parent, tuned, history, data, evaluation, before_units, config,
+                                  started, log, adaptation)
 
-    def _conclude(self, parent_key: str, tuned, history, data, evaluation: "Evaluation", before_units, config,
+    def _conclude(self, parent_key: str, parent, tuned, history, data, evaluation: "Evaluation", before_units, config,
                   started: float, log: Callable[[str], None], adaptation: dict | None) -> RoundOutcome:
         """Score the new version, guard, save it (kept or marked rolled back) and write the round's record."""
         if adaptation and adaptation.get("new_domain"):
@@ -574,9 +575,7 @@ class Project:
             if chosen:
                 adaptation = {**adaptation, "post_processing": chosen}
         if evaluation.checks:
-            side_views = keep_side_views(tuned, self.load_model(parent_key), evaluation.checks)
-            if side_views:
-                tuned.metadata.info["side_views"] = side_views
+            if keep_side_views(tuned, parent, evaluation.checks):
                 log("the volumes' side views stay with the network they started from")
             log("choosing how objects are separated in the corrected volumes …")
             chosen = choose_volume_post_processing(tuned, evaluation.checks)
@@ -736,21 +735,13 @@ def _eval_record(comparison, evaluation: Evaluation, verdict: str | None = None)
     several classes, the same per class)."""
     classes = {name: {"before": {k: round(float(v), 4) for k, v in c["before"].items()},
                       "after": {k: round(float(v), 4) for k, v in c["after"].items()},
-                      "delta_iou_interval": _stored_interval(c["interval"]),
+                      "delta_iou_interval": stored_interval(c["interval"]),
                       "verdict": c["verdict"]}
                for name, c in zip(evaluation.class_names, comparison.per_class or ())}
     return RoundEvaluation(before=_rounded(comparison.before), after=_rounded(comparison.after),
                            source=evaluation.source, units=comparison.units,
-                           delta_iou_interval=_stored_interval(comparison.interval),
+                           delta_iou_interval=stored_interval(comparison.interval),
                            verdict=verdict or comparison.verdict, classes=classes)
-
-
-def _stored_interval(interval) -> tuple[float, float] | None:
-    """A bootstrap interval as a record keeps it: rounded, or None when there was none (fewer than two units: its
-    bounds are infinite, which strict JSON cannot hold)."""
-    if not all(np.isfinite(interval)):
-        return None
-    return tuple(round(float(v), 4) for v in interval)
 
 
 def _config_from_settings(config_type, settings: dict):

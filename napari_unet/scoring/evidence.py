@@ -85,9 +85,16 @@ class Comparison:
 
     def to_dict(self) -> dict:
         values = asdict(self)
-        # No interval (fewer than two units) is None: its infinite bounds are no JSON.
-        values["interval"] = [round(v, 4) for v in self.interval] if np.all(np.isfinite(self.interval)) else None
+        values["interval"] = stored_interval(self.interval)
         return values
+
+
+def stored_interval(interval) -> tuple[float, float] | None:
+    """An interval as records keep it: rounded, or None when there was none (fewer than two units: its bounds are
+    infinite, which strict JSON cannot hold)."""
+    if not np.all(np.isfinite(interval)):
+        return None
+    return tuple(round(float(v), 4) for v in interval)
 
 
 def _iou(counts: np.ndarray) -> np.ndarray:

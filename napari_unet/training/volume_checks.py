@@ -202,26 +202,28 @@ def volume_truth(check: VolumeCheck) -> tuple[np.ndarray, np.ndarray]:
     return objects, counted
 
 
-def keep_side_views(tuned, parent, checks: list[VolumeCheck]) -> dict | None:
+def keep_side_views(tuned, parent, checks: list[VolumeCheck]) -> bool:
     """Give a round's new version its parent's network for the side views (SegmentationModel.side_views) when a
     corrected volume is seen from three views: corrections on XY planes change what the network predicts on the
     XZ and YZ planes too, and the three views' mean then joins nuclei lying on top of each other. Measured on the
     stardist test volume, one round on three corrected planes (experiments/volume_round_levers.py, seeds 0-2):
     three-view AP@0.5 0.419, 0.655, 0.532 with the round's own side views, 0.638, 0.719, 0.719 with the parent's
-    (the parent: 0.661). Returns what the version's card records, or None (no such volume, or the networks differ
-    in what they read or give)."""
+    (the parent: 0.661). Records it in the version's card (info["side_views"]); returns whether it did (not without
+    such a volume, nor when the networks differ in what they read or give)."""
     from napari_unet.labels.stacks import uses_three_views
 
     if not any(uses_three_views(check.anisotropy) for check in checks):
-        return None
+        return False
     side = parent.side_view_model
     if side.config != tuned.config:
-        return None
+        return False
     tuned.side_views = side
     inherited = parent.metadata.info.get("side_views") if parent.side_views is not None else None
-    return inherited or {"network": side.metadata.name or str(side.source),
-                         "why": "a volume's XZ and YZ planes are predicted with the network the volume rounds started "
-                                "from; the rounds change the XY planes' network"}
+    tuned.metadata.info["side_views"] = inherited or {
+        "network": side.metadata.name or str(side.source),
+        "why": "a volume's XZ and YZ planes are predicted with the network the volume rounds started from; the rounds "
+               "change the XY planes' network"}
+    return True
 
 
 def choose_volume_post_processing(model, checks: list[VolumeCheck], precision: str | None = None) -> dict | None:
