@@ -113,51 +113,15 @@ def one_round(image, labels, planes, prediction, seed: int, side_views: int | No
         pairs_module.volume_pairs = original
 
 
-def hybrid_map(xy_model, side_model, volume) -> np.ndarray:
-    """Three views' mean on cubic voxels: XY planes by `xy_model`, XZ and YZ planes by `side_model`."""
-    from napari_unet.inference.prediction import predict_volume_map
-    from napari_unet.labels.stacks import isotropic_depth, resample_depth
-
-    n_classes = xy_model.config.n_classes
-    xy = predict_volume_map(xy_model, volume, precision="float32")  # no anisotropy: the XY planes' own map
-    xy = xy[..., None] if n_classes == 1 else xy
-    sides = predict_volume_map(side_model, volume, anisotropy=ANISOTROPY, precision="float32")
-    parent_xy = predict_volume_map(side_model, volume, precision="float32")
-    parent_xy = parent_xy[..., None] if n_classes == 1 else parent_xy
-    depth = isotropic_depth(volume.shape[0], ANISOTROPY)
-    # The parent's three-view mean holds its own XY planes with weight 1/3: swap them for the new model's.
-    return sides + (resample_depth(xy, depth) - resample_depth(parent_xy, depth)) / 3.0
-
-
 def hybrid_objects(xy_model, side_model, image, check):
-    """3-D objects of the whole image from hybrid_map, thresholds chosen the product's way on the check's volume."""
-    from napari_unet.labels.stacks import volume_objects
-    from napari_unet.scoring.metrics import instance_counts, instance_scores
-    from napari_unet.training.adaptation import choose_thresholds
-    from napari_unet.training.volume_checks import volume_truth
+    """3-D objects of the whole image with `xy_model` for the XY planes and `side_model`'s side-view network for the
+    XZ and YZ planes (SegmentationModel.side_views), thresholds chosen on the check's volume as a round chooses them."""
+    from napari_unet import predict
+    from napari_unet.training.volume_checks import choose_volume_post_processing
 
-    n_classes = xy_model.config.n_classes
-    truth, counted = volume_truth(check)
-    check_map = hybrid_map(xy_model, side_model, check.image)
-    model = replace_metadata(xy_model)
-
-    def ap50(seed, background) -> float:
-        settings = replace(model.metadata, seed_threshold=seed, background_threshold=background)
-        objects = volume_objects(check_map, settings, n_classes, check.labels.shape[0], three_views=True)
-        return float(instance_scores(instance_counts(truth, np.where(counted[:, None, None], objects, 0)))["ap50"])
-
-    choose_thresholds(model, ap50, n_objects=len(np.unique(truth)) - 1)
-    return volume_objects(hybrid_map(xy_model, side_model, image), model.metadata, n_classes, image.shape[0],
-                          three_views=True)
-
-
-def replace_metadata(model):
-    """A shallow copy of `model` whose metadata can be set without touching the original's."""
-    import copy
-
-    copied = copy.copy(model)
-    copied.metadata = replace(model.metadata)
-    return copied
+    hybrid = replace(xy_model, side_views=side_model.side_view_model)
+    choose_volume_post_processing(hybrid, [check])
+    return predict(hybrid, image, output="instances", stack="z", anisotropy=ANISOTROPY, precision="float32")
 
 
 if __name__ == "__main__":

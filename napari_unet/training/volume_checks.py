@@ -207,7 +207,7 @@ def keep_side_views(tuned, parent, checks: list[VolumeCheck]) -> bool:
     corrected volume is seen from three views: corrections on XY planes change what the network predicts on the
     XZ and YZ planes too, and the three views' mean then joins nuclei lying on top of each other. Measured on the
     stardist test volume, one round on three corrected planes (experiments/volume_round_levers.py, seeds 0-2):
-    three-view AP@0.5 0.419, 0.655, 0.532 with the round's own side views, 0.638, 0.719, 0.719 with the parent's
+    three-view AP@0.5 0.533, 0.468, 0.550 with the round's own side views, 0.655, 0.719, 0.719 with the parent's
     (the parent: 0.661). Records it in the version's card (info["side_views"]); returns whether it did (not without
     such a volume, nor when the networks differ in what they read or give)."""
     from napari_unet.labels.stacks import uses_three_views
